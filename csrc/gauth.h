@@ -1,0 +1,38 @@
+/* Shared declarations of the gauth.core C module. */
+#ifndef GAUTH_H
+#define GAUTH_H
+
+#include "compat.h"
+
+#if defined(__GNUC__)
+#define GAUTH_EXPORT __attribute__((visibility("default")))
+#else
+#define GAUTH_EXPORT
+#endif
+
+GAUTH_EXPORT int luaopen_gauth_core(lua_State *L);
+
+#define GAUTH_KEY_MT "gauth.Key"
+#define GAUTH_HTTP_MT "gauth.Http"
+
+/* Each file registers its functions into the module table on top of the
+ * stack and its metatables into the registry. */
+void gauth_pkey_open(lua_State *L);
+void gauth_codec_open(lua_State *L);
+void gauth_http_open(lua_State *L);
+
+/* Pushes nil and "gauth.core: <step>: <detail>", the detail taken from the
+ * OpenSSL error queue (which is left empty) or from `fallback` when the queue
+ * holds nothing. Returns 2 for `return gauth_ssl_error(...)`. */
+int gauth_ssl_error(lua_State *L, const char *step, const char *fallback);
+
+/* Pushes nil and "gauth.core: <step>: <detail>". Returns 2. */
+int gauth_error(lua_State *L, const char *step, const char *detail);
+
+/* Registers a metatable named `name` whose __index is a table of `methods`;
+ * `meta` holds __gc, __tostring and the rest (__close is added on 5.4 from
+ * the "close" entry of `methods`). Leaves the stack as it found it. */
+void gauth_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+                    const luaL_Reg *meta);
+
+#endif
