@@ -1,0 +1,109 @@
+# gauth: build the C core for one Lua ABI per output folder, test on both.
+#   make                 build/5.4/gauth/core.so (Lua 5.4)
+#   make LUA=luajit      build/5.1/gauth/core.so (LuaJIT 2.1)
+#   make test            set-up, both builds, every spec on 5.4 and LuaJIT
+#   make demo            set-up and the guide's complete example on the emulator
+#   make bench | asan | valgrind | fuzz | docs | install | clean
+
+LUA ?= lua5.4
+ifeq ($(LUA),luajit)
+LUA_VERSION ?= 5.1
+LUA_INCDIR ?= /usr/include/luajit-2.1
+else
+LUA_VERSION ?= 5.4
+LUA_INCDIR ?= /usr/include/lua$(LUA_VERSION)
+endif
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+BINDIR ?= $(PREFIX)/bin
+DESTDIR ?=
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2
+ALL_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden \
+             $(WARN) -I$(LUA_INCDIR) $(OPENSSL_CFLAGS) $(CURL_CFLAGS) $(CFLAGS)
+LIBFLAG ?= -shared
+LIBS = $(OPENSSL_LIBS) $(CURL_LIBS)
+OPENSSL_LIBS ?= -lcrypto
+CURL_LIBS ?= -lcurl
+
+VARIANT ?=
+BUILD = build/$(LUA_VERSION)$(VARIANT)
+SRCS = csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c
+HDRS = csrc/compat.h csrc/gauth.h
+OBJS = $(SRCS:csrc/%.c=$(BUILD)/obj/%.o)
+CORE = $(BUILD)/gauth/core.so
+
+# Debian packages everything here needs; `make deps` installs the missing ones.
+DEB_PKGS = gcc make pkg-config openssl curl ca-certificates \
+  lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
+  libssl-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket luarocks \
+  python3 python3-jwt python3-cryptography python3-googleapi \
+  python3-google-auth python3-httplib2 \
+  nginx-light libnginx-mod-http-lua lua-resty-core wrk valgrind
+
+.PHONY: all both deps test check asan valgrind fuzz bench demo docs install clean
+
+all: $(CORE)
+
+$(BUILD)/obj/%.o: csrc/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(CORE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
+
+both:
+	$(MAKE) LUA=lua5.4 VARIANT=$(VARIANT)
+	$(MAKE) LUA=luajit VARIANT=$(VARIANT)
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install$$missing"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi
+
+test: deps
+	@$(MAKE) --no-print-directory both >/dev/null
+	@sh spec/run.sh
+
+check: test
+
+asan: deps
+	@$(MAKE) --no-print-directory both VARIANT=-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" >/dev/null
+	@GAUTH_SANITIZE=asan sh spec/run.sh
+
+valgrind: deps
+	@$(MAKE) --no-print-directory both >/dev/null
+	@sh bench/valgrind.sh
+
+fuzz:
+	@sh csrc/fuzz/run.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory both >/dev/null
+	@sh bench/run.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all >/dev/null
+	@sh examples/demo.sh
+
+docs:
+	ldoc -c config.ld .
+
+install: $(CORE)
+	install -d $(DESTDIR)$(LIBDIR)/gauth $(DESTDIR)$(LUADIR)/gauth/transport
+	install -m 0755 $(CORE) $(DESTDIR)$(LIBDIR)/gauth/core.so
+	install -m 0644 lua/gauth/*.lua $(DESTDIR)$(LUADIR)/gauth/
+	install -m 0644 lua/gauth/transport/*.lua $(DESTDIR)$(LUADIR)/gauth/transport/
+
+clean:
+	rm -rf build

@@ -1,0 +1,273 @@
+/***
+ * Encodings, digests, randomness and the clock of gauth.core.
+ * @module gauth.core
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "gauth.h"
+
+static const char B64URL[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+static const char B64STD[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Encodes into a luaL_Buffer so no C memory is held if Lua raises. */
+static void b64_encode(lua_State *L, const unsigned char *s, size_t n,
+                       const char *alpha, int pad)
+{
+    luaL_Buffer b;
+    char out[4];
+    size_t i;
+
+    luaL_buffinit(L, &b);
+    for (i = 0; i + 2 < n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8 | s[i + 2];
+        out[0] = alpha[v >> 18 & 63];
+        out[1] = alpha[v >> 12 & 63];
+        out[2] = alpha[v >> 6 & 63];
+        out[3] = alpha[v & 63];
+        luaL_addlstring(&b, out, 4);
+    }
+    if (n - i == 1) {
+        unsigned v = (unsigned)s[i] << 16;
+        out[0] = alpha[v >> 18 & 63];
+        out[1] = alpha[v >> 12 & 63];
+        luaL_addlstring(&b, out, 2);
+        if (pad)
+            luaL_addlstring(&b, "==", 2);
+    } else if (n - i == 2) {
+        unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8;
+        out[0] = alpha[v >> 18 & 63];
+        out[1] = alpha[v >> 12 & 63];
+        out[2] = alpha[v >> 6 & 63];
+        luaL_addlstring(&b, out, 3);
+        if (pad)
+            luaL_addlstring(&b, "=", 1);
+    }
+    luaL_pushresult(&b);
+}
+
+static int decode_char(unsigned char c, int url)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (url) {
+        if (c == '-') return 62;
+        if (c == '_') return 63;
+    } else {
+        if (c == '+') return 62;
+        if (c == '/') return 63;
+    }
+    return -1;
+}
+
+/* Strict decoding: only the alphabet, no white space, and for base64url no
+ * padding; the unused low bits of the last character must be zero so that
+ * every byte string has exactly one encoding. */
+static int b64_decode(lua_State *L, int url)
+{
+    size_t n, i, full;
+    const unsigned char *s =
+        (const unsigned char *)luaL_checklstring(L, 1, &n);
+    const char *what = url ? "base64url decode" : "base64 decode";
+    luaL_Buffer b;
+    char out[3];
+
+    if (!url) {
+        if (n % 4 != 0)
+            return gauth_error(L, what, "length is not a multiple of 4");
+        if (n > 0 && s[n - 1] == '=') n--;
+        if (n > 0 && s[n - 1] == '=') n--;
+    }
+    if (n % 4 == 1)
+        return gauth_error(L, what, "truncated input");
+    for (i = 0; i < n; i++) {
+        if (decode_char(s[i], url) < 0) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "invalid character at offset %u",
+                     (unsigned)i);
+            return gauth_error(L, what, msg);
+        }
+    }
+    if (n % 4 == 2 && (decode_char(s[n - 1], url) & 15) != 0)
+        return gauth_error(L, what, "non-zero trailing bits");
+    if (n % 4 == 3 && (decode_char(s[n - 1], url) & 3) != 0)
+        return gauth_error(L, what, "non-zero trailing bits");
+
+    luaL_buffinit(L, &b);
+    full = n - n % 4;
+    for (i = 0; i < full; i += 4) {
+        unsigned v = (unsigned)decode_char(s[i], url) << 18 |
+                     (unsigned)decode_char(s[i + 1], url) << 12 |
+                     (unsigned)decode_char(s[i + 2], url) << 6 |
+                     (unsigned)decode_char(s[i + 3], url);
+        out[0] = (char)(v >> 16);
+        out[1] = (char)(v >> 8 & 255);
+        out[2] = (char)(v & 255);
+        luaL_addlstring(&b, out, 3);
+    }
+    if (n % 4 >= 2) {
+        unsigned v = (unsigned)decode_char(s[i], url) << 18 |
+                     (unsigned)decode_char(s[i + 1], url) << 12;
+        if (n % 4 == 3)
+            v |= (unsigned)decode_char(s[i + 2], url) << 6;
+        out[0] = (char)(v >> 16);
+        out[1] = (char)(v >> 8 & 255);
+        luaL_addlstring(&b, out, n % 4 == 3 ? 2 : 1);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/***
+ * base64url without padding (RFC 4648 section 5).
+ * @function b64url_encode
+ * @tparam string data
+ * @treturn string
+ */
+static int l_b64url_encode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    b64_encode(L, (const unsigned char *)s, n, B64URL, 0);
+    return 1;
+}
+
+/***
+ * Strict base64url decode: no padding, nothing outside the alphabet.
+ * @function b64url_decode
+ * @tparam string text
+ * @return bytes, or nil and an error message
+ */
+static int l_b64url_decode(lua_State *L)
+{
+    return b64_decode(L, 1);
+}
+
+/***
+ * Standard base64 with padding.
+ * @function b64_encode
+ */
+static int l_b64_encode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    b64_encode(L, (const unsigned char *)s, n, B64STD, 1);
+    return 1;
+}
+
+/***
+ * Strict standard base64 decode (padding required).
+ * @function b64_decode
+ */
+static int l_b64_decode(lua_State *L)
+{
+    return b64_decode(L, 0);
+}
+
+/***
+ * SHA-256 digest.
+ * @function sha256
+ * @tparam string data
+ * @treturn string 32 raw bytes
+ */
+static int l_sha256(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+
+    if (!EVP_Digest(s, n, md, &len, EVP_sha256(), NULL))
+        return gauth_ssl_error(L, "sha256", "digest failed");
+    lua_pushlstring(L, (const char *)md, len);
+    return 1;
+}
+
+/***
+ * Cryptographically strong random bytes.
+ * @function random_bytes
+ * @tparam integer n at most 4096
+ */
+static int l_random_bytes(lua_State *L)
+{
+    unsigned char buf[4096];
+    lua_Integer n = luaL_checkinteger(L, 1);
+
+    luaL_argcheck(L, n >= 0 && n <= (lua_Integer)sizeof buf, 1,
+                  "must be between 0 and 4096");
+    if (RAND_bytes(buf, (int)n) != 1)
+        return gauth_ssl_error(L, "random", "RAND_bytes failed");
+    lua_pushlstring(L, (const char *)buf, (size_t)n);
+    return 1;
+}
+
+/***
+ * Wall-clock time in seconds since the epoch, with sub-second precision.
+ * @function now
+ */
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/***
+ * Monotonic clock in seconds, for measuring intervals.
+ * @function monotonic
+ */
+static int l_monotonic(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/***
+ * Block the calling thread for `s` seconds (plain Lua only; under nginx
+ * gauth uses ngx.sleep).
+ * @function sleep
+ */
+static int l_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    struct timespec ts, rem;
+
+    if (!(s > 0))
+        return 0;
+    if (s > 86400)
+        s = 86400;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &rem) != 0 && errno == EINTR)
+        ts = rem;
+    return 0;
+}
+
+static const luaL_Reg codec_funcs[] = {
+    {"b64url_encode", l_b64url_encode},
+    {"b64url_decode", l_b64url_decode},
+    {"b64_encode", l_b64_encode},
+    {"b64_decode", l_b64_decode},
+    {"sha256", l_sha256},
+    {"random_bytes", l_random_bytes},
+    {"now", l_now},
+    {"monotonic", l_monotonic},
+    {"sleep", l_sleep},
+    {NULL, NULL}
+};
+
+void gauth_codec_open(lua_State *L)
+{
+    gauth_setfuncs(L, codec_funcs, 0);
+}

@@ -1,0 +1,546 @@
+/***
+ * Keys and signatures (gauth.Key): PEM/DER loading, RS256 and ES256.
+ * @module gauth.core
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "gauth.h"
+
+/* Largest RSA key gauth accepts; bounds the signature buffer on the stack. */
+#define MAX_RSA_BITS 8192
+#define MAX_SIG_BYTES (MAX_RSA_BITS / 8)
+#define ES256_SIG_BYTES 64
+
+/* DER prefix of a SubjectPublicKeyInfo for an uncompressed P-256 point:
+ * SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING }. Comparing
+ * it identifies the curve with calls that exist unchanged in OpenSSL 1.1.1
+ * and 3.x. */
+static const unsigned char P256_SPKI_PREFIX[] = {
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+    0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03,
+    0x42, 0x00
+};
+
+typedef struct {
+    EVP_PKEY *pkey;
+    int is_private;
+    int kind; /* KIND_RSA or KIND_EC */
+} gauth_key;
+
+enum { KIND_RSA = 1, KIND_EC = 2 };
+
+static gauth_key *key_new(lua_State *L)
+{
+    gauth_key *k = (gauth_key *)lua_newuserdata(L, sizeof *k);
+    memset(k, 0, sizeof *k);
+    gauth_setmetatable(L, GAUTH_KEY_MT);
+    return k;
+}
+
+static gauth_key *key_check(lua_State *L, int idx)
+{
+    gauth_key *k = (gauth_key *)luaL_checkudata(L, idx, GAUTH_KEY_MT);
+    if (k->pkey == NULL)
+        luaL_argerror(L, idx, "key is closed");
+    return k;
+}
+
+/* Refuses the passphrase prompt OpenSSL would otherwise show on a terminal
+ * for an encrypted key. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf; (void)size; (void)rwflag; (void)u;
+    return -1;
+}
+
+static int is_p256(EVP_PKEY *pkey)
+{
+    unsigned char der[128];
+    unsigned char *p = der;
+    int len = i2d_PUBKEY(pkey, NULL);
+
+    if (len != 91)
+        return 0;
+    len = i2d_PUBKEY(pkey, &p);
+    return len == 91 &&
+           memcmp(der, P256_SPKI_PREFIX, sizeof P256_SPKI_PREFIX) == 0;
+}
+
+/* Accepts RSA of 2048..8192 bits and EC P-256; names anything else. Returns
+ * NULL when acceptable or a static message. */
+static const char *classify(EVP_PKEY *pkey, int *kind)
+{
+    int id = EVP_PKEY_base_id(pkey);
+    if (id == EVP_PKEY_RSA) {
+        int bits = EVP_PKEY_bits(pkey);
+        if (bits < 2048)
+            return "RSA key shorter than 2048 bits (RFC 7518 requires 2048)";
+        if (bits > MAX_RSA_BITS)
+            return "RSA key longer than 8192 bits";
+        *kind = KIND_RSA;
+        return NULL;
+    }
+    if (id == EVP_PKEY_EC) {
+        if (!is_p256(pkey))
+            return "EC key is not on curve P-256 (ES256 needs P-256)";
+        *kind = KIND_EC;
+        return NULL;
+    }
+    switch (id) {
+    case EVP_PKEY_DSA: return "unsupported key type DSA (use RSA or EC P-256)";
+    case EVP_PKEY_ED25519:
+        return "unsupported key type Ed25519 (use RSA or EC P-256)";
+    case EVP_PKEY_ED448:
+        return "unsupported key type Ed448 (use RSA or EC P-256)";
+    case EVP_PKEY_RSA_PSS:
+        return "unsupported key type RSA-PSS (use a plain RSA key)";
+    default: return "unsupported key type (use RSA or EC P-256)";
+    }
+}
+
+/* Diagnoses the mistakes people make when they paste keys, before OpenSSL's
+ * terse "no start line". Returns NULL when the text looks like a PEM. */
+static const char *pem_precheck(const char *pem, size_t n, int want_private)
+{
+    if (n == 0)
+        return "empty input";
+    if (memchr(pem, '\0', n) != NULL)
+        return "input contains a NUL byte (not PEM text)";
+    if (strstr(pem, "-----BEGIN") == NULL)
+        return "no PEM header (expected -----BEGIN ...-----)";
+    if (strstr(pem, "\\n") != NULL && memchr(pem, '\n', n) == NULL)
+        return "the PEM contains literal \\n sequences instead of line "
+               "breaks (a key copied out of a JSON file without decoding it)";
+    if (strstr(pem, "-----END") == NULL)
+        return "truncated PEM (no -----END line)";
+    if (strstr(pem, "BEGIN ENCRYPTED PRIVATE KEY") != NULL ||
+        strstr(pem, "Proc-Type: 4,ENCRYPTED") != NULL)
+        return "the private key is encrypted (gauth needs an unencrypted key)";
+    if (want_private &&
+        (strstr(pem, "BEGIN PUBLIC KEY") != NULL ||
+         strstr(pem, "BEGIN RSA PUBLIC KEY") != NULL ||
+         strstr(pem, "BEGIN CERTIFICATE") != NULL) &&
+        strstr(pem, "PRIVATE KEY-----") == NULL)
+        return "a public key or certificate was given where a private key "
+               "is expected";
+    return NULL;
+}
+
+static int push_key(lua_State *L, gauth_key *k, EVP_PKEY *pkey,
+                    int is_private, const char *step)
+{
+    int kind = 0;
+    const char *why = classify(pkey, &kind);
+    if (why != NULL) {
+        EVP_PKEY_free(pkey);
+        return gauth_error(L, step, why);
+    }
+    k->pkey = pkey;
+    k->kind = kind;
+    k->is_private = is_private;
+    return 1;
+}
+
+/***
+ * Load a private key from PEM: RSA (PKCS#8 or PKCS#1) or EC P-256 (PKCS#8
+ * or SEC1).
+ * @function load_private_key
+ * @tparam string pem
+ * @return a `gauth.Key`, or nil and an error message
+ */
+static int l_load_private_key(lua_State *L)
+{
+    size_t n;
+    const char *pem = luaL_checklstring(L, 1, &n);
+    const char *why = pem_precheck(pem, n, 1);
+    gauth_key *k;
+    BIO *bio;
+    EVP_PKEY *pkey;
+
+    if (why != NULL)
+        return gauth_error(L, "load private key", why);
+    if (n > 1 << 20)
+        return gauth_error(L, "load private key", "PEM larger than 1 MiB");
+    k = key_new(L);
+    ERR_clear_error();
+    bio = BIO_new_mem_buf(pem, (int)n);
+    if (bio == NULL)
+        return gauth_ssl_error(L, "load private key", "out of memory");
+    pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+    BIO_free(bio);
+    if (pkey == NULL)
+        return gauth_ssl_error(L, "load private key", "not a private key");
+    ERR_clear_error();
+    return push_key(L, k, pkey, 1, "load private key");
+}
+
+/***
+ * Load a public key for verification from PEM: `PUBLIC KEY`, `RSA PUBLIC
+ * KEY`, `CERTIFICATE`, or a private key (its public half is used).
+ * @function load_public_key
+ * @tparam string pem
+ * @return a `gauth.Key`, or nil and an error message
+ */
+static int l_load_public_key(lua_State *L)
+{
+    size_t n;
+    const char *pem = luaL_checklstring(L, 1, &n);
+    const char *why = pem_precheck(pem, n, 0);
+    const char *step = "load public key";
+    gauth_key *k;
+    BIO *bio;
+    EVP_PKEY *pkey = NULL;
+    int is_private = 0;
+
+    if (why != NULL)
+        return gauth_error(L, step, why);
+    if (n > 1 << 20)
+        return gauth_error(L, step, "PEM larger than 1 MiB");
+    k = key_new(L);
+    ERR_clear_error();
+    bio = BIO_new_mem_buf(pem, (int)n);
+    if (bio == NULL)
+        return gauth_ssl_error(L, step, "out of memory");
+    if (strstr(pem, "BEGIN CERTIFICATE") != NULL) {
+        X509 *x = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL);
+        if (x != NULL) {
+            pkey = X509_get_pubkey(x);
+            X509_free(x);
+        }
+    } else if (strstr(pem, "BEGIN RSA PUBLIC KEY") != NULL) {
+        char *name = NULL, *header = NULL;
+        unsigned char *data = NULL;
+        long len = 0;
+        if (PEM_read_bio(bio, &name, &header, &data, &len) == 1) {
+            const unsigned char *p = data;
+            pkey = d2i_PublicKey(EVP_PKEY_RSA, NULL, &p, len);
+        }
+        OPENSSL_free(name);
+        OPENSSL_free(header);
+        OPENSSL_free(data);
+    } else if (strstr(pem, "PRIVATE KEY-----") != NULL) {
+        pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+        is_private = 1;
+    } else {
+        pkey = PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
+    }
+    BIO_free(bio);
+    if (pkey == NULL)
+        return gauth_ssl_error(L, step, "not a public key or certificate");
+    ERR_clear_error();
+    return push_key(L, k, pkey, is_private, step);
+}
+
+/***
+ * Load a public key from a DER SubjectPublicKeyInfo (what JWKS entries are
+ * turned into).
+ * @function load_public_der
+ * @tparam string der
+ * @return a `gauth.Key`, or nil and an error message
+ */
+static int l_load_public_der(lua_State *L)
+{
+    size_t n;
+    const unsigned char *der =
+        (const unsigned char *)luaL_checklstring(L, 1, &n);
+    const unsigned char *p = der;
+    gauth_key *k;
+    EVP_PKEY *pkey;
+
+    if (n == 0 || n > 1 << 16)
+        return gauth_error(L, "load public key", "bad DER length");
+    k = key_new(L);
+    ERR_clear_error();
+    pkey = d2i_PUBKEY(NULL, &p, (long)n);
+    if (pkey == NULL)
+        return gauth_ssl_error(L, "load public key", "not a DER public key");
+    if (p != der + n) {
+        EVP_PKEY_free(pkey);
+        return gauth_error(L, "load public key", "trailing bytes after DER");
+    }
+    return push_key(L, k, pkey, 0, "load public key");
+}
+
+static int alg_kind(const char *alg)
+{
+    if (strcmp(alg, "RS256") == 0) return KIND_RSA;
+    if (strcmp(alg, "ES256") == 0) return KIND_EC;
+    return 0;
+}
+
+/* Converts a DER ECDSA-Sig-Value into JOSE's fixed-width r||s. */
+static int ecdsa_der_to_raw(const unsigned char *der, size_t len,
+                            unsigned char raw[ES256_SIG_BYTES])
+{
+    const unsigned char *p = der;
+    const BIGNUM *r, *s;
+    ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)len);
+    int ok = 0;
+
+    if (sig == NULL)
+        return 0;
+    ECDSA_SIG_get0(sig, &r, &s);
+    if (BN_num_bytes(r) <= 32 && BN_num_bytes(s) <= 32 &&
+        BN_bn2binpad(r, raw, 32) == 32 && BN_bn2binpad(s, raw + 32, 32) == 32)
+        ok = 1;
+    ECDSA_SIG_free(sig);
+    return ok;
+}
+
+/* Converts JOSE r||s into DER; returns the DER length or 0. */
+static int ecdsa_raw_to_der(const unsigned char raw[ES256_SIG_BYTES],
+                            unsigned char *der, int cap)
+{
+    ECDSA_SIG *sig = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(raw, 32, NULL);
+    BIGNUM *s = BN_bin2bn(raw + 32, 32, NULL);
+    unsigned char *p = der;
+    int len = 0;
+
+    if (sig == NULL || r == NULL || s == NULL ||
+        ECDSA_SIG_set0(sig, r, s) != 1) {
+        BN_free(r);
+        BN_free(s);
+        ECDSA_SIG_free(sig);
+        return 0;
+    }
+    /* sig owns r and s now */
+    len = i2d_ECDSA_SIG(sig, NULL);
+    if (len > 0 && len <= cap)
+        len = i2d_ECDSA_SIG(sig, &p);
+    else
+        len = 0;
+    ECDSA_SIG_free(sig);
+    return len;
+}
+
+/***
+ * Sign `data` with SHA-256: RS256 (PKCS#1 v1.5) or ES256 (raw r||s).
+ * @function Key:sign
+ * @tparam string alg "RS256" or "ES256", matching the key
+ * @tparam string data
+ * @return the signature, or nil and an error message
+ */
+static int l_key_sign(lua_State *L)
+{
+    gauth_key *k = key_check(L, 1);
+    const char *alg = luaL_checkstring(L, 2);
+    size_t n;
+    const char *data = luaL_checklstring(L, 3, &n);
+    unsigned char sig[MAX_SIG_BYTES + 16];
+    unsigned char raw[ES256_SIG_BYTES];
+    size_t siglen = sizeof sig;
+    EVP_MD_CTX *ctx;
+    int kind = alg_kind(alg), ok;
+
+    if (kind == 0)
+        return gauth_error(L, "sign", "unsupported algorithm (RS256, ES256)");
+    if (kind != k->kind)
+        return gauth_error(L, "sign", "algorithm does not match the key type");
+    if (!k->is_private)
+        return gauth_error(L, "sign", "a public key cannot sign");
+    ERR_clear_error();
+    ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return gauth_ssl_error(L, "sign", "out of memory");
+    ok = EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, k->pkey) == 1 &&
+         EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)data, n) == 1;
+    EVP_MD_CTX_free(ctx);
+    if (!ok)
+        return gauth_ssl_error(L, "sign", "signature failed");
+    if (kind == KIND_EC) {
+        if (!ecdsa_der_to_raw(sig, siglen, raw))
+            return gauth_error(L, "sign", "malformed ECDSA signature");
+        lua_pushlstring(L, (const char *)raw, sizeof raw);
+    } else {
+        lua_pushlstring(L, (const char *)sig, siglen);
+    }
+    return 1;
+}
+
+/***
+ * Verify a signature made with SHA-256 (RS256 or ES256 in JOSE form).
+ * @function Key:verify
+ * @tparam string alg
+ * @tparam string data
+ * @tparam string signature
+ * @return true or false; nil and an error message when the algorithm does
+ * not fit the key
+ */
+static int l_key_verify(lua_State *L)
+{
+    gauth_key *k = key_check(L, 1);
+    const char *alg = luaL_checkstring(L, 2);
+    size_t n, slen;
+    const char *data = luaL_checklstring(L, 3, &n);
+    const unsigned char *sig =
+        (const unsigned char *)luaL_checklstring(L, 4, &slen);
+    unsigned char der[ES256_SIG_BYTES + 16];
+    EVP_MD_CTX *ctx;
+    int kind = alg_kind(alg), rc;
+
+    if (kind == 0)
+        return gauth_error(L, "verify", "unsupported algorithm (RS256, ES256)");
+    if (kind != k->kind)
+        return gauth_error(L, "verify", "algorithm does not match the key type");
+    if (kind == KIND_EC) {
+        int dlen;
+        if (slen != ES256_SIG_BYTES) {
+            lua_pushboolean(L, 0);
+            return 1;
+        }
+        dlen = ecdsa_raw_to_der(sig, der, (int)sizeof der);
+        if (dlen == 0)
+            return gauth_ssl_error(L, "verify", "cannot encode signature");
+        sig = der;
+        slen = (size_t)dlen;
+    }
+    ERR_clear_error();
+    ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return gauth_ssl_error(L, "verify", "out of memory");
+    rc = EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, k->pkey);
+    if (rc == 1)
+        rc = EVP_DigestVerify(ctx, sig, slen, (const unsigned char *)data, n);
+    EVP_MD_CTX_free(ctx);
+    /* A bad signature is an answer, not an error: drop OpenSSL's notes. */
+    ERR_clear_error();
+    lua_pushboolean(L, rc == 1);
+    return 1;
+}
+
+/***
+ * Key type: "RSA" or "EC".
+ * @function Key:type
+ */
+static int l_key_type(lua_State *L)
+{
+    gauth_key *k = key_check(L, 1);
+    lua_pushstring(L, k->kind == KIND_RSA ? "RSA" : "EC");
+    return 1;
+}
+
+/***
+ * Key size in bits.
+ * @function Key:bits
+ */
+static int l_key_bits(lua_State *L)
+{
+    gauth_key *k = key_check(L, 1);
+    lua_pushinteger(L, EVP_PKEY_bits(k->pkey));
+    return 1;
+}
+
+/***
+ * Does the key hold a private half?
+ * @function Key:is_private
+ */
+static int l_key_is_private(lua_State *L)
+{
+    gauth_key *k = key_check(L, 1);
+    lua_pushboolean(L, k->is_private);
+    return 1;
+}
+
+/***
+ * The public half as PEM (`PUBLIC KEY`), e.g. to hand to a verifier.
+ * @function Key:public_pem
+ */
+static int l_key_public_pem(lua_State *L)
+{
+    gauth_key *k = key_check(L, 1);
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *p = NULL;
+    long len;
+    char buf[4096];
+
+    if (bio == NULL)
+        return gauth_ssl_error(L, "public pem", "out of memory");
+    if (PEM_write_bio_PUBKEY(bio, k->pkey) != 1) {
+        BIO_free(bio);
+        return gauth_ssl_error(L, "public pem", "encoding failed");
+    }
+    len = BIO_get_mem_data(bio, &p);
+    if (len <= 0 || (size_t)len > sizeof buf) {
+        BIO_free(bio);
+        return gauth_error(L, "public pem", "encoding failed");
+    }
+    memcpy(buf, p, (size_t)len);
+    BIO_free(bio);
+    lua_pushlstring(L, buf, (size_t)len);
+    return 1;
+}
+
+/***
+ * Free the key now; also what the garbage collector calls. Idempotent.
+ * @function Key:close
+ */
+static int l_key_close(lua_State *L)
+{
+    gauth_key *k = (gauth_key *)luaL_checkudata(L, 1, GAUTH_KEY_MT);
+    if (k->pkey != NULL) {
+        EVP_PKEY_free(k->pkey);
+        k->pkey = NULL;
+    }
+    return 0;
+}
+
+static int l_key_tostring(lua_State *L)
+{
+    gauth_key *k = (gauth_key *)luaL_checkudata(L, 1, GAUTH_KEY_MT);
+    if (k->pkey == NULL)
+        lua_pushfstring(L, "gauth.Key (closed): %p", (void *)k);
+    else
+        lua_pushfstring(L, "gauth.Key (%s %d, %s): %p",
+                        k->kind == KIND_RSA ? "RSA" : "EC",
+                        EVP_PKEY_bits(k->pkey),
+                        k->is_private ? "private" : "public", (void *)k);
+    return 1;
+}
+
+static const luaL_Reg key_methods[] = {
+    {"sign", l_key_sign},
+    {"verify", l_key_verify},
+    {"type", l_key_type},
+    {"bits", l_key_bits},
+    {"is_private", l_key_is_private},
+    {"public_pem", l_key_public_pem},
+    {"close", l_key_close},
+    {NULL, NULL}
+};
+
+static const luaL_Reg key_meta[] = {
+    {"__gc", l_key_close},
+    {"__tostring", l_key_tostring},
+    {NULL, NULL}
+};
+
+static int l_is_key(lua_State *L)
+{
+    lua_pushboolean(L, gauth_testudata(L, 1, GAUTH_KEY_MT) != NULL);
+    return 1;
+}
+
+static const luaL_Reg pkey_funcs[] = {
+    {"load_private_key", l_load_private_key},
+    {"load_public_key", l_load_public_key},
+    {"load_public_der", l_load_public_der},
+    {"is_key", l_is_key},
+    {NULL, NULL}
+};
+
+void gauth_pkey_open(lua_State *L)
+{
+    gauth_newclass(L, GAUTH_KEY_MT, key_methods, key_meta);
+    gauth_setfuncs(L, pkey_funcs, 0);
+}

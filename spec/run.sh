@@ -1,0 +1,44 @@
+#!/bin/sh
+# Runs every spec under Lua 5.4 and LuaJIT and ends with one line
+# "N passed, N failed" for all runs together; exits non-zero on any failure.
+# GAUTH_SANITIZE=asan runs against the sanitizer build (make asan).
+# SPECS="spec/20-x_spec.lua ..." narrows the run.
+cd "$(dirname "$0")/.." || exit 2
+root=$(pwd)
+specs=${SPECS:-$(ls spec/*_spec.lua)}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT INT TERM
+# A 5.4 module must never leak into the LuaJIT run (or the other way).
+unset LUA_PATH LUA_CPATH LUA_PATH_5_4 LUA_CPATH_5_4 LUA_INIT LUA_INIT_5_4
+# Keep tests away from the user's real gcloud configuration and from the
+# metadata server: loopback only.
+export NO_GCE_CHECK=true
+preload=""
+if [ "$GAUTH_SANITIZE" = asan ]; then
+  preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+  export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  suffix=-asan
+fi
+passed=0; failed=0; status=0
+for lua in lua5.4 luajit; do
+  case $lua in lua5.4) v=5.4 ;; luajit) v=5.1 ;; esac
+  echo "== $lua"
+  LD_PRELOAD="$preload" GAUTH_LUA=$lua GAUTH_LUA_VERSION=$v \
+  $lua /usr/bin/busted -o TAP \
+    --lpath="$root/lua/?.lua;$root/lua/?/init.lua;$root/spec/?.lua" \
+    --cpath="$root/build/$v$suffix/?.so" $specs > "$out/$lua.tap" 2>"$out/$lua.err"
+  rc=$?
+  p=$(grep -c '^ok ' "$out/$lua.tap")
+  f=$(grep -c '^not ok ' "$out/$lua.tap")
+  grep -v '^ok ' "$out/$lua.tap" | grep -v '^#[[:space:]]*$' | sed 's/^/  /'
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "  busted exited $rc without a failing test:"; sed 's/^/  /' "$out/$lua.err" | tail -20
+    f=$((f + 1))
+  fi
+  [ -s "$out/$lua.err" ] && [ "$f" -gt 0 ] && sed 's/^/  stderr: /' "$out/$lua.err" | tail -20
+  echo "  $lua: $p passed, $f failed"
+  passed=$((passed + p)); failed=$((failed + f))
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
