@@ -1,0 +1,761 @@
+/***
+ * gauth.Http: one reusable libcurl easy handle. Internal: the Lua transport
+ * (gauth.transport.curl) is the API; this is the part that needs C.
+ *
+ * Memory discipline. Everything C-allocated during a request (the header
+ * list, the response buffers, open files) hangs off the userdata, never off
+ * the C stack. A Lua error raised at any point (argument checks, or a memory
+ * error while pushing results) therefore leaks nothing: the next perform()
+ * or __gc releases it. Arguments are all checked before anything is
+ * allocated, and no Lua function is called from inside a curl callback.
+ * @module gauth.core
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/types.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "gauth.h"
+
+/* One response's header block may not grow past this (libcurl 7.88 has no
+ * overall cap of its own, only one per line). */
+#define HEAD_MAX (256 * 1024)
+/* Response buffers bigger than this are freed after a request instead of
+ * being kept for the next one, so one large download does not pin memory. */
+#define KEEP_MAX (256 * 1024)
+/* Transfer buffer for file streaming: bigger than libcurl's 16/64 KiB
+ * defaults, for throughput; memory stays flat at this size. */
+#define STREAM_BUF (256 * 1024)
+/* Largest integer a double carries exactly: offsets and sizes above it are
+ * refused rather than rounded. */
+#define MAX_EXACT 9007199254740992.0
+
+/* Why gauth (not libcurl) aborted a transfer. */
+enum {
+    WHY_NONE = 0,
+    WHY_MAX_BODY,
+    WHY_HEAD_MAX,
+    WHY_NOMEM,
+    WHY_READ,
+    WHY_WRITE
+};
+
+static const char *const why_tag[] = {
+    NULL, "max_body", "header_size", "nomem", "read", "write"
+};
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} gbuf;
+
+typedef struct {
+    CURL *curl;
+    struct curl_slist *hdrs;
+    gbuf body;              /* body of the response being received */
+    gbuf head;              /* its header block */
+    FILE *in;               /* opts.upload_file */
+    FILE *out;              /* opts.download_file */
+    /* per request */
+    size_t max_body;        /* 0: no cap */
+    curl_off_t in_start;    /* upload window: file offset ... */
+    curl_off_t in_len;      /* ... and length */
+    curl_off_t in_pos;      /* bytes of the window handed to libcurl */
+    off_t out_start;        /* size of download_file before the request */
+    curl_off_t out_written; /* bytes appended to it by this response */
+    int status;             /* status of the response being received */
+    int why;                /* WHY_* */
+    int saved_errno;
+    char errbuf[CURL_ERROR_SIZE];
+} gauth_http;
+
+static int global_init_rc = -1;
+
+/* ------------------------------------------------------------------ */
+/* buffers                                                              */
+
+static int gbuf_add(gbuf *b, const char *s, size_t n)
+{
+    if (n > b->cap - b->len) {
+        size_t cap = b->cap ? b->cap : 16384;
+        char *p;
+        while (cap - b->len < n) {
+            if (cap > ((size_t)-1) / 2)
+                return -1;
+            cap *= 2;
+        }
+        p = realloc(b->p, cap);
+        if (p == NULL)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+static void gbuf_trim(gbuf *b)
+{
+    b->len = 0;
+    if (b->cap > KEEP_MAX) {
+        free(b->p);
+        b->p = NULL;
+        b->cap = 0;
+    }
+}
+
+/* Releases what one request allocated; safe to call at any time. */
+static void request_done(gauth_http *h)
+{
+    if (h->hdrs != NULL) {
+        curl_slist_free_all(h->hdrs);
+        h->hdrs = NULL;
+    }
+    if (h->in != NULL) {
+        fclose(h->in);
+        h->in = NULL;
+    }
+    if (h->out != NULL) {
+        fclose(h->out);
+        h->out = NULL;
+    }
+    gbuf_trim(&h->body);
+    gbuf_trim(&h->head);
+}
+
+/* ------------------------------------------------------------------ */
+/* curl callbacks: C only, no Lua                                        */
+
+/* Rolls download_file back to its size before the request: a redirect or
+ * retried response body must not stay in front of the real one. */
+static int out_rewind(gauth_http *h)
+{
+    if (h->out == NULL || h->out_written == 0)
+        return 0;
+    h->out_written = 0;
+    if (fflush(h->out) != 0 || ftruncate(fileno(h->out), h->out_start) != 0) {
+        h->saved_errno = errno;
+        return -1;
+    }
+    return 0;
+}
+
+static size_t on_header(char *ptr, size_t size, size_t n, void *ud)
+{
+    gauth_http *h = ud;
+    size_t len = size * n;
+
+    if (len >= 5 && memcmp(ptr, "HTTP/", 5) == 0) {
+        /* A new response starts (after a 1xx, a redirect or a proxy's
+         * CONNECT answer): only the last one is returned. */
+        size_t i = 5;
+        int st = 0;
+        h->head.len = 0;
+        h->body.len = 0;
+        if (out_rewind(h) != 0) {
+            h->why = WHY_WRITE;
+            return 0;
+        }
+        while (i < len && ptr[i] != ' ')
+            i++;
+        while (i < len && ptr[i] == ' ')
+            i++;
+        while (i < len && ptr[i] >= '0' && ptr[i] <= '9' && st < 1000)
+            st = st * 10 + (ptr[i++] - '0');
+        h->status = st;
+    }
+    if (len > HEAD_MAX - h->head.len) {
+        h->why = WHY_HEAD_MAX;
+        return 0;
+    }
+    if (gbuf_add(&h->head, ptr, len) != 0) {
+        h->why = WHY_NOMEM;
+        return 0;
+    }
+    return len;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *ud)
+{
+    gauth_http *h = ud;
+    size_t len = size * n;
+
+    /* Only a 2xx body goes to download_file; an error body (JSON from
+     * Google) stays in memory for the caller to read. */
+    if (h->out != NULL && h->status >= 200 && h->status < 300) {
+        if (fwrite(ptr, 1, len, h->out) != len) {
+            h->saved_errno = errno;
+            h->why = WHY_WRITE;
+            return 0;
+        }
+        h->out_written += (curl_off_t)len;
+        return len;
+    }
+    if (h->max_body != 0 && len > h->max_body - h->body.len) {
+        h->why = WHY_MAX_BODY;
+        return 0;
+    }
+    if (gbuf_add(&h->body, ptr, len) != 0) {
+        h->why = WHY_NOMEM;
+        return 0;
+    }
+    return len;
+}
+
+static size_t on_read(char *buf, size_t size, size_t n, void *ud)
+{
+    gauth_http *h = ud;
+    size_t want = size * n, got;
+    curl_off_t left = h->in_len - h->in_pos;
+
+    if (left <= 0)
+        return 0;
+    if ((curl_off_t)want > left)
+        want = (size_t)left;
+    got = fread(buf, 1, want, h->in);
+    if (got == 0) {
+        /* The file is shorter than the length announced in
+         * Content-Length: abort rather than hang the server. */
+        h->saved_errno = ferror(h->in) ? errno : 0;
+        h->why = WHY_READ;
+        return CURL_READFUNC_ABORT;
+    }
+    h->in_pos += (curl_off_t)got;
+    return got;
+}
+
+/* libcurl rewinds the body when it must send it again (a 307/308, an
+ * HTTP/2 stream refused, auth negotiation). */
+static int on_seek(void *ud, curl_off_t off, int origin)
+{
+    gauth_http *h = ud;
+
+    if (origin != SEEK_SET)
+        return CURL_SEEKFUNC_CANTSEEK;
+    if (off < 0 || off > h->in_len)
+        return CURL_SEEKFUNC_FAIL;
+    if (fseeko(h->in, (off_t)(h->in_start + off), SEEK_SET) != 0)
+        return CURL_SEEKFUNC_FAIL;
+    h->in_pos = off;
+    return CURL_SEEKFUNC_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* argument reading (may raise; allocates nothing)                      */
+
+static gauth_http *check_http(lua_State *L)
+{
+    gauth_http *h = luaL_checkudata(L, 1, GAUTH_HTTP_MT);
+    if (h->curl == NULL)
+        luaL_error(L, "gauth.core: http: the handle is closed");
+    return h;
+}
+
+/* Pushes opts[name] and returns its type; the value stays on the stack so
+ * a string taken from it stays alive for the whole request. */
+static int opt_field(lua_State *L, int opts, const char *name)
+{
+    if (opts == 0) {
+        lua_pushnil(L);
+        return LUA_TNIL;
+    }
+    lua_getfield(L, opts, name);
+    return lua_type(L, -1);
+}
+
+static const char *opt_string(lua_State *L, int opts, const char *name)
+{
+    int t = opt_field(L, opts, name);
+    const char *s;
+    size_t len;
+    if (t == LUA_TNIL)
+        return NULL;
+    if (t != LUA_TSTRING)
+        luaL_error(L, "gauth.core: http: opts.%s must be a string", name);
+    s = lua_tolstring(L, -1, &len);
+    if (strlen(s) != len)
+        luaL_error(L, "gauth.core: http: opts.%s contains a NUL byte", name);
+    return s;
+}
+
+/* A non-negative number of seconds as milliseconds; -1 when absent. */
+static long opt_ms(lua_State *L, int opts, const char *name)
+{
+    lua_Number s;
+    long ms;
+    int t = opt_field(L, opts, name);
+    if (t == LUA_TNIL)
+        return -1;
+    if (t != LUA_TNUMBER)
+        luaL_error(L, "gauth.core: http: opts.%s must be a number", name);
+    s = lua_tonumber(L, -1);
+    if (!(s >= 0) || s > 1e9)
+        luaL_error(L, "gauth.core: http: opts.%s must be between 0 and 1e9 seconds", name);
+    ms = (long)(s * 1000.0 + 0.5);
+    if (ms == 0 && s > 0)
+        ms = 1;
+    return ms;
+}
+
+/* A non-negative integer (bytes, offsets); -1 when absent. */
+static double opt_size(lua_State *L, int opts, const char *name)
+{
+    lua_Number v;
+    int t = opt_field(L, opts, name);
+    if (t == LUA_TNIL)
+        return -1;
+    if (t != LUA_TNUMBER)
+        luaL_error(L, "gauth.core: http: opts.%s must be a number", name);
+    v = lua_tonumber(L, -1);
+    if (!(v >= 0) || v > MAX_EXACT || v != (lua_Number)(long long)v)
+        luaL_error(L, "gauth.core: http: opts.%s must be a non-negative integer", name);
+    return (double)v;
+}
+
+static int has_prefix_ci(const char *s, size_t len, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return len >= n && strncasecmp(s, prefix, n) == 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* results                                                              */
+
+/* Formats "gauth.core: http: <curl text> (<code>): <detail>", releases the
+ * request's memory and pushes nil, message, curl code, reason tag. */
+static int push_failure(lua_State *L, gauth_http *h, CURLcode rc)
+{
+    char detail[CURL_ERROR_SIZE + 160];
+    char msg[sizeof detail + 200];
+    const char *tag = why_tag[h->why];
+
+    detail[0] = '\0';
+    switch (h->why) {
+    case WHY_MAX_BODY:
+        snprintf(detail, sizeof detail,
+                 "response body larger than max_body (%zu bytes)", h->max_body);
+        break;
+    case WHY_HEAD_MAX:
+        snprintf(detail, sizeof detail,
+                 "response headers larger than %d bytes", HEAD_MAX);
+        break;
+    case WHY_NOMEM:
+        snprintf(detail, sizeof detail, "out of memory for the response");
+        break;
+    case WHY_READ:
+        if (h->saved_errno != 0)
+            snprintf(detail, sizeof detail, "upload_file: read failed: %s",
+                     strerror(h->saved_errno));
+        else
+            snprintf(detail, sizeof detail,
+                     "upload_file: file shorter than upload_length");
+        break;
+    case WHY_WRITE:
+        snprintf(detail, sizeof detail, "download_file: write failed: %s",
+                 strerror(h->saved_errno));
+        break;
+    default:
+        if (rc == CURLE_FILESIZE_EXCEEDED) {
+            snprintf(detail, sizeof detail,
+                     "response body larger than max_body (%zu bytes)",
+                     h->max_body);
+            tag = "max_body";
+        } else {
+            snprintf(detail, sizeof detail, "%s", h->errbuf);
+        }
+        break;
+    }
+    if (detail[0] != '\0')
+        snprintf(msg, sizeof msg, "gauth.core: http: %s (%d): %s",
+                 curl_easy_strerror(rc), (int)rc, detail);
+    else
+        snprintf(msg, sizeof msg, "gauth.core: http: %s (%d)",
+                 curl_easy_strerror(rc), (int)rc);
+    request_done(h);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    lua_pushinteger(L, (lua_Integer)rc);
+    if (tag != NULL)
+        lua_pushstring(L, tag);
+    else
+        lua_pushnil(L);
+    return 4;
+}
+
+/* A failure before libcurl ran (a file that cannot be opened). */
+static int push_file_failure(lua_State *L, gauth_http *h, const char *what,
+                             const char *path, const char *detail)
+{
+    char msg[1024];
+    snprintf(msg, sizeof msg, "gauth.core: http: %s: %s: %s", what, path,
+             detail);
+    request_done(h);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    lua_pushnil(L);
+    lua_pushliteral(L, "file");
+    return 4;
+}
+
+/* ------------------------------------------------------------------ */
+/* methods                                                              */
+
+/***
+ * Make an Http object owning one libcurl easy handle (kept alive across
+ * requests).
+ * @function http_new
+ * @return Http | nil, message
+ */
+static int l_http_new(lua_State *L)
+{
+    /* The userdata exists, zeroed and with its __gc, before the handle:
+     * whatever happens next, the handle has an owner. */
+    gauth_http *h = lua_newuserdata(L, sizeof *h);
+    memset(h, 0, sizeof *h);
+    gauth_setmetatable(L, GAUTH_HTTP_MT);
+    if (global_init_rc != 0)
+        return gauth_error(L, "http", "curl_global_init failed");
+    h->curl = curl_easy_init();
+    if (h->curl == NULL)
+        return gauth_error(L, "http", "curl_easy_init failed");
+    return 1;
+}
+
+/***
+ * libcurl's version string ("libcurl/7.88.1 OpenSSL/3.0.x ...").
+ * @function http_version
+ */
+static int l_http_version(lua_State *L)
+{
+    lua_pushstring(L, curl_version());
+    return 1;
+}
+
+/***
+ * Release the handle and its connections. Idempotent; also the __gc.
+ * @function Http:close
+ */
+static int l_close(lua_State *L)
+{
+    gauth_http *h = luaL_checkudata(L, 1, GAUTH_HTTP_MT);
+    request_done(h);
+    free(h->body.p);
+    free(h->head.p);
+    memset(&h->body, 0, sizeof h->body);
+    memset(&h->head, 0, sizeof h->head);
+    if (h->curl != NULL) {
+        curl_easy_cleanup(h->curl);
+        h->curl = NULL;
+    }
+    return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+    gauth_http *h = luaL_checkudata(L, 1, GAUTH_HTTP_MT);
+    lua_pushfstring(L, "gauth.Http (%p)", (void *)h);
+    return 1;
+}
+
+static const char *const methods[] = {
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", NULL
+};
+
+/***
+ * Perform one request.
+ * @function Http:perform
+ * @tparam string method GET, HEAD, POST, PUT, PATCH or DELETE
+ * @tparam string url http:// or https://
+ * @tparam[opt] table headers array of "name: value" strings
+ * @tparam[opt] string body request body (binary safe)
+ * @tparam[opt] table opts `timeout`, `connect_timeout` (seconds),
+ *   `max_body` (bytes), `ca_file`, `follow` (boolean), `accept_encoding`
+ *   (the Accept-Encoding to send; the body is then decoded),
+ *   `upload_file` + `upload_offset` + `upload_length` (stream the body
+ *   from a file), `download_file` (append a 2xx body to a file)
+ * @return status, header block, body, new connections made, bytes appended
+ *   to download_file
+ * @return nil, message, curl code (nil when libcurl did not run), reason
+ *   ("max_body", "header_size", "nomem", "read", "write", "file" or nil)
+ */
+static int l_perform(lua_State *L)
+{
+    gauth_http *h = check_http(L);
+    CURL *c = h->curl;
+    int midx = luaL_checkoption(L, 2, NULL, methods);
+    const char *method = methods[midx];
+    size_t url_len, body_len = 0;
+    const char *url = luaL_checklstring(L, 3, &url_len);
+    const char *body = luaL_optlstring(L, 5, NULL, &body_len);
+    int opts = 0, nh = 0, i, has_ctype = 0, has_expect = 0, has_body;
+    long timeout_ms, connect_ms;
+    double max_body, up_off, up_len;
+    const char *ca_file, *accept_enc, *up_path, *down_path;
+    int follow;
+    curl_off_t in_len = 0;
+    CURLcode rc;
+    long status = 0, nconn = 0;
+    const char *https;
+
+    if (strlen(url) != url_len)
+        luaL_argerror(L, 3, "URL contains a NUL byte");
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        nh = (int)gauth_rawlen(L, 4);
+        for (i = 1; i <= nh; i++) {
+            size_t len;
+            const char *s;
+            lua_rawgeti(L, 4, i);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "gauth.core: http: headers[%d] must be a string", i);
+            s = lua_tolstring(L, -1, &len);
+            /* CR/LF would let a value inject headers; NUL would cut it. */
+            if (strlen(s) != len || strpbrk(s, "\r\n") != NULL)
+                luaL_error(L, "gauth.core: http: headers[%d] contains CR, LF or NUL", i);
+            if (memchr(s, ':', len) == NULL)
+                luaL_error(L, "gauth.core: http: headers[%d] is not \"name: value\"", i);
+            if (has_prefix_ci(s, len, "content-type:"))
+                has_ctype = 1;
+            else if (has_prefix_ci(s, len, "expect:"))
+                has_expect = 1;
+            lua_pop(L, 1);
+        }
+    }
+    if (!lua_isnoneornil(L, 6)) {
+        luaL_checktype(L, 6, LUA_TTABLE);
+        opts = 6;
+    }
+    luaL_checkstack(L, 16, "gauth.core: http: options");
+    timeout_ms = opt_ms(L, opts, "timeout");
+    connect_ms = opt_ms(L, opts, "connect_timeout");
+    max_body = opt_size(L, opts, "max_body");
+    ca_file = opt_string(L, opts, "ca_file");
+    accept_enc = opt_string(L, opts, "accept_encoding");
+    up_path = opt_string(L, opts, "upload_file");
+    up_off = opt_size(L, opts, "upload_offset");
+    up_len = opt_size(L, opts, "upload_length");
+    down_path = opt_string(L, opts, "download_file");
+    follow = opt_field(L, opts, "follow") != LUA_TNIL && lua_toboolean(L, -1);
+
+    if (up_path != NULL && body != NULL)
+        luaL_error(L, "gauth.core: http: body and opts.upload_file are exclusive");
+    if ((up_off >= 0 || up_len >= 0) && up_path == NULL)
+        luaL_error(L, "gauth.core: http: opts.upload_offset/upload_length need opts.upload_file");
+    has_body = body != NULL || up_path != NULL;
+    if (has_body && (midx == 0 || midx == 1))
+        luaL_error(L, "gauth.core: http: a %s request cannot have a body", method);
+    if (ca_file == NULL) {
+        /* Same order as documented: SSL_CERT_FILE, then CURL_CA_BUNDLE
+         * (which the curl tool reads but libcurl itself does not). */
+        ca_file = getenv("SSL_CERT_FILE");
+        if (ca_file == NULL || ca_file[0] == '\0')
+            ca_file = getenv("CURL_CA_BUNDLE");
+        if (ca_file != NULL && ca_file[0] == '\0')
+            ca_file = NULL;
+    }
+
+    /* ---- from here on nothing raises until results are pushed ---- */
+    request_done(h);
+    h->why = WHY_NONE;
+    h->saved_errno = 0;
+    h->status = 0;
+    h->max_body = max_body > 0 ? (size_t)max_body : 0;
+    h->out_written = 0;
+    h->errbuf[0] = '\0';
+
+    if (up_path != NULL) {
+        struct stat st;
+        h->in = fopen(up_path, "rb");
+        if (h->in == NULL)
+            return push_file_failure(L, h, "upload_file", up_path, strerror(errno));
+        if (fstat(fileno(h->in), &st) != 0)
+            return push_file_failure(L, h, "upload_file", up_path, strerror(errno));
+        h->in_start = up_off > 0 ? (curl_off_t)up_off : 0;
+        if (h->in_start > (curl_off_t)st.st_size)
+            return push_file_failure(L, h, "upload_file", up_path,
+                                     "upload_offset/upload_length past the end of the file");
+        in_len = up_len >= 0 ? (curl_off_t)up_len
+                             : (curl_off_t)st.st_size - h->in_start;
+        if (h->in_start + in_len > (curl_off_t)st.st_size)
+            return push_file_failure(L, h, "upload_file", up_path,
+                                     "upload_offset/upload_length past the end of the file");
+        if (fseeko(h->in, (off_t)h->in_start, SEEK_SET) != 0)
+            return push_file_failure(L, h, "upload_file", up_path, strerror(errno));
+        h->in_len = in_len;
+        h->in_pos = 0;
+    }
+    if (down_path != NULL) {
+        off_t end;
+        h->out = fopen(down_path, "ab");
+        if (h->out == NULL)
+            return push_file_failure(L, h, "download_file", down_path, strerror(errno));
+        /* In append mode the position is unspecified until the first
+         * write: ask for the end explicitly. */
+        if (fseeko(h->out, 0, SEEK_END) != 0 || (end = ftello(h->out)) < 0)
+            return push_file_failure(L, h, "download_file", down_path, strerror(errno));
+        h->out_start = end;
+    }
+
+    for (i = 1; i <= nh; i++) {
+        struct curl_slist *n;
+        lua_rawgeti(L, 4, i);
+        n = curl_slist_append(h->hdrs, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        if (n == NULL)
+            goto nomem;
+        h->hdrs = n;
+    }
+    if (has_body) {
+        struct curl_slist *n;
+        /* A 1 s stall waiting for "100 Continue" buys nothing here. */
+        if (!has_expect) {
+            if ((n = curl_slist_append(h->hdrs, "Expect:")) == NULL)
+                goto nomem;
+            h->hdrs = n;
+        }
+        /* libcurl would label a POST body form-urlencoded. */
+        if (!has_ctype) {
+            if ((n = curl_slist_append(h->hdrs, "Content-Type:")) == NULL)
+                goto nomem;
+            h->hdrs = n;
+        }
+    }
+
+    /* Start from libcurl's defaults each time: nothing of the previous
+     * request (its body, NOBODY, method) leaks into this one. The reset
+     * keeps live connections, TLS sessions and the DNS cache. */
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    https = (url_len >= 8 && strncasecmp(url, "https://", 8) == 0) ? "https" : NULL;
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* A redirect never downgrades https to http. */
+    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
+#else
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS,
+                     https ? (long)CURLPROTO_HTTPS : (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (ca_file != NULL) {
+        /* An explicit bundle is the whole trust: no system directory. */
+        curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
+        curl_easy_setopt(c, CURLOPT_CAPATH, (char *)NULL);
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->hdrs);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, h);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (timeout_ms >= 0)
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    if (connect_ms >= 0)
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    if (follow) {
+        curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+    }
+    if (accept_enc != NULL)
+        curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, accept_enc);
+    if (h->max_body != 0 && h->out == NULL)
+        /* Refuses early on a Content-Length past the cap; on_body catches
+         * the rest (chunked, or larger once decoded). */
+        curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)h->max_body);
+    if (h->out != NULL)
+        curl_easy_setopt(c, CURLOPT_BUFFERSIZE, (long)STREAM_BUF);
+
+    if (midx == 1) {
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    } else if (has_body || midx == 2 || midx == 3 || midx == 4) {
+        /* POST carries the body for every method (CUSTOMREQUEST renames
+         * it); an absent body on POST/PUT/PATCH is sent as
+         * Content-Length: 0, which Google's front ends require. */
+        curl_easy_setopt(c, CURLOPT_POST, 1L);
+        if (h->in != NULL) {
+            curl_easy_setopt(c, CURLOPT_READFUNCTION, on_read);
+            curl_easy_setopt(c, CURLOPT_READDATA, h);
+            curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, on_seek);
+            curl_easy_setopt(c, CURLOPT_SEEKDATA, h);
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, in_len);
+            curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, (long)STREAM_BUF);
+        } else {
+            /* The Lua string stays on the stack, so libcurl may point into
+             * it without a copy. */
+            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
+        }
+        if (midx != 2)
+            curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    } else if (midx == 5) {
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    }
+
+    rc = curl_easy_perform(c);
+    /* Drop pointers into Lua strings and into h->hdrs right away. */
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, (char *)NULL);
+    curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &nconn);
+    if (rc != CURLE_OK)
+        return push_failure(L, h, rc);
+    if (h->out != NULL && fflush(h->out) != 0) {
+        h->saved_errno = errno;
+        h->why = WHY_WRITE;
+        return push_failure(L, h, CURLE_WRITE_ERROR);
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+
+    /* Free the temporaries first; the buffers belong to h, so a memory
+     * error while pushing them leaks nothing. */
+    if (h->hdrs != NULL) {
+        curl_slist_free_all(h->hdrs);
+        h->hdrs = NULL;
+    }
+    lua_pushinteger(L, (lua_Integer)status);
+    lua_pushlstring(L, h->head.p ? h->head.p : "", h->head.len);
+    lua_pushlstring(L, h->body.p ? h->body.p : "", h->body.len);
+    lua_pushinteger(L, (lua_Integer)nconn);
+    lua_pushnumber(L, (lua_Number)h->out_written);
+    request_done(h);
+    return 5;
+
+nomem:
+    h->why = WHY_NOMEM;
+    return push_failure(L, h, CURLE_OUT_OF_MEMORY);
+}
+
+void gauth_http_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"http_new", l_http_new},
+        {"http_version", l_http_version},
+        {NULL, NULL}
+    };
+    static const luaL_Reg meths[] = {
+        {"perform", l_perform},
+        {"close", l_close},
+        {NULL, NULL}
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", l_close},
+        {"__tostring", l_tostring},
+        {NULL, NULL}
+    };
+
+    /* luaopen runs once per Lua state; libcurl's global state once per
+     * process. */
+    if (global_init_rc < 0)
+        global_init_rc = (int)curl_global_init(CURL_GLOBAL_DEFAULT);
+    gauth_newclass(L, GAUTH_HTTP_MT, meths, meta);
+    gauth_setfuncs(L, funcs, 0);
+}

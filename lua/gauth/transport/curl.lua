@@ -1,0 +1,254 @@
+--- The libcurl transport: blocking HTTP(S) over one kept-alive connection
+-- per transport object (a `gauth.core` Http handle).
+--
+-- Every transport of gauth has the same interface (see ARCHITECTURE.md):
+--
+--     local t = assert(require("gauth.transport.curl").new{ timeout = 10 })
+--     local res, err = t:request{ method = "GET", url = "https://...",
+--                                 headers = { accept = "application/json" } }
+--     -- res = { status = 200, reason = "OK", headers = { ["content-type"] = ... },
+--     --         body = "...", new_connections = 0 }
+--
+-- Defaults: `timeout` 30 s (whole request), `connect_timeout` 10 s,
+-- `max_body` 64 MiB (in memory; Google's JSON answers are far smaller and
+-- media goes to files), redirects not followed. TLS is always verified; the
+-- CA bundle is `opts.ca_file`, else `SSL_CERT_FILE`, else `CURL_CA_BUNDLE`,
+-- else the system store. Proxies come from libcurl's usual environment
+-- variables (`https_proxy`, `no_proxy`, ...).
+--
+-- A transport object is not re-entrant: one request at a time (it blocks).
+-- @module gauth.transport.curl
+
+local core = require "gauth.core"
+local errors = require "gauth.errors"
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local setmetatable = setmetatable
+local error = error
+local find = string.find
+local lower = string.lower
+local match = string.match
+local gmatch = string.gmatch
+
+local _M = { _VERSION = "0.1.0" }
+local mt = { __index = _M }
+
+_M.DEFAULT_TIMEOUT = 30
+_M.DEFAULT_CONNECT_TIMEOUT = 10
+_M.DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true,
+                  PATCH = true, DELETE = true }
+
+-- libcurl codes after which a new attempt may well succeed: the request
+-- did not get an answer because of the network or the peer, not because
+-- of what was asked. (5/6: proxy/host not resolved, transient DNS; 7: could
+-- not connect; 16/92: HTTP/2 framing or stream error; 18: transfer closed
+-- early; 28: timeout; 35: TLS handshake failed at the socket level;
+-- 52: empty reply; 55/56: send/receive failure, e.g. connection reset.)
+-- Certificate failures (60, 77), bad URLs (3), max_body (23/63) are final.
+local RETRYABLE = { [5] = true, [6] = true, [7] = true, [16] = true,
+                    [18] = true, [28] = true, [35] = true, [52] = true,
+                    [55] = true, [56] = true, [92] = true }
+
+_M.RETRYABLE_CURL_CODES = RETRYABLE
+
+local function check_seconds(v, name)
+  if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then
+    error("gauth.transport.curl: " .. name .. " must be a non-negative number", 3)
+  end
+end
+
+local function check_bytes(v, name)
+  if v ~= nil and (type(v) ~= "number" or v < 0 or v % 1 ~= 0) then
+    error("gauth.transport.curl: " .. name .. " must be a non-negative integer", 3)
+  end
+end
+
+--- Make a transport.
+-- @tparam[opt] table opts `ca_file` (PEM bundle to trust instead of the
+--   system store), `timeout` (s, default 30), `connect_timeout` (s,
+--   default 10), `max_body` (bytes, default 64 MiB)
+-- @return transport | nil, err
+function _M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("gauth.transport.curl: opts must be a table", 2)
+  end
+  if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
+    error("gauth.transport.curl: ca_file must be a string", 2)
+  end
+  check_seconds(opts.timeout, "timeout")
+  check_seconds(opts.connect_timeout, "connect_timeout")
+  check_bytes(opts.max_body, "max_body")
+  local h, err = core.http_new()
+  if not h then
+    return nil, errors.wrap("http", "init", err)
+  end
+  return setmetatable({
+    h = h,
+    ca_file = opts.ca_file,
+    timeout = opts.timeout or _M.DEFAULT_TIMEOUT,
+    connect_timeout = opts.connect_timeout or _M.DEFAULT_CONNECT_TIMEOUT,
+    max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
+    -- Reused for every request: one table less to allocate per call.
+    copts = {},
+  }, mt)
+end
+
+--- Parse a raw header block ("HTTP/1.1 200 OK\r\nName: value\r\n...") into
+-- lower-case name = value; repeated names are joined with ", ".
+-- @return headers, reason phrase
+function _M.parse_headers(block)
+  local headers = {}
+  -- The status line is first and has no "\n" before it, so the pattern
+  -- never takes it for a header.
+  for name, value in gmatch(block, "\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+    name = lower(name)
+    if find(value, "[ \t]$") then
+      value = match(value, "^(.-)[ \t]*$")
+    end
+    local prev = headers[name]
+    if prev then
+      headers[name] = prev .. ", " .. value
+    else
+      headers[name] = value
+    end
+  end
+  local reason = match(block, "^HTTP/[%d.]+ %d+ ?([^\r\n]*)") or ""
+  return headers, reason
+end
+local parse_headers = _M.parse_headers
+
+local function fail(message, fields)
+  return nil, errors.new("http", "request", message, fields)
+end
+
+--- Send one request.
+-- @tparam table req `method` (GET, HEAD, POST, PUT, PATCH, DELETE), `url`,
+--   `headers` ({lower-case name = value}; a value may be an array for a
+--   repeated header), `body` (string), `timeout`, `connect_timeout`,
+--   `max_body`, `follow_redirects` (default false). Streaming (issue 6):
+--   `upload_file` (+ `upload_offset`, `upload_length`) sends the body from a
+--   file; `download_file` appends a 2xx body to a file (then `res.body` is
+--   "" and `res.written` counts the bytes; an error body stays in memory).
+--   An `accept-encoding` header makes libcurl decode the body: the response
+--   then has no `content-encoding`/`content-length` headers and
+--   `res.decoded` names the coding that was removed.
+-- @return res `{ status=, reason=, headers=, body=, new_connections=,
+--   written= }` | nil, err (`gauth.errors`, module "http", step "request",
+--   with `retryable` and `curl_code`)
+function _M:request(req)
+  if type(req) ~= "table" then
+    error("gauth.transport.curl: request must be a table", 2)
+  end
+  local method, url = req.method or "GET", req.url
+  if not METHODS[method] then
+    error("gauth.transport.curl: unsupported method " .. tostring(method), 2)
+  end
+  if type(url) ~= "string" then
+    error("gauth.transport.curl: url must be a string", 2)
+  end
+  local body = req.body
+  if body ~= nil and type(body) ~= "string" then
+    error("gauth.transport.curl: body must be a string", 2)
+  end
+  check_seconds(req.timeout, "timeout")
+  check_seconds(req.connect_timeout, "connect_timeout")
+  check_bytes(req.max_body, "max_body")
+  local h = self.h
+  if not h then
+    error("gauth.transport.curl: the transport is closed", 2)
+  end
+
+  local copts = self.copts
+  copts.timeout = req.timeout or self.timeout
+  copts.connect_timeout = req.connect_timeout or self.connect_timeout
+  copts.max_body = req.max_body or self.max_body
+  copts.ca_file = self.ca_file
+  copts.follow = req.follow_redirects and true or false
+  copts.upload_file = req.upload_file
+  copts.upload_offset = req.upload_offset
+  copts.upload_length = req.upload_length
+  copts.download_file = req.download_file
+  copts.accept_encoding = nil
+
+  local list, n = {}, 0
+  local headers = req.headers
+  if headers ~= nil then
+    if type(headers) ~= "table" then
+      error("gauth.transport.curl: headers must be a table", 2)
+    end
+    for name, value in pairs(headers) do
+      if type(name) ~= "string" or not find(name, "^[!#$%%&'*+.^_`|~%w-]+$") then
+        error("gauth.transport.curl: bad header name " .. tostring(name), 2)
+      end
+      local lname = lower(name)
+      if lname == "accept-encoding" then
+        -- libcurl sends it and decodes what comes back.
+        copts.accept_encoding = tostring(value)
+      else
+        local vt = type(value)
+        if vt == "table" then
+          for i = 1, #value do
+            n = n + 1
+            list[n] = name .. ": " .. tostring(value[i])
+          end
+        elseif vt == "string" or vt == "number" then
+          n = n + 1
+          list[n] = name .. ": " .. value
+        elseif vt ~= "boolean" or value then
+          error("gauth.transport.curl: bad value for header " .. name, 2)
+        end
+        -- `false` leaves the header out.
+      end
+    end
+    for i = 1, n do
+      -- A CR or LF would let a value (a token from a server, say) inject
+      -- headers; the message names the header, never the value.
+      local line = list[i]
+      if find(line, "[\r\n]") or find(line, "\0", 1, true) then
+        return fail("header " .. match(line, "^[^:]*") ..
+                    " has a value with CR, LF or NUL", { retryable = false })
+      end
+    end
+  end
+
+  local status, head, rbody, conns, written = h:perform(method, url, list, body, copts)
+  if not status then
+    -- On failure perform() returns nil, message, curl code, reason tag.
+    local code, reason = rbody, conns
+    local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
+                     reason = reason }
+    if reason == "max_body" then fields.too_large = true end
+    return fail((head:gsub("^gauth%.core: http: ", "")), fields)
+  end
+
+  local rheaders, phrase = parse_headers(head)
+  local res = { status = status, reason = phrase, headers = rheaders,
+                body = rbody, new_connections = conns, written = written }
+  if copts.accept_encoding and rheaders["content-encoding"] then
+    res.decoded = rheaders["content-encoding"]
+    rheaders["content-encoding"] = nil
+    rheaders["content-length"] = nil
+  end
+  return res
+end
+
+--- Close the connection now (the garbage collector would do it later).
+function _M:close()
+  local h = self.h
+  if h then
+    self.h = nil
+    h:close()
+  end
+  return true
+end
+
+mt.__tostring = function(self)
+  return "gauth.transport.curl: " .. (self.h and tostring(self.h) or "closed")
+end
+
+return _M
