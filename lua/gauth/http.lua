@@ -1,0 +1,103 @@
+--- Picks the HTTP transport for the environment.
+--
+-- Outside nginx: `gauth.transport.curl` (libcurl, blocking). Inside nginx
+-- (OpenResty / lua-nginx-module): a small dispatcher that sends each request
+-- over `gauth.transport.ngx` (cosockets, non-blocking) when the current
+-- phase can yield, and over libcurl otherwise (init_by_lua, set_by_lua,
+-- header/body filters, log: phases where cosockets are off). The choice is
+-- made per request, not when the transport is made, because transports are
+-- typically made once (at module load, in init_by_lua) and used later from
+-- content handlers.
+--
+-- Every transport has `t:request(req)` -> `res | nil, err` and `t:close()`;
+-- see ARCHITECTURE.md and `gauth.transport.curl`.
+-- @module gauth.http
+
+local util = require "gauth.util"
+
+local require = require
+local setmetatable = setmetatable
+
+local _M = { _VERSION = "0.1.0" }
+
+local function new_curl(opts)
+  return require("gauth.transport.curl").new(opts)
+end
+
+-- Under nginx only.
+local auto = {}
+local auto_mt = { __index = auto }
+
+function auto:request(req)
+  local t, err
+  if util.can_yield() then
+    t = self.ngx_t
+    if not t then
+      -- Loaded lazily: it exists only where lua-resty-core does.
+      t, err = require("gauth.transport.ngx").new(self.opts)
+      if not t then return nil, err end
+      self.ngx_t = t
+    end
+  else
+    t = self.curl_t
+    if not t then
+      -- Made at first use, in the worker that uses it: a libcurl handle
+      -- (and its sockets) must not be made in the master and inherited
+      -- by every worker through fork().
+      t, err = new_curl(self.opts)
+      if not t then return nil, err end
+      self.curl_t = t
+    end
+  end
+  return t:request(req)
+end
+
+function auto:close()
+  local a, b = self.ngx_t, self.curl_t
+  self.ngx_t, self.curl_t = nil, nil
+  if a and a.close then a:close() end
+  if b then b:close() end
+  return true
+end
+
+auto_mt.__tostring = function() return "gauth.http (nginx)" end
+
+--- Make the transport for this environment.
+-- @tparam[opt] table opts transport options: `ca_file`, `timeout`,
+--   `connect_timeout`, `max_body` (see `gauth.transport.curl`)
+-- @return transport | nil, err
+function _M.new(opts)
+  if util.is_ngx then
+    if opts ~= nil and type(opts) ~= "table" then
+      error("gauth.http: opts must be a table", 2)
+    end
+    return setmetatable({ opts = opts }, auto_mt)
+  end
+  return new_curl(opts)
+end
+
+local shared
+
+--- The process-wide transport (per worker under nginx), made at first use,
+-- for modules given no `opts.http`. Keeping one means one kept-alive
+-- connection pool for every credentials object and service in the process.
+-- @return transport | nil, err
+function _M.default()
+  if not shared then
+    local t, err = _M.new()
+    if not t then return nil, err end
+    shared = t
+  end
+  return shared
+end
+
+--- Replace the process-wide transport (an application's own, with its own
+-- CA bundle or timeouts; or nil to make a fresh one at next use).
+function _M.set_default(t)
+  if t ~= nil and (type(t) ~= "table" or type(t.request) ~= "function") then
+    error("gauth.http: set_default needs a transport (with :request)", 2)
+  end
+  shared = t
+end
+
+return _M
