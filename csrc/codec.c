@@ -86,8 +86,6 @@ static int b64_decode(lua_State *L, int url)
         if (n > 0 && s[n - 1] == '=') n--;
         if (n > 0 && s[n - 1] == '=') n--;
     }
-    if (n % 4 == 1)
-        return gauth_error(L, what, "truncated input");
     for (i = 0; i < n; i++) {
         if (decode_char(s[i], url) < 0) {
             char msg[64];
@@ -96,6 +94,8 @@ static int b64_decode(lua_State *L, int url)
             return gauth_error(L, what, msg);
         }
     }
+    if (n % 4 == 1)
+        return gauth_error(L, what, "truncated input");
     if (n % 4 == 2 && (decode_char(s[n - 1], url) & 15) != 0)
         return gauth_error(L, what, "non-zero trailing bits");
     if (n % 4 == 3 && (decode_char(s[n - 1], url) & 3) != 0)

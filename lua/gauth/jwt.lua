@@ -211,7 +211,9 @@ local function decode_part(s, what)
   local raw = b64url_decode(s)
   if not raw then return nil, "bad base64url in " .. what end
   local v = json_decode(raw)
-  if type(v) ~= "table" then return nil, what .. " is not a JSON object" end
+  if type(v) ~= "table" or v[1] ~= nil then
+    return nil, what .. " is not a JSON object"
+  end
   return v
 end
 

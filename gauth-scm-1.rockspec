@@ -1,0 +1,50 @@
+rockspec_format = "3.0"
+package = "gauth"
+version = "scm-1"
+source = {
+  url = "git+https://github.com/gauth-lua/gauth.git",
+}
+description = {
+  summary = "Google API authentication and API clients for Lua and OpenResty",
+  detailed = [[
+Server-to-server OAuth 2.0 for Google APIs: service-account JWTs (RS256,
+domain-wide delegation), metadata-server credentials, Application Default
+Credentials, a token cache shared by nginx workers, and service objects
+built from Google's Discovery documents. A small C core (OpenSSL, libcurl)
+under a pure-Lua layer; Lua 5.1/LuaJIT and 5.4.
+]],
+  license = "Apache-2.0",
+  homepage = "https://github.com/gauth-lua/gauth",
+}
+dependencies = {
+  "lua >= 5.1, <= 5.4",
+  "lua-cjson",
+}
+external_dependencies = {
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+  -- Debian keeps curl.h under the multiarch include folder, which LuaRocks
+  -- does not search; the library is enough to find libcurl.
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["gauth.core"] = {
+      sources = { "csrc/core.c", "csrc/codec.c", "csrc/pkey.c", "csrc/http.c" },
+      libraries = { "crypto", "curl" },
+      incdirs = { "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)" },
+      defines = { "_POSIX_C_SOURCE=200809L" },
+    },
+    ["gauth"] = "lua/gauth/init.lua",
+    ["gauth.errors"] = "lua/gauth/errors.lua",
+    ["gauth.util"] = "lua/gauth/util.lua",
+    ["gauth.jwt"] = "lua/gauth/jwt.lua",
+    ["gauth.http"] = "lua/gauth/http.lua",
+    ["gauth.retry"] = "lua/gauth/retry.lua",
+    ["gauth.transport.curl"] = "lua/gauth/transport/curl.lua",
+  },
+  install = {
+    bin = {},
+  },
+}

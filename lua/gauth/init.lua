@@ -1,0 +1,43 @@
+--- gauth: Google API authentication and API clients for Lua and OpenResty.
+--
+--    local gauth = require "gauth"
+--    local creds, project = assert(gauth.default{ scopes = { SCOPE } })
+--
+-- Submodules load on first use: `gauth.service_account`,
+-- `gauth.compute_engine`, `gauth.discovery`, `gauth.jwt`, ...
+-- @module gauth
+
+local require = require
+local rawset = rawset
+
+local _M = { _VERSION = "0.1.0" }
+
+local SUBMODULES = {
+  jwt = true, errors = true, http = true, retry = true, util = true,
+  credentials = true, service_account = true, compute_engine = true,
+  app_engine = true, authorized_user = true, impersonated = true,
+  discovery = true, emulator = true, testing = true,
+}
+
+setmetatable(_M, {
+  __index = function(t, name)
+    if SUBMODULES[name] then
+      local m = require("gauth." .. name)
+      rawset(t, name, m)
+      return m
+    end
+    return nil
+  end,
+})
+
+--- Application Default Credentials: find credentials for this environment.
+-- Looks at `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's well-known file, App
+-- Engine, then the metadata server.
+-- @tparam[opt] table opts `scopes`, `quota_project`, ...
+-- @return credentials, project_id; or nil and an error listing every place
+-- tried
+function _M.default(opts)
+  return require("gauth.adc").default(opts)
+end
+
+return _M

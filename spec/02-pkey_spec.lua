@@ -1,0 +1,224 @@
+-- Keys and signatures of gauth.core, judged by the openssl CLI.
+local core = require "gauth.core"
+local helpers = require "helpers"
+
+local dir = helpers.tmpdir()
+
+local function openssl(args)
+  local ok = os.execute("openssl " .. args .. " >/dev/null 2>&1")
+  assert(ok == true or ok == 0, "openssl " .. args)
+end
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+  return path
+end
+
+local function gen(name, args)
+  local path = dir .. "/" .. name
+  openssl(args .. " -out " .. path)
+  return read(path), path
+end
+
+describe("gauth.core keys", function()
+  local rsa8, rsa8_path, rsa1, ec8, sec1, ec_pub, rsa_pub, cert
+  lazy_setup(function()
+    rsa8, rsa8_path = gen("rsa8.pem", "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048")
+    rsa1 = gen("rsa1.pem", "rsa -traditional -in " .. rsa8_path)
+    ec8 = gen("ec8.pem", "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256")
+    sec1 = gen("sec1.pem", "ec -in " .. dir .. "/ec8.pem")
+    ec_pub = gen("ec_pub.pem", "pkey -pubout -in " .. dir .. "/ec8.pem")
+    rsa_pub = gen("rsa_pub.pem", "pkey -pubout -in " .. rsa8_path)
+    cert = gen("cert.pem", "req -x509 -new -key " .. rsa8_path ..
+      " -subj /CN=gauth-test -days 1")
+  end)
+
+  it("loads RSA in PKCS#8 and PKCS#1 and EC P-256 in PKCS#8 and SEC1", function()
+    assert.matches("BEGIN PRIVATE KEY", rsa8)
+    assert.matches("BEGIN RSA PRIVATE KEY", rsa1)
+    assert.matches("BEGIN EC PRIVATE KEY", sec1)
+    for _, c in ipairs({ { rsa8, "RSA", 2048 }, { rsa1, "RSA", 2048 },
+                         { ec8, "EC", 256 }, { sec1, "EC", 256 } }) do
+      local k, err = core.load_private_key(c[1])
+      assert.is_nil(err)
+      assert.are.equal(c[2], k:type())
+      assert.are.equal(c[3], k:bits())
+      assert.is_true(k:is_private())
+    end
+  end)
+
+  it("loads public keys and certificates for verification", function()
+    for _, pem in ipairs({ rsa_pub, ec_pub, cert, rsa8 }) do
+      local k, err = core.load_public_key(pem)
+      assert.is_nil(err)
+      assert.is_true(core.is_key(k))
+    end
+    assert.is_false(core.load_public_key(rsa_pub):is_private())
+  end)
+
+  it("loads a PKCS#1 RSA PUBLIC KEY", function()
+    local pem = gen("rsa_pub1.pem", "rsa -RSAPublicKey_out -in " .. rsa8_path)
+    assert.matches("BEGIN RSA PUBLIC KEY", pem)
+    local k = assert(core.load_public_key(pem))
+    assert.are.equal("RSA", k:type())
+  end)
+
+  it("signs RS256 exactly as `openssl dgst -sha256 -sign` does", function()
+    local key = assert(core.load_private_key(rsa8))
+    local data = "header.payload with bytes \0\1\2\255"
+    write(dir .. "/data.bin", data)
+    openssl("dgst -sha256 -sign " .. rsa8_path .. " -out " .. dir ..
+      "/sig.bin " .. dir .. "/data.bin")
+    assert.are.equal(read(dir .. "/sig.bin"), key:sign("RS256", data))
+  end)
+
+  it("makes ES256 signatures that openssl verifies once put in DER", function()
+    local key = assert(core.load_private_key(ec8))
+    local data = "es256 input"
+    local sig = assert(key:sign("ES256", data))
+    assert.are.equal(64, #sig)
+    -- JOSE r||s -> DER ECDSA-Sig-Value, for the openssl CLI
+    local function int(b)
+      b = b:gsub("^%z+", "")
+      if b:byte(1) >= 0x80 then b = "\0" .. b end
+      return "\2" .. string.char(#b) .. b
+    end
+    local body = int(sig:sub(1, 32)) .. int(sig:sub(33))
+    write(dir .. "/es.der", "\48" .. string.char(#body) .. body)
+    write(dir .. "/es.txt", data)
+    local ok = os.execute("openssl dgst -sha256 -verify " .. dir ..
+      "/ec_pub.pem -signature " .. dir .. "/es.der " .. dir ..
+      "/es.txt >/dev/null 2>&1")
+    assert.is_true(ok == true or ok == 0)
+  end)
+
+  it("verifies good signatures and rejects bad ones with false", function()
+    for _, c in ipairs({ { rsa8, rsa_pub, "RS256" }, { ec8, ec_pub, "ES256" } }) do
+      local priv = assert(core.load_private_key(c[1]))
+      local pub = assert(core.load_public_key(c[2]))
+      local sig = priv:sign(c[3], "message")
+      assert.is_true(pub:verify(c[3], "message", sig))
+      assert.is_false(pub:verify(c[3], "messagE", sig))
+      assert.is_false(pub:verify(c[3], "message", sig:sub(2)))
+      assert.is_false(pub:verify(c[3], "message", ""))
+    end
+  end)
+
+  it("refuses an algorithm that does not fit the key", function()
+    local priv = assert(core.load_private_key(rsa8))
+    local sig, err = priv:sign("ES256", "x")
+    assert.is_nil(sig)
+    assert.are.equal("gauth.core: sign: algorithm does not match the key type", err)
+    sig, err = priv:sign("HS256", "x")
+    assert.is_nil(sig)
+    assert.matches("unsupported algorithm", err)
+    local ok
+    ok, err = priv:verify("ES256", "x", "y")
+    assert.is_nil(ok)
+    assert.matches("does not match", err)
+    local pub = assert(core.load_public_key(rsa_pub))
+    sig, err = pub:sign("RS256", "x")
+    assert.is_nil(sig)
+    assert.matches("public key cannot sign", err)
+  end)
+
+  describe("bad input", function()
+    local function refused(pem, pattern, loader)
+      local k, err = (loader or core.load_private_key)(pem)
+      assert.is_nil(k)
+      assert.is_string(err)
+      assert.matches("^gauth.core: load [%a ]+ key: ", err)
+      assert.matches(pattern, err)
+      return err
+    end
+
+    it("names empty, garbage and truncated PEM", function()
+      refused("", "empty input")
+      refused("garbage", "no PEM header")
+      refused(rsa8:sub(1, 400), "truncated PEM")
+      refused("\0\1\2", "NUL byte")
+      refused(rsa8:gsub("MII", "M!I", 1), "")
+    end)
+
+    it("names a key with escaped newlines left from JSON", function()
+      refused((rsa8:gsub("\n", "\\n")), "literal \\n")
+    end)
+
+    it("names an encrypted key", function()
+      local enc = gen("enc.pem", "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -aes256 -pass pass:secret")
+      refused(enc, "encrypted")
+      local legacy = gen("legacy_enc.pem", "rsa -traditional -aes256 -passout pass:x -in " .. rsa8_path)
+      refused(legacy, "encrypted")
+    end)
+
+    it("names a public key or certificate given as private", function()
+      refused(rsa_pub, "public key or certificate")
+      refused(cert, "public key or certificate")
+    end)
+
+    it("names DSA, Ed25519, short RSA and other curves", function()
+      refused(gen("ed.pem", "genpkey -algorithm ed25519"), "Ed25519")
+      openssl("genpkey -genparam -algorithm DSA -pkeyopt dsa_paramgen_bits:1024 -out " .. dir .. "/dsap.pem")
+      refused(gen("dsa.pem", "genpkey -paramfile " .. dir .. "/dsap.pem"), "DSA")
+      refused(gen("rsa1024.pem", "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024"), "2048")
+      refused(gen("p384.pem", "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384"), "P%-256")
+    end)
+
+    it("refuses garbage as a public key or DER", function()
+      refused("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        "", core.load_public_key)
+      local k, err = core.load_public_der("\48\1\0")
+      assert.is_nil(k)
+      assert.matches("^gauth.core: load public key: ", err)
+    end)
+
+    it("leaves no error behind in OpenSSL's queue", function()
+      refused("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "")
+      -- the next good operation must not report the stale error
+      local k = assert(core.load_private_key(rsa8))
+      assert.is_string(k:sign("RS256", "x"))
+    end)
+
+    it("raises on wrong argument types", function()
+      assert.has_error(function() core.load_private_key(nil) end)
+      assert.has_error(function() core.load_public_key({}) end)
+      local k = assert(core.load_private_key(rsa8))
+      assert.has_error(function() k:sign("RS256") end)
+      assert.has_error(function() k.sign({}, "RS256", "x") end)
+    end)
+  end)
+
+  it("never shows key material in tostring", function()
+    local k = assert(core.load_private_key(rsa8))
+    local s = tostring(k)
+    assert.matches("^gauth.Key %(RSA 2048, private%)", s)
+    local body = rsa8:match("KEY%-%-%-%-%-\n(.-)\n")
+    assert.is_nil(s:find(body:sub(1, 16), 1, true))
+  end)
+
+  it("closes idempotently and refuses use after close", function()
+    local k = assert(core.load_private_key(rsa8))
+    k:close()
+    k:close()
+    assert.matches("closed", tostring(k))
+    assert.has_error(function() k:sign("RS256", "x") end)
+    assert.has_error(function() k:type() end)
+    collectgarbage()
+  end)
+
+  it("exports the public half as PEM that openssl reads", function()
+    local k = assert(core.load_private_key(ec8))
+    local pem = k:public_pem()
+    assert.matches("BEGIN PUBLIC KEY", pem)
+    assert.are.equal(read(dir .. "/ec_pub.pem"), pem)
+  end)
+end)
