@@ -494,7 +494,7 @@ static int l_perform(lua_State *L)
     size_t url_len, body_len = 0;
     const char *url = luaL_checklstring(L, 3, &url_len);
     const char *body = luaL_optlstring(L, 5, NULL, &body_len);
-    int opts = 0, nh = 0, i, has_ctype = 0, has_expect = 0, has_body;
+    int opts = 0, nh = 0, i, has_ctype = 0, has_expect = 0, has_body, sends_body;
     long timeout_ms, connect_ms;
     double max_body, up_off, up_len;
     const char *ca_file, *accept_enc, *up_path, *down_path;
@@ -549,6 +549,7 @@ static int l_perform(lua_State *L)
     if ((up_off >= 0 || up_len >= 0) && up_path == NULL)
         luaL_error(L, "gauth.core: http: opts.upload_offset/upload_length need opts.upload_file");
     has_body = body != NULL || up_path != NULL;
+    sends_body = has_body || midx == 2 || midx == 3 || midx == 4;
     if (has_body && (midx == 0 || midx == 1))
         luaL_error(L, "gauth.core: http: a %s request cannot have a body", method);
     if (ca_file == NULL) {
@@ -612,10 +613,10 @@ static int l_perform(lua_State *L)
             goto nomem;
         h->hdrs = n;
     }
-    if (has_body) {
+    if (sends_body) {
         struct curl_slist *n;
         /* A 1 s stall waiting for "100 Continue" buys nothing here. */
-        if (!has_expect) {
+        if (has_body && !has_expect) {
             if ((n = curl_slist_append(h->hdrs, "Expect:")) == NULL)
                 goto nomem;
             h->hdrs = n;
@@ -677,7 +678,7 @@ static int l_perform(lua_State *L)
 
     if (midx == 1) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    } else if (has_body || midx == 2 || midx == 3 || midx == 4) {
+    } else if (sends_body) {
         /* POST carries the body for every method (CUSTOMREQUEST renames
          * it); an absent body on POST/PUT/PATCH is sent as
          * Content-Length: 0, which Google's front ends require. */
@@ -725,7 +726,7 @@ static int l_perform(lua_State *L)
     lua_pushlstring(L, h->head.p ? h->head.p : "", h->head.len);
     lua_pushlstring(L, h->body.p ? h->body.p : "", h->body.len);
     lua_pushinteger(L, (lua_Integer)nconn);
-    lua_pushnumber(L, (lua_Number)h->out_written);
+    lua_pushinteger(L, (lua_Integer)h->out_written);
     request_done(h);
     return 5;
 

@@ -1,0 +1,662 @@
+-- The libcurl transport (gauth.core's Http, gauth.transport.curl, gauth.http)
+-- against the fake Google server on loopback: real sockets, real TLS with a
+-- test CA made at test time, nothing mocked below the HTTP line.
+local helpers = require "helpers"
+local core = require "gauth.core"
+local curl = require "gauth.transport.curl"
+local ghttp = require "gauth.http"
+local errors = require "gauth.errors"
+local socket = require "socket"
+
+-- Every byte value, NULs included.
+local BINARY = {}
+for i = 0, 255 do BINARY[#BINARY + 1] = string.char(i) end
+BINARY = table.concat(BINARY) .. "\0\r\n\r\n" .. table.concat(BINARY):reverse()
+
+-- A loopback port with nothing listening on it.
+local function closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+local function lua_interpreter()
+  return os.getenv("GAUTH_LUA") or (jit and "luajit" or "lua5.4")
+end
+
+describe("gauth.core Http", function()
+  local fake, certs
+
+  lazy_setup(function()
+    certs = helpers.certs()
+    fake = helpers.start_fake({ tls = true })
+  end)
+  lazy_teardown(function() fake:stop() end)
+  before_each(function() fake:reset() end)
+
+  it("http_version returns libcurl's version string", function()
+    local v = core.http_version()
+    assert.is_string(v)
+    assert.matches("^libcurl/%d+%.%d+", v)
+  end)
+
+  it("http_new returns an Http object that prints its address", function()
+    local h, err = core.http_new()
+    assert.is_nil(err)
+    assert.equal("userdata", type(h))
+    assert.matches("^gauth%.Http %(0?x?%x+%)$", tostring(h))
+    assert.equal("gauth object", getmetatable(h))
+    h:close()
+  end)
+
+  it("perform returns status, the header block, body, connections, bytes written", function()
+    fake:script("/core", { status = 201, headers = { ["X-One"] = "1" }, body = "created" })
+    local h = core.http_new()
+    local status, head, body, conns, written = h:perform("GET", fake.url .. "/core",
+      { "Accept: text/plain" }, nil, { ca_file = certs.ca_file, timeout = 5 })
+    assert.equal(201, status)
+    assert.matches("^HTTP/1%.1 201 Created\r\n", head)
+    assert.matches("\r\nX%-One: 1\r\n", head)
+    assert.equal("created", body)
+    assert.equal(1, conns)
+    assert.equal(0, written)
+    assert.equal("text/plain", fake:requests("/core")[1].headers.accept)
+    h:close()
+  end)
+
+  it("perform returns nil, the message, the curl code and no reason on failure", function()
+    local h = core.http_new()
+    local port = closed_port()
+    local status, msg, code, reason = h:perform("GET",
+      "http://127.0.0.1:" .. port .. "/", nil, nil, { connect_timeout = 5 })
+    assert.is_nil(status)
+    assert.matches("^gauth%.core: http: Couldn't connect to server %(7%): .*" .. port, msg)
+    assert.equal(7, code)
+    assert.is_nil(reason)
+    h:close()
+  end)
+
+  it("close is idempotent and is the __gc; a closed handle raises", function()
+    local h = core.http_new()
+    h:close()
+    h:close()
+    assert.has_error(function() h:perform("GET", fake.url) end,
+      "gauth.core: http: the handle is closed")
+    -- The object still prints after close.
+    assert.matches("^gauth%.Http", tostring(h))
+    for _ = 1, 50 do core.http_new() end
+    collectgarbage(); collectgarbage()
+  end)
+
+  it("raises on bad arguments", function()
+    local h = core.http_new()
+    local u = fake.url .. "/x"
+    assert.has_error(function() h.perform(nil, "GET", u) end)
+    assert.has_error(function() h:perform("BREW", u) end)
+    assert.has_error(function() h:perform("GET", nil) end)
+    assert.has_error(function() h:perform("GET", u .. "\0x") end)
+    assert.has_error(function() h:perform("GET", u, "accept: */*") end)
+    assert.has_error(function() h:perform("GET", u, { 42 }) end)
+    assert.has_error(function() h:perform("GET", u, { "x: a\r\ny: b" }) end)
+    assert.has_error(function() h:perform("GET", u, { "no colon" }) end)
+    assert.has_error(function() h:perform("POST", u, nil, {}) end)
+    assert.has_error(function() h:perform("GET", u, nil, "body") end)
+    assert.has_error(function() h:perform("HEAD", u, nil, "body") end)
+    assert.has_error(function() h:perform("GET", u, nil, nil, "opts") end)
+    assert.has_error(function() h:perform("GET", u, nil, nil, { timeout = -1 }) end)
+    assert.has_error(function() h:perform("GET", u, nil, nil, { timeout = "5" }) end)
+    assert.has_error(function() h:perform("GET", u, nil, nil, { max_body = 1.5 }) end)
+    assert.has_error(function() h:perform("GET", u, nil, nil, { ca_file = 1 }) end)
+    assert.has_error(function() h:perform("POST", u, nil, "b", { upload_file = "/etc/hostname" }) end)
+    assert.has_error(function() h:perform("POST", u, nil, nil, { upload_offset = 1 }) end)
+    -- Nothing reached the server, and the handle still works.
+    assert.same({}, fake:requests())
+    fake:script("/x", { status = 200, body = "fine" })
+    local status, _, body = h:perform("GET", u, nil, nil, { ca_file = certs.ca_file })
+    assert.equal(200, status)
+    assert.equal("fine", body)
+    h:close()
+  end)
+
+  it("returns only the last response's headers and body after redirects", function()
+    fake:script("/hop1", { status = 302, headers = { Location = "/hop2", ["X-Hop"] = "1" },
+                           body = "redirect body" })
+    fake:script("/hop2", { status = 200, headers = { ["X-Final"] = "yes" }, body = "final" })
+    local h = core.http_new()
+    local status, head, body = h:perform("GET", fake.url .. "/hop1", nil, nil,
+      { ca_file = certs.ca_file, follow = true })
+    assert.equal(200, status)
+    assert.equal("final", body)
+    assert.matches("^HTTP/1%.1 200", head)
+    assert.matches("X%-Final: yes", head)
+    assert.is_nil(head:find("X-Hop", 1, true))
+    assert.is_nil(head:find("302", 1, true))
+    h:close()
+  end)
+
+  it("streams an upload window from a file (upload_file, offset, length)", function()
+    local path = helpers.write_file(helpers.tmpname("upload"), "0123456789" .. BINARY)
+    fake:script("/up", { status = 200, body = "ok" })
+    fake:script("/up", { status = 200, body = "ok" })
+    local h = core.http_new()
+    local status = h:perform("PUT", fake.url .. "/up", { "content-type: application/octet-stream" },
+      nil, { ca_file = certs.ca_file, upload_file = path, upload_offset = 10,
+             upload_length = #BINARY })
+    assert.equal(200, status)
+    status = h:perform("POST", fake.url .. "/up", nil, nil,
+      { ca_file = certs.ca_file, upload_file = path, upload_offset = 4 })
+    assert.equal(200, status)
+    local reqs = fake:requests("/up")
+    assert.equal("PUT", reqs[1].method)
+    assert.equal(BINARY, reqs[1].body)
+    assert.equal(tostring(#BINARY), reqs[1].headers["content-length"])
+    assert.equal("application/octet-stream", reqs[1].headers["content-type"])
+    assert.equal("POST", reqs[2].method)
+    assert.equal("456789" .. BINARY, reqs[2].body)
+    assert.is_nil(reqs[2].headers["content-type"])
+    h:close()
+  end)
+
+  it("reports an upload file that is missing or shorter than the window", function()
+    local h = core.http_new()
+    local path = helpers.tmpname("missing")
+    local status, msg, code, reason = h:perform("POST", fake.url .. "/up", nil, nil,
+      { ca_file = certs.ca_file, upload_file = path })
+    assert.is_nil(status)
+    assert.equal("gauth.core: http: upload_file: " .. path .. ": No such file or directory", msg)
+    assert.is_nil(code)
+    assert.equal("file", reason)
+    local short = helpers.write_file(helpers.tmpname("short"), "abc")
+    status, msg, code, reason = h:perform("POST", fake.url .. "/up", nil, nil,
+      { ca_file = certs.ca_file, upload_file = short, upload_offset = 1, upload_length = 5 })
+    assert.is_nil(status)
+    assert.matches("past the end of the file", msg, 1, true)
+    assert.is_nil(code)
+    assert.equal("file", reason)
+    assert.same({}, fake:requests("/up"))
+    h:close()
+  end)
+
+  it("appends a 2xx body to download_file and keeps an error body in memory", function()
+    local path = helpers.write_file(helpers.tmpname("download"), "head:")
+    fake:script("/dl", { status = 200, body = BINARY })
+    fake:script("/dl", { status = 404, body = '{"error":"gone"}' })
+    fake:script("/dlr", { status = 302, headers = { Location = "/dl" }, body = "redirect page" })
+    fake:script("/dl", { status = 206, body = "tail" })
+    local h = core.http_new()
+    local status, _, body, _, written = h:perform("GET", fake.url .. "/dl", nil, nil,
+      { ca_file = certs.ca_file, download_file = path })
+    assert.equal(200, status)
+    assert.equal("", body)
+    assert.equal(#BINARY, written)
+    status, _, body, _, written = h:perform("GET", fake.url .. "/dl", nil, nil,
+      { ca_file = certs.ca_file, download_file = path })
+    assert.equal(404, status)
+    assert.equal('{"error":"gone"}', body)
+    assert.equal(0, written)
+    status, _, body, _, written = h:perform("GET", fake.url .. "/dlr", nil, nil,
+      { ca_file = certs.ca_file, download_file = path, follow = true })
+    assert.equal(206, status)
+    assert.equal(4, written)
+    assert.equal("head:" .. BINARY .. "tail", helpers.read_file(path))
+    h:close()
+  end)
+
+  it("reports a download_file that cannot be opened", function()
+    local h = core.http_new()
+    local path = helpers.tmpname("nodir") .. "/file"
+    local status, msg, code, reason = h:perform("GET", fake.url .. "/dl", nil, nil,
+      { ca_file = certs.ca_file, download_file = path })
+    assert.is_nil(status)
+    assert.equal("gauth.core: http: download_file: " .. path .. ": No such file or directory", msg)
+    assert.is_nil(code)
+    assert.equal("file", reason)
+    h:close()
+  end)
+end)
+
+describe("gauth.transport.curl", function()
+  local fake, plain, certs, t
+
+  lazy_setup(function()
+    certs = helpers.certs()
+    fake = helpers.start_fake({ tls = true })
+    plain = helpers.start_fake({ tls = false })
+    t = assert(curl.new({ ca_file = certs.ca_file, timeout = 10 }))
+  end)
+  lazy_teardown(function()
+    t:close()
+    fake:stop()
+    plain:stop()
+  end)
+  before_each(function() fake:reset() end)
+
+  describe("new", function()
+    it("returns a transport with the documented defaults", function()
+      local tr, err = curl.new()
+      assert.is_nil(err)
+      assert.equal(30, tr.timeout)
+      assert.equal(10, tr.connect_timeout)
+      assert.equal(64 * 1024 * 1024, tr.max_body)
+      assert.is_nil(tr.ca_file)
+      assert.matches("^gauth%.transport%.curl: gauth%.Http", tostring(tr))
+      assert.is_true(tr:close())
+      assert.equal("gauth.transport.curl: closed", tostring(tr))
+    end)
+
+    it("raises on bad options", function()
+      assert.has_error(function() curl.new("x") end)
+      assert.has_error(function() curl.new({ timeout = -1 }) end)
+      assert.has_error(function() curl.new({ connect_timeout = "10" }) end)
+      assert.has_error(function() curl.new({ max_body = 0.5 }) end)
+      assert.has_error(function() curl.new({ ca_file = true }) end)
+    end)
+  end)
+
+  describe("request", function()
+    for _, method in ipairs({ "GET", "POST", "PUT", "PATCH", "DELETE" }) do
+      it("sends " .. method .. " over verified TLS", function()
+        fake:script("/m", { status = 200, headers = { ["X-Method"] = method },
+                            body = "answer to " .. method })
+        local body = (method ~= "GET" and method ~= "DELETE") and ('{"m":"' .. method .. '"}') or nil
+        local res, err = t:request({ method = method, url = fake.url .. "/m?a=1&b=%2F",
+          headers = { ["content-type"] = body and "application/json" or nil }, body = body })
+        assert.is_nil(err)
+        assert.equal(200, res.status)
+        assert.equal("OK", res.reason)
+        assert.equal("answer to " .. method, res.body)
+        assert.equal(method, res.headers["x-method"])
+        local r = fake:requests("/m")[1]
+        assert.equal(method, r.method)
+        assert.equal("a=1&b=%2F", r.query)
+        assert.equal(body or "", r.body)
+        if body then
+          assert.equal("application/json", r.headers["content-type"])
+          assert.equal(tostring(#body), r.headers["content-length"])
+        end
+        assert.is_nil(r.headers.expect)
+      end)
+    end
+
+    it("sends an empty POST/PUT/PATCH with Content-Length: 0", function()
+      for _, method in ipairs({ "POST", "PUT", "PATCH" }) do
+        fake:script("/empty", { status = 204 })
+        local res = assert(t:request({ method = method, url = fake.url .. "/empty" }))
+        assert.equal(204, res.status)
+        assert.equal("", res.body)
+      end
+      for i, r in ipairs(fake:requests("/empty")) do
+        assert.equal(({ "POST", "PUT", "PATCH" })[i], r.method)
+        assert.equal("0", r.headers["content-length"])
+        assert.is_nil(r.headers["content-type"])
+      end
+    end)
+
+    it("sends HEAD and gets headers without a body", function()
+      fake:script("/head", { status = 200, body = "not sent" })
+      local res, err = t:request({ method = "HEAD", url = fake.url .. "/head" })
+      assert.is_nil(err)
+      assert.equal(200, res.status)
+      assert.equal("", res.body)
+      assert.equal("8", res.headers["content-length"])
+      assert.equal("HEAD", fake:requests("/head")[1].method)
+      -- The handle is fine for a GET with a body right after a HEAD.
+      fake:script("/head", { status = 200, body = "now sent" })
+      res = assert(t:request({ url = fake.url .. "/head" }))
+      assert.equal("now sent", res.body)
+    end)
+
+    it("defaults to GET", function()
+      fake:script("/d", { status = 200, body = "x" })
+      assert.equal(200, assert(t:request({ url = fake.url .. "/d" })).status)
+      assert.equal("GET", fake:requests("/d")[1].method)
+    end)
+
+    it("does not leak a previous request's body or method into the next", function()
+      fake:script("/a", { status = 200 })
+      fake:script("/b", { status = 200 })
+      assert(t:request({ method = "PUT", url = fake.url .. "/a", body = "payload" }))
+      assert(t:request({ url = fake.url .. "/b" }))
+      local r = fake:requests("/b")[1]
+      assert.equal("GET", r.method)
+      assert.equal("", r.body)
+      assert.is_nil(r.headers["content-length"])
+    end)
+
+    it("round-trips headers: lower-case names, repeated values joined", function()
+      fake:script("/h", { status = 200, headers = {
+        ["Set-Cookie"] = { "a=1", "b=2" }, ["X-Mixed-Case"] = "V  ",
+        ["X-Empty"] = "" } })
+      local res = assert(t:request({ url = fake.url .. "/h", headers = {
+        ["x-goog-api-client"] = "gl-lua/5.4 gauth/0.1.0",
+        ["user-agent"] = "gauth-spec/1",
+        ["x-repeated"] = { "one", "two" },
+        ["x-number"] = 42,
+        ["x-left-out"] = false,
+      } }))
+      assert.equal("a=1, b=2", res.headers["set-cookie"])
+      assert.equal("V", res.headers["x-mixed-case"])
+      assert.equal("", res.headers["x-empty"])
+      assert.equal("ESF", res.headers.server)
+      local h = fake:requests("/h")[1].headers
+      assert.equal("gl-lua/5.4 gauth/0.1.0", h["x-goog-api-client"])
+      assert.equal("gauth-spec/1", h["user-agent"])
+      assert.equal("one, two", h["x-repeated"])
+      assert.equal("42", h["x-number"])
+      assert.is_nil(h["x-left-out"])
+    end)
+
+    it("round-trips a binary body both ways", function()
+      fake:script("/bin", { status = 200, body = BINARY })
+      local res = assert(t:request({ method = "POST", url = fake.url .. "/bin",
+        headers = { ["content-type"] = "application/octet-stream" }, body = BINARY }))
+      assert.equal(BINARY, res.body)
+      assert.equal(#BINARY, #res.body)
+      local r = fake:requests("/bin")[1]
+      assert.equal(BINARY, r.body)
+      assert.equal("application/octet-stream", r.headers["content-type"])
+    end)
+
+    it("keeps the connection alive across requests", function()
+      local tr = assert(curl.new({ ca_file = certs.ca_file }))
+      fake:script("/k", { status = 200, body = "1" })
+      fake:script("/k", { status = 200, body = "2" })
+      fake:script("/k", { status = 200, body = "3" })
+      local r1 = assert(tr:request({ url = fake.url .. "/k" }))
+      local r2 = assert(tr:request({ method = "POST", url = fake.url .. "/k", body = "x" }))
+      local r3 = assert(tr:request({ url = fake.url .. "/k" }))
+      assert.equal(1, r1.new_connections)
+      assert.equal(0, r2.new_connections)
+      assert.equal(0, r3.new_connections)
+      local reqs = fake:requests("/k")
+      assert.equal(3, #reqs)
+      assert.equal(reqs[1].conn, reqs[2].conn)
+      assert.equal(reqs[1].conn, reqs[3].conn)
+      tr:close()
+    end)
+
+    it("reconnects after the server closed the kept-alive connection", function()
+      local tr = assert(curl.new({ ca_file = certs.ca_file }))
+      fake:script("/k", { status = 200, headers = { Connection = "close" }, body = "1" })
+      fake:script("/k", { status = 200, body = "2" })
+      assert.equal("1", assert(tr:request({ url = fake.url .. "/k" })).body)
+      local r2 = assert(tr:request({ url = fake.url .. "/k" }))
+      assert.equal("2", r2.body)
+      assert.equal(1, r2.new_connections)
+      local reqs = fake:requests("/k")
+      assert.are_not.equal(reqs[1].conn, reqs[2].conn)
+      tr:close()
+    end)
+
+    it("times out on a server that never answers", function()
+      fake:script("/hang", { hang = true })
+      local t0 = socket.gettime()
+      local res, err = t:request({ url = fake.url .. "/hang", timeout = 0.5 })
+      local dt = socket.gettime() - t0
+      assert.is_nil(res)
+      assert.is_true(errors.is(err))
+      assert.equal("http", err.module)
+      assert.equal("request", err.step)
+      assert.equal(28, err.curl_code)
+      assert.is_true(err.retryable)
+      assert.matches("^gauth%.http: request: Timeout was reached %(28%)", tostring(err))
+      assert.is_true(dt >= 0.45 and dt < 3, "took " .. dt)
+      -- The transport is usable again afterwards.
+      fake:script("/ok", { status = 200, body = "ok" })
+      assert.equal("ok", assert(t:request({ url = fake.url .. "/ok" })).body)
+    end)
+
+    it("reports a refused connection as retryable", function()
+      local port = closed_port()
+      local res, err = t:request({ url = "http://127.0.0.1:" .. port .. "/",
+        headers = { authorization = "Bearer SECRET-TOKEN" }, method = "POST",
+        body = "assertion=SECRET-BODY" })
+      assert.is_nil(res)
+      assert.equal(7, err.curl_code)
+      assert.is_true(err.retryable)
+      assert.matches("^gauth%.http: request: Couldn't connect to server %(7%)", tostring(err))
+      -- Never a secret in the message.
+      assert.is_nil(tostring(err):find("SECRET", 1, true))
+    end)
+
+    it("reports a dropped connection and a truncated body as retryable", function()
+      -- A fresh transport: on a reused connection that the server closes
+      -- without a word, libcurl itself retries once on a new one.
+      local tr = assert(curl.new({ ca_file = certs.ca_file }))
+      fake:script("/drop", { drop = true })
+      local res, err = tr:request({ url = fake.url .. "/drop" })
+      assert.is_nil(res)
+      assert.equal(52, err.curl_code)
+      assert.is_true(err.retryable)
+      fake:script("/trunc", { status = 200, body = string.rep("x", 1000), truncate = true })
+      res, err = tr:request({ url = fake.url .. "/trunc" })
+      assert.is_nil(res)
+      assert.equal(18, err.curl_code)
+      assert.is_true(err.retryable)
+      tr:close()
+    end)
+
+    it("refuses a certificate from another CA before sending anything", function()
+      local untrusted = helpers.start_fake({ untrusted = true })
+      local res, err = t:request({ method = "POST", url = untrusted.url .. "/token",
+        body = "assertion=secret" })
+      local reqs = untrusted:requests()
+      untrusted:stop()
+      assert.is_nil(res)
+      assert.equal(60, err.curl_code)
+      assert.is_false(err.retryable)
+      assert.matches("SSL", tostring(err))
+      assert.same({}, reqs)
+    end)
+
+    it("refuses a certificate for another host name", function()
+      local wrong = helpers.start_fake({ wronghost = true })
+      local res, err = t:request({ url = wrong.url .. "/" })
+      local reqs = wrong:requests()
+      wrong:stop()
+      assert.is_nil(res)
+      assert.equal(60, err.curl_code)
+      assert.is_false(err.retryable)
+      assert.same({}, reqs)
+    end)
+
+    it("does not trust the test CA without ca_file (system store)", function()
+      local tr = assert(curl.new())
+      local res, err = tr:request({ url = fake.url .. "/" })
+      tr:close()
+      assert.is_nil(res)
+      assert.equal(60, err.curl_code)
+      assert.same({}, fake:requests())
+    end)
+
+    it("takes the CA bundle from SSL_CERT_FILE, then CURL_CA_BUNDLE", function()
+      fake:script("/env", { status = 200, body = "env ok" })
+      fake:script("/env", { status = 200, body = "env ok" })
+      local code = ([[
+        package.path = %q; package.cpath = %q
+        local t = require("gauth.transport.curl").new()
+        local res, err = t:request({ url = %q })
+        io.write(res and res.body or tostring(err))
+      ]]):format(package.path, package.cpath, fake.url .. "/env")
+      local lua = lua_interpreter()
+      local q = helpers.shell_quote
+      local env = "env -u SSL_CERT_FILE -u CURL_CA_BUNDLE "
+      local ok, out = helpers.sh(env .. "SSL_CERT_FILE=" .. q(certs.ca_file)
+        .. " CURL_CA_BUNDLE=" .. q(certs.other_ca_file) .. " " .. lua .. " -e " .. q(code))
+      assert.is_true(ok, out)
+      assert.equal("env ok", out)
+      ok, out = helpers.sh(env .. "CURL_CA_BUNDLE=" .. q(certs.ca_file) .. " "
+        .. lua .. " -e " .. q(code))
+      assert.is_true(ok, out)
+      assert.equal("env ok", out)
+      ok, out = helpers.sh(env .. "SSL_CERT_FILE=" .. q(certs.other_ca_file) .. " "
+        .. lua .. " -e " .. q(code))
+      assert.is_true(ok, out)
+      assert.matches("%(60%)", out)
+      assert.equal(2, #fake:requests("/env"))
+    end)
+
+    it("enforces max_body on a declared and on a decoded length", function()
+      fake:script("/big", { status = 200, body = string.rep("a", 5000) })
+      local res, err = t:request({ url = fake.url .. "/big", max_body = 1000 })
+      assert.is_nil(res)
+      assert.is_true(err.too_large)
+      assert.equal("max_body", err.reason)
+      assert.is_false(err.retryable)
+      assert.matches("larger than max_body %(1000 bytes%)", tostring(err))
+      -- gzip of 100000 zeros is ~100 bytes on the wire; decoded it is not.
+      local raw = helpers.tmpname("zeros")
+      helpers.write_file(raw, string.rep("\0", 100000))
+      assert(helpers.sh("gzip -9 -n " .. helpers.shell_quote(raw)))
+      local gz = assert(helpers.read_file(raw .. ".gz"))
+      assert.is_true(#gz < 1000)
+      fake:script("/gz", { status = 200, headers = { ["Content-Encoding"] = "gzip" }, body = gz })
+      res, err = t:request({ url = fake.url .. "/gz", max_body = 1000,
+                             headers = { ["accept-encoding"] = "gzip" } })
+      assert.is_nil(res)
+      assert.is_true(err.too_large)
+      assert.equal(23, err.curl_code)
+      -- Within the cap, the body comes back decoded.
+      fake:script("/gz", { status = 200, headers = { ["Content-Encoding"] = "gzip" }, body = gz })
+      res = assert(t:request({ url = fake.url .. "/gz",
+                               headers = { ["accept-encoding"] = "gzip" } }))
+      assert.equal(100000, #res.body)
+      assert.equal(string.rep("\0", 100000), res.body)
+      assert.equal("gzip", res.decoded)
+      assert.is_nil(res.headers["content-encoding"])
+      assert.is_nil(res.headers["content-length"])
+      assert.equal("gzip", fake:requests("/gz")[2].headers["accept-encoding"])
+      -- Without accept-encoding nothing is asked for or decoded.
+      fake:script("/gz", { status = 200, headers = { ["Content-Encoding"] = "gzip" }, body = gz })
+      res = assert(t:request({ url = fake.url .. "/gz" }))
+      assert.equal(gz, res.body)
+      assert.equal("gzip", res.headers["content-encoding"])
+      assert.is_nil(fake:requests("/gz")[3].headers["accept-encoding"])
+    end)
+
+    it("does not follow redirects unless asked", function()
+      fake:script("/r", { status = 302, headers = { Location = "/t" }, body = "moved" })
+      local res = assert(t:request({ url = fake.url .. "/r" }))
+      assert.equal(302, res.status)
+      assert.equal("/t", res.headers.location)
+      assert.equal("moved", res.body)
+      fake:script("/r", { status = 302, headers = { Location = "/t" } })
+      fake:script("/t", { status = 200, body = "there" })
+      res = assert(t:request({ url = fake.url .. "/r", follow_redirects = true }))
+      assert.equal(200, res.status)
+      assert.equal("there", res.body)
+    end)
+
+    it("never follows a redirect from https to http", function()
+      fake:script("/down", { status = 302, headers = { Location = plain.url .. "/x" } })
+      local res, err = t:request({ url = fake.url .. "/down", follow_redirects = true })
+      assert.is_nil(res)
+      assert.equal(1, err.curl_code)
+      assert.same({}, plain:requests())
+    end)
+
+    it("speaks plain http to loopback", function()
+      plain:script("/p", { status = 200, body = "plain" })
+      local res, err = t:request({ method = "POST", url = plain.url .. "/p", body = "b" })
+      assert.is_nil(err)
+      assert.equal(200, res.status)
+      assert.equal("plain", res.body)
+      assert.equal("b", plain:requests("/p")[1].body)
+    end)
+
+    it("refuses other protocols", function()
+      local res, err = t:request({ url = "file:///etc/passwd" })
+      assert.is_nil(res)
+      assert.equal(1, err.curl_code)
+      assert.is_false(err.retryable)
+    end)
+
+    it("returns an error, not the value, for a header value with CR or LF", function()
+      local res, err = t:request({ url = fake.url .. "/", headers = {
+        authorization = "Bearer abc\r\nx-injected: 1" } })
+      assert.is_nil(res)
+      assert.is_true(errors.is(err))
+      assert.is_false(err.retryable)
+      assert.equal("gauth.http: request: header authorization has a value with CR, LF or NUL",
+                   tostring(err))
+      assert.same({}, fake:requests())
+    end)
+
+    it("passes streaming options through", function()
+      local src = helpers.write_file(helpers.tmpname("src"), BINARY)
+      local dst = helpers.tmpname("dst")
+      fake:script("/s", { status = 200, body = "stored" })
+      local res = assert(t:request({ method = "PUT", url = fake.url .. "/s", upload_file = src }))
+      assert.equal("stored", res.body)
+      assert.equal(BINARY, fake:requests("/s")[1].body)
+      fake:script("/s", { status = 200, body = BINARY })
+      res = assert(t:request({ url = fake.url .. "/s", download_file = dst }))
+      assert.equal("", res.body)
+      assert.equal(#BINARY, res.written)
+      assert.equal(BINARY, helpers.read_file(dst))
+    end)
+
+    it("raises on bad arguments", function()
+      assert.has_error(function() t:request() end, "gauth.transport.curl: request must be a table")
+      assert.has_error(function() t:request({ method = "BREW", url = fake.url }) end)
+      assert.has_error(function() t:request({ method = "get", url = fake.url }) end)
+      assert.has_error(function() t:request({ url = 42 }) end)
+      assert.has_error(function() t:request({ url = fake.url, body = {} }) end)
+      assert.has_error(function() t:request({ url = fake.url, headers = "x" }) end)
+      assert.has_error(function() t:request({ url = fake.url, headers = { ["bad name"] = "v" } }) end)
+      assert.has_error(function() t:request({ url = fake.url, headers = { [1] = "v" } }) end)
+      assert.has_error(function() t:request({ url = fake.url, headers = { x = {} , y = print } }) end)
+      assert.has_error(function() t:request({ url = fake.url, timeout = -1 }) end)
+      assert.has_error(function() t:request({ url = fake.url, max_body = "1" }) end)
+      assert.same({}, fake:requests())
+    end)
+
+    it("raises after close", function()
+      local tr = assert(curl.new({ ca_file = certs.ca_file }))
+      assert.is_true(tr:close())
+      assert.is_true(tr:close())
+      assert.has_error(function() tr:request({ url = fake.url }) end,
+        "gauth.transport.curl: the transport is closed")
+    end)
+  end)
+
+  describe("parse_headers", function()
+    it("parses a block", function()
+      local h, reason = curl.parse_headers(
+        "HTTP/2 200 \r\ncontent-type: a/b\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+      assert.equal("", reason)
+      assert.same({ ["content-type"] = "a/b", ["x-a"] = "1, 2" }, h)
+      h, reason = curl.parse_headers("HTTP/1.1 404 Not Found\r\n\r\n")
+      assert.same({}, h)
+      assert.equal("Not Found", reason)
+    end)
+  end)
+end)
+
+describe("gauth.http", function()
+  it("new returns the libcurl transport outside nginx", function()
+    local t, err = ghttp.new({ timeout = 3 })
+    assert.is_nil(err)
+    assert.equal(curl, getmetatable(t).__index)
+    assert.equal(3, t.timeout)
+    t:close()
+  end)
+
+  it("new raises on bad options like the transport", function()
+    assert.has_error(function() ghttp.new({ timeout = "x" }) end)
+  end)
+
+  it("default returns one shared transport; set_default replaces it", function()
+    local a = assert(ghttp.default())
+    assert.equal(a, ghttp.default())
+    local mine = assert(curl.new({ timeout = 1 }))
+    ghttp.set_default(mine)
+    assert.equal(mine, ghttp.default())
+    ghttp.set_default(nil)
+    local b = assert(ghttp.default())
+    assert.are_not.equal(mine, b)
+    assert.has_error(function() ghttp.set_default({}) end)
+    mine:close()
+  end)
+end)
