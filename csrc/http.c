@@ -429,12 +429,34 @@ static int l_http_new(lua_State *L)
 }
 
 /***
- * libcurl's version string ("libcurl/7.88.1 OpenSSL/3.0.x ...").
+ * libcurl's version and its TLS, zlib and HTTP/2 libraries
+ * ("libcurl/7.88.1 OpenSSL/3.0.x zlib/1.2.13 nghttp2/1.52.0").
  * @function http_version
  */
 static int l_http_version(lua_State *L)
 {
-    lua_pushstring(L, curl_version());
+    /* Built from curl_version_info(), not curl_version(): the latter also
+     * asks libldap for its version, which initialises (and never frees)
+     * libldap and libsasl2 just to print a user agent. */
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    luaL_Buffer b;
+
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "libcurl/");
+    luaL_addstring(&b, v->version);
+    if (v->ssl_version != NULL) {
+        luaL_addchar(&b, ' ');
+        luaL_addstring(&b, v->ssl_version);
+    }
+    if (v->libz_version != NULL) {
+        luaL_addstring(&b, " zlib/");
+        luaL_addstring(&b, v->libz_version);
+    }
+    if (v->age >= CURLVERSION_FIFTH && v->nghttp2_version != NULL) {
+        luaL_addstring(&b, " nghttp2/");
+        luaL_addstring(&b, v->nghttp2_version);
+    }
+    luaL_pushresult(&b);
     return 1;
 }
 
