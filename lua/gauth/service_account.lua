@@ -1,0 +1,821 @@
+--- Service-account credentials: a key file, the scopes an application
+-- needs, optionally a user to act for (domain-wide delegation), and access
+-- tokens from Google's OAuth 2.0 token endpoint (the JWT-bearer grant,
+-- RFC 7523). Also self-signed JWTs used directly as bearer tokens, and ID
+-- tokens for Cloud Run, IAP and Cloud Functions.
+--
+--     local sa = require "gauth.service_account"
+--     local creds = assert(sa.from_file("/path/to/service.json", {
+--       scopes = { "https://www.googleapis.com/auth/sqlservice.admin" } }))
+--     local headers = assert(creds:apply({}))   -- authorization: Bearer ...
+--
+-- Three modes, one class:
+--
+-- * **exchange** (default): `token()` signs a grant assertion (RS256, kid =
+--   `private_key_id`, claims iss, scope, aud = token_uri, iat, exp = iat +
+--   3600, sub with `subject`) and trades it for an access token.
+-- * **self-signed JWT** (`jwt_access = true` or `audience`): no exchange;
+--   the token is a JWT signed with the key (iss = sub = the account's email,
+--   iat, exp = iat + 3600) that Google accepts as a bearer token for many
+--   APIs. Its audience: `opts.audience` when given, as `aud` (for an API,
+--   `https://<service>.googleapis.com/`: see `audience_for`); otherwise the
+--   scopes, as a `scope` claim with no `aud` (Google accepts either). With
+--   neither, `token()` fails: make one with `with_audience`. Not with a
+--   subject: delegation needs the exchange.
+-- * **ID token** (`id_token_credentials`): the assertion carries
+--   `target_audience` and the endpoint answers with a Google-signed ID
+--   token, which `token()` returns.
+--
+-- Tokens are cached by `gauth.credentials` (refreshed within 225 s of
+-- expiry), self-signed JWTs too (re-signed inside the same window).
+--
+-- Errors are `gauth.errors` objects with module "service_account"; steps:
+-- "key file" (fields `file`, `field`), "token_uri", "assertion", "token
+-- request" (transport failures, with the transport's `retryable`,
+-- `curl_code`), "token response" (fields `status`, `error`,
+-- `error_description`, `retryable`, `retry_after`, and `clock_skew` when
+-- the endpoint refused the assertion's time window). No error or
+-- `tostring` ever holds key material or a token.
+-- @module gauth.service_account
+
+local credentials = require "gauth.credentials"
+local errors = require "gauth.errors"
+local jwt = require "gauth.jwt"
+local retry = require "gauth.retry"
+local util = require "gauth.util"
+local core = require "gauth.core"
+local cjson = require "cjson.safe"
+
+local type = type
+local pairs = pairs
+local next = next
+local ipairs = ipairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local require = require
+local setmetatable = setmetatable
+local floor = math.floor
+local huge = math.huge
+local find = string.find
+local sub = string.sub
+local lower = string.lower
+local gmatch = string.gmatch
+local concat = table.concat
+local json_decode = cjson.decode
+local b64url_decode = core.b64url_decode
+local jwt_encode = jwt.encode
+
+local _M = credentials.extend({ _VERSION = "0.1.0", kind = "service_account" })
+local mt = credentials.metatable(_M)
+
+--- Google's token endpoint, used when the key file names none.
+_M.DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+
+--- Lifetime of assertions and self-signed JWTs (seconds): the most Google
+-- accepts.
+_M.LIFETIME = 3600
+
+--- Largest token response accepted (bytes). Google's are under 4 KiB; a
+-- bigger answer is not a token response.
+_M.MAX_RESPONSE = 256 * 1024
+
+--- Retry policy of the token request (see `gauth.retry.call`): 3
+-- attempts, backoff from 1 s doubling with jitter, Retry-After honoured,
+-- all within 60 s. `opts.retry` overrides fields of it.
+_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
+             jitter = true, deadline = 60 }
+
+-- Key files bigger than this are not key files (a real one is ~2.3 KiB).
+local MAX_KEY_FILE = 1024 * 1024
+
+local GRANT_PREFIX = "grant_type=" ..
+  util.url_encode("urn:ietf:params:oauth:grant-type:jwt-bearer") .. "&assertion="
+
+-- Never changed by the transport; one table for every request.
+local TOKEN_HEADERS = {
+  ["content-type"] = "application/x-www-form-urlencoded",
+  accept = "application/json",
+}
+
+-- OAuth errors that say "try again" (google-auth retries these too).
+local RETRYABLE_OAUTH = { internal_failure = true, server_error = true,
+                          temporarily_unavailable = true }
+-- OAuth errors that no retry can fix, whatever the status.
+local FINAL_OAUTH = { invalid_grant = true, invalid_scope = true,
+                      invalid_client = true, unauthorized_client = true,
+                      invalid_request = true, unsupported_grant_type = true,
+                      access_denied = true }
+
+-- Only a skew this large is worth a corrected retry: below it, the time
+-- window was not what the endpoint minded (and an HTTP Date has 1 s
+-- resolution).
+local MIN_SKEW = 5
+
+local function fail(step, message, fields)
+  return nil, errors.new("service_account", step, message, fields)
+end
+
+---------------------------------------------------------------------------
+-- Options
+---------------------------------------------------------------------------
+
+local function arg_error(msg)
+  error("gauth.service_account: " .. msg, 4)
+end
+
+-- scopes: array of strings or a space-separated string -> array (nil when
+-- empty).
+local function normalise_scopes(scopes)
+  if scopes == nil then return nil end
+  local list = {}
+  if type(scopes) == "string" then
+    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
+  elseif type(scopes) == "table" then
+    for i, s in ipairs(scopes) do
+      if type(s) ~= "string" or s == "" or find(s, "%s") then
+        arg_error("scopes[" .. i .. "] must be a non-empty string without spaces")
+      end
+      list[i] = s
+    end
+  else
+    arg_error("scopes must be an array of strings or a space-separated string")
+  end
+  if #list == 0 then return nil end
+  return list
+end
+
+local function opt_string(v, name)
+  if v ~= nil and (type(v) ~= "string" or v == "") then
+    arg_error(name .. " must be a non-empty string")
+  end
+  return v
+end
+
+local function copy_claims(claims, into)
+  if claims == nil then return into end
+  if type(claims) ~= "table" then arg_error("claims must be a table") end
+  into = into or {}
+  for k, v in pairs(claims) do
+    if type(k) ~= "string" then arg_error("claim names must be strings") end
+    if k == "iat" or k == "exp" then
+      arg_error("claims may not set " .. k .. " (the lifetime is gauth's)")
+    end
+    into[k] = v
+  end
+  return into
+end
+
+local function is_empty(t)
+  return t == nil or next(t) == nil
+end
+
+--- Check that a token URI may carry an assertion: https, or http to a
+-- loopback host (tests, local emulators). Nothing is sent otherwise.
+-- @return true | nil, err
+function _M.check_token_uri(uri)
+  local scheme, host = util.parse_url(uri)
+  if not scheme then
+    return fail("token_uri", "not an absolute http(s) URL: " .. tostring(uri))
+  end
+  if scheme == "https" then return true end
+  if scheme == "http" then
+    if util.is_loopback_host(host) then return true end
+    return fail("token_uri", "refusing to send an assertion in clear text to "
+      .. host .. " (https is required except for a loopback host)",
+      { uri = uri })
+  end
+  return fail("token_uri", "unsupported scheme " .. scheme, { uri = uri })
+end
+
+--- The self-signed JWT audience Google expects for the API at `url`:
+-- `https://<host>/` (e.g. "https://pubsub.googleapis.com/").
+-- @tparam string url an API's root URL or any URL on its host
+-- @return audience | nil
+function _M.audience_for(url)
+  local scheme, host = util.parse_url(url)
+  if not scheme then return nil end
+  return "https://" .. lower(host) .. "/"
+end
+
+---------------------------------------------------------------------------
+-- Construction
+---------------------------------------------------------------------------
+
+local function key_error(source, field, message)
+  local where = source
+  if field then where = where .. ": field " .. field end
+  return fail("key file", where .. ": " .. message,
+              { file = source, field = field })
+end
+
+-- info (table) -> the parts of a credentials object | nil, err
+local function parse_info(info, source)
+  local function str(field, required)
+    local v = info[field]
+    if v == nil or v == util.json_null then
+      if required then return nil, key_error(source, field, "missing") end
+      return false
+    end
+    if type(v) ~= "string" or v == "" then
+      return nil, key_error(source, field, "must be a non-empty string")
+    end
+    return v
+  end
+  local t = info.type
+  if t ~= "service_account" then
+    if t == nil then
+      return nil, key_error(source, "type", 'missing (expected "service_account")')
+    end
+    local shown = type(t) == "string" and ('"' .. sub(t, 1, 40) .. '"') or type(t)
+    return nil, key_error(source, "type", "is " .. shown ..
+      ', expected "service_account"')
+  end
+  local email, err = str("client_email", true)
+  if not email then return nil, err end
+  local pem
+  pem, err = str("private_key", true)
+  if not pem then return nil, err end
+  local kid
+  kid, err = str("private_key_id", false)
+  if kid == nil then return nil, err end
+  local token_uri
+  token_uri, err = str("token_uri", false)
+  if token_uri == nil then return nil, err end
+  local project
+  project, err = str("project_id", false)
+  if project == nil then return nil, err end
+  local key, kerr = jwt.load_key(pem)
+  if not key then
+    -- kerr comes from gauth.core/OpenSSL and describes, never quotes, the key.
+    return nil, key_error(source, "private_key", tostring(kerr.message or kerr))
+  end
+  return {
+    service_account_email = email,
+    private_key_id = kid or nil,
+    token_uri = token_uri or nil,
+    project_id = project or nil,
+    key = key,
+  }
+end
+
+local function build(parts, source, opts, mode)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth.service_account: opts must be a table", 3)
+  end
+  opts = opts or {}
+  local token_uri = opt_string(opts.token_uri, "token_uri") or parts.token_uri
+                    or _M.DEFAULT_TOKEN_URI
+  local ok, err = _M.check_token_uri(token_uri)
+  if not ok then return nil, err end
+
+  local subject = opt_string(opts.subject, "subject")
+  local audience = opt_string(opts.audience, "audience")
+  local jwt_access = opts.jwt_access
+  if jwt_access ~= nil and type(jwt_access) ~= "boolean" then
+    arg_error("jwt_access must be a boolean")
+  end
+  local target = opt_string(opts.target_audience, "target_audience")
+  if mode == "id_token" then
+    if not target then arg_error("id_token_credentials needs opts.target_audience") end
+  else
+    if target then arg_error("target_audience is for id_token_credentials") end
+    if jwt_access or audience then mode = "jwt" end
+  end
+  if mode == "jwt" and subject then
+    arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
+  end
+  local claims = copy_claims(opts.claims)
+  if opts.http ~= nil and (type(opts.http) ~= "table" or type(opts.http.request) ~= "function") then
+    arg_error("http must be a transport (with :request)")
+  end
+  if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
+    arg_error("ca_file must be a string")
+  end
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
+    arg_error("timeout must be a positive number")
+  end
+  local policy = {}
+  for k, v in pairs(_M.RETRY) do policy[k] = v end
+  if opts.retry == false then
+    policy.attempts = 1
+  elseif opts.retry ~= nil then
+    if type(opts.retry) ~= "table" then arg_error("retry must be a table or false") end
+    for k, v in pairs(opts.retry) do policy[k] = v end
+  end
+
+  local self = setmetatable({
+    service_account_email = parts.service_account_email,
+    project_id = parts.project_id,
+    private_key_id = parts.private_key_id,
+    token_uri = token_uri,
+    scopes = normalise_scopes(opts.scopes),
+    subject = subject,
+    claims = claims,
+    audience = audience,
+    target_audience = target,
+    mode = mode,
+    source = source,
+    _signing_key = parts.key,
+    -- jwt.encode's options, made once: ES256 for an EC key (Google's own
+    -- keys are RSA; an uploaded key may not be).
+    _jwt_opts = { alg = parts.key:type() == "EC" and "ES256" or "RS256",
+                  kid = parts.private_key_id },
+    _retry = policy,
+    _timeout = opts.timeout,
+    -- Shared by every copy made with the with_* modifiers: the transport
+    -- (and its kept-alive connection) and the clock offset learnt from the
+    -- endpoint.
+    _shared = { http = opts.http, ca_file = opts.ca_file,
+                timeout = opts.timeout, skew = 0 },
+  }, mt)
+  credentials.init(self, opts)
+  return self
+end
+
+--- Credentials from a decoded key file, or its JSON text.
+-- @param info table or JSON string (the content of a key file)
+-- @tparam[opt] table opts `scopes` (array or space-separated string),
+--   `subject` (user to act for: domain-wide delegation), `claims` (extra
+--   assertion claims; not iat/exp), `token_uri` (overrides the file's),
+--   `quota_project`, `jwt_access` (boolean) / `audience` (self-signed JWT
+--   mode), `http` (a transport; default `gauth.http.default()`), `ca_file`
+--   and `timeout` (make a transport of its own for these credentials),
+--   `retry` (fields overriding `RETRY`, or false for one attempt), `cache`,
+--   `now` (see `gauth.credentials.init`)
+-- @return credentials | nil, err
+function _M.from_info(info, opts)
+  local source = "service account info"
+  if type(info) == "string" then
+    local v = json_decode(info)
+    if type(v) ~= "table" then
+      return key_error(source, nil, "not a JSON object")
+    end
+    info = v
+  elseif type(info) ~= "table" then
+    error("gauth.service_account: from_info: info must be a table or a JSON string", 2)
+  end
+  local parts, err = parse_info(info, source)
+  if not parts then return nil, err end
+  return build(parts, source, opts, "exchange")
+end
+
+local function load_file(path)
+  local data, err = util.read_file(path)
+  if not data then
+    -- io.open's message already starts with the path.
+    return nil, fail("key file", "cannot read key file " .. tostring(err),
+                     { file = path })
+  end
+  if #data > MAX_KEY_FILE then
+    return key_error(path, nil, "too large for a key file")
+  end
+  local info = json_decode(data)
+  if type(info) ~= "table" then
+    return key_error(path, nil, "not a JSON object (is this a service account key file?)")
+  end
+  return parse_info(info, path)
+end
+
+--- Credentials from a key file (as downloaded from the Cloud console).
+-- @tparam string path
+-- @tparam[opt] table opts as for `from_info`
+-- @return credentials | nil, err (naming the file and the field at fault,
+--   never the key)
+function _M.from_file(path, opts)
+  if type(path) ~= "string" then
+    error("gauth.service_account: from_file: path must be a string", 2)
+  end
+  local parts, err = load_file(path)
+  if not parts then return nil, err end
+  return build(parts, path, opts, "exchange")
+end
+
+--- ID token credentials: `token()` returns a Google-signed ID token whose
+-- audience is `opts.target_audience` (the URL of a Cloud Run service, an
+-- IAP client ID, ...).
+-- @param info_or_path a key file's path, its decoded table or its JSON text
+-- @tparam table opts `target_audience` (required), and `token_uri`,
+--   `claims`, `http`, `ca_file`, `timeout`, `retry`, `cache`, `now` as for
+--   `from_info`
+-- @return credentials | nil, err
+function _M.id_token_credentials(info_or_path, opts)
+  if type(opts) ~= "table" then
+    error("gauth.service_account: id_token_credentials: opts with target_audience required", 2)
+  end
+  local parts, err, source
+  if type(info_or_path) == "table" or
+      (type(info_or_path) == "string" and find(info_or_path, "^%s*{")) then
+    source = "service account info"
+    local info = info_or_path
+    if type(info) == "string" then
+      info = json_decode(info)
+      if type(info) ~= "table" then return key_error(source, nil, "not a JSON object") end
+    end
+    parts, err = parse_info(info, source)
+  elseif type(info_or_path) == "string" then
+    source = info_or_path
+    parts, err = load_file(info_or_path)
+  else
+    error("gauth.service_account: id_token_credentials: need a path, a table or JSON text", 2)
+  end
+  if not parts then return nil, err end
+  if opts.scopes or opts.subject or opts.jwt_access or opts.audience then
+    error("gauth.service_account: id_token_credentials takes no scopes, subject or audience", 2)
+  end
+  return build(parts, source, opts, "id_token")
+end
+
+---------------------------------------------------------------------------
+-- Signing
+---------------------------------------------------------------------------
+
+local function scope_string(self)
+  local s = self.scopes
+  if not s then return nil end
+  return concat(s, " ")
+end
+
+-- Now on the endpoint's clock, whole seconds.
+local function issued_at(self)
+  return floor(self._clock() + self._shared.skew)
+end
+
+local function sign(self, claims)
+  local tok, err = jwt_encode(claims, self._signing_key, self._jwt_opts)
+  if not tok then return nil, errors.wrap("service_account", "assertion", err) end
+  return tok
+end
+
+local function grant_claims(self, iat)
+  local claims = {}
+  local extra = self.claims
+  if extra then
+    for k, v in pairs(extra) do claims[k] = v end
+  end
+  if claims.iss == nil then claims.iss = self.service_account_email end
+  if claims.aud == nil then claims.aud = self.token_uri end
+  if self.mode == "id_token" then
+    claims.target_audience = self.target_audience
+  else
+    if claims.scope == nil then claims.scope = scope_string(self) end
+    if claims.sub == nil then claims.sub = self.subject end
+  end
+  claims.iat = iat
+  claims.exp = iat + _M.LIFETIME
+  return claims
+end
+
+--- The signed grant assertion the token exchange sends: RS256 (ES256 for
+-- an EC key), header kid = `private_key_id`; claims iss, scope, aud =
+-- token_uri, iat, exp = iat + 3600, sub when a subject is set,
+-- target_audience for ID token credentials, plus `claims`.
+-- @return assertion | nil, err
+function _M:assertion()
+  return sign(self, grant_claims(self, issued_at(self)))
+end
+
+---------------------------------------------------------------------------
+-- The token exchange
+---------------------------------------------------------------------------
+
+local function transport(self)
+  local shared = self._shared
+  local http = shared.http
+  if http then return http end
+  if shared.ca_file or shared.timeout then
+    -- A transport of their own for credentials with their own CA bundle or
+    -- timeout, kept for every copy of them.
+    local err
+    http, err = require("gauth.http").new({ ca_file = shared.ca_file,
+                                            timeout = shared.timeout })
+    if not http then return nil, errors.wrap("service_account", "token request", err) end
+    shared.http = http
+    return http
+  end
+  -- Not stored: gauth.http.set_default() applies to existing credentials.
+  return require("gauth.http").default()
+end
+
+-- The payload of a JWT, not verified: used only for a token that came from
+-- the token endpoint over verified TLS in answer to our own request, to
+-- learn its lifetime. Nothing here is trusted for authorization.
+local function unverified_claims(token)
+  if type(token) ~= "string" then return nil end
+  local d1 = find(token, ".", 1, true)
+  local d2 = d1 and find(token, ".", d1 + 1, true)
+  if not d2 then return nil end
+  local raw = b64url_decode(sub(token, d1 + 1, d2 - 1))
+  if not raw then return nil end
+  local claims = json_decode(raw)
+  if type(claims) ~= "table" then return nil end
+  return claims
+end
+
+local function is_time_window(desc)
+  if type(desc) ~= "string" then return false end
+  desc = lower(desc)
+  return find(desc, "iat", 1, true) ~= nil or find(desc, "exp", 1, true) ~= nil
+      or find(desc, "timeframe", 1, true) ~= nil
+      or find(desc, "time window", 1, true) ~= nil
+end
+
+local function lifetime(v)
+  if type(v) == "string" then v = tonumber(v) end
+  if type(v) ~= "number" or v ~= v or v <= 0 or v == huge then return nil end
+  return v
+end
+
+-- One response -> entry | nil, err
+local function parse_response(self, res, now)
+  local status = res.status
+  local body = res.body
+  if status ~= 200 then
+    local data = type(body) == "string" and json_decode(body) or nil
+    local oerr, desc
+    if type(data) == "table" then
+      if type(data.error) == "string" then
+        oerr = data.error
+        desc = type(data.error_description) == "string" and data.error_description or nil
+      elseif type(data.error) == "table" then
+        -- Google's API error shape, seen from some front ends.
+        local e = data.error
+        oerr = type(e.status) == "string" and lower(e.status) or nil
+        desc = type(e.message) == "string" and e.message or nil
+      end
+    end
+    local retryable
+    if oerr and FINAL_OAUTH[oerr] then
+      retryable = false
+    else
+      retryable = retry.is_retryable_status(status) or
+                  (oerr ~= nil and RETRYABLE_OAUTH[oerr] == true) or
+                  (desc ~= nil and RETRYABLE_OAUTH[desc] == true)
+    end
+    local fields = {
+      status = status, reason = res.reason, error = oerr,
+      error_description = desc, retryable = retryable,
+      retry_after = retry.parse_retry_after(res.headers and res.headers["retry-after"], now),
+      uri = self.token_uri,
+    }
+    if oerr == "invalid_grant" and is_time_window(desc) then
+      local date = retry.parse_http_date(res.headers and res.headers.date)
+      if date then fields.clock_skew = date - now end
+    end
+    local msg = "the token endpoint refused the request"
+    if oerr then
+      msg = msg .. ": " .. oerr .. (desc and (": " .. desc) or "")
+    end
+    return fail("token response", msg, fields)
+  end
+
+  -- A 200 body may hold a token: it never goes into an error.
+  local data = json_decode(body)
+  if type(data) ~= "table" then
+    return fail("token response", "the token endpoint's answer is not a JSON object",
+                { status = status, retryable = false, uri = self.token_uri })
+  end
+  if self.mode == "id_token" then
+    local idt = data.id_token
+    if type(idt) ~= "string" or idt == "" then
+      return fail("token response", "no id_token in the token endpoint's answer",
+                  { status = status, retryable = false, uri = self.token_uri })
+    end
+    local claims = unverified_claims(idt)
+    local exp = claims and tonumber(claims.exp)
+    if not exp then
+      return fail("token response", "the id_token has no readable exp claim",
+                  { status = status, retryable = false, uri = self.token_uri })
+    end
+    -- Expiry on our clock: the token's lifetime from now, when it says
+    -- when it was issued (immune to a skew between us and Google).
+    local iat = tonumber(claims.iat)
+    local expires_at = iat and (now + (exp - iat)) or exp
+    return { access_token = idt, id_token = idt, expires_at = expires_at }
+  end
+
+  local tok = data.access_token
+  if type(tok) ~= "string" or tok == "" then
+    return fail("token response", "no access_token in the token endpoint's answer",
+                { status = status, retryable = false, uri = self.token_uri })
+  end
+  local life = 3600
+  if data.expires_in ~= nil then
+    life = lifetime(data.expires_in)
+    if not life then
+      return fail("token response", "expires_in is not a positive number",
+                  { status = status, retryable = false, uri = self.token_uri })
+    end
+  end
+  return {
+    access_token = tok,
+    expires_at = now + life,
+    id_token = type(data.id_token) == "string" and data.id_token or nil,
+    token_type = type(data.token_type) == "string" and data.token_type or nil,
+    scope = type(data.scope) == "string" and data.scope or nil,
+  }
+end
+
+local function exchange_once(self, http, remaining)
+  local ok, uerr = _M.check_token_uri(self.token_uri)
+  if not ok then return nil, uerr end
+  local timeout = remaining
+  if timeout then
+    if timeout < 0.05 then
+      return fail("token request", "no time left before the deadline",
+                  { retryable = false, uri = self.token_uri })
+    end
+    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
+    if cap and cap < timeout then timeout = cap end
+  end
+  local assertion, aerr = sign(self, grant_claims(self, issued_at(self)))
+  if not assertion then return nil, aerr end
+  local res, err = http:request({
+    method = "POST",
+    url = self.token_uri,
+    headers = TOKEN_HEADERS,
+    body = GRANT_PREFIX .. assertion,
+    timeout = timeout,
+    max_body = _M.MAX_RESPONSE,
+    follow_redirects = false,
+  })
+  if not res then
+    local fields = { uri = self.token_uri }
+    if type(err) == "table" and err.too_large then fields.retryable = false end
+    return nil, errors.wrap("service_account", "token request", err, fields)
+  end
+  return parse_response(self, res, self._clock())
+end
+
+local function exchange(self)
+  local http, terr = transport(self)
+  if not http then return nil, terr end
+  local policy = self._retry
+  local clock = self._clock
+  local started = clock()
+  local fn = function(_, remaining)
+    return exchange_once(self, http, remaining)
+  end
+  local entry, err = retry.call(fn, policy)
+  if entry then return entry end
+  -- Clock skew: the endpoint refused the assertion's time window and said
+  -- (in its Date header) what time it is there. Retry once on its clock;
+  -- the offset is kept so later assertions are right the first time.
+  local skew = type(err) == "table" and err.clock_skew
+  if skew and (skew >= MIN_SKEW or skew <= -MIN_SKEW) then
+    local shared = self._shared
+    if skew - shared.skew >= MIN_SKEW or skew - shared.skew <= -MIN_SKEW then
+      shared.skew = skew
+      local p = {}
+      for k, v in pairs(policy) do p[k] = v end
+      if p.deadline then
+        p.deadline = p.deadline - (clock() - started)
+        if p.deadline <= 0 then return nil, err end
+      end
+      return retry.call(fn, p)
+    end
+  end
+  return nil, err
+end
+
+local function self_signed(self)
+  local iat = issued_at(self)
+  local claims = {}
+  local extra = self.claims
+  if extra then
+    for k, v in pairs(extra) do claims[k] = v end
+  end
+  if claims.iss == nil then claims.iss = self.service_account_email end
+  if claims.sub == nil then claims.sub = self.service_account_email end
+  if self.audience then
+    if claims.aud == nil then claims.aud = self.audience end
+  elseif self.scopes then
+    if claims.scope == nil then claims.scope = scope_string(self) end
+  elseif claims.aud == nil and claims.scope == nil then
+    return fail("assertion", "a self-signed JWT needs an audience or scopes "
+      .. "(opts.audience, with_audience, or opts.scopes)")
+  end
+  claims.iat = iat
+  claims.exp = iat + _M.LIFETIME
+  local tok, err = sign(self, claims)
+  if not tok then return nil, err end
+  -- Expiry on our clock (iat may be on the endpoint's).
+  return { access_token = tok, expires_at = self._clock() + _M.LIFETIME }
+end
+
+--- Get a new token from the source (used by `token()`; call that instead:
+-- it caches).
+-- @return entry `{ access_token=, expires_at=, id_token= }` | nil, err
+function _M:fetch_token()
+  if self.mode == "jwt" then
+    return self_signed(self)
+  end
+  return exchange(self)
+end
+
+--- Everything that makes this object's tokens different from another's.
+function _M:cache_key_parts()
+  local scopes
+  if self.scopes then
+    scopes = {}
+    for i, s in ipairs(self.scopes) do scopes[i] = s end
+    table.sort(scopes)
+  end
+  return {
+    mode = self.mode,
+    email = self.service_account_email,
+    key_id = self.private_key_id,
+    token_uri = self.token_uri,
+    scopes = scopes,
+    subject = self.subject,
+    claims = self.claims,
+    audience = self.audience,
+    target_audience = self.target_audience,
+  }
+end
+
+function _M:describe()
+  local parts = { self.service_account_email }
+  if self.mode == "jwt" then
+    parts[#parts + 1] = "self-signed JWT" ..
+      (self.audience and (" for " .. self.audience) or "")
+  elseif self.mode == "id_token" then
+    parts[#parts + 1] = "ID token for " .. tostring(self.target_audience)
+  end
+  local n = self.scopes and #self.scopes or 0
+  if n > 0 then parts[#parts + 1] = n .. (n == 1 and " scope" or " scopes") end
+  if self.subject then parts[#parts + 1] = "subject " .. self.subject end
+  return concat(parts, ", ")
+end
+
+---------------------------------------------------------------------------
+-- Copy-on-write modifiers
+---------------------------------------------------------------------------
+
+--- A copy with other scopes (array or space-separated string; nil: none).
+function _M:with_scopes(scopes)
+  if self.mode == "id_token" then
+    error("gauth.service_account: ID token credentials take no scopes", 2)
+  end
+  local o = self:copy()
+  o.scopes = normalise_scopes(scopes)
+  return o
+end
+
+--- A copy acting for another user (domain-wide delegation); nil: none.
+function _M:with_subject(subject)
+  if subject ~= nil and (type(subject) ~= "string" or subject == "") then
+    error("gauth.service_account: subject must be a non-empty string", 2)
+  end
+  if subject ~= nil and self.mode ~= "exchange" then
+    error("gauth.service_account: only token-exchange credentials can act for a subject", 2)
+  end
+  local o = self:copy()
+  o.subject = subject
+  return o
+end
+
+--- A copy whose assertions carry these claims as well (merged over the
+-- current ones; not iat/exp).
+function _M:with_claims(claims)
+  if type(claims) ~= "table" then
+    error("gauth.service_account: with_claims: claims must be a table", 2)
+  end
+  local merged = copy_claims(self.claims, {})
+  copy_claims(claims, merged)
+  local o = self:copy()
+  o.claims = not is_empty(merged) and merged or nil
+  return o
+end
+
+--- A self-signed-JWT copy for this audience (see `audience_for`).
+function _M:with_audience(audience)
+  if type(audience) ~= "string" or audience == "" then
+    error("gauth.service_account: audience must be a non-empty string", 2)
+  end
+  if self.mode == "id_token" then
+    error("gauth.service_account: use with_target_audience for ID tokens", 2)
+  end
+  if self.subject then
+    error("gauth.service_account: a self-signed JWT cannot act for a subject", 2)
+  end
+  local o = self:copy()
+  o.mode = "jwt"
+  o.audience = audience
+  return o
+end
+
+--- A copy of ID token credentials for another audience.
+function _M:with_target_audience(target)
+  if type(target) ~= "string" or target == "" then
+    error("gauth.service_account: target_audience must be a non-empty string", 2)
+  end
+  if self.mode ~= "id_token" then
+    error("gauth.service_account: with_target_audience is for ID token credentials", 2)
+  end
+  local o = self:copy()
+  o.target_audience = target
+  return o
+end
+
+return _M
