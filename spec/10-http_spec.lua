@@ -520,7 +520,7 @@ describe("gauth.transport.curl", function()
       -- Within the cap, the body comes back decoded.
       fake:script("/gz", { status = 200, headers = { ["Content-Encoding"] = "gzip" }, body = gz })
       res = assert(t:request({ url = fake.url .. "/gz",
-                               headers = { ["accept-encoding"] = "gzip" } }))
+                               headers = { ["Accept-Encoding"] = "gzip" } }))
       assert.equal(100000, #res.body)
       assert.equal(string.rep("\0", 100000), res.body)
       assert.equal("gzip", res.decoded)
@@ -579,6 +579,10 @@ describe("gauth.transport.curl", function()
       assert.is_true(errors.is(err))
       assert.is_false(err.retryable)
       assert.equal("gauth.http: request: header authorization has a value with CR, LF or NUL",
+                   tostring(err))
+      res, err = t:request({ url = fake.url .. "/", headers = { ["x-list"] = { "ok", "a\0b" } } })
+      assert.is_nil(res)
+      assert.equal("gauth.http: request: header x-list has a value with CR, LF or NUL",
                    tostring(err))
       assert.same({}, fake:requests())
     end)

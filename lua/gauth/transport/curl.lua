@@ -31,6 +31,7 @@ local find = string.find
 local lower = string.lower
 local match = string.match
 local gmatch = string.gmatch
+local byte = string.byte
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -95,8 +96,16 @@ function _M.new(opts)
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
     -- Reused for every request: one table less to allocate per call.
     copts = {},
+    hlist = {},
   }, mt)
 end
+
+-- Header names seen before -> their lower-case form. Names repeat from
+-- response to response, so a table lookup replaces string.lower (and its
+-- string creation) on the hot path. Bounded: a server sending ever new
+-- names cannot grow it without limit.
+local LOWER, lower_count = {}, 0
+local CACHE_MAX = 1024
 
 --- Parse a raw header block ("HTTP/1.1 200 OK\r\nName: value\r\n...") into
 -- lower-case name = value; repeated names are joined with ", ".
@@ -106,21 +115,32 @@ function _M.parse_headers(block)
   -- The status line is first and has no "\n" before it, so the pattern
   -- never takes it for a header.
   for name, value in gmatch(block, "\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-    name = lower(name)
-    if find(value, "[ \t]$") then
+    local lname = LOWER[name]
+    if not lname then
+      lname = lower(name)
+      if lower_count < CACHE_MAX then
+        LOWER[name] = lname
+        lower_count = lower_count + 1
+      end
+    end
+    local last = byte(value, -1)
+    if last == 32 or last == 9 then
       value = match(value, "^(.-)[ \t]*$")
     end
-    local prev = headers[name]
+    local prev = headers[lname]
     if prev then
-      headers[name] = prev .. ", " .. value
+      headers[lname] = prev .. ", " .. value
     else
-      headers[name] = value
+      headers[lname] = value
     end
   end
   local reason = match(block, "^HTTP/[%d.]+ %d+ ?([^\r\n]*)") or ""
   return headers, reason
 end
 local parse_headers = _M.parse_headers
+
+-- Header names already checked -> their lower-case form (bounded).
+local NAME_OK, name_count = {}, 0
 
 local function fail(message, fields)
   return nil, errors.new("http", "request", message, fields)
@@ -175,45 +195,56 @@ function _M:request(req)
   copts.download_file = req.download_file
   copts.accept_encoding = nil
 
-  local list, n = {}, 0
+  -- The "name: value" array is reused from request to request.
+  local list, n, bad = self.hlist, 0, nil
   local headers = req.headers
   if headers ~= nil then
     if type(headers) ~= "table" then
       error("gauth.transport.curl: headers must be a table", 2)
     end
     for name, value in pairs(headers) do
-      if type(name) ~= "string" or not find(name, "^[!#$%%&'*+.^_`|~%w-]+$") then
-        error("gauth.transport.curl: bad header name " .. tostring(name), 2)
+      local lname = NAME_OK[name]
+      if not lname then
+        if type(name) ~= "string" or not find(name, "^[!#$%%&'*+.^_`|~%w-]+$") then
+          error("gauth.transport.curl: bad header name " .. tostring(name), 2)
+        end
+        lname = lower(name)
+        if name_count < CACHE_MAX then
+          NAME_OK[name] = lname
+          name_count = name_count + 1
+        end
       end
-      local lname = lower(name)
+      local vt = type(value)
       if lname == "accept-encoding" then
         -- libcurl sends it and decodes what comes back.
         copts.accept_encoding = tostring(value)
-      else
-        local vt = type(value)
-        if vt == "table" then
-          for i = 1, #value do
-            n = n + 1
-            list[n] = name .. ": " .. tostring(value[i])
-          end
-        elseif vt == "string" or vt == "number" then
+      elseif vt == "string" then
+        -- A CR or LF would let a value (a token from a server, say)
+        -- inject headers.
+        if find(value, "[%z\r\n]") then bad = name end
+        n = n + 1
+        list[n] = name .. ": " .. value
+      elseif vt == "number" then
+        n = n + 1
+        list[n] = name .. ": " .. value
+      elseif vt == "table" then
+        for i = 1, #value do
+          local v = tostring(value[i])
+          if find(v, "[%z\r\n]") then bad = name end
           n = n + 1
-          list[n] = name .. ": " .. value
-        elseif vt ~= "boolean" or value then
-          error("gauth.transport.curl: bad value for header " .. name, 2)
+          list[n] = name .. ": " .. v
         end
-        -- `false` leaves the header out.
+      elseif vt ~= "boolean" or value then
+        error("gauth.transport.curl: bad value for header " .. name, 2)
       end
+      -- `false` leaves the header out.
     end
-    for i = 1, n do
-      -- A CR or LF would let a value (a token from a server, say) inject
-      -- headers; the message names the header, never the value.
-      local line = list[i]
-      if find(line, "[\r\n]") or find(line, "\0", 1, true) then
-        return fail("header " .. match(line, "^[^:]*") ..
-                    " has a value with CR, LF or NUL", { retryable = false })
-      end
-    end
+  end
+  for i = n + 1, #list do list[i] = nil end
+  if bad then
+    -- The message names the header, never the value.
+    return fail("header " .. bad .. " has a value with CR, LF or NUL",
+                { retryable = false })
   end
 
   local status, head, rbody, conns, written = h:perform(method, url, list, body, copts)
