@@ -89,6 +89,23 @@ describe("gauth.core Http", function()
     collectgarbage(); collectgarbage()
   end)
 
+  if _VERSION == "Lua 5.4" then
+    it("closes at the end of a to-be-closed variable (Lua 5.4)", function()
+      local f = assert(load([[
+        local core = ...
+        local keep
+        do
+          local h <close> = core.http_new()
+          keep = h
+        end
+        return keep
+      ]]))
+      local h = f(core)
+      assert.has_error(function() h:perform("GET", fake.url) end,
+        "gauth.core: http: the handle is closed")
+    end)
+  end
+
   it("raises on bad arguments", function()
     local h = core.http_new()
     local u = fake.url .. "/x"
@@ -350,11 +367,13 @@ describe("gauth.transport.curl", function()
     it("round-trips a binary body both ways", function()
       fake:script("/bin", { status = 200, body = BINARY })
       local res = assert(t:request({ method = "POST", url = fake.url .. "/bin",
-        headers = { ["content-type"] = "application/octet-stream" }, body = BINARY }))
+        headers = { ["content-type"] = "application/octet-stream",
+                    ["content-length"] = "3" }, body = BINARY }))
       assert.equal(BINARY, res.body)
       assert.equal(#BINARY, #res.body)
       local r = fake:requests("/bin")[1]
       assert.equal(BINARY, r.body)
+      assert.equal(tostring(#BINARY), r.headers["content-length"])
       assert.equal("application/octet-stream", r.headers["content-type"])
     end)
 

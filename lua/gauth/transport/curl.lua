@@ -153,7 +153,10 @@ end
 --   `max_body`, `follow_redirects` (default false). Streaming (issue 6):
 --   `upload_file` (+ `upload_offset`, `upload_length`) sends the body from a
 --   file; `download_file` appends a 2xx body to a file (then `res.body` is
---   "" and `res.written` counts the bytes; an error body stays in memory).
+--   "" and `res.written` counts the bytes; an error body stays in memory;
+--   after a failure mid-transfer the bytes received stay in the file, for a
+--   ranged request to resume from its size). A `content-length` header is
+--   ignored: libcurl computes it.
 --   An `accept-encoding` header makes libcurl decode the body: the response
 --   then has no `content-encoding`/`content-length` headers and
 --   `res.decoded` names the coding that was removed.
@@ -218,6 +221,9 @@ function _M:request(req)
       if lname == "accept-encoding" then
         -- libcurl sends it and decodes what comes back.
         copts.accept_encoding = tostring(value)
+      elseif lname == "content-length" then
+        -- Always computed from the body (or the upload window): a stale
+        -- value here would make the request unparseable.
       elseif vt == "string" then
         -- A CR or LF would let a value (a token from a server, say)
         -- inject headers.
