@@ -1,0 +1,1005 @@
+#!/usr/bin/python3
+"""A fake of Google's auth endpoints for gauth's specs (loopback only).
+
+Run with /usr/bin/python3 (stdlib + PyJWT + cryptography from Debian):
+
+  fake_google.py --host 127.0.0.1 --port 0 [--cert server.pem --key server.key]
+                 --control-port 0 --ready-file PATH [--parent-pid PID]
+
+The main port (HTTPS when --cert is given) plays the OAuth 2.0 token endpoint,
+the GCE metadata server, IAM Credentials, tokeninfo and Google's signing
+certificates. The control port (plain HTTP, always 127.0.0.1) configures it,
+scripts responses and reports what the main port received. See the README
+part of spec/helpers.lua for the API; this file is its reference.
+
+Nothing is printed on stdout; errors of the fake itself go to stderr.
+"""
+
+import argparse
+import base64
+import copy
+import datetime
+import email.utils
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+import traceback
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+MAX_BODY = 64 * 1024 * 1024
+MD_PREFIX = "/computeMetadata/v1/"
+
+MSG_BAD_SIGNATURE = "Invalid JWT Signature."
+MSG_TIME_WINDOW = (
+    "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+    "reasonable timeframe. Check your iat and exp values in the JWT claim."
+)
+MSG_UNAUTHENTICATED = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access "
+    "token, login cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+
+# Connection-level failures are the client's business, not errors of the fake.
+QUIET_ERRORS = (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError,
+                BrokenPipeError)
+
+STOP = threading.Event()
+
+
+def log_err(msg):
+    try:
+        sys.stderr.write("fake_google: %s\n" % msg)
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def default_config():
+    return {
+        # kid -> PEM public key or certificate, to verify assertions.
+        "public_keys": {},
+        # str or list of str; None means <this server's URL>/token.
+        "token_uri": None,
+        "access_token": "fake-token",
+        "expires_in": 3599,
+        "clock_offset": 0,
+        # Seconds of tolerance on iat (future) and exp (past).
+        "leeway": 60,
+        # Require scope or target_audience in assertions, as Google does.
+        "require_scope": True,
+        # refresh_token -> {client_id, client_secret[, scope]}
+        "refresh_tokens": {},
+        # metadata path (relative to /computeMetadata/v1/) -> value.
+        "metadata": {},
+        "service_account": "fake-sa@fake-project.iam.gserviceaccount.com",
+        "project_id": "fake-project",
+        "numeric_project_id": "123456789012",
+    }
+
+
+# Settings whose value is a map merged key by key (null removes a key).
+MAP_SETTINGS = ("public_keys", "refresh_tokens", "metadata")
+
+
+def rfc3339(ts):
+    return datetime.datetime.fromtimestamp(
+        ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def load_public_key(pem):
+    data = pem.encode() if isinstance(pem, str) else pem
+    if b"BEGIN CERTIFICATE" in data:
+        return x509.load_pem_x509_certificate(data).public_key()
+    return serialization.load_pem_public_key(data)
+
+
+def b64url_uint(n):
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class Signer:
+    """The fake's own RSA key: signs ID tokens, signBlob, signJwt."""
+
+    def __init__(self):
+        self.key = rsa.generate_private_key(public_exponent=65537,
+                                            key_size=2048)
+        pub = self.key.public_key()
+        self.public_pem = pub.public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        self.kid = hashlib.sha1(self.public_pem.encode()).hexdigest()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.kid)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(pub).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .sign(self.key, hashes.SHA256()))
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        nums = pub.public_numbers()
+        self.jwk = {"kty": "RSA", "alg": "RS256", "use": "sig",
+                    "kid": self.kid, "n": b64url_uint(nums.n),
+                    "e": b64url_uint(nums.e)}
+
+    def jwt(self, claims):
+        return jwt.encode(claims, self.key, algorithm="RS256",
+                          headers={"kid": self.kid})
+
+    def sign(self, data):
+        return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+
+class State:
+    """Everything the control port changes; one lock guards it all."""
+
+    def __init__(self, base_url):
+        self.base_url = base_url
+        # Reentrant: a helper holding it may call another (e.g. now()).
+        self.lock = threading.RLock()
+        self.signer = Signer()
+        self.conn_ids = itertools.count(1)
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.config = default_config()
+            self.scripts = {}
+            self.records = []
+            self.issued = {}
+            self.counter = 0
+
+    def cfg(self, name):
+        with self.lock:
+            return copy.deepcopy(self.config[name])
+
+    def snapshot(self):
+        with self.lock:
+            c = copy.deepcopy(self.config)
+        c["token_uri"] = self.token_uris()
+        c["server_kid"] = self.signer.kid
+        c["server_public_pem"] = self.signer.public_pem
+        c["server_cert_pem"] = self.signer.cert_pem
+        c["base_url"] = self.base_url
+        return c
+
+    def merge_config(self, body):
+        if not isinstance(body, dict):
+            raise ValueError("config must be a JSON object")
+        with self.lock:
+            for k, v in body.items():
+                if k in MAP_SETTINGS:
+                    if v is None:
+                        self.config[k] = {}
+                        continue
+                    if not isinstance(v, dict):
+                        raise ValueError("%s must be an object" % k)
+                    for kk, vv in v.items():
+                        if vv is None and k == "metadata":
+                            # A null metadata value makes the path a 404.
+                            self.config[k][kk] = None
+                        elif vv is None:
+                            self.config[k].pop(kk, None)
+                        else:
+                            self.config[k][kk] = vv
+                elif v is None and k in default_config():
+                    self.config[k] = default_config()[k]
+                else:
+                    self.config[k] = v
+
+    def token_uris(self):
+        with self.lock:
+            t = self.config["token_uri"]
+        if t is None:
+            return [self.base_url + "/token"]
+        return t if isinstance(t, list) else [t]
+
+    def now(self):
+        with self.lock:
+            off = self.config["clock_offset"]
+        try:
+            return time.time() + float(off)
+        except (TypeError, ValueError):
+            return time.time()
+
+    def issue(self, info):
+        with self.lock:
+            self.counter += 1
+            tok = "%s-%d" % (self.config["access_token"], self.counter)
+            info = dict(info)
+            info["issued_at"] = time.time()
+            self.issued[tok] = info
+            return tok
+
+    def token_info(self, tok):
+        with self.lock:
+            return copy.deepcopy(self.issued.get(tok))
+
+    def add_script(self, path, responses, replace=False):
+        with self.lock:
+            q = self.scripts.setdefault(path, [])
+            if replace:
+                del q[:]
+            q.extend(responses)
+
+    def pop_script(self, paths):
+        with self.lock:
+            for p in paths:
+                q = self.scripts.get(p)
+                if q:
+                    r = q.pop(0)
+                    if not q:
+                        del self.scripts[p]
+                    return r
+        return None
+
+    def record(self, rec):
+        with self.lock:
+            self.records.append(rec)
+
+
+class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, addr, handler, state, ssl_ctx=None):
+        self.address_family = (socket.AF_INET6 if ":" in addr[0]
+                               else socket.AF_INET)
+        self.state = state
+        self.ssl_ctx = ssl_ctx
+        HTTPServer.__init__(self, addr, handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind calls getfqdn(), a DNS lookup: skip it.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = self.server_address[0]
+        self.server_port = self.server_address[1]
+
+    def finish_request(self, request, client_address):
+        # The TLS handshake runs here, in the connection's thread, so a slow
+        # or failing client never blocks accept().
+        conn = request
+        try:
+            if self.ssl_ctx is not None:
+                request.settimeout(10)
+                conn = self.ssl_ctx.wrap_socket(request, server_side=True)
+            self.RequestHandlerClass(conn, client_address, self)
+        except QUIET_ERRORS:
+            pass
+        finally:
+            if conn is not request:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, QUIET_ERRORS):
+            return
+        log_err("error serving %r:\n%s" % (client_address,
+                                            traceback.format_exc()))
+
+
+class BaseHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ESF"
+    sys_version = ""
+    # Idle keep-alive connections are closed after this many seconds.
+    timeout = 120
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def date_time_string(self, timestamp=None):
+        if timestamp is None:
+            timestamp = self.server.state.now()
+        return email.utils.formatdate(timestamp, usegmt=True)
+
+    def read_body(self):
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            parts, total = [], 0
+            while True:
+                line = self.rfile.readline(65537)
+                if not line:
+                    raise ConnectionError("eof in chunked body")
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n",
+                                                             b""):
+                        pass
+                    break
+                total += size
+                if total > MAX_BODY:
+                    raise ValueError("body too large")
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(3)
+            return b"".join(parts)
+        n = int(self.headers.get("Content-Length") or 0)
+        if n < 0 or n > MAX_BODY:
+            raise ValueError("bad Content-Length")
+        return self.rfile.read(n) if n else b""
+
+    def send(self, status, body=b"", headers=None, ctype=None,
+             truncate=False):
+        if isinstance(body, str):
+            body = body.encode()
+        hdrs = []
+        names = set()
+        for k, v in (headers or []):
+            hdrs.append((k, v))
+            names.add(k.lower())
+        self.send_response_only(status)
+        if "date" not in names:
+            self.send_header("Date", self.date_time_string())
+        if "server" not in names:
+            self.send_header("Server", self.server_version)
+        if "content-type" not in names and ctype:
+            self.send_header("Content-Type", ctype)
+        for k, v in hdrs:
+            if k.lower() == "content-length":
+                continue
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            if truncate:
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.hard_close()
+                return
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def send_json(self, status, obj, headers=None):
+        self.send(status, json.dumps(obj), headers,
+                  "application/json; charset=utf-8")
+
+    def hard_close(self):
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def split_target(self):
+        target = self.path
+        if not target.startswith("/"):
+            u = urllib.parse.urlsplit(target)
+            target = (u.path or "/") + ("?" + u.query if u.query else "")
+        path, _, query = target.partition("?")
+        path = path.split("#", 1)[0]
+        return path, query
+
+    def do_GET(self):
+        self.dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+    def dispatch(self):
+        try:
+            self.route()
+        except QUIET_ERRORS:
+            self.close_connection = True
+        except Exception:
+            log_err("handler error on %s %s:\n%s" % (
+                self.command, self.path, traceback.format_exc()))
+            try:
+                self.send_json(500, {"error": {
+                    "code": 500, "message": "fake_google internal error",
+                    "status": "INTERNAL"}})
+            except Exception:
+                self.close_connection = True
+
+
+class ControlHandler(BaseHandler):
+    timeout = 30
+
+    def route(self):
+        st = self.server.state
+        path, query = self.split_target()
+        try:
+            raw = self.read_body()
+            body = json.loads(raw.decode("utf-8")) if raw.strip() else None
+        except (ValueError, UnicodeDecodeError) as e:
+            return self.send_json(400, {"error": "bad JSON: %s" % e})
+        m = self.command
+        try:
+            if path == "/config" and m == "POST":
+                st.merge_config(body or {})
+                return self.send_json(200, st.snapshot())
+            if path == "/config" and m == "GET":
+                return self.send_json(200, st.snapshot())
+            if path == "/script" and m == "POST":
+                if not isinstance(body, dict) or not isinstance(
+                        body.get("path"), str):
+                    raise ValueError("script needs a path")
+                resp = body.get("responses", [])
+                if isinstance(resp, dict):  # Lua's {} is an empty object
+                    resp = [resp] if resp else []
+                if not isinstance(resp, list) or not all(
+                        isinstance(r, dict) for r in resp):
+                    raise ValueError("responses must be a list of objects")
+                st.add_script(body["path"], resp, bool(body.get("replace")))
+                return self.send_json(200, {"ok": True})
+            if path == "/script" and m == "GET":
+                with st.lock:
+                    scripts = copy.deepcopy(st.scripts)
+                return self.send_json(200, scripts)
+            if path == "/requests" and m == "GET":
+                with st.lock:
+                    recs = list(st.records)
+                want = urllib.parse.parse_qs(query).get("path")
+                if want:
+                    recs = [r for r in recs if r["path"] == want[0]]
+                return self.send_json(200, recs)
+            if path == "/tokens" and m == "GET":
+                with st.lock:
+                    issued = copy.deepcopy(st.issued)
+                return self.send_json(200, issued)
+            if path == "/reset" and m == "POST":
+                st.reset()
+                return self.send_json(200, {"ok": True})
+            if path == "/health":
+                return self.send_json(200, {"ok": True})
+        except ValueError as e:
+            return self.send_json(400, {"error": str(e)})
+        return self.send_json(404, {"error": "no control endpoint %s %s"
+                                    % (m, path)})
+
+
+def google_error(code, status, message, details=None):
+    err = {"code": code, "message": message, "status": status}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+class MainHandler(BaseHandler):
+
+    def setup(self):
+        BaseHandler.setup(self)
+        self.conn_id = next(self.server.state.conn_ids)
+
+    # -- plumbing ---------------------------------------------------------
+
+    def route(self):
+        st = self.server.state
+        path, query = self.split_target()
+        body = self.read_body()
+        headers = {}
+        for k, v in self.headers.items():
+            k = k.lower()
+            headers[k] = headers[k] + ", " + v if k in headers else v
+        rec = {
+            "method": self.command, "path": path, "query": query,
+            "headers": headers, "body": body.decode("utf-8", "replace"),
+            "body_b64": base64.b64encode(body).decode(),
+            "time": time.time(), "conn": self.conn_id,
+        }
+        st.record(rec)
+        self.req_path, self.req_query = path, query
+        self.req_headers, self.req_body = headers, body
+        self.qs = {k: v[0] for k, v in urllib.parse.parse_qs(
+            query, keep_blank_values=True).items()}
+
+        script = st.pop_script([path, urllib.parse.unquote(path)])
+        if script is not None:
+            if self.play(script):
+                return
+        self.default_route(path)
+
+    def play(self, s):
+        """Play one scripted response; False means: fall through."""
+        delay = s.get("delay")
+        if delay:
+            if STOP.wait(float(delay)):
+                self.hard_close()
+                return True
+        if s.get("hang"):
+            STOP.wait()
+            self.hard_close()
+            return True
+        if s.get("drop"):
+            self.hard_close()
+            return True
+        if "status" not in s:
+            return False
+        headers = list((s.get("headers") or {}).items())
+        flat = []
+        for k, v in headers:
+            for one in (v if isinstance(v, list) else [v]):
+                flat.append((k, str(one)))
+        if "json" in s:
+            body, ctype = json.dumps(s["json"]), "application/json; charset=utf-8"
+        elif "body_b64" in s:
+            body, ctype = base64.b64decode(s["body_b64"]), None
+        else:
+            body, ctype = s.get("body", ""), None
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        if ctype is None and body:
+            head = body.lstrip()[:1]
+            ctype = ("application/json; charset=utf-8"
+                     if head in ("{", "[", b"{", b"[") else
+                     "text/plain; charset=utf-8")
+        if self.req_path.startswith("/computeMetadata/"):
+            if not any(k.lower() == "metadata-flavor" for k, _ in flat):
+                flat.append(("Metadata-Flavor", "Google"))
+        self.send(int(s["status"]), body, flat, ctype,
+                  truncate=bool(s.get("truncate")))
+        return True
+
+    def default_route(self, path):
+        if path == "/token" or path in ("/o/oauth2/token", "/oauth2/v4/token"):
+            return self.token_endpoint()
+        if path == "/" or path.startswith("/computeMetadata"):
+            return self.metadata(path)
+        m = re.match(r"^/v1/projects/([^/]+)/serviceAccounts/([^/:]+):"
+                     r"(generateAccessToken|generateIdToken|signBlob|signJwt)$",
+                     path)
+        if m:
+            return self.iam(urllib.parse.unquote(m.group(2)), m.group(3))
+        if path in ("/tokeninfo", "/oauth2/v3/tokeninfo"):
+            return self.tokeninfo()
+        if path == "/oauth2/v3/certs":
+            return self.send_json(200, {"keys": [self.server.state.signer.jwk]})
+        if path == "/oauth2/v1/certs":
+            s = self.server.state.signer
+            return self.send_json(200, {s.kid: s.cert_pem})
+        return self.not_found()
+
+    def not_found(self):
+        return self.send_json(404, google_error(
+            404, "NOT_FOUND",
+            "The requested URL %s was not found on this server."
+            % self.req_path))
+
+    def oauth_error(self, status, error, description):
+        return self.send_json(status, {"error": error,
+                                       "error_description": description})
+
+    def expires_in(self):
+        return self.server.state.cfg("expires_in")
+
+    def params(self):
+        ctype = (self.req_headers.get("content-type") or "").lower()
+        text = self.req_body.decode("utf-8", "replace")
+        if "json" in ctype:
+            try:
+                v = json.loads(text)
+                return {k: str(x) for k, x in v.items()} if isinstance(
+                    v, dict) else {}
+            except ValueError:
+                return {}
+        return {k: v[0] for k, v in urllib.parse.parse_qs(
+            text, keep_blank_values=True).items()}
+
+    # -- OAuth 2.0 token endpoint -----------------------------------------
+
+    def token_endpoint(self):
+        if self.command != "POST":
+            return self.send_json(405, google_error(
+                405, "METHOD_NOT_ALLOWED", "Method not allowed."))
+        form = self.params()
+        gt = form.get("grant_type")
+        if gt == JWT_BEARER:
+            return self.jwt_bearer(form)
+        if gt == "refresh_token":
+            return self.refresh(form)
+        return self.oauth_error(400, "unsupported_grant_type",
+                                "Invalid grant_type: %s" % (gt or ""))
+
+    def jwt_bearer(self, form):
+        st = self.server.state
+        assertion = form.get("assertion")
+        if not assertion:
+            return self.oauth_error(400, "invalid_request",
+                                    "Missing required parameter: assertion")
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except Exception:
+            return self.oauth_error(400, "invalid_grant", MSG_BAD_SIGNATURE)
+        alg = header.get("alg")
+        keys = st.cfg("public_keys")
+        kid = header.get("kid")
+        if kid in keys:
+            candidates = [keys[kid]]
+        else:
+            candidates = list(keys.values())
+        claims = None
+        if alg in ("RS256", "ES256"):
+            for pem in candidates:
+                try:
+                    claims = jwt.decode(
+                        assertion, load_public_key(pem), algorithms=[alg],
+                        options={"verify_signature": True,
+                                 "verify_exp": False, "verify_nbf": False,
+                                 "verify_iat": False, "verify_aud": False,
+                                 "verify_iss": False})
+                    break
+                except Exception:
+                    continue
+        if claims is None:
+            return self.oauth_error(400, "invalid_grant", MSG_BAD_SIGNATURE)
+
+        now = st.now()
+        leeway = float(st.cfg("leeway") or 0)
+        iat, exp = claims.get("iat"), claims.get("exp")
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      for v in (iat, exp))
+        if (not numeric or exp <= iat or exp - iat > 3600
+                or iat > now + leeway or exp < now - leeway):
+            return self.oauth_error(400, "invalid_grant", MSG_TIME_WINDOW)
+        uris = st.token_uris()
+        if claims.get("aud") not in uris:
+            return self.oauth_error(
+                400, "invalid_grant",
+                "Invalid JWT: Failed audience check. The expected value is %s"
+                % uris[0])
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or not iss:
+            return self.oauth_error(400, "invalid_grant",
+                                    "Invalid grant: account not found")
+
+        target = claims.get("target_audience")
+        if target:
+            idt = self.id_token(target, iss, now)
+            st.issue({"kind": "id_token", "iss": iss, "aud": target})
+            return self.send_json(200, {"id_token": idt})
+        scope = claims.get("scope")
+        if not scope and st.cfg("require_scope"):
+            return self.oauth_error(
+                400, "invalid_scope",
+                "Invalid OAuth scope or ID token audience provided.")
+        tok = st.issue({"kind": "jwt-bearer", "iss": iss,
+                        "sub": claims.get("sub"), "scope": scope or "",
+                        "kid": kid})
+        return self.send_json(200, {"access_token": tok,
+                                    "expires_in": self.expires_in(),
+                                    "token_type": "Bearer"})
+
+    def id_token(self, aud, email, now, extra=None, include_email=True):
+        num = str(int(hashlib.sha256(email.encode()).hexdigest(), 16)
+                  % 10 ** 21).rjust(21, "1")
+        claims = {"iss": "https://accounts.google.com", "aud": aud,
+                  "azp": num, "sub": num, "email": email,
+                  "email_verified": True, "iat": int(now),
+                  "exp": int(now) + 3600}
+        if not include_email:
+            del claims["email"], claims["email_verified"]
+        if extra:
+            claims.update(extra)
+        return self.server.state.signer.jwt(claims)
+
+    def refresh(self, form):
+        st = self.server.state
+        rt = form.get("refresh_token")
+        cid, csec = form.get("client_id"), form.get("client_secret")
+        auth = self.req_headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            try:
+                dec = base64.b64decode(auth[6:].strip()).decode()
+                u, _, p = dec.partition(":")
+                cid = cid or urllib.parse.unquote_plus(u)
+                csec = csec or urllib.parse.unquote_plus(p)
+            except Exception:
+                pass
+        if not rt:
+            return self.oauth_error(400, "invalid_request",
+                                    "Missing required parameter: refresh_token")
+        entry = st.cfg("refresh_tokens").get(rt)
+        if not isinstance(entry, dict):
+            return self.oauth_error(400, "invalid_grant",
+                                    "Token has been expired or revoked.")
+        if cid != entry.get("client_id"):
+            return self.oauth_error(401, "invalid_client",
+                                    "The OAuth client was not found.")
+        if csec != entry.get("client_secret"):
+            return self.oauth_error(401, "invalid_client", "Unauthorized")
+        scope = entry.get("scope") or form.get("scope") or ""
+        tok = st.issue({"kind": "refresh_token", "client_id": cid,
+                        "scope": scope})
+        return self.send_json(200, {"access_token": tok,
+                                    "expires_in": self.expires_in(),
+                                    "scope": scope, "token_type": "Bearer"})
+
+    # -- GCE metadata server ----------------------------------------------
+
+    def md_values(self):
+        st = self.server.state
+        with st.lock:
+            c = st.config
+            sa, proj, num = (c["service_account"], c["project_id"],
+                             c["numeric_project_id"])
+            over = copy.deepcopy(c["metadata"])
+        vals = {
+            "project/project-id": proj,
+            "project/numeric-project-id": num,
+            "instance/id": "4520031799277581759",
+            "instance/hostname": "fake-vm.c.%s.internal" % proj,
+            "instance/zone": "projects/%s/zones/us-central1-a" % num,
+            "instance/service-accounts/default/email": sa,
+            "instance/service-accounts/default/aliases": "default\n",
+            "instance/service-accounts/default/scopes":
+                "https://www.googleapis.com/auth/cloud-platform\n",
+        }
+        vals.update(over)
+        return vals, sa
+
+    def md_send(self, status, body, ctype="application/text"):
+        if isinstance(body, (dict, list)):
+            body, ctype = json.dumps(body), "application/json"
+        elif not isinstance(body, (str, bytes)):
+            body = json.dumps(body)
+        self.send(status, body, [("Metadata-Flavor", "Google")], ctype)
+
+    def metadata(self, path):
+        if path == "/":
+            return self.md_send(200, "computeMetadata/\n")
+        if self.req_headers.get("metadata-flavor") != "Google":
+            return self.md_send(
+                403, "Your client does not have permission to get URL %s "
+                "from this server. Missing Metadata-Flavor:Google header.\n"
+                % path, "text/html; charset=UTF-8")
+        if path == "/computeMetadata" or path == "/computeMetadata/":
+            return self.md_send(200, "v1/\n")
+        if not path.startswith(MD_PREFIX) and path != MD_PREFIX[:-1]:
+            return self.md_send(404, "Not Found\n", "text/html; charset=UTF-8")
+        rel = path[len(MD_PREFIX):]
+        vals, sa = self.md_values()
+        if rel in vals:
+            if vals[rel] is None:
+                return self.md_send(404, "Not Found\n",
+                                    "text/html; charset=UTF-8")
+            return self.md_send(200, vals[rel])
+        if rel == "":
+            return self.md_send(200, "instance/\noauth2/\nproject/\n")
+        m = re.match(r"^instance/service-accounts/([^/]+)/"
+                     r"(token|identity|email|scopes|aliases)?$", rel)
+        if rel == "instance/service-accounts/":
+            return self.md_send(200, "default/\n%s/\n" % sa)
+        if not m:
+            return self.md_send(404, "Not Found\n", "text/html; charset=UTF-8")
+        name, leaf = urllib.parse.unquote(m.group(1)), m.group(2)
+        known = (name in ("default", sa)
+                 or ("instance/service-accounts/%s/email" % name) in vals)
+        if not known:
+            return self.md_send(404, "Not Found\n", "text/html; charset=UTF-8")
+        email = sa if name == "default" else vals.get(
+            "instance/service-accounts/%s/email" % name, name)
+        base = "instance/service-accounts/%s/" % name
+        dflt = "instance/service-accounts/default/"
+        scopes = vals.get(base + "scopes", vals.get(dflt + "scopes", ""))
+        st = self.server.state
+        if leaf is None:
+            if self.qs.get("recursive") == "true":
+                return self.md_send(200, {
+                    "aliases": ["default"] if name in ("default", sa) else [],
+                    "email": email,
+                    "scopes": [s for s in str(scopes).split("\n") if s]})
+            return self.md_send(200, "aliases\nemail\nidentity\nscopes\ntoken\n")
+        if leaf == "email":
+            return self.md_send(200, email)
+        if leaf in ("scopes", "aliases"):
+            return self.md_send(200, vals.get(dflt + leaf, ""))
+        if leaf == "token":
+            req_scopes = self.qs.get("scopes")
+            scope = (" ".join(s for s in req_scopes.split(",") if s)
+                     if req_scopes else " ".join(str(scopes).split()))
+            tok = st.issue({"kind": "metadata", "email": email,
+                            "scope": scope})
+            return self.md_send(200, {"access_token": tok,
+                                      "expires_in": self.expires_in(),
+                                      "token_type": "Bearer"})
+        # identity
+        aud = self.qs.get("audience")
+        if not aud:
+            return self.md_send(400, "non-empty audience parameter required\n",
+                                "text/html; charset=UTF-8")
+        extra = None
+        if self.qs.get("format") == "full":
+            extra = {"google": {"compute_engine": {
+                "instance_id": vals.get("instance/id"),
+                "instance_name": "fake-vm",
+                "project_id": vals.get("project/project-id"),
+                "project_number": int(str(vals.get(
+                    "project/numeric-project-id", "0")) or 0),
+                "zone": "us-central1-a"}}}
+        idt = self.id_token(aud, email, st.now(), extra,
+                            include_email=extra is not None)
+        st.issue({"kind": "metadata_identity", "email": email, "aud": aud})
+        return self.md_send(200, idt, "text/html; charset=utf-8")
+
+    # -- IAM Credentials, tokeninfo ----------------------------------------
+
+    def iam(self, email, method):
+        st = self.server.state
+        if self.command != "POST":
+            return self.not_found()
+        auth = self.req_headers.get("authorization", "")
+        tok = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        info = st.token_info(tok) if tok else None
+        if not info or info.get("kind") == "id_token":
+            return self.send_json(401, google_error(
+                401, "UNAUTHENTICATED", MSG_UNAUTHENTICATED),
+                [("WWW-Authenticate", 'Bearer realm="https://accounts.google.com/"')])
+        try:
+            body = json.loads(self.req_body.decode("utf-8") or "{}")
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            return self.send_json(400, google_error(
+                400, "INVALID_ARGUMENT", "Invalid JSON payload received."))
+        now = st.now()
+        if method == "generateAccessToken":
+            scope = body.get("scope")
+            if not scope or not isinstance(scope, list):
+                return self.send_json(400, google_error(
+                    400, "INVALID_ARGUMENT", "Scope required."))
+            life = body.get("lifetime", "3600s")
+            m = re.match(r"^(\d+(?:\.\d+)?)s$", str(life))
+            if not m or float(m.group(1)) > 3600 or float(m.group(1)) <= 0:
+                return self.send_json(400, google_error(
+                    400, "INVALID_ARGUMENT",
+                    "The lifetime must be between 1s and 3600s."))
+            new = st.issue({"kind": "iam", "email": email,
+                            "scope": " ".join(scope),
+                            "delegates": body.get("delegates"),
+                            "caller": tok})
+            return self.send_json(200, {
+                "accessToken": new,
+                "expireTime": rfc3339(now + float(m.group(1)))})
+        if method == "generateIdToken":
+            aud = body.get("audience")
+            if not aud:
+                return self.send_json(400, google_error(
+                    400, "INVALID_ARGUMENT", "Audience required."))
+            idt = self.id_token(aud, email, now,
+                                include_email=bool(body.get("includeEmail")))
+            return self.send_json(200, {"token": idt})
+        if method == "signBlob":
+            try:
+                payload = base64.b64decode(body.get("payload") or "",
+                                           validate=True)
+            except Exception:
+                return self.send_json(400, google_error(
+                    400, "INVALID_ARGUMENT", "Invalid payload."))
+            return self.send_json(200, {
+                "keyId": st.signer.kid,
+                "signedBlob": base64.b64encode(
+                    st.signer.sign(payload)).decode()})
+        # signJwt
+        try:
+            claims = json.loads(body.get("payload") or "")
+        except (ValueError, TypeError):
+            return self.send_json(400, google_error(
+                400, "INVALID_ARGUMENT", "Invalid payload."))
+        return self.send_json(200, {"keyId": st.signer.kid,
+                                    "signedJwt": st.signer.jwt(claims)})
+
+    def tokeninfo(self):
+        st = self.server.state
+        form = self.params() if self.command == "POST" else {}
+        tok = self.qs.get("access_token") or form.get("access_token")
+        info = st.token_info(tok) if tok else None
+        if not info:
+            return self.oauth_error(400, "invalid_token", "Invalid Value")
+        exp = int(info["issued_at"] + float(self.expires_in()))
+        return self.send_json(200, {
+            "azp": info.get("client_id") or info.get("email") or
+            info.get("iss") or "",
+            "aud": info.get("client_id") or info.get("email") or
+            info.get("iss") or "",
+            "scope": info.get("scope", ""),
+            "exp": str(exp),
+            "expires_in": str(max(0, exp - int(time.time()))),
+            "access_type": "online"})
+
+
+def write_ready(path, data):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.rename(tmp, path)
+
+
+def parent_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--control-port", type=int, default=0)
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    ap.add_argument("--ready-file", required=True)
+    ap.add_argument("--parent-pid", type=int, default=0,
+                    help="exit when this process is gone")
+    ap.add_argument("--max-lifetime", type=float, default=0,
+                    help="exit after this many seconds (0: never)")
+    args = ap.parse_args()
+
+    ctx = None
+    if args.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(args.cert, args.key)
+        ctx.set_alpn_protocols(["http/1.1"])
+
+    # The state needs the base URL, known once the port is bound.
+    main_srv = FakeServer((args.host, args.port), MainHandler, None, ctx)
+    port = main_srv.server_address[1]
+    host = "[%s]" % args.host if ":" in args.host else args.host
+    base_url = "%s://%s:%d" % ("https" if ctx else "http", host, port)
+    state = State(base_url)
+    main_srv.state = state
+    ctl_srv = FakeServer(("127.0.0.1", args.control_port), ControlHandler,
+                         state)
+
+    def on_signal(signum, frame):
+        STOP.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    threads = []
+    for srv in (main_srv, ctl_srv):
+        t = threading.Thread(target=srv.serve_forever, kwargs={
+            "poll_interval": 0.1}, daemon=True)
+        t.start()
+        threads.append(t)
+
+    write_ready(args.ready_file, {"port": port,
+                                  "control_port": ctl_srv.server_address[1],
+                                  "pid": os.getpid(), "url": base_url})
+    started = time.time()
+    while not STOP.wait(0.25):
+        if args.parent_pid and not parent_alive(args.parent_pid):
+            break
+        if args.max_lifetime and time.time() - started > args.max_lifetime:
+            log_err("max lifetime reached, exiting")
+            break
+    STOP.set()
+    sys.stderr.flush()
+    # Serving and handler threads are daemons: a hung handler must not delay
+    # the exit, and the kernel closes every open connection.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
