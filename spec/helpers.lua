@@ -310,6 +310,7 @@ function helpers.start_fake(opts)
     PYTHON, helpers.support_dir .. "/fake_google.py",
     "--host", host, "--port", tostring(opts.port or 0),
     "--control-port", "0", "--ready-file", ready,
+    "--signing-key", helpers.tmpdir() .. "/fake-signing-key.pem",
   }
   if S.pid then
     args[#args + 1] = "--parent-pid"

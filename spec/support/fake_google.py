@@ -3,16 +3,118 @@
 
 Run with /usr/bin/python3 (stdlib + PyJWT + cryptography from Debian):
 
-  fake_google.py --host 127.0.0.1 --port 0 [--cert server.pem --key server.key]
-                 --control-port 0 --ready-file PATH [--parent-pid PID]
+  fake_google.py --ready-file PATH [--host 127.0.0.1|::1] [--port 0]
+                 [--control-port 0] [--cert server.pem --key server.key]
+                 [--signing-key PATH] [--parent-pid PID] [--max-lifetime S]
 
-The main port (HTTPS when --cert is given) plays the OAuth 2.0 token endpoint,
-the GCE metadata server, IAM Credentials, tokeninfo and Google's signing
-certificates. The control port (plain HTTP, always 127.0.0.1) configures it,
-scripts responses and reports what the main port received. See the README
-part of spec/helpers.lua for the API; this file is its reference.
+When both ports listen it writes {"port", "control_port", "pid", "url"} as
+JSON to the ready file (tmp file + rename). SIGTERM/SIGINT: exit 0 at once.
+--parent-pid: exit when that process is gone. Nothing goes to stdout; errors
+of the fake itself go to stderr. spec/helpers.lua wraps all of this.
 
-Nothing is printed on stdout; errors of the fake itself go to stderr.
+Main port (HTTPS when --cert; HTTP/1.1, keep-alive, always Content-Length;
+every answer has a Date header shifted by clock_offset):
+  POST /token (also /o/oauth2/token, /oauth2/v4/token), form or JSON body
+    grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer, assertion=JWT
+      RS256/ES256, verified against public_keys (the kid's key if the header
+      kid is known, else every key). Then: iat, exp numbers, 0 < exp-iat <=
+      3600, iat <= now+leeway, exp >= now-leeway (now = clock + clock_offset);
+      aud in token_uri; iss non-empty; scope or target_audience present.
+      200 {"access_token": "<access_token>-<n>", "expires_in", "token_type":
+      "Bearer"}; with target_audience: 200 {"id_token"} (RS256 by the fake's
+      key; iss https://accounts.google.com, aud=target_audience, email=iss).
+    grant_type=refresh_token, refresh_token, client_id, client_secret (or
+      HTTP Basic): checked against refresh_tokens; 200 {"access_token",
+      "expires_in", "scope", "token_type"}.
+    Errors (JSON {"error", "error_description"}):
+      400 invalid_grant "Invalid JWT Signature."  (bad/unknown signature,
+          malformed JWT, alg not RS256/ES256)
+      400 invalid_grant "Invalid JWT: Token must be a short-lived token (60
+          minutes) and in a reasonable timeframe. Check your iat and exp
+          values in the JWT claim."
+      400 invalid_grant "Invalid JWT: Failed audience check. The expected
+          value is <token_uri>"
+      400 invalid_grant "Invalid grant: account not found"   (no iss)
+      400 invalid_scope "Invalid OAuth scope or ID token audience provided."
+      400 invalid_request "Missing required parameter: assertion" (or
+          refresh_token)
+      400 unsupported_grant_type "Invalid grant_type: <value>"
+      400 invalid_grant "Token has been expired or revoked." (refresh token)
+      401 invalid_client "The OAuth client was not found." / "Unauthorized"
+      405 (Google error shape) for a method other than POST.
+  GET / -> 200 "computeMetadata/\n" with Metadata-Flavor: Google (no header
+    needed, as on GCE).
+  /computeMetadata/v1/... (GCE metadata server): requests without
+    "Metadata-Flavor: Google" get 403 text; every answer, scripted ones
+    included, carries Metadata-Flavor: Google. Values (application/text or
+    JSON): project/project-id, project/numeric-project-id, instance/id,
+    instance/zone, instance/hostname, instance/service-accounts/ (listing),
+    instance/service-accounts/<sa>/{email,scopes,aliases} and
+    <sa>/?recursive=true (JSON {aliases, email, scopes}), where <sa> is
+    "default", the service_account email, or any X with a
+    "instance/service-accounts/X/email" metadata entry (else 404).
+    <sa>/token[?scopes=a,b] -> {"access_token", "expires_in", "token_type"}.
+    <sa>/identity?audience=A[&format=full] -> a JWT (text/html), RS256 by the
+    fake's key, aud=A; format=full adds email, email_verified and
+    google.compute_engine. No audience: 400 text.
+    The metadata setting overrides any path (relative to /computeMetadata/v1/):
+    a string is sent as is, an object/array as JSON, null makes it a 404.
+  POST /v1/projects/-/serviceAccounts/<email>:generateAccessToken
+    {"scope": [...], "lifetime": "Ns"} -> {"accessToken", "expireTime"
+    (RFC 3339 UTC)}; also :generateIdToken {"audience", "includeEmail"} ->
+    {"token"}, :signBlob {"payload": b64} -> {"keyId", "signedBlob"},
+    :signJwt {"payload": "<json>"} -> {"keyId", "signedJwt"}. Needs
+    "Authorization: Bearer <an access token this fake issued>", else 401
+    UNAUTHENTICATED; bad input 400 INVALID_ARGUMENT (Google error shape).
+  GET/POST /tokeninfo, /oauth2/v3/tokeninfo ?access_token= -> {"azp", "aud",
+    "scope", "exp", "expires_in", "access_type"} or 400 invalid_token.
+  GET /oauth2/v3/certs (JWKS) and /oauth2/v1/certs ({kid: cert PEM}): the
+    fake's signing key.
+  Anything else: 404 {"error": {"code": 404, "message": "...", "status":
+    "NOT_FOUND"}}.
+  Access tokens of every kind are "<access_token>-<n>", n = 1, 2, ... over
+  all endpoints since the last reset.
+
+Control port (plain HTTP, 127.0.0.1, JSON bodies and answers; 400 on bad
+input):
+  POST /config   merge settings; answers like GET /config. Settings:
+      public_keys {kid: PEM public key or certificate}
+      token_uri   string or list (default [<url>/token])
+      access_token  token prefix (default "fake-token")
+      expires_in  default 3599 (sent as given: a string stays a string)
+      clock_offset  seconds the fake's clock is ahead (default 0)
+      leeway      seconds of iat/exp tolerance (default 60)
+      require_scope  default true
+      refresh_tokens {refresh_token: {client_id, client_secret[, scope]}}
+      metadata    {path: value} (see above)
+      service_account  default SA email
+          (default "fake-sa@fake-project.iam.gserviceaccount.com")
+      project_id ("fake-project"), numeric_project_id ("123456789012")
+    public_keys, refresh_tokens and metadata merge key by key (null removes
+    a key; in metadata null stores a 404); a null top-level setting goes
+    back to its default; other settings are replaced.
+  GET /config    settings plus token_uri (always a list), server_kid,
+    server_public_pem, server_cert_pem (the fake's signing key), base_url.
+  POST /script   {"path": "/token", "responses": [{...}], "replace": false}
+    queues responses for that exact path (query ignored; the percent-decoded
+    path matches too), consumed in order before the default handler. Entry
+    fields: status, headers {name: value or [values]}, body (string) or
+    body_b64 or json (any JSON value), delay (seconds, before answering),
+    hang (never answer; the socket stays open until the fake stops), drop
+    (close without answering), truncate (send the headers and half the
+    body, then close). Without status (and without hang/drop) the default
+    handler answers, after delay. Content-Type defaults to JSON when the
+    body starts with { or [, else text/plain.
+  GET /script    what is still queued: {path: [entries]}.
+  GET /requests[?path=P]  every request the main port received, in order:
+    {method, path, query (raw), headers (lower-case names; repeats joined by
+    ", "), body (UTF-8, invalid bytes replaced), body_b64 (exact), time
+    (epoch seconds, real clock), conn (connection number: same number, same
+    keep-alive connection)}. Requests are recorded before scripts play.
+  GET /tokens    {token: {kind, scope, iss/email/client_id, issued_at, ...}}
+  POST /reset    config, scripts, records, tokens and the counter back to
+    their start state.
+  GET /health    {"ok": true}
 """
 
 import argparse
@@ -119,9 +221,8 @@ def b64url_uint(n):
 class Signer:
     """The fake's own RSA key: signs ID tokens, signBlob, signJwt."""
 
-    def __init__(self):
-        self.key = rsa.generate_private_key(public_exponent=65537,
-                                            key_size=2048)
+    def __init__(self, path=None):
+        self.key = self.load_or_make(path)
         pub = self.key.public_key()
         self.public_pem = pub.public_bytes(
             serialization.Encoding.PEM,
@@ -140,6 +241,27 @@ class Signer:
                     "kid": self.kid, "n": b64url_uint(nums.n),
                     "e": b64url_uint(nums.e)}
 
+    @staticmethod
+    def load_or_make(path):
+        # RSA key generation is most of the start-up time: --signing-key
+        # lets a test run share one key between its fakes.
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    return serialization.load_pem_private_key(f.read(), None)
+            except (OSError, ValueError):
+                pass
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if path:
+            tmp = "%s.tmp.%d" % (path, os.getpid())
+            with open(tmp, "wb") as f:
+                f.write(key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()))
+            os.rename(tmp, path)
+        return key
+
     def jwt(self, claims):
         return jwt.encode(claims, self.key, algorithm="RS256",
                           headers={"kid": self.kid})
@@ -151,11 +273,11 @@ class Signer:
 class State:
     """Everything the control port changes; one lock guards it all."""
 
-    def __init__(self, base_url):
+    def __init__(self, base_url, signing_key=None):
         self.base_url = base_url
         # Reentrant: a helper holding it may call another (e.g. now()).
         self.lock = threading.RLock()
-        self.signer = Signer()
+        self.signer = Signer(signing_key)
         self.conn_ids = itertools.count(1)
         self.reset()
 
@@ -377,6 +499,13 @@ class BaseHandler(BaseHTTPRequestHandler):
         self.send(status, json.dumps(obj), headers,
                   "application/json; charset=utf-8")
 
+    def bad_framing(self, err):
+        # The stream cannot be trusted past a broken body: answer and close.
+        self.close_connection = True
+        self.send_json(400, google_error(
+            400, "INVALID_ARGUMENT", "Malformed request body: %s" % err),
+            [("Connection", "close")])
+
     def hard_close(self):
         self.close_connection = True
         try:
@@ -422,6 +551,9 @@ class ControlHandler(BaseHandler):
         path, query = self.split_target()
         try:
             raw = self.read_body()
+        except ValueError as e:
+            return self.bad_framing(e)
+        try:
             body = json.loads(raw.decode("utf-8")) if raw.strip() else None
         except (ValueError, UnicodeDecodeError) as e:
             return self.send_json(400, {"error": "bad JSON: %s" % e})
@@ -442,6 +574,8 @@ class ControlHandler(BaseHandler):
                 if not isinstance(resp, list) or not all(
                         isinstance(r, dict) for r in resp):
                     raise ValueError("responses must be a list of objects")
+                for r in resp:
+                    check_script_entry(r)
                 st.add_script(body["path"], resp, bool(body.get("replace")))
                 return self.send_json(200, {"ok": True})
             if path == "/script" and m == "GET":
@@ -470,6 +604,29 @@ class ControlHandler(BaseHandler):
                                     % (m, path)})
 
 
+def check_script_entry(r):
+    """Refuse at /script time what would break when played."""
+    if "status" in r:
+        st = r["status"]
+        if isinstance(st, bool) or not isinstance(st, (int, float)) \
+                or not 100 <= int(st) <= 599:
+            raise ValueError("status must be a number in 100..599: %r" % (st,))
+    if "delay" in r and (isinstance(r["delay"], bool) or not isinstance(
+            r["delay"], (int, float)) or r["delay"] < 0):
+        raise ValueError("delay must be a number >= 0: %r" % (r["delay"],))
+    if not isinstance(r.get("headers") or {}, dict):
+        raise ValueError("headers must be an object")
+    if "body" in r and not isinstance(r["body"], (str, dict, list)):
+        raise ValueError("body must be a string")
+    if "body_b64" in r:
+        base64.b64decode(r["body_b64"], validate=True)
+    unknown = set(r) - {"status", "headers", "body", "body_b64", "json",
+                        "delay", "hang", "drop", "truncate"}
+    if unknown:
+        raise ValueError("unknown script fields: %s" % ", ".join(
+            sorted(unknown)))
+
+
 def google_error(code, status, message, details=None):
     err = {"code": code, "message": message, "status": status}
     if details:
@@ -488,7 +645,10 @@ class MainHandler(BaseHandler):
     def route(self):
         st = self.server.state
         path, query = self.split_target()
-        body = self.read_body()
+        try:
+            body = self.read_body()
+        except ValueError as e:
+            return self.bad_framing(e)
         headers = {}
         for k, v in self.headers.items():
             k = k.lower()
@@ -948,6 +1108,9 @@ def main():
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--ready-file", required=True)
+    ap.add_argument("--signing-key",
+                    help="PEM RSA key for the fake's own signatures; made "
+                    "and written there when missing")
     ap.add_argument("--parent-pid", type=int, default=0,
                     help="exit when this process is gone")
     ap.add_argument("--max-lifetime", type=float, default=0,
@@ -966,7 +1129,7 @@ def main():
     port = main_srv.server_address[1]
     host = "[%s]" % args.host if ":" in args.host else args.host
     base_url = "%s://%s:%d" % ("https" if ctx else "http", host, port)
-    state = State(base_url)
+    state = State(base_url, args.signing_key)
     main_srv.state = state
     ctl_srv = FakeServer(("127.0.0.1", args.control_port), ControlHandler,
                          state)
