@@ -304,6 +304,25 @@ describe("fake_google over TLS", function()
     assert.equal(200, get(fake, "/").status)
   end)
 
+  it("refuses scripts it could not play", function()
+    assert.has_error(function() fake:script("/x", { { status = "abc" } }) end)
+    assert.has_error(function() fake:script("/x", { { status = 200, dealy = 1 } }) end)
+    assert.same({}, fake:pending_scripts())
+  end)
+
+  it("serves its signing keys and tokeninfo", function()
+    local cfg = fake:get_config()
+    local jwks = json(get(fake, "/oauth2/v3/certs"))
+    assert.equal(cfg.server_kid, jwks.keys[1].kid)
+    local certs = json(get(fake, "/oauth2/v1/certs"))
+    assert.equal(cfg.server_cert_pem, certs[cfg.server_kid])
+    local tok = json(get(fake, "/computeMetadata/v1/instance/service-accounts/default/token",
+      { ["Metadata-Flavor"] = "Google" })).access_token
+    local info = json(get(fake, "/tokeninfo?access_token=" .. tok))
+    assert.equal("https://www.googleapis.com/auth/cloud-platform", info.scope)
+    assert.equal(400, get(fake, "/tokeninfo?access_token=nope").status)
+  end)
+
   it("resets records, scripts and config", function()
     fake:config({ access_token = "other", metadata = { ["project/project-id"] = "p2" } })
     fake:script("/x", { { status = 418 } })
@@ -511,6 +530,12 @@ describe("fake_google over TLS", function()
         refresh_token = "rt2", client_id = "cid", client_secret = "sec" }))
       assert.equal(400, bad.status)
       assert.equal("invalid_grant", json(bad).error)
+      -- Client credentials may come as HTTP Basic instead.
+      local basic = assert(helpers.curl({ url = fake.token_uri, method = "POST",
+        ca_file = fake.ca_file, body = "grant_type=refresh_token&refresh_token=rt1",
+        headers = { Authorization = "Basic " .. helpers.b64encode("cid:sec"),
+          ["Content-Type"] = "application/x-www-form-urlencoded" } }))
+      assert.equal(200, basic.status)
     end)
 
     it("plays IAM Credentials for tokens it issued", function()
@@ -533,6 +558,20 @@ describe("fake_google over TLS", function()
         headers = { Authorization = "Bearer forged" } }))
       assert.equal(401, res.status)
       assert.equal("UNAUTHENTICATED", json(res).error.status)
+
+      local base = "/v1/projects/-/serviceAccounts/t@p.iam.gserviceaccount.com"
+      local auth = { Authorization = "Bearer " .. tok }
+      res = assert(helpers.curl({ url = fake.url .. base .. ":generateIdToken",
+        method = "POST", ca_file = fake.ca_file, headers = auth,
+        body = '{"audience":"https://aud","includeEmail":true}' }))
+      local claims = helpers.pyjwt_verify(json(res).token,
+        fake:get_config().server_public_pem, { audience = "https://aud" })
+      assert.equal("t@p.iam.gserviceaccount.com", claims.email)
+      res = assert(helpers.curl({ url = fake.url .. base .. ":signBlob",
+        method = "POST", ca_file = fake.ca_file, headers = auth,
+        body = '{"payload":"' .. helpers.b64encode("blob") .. '"}' }))
+      assert.equal(fake:get_config().server_kid, json(res).keyId)
+      assert.equal(256, #helpers.b64decode(json(res).signedBlob))
     end)
   end)
 end)
