@@ -205,8 +205,8 @@ end
 local function key_error(source, field, message)
   local where = source
   if field then where = where .. ": field " .. field end
-  return fail("key file", where .. ": " .. message,
-              { file = source, field = field })
+  return errors.new("service_account", "key file", where .. ": " .. message,
+                    { file = source, field = field })
 end
 
 -- info (table) -> the parts of a credentials object | nil, err
@@ -349,7 +349,7 @@ function _M.from_info(info, opts)
   if type(info) == "string" then
     local v = json_decode(info)
     if type(v) ~= "table" then
-      return key_error(source, nil, "not a JSON object")
+      return nil, key_error(source, nil, "not a JSON object")
     end
     info = v
   elseif type(info) ~= "table" then
@@ -364,15 +364,15 @@ local function load_file(path)
   local data, err = util.read_file(path)
   if not data then
     -- io.open's message already starts with the path.
-    return nil, fail("key file", "cannot read key file " .. tostring(err),
-                     { file = path })
+    return nil, errors.new("service_account", "key file",
+                           "cannot read key file " .. tostring(err), { file = path })
   end
   if #data > MAX_KEY_FILE then
-    return key_error(path, nil, "too large for a key file")
+    return nil, key_error(path, nil, "too large for a key file")
   end
   local info = json_decode(data)
   if type(info) ~= "table" then
-    return key_error(path, nil, "not a JSON object (is this a service account key file?)")
+    return nil, key_error(path, nil, "not a JSON object (is this a service account key file?)")
   end
   return parse_info(info, path)
 end
@@ -410,7 +410,7 @@ function _M.id_token_credentials(info_or_path, opts)
     local info = info_or_path
     if type(info) == "string" then
       info = json_decode(info)
-      if type(info) ~= "table" then return key_error(source, nil, "not a JSON object") end
+      if type(info) ~= "table" then return nil, key_error(source, nil, "not a JSON object") end
     end
     parts, err = parse_info(info, source)
   elseif type(info_or_path) == "string" then
@@ -732,6 +732,16 @@ function _M:cache_key_parts()
     audience = self.audience,
     target_audience = self.target_audience,
   }
+end
+
+--- Do these credentials need scopes before they can get a token? True
+-- for the token exchange without scopes (a client library then applies
+-- the API's own, as googleapiclient does); false for self-signed JWTs with
+-- an audience and for ID tokens.
+function _M:requires_scopes()
+  if self.mode == "id_token" then return false end
+  if self.mode == "jwt" and self.audience then return false end
+  return self.scopes == nil
 end
 
 function _M:describe()

@@ -38,6 +38,7 @@ local errors = require "gauth.errors"
 local type = type
 local error = error
 local pcall = pcall
+local require = require
 local ipairs = ipairs
 local tostring = tostring
 local setmetatable = setmetatable
@@ -180,9 +181,20 @@ end
 
 local default_cache
 
---- The process-wide cache used by credentials given no `opts.cache`.
+--- The process-wide cache used by credentials given no `opts.cache`: under
+-- nginx with a `lua_shared_dict gauth` (the name in
+-- `gauth.token_cache.shdict`), the one backed by that dict, shared by all
+-- workers; otherwise a process-local one.
 function _M.default()
-  if not default_cache then default_cache = _M.new() end
+  if not default_cache then
+    if ngx and type(ngx.shared) == "table" then
+      local ok, shdict = pcall(require, "gauth.token_cache.shdict")
+      if ok and type(shdict) == "table" and ngx.shared[shdict.DEFAULT_DICT] then
+        default_cache = shdict.cache(shdict.DEFAULT_DICT)
+      end
+    end
+    default_cache = default_cache or _M.new()
+  end
   return default_cache
 end
 
