@@ -167,7 +167,7 @@ function base:cache_key_parts()
 end
 
 --- A short description for `tostring`: never a token or key.
-function base:describe()
+function base:describe()  -- luacheck: no unused args
   return ""
 end
 

@@ -403,6 +403,9 @@ function _M.id_token_credentials(info_or_path, opts)
   if type(opts) ~= "table" then
     error("gauth.service_account: id_token_credentials: opts with target_audience required", 2)
   end
+  if opts.scopes or opts.subject or opts.jwt_access or opts.audience then
+    error("gauth.service_account: id_token_credentials takes no scopes, subject or audience", 2)
+  end
   local parts, err, source
   if type(info_or_path) == "table" or
       (type(info_or_path) == "string" and find(info_or_path, "^%s*{")) then
@@ -420,9 +423,6 @@ function _M.id_token_credentials(info_or_path, opts)
     error("gauth.service_account: id_token_credentials: need a path, a table or JSON text", 2)
   end
   if not parts then return nil, err end
-  if opts.scopes or opts.subject or opts.jwt_access or opts.audience then
-    error("gauth.service_account: id_token_credentials takes no scopes, subject or audience", 2)
-  end
   return build(parts, source, opts, "id_token")
 end
 
@@ -515,7 +515,9 @@ end
 local function is_time_window(desc)
   if type(desc) ~= "string" then return false end
   desc = lower(desc)
-  return find(desc, "iat", 1, true) ~= nil or find(desc, "exp", 1, true) ~= nil
+  -- Whole words: "exp" is also the start of "expected" (as in Google's
+  -- "Failed audience check. The expected value is ...").
+  return find(desc, "%f[%w]iat%f[%W]") ~= nil or find(desc, "%f[%w]exp%f[%W]") ~= nil
       or find(desc, "timeframe", 1, true) ~= nil
       or find(desc, "time window", 1, true) ~= nil
 end
