@@ -1,0 +1,1499 @@
+--- Google API clients made from Discovery documents, shaped like Google's
+-- Python client (googleapiclient) and building the same requests.
+--
+--     local discovery = require "gauth.discovery"
+--     local compute = assert(discovery.build("compute", "v1", { credentials = creds }))
+--     local req = compute:instances():list({ project = "p", zone = "z" })
+--     -- req.method, req.uri, req.headers, req.body can be looked at here
+--     local resp, err = req:execute()
+--     for page, err in req:pages() do ... end   -- page is false on error
+--
+-- Resources and methods are reached with colons, by the names of the
+-- document or by googleapiclient's names (`import_`); a name that is a Lua
+-- keyword also answers with a trailing `_` (`end_`), and one with
+-- characters Lua names cannot hold with `_` in their place (`well_known`).
+-- Parameters take the document's names (`["$.xgafv"]`) or googleapiclient's
+-- (`x__xgafv`); the request body goes under `body`.
+--
+-- Nothing is prepared before it is used: `build_from_document` decodes the
+-- JSON (when given text) and makes the root resource; each resource object
+-- is made on first use and kept; each method's parameter table and path
+-- template are prepared on first use and kept, so that building a request
+-- is one pass over the caller's parameters.
+-- @module gauth.discovery
+
+local cjson_safe = require "cjson.safe"
+local errors = require "gauth.errors"
+local regex = require "gauth.discovery.regex"
+
+local type = type
+local next = next
+local pairs = pairs
+local error = error
+local tostring = tostring
+local tonumber = tonumber
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local rawget = rawget
+local rawset = rawset
+local require = require
+local byte = string.byte
+local sub = string.sub
+local gsub = string.gsub
+local find = string.find
+local match = string.match
+local format = string.format
+local lower = string.lower
+local concat = table.concat
+local sort = table.sort
+local floor = math.floor
+local huge = math.huge
+local math_type = math.type  -- nil on LuaJIT
+
+local _M = { _VERSION = "0.1.0" }
+
+-- A private cjson instance: settings made here do not leak to other users
+-- of cjson, and theirs not to us.
+local json = cjson_safe.new()
+local json_encode, json_decode = json.encode, json.decode
+local null = cjson_safe.null
+
+local EMPTY = setmetatable({}, { __newindex = function()
+  error("gauth.discovery: internal: write to EMPTY", 2)
+end })
+
+local USER_AGENT = "gauth/" .. _M._VERSION
+local API_CLIENT = (function()
+  local v = match(_VERSION, "%d+%.%d+") or "?"
+  local s = "gl-lua/" .. v
+  if type(jit) == "table" and jit.version then  -- luacheck: ignore
+    s = s .. " luajit/" .. (match(jit.version, "[%d.]+[%w.-]*") or "?")  -- luacheck: ignore
+  end
+  return s .. " gauth/" .. _M._VERSION
+end)()
+
+local DEFAULT_ROOT_URL = "https://www.googleapis.com/"
+local DEFAULT_UNIVERSE = "googleapis.com"
+local DISCOVERY_URLS = {
+  "https://www.googleapis.com/discovery/v1/apis/{api}/{apiVersion}/rest",
+  "https://{api}.googleapis.com/$discovery/rest?version={apiVersion}",
+}
+-- googleapiclient: a GET whose URI is longer than this is sent as a POST
+-- with the query as a form body and x-http-method-override: GET.
+local MAX_URI_LENGTH = 2048
+-- Parameters every Google API accepts that documents do not list.
+local STACK_PARAMS = { "trace", "pp", "userip", "strict" }
+local PAYLOAD_METHODS = { PUT = true, POST = true, PATCH = true }
+-- Retried by default (without num_retries): the HTTP methods whose repeat
+-- has the effect of one call. DELETE is among them: repeating a delete
+-- that went through gives a 404, never a second deletion.
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true }
+local DEFAULT_RETRIES = 3
+
+local LUA_KEYWORDS = {}
+for w in ("and break do else elseif end false for function goto if in local "
+          .. "nil not or repeat return then true until while"):gmatch("%a+") do
+  LUA_KEYWORDS[w] = true
+end
+-- Python's keywords, and googleapiclient's own reserved word "body": such
+-- names get a trailing "_" in googleapiclient (fix_method_name).
+local PY_RESERVED = { body = true }
+for w in ("False None True and as assert async await break class continue "
+          .. "def del elif else except finally for from global if import in is "
+          .. "lambda nonlocal not or pass raise return try while with yield")
+          :gmatch("%a+") do
+  PY_RESERVED[w] = true
+end
+
+local THIS_FILE = debug.getinfo(1, "S").source
+
+-- Raise a programming error at the caller's line: the first stack frame
+-- outside this file (helpers sit at varying depths below the method).
+local function raise(msg)
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info then level = 1; break end
+    if info.source ~= THIS_FILE then break end
+    level = level + 1
+  end
+  error(msg, level)
+end
+
+local function fail(spec, pname, msg)
+  raise(format("gauth.discovery: %s: %s: %s", spec.id, pname, msg))
+end
+
+---------------------------------------------------------------------------
+-- Encoding: exactly the characters Python's urllib.parse.quote keeps.
+
+local function pct(c)
+  return format("%%%02X", byte(c))
+end
+
+-- Memo tables (value -> what it turns into) stay small: emptied when they
+-- grow past a few hundred entries (values used for paths and queries repeat
+-- in practice). The count sits under a key no value can be.
+local COUNT = {}
+local function new_cache()
+  return { [COUNT] = 0 }
+end
+
+local function trim_cache(c)
+  local n = c[COUNT] + 1
+  if n > 512 then
+    for k in pairs(c) do c[k] = nil end
+    n = 1
+  end
+  c[COUNT] = n
+end
+
+-- `{var}`: everything but unreserved characters is encoded (so "/" too).
+local ENC = new_cache()
+local function quote(s)
+  local e = ENC[s]
+  if e then return e end
+  e = gsub(s, "[^A-Za-z0-9_.~-]", pct)
+  trim_cache(ENC)
+  ENC[s] = e
+  return e
+end
+
+-- `{+var}`: RFC 3986 reserved characters stay as they are too. "%" is not
+-- among them: googleapiclient's uritemplate encodes it (so "%2F" -> "%252F").
+local ENC_RESERVED = new_cache()
+local function quote_reserved(s)
+  local e = ENC_RESERVED[s]
+  if e then return e end
+  e = gsub(s, "[^A-Za-z0-9_.~:/?#%[%]@!$&'()*+,;=-]", pct)
+  trim_cache(ENC_RESERVED)
+  ENC_RESERVED[s] = e
+  return e
+end
+
+-- Query keys and values: application/x-www-form-urlencoded as Python's
+-- urlencode does it (quote_plus: a space becomes "+").
+local function quote_plus(s)
+  return (gsub(gsub(s, "[^A-Za-z0-9_.~ -]", pct), " ", "+"))
+end
+
+-- Python's key2param: a parameter's name in googleapiclient.
+local function key2param(key)
+  local s = gsub(key, "[^A-Za-z0-9]", "_")
+  if not find(key, "^[A-Za-z]") then s = "x" .. s end
+  return s
+end
+
+-- Python's fix_method_name.
+local function py_name(name)
+  local s = gsub(name, "%$", "_")
+  if PY_RESERVED[s] then s = s .. "_" end
+  return s
+end
+
+-- A name usable after a colon in Lua.
+local function lua_name(name)
+  local s = gsub(name, "[^A-Za-z0-9_]", "_")
+  if find(s, "^%d") then s = "_" .. s end
+  if LUA_KEYWORDS[s] then s = s .. "_" end
+  return s
+end
+
+---------------------------------------------------------------------------
+-- Values as googleapiclient's _cast turns them into strings.
+
+local function is_int(v)
+  return v == v and v > -huge and v < huge and floor(v) == v
+end
+
+-- Python's repr of a float: the shortest digits that read back the same,
+-- exponent form below 1e-4 and from 1e16.
+local function py_float(v)
+  if v ~= v then return "nan" end
+  if v == huge then return "inf" end
+  if v == -huge then return "-inf" end
+  local s
+  for p = 1, 17 do
+    s = format("%." .. (p - 1) .. "e", v)
+    if tonumber(s) == v then break end
+  end
+  local sign, d1, rest, ex = match(s, "^(-?)(%d)%.?(%d*)e([-+]%d+)$")
+  local digits = gsub(d1 .. rest, "0+$", "")
+  if digits == "" then digits = "0" end
+  local e = tonumber(ex)
+  if e < -4 or e >= 16 then
+    local m = sub(digits, 1, 1)
+    if #digits > 1 then m = m .. "." .. sub(digits, 2) end
+    return format("%s%se%s%02d", sign, m, e < 0 and "-" or "+", e < 0 and -e or e)
+  end
+  local dp = e + 1  -- digits before the decimal point
+  if dp <= 0 then
+    return sign .. "0." .. string.rep("0", -dp) .. digits
+  elseif dp >= #digits then
+    return sign .. digits .. string.rep("0", dp - #digits) .. ".0"
+  end
+  return sign .. sub(digits, 1, dp) .. "." .. sub(digits, dp + 1)
+end
+
+local function int_str(v)
+  if math_type and math_type(v) == "integer" then return format("%d", v) end
+  if v > -2^63 and v < 2^63 then return format("%d", v) end
+  return format("%.0f", v)
+end
+
+-- Python str(): for a number given where the document says "string".
+local function num_str(v)
+  if is_int(v) then return int_str(v) end
+  return py_float(v)
+end
+
+-- The string sent for value `v` of parameter `p`; raises when the value
+-- does not have the parameter's type. googleapiclient accepts more (it
+-- sends str(True) for a string, truncates 1.5 for an integer): those are
+-- mistakes gauth reports at once rather than send.
+local function cast(spec, p, v)
+  local t, tv = p.type, type(v)
+  if t == "integer" then
+    if tv == "number" then
+      if is_int(v) then return int_str(v) end
+      fail(spec, p.name, "expected an integer, got " .. tostring(v))
+    elseif tv == "string" then
+      -- Python's int(): optional blanks and sign, decimal digits
+      local sign, digits = match(v, "^%s*([+-]?)(%d+)%s*$")
+      if digits then
+        digits = match(digits, "^0*(%d.-)$")
+        if sign == "-" and digits ~= "0" then return "-" .. digits end
+        return digits
+      end
+      fail(spec, p.name, "expected an integer, got string '" .. v .. "'")
+    end
+    fail(spec, p.name, "expected an integer, got " .. tv)
+  elseif t == "number" then
+    if tv == "number" then return py_float(v) end
+    if tv == "string" then
+      local s = match(v, "^%s*(.-)%s*$")
+      local x = find(s, "^[+-]?%d*%.?%d*[eE]?[+-]?%d*$") and
+                find(s, "%d") and tonumber(s)
+      if x then return py_float(x) end
+      fail(spec, p.name, "expected a number, got string '" .. v .. "'")
+    end
+    fail(spec, p.name, "expected a number, got " .. tv)
+  elseif t == "boolean" then
+    if v == true then return "true" end
+    if v == false then return "false" end
+    fail(spec, p.name, "expected a boolean, got " .. tv)
+  end
+  -- "string", and any other type a document may name
+  if tv == "string" then return v end
+  if tv == "number" then return num_str(v) end
+  fail(spec, p.name, "expected a string, got " .. tv)
+end
+
+-- Check one value (an element of a repeated parameter, or the value) of
+-- `p` against its enum and pattern; return its string form.
+local function check_one(spec, p, v)
+  if p.pattern then
+    if type(v) ~= "string" then
+      fail(spec, p.name, "expected a string (the parameter has a pattern), got " .. type(v))
+    end
+    local memo = p.pattern_memo
+    local ok = memo[v]
+    if ok == nil then
+      ok = p.pattern(v)
+      trim_cache(memo)
+      memo[v] = ok
+    end
+    if not ok then
+      fail(spec, p.name, format("value '%s' does not match the pattern '%s'", v, p.pattern_text))
+    end
+  end
+  if p.enum and not p.enum[v] then
+    fail(spec, p.name, format("value '%s' is not one of: %s", tostring(v), p.enum_text))
+  end
+  return cast(spec, p, v)
+end
+
+local function is_array(v)
+  local n = #v
+  if n == 0 then return next(v) == nil end
+  local c = 0
+  for _ in pairs(v) do c = c + 1 end
+  return c == n
+end
+
+-- The values of `p` as a list of strings (one element unless repeated).
+local function values_of(spec, p, v)
+  if type(v) == "table" then
+    if not p.repeated then
+      fail(spec, p.name, "expected a single value, got a table (the parameter is not repeated)")
+    end
+    if not is_array(v) then
+      fail(spec, p.name, "expected an array of values")
+    end
+    local out = {}
+    for i = 1, #v do out[i] = check_one(spec, p, v[i]) end
+    return out
+  end
+  return { check_one(spec, p, v) }
+end
+
+-- A value is cached (by parameter) with what it turns into only when it is
+-- a scalar that can be a table key; lists are worked out every time.
+local function cacheable(v)
+  local tv = type(v)
+  return tv == "string" or tv == "boolean" or (tv == "number" and v == v)
+end
+
+-- "key=value" (or "key=a&key=b" for a repeated parameter).
+local function query_piece(spec, p, v)
+  local vals = values_of(spec, p, v)
+  local piece
+  if #vals == 1 then
+    piece = p.qkey .. quote_plus(vals[1])
+  elseif #vals == 0 then
+    piece = false  -- an empty list sends nothing
+  else
+    for i = 1, #vals do vals[i] = p.qkey .. quote_plus(vals[i]) end
+    piece = concat(vals, "&")
+  end
+  if cacheable(v) then
+    trim_cache(p.cache)
+    p.cache[v] = piece
+  end
+  return piece
+end
+
+-- The checked string form of a path parameter (a list joins with ",", as
+-- uritemplate does).
+local function path_value(spec, p, v)
+  local vals = values_of(spec, p, v)
+  local s = vals[1] or ""
+  if #vals > 1 then s = concat(vals, ",") end
+  if cacheable(v) then
+    trim_cache(p.cache)
+    p.cache[v] = s
+  end
+  return s
+end
+
+---------------------------------------------------------------------------
+-- URLs, as googleapiclient joins them.
+
+-- urllib.parse.urljoin(root, path) for a Discovery rootUrl/servicePath.
+local function join_base(root, path)
+  if path == nil or path == "" then return root end
+  if find(path, "^%a[%w+.-]*://") then return path end
+  if sub(path, 1, 1) == "/" then
+    local origin = match(root, "^(%a[%w+.-]*://[^/?#]*)") or ""
+    return origin .. path
+  end
+  local dir = match(root, "^(.*/)") or (root .. "/")
+  return dir .. path
+end
+
+-- urlsplit: scheme, netloc (nil when absent), path, query, fragment.
+local function urlsplit(url)
+  local scheme, rest = match(url, "^(%a[%w+.-]*):(.*)$")
+  if not scheme then rest = url end
+  local netloc
+  if sub(rest, 1, 2) == "//" then
+    netloc, rest = match(rest, "^//([^/?#]*)(.*)$")
+    if find(netloc, "[", 1, true) ~= nil and find(netloc, "]", 1, true) == nil
+        or find(netloc, "]", 1, true) ~= nil and find(netloc, "[", 1, true) == nil then
+      return nil, "invalid IPv6 URL"
+    end
+  end
+  local frag = ""
+  local hash = find(rest, "#", 1, true)
+  if hash then frag = sub(rest, hash + 1); rest = sub(rest, 1, hash - 1) end
+  local query = ""
+  local q = find(rest, "?", 1, true)
+  if q then query = sub(rest, q + 1); rest = sub(rest, 1, q - 1) end
+  return scheme and lower(scheme), netloc, rest, query, frag
+end
+
+-- urlunparse(urlparse(...)) of a split URL (";" parameters of the last
+-- segment survive only when not empty; empty "?" and "#" disappear).
+local function urlunsplit(scheme, netloc, path, query, frag)
+  local last = match(path, "^.*/()") or 1
+  local semi = find(path, ";", last, true)
+  if semi and semi == #path then path = sub(path, 1, -2) end
+  local url = path
+  if netloc or scheme == "http" or scheme == "https" then
+    if url ~= "" and sub(url, 1, 1) ~= "/" then url = "/" .. url end
+    url = "//" .. (netloc or "") .. url
+  end
+  if scheme then url = scheme .. ":" .. url end
+  if query ~= "" then url = url .. "?" .. query end
+  if frag ~= "" then url = url .. "#" .. frag end
+  return url
+end
+
+-- googleapiclient's _urljoin when the expanded path is itself absolute
+-- (a `{+var}` template given "https://..."): urljoin(base, url).
+local function join_absolute(spec, base, url)
+  local bscheme = lower(match(base, "^(%a[%w+.-]*):") or "")
+  local scheme, netloc, path, query, frag = urlsplit(url)
+  if not scheme then
+    fail(spec, spec.first_var, netloc)  -- netloc holds the message here
+  end
+  if scheme ~= bscheme then return url end
+  return urlunsplit(scheme, netloc, path, query, frag)
+end
+
+-- Hide credentials that may sit in a URI's query (an API key) before the
+-- URI goes into an error message.
+local function redact(uri)
+  if type(uri) ~= "string" then return uri end
+  uri = gsub(uri, "([?&]key=)[^&#]*", "%1REDACTED")
+  uri = gsub(uri, "([?&]access_token=)[^&#]*", "%1REDACTED")
+  uri = gsub(uri, "([?&]oauth_token=)[^&#]*", "%1REDACTED")
+  return uri
+end
+
+---------------------------------------------------------------------------
+-- Request bodies: cjson, with two repairs. cjson writes every empty table as
+-- {} (this cjson has no empty-array marker), and 14 significant digits at
+-- most. The body is walked beside its schema; an empty table where the
+-- schema says array, or a number cjson would round, is swapped for a
+-- placeholder string during the encoding and the placeholder replaced by
+-- the exact JSON after. The caller's tables are put back as they were.
+
+local PLACEHOLDER = "gauth-raw-" .. gsub(tostring({}), "[^%w]", "") ..
+                    "-" .. tostring(os.time())
+local PLACEHOLDER_PAT = '"' .. gsub(PLACEHOLDER, "%-", "%%-") .. '%-(%d+)"'
+
+local function resolve(schemas, s)
+  local seen = 0
+  while type(s) == "table" and s["$ref"] ~= nil do
+    s = schemas[s["$ref"]]
+    seen = seen + 1
+    if seen > 100 then return nil end
+  end
+  if type(s) ~= "table" then return nil end
+  return s
+end
+
+local function child_schema(s, k)
+  if s == nil then return nil end
+  if s.type == "array" then return s.items end
+  local props = s.properties
+  if type(props) == "table" and props[k] ~= nil then return props[k] end
+  local ap = s.additionalProperties
+  if type(ap) == "table" then return ap end
+  return nil
+end
+
+local function exact_number(v)
+  if v ~= v or v == huge or v == -huge then return nil end
+  if math_type and math_type(v) == "integer" then
+    if v > -1e14 and v < 1e14 then return nil end
+    return format("%d", v)
+  end
+  if tonumber(format("%.14g", v)) == v then return nil end
+  if is_int(v) and v > -2^63 and v < 2^63 then return format("%d", v) end
+  for p = 15, 17 do
+    local s = format("%." .. p .. "g", v)
+    if tonumber(s) == v then return s end
+  end
+end
+
+local function walk_body(spec, schemas, t, s, subs, depth)
+  if depth > 200 then
+    fail(spec, "body", "nested too deeply (a cycle?)")
+  end
+  s = resolve(schemas, s)
+  for k, v in pairs(t) do
+    local tv = type(v)
+    if tv == "table" then
+      local cs = child_schema(s, k)
+      if next(v) == nil and getmetatable(v) == nil then
+        local r = resolve(schemas, cs)
+        if r and r.type == "array" then
+          subs[#subs + 1] = { t, k, v, "[]" }
+        end
+      else
+        walk_body(spec, schemas, v, cs, subs, depth + 1)
+      end
+    elseif tv == "number" then
+      local raw = exact_number(v)
+      if raw then subs[#subs + 1] = { t, k, v, raw } end
+    end
+  end
+end
+
+local function encode_body(spec, body)
+  local svc = spec.svc
+  local subs = {}
+  walk_body(spec, svc.schemas, body, spec.request_schema, subs, 0)
+  local n = #subs
+  local text, err
+  if n == 0 then
+    text, err = json_encode(body)
+  else
+    for i = 1, n do
+      local s = subs[i]
+      s[1][s[2]] = PLACEHOLDER .. "-" .. i
+    end
+    text, err = json_encode(body)
+    for i = 1, n do
+      local s = subs[i]
+      s[1][s[2]] = s[3]
+    end
+    if text then
+      text = gsub(text, PLACEHOLDER_PAT, function(i) return subs[tonumber(i)][4] end)
+    end
+  end
+  if not text then
+    fail(spec, "body", "cannot be encoded as JSON: " .. tostring(err))
+  end
+  return text
+end
+
+---------------------------------------------------------------------------
+-- Methods: prepared once, on first use.
+
+local KIND_QUERY, KIND_PATH, KIND_BODY, KIND_ALT, KIND_MEDIA, KIND_NONE =
+  1, 2, 3, 4, 5, 6
+
+local PAGE_TOKEN_NAMES = { "pageToken", "nextPageToken" }
+
+local function find_page_token(fields)
+  if type(fields) ~= "table" then return nil end
+  for i = 1, 2 do
+    if fields[PAGE_TOKEN_NAMES[i]] ~= nil then return PAGE_TOKEN_NAMES[i] end
+  end
+  return nil
+end
+
+local function properties_of(svc, mdesc, field)
+  local d = resolve(svc.schemas, mdesc[field])
+  return d and d.properties or nil
+end
+
+-- Split a path template into literal text and variables.
+local function parse_template(path)
+  local items = {}
+  local pos = 1
+  while true do
+    local s, e, body = find(path, "{([^}]*)}", pos)
+    if not s then
+      if pos <= #path then items[#items + 1] = sub(path, pos) end
+      break
+    end
+    if s > pos then items[#items + 1] = sub(path, pos, s - 1) end
+    local op, names = match(body, "^([+#]?)(.*)$")
+    if not find(names, "^[A-Za-z0-9_.%%-]+$") then
+      return nil, "unsupported template expression {" .. body .. "}"
+    end
+    items[#items + 1] = { op = op, name = names }
+    pos = e + 1
+  end
+  return items
+end
+
+local function param_desc_list(svc, mdesc)
+  -- googleapiclient: the method's parameters, then the document's common
+  -- ones (which win on a clash), then the undocumented stack parameters.
+  local all, order = {}, {}
+  local function add(name, d)
+    if all[name] == nil then order[#order + 1] = name end
+    all[name] = d
+  end
+  for name, d in pairs(mdesc.parameters or EMPTY) do add(name, d) end
+  for name, d in pairs(svc.doc.parameters or EMPTY) do add(name, d) end
+  for i = 1, #STACK_PARAMS do
+    add(STACK_PARAMS[i], { type = "string", location = "query" })
+  end
+  return all, order
+end
+
+local function prepare(svc, mdesc, mname, variant)
+  local id = mdesc.id or mname
+  local hm = mdesc.httpMethod or "GET"
+  local spec = {
+    id = id, svc = svc, http_method = hm, params = {}, required = {},
+    idempotent = IDEMPOTENT[hm] == true,
+  }
+  if variant == "media" then
+    spec.alt, spec.accept, spec.raw = "media", "*/*", true
+  elseif mdesc.response == nil then
+    spec.accept, spec.raw = "*/*", true
+  else
+    spec.alt, spec.accept = "json", "application/json"
+  end
+  -- Pieces every query ends with: googleapiclient adds the developer key,
+  -- then the model's alt, over whatever the caller gave for them.
+  local tail = {}
+  if svc.api_key then tail[#tail + 1] = "key=" .. quote_plus(svc.api_key) end
+  if spec.alt then tail[#tail + 1] = "alt=" .. spec.alt end
+  spec.tail = #tail > 0 and concat(tail, "&") or nil
+
+  local descs, names = param_desc_list(svc, mdesc)
+  local response_token = find_page_token(properties_of(svc, mdesc, "response"))
+
+  -- Query order: parameterOrder first, then by name, so that a request's
+  -- URI does not depend on the order a Lua table hands out its keys.
+  local rank = {}
+  for i, n in pairs(mdesc.parameterOrder or EMPTY) do rank[n] = i end
+  sort(names, function(a, b)
+    local ra, rb = rank[a] or huge, rank[b] or huge
+    if ra ~= rb then return ra < rb end
+    return a < b
+  end)
+
+  local by_name = spec.params
+  for i = 1, #names do
+    local key = names[i]
+    local d = descs[key]
+    if type(d) ~= "table" then d = EMPTY end
+    local name = key2param(key)
+    local p = {
+      name = name, key = key, ord = i, type = d.type or "string",
+      repeated = d.repeated == true, cache = new_cache(),
+      qkey = quote_plus(key) .. "=",
+    }
+    if d.location == "query" then p.kind = KIND_QUERY
+    else p.kind = KIND_NONE end  -- "path" is settled by the template below
+    if type(d.pattern) == "string" and d.pattern ~= "" then
+      local m = regex.compile(d.pattern)
+      if m then
+        -- A pattern this module cannot read is left to the server.
+        p.pattern, p.pattern_text, p.pattern_memo = m, d.pattern, new_cache()
+      end
+    end
+    if type(d.enum) == "table" and #d.enum > 0 then
+      p.enum = {}
+      for _, e in pairs(d.enum) do p.enum[e] = true end
+      p.enum_text = concat(d.enum, ", ")
+    end
+    if d.required == true then
+      -- googleapiclient does not insist on a page token that a method
+      -- declares required when its response has none (drive.changes.watch).
+      if not ((key == "pageToken" or key == "nextPageToken") and not response_token) then
+        spec.required[#spec.required + 1] = p
+      end
+    end
+    if (name == "alt" and spec.alt) or (name == "key" and svc.api_key) then
+      -- checked, then replaced by the tail, as googleapiclient does
+      p.kind = KIND_ALT
+    end
+    by_name[name] = p
+  end
+  if PAYLOAD_METHODS[hm] and mdesc.request ~= nil then
+    by_name.body = { name = "body", key = "body", kind = KIND_BODY }
+    spec.request_schema = mdesc.request
+    spec.accepts_body = true
+  end
+  if mdesc.mediaUpload ~= nil then
+    by_name.media_body = { name = "media_body", key = "media_body", kind = KIND_MEDIA }
+    by_name.media_mime_type = { name = "media_mime_type", key = "media_mime_type",
+                                kind = KIND_NONE, type = "string" }
+  end
+  -- The document's own names answer too.
+  for name, p in pairs(by_name) do
+    if p.key ~= name and by_name[p.key] == nil then
+      spec.aliases = spec.aliases or {}
+      spec.aliases[p.key] = p
+    end
+  end
+  if spec.aliases then
+    for k, p in pairs(spec.aliases) do by_name[k] = p end
+  end
+
+  -- The path template: parts[1] is the base URL, literals in place, one
+  -- slot per variable.
+  local items, terr = parse_template(mdesc.path or "")
+  if not items then
+    error(format("gauth.discovery: %s: %s", id, terr), 0)
+  end
+  local parts = { svc.base_slash }
+  local slots = {}
+  for i = 1, #items do
+    local it = items[i]
+    if type(it) == "string" then
+      if i == 1 then
+        -- googleapiclient's _urljoin: one leading "/" goes
+        if sub(it, 1, 1) == "/" then it = sub(it, 2) end
+        if find(it, "^https?://") then spec.absolute = true end
+      end
+      parts[#parts + 1] = it
+    else
+      local p = by_name[key2param(it.name)]
+      if i == 1 then spec.var_first = true; spec.first_var = it.name end
+      if p and p.kind ~= KIND_BODY and p.kind ~= KIND_MEDIA then
+        -- a template variable is a path parameter whatever its location
+        p.kind = KIND_PATH
+        local pos = #parts + 1
+        parts[pos] = ""
+        slots[#slots + 1] = pos
+        local enc = it.op == "" and quote or quote_reserved
+        if p.pos == nil then
+          p.pos, p.enc = pos, enc
+        else
+          p.more = p.more or {}
+          p.more[#p.more + 1] = { pos, enc }
+        end
+      else
+        -- a variable no parameter fills expands to nothing
+        parts[#parts + 1] = ""
+      end
+    end
+  end
+  spec.parts, spec.slots, spec.nslots = parts, slots, #slots
+  if spec.absolute then spec.parts[1] = "" end
+
+  -- Paging: the response names its next-page token; the request takes it
+  -- as a parameter or in its body.
+  if response_token then
+    local qname = find_page_token(mdesc.parameters)
+    if qname then
+      local p = by_name[key2param(qname)]
+      spec.page = { next_name = response_token, name = qname, in_query = true,
+                    qkey = p and p.qkey or (quote_plus(qname) .. "=") }
+    else
+      local bname = find_page_token(properties_of(svc, mdesc, "request"))
+      if bname then
+        spec.page = { next_name = response_token, name = bname, in_query = false }
+      end
+    end
+  end
+  return spec
+end
+
+---------------------------------------------------------------------------
+-- Requests.
+
+local request = {}
+local request_mt = { __index = request }
+
+local QO, QP = {}, {}  -- scratch: query pieces and their order (no yields
+                       -- happen while a request is built, so one is enough)
+
+local GZIP = "gzip, deflate"
+
+-- The request object for a URI (given as the part before "?" and the query
+-- without it) and a body.
+local function finish(spec, upath, q, uri, body, abs)
+  local svc = spec.svc
+  local method = spec.http_method
+  local h = {
+    accept = spec.accept,
+    ["accept-encoding"] = GZIP,
+    ["user-agent"] = svc.user_agent,
+    ["x-goog-api-client"] = API_CLIENT,
+  }
+  if svc.quota_project then h["x-goog-user-project"] = svc.quota_project end
+  if body then h["content-type"] = "application/json" end
+  if method == "GET" and #uri > MAX_URI_LENGTH then
+    -- googleapiclient (HttpRequest.execute): the query becomes a form body.
+    -- It splits the URI with urlparse, so a "#" in the path ends it there.
+    local scheme, netloc, path, query = urlsplit(uri)
+    method = "POST"
+    h["x-http-method-override"] = "GET"
+    h["content-type"] = "application/x-www-form-urlencoded"
+    uri = urlunsplit(scheme, netloc, path, "", "")
+    body = query
+  end
+  return setmetatable({ method = method, uri = uri, headers = h, body = body,
+                        _spec = spec, _u = upath, _q = q, _abs = abs }, request_mt)
+end
+
+local function build(spec, params)
+  if params == nil then
+    params = EMPTY
+  elseif type(params) ~= "table" then
+    raise(format("gauth.discovery: %s: parameters must be a table, got %s",
+                 spec.id, type(params)))
+  end
+  local by_name = spec.params
+  local parts, slots = spec.parts, spec.slots
+  for i = 1, spec.nslots do parts[slots[i]] = "" end
+  local n, body = 0, nil
+
+  for k, v in next, params do
+    local p = by_name[k]
+    if p == nil then
+      fail(spec, tostring(k), "unknown parameter")
+    end
+    if k ~= p.name and params[p.name] ~= nil then
+      fail(spec, tostring(k), "given twice (also as " .. p.name .. ")")
+    end
+    if v ~= null then
+      local kind = p.kind
+      if kind == KIND_QUERY then
+        local piece = p.cache[v]
+        if piece == nil then piece = query_piece(spec, p, v) end
+        if piece then
+          n = n + 1
+          QO[n], QP[n] = p.ord, piece
+        end
+      elseif kind == KIND_PATH then
+        local s = p.cache[v]
+        if s == nil then s = path_value(spec, p, v) end
+        parts[p.pos] = p.enc(s)
+        local more = p.more
+        if more then
+          for i = 1, #more do parts[more[i][1]] = more[i][2](s) end
+        end
+      elseif kind == KIND_BODY then
+        if type(v) ~= "table" then
+          fail(spec, "body", "expected a table, got " .. type(v))
+        end
+        body = v
+      elseif kind == KIND_ALT then
+        if p.cache[v] == nil then query_piece(spec, p, v) end
+      elseif kind == KIND_MEDIA then
+        fail(spec, k, "media uploads are not made here: use gauth.media")
+      else
+        -- accepted and not sent, as googleapiclient does (a "path"
+        -- parameter the template does not use, media_mime_type)
+        if p.type then values_of(spec, p, v) end
+      end
+    end
+  end
+
+  local req = spec.required
+  for i = 1, #req do
+    local p = req[i]
+    local v = params[p.name]
+    if v == nil or v == null then
+      v = params[p.key]
+      if v == nil or v == null then
+        fail(spec, p.name, "missing required parameter")
+      end
+    end
+  end
+
+  local q
+  local tail = spec.tail
+  if n == 0 then
+    q = tail or ""
+  else
+    if n > 1 then
+      -- insertion sort: a handful of pieces
+      for i = 2, n do
+        local o, s = QO[i], QP[i]
+        local j = i - 1
+        while j > 0 and QO[j] > o do
+          QO[j + 1], QP[j + 1] = QO[j], QP[j]
+          j = j - 1
+        end
+        QO[j + 1], QP[j + 1] = o, s
+      end
+      q = concat(QP, "&", 1, n)
+    else
+      q = QP[1]
+    end
+    if tail then q = q .. "&" .. tail end
+  end
+
+  local upath, uri, abs
+  if spec.var_first then
+    -- the template starts with a variable: its value may start with "/"
+    -- (one is dropped) or be an absolute URL (urljoin takes it)
+    local base = parts[1]
+    local expanded = concat(parts, "", 2)
+    if sub(expanded, 1, 1) == "/" then expanded = sub(expanded, 2) end
+    if find(expanded, "^https?://") then
+      uri = join_absolute(spec, base, expanded .. "?" .. q)
+      upath, abs = expanded, true
+    else
+      upath = base .. expanded
+    end
+  elseif spec.absolute then
+    upath = concat(parts)
+    uri = join_absolute(spec, spec.svc.base_slash, upath .. "?" .. q)
+    abs = true
+  else
+    upath = concat(parts)
+  end
+  uri = uri or (upath .. "?" .. q)
+
+  local btext
+  if body then
+    if spec.svc.data_wrapper and body.data == nil then body = { data = body } end
+    btext = encode_body(spec, body)
+  end
+  return finish(spec, upath, q, uri, btext, abs)
+end
+
+-- The request for the page after `prev_req`, or nil (googleapiclient's
+-- <method>_next).
+local function next_request(spec, prev_req, prev_resp)
+  local page = spec.page
+  if type(prev_resp) ~= "table" then return nil end
+  local tok = prev_resp[page.next_name]
+  if tok == nil or tok == null or tok == false or tok == "" or tok == 0 then
+    return nil
+  end
+  if type(tok) ~= "string" then tok = tostring(tok) end
+  if type(prev_req) ~= "table" or getmetatable(prev_req) ~= request_mt then
+    raise(format("gauth.discovery: %s: _next: expects the previous request", spec.id))
+  end
+  if page.in_query then
+    -- the other query parameters stay as they were; the token is replaced
+    local q = prev_req._q
+    local kept, m = {}, 0
+    local qkey, lk = page.qkey, #page.qkey
+    for piece in string.gmatch(q, "[^&]+") do
+      if sub(piece, 1, lk) ~= qkey then m = m + 1; kept[m] = piece end
+    end
+    m = m + 1
+    kept[m] = qkey .. quote_plus(tok)
+    q = concat(kept, "&")
+    local upath, abs = prev_req._u, prev_req._abs
+    local uri = upath .. "?" .. q
+    if abs then uri = join_absolute(spec, spec.svc.base_slash, uri) end
+    local body = prev_req.body
+    if prev_req.method ~= spec.http_method then body = nil end  -- a form body
+    return finish(spec, upath, q, uri, body, abs)
+  end
+  local body = prev_req.body and json_decode(prev_req.body)
+  if type(body) ~= "table" then body = {} end
+  body[page.name] = tok
+  local uri = prev_req._u .. "?" .. prev_req._q
+  if prev_req._abs then uri = join_absolute(spec, spec.svc.base_slash, uri) end
+  return finish(spec, prev_req._u, prev_req._q, uri, encode_body(spec, body), prev_req._abs)
+end
+
+---------------------------------------------------------------------------
+-- Executing.
+
+local function header(res, name)
+  local h = res.headers
+  return h and h[name]
+end
+
+-- The error object for a non-2xx response.
+local function http_error(spec, req, res)
+  local status = res.status
+  local body = res.body
+  local fields = { status = status, body = body, uri = redact(req.uri) }
+  local message
+  local decoded = type(body) == "string" and body ~= "" and json_decode(body)
+  if type(decoded) == "table" and decoded[1] ~= nil then decoded = decoded[1] end
+  local e = type(decoded) == "table" and decoded.error
+  if type(e) == "table" then
+    if type(e.message) == "string" then message = e.message end
+    local list = e.errors
+    local first = type(list) == "table" and list[1]
+    if type(first) == "table" and type(first.reason) == "string" then
+      fields.reason = first.reason
+    elseif type(e.status) == "string" then
+      fields.reason = e.status
+    end
+    fields.details = e.details or e.errors
+  elseif type(e) == "string" then
+    -- OAuth-style {"error": "invalid_grant", "error_description": ...}
+    fields.reason = e
+    if type(decoded.error_description) == "string" then
+      message = decoded.error_description
+    end
+  end
+  message = message or (res.reason and res.reason ~= "" and res.reason)
+            or ("HTTP " .. tostring(status))
+  local retryable = status >= 500 or status == 429
+  if status == 403 then
+    retryable = fields.reason == "rateLimitExceeded" or fields.reason == "userRateLimitExceeded"
+  end
+  fields.retryable = retryable
+  local ra = header(res, "retry-after")
+  if ra ~= nil then
+    fields.retry_after = require("gauth.retry").parse_retry_after(ra)
+  end
+  return errors.new("discovery", spec.id, message, fields)
+end
+
+local function copy(t)
+  local o = {}
+  for k, v in pairs(t) do o[k] = v end
+  return o
+end
+
+--- Send the request, with retries, and decode the response.
+-- Retries (exponential backoff with jitter, `Retry-After` honoured) follow
+-- 5xx, 429, 403 `rateLimitExceeded`/`userRateLimitExceeded` and transport
+-- errors marked retryable; by default 3 retries for GET, HEAD, PUT and
+-- DELETE and none for POST and PATCH. A 401 drops the credentials' token
+-- and is tried once more at once.
+-- @tparam[opt] table opts `num_retries` (retries after the first attempt;
+--   for any method), `timeout` (seconds per attempt), `deadline` (seconds
+--   for all attempts), `sleep` (function(seconds), for tests), `random`
+--   (function() -> [0, 1), for tests), `http` (a transport for this call)
+-- @return the decoded JSON response (an empty table for an empty 2xx body;
+--   the body text for `_media` methods and methods without a response
+--   schema) | nil, err (`gauth.errors`, module "discovery", step the method
+--   id, with `status`, `reason`, `message`, `details`, `body`, `uri`)
+function request:execute(opts)
+  opts = opts or EMPTY
+  local spec = self._spec
+  local svc = spec.svc
+  local http = opts.http or svc.http
+  if not http then
+    local err
+    http, err = require("gauth.http").default()
+    if not http then return nil, errors.wrap("discovery", spec.id, err) end
+  end
+  local creds = svc.credentials
+  local n = opts.num_retries
+  if n == nil then n = svc.num_retries end
+  if n == nil then n = spec.idempotent and DEFAULT_RETRIES or 0 end
+  local timeout = opts.timeout or svc.timeout
+  local treq = { method = self.method, url = self.uri, body = self.body }
+  local refreshed = false
+
+  local function attempt(_, remaining)
+    local h = copy(self.headers)
+    if creds then
+      local ok, err = creds:apply(h)
+      if not ok then
+        return nil, errors.wrap("discovery", spec.id, err, { uri = redact(self.uri) })
+      end
+    end
+    treq.headers = h
+    treq.timeout = timeout
+    if remaining and (not timeout or remaining < timeout) then treq.timeout = remaining end
+    local res, err = http:request(treq)
+    if not res then
+      return nil, errors.wrap("discovery", spec.id, err, { uri = redact(self.uri) })
+    end
+    local status = res.status
+    if status == 401 and creds and not refreshed and creds.invalidate then
+      refreshed = true
+      creds:invalidate()
+      return attempt(_, remaining)
+    end
+    if status < 200 or status >= 300 then
+      return nil, http_error(spec, self, res)
+    end
+    local body = res.body or ""
+    if spec.raw then return body end
+    if body == "" or status == 204 then return {} end
+    local v = json_decode(body)
+    if v == nil then
+      return nil, errors.new("discovery", spec.id, "malformed JSON response",
+                             { status = status, body = body, uri = redact(self.uri) })
+    end
+    if svc.data_wrapper and type(v) == "table" and v.data ~= nil then v = v.data end
+    return v
+  end
+
+  return require("gauth.retry").call(attempt, {
+    attempts = n + 1, deadline = opts.deadline, sleep = opts.sleep or svc.sleep,
+    random = opts.random,
+  })
+end
+
+--- Iterate over the pages of a paged method:
+-- `for page, err in req:pages() do ... end`. The request itself gives the
+-- first page; each page's next-page token makes the next request. On a
+-- failure the iterator gives `false, err` once, then stops.
+-- @tparam[opt] table opts as for `execute`
+function request:pages(opts)
+  local spec = self._spec
+  if not spec.page then
+    error(format("gauth.discovery: %s: pages: the method has no page token", spec.id), 2)
+  end
+  local req, last = self, nil
+  return function()
+    if not req then return nil end
+    local resp, err = req:execute(opts)
+    if resp == nil then
+      req = nil
+      return false, err
+    end
+    local tok = type(resp) == "table" and resp[spec.page.next_name]
+    if tok ~= nil and tok == last then
+      -- the same token twice would loop for ever
+      req = nil
+    else
+      last = tok
+      req = next_request(spec, req, resp)
+    end
+    return resp
+  end
+end
+
+---------------------------------------------------------------------------
+-- Resources.
+
+local resource_mt = {}
+
+local function new_resource(svc, desc, path)
+  return setmetatable({ _svc = svc, _desc = desc, _path = path }, resource_mt)
+end
+
+-- Every name a resource answers to -> { kind, name }.
+local function names_of(desc, svc)
+  local names = {}
+  local function add(alias, e)
+    names[alias] = e
+  end
+  local function add_all(name, e)
+    add(name, e); add(py_name(name), e); add(lua_name(name), e)
+    local ln = lua_name(py_name(name))
+    add(ln, e)
+  end
+  -- googleapiclient sets methods, then resources (which win), then _next
+  for mname, mdesc in pairs(type(desc.methods) == "table" and desc.methods or EMPTY) do
+    add_all(mname, { kind = "method", name = mname })
+    if type(mdesc) == "table" and mdesc.supportsMediaDownload then
+      add_all(mname .. "_media", { kind = "media", name = mname })
+    end
+  end
+  for rname in pairs(type(desc.resources) == "table" and desc.resources or EMPTY) do
+    add_all(rname, { kind = "resource", name = rname })
+  end
+  for mname, mdesc in pairs(type(desc.methods) == "table" and desc.methods or EMPTY) do
+    if type(mdesc) == "table" then
+      local rt = find_page_token(properties_of(svc, mdesc, "response"))
+      if rt and (find_page_token(mdesc.parameters)
+                 or find_page_token(properties_of(svc, mdesc, "request"))) then
+        add_all(mname .. "_next", { kind = "next", name = mname })
+      end
+    end
+  end
+  return names
+end
+
+local function colon_error(id)
+  raise(format("gauth.discovery: %s: call it with a colon (resource:method(params))", id))
+end
+
+resource_mt.__index = function(self, key)
+  if type(key) ~= "string" then return nil end
+  local names = rawget(self, "_names")
+  if not names then
+    names = names_of(rawget(self, "_desc"), rawget(self, "_svc"))
+    rawset(self, "_names", names)
+  end
+  local e = names[key]
+  if not e then return nil end
+  local fn = e.fn
+  if not fn then
+    local svc, desc = rawget(self, "_svc"), rawget(self, "_desc")
+    local kind, name = e.kind, e.name
+    if kind == "resource" then
+      local child
+      fn = function(s)
+        if getmetatable(s) ~= resource_mt then colon_error(name) end
+        if not child then
+          child = new_resource(svc, desc.resources[name], rawget(self, "_path") .. name .. ".")
+        end
+        return child
+      end
+    elseif kind == "method" or kind == "media" or kind == "next" then
+      local mdesc = desc.methods[name]
+      local spec = prepare(svc, mdesc, name, kind == "media" and "media" or nil)
+      if kind == "next" then
+        fn = function(s, prev_req, prev_resp)
+          if getmetatable(s) ~= resource_mt then colon_error(spec.id) end
+          return next_request(spec, prev_req, prev_resp)
+        end
+      else
+        fn = function(s, params)
+          if getmetatable(s) ~= resource_mt then colon_error(spec.id) end
+          local r = build(spec, params)
+          return r
+        end
+      end
+    end
+    e.fn = fn
+  end
+  rawset(self, key, fn)
+  return fn
+end
+
+resource_mt.__tostring = function(self)
+  local svc = rawget(self, "_svc")
+  local path = rawget(self, "_path")
+  return "gauth.discovery resource " .. tostring(svc.name) ..
+         (path ~= "" and (" " .. sub(path, 1, -2)) or "")
+end
+
+---------------------------------------------------------------------------
+-- Services.
+
+local function check_opts(opts, fname)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error("gauth.discovery: " .. fname .. ": opts must be a table", 3)
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  for _, k in pairs({ "api_endpoint", "universe_domain", "quota_project",
+                      "user_agent", "api_key" }) do
+    if o[k] ~= nil and (type(o[k]) ~= "string" or o[k] == "") then
+      error("gauth.discovery: " .. fname .. ": opts." .. k .. " must be a non-empty string", 3)
+    end
+  end
+  if o.credentials ~= nil and (type(o.credentials) ~= "table"
+                               or type(o.credentials.apply) ~= "function") then
+    error("gauth.discovery: " .. fname .. ": opts.credentials must have apply(headers)", 3)
+  end
+  if o.http ~= nil and (type(o.http) ~= "table" or type(o.http.request) ~= "function") then
+    error("gauth.discovery: " .. fname .. ": opts.http must be a transport (with :request)", 3)
+  end
+  return o
+end
+
+local function scopes_of(doc)
+  local s = type(doc.auth) == "table" and type(doc.auth.oauth2) == "table"
+            and doc.auth.oauth2.scopes
+  local list = {}
+  if type(s) == "table" then
+    for k in pairs(s) do list[#list + 1] = k end
+  end
+  sort(list)
+  return list
+end
+
+local function new_service(doc, opts)
+  if type(doc.rootUrl) ~= "string" then
+    return nil, errors.new("discovery", "build", "not a Discovery document (no rootUrl)")
+  end
+  local base = join_base(doc.rootUrl, type(doc.servicePath) == "string" and doc.servicePath or "")
+  local universe = opts.universe_domain
+  if not universe then
+    local env = os.getenv("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
+    if env and env ~= "" then universe = env end
+  end
+  if universe and universe ~= DEFAULT_UNIVERSE then
+    base = gsub(base, "googleapis%.com", (gsub(universe, "%%", "%%%%")))
+  end
+  if opts.api_endpoint then base = opts.api_endpoint end
+  local creds = opts.credentials
+  if creds and type(creds.with_scopes) == "function" then
+    -- googleapiclient scopes credentials that need scopes to the API's own
+    local needs = creds.requires_scopes
+    if type(needs) == "function" then needs = needs(creds) end
+    if needs == true then
+      local scoped = creds:with_scopes(scopes_of(doc))
+      if scoped then creds = scoped end
+    end
+  end
+  local features = type(doc.features) == "table" and doc.features or EMPTY
+  local data_wrapper = false
+  for _, f in pairs(features) do
+    if f == "dataWrapper" then data_wrapper = true end
+  end
+  local svc = {
+    doc = doc,
+    name = doc.name,
+    schemas = type(doc.schemas) == "table" and doc.schemas or EMPTY,
+    base = base,
+    base_slash = sub(base, -1) == "/" and base or (base .. "/"),
+    root_url = doc.rootUrl,
+    batch_path = doc.batchPath,
+    http = opts.http,
+    credentials = creds,
+    quota_project = opts.quota_project,
+    user_agent = opts.user_agent and (USER_AGENT .. " " .. opts.user_agent) or USER_AGENT,
+    num_retries = opts.num_retries,
+    timeout = opts.timeout,
+    sleep = opts.sleep,
+    data_wrapper = data_wrapper,
+  }
+  -- googleapiclient's developerKey: sent as ?key= on every request
+  svc.api_key = opts.api_key
+  return new_resource(svc, doc, "")
+end
+
+--- Make a service from a Discovery document.
+-- @param doc the document: JSON text or its decoded table (not changed,
+--   and may be shared between services)
+-- @tparam[opt] table opts `credentials` (anything with `apply(headers)`;
+--   none: requests go unauthenticated), `http` (a transport; default
+--   `gauth.http.default()` at first execute), `api_endpoint` (replaces
+--   rootUrl + servicePath), `universe_domain` (default
+--   `GOOGLE_CLOUD_UNIVERSE_DOMAIN` or googleapis.com), `quota_project`
+--   (`x-goog-user-project`), `user_agent` (added after gauth's), `api_key`
+--   (`?key=`), `num_retries`, `timeout`, `sleep` (defaults for `execute`)
+-- @return the service (its root resource) | nil, err
+function _M.build_from_document(doc, opts)
+  opts = check_opts(opts, "build_from_document")
+  if type(doc) == "string" then
+    local d = json_decode(doc)
+    if type(d) ~= "table" then
+      return nil, errors.new("discovery", "build", "malformed JSON document")
+    end
+    doc = d
+  elseif type(doc) ~= "table" then
+    error("gauth.discovery: build_from_document: doc must be JSON text or a table", 2)
+  end
+  return new_service(doc, opts)
+end
+
+---------------------------------------------------------------------------
+-- Fetching documents, with an in-process and an on-disk cache.
+
+local MAX_AGE = 86400
+local CACHE_MAGIC = "gauth-discovery-cache 1 "
+local memory_cache = {}
+
+local function expand_discovery_url(template, api, version)
+  local function v(name)
+    if name == "api" then return quote(api) end
+    if name == "apiVersion" then return quote(version) end
+    return ""
+  end
+  return (gsub(template, "{([%w_]+)}", v))
+end
+
+local function default_cache_dir()
+  local xdg = os.getenv("XDG_CACHE_HOME")
+  if xdg and xdg ~= "" then return xdg .. "/gauth/discovery" end
+  local home = os.getenv("HOME")
+  if home and home ~= "" then return home .. "/.cache/gauth/discovery" end
+  return nil
+end
+
+local function cache_file(dir, url)
+  local name = gsub(url, "[^%w.-]", function(c) return format("_%02X", byte(c)) end)
+  if #name > 200 then
+    local h = 5381
+    for i = 1, #url do h = (h * 33 + byte(url, i)) % 4294967296 end
+    name = sub(name, 1, 180) .. format("_%08x", h)
+  end
+  return dir .. "/" .. name .. ".json"
+end
+
+local function mkdir_p(dir)
+  local ok, lfs = pcall(require, "lfs")
+  if ok and type(lfs) == "table" and lfs.mkdir then
+    local path = sub(dir, 1, 1) == "/" and "" or "."
+    for part in string.gmatch(dir, "[^/]+") do
+      path = path .. "/" .. part
+      lfs.mkdir(path)
+    end
+    return
+  end
+  os.execute("mkdir -p '" .. gsub(dir, "'", "'\\''") .. "' 2>/dev/null")
+end
+
+local function now()
+  return os.time()
+end
+
+-- The cached text of `url`, or nil when absent, stale or unreadable.
+local function read_cache(path, max_age)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("*a")
+  f:close()
+  if not data or sub(data, 1, #CACHE_MAGIC) ~= CACHE_MAGIC then return nil end
+  local t, nl = match(data, "^(%d+)\n()", #CACHE_MAGIC + 1)
+  t = tonumber(t)
+  if not t or now() - t > max_age or now() < t - 300 then return nil end
+  return sub(data, nl)
+end
+
+local function write_cache(dir, path, text)
+  mkdir_p(dir)
+  local tmp = format("%s.tmp.%s%d", path, gsub(tostring({}), "[^%w]", ""), math.random(1e9))
+  local f = io.open(tmp, "wb")
+  if not f then return end
+  local ok = f:write(CACHE_MAGIC, tostring(now()), "\n", text)
+  ok = f:close() and ok
+  if not ok or not os.rename(tmp, path) then
+    os.remove(tmp)
+  end
+end
+
+local function fetch(http, url, opts)
+  local res, err = http:request({
+    method = "GET", url = url, timeout = opts.timeout or 30,
+    headers = { accept = "application/json", ["accept-encoding"] = GZIP,
+                ["user-agent"] = USER_AGENT },
+  })
+  if not res then
+    return nil, errors.wrap("discovery", "fetch", err, { uri = redact(url) })
+  end
+  if res.status == 404 then return false end
+  if res.status < 200 or res.status >= 300 then
+    return nil, errors.new("discovery", "fetch", "HTTP " .. tostring(res.status),
+                           { status = res.status, body = res.body, uri = redact(url) })
+  end
+  return res.body
+end
+
+--- Make a service for an API: fetch its Discovery document (or take it
+-- from the caches) and build from it.
+-- @tparam string api e.g. "sqladmin"
+-- @tparam string version e.g. "v1beta4"
+-- @tparam[opt] table opts as for `build_from_document`, and
+--   `discovery_url` (a template with `{api}` and `{apiVersion}`, or a list
+--   of them tried in turn while they answer 404; default Google's two),
+--   `cache` (false: neither cache), `cache_dir` (default
+--   `$XDG_CACHE_HOME/gauth/discovery` or `~/.cache/gauth/discovery`),
+--   `cache_max_age` (seconds, default one day)
+-- @return the service | nil, err
+function _M.build(api, version, opts)
+  if type(api) ~= "string" or api == "" then
+    error("gauth.discovery: build: api must be a non-empty string", 2)
+  end
+  if type(version) ~= "string" or version == "" then
+    error("gauth.discovery: build: version must be a non-empty string", 2)
+  end
+  opts = check_opts(opts, "build")
+  local templates = opts.discovery_url or DISCOVERY_URLS
+  if type(templates) == "string" then templates = { templates } end
+  if type(templates) ~= "table" or #templates == 0 then
+    error("gauth.discovery: build: opts.discovery_url must be a string or a list of strings", 2)
+  end
+  local use_cache = opts.cache ~= false
+  local max_age = opts.cache_max_age or MAX_AGE
+  local dir = use_cache and (opts.cache_dir or default_cache_dir()) or nil
+  local http = opts.http
+
+  for i = 1, #templates do
+    local url = expand_discovery_url(templates[i], api, version)
+    if opts.api_key then
+      url = url .. (find(url, "?", 1, true) and "&" or "?") .. "key=" .. quote_plus(opts.api_key)
+    end
+    if use_cache then
+      local m = memory_cache[url]
+      if m and now() - m.at <= max_age then
+        return new_service(m.doc, opts)
+      end
+    end
+    local path = dir and cache_file(dir, url)
+    local text = path and read_cache(path, max_age)
+    local doc = text and json_decode(text)
+    local from_disk = type(doc) == "table" and doc.rootUrl ~= nil
+    if not from_disk then
+      -- absent, stale or corrupt: fetch
+      if not http then
+        local err
+        http, err = require("gauth.http").default()
+        if not http then return nil, errors.wrap("discovery", "fetch", err) end
+      end
+      local body, err = fetch(http, url, opts)
+      if body == nil then return nil, err end
+      if body then
+        doc = json_decode(body)
+        if type(doc) ~= "table" or type(doc.rootUrl) ~= "string" then
+          return nil, errors.new("discovery", "fetch", "the answer is not a Discovery document",
+                                 { uri = redact(url) })
+        end
+        if path then write_cache(dir, path, body) end
+      else
+        doc = nil  -- 404: the next URL
+      end
+    end
+    if doc then
+      if use_cache then memory_cache[url] = { doc = doc, at = now() } end
+      return new_service(doc, opts)
+    end
+  end
+  return nil, errors.new("discovery", "build", format("unknown API or version: %s %s", api, version),
+                         { status = 404 })
+end
+
+--- Forget the documents cached in this process (the disk cache stays).
+function _M.clear_cache()
+  memory_cache = {}
+end
+
+return _M
