@@ -7,7 +7,8 @@ keep-alive through google_auth_httplib2) against the same local endpoint.
 
 URL is the endpoint's base (its /token answers with a fixed token; see
 bench/nginx_fixed.sh). Prints `google_auth_refresh <rate> refreshes/s`.
-BENCH_SECONDS sets the time measured (default 2).
+The figure is the best of BENCH_ROUNDS rounds (default 3) of BENCH_SECONDS
+each (default 1), as in token_bench.lua.
 """
 
 import os
@@ -23,7 +24,8 @@ from google.oauth2 import service_account
 
 def main():
     url, ca_file = sys.argv[1], sys.argv[2]
-    seconds = float(os.environ.get("BENCH_SECONDS") or 2)
+    seconds = float(os.environ.get("BENCH_SECONDS") or 1)
+    rounds = int(os.environ.get("BENCH_ROUNDS") or 3)
     with tempfile.NamedTemporaryFile(suffix=".pem") as f:
         subprocess.run(["openssl", "genpkey", "-algorithm", "RSA",
                         "-pkeyopt", "rsa_keygen_bits:2048", "-out", f.name],
@@ -44,14 +46,17 @@ def main():
     for _ in range(50):
         creds.refresh(request)
     assert creds.token == "ya29.bench-fixed-token", creds.token
-    n, t0 = 0, time.monotonic()
-    while True:
-        creds.refresh(request)
-        n += 1
-        t = time.monotonic()
-        if t - t0 >= seconds:
-            break
-    print("google_auth_refresh %.0f refreshes/s" % (n / (t - t0)))
+    best = 0.0
+    for _ in range(rounds):
+        n, t0 = 0, time.monotonic()
+        while True:
+            creds.refresh(request)
+            n += 1
+            t = time.monotonic()
+            if t - t0 >= seconds:
+                break
+        best = max(best, n / (t - t0))
+    print("google_auth_refresh %.0f refreshes/s" % best)
 
 
 if __name__ == "__main__":
