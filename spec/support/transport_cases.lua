@@ -1,0 +1,338 @@
+--- The transport cases every gauth transport must pass, written once and
+-- run against the curl transport in plain Lua and against the cosocket
+-- transport inside nginx (spec/70-openresty_spec.lua).
+--
+-- Each case: `name`; `setup(fake, ctx)` (in busted: script the fake);
+-- `requests(ctx)` -> array of request tables (runs in either place, so it
+-- only builds plain data from `ctx`, the servers' URLs); `check(r, ctx,
+-- fake)` (in busted) where `r[i]` is the normalised result of request i:
+-- `{ res = {status, reason, headers, body, new_connections} | nil,
+--    err = {message, retryable, too_large, reason} | nil, elapsed = s }`,
+-- and `untrusted_fake` is the fake behind `ctx.untrusted`.
+--
+-- ctx: `fake` (https://localhost:port of the fake Google, trusted CA),
+-- `untrusted` (https://localhost:port of a fake whose certificate comes
+-- from another CA), `raw` (http://127.0.0.1:port of nginx's raw locations),
+-- `raw6` (the same over http://[::1]:port), `closed` (a port with nothing
+-- listening).
+-- @module support.transport_cases
+
+local _M = {}
+
+-- luassert, for the checks (run in busted only; never loaded in nginx).
+local assert = setmetatable({}, {
+  __index = function(_, k) return require("luassert")[k] end,
+  __call = function(_, ...) return require("luassert")(...) end,
+})
+
+--- Run `reqs` on transport `t`; results in the normalised shape.
+-- @tparam function clock seconds
+function _M.run(t, reqs, clock)
+  local out = {}
+  for i, req in ipairs(reqs) do
+    local t0 = clock()
+    local res, err = t:request(req)
+    local r = { elapsed = clock() - t0 }
+    if res then
+      r.res = { status = res.status, reason = res.reason, headers = res.headers,
+                body = res.body, new_connections = res.new_connections }
+    else
+      r.err = { message = tostring(err), retryable = err and err.retryable,
+                too_large = err and err.too_large, reason = err and err.reason,
+                module = err and err.module }
+    end
+    out[i] = r
+  end
+  return out
+end
+
+local cases = {}
+_M.cases = cases
+
+local function case(t) cases[#cases + 1] = t; cases[t.name] = t end
+
+local BIG = string.rep("0123456789abcdef", 4096)  -- 64 KiB
+
+case {
+  name = "GET: status, lower-case headers, repeated headers joined, body",
+  setup = function(fake)
+    fake:script("/c/get", { status = 200, headers = { ["X-Multi"] = { "a", "b" },
+      ["X-Trail"] = "v  " }, body = { ok = true } })
+  end,
+  requests = function(ctx)
+    return { { method = "GET", url = ctx.fake .. "/c/get?x=1#frag",
+               headers = { accept = "application/json" } } }
+  end,
+  check = function(r, _, fake)
+    local res = assert(r[1].res, r[1].err and r[1].err.message)
+    assert.equal(200, res.status)
+    assert.equal("OK", res.reason)
+    assert.equal('{"ok": true}', res.body)
+    assert.equal("a, b", res.headers["x-multi"])
+    assert.equal("v", res.headers["x-trail"])
+    assert.matches("^application/json", res.headers["content-type"])
+    local rec = fake:requests("/c/get")[1]
+    assert.equal("GET", rec.method)
+    assert.equal("x=1", rec.query)
+    assert.equal("application/json", rec.headers.accept)
+  end,
+}
+
+case {
+  name = "POST: body and Content-Length sent; an empty POST sends Content-Length: 0",
+  requests = function(ctx)
+    return {
+      { method = "POST", url = ctx.fake .. "/c/post",
+        headers = { ["content-type"] = "application/x-www-form-urlencoded" },
+        body = "a=1&b=%20" },
+      { method = "POST", url = ctx.fake .. "/c/post-empty" },
+      { method = "PUT", url = ctx.fake .. "/c/put", body = BIG },
+    }
+  end,
+  check = function(r, _, fake)
+    for i = 1, 3 do assert(r[i].res, r[i].err and r[i].err.message) end
+    local rec = fake:requests("/c/post")[1]
+    assert.equal("POST", rec.method)
+    assert.equal("a=1&b=%20", rec.body)
+    assert.equal("9", rec.headers["content-length"])
+    assert.equal("application/x-www-form-urlencoded", rec.headers["content-type"])
+    assert.equal("0", fake:requests("/c/post-empty")[1].headers["content-length"])
+    local put = fake:requests("/c/put")[1]
+    assert.equal("PUT", put.method)
+    assert.equal(#BIG, #put.body)
+    assert.equal(BIG, put.body)
+  end,
+}
+
+case {
+  name = "HEAD has no body; 204 has no body",
+  setup = function(fake)
+    fake:script("/c/head", { status = 200, body = "not sent for HEAD" })
+    fake:script("/c/204", { status = 204 })
+  end,
+  requests = function(ctx)
+    return { { method = "HEAD", url = ctx.fake .. "/c/head" },
+             { method = "DELETE", url = ctx.fake .. "/c/204" } }
+  end,
+  check = function(r)
+    assert.equal(200, r[1].res.status)
+    assert.equal("", r[1].res.body)
+    assert.equal(204, r[2].res.status)
+    assert.equal("", r[2].res.body)
+  end,
+}
+
+case {
+  name = "an error status is a response, not an error",
+  setup = function(fake)
+    fake:script("/c/503", { status = 503, headers = { ["Retry-After"] = "7" },
+                            body = { error = { code = 503 } } })
+  end,
+  requests = function(ctx) return { { url = ctx.fake .. "/c/503" } } end,
+  check = function(r)
+    assert.is_nil(r[1].err)
+    assert.equal(503, r[1].res.status)
+    assert.equal("7", r[1].res.headers["retry-after"])
+    assert.matches('"code": 503', r[1].res.body)
+  end,
+}
+
+case {
+  name = "a connection is kept alive and reused",
+  requests = function(ctx)
+    return { { url = ctx.fake .. "/c/ka1" }, { url = ctx.fake .. "/c/ka2" } }
+  end,
+  check = function(r, _, fake)
+    assert.equal(404, r[1].res.status)
+    assert.equal(404, r[2].res.status)
+    assert.equal(0, r[2].res.new_connections)
+    assert.equal(fake:requests("/c/ka1")[1].conn, fake:requests("/c/ka2")[1].conn)
+  end,
+}
+
+case {
+  name = "a chunked body is decoded",
+  requests = function(ctx)
+    return { { url = ctx.raw .. "/raw/chunked?n=100000&pieces=7" } }
+  end,
+  check = function(r)
+    local res = assert(r[1].res, r[1].err and r[1].err.message)
+    assert.equal(200, res.status)
+    assert.equal("chunked", res.headers["transfer-encoding"])
+    assert.equal(100000, #res.body)
+    assert.equal(string.rep("x", 100000), res.body)
+  end,
+}
+
+case {
+  name = "a body delimited by the end of the connection is read to the end",
+  requests = function(ctx)
+    return { { url = ctx.raw .. "/raw/close?n=70000" },
+             { url = ctx.raw .. "/raw/close?n=5&v=1.0" } }
+  end,
+  check = function(r)
+    local res = assert(r[1].res, r[1].err and r[1].err.message)
+    assert.equal(200, res.status)
+    assert.is_nil(res.headers["content-length"])
+    assert.equal(string.rep("y", 70000), res.body)
+    assert.equal("yyyyy", r[2].res.body)
+  end,
+}
+
+case {
+  name = "a 100 Continue before the answer is skipped",
+  requests = function(ctx) return { { url = ctx.raw .. "/raw/continue" } } end,
+  check = function(r)
+    assert.equal(200, r[1].res.status)
+    assert.equal("ok", r[1].res.body)
+  end,
+}
+
+case {
+  name = "max_body refuses a larger body (Content-Length and chunked)",
+  setup = function(fake) fake:script("/c/big", { status = 200, body = BIG }) end,
+  requests = function(ctx)
+    return { { url = ctx.fake .. "/c/big", max_body = 1000 },
+             { url = ctx.raw .. "/raw/chunked?n=5000&pieces=5", max_body = 1000 },
+             { url = ctx.raw .. "/raw/chunked?n=1000&pieces=3", max_body = 1000 } }
+  end,
+  check = function(r)
+    for i = 1, 2 do
+      assert.is_nil(r[i].res)
+      assert.is_true(r[i].err.too_large)
+      assert.is_false(r[i].err.retryable)
+      assert.matches("max_body", r[i].err.message)
+    end
+    assert.equal(1000, #r[3].res.body)
+  end,
+}
+
+case {
+  name = "a server that never answers times out (retryable)",
+  setup = function(fake) fake:script("/c/hang", { hang = true }) end,
+  requests = function(ctx) return { { url = ctx.fake .. "/c/hang", timeout = 1 } } end,
+  check = function(r)
+    assert.is_nil(r[1].res)
+    assert.is_true(r[1].err.retryable)
+    assert.matches("[Tt]ime", r[1].err.message)
+    assert.is_true(r[1].elapsed >= 0.9 and r[1].elapsed < 3, "elapsed " .. r[1].elapsed)
+  end,
+}
+
+case {
+  name = "connection refused is retryable",
+  requests = function(ctx) return { { url = ctx.closed .. "/", connect_timeout = 2 } } end,
+  check = function(r)
+    assert.is_nil(r[1].res)
+    assert.is_true(r[1].err.retryable)
+    assert.equal("http", r[1].err.module)
+  end,
+}
+
+case {
+  name = "a connection closed without an answer, or mid-body, is retryable",
+  setup = function(fake)
+    -- Twice: a transport may retry once when the connection it took from
+    -- its pool is closed without an answer (as libcurl does).
+    fake:script("/c/drop", { { drop = true }, { drop = true } })
+    fake:script("/c/trunc", { status = 200, body = BIG, truncate = true })
+  end,
+  requests = function(ctx)
+    return { { url = ctx.fake .. "/c/drop" }, { url = ctx.fake .. "/c/trunc" } }
+  end,
+  check = function(r)
+    for i = 1, 2 do
+      assert.is_nil(r[i].res)
+      assert.is_true(r[i].err.retryable, r[i].err.message)
+    end
+  end,
+}
+
+case {
+  name = "a certificate from an untrusted CA is refused (not retryable)",
+  requests = function(ctx) return { { url = ctx.untrusted .. "/c/secret", body = "s" ,
+                                      method = "POST" } } end,
+  check = function(r, _, _, untrusted_fake)
+    assert.is_nil(r[1].res)
+    assert.is_false(r[1].err.retryable)
+    assert.matches("[Cc]ertificate", r[1].err.message)
+    assert.equal(0, #untrusted_fake:requests())
+  end,
+}
+
+case {
+  name = "a header value with CR or LF is refused, naming the header only",
+  requests = function(ctx)
+    return { { url = ctx.fake .. "/c/inject",
+               headers = { ["x-evil"] = "a\r\nx-injected: 1" } } }
+  end,
+  check = function(r, _, fake)
+    assert.is_nil(r[1].res)
+    assert.is_false(r[1].err.retryable)
+    assert.matches("x%-evil", r[1].err.message)
+    assert.is_nil(r[1].err.message:find("injected", 1, true))
+    assert.equal(0, #fake:requests("/c/inject"))
+  end,
+}
+
+case {
+  name = "an IPv6 literal host is connected",
+  requests = function(ctx) return { { url = ctx.raw6 .. "/raw/echo" } } end,
+  check = function(r)
+    local res = assert(r[1].res, r[1].err and r[1].err.message)
+    assert.equal(200, res.status)
+    assert.matches('"host":"%[::1%]:%d+"', res.body)
+  end,
+}
+
+case {
+  name = "redirects: not followed by default; followed on request; 303 turns into GET",
+  setup = function(fake)
+    fake:script("/c/r1", { status = 302, headers = { Location = "/c/r2" } })
+    fake:script("/c/r1", { status = 302, headers = { Location = "/c/r2" } })
+    fake:script("/c/r2", { status = 200, body = "final" })
+    fake:script("/c/r3", { status = 303, headers = { Location = "r2" } })
+    fake:script("/c/r2", { status = 200, body = "after 303" })
+  end,
+  requests = function(ctx)
+    return { { url = ctx.fake .. "/c/r1" },
+             { url = ctx.fake .. "/c/r1", follow_redirects = true },
+             { method = "POST", body = "x", url = ctx.fake .. "/c/r3",
+               follow_redirects = true },
+             -- Regression: the POST body was sent after the GET that
+             -- followed a 303, and read as the next request.
+             { url = ctx.fake .. "/c/after" } }
+  end,
+  check = function(r, _, fake)
+    assert.equal(302, r[1].res.status)
+    assert.equal("/c/r2", r[1].res.headers.location)
+    assert.equal(200, r[2].res.status)
+    assert.equal("final", r[2].res.body)
+    assert.equal(200, r[3].res.status)
+    assert.equal("after 303", r[3].res.body)
+    local recs = fake:requests("/c/r2")
+    assert.equal("GET", recs[#recs].method)
+    assert.equal("", recs[#recs].body)
+    assert.equal(404, r[4].res.status)
+    assert.equal(1, #fake:requests("/c/after"))
+  end,
+}
+
+case {
+  name = "authorization does not follow a redirect to another host",
+  requests = function(ctx)
+    local to = (ctx.raw6 .. "/raw/echo"):gsub("[^%w%-%._~]", function(c)
+      return ("%%%02X"):format(c:byte())
+    end)
+    return { { url = ctx.raw .. "/raw/redirect?to=" .. to, follow_redirects = true,
+               headers = { authorization = "Bearer secret", ["x-other"] = "kept" } } }
+  end,
+  check = function(r)
+    local res = assert(r[1].res, r[1].err and r[1].err.message)
+    assert.equal(200, res.status)
+    assert.matches('"x%-other":"kept"', res.body)
+    assert.is_nil(res.body:find("authorization", 1, true))
+  end,
+}
+
+return _M
