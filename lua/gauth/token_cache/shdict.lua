@@ -1,0 +1,340 @@
+--- A `gauth.token_cache` store over an nginx `lua_shared_dict`: one token
+-- per cache key for all workers, one refresh at a time across workers, and
+-- refreshes ahead of expiry in the background.
+--
+--     # nginx.conf, http {}
+--     lua_shared_dict gauth 1m;     # ~1 KiB per token; the name is the default
+--
+-- With a dict named `gauth`, credentials use it without any code (see
+-- `gauth.token_cache.default`); another dict is chosen with
+-- `require("gauth.token_cache.shdict").install("mydict")` in `init_by_lua*`,
+-- or per credentials object with `cache = shdict.cache("mydict")`.
+--
+-- ## How it behaves
+--
+-- * **Entries** live in the dict as JSON under `t|<cache key>` with the
+--   token's remaining lifetime as expiry. Each worker keeps the decoded
+--   table of the last text it read, so the hot path is one dict read and a
+--   string comparison; the table is shared, read-only.
+-- * **Single flight.** A refresh holds `l|<cache key>`, taken with
+--   `dict:add` (atomic across workers) and an expiry (`lock_exptime`, 60 s)
+--   so that a worker that dies holding it cannot block the others for
+--   longer. Other callers wait with `ngx.sleep`, polling with a backoff
+--   from 5 ms to 100 ms, up to the cache's lock timeout; the cache then
+--   finds the fresh entry and returns it without fetching.
+-- * **Refresh ahead.** A token past its refresh time (225 s before expiry)
+--   but still valid is handed out at once while one `ngx.timer.at` timer,
+--   for all workers (the flag `b|<cache key>`), fetches the next one. If
+--   that fails the error is logged once (at `error` level; repeats at
+--   `debug` until a refresh succeeds), the old token keeps serving until
+--   it expires, and the timer is tried again after a backoff (1 s doubling,
+--   at most 30 s).
+-- * **Phases without cosockets** (`set_by_lua*`, header and body filters,
+--   `log_by_lua*`, `init_worker_by_lua*`): a valid token is served; one that
+--   is past its refresh time, or missing, is refreshed by a timer, and a
+--   caller with no valid token gets a `retryable` error at once rather than
+--   a blocked worker. `init_by_lua*` (the master, before any request; no
+--   timers there) fetches inline, blocking: nothing is waiting on it.
+-- @module gauth.token_cache.shdict
+
+local errors = require "gauth.errors"
+local token_cache = require "gauth.token_cache"
+local util = require "gauth.util"
+local cjson = require "cjson.safe"
+
+local ngx = ngx  -- luacheck: ignore
+local type = type
+local pairs = pairs
+local getmetatable = getmetatable
+local error = error
+local pcall = pcall
+local tostring = tostring
+local setmetatable = setmetatable
+local json_encode = cjson.encode
+local json_decode = cjson.decode
+local math_min = math.min
+local can_yield = util.can_yield
+
+local _M = { _VERSION = "0.1.0" }
+local mt = { __index = _M }
+
+--- Name of the shared dict used when none is given.
+_M.DEFAULT_DICT = "gauth"
+
+local ngx_now, update_time, sleep, timer_at, get_phase, log
+local ERR, WARN, NOTICE, DEBUG
+if util.is_ngx then
+  ngx_now, update_time, sleep = ngx.now, ngx.update_time, ngx.sleep
+  timer_at, get_phase, log = ngx.timer.at, ngx.get_phase, ngx.log
+  ERR, WARN, NOTICE, DEBUG = ngx.ERR, ngx.WARN, ngx.NOTICE, ngx.DEBUG
+end
+
+local function now()
+  update_time()
+  return ngx_now()
+end
+
+local lock_seq = 0
+
+--- Make a store.
+-- @tparam[opt] table opts `shared_dict` (name, default "gauth"),
+--   `lock_exptime` (s a lock outlives a dead holder, default 60),
+--   `retry_min`/`retry_max` (backoff of failed background refreshes, s,
+--   default 1 and 30), `expiry_margin` (s before expiry a token stops being
+--   served, default 1)
+-- @return store | nil, err
+function _M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth.token_cache.shdict: opts must be a table", 2)
+  end
+  opts = opts or {}
+  local name = opts.shared_dict or _M.DEFAULT_DICT
+  if type(name) ~= "string" then
+    error("gauth.token_cache.shdict: shared_dict must be a string", 2)
+  end
+  if not util.is_ngx then
+    return nil, errors.new("token_cache", "shared dict", "not running inside nginx")
+  end
+  local dict = ngx.shared[name]
+  if not dict then
+    return nil, errors.new("token_cache", "shared dict",
+      "no lua_shared_dict named " .. name .. " in nginx.conf")
+  end
+  return setmetatable({
+    dict = dict,
+    name = name,
+    lock_exptime = opts.lock_exptime or 60,
+    retry_min = opts.retry_min or 1,
+    retry_max = opts.retry_max or 30,
+    expiry_margin = opts.expiry_margin or 1,
+    -- Per worker: key -> { raw text, decoded entry }, and prefixed keys
+    -- (made once: the hot path concatenates nothing).
+    memo = {},
+    tkeys = {},
+  }, mt)
+end
+
+--- Is `x` a store made by this module?
+function _M.is_store(x)
+  return type(x) == "table" and getmetatable(x) == mt
+end
+
+local function tkey(self, key)
+  local k = self.tkeys[key]
+  if not k then
+    k = "t|" .. key
+    self.tkeys[key] = k
+  end
+  return k
+end
+
+--- The entry for `key` (shared table: do not modify), or nil.
+function _M:get(key)
+  local raw = self.dict:get(tkey(self, key))
+  local memo = self.memo
+  if raw == nil then
+    memo[key] = nil
+    return nil
+  end
+  local m = memo[key]
+  if m and m[1] == raw then return m[2] end
+  local e = json_decode(raw)
+  if type(e) ~= "table" then
+    memo[key] = nil
+    return nil
+  end
+  memo[key] = { raw, e }
+  return e
+end
+
+--- Keep `entry` for `ttl` seconds (the token's remaining life).
+function _M:set(key, entry, ttl)
+  if type(ttl) ~= "number" or ttl <= 0 then return end
+  local raw = json_encode(entry)
+  if not raw then
+    log(WARN, "gauth: token entry not serialisable; not shared")
+    return
+  end
+  local ok, err, forcible = self.dict:set(tkey(self, key), raw, ttl)
+  if not ok then
+    log(WARN, "gauth: lua_shared_dict ", self.name, ": cannot store a token: ", err)
+    return
+  end
+  if forcible then
+    log(WARN, "gauth: lua_shared_dict ", self.name, " is full: entries were evicted")
+  end
+  self.memo[key] = { raw, entry }
+end
+
+function _M:delete(key)
+  self.dict:delete(tkey(self, key))
+  self.memo[key] = nil
+end
+
+--- Take the cross-worker lock for `key`, waiting up to `timeout` seconds
+-- (where the phase can wait) for another holder.
+-- @return unlock function | nil, err
+function _M:lock(key, timeout)
+  local dict = self.dict
+  local lkey = "l|" .. key
+  lock_seq = lock_seq + 1
+  local id = ngx.worker.pid() .. ":" .. lock_seq
+  local exptime = self.lock_exptime
+  local function unlock()
+    -- Only our own lock: after its expiry another worker may hold it.
+    if dict:get(lkey) == id then dict:delete(lkey) end
+  end
+  local ok, err = dict:add(lkey, id, exptime)
+  if ok then return unlock end
+  if err ~= "exists" then
+    return nil, "lua_shared_dict " .. self.name .. ": " .. tostring(err)
+  end
+  if not can_yield() then
+    return nil, "another worker is refreshing this token and the "
+      .. tostring(get_phase()) .. " phase cannot wait"
+  end
+  local deadline = now() + (timeout or 0)
+  local delay = 0.005
+  while true do
+    sleep(delay)
+    ok, err = dict:add(lkey, id, exptime)
+    if ok then return unlock end
+    if err ~= "exists" then
+      return nil, "lua_shared_dict " .. self.name .. ": " .. tostring(err)
+    end
+    if now() >= deadline then
+      return nil, "timed out after " .. tostring(timeout)
+        .. " s waiting for another worker's refresh of this token"
+    end
+    delay = math_min(delay * 2, 0.1)
+  end
+end
+
+-- The background refresh (a timer callback).
+local function background(premature, self, key, refresh)
+  local dict = self.dict
+  local bkey, fkey = "b|" .. key, "f|" .. key
+  if premature then
+    dict:delete(bkey)  -- the worker is exiting; another may do it
+    return
+  end
+  local ok, e, err = pcall(refresh)
+  if ok and e then
+    local failed = dict:get(fkey)
+    if failed then
+      dict:delete(fkey)
+      log(NOTICE, "gauth: background token refresh succeeded after ",
+          failed, " failure(s)")
+    end
+    dict:delete(bkey)
+    return
+  end
+  if not ok then err = e end
+  local n = dict:incr(fkey, 1, 0, 3600) or 1
+  if n == 1 then
+    log(ERR, "gauth: background token refresh failed (the cached token ",
+        "is used until it expires; retrying with backoff): ", tostring(err))
+  else
+    log(DEBUG, "gauth: background token refresh failed again (", n, "): ",
+        tostring(err))
+  end
+  -- The flag stays for the backoff: nobody schedules another refresh
+  -- before it expires.
+  local backoff = math_min(self.retry_min * 2 ^ (n - 1), self.retry_max)
+  dict:set(bkey, n, backoff)
+end
+
+--- Start a background refresh of `key` unless one is running (in any
+-- worker) or backing off.
+-- @return true if scheduled
+function _M:schedule(key, refresh)
+  if get_phase() == "init" then return false end  -- no timers in the master
+  local dict = self.dict
+  local bkey = "b|" .. key
+  -- Longer than a refresh can take: the timer deletes it when done.
+  if not dict:add(bkey, 0, self.lock_exptime + 30) then return false end
+  local ok, err = timer_at(0, background, self, key, refresh)
+  if not ok then
+    dict:delete(bkey)
+    log(ERR, "gauth: cannot schedule a background token refresh: ", tostring(err))
+    return false
+  end
+  return true
+end
+
+--- The refresh-ahead hook (see `gauth.token_cache`): called for an entry
+-- that is past its refresh time, or missing.
+-- @param key cache key
+-- @param e the store's entry or nil
+-- @tparam function refresh does the locked fetch; returns entry | nil, err
+-- @tparam number t now (epoch seconds)
+-- @return the entry to serve now | nil, err (no valid token and the phase
+--   cannot fetch) | nil (fetch inline)
+function _M:refresh_ahead(key, e, refresh, t)
+  if e and type(e.expires_at) == "number" and t < e.expires_at - self.expiry_margin then
+    self:schedule(key, refresh)
+    return e
+  end
+  if can_yield() or get_phase() == "init" then return nil end
+  self:schedule(key, refresh)
+  return nil, errors.new("token_cache", "refresh",
+    "no valid token cached and the " .. tostring(get_phase())
+    .. " phase cannot make requests; a refresh was scheduled",
+    { retryable = true })
+end
+
+---------------------------------------------------------------------------
+-- A token_cache wired to a shared dict.
+---------------------------------------------------------------------------
+
+local base_fetch = token_cache.fetch
+
+-- token_cache's fetch with the refresh-ahead step in front of it.
+local function fetch(self, key, fetch_fn, clock)
+  local store = self.store
+  local e = store:get(key)
+  local t = clock()
+  if e and t < (e.refresh_at or 0) then return e end
+  local served, err = store:refresh_ahead(key, e, function()
+    return base_fetch(self, key, fetch_fn, clock)
+  end, t)
+  if served then return served end
+  if err then return nil, err end
+  return base_fetch(self, key, fetch_fn, clock)
+end
+
+local cache_mt = { __index = setmetatable({ fetch = fetch }, { __index = token_cache }) }
+
+local caches = {}
+
+--- The `gauth.token_cache` backed by the shared dict `name` (one per dict
+-- and worker, so that credentials sharing it share its state).
+-- @tparam[opt] string name default "gauth"
+-- @tparam[opt] table opts as for `new` (used when the cache is made)
+-- @return cache | nil, err
+function _M.cache(name, opts)
+  name = name or _M.DEFAULT_DICT
+  local c = caches[name]
+  if c then return c end
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.shared_dict = name
+  local store, err = _M.new(o)
+  if not store then return nil, err end
+  c = setmetatable(token_cache.new({ store = store }), cache_mt)
+  caches[name] = c
+  return c
+end
+
+--- Make the shared-dict cache the process-wide default
+-- (`gauth.token_cache.set_default`): credentials made afterwards use it.
+-- @tparam[opt] string name default "gauth"
+-- @return cache | nil, err
+function _M.install(name, opts)
+  local c, err = _M.cache(name, opts)
+  if not c then return nil, err end
+  token_cache.set_default(c)
+  return c
+end
+
+return _M

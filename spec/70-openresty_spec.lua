@@ -1,0 +1,350 @@
+-- gauth inside a real nginx (Debian's nginx-light + lua-nginx-module on
+-- LuaJIT): the cosocket transport, the token cache shared by workers
+-- through a lua_shared_dict, refresh ahead of expiry, phases without
+-- cosockets. Also the transport cases every transport shares
+-- (spec/support/transport_cases.lua), run against libcurl here and against
+-- cosockets inside nginx.
+--
+-- nginx runs LuaJIT whatever runs busted, so the nginx-side tests run once,
+-- in the LuaJIT pass of spec/run.sh; the Lua 5.4 pass starts the same nginx
+-- only as a test server for the libcurl half of the shared cases.
+local helpers = require "helpers"
+local nginx = require "support.nginx"
+local tcases = require "support.transport_cases"
+local cjson = require "cjson.safe"
+local socket = require "socket"
+
+local LUAJIT_PASS = (os.getenv("GAUTH_LUA_VERSION") or (jit and "5.1" or "5.4")) == "5.1"
+local AVAILABLE, WHY = nginx.available()
+
+local function decode(s)
+  local v = cjson.decode(s or "")
+  return v
+end
+
+describe("OpenResty", function()
+  if not AVAILABLE then
+    pending("nginx specs skipped: " .. tostring(WHY))
+    return
+  end
+
+  local fake, untrusted, srv, ctx, sa_info, certs
+
+  local function reset_fake(extra)
+    fake:reset()
+    local cfg = { public_keys = { [sa_info.kid] = sa_info.public_pem },
+                  token_uri = "https://localhost:" .. fake.port .. "/token" }
+    for k, v in pairs(extra or {}) do cfg[k] = v end
+    fake:config(cfg)
+  end
+
+  local function token_requests()
+    return #fake:requests("/token")
+  end
+
+  local function get_json(path)
+    local status, body = srv:get(path)
+    return status, decode(body), body
+  end
+
+  lazy_setup(function()
+    certs = helpers.certs()
+    fake = helpers.start_fake({ tls = true })
+    untrusted = helpers.start_fake({ tls = true, untrusted = true })
+    local sa_path
+    sa_path, sa_info = helpers.make_service_account_file({
+      token_uri = "https://localhost:" .. fake.port .. "/token" })
+    local untrusted_sa = helpers.make_service_account_file({
+      token_uri = "https://localhost:" .. untrusted.port .. "/token" })
+    reset_fake()
+    local port = nginx.free_port()
+    local app = 'require("support.ngx_app")'
+    local err
+    srv, err = nginx.start({
+      workers = 4,
+      port = port,
+      listen_opts = "reuseport",
+      trusted_ca = certs.ca_file,
+      http = ([[
+        lua_shared_dict gauth 1m;
+        lua_shared_dict results 1m;
+        init_by_lua_block {
+          local tc = require "gauth.token_cache"
+          local shdict = require "gauth.token_cache.shdict"
+          -- A dict named gauth should be picked up without this; until
+          -- token_cache.default() does it, install it by hand.
+          local auto = shdict.is_store(tc.default().store)
+          if not auto then assert(shdict.install()) end
+          %s.configure({ sa = %q, untrusted_sa = %q, auto = auto })
+        }
+      ]]):format(app, sa_path, untrusted_sa),
+      server = ([[
+        listen [::1]:%d;
+        location = /fast { return 200 "fast\n"; }
+        location = /token { content_by_lua_block { %s.token() } }
+        location = /not_blocked { content_by_lua_block { %s.not_blocked() } }
+        location = /log_token {
+          content_by_lua_block { ngx.say("ok") }
+          log_by_lua_block { %s.log_phase() }
+        }
+        location = /set_token {
+          set_by_lua_block $tokstate { return %s.set_phase() }
+          return 200 $tokstate;
+        }
+        location = /result { content_by_lua_block { %s.result() } }
+        location = /default_store { content_by_lua_block { %s.default_store() } }
+        location = /case { content_by_lua_block { %s.run_case() } }
+        location = /via_http { content_by_lua_block { %s.via_http() } }
+        location = /raw/chunked { content_by_lua_block { %s.raw_chunked() } }
+        location = /raw/close { content_by_lua_block { %s.raw_close() } }
+        location = /raw/continue { content_by_lua_block { %s.raw_continue() } }
+        location = /raw/redirect { content_by_lua_block { %s.raw_redirect() } }
+        location = /raw/echo { content_by_lua_block { %s.raw_echo() } }
+      ]]):format(port, app, app, app, app, app, app, app, app, app, app, app, app, app),
+    })
+    assert(srv, err)
+    ctx = {
+      fake = "https://localhost:" .. fake.port,
+      untrusted = "https://localhost:" .. untrusted.port,
+      raw = "http://127.0.0.1:" .. port,
+      raw6 = "http://[::1]:" .. port,
+      closed = "http://127.0.0.1:" .. nginx.free_port(),
+    }
+  end)
+
+  lazy_teardown(function()
+    if srv then
+      local log = srv:log()
+      -- Lua errors inside nginx are test failures even when a test passed.
+      srv:stop()
+      assert.is_nil(log:match("%[error%][^\n]*lua entry thread aborted[^\n]*"))
+    end
+    if fake then fake:stop() end
+    if untrusted then untrusted:stop() end
+  end)
+
+  describe("shared transport cases", function()
+    local curl_t
+    local function run_curl(case)
+      curl_t = curl_t or assert(require("gauth.transport.curl").new({
+        ca_file = certs.ca_file, timeout = 10 }))
+      return tcases.run(curl_t, case.requests(ctx), helpers.now)
+    end
+    local function run_ngx(case)
+      local status, body = srv:get("/case", { method = "POST",
+        body = assert(cjson.encode({ name = case.name, ctx = ctx })) })
+      assert.equal(200, status, body)
+      return assert(decode(body))
+    end
+
+    for _, case in ipairs(tcases.cases) do
+      it("curl: " .. case.name, function()
+        reset_fake()
+        untrusted:reset()
+        if case.setup then case.setup(fake, ctx) end
+        case.check(run_curl(case), ctx, fake, untrusted)
+      end)
+      if LUAJIT_PASS then
+        it("ngx: " .. case.name, function()
+          reset_fake()
+          untrusted:reset()
+          if case.setup then case.setup(fake, ctx) end
+          case.check(run_ngx(case), ctx, fake, untrusted)
+        end)
+      end
+    end
+  end)
+
+  if not LUAJIT_PASS then
+    pending("the nginx-side specs run in the LuaJIT pass")
+    return
+  end
+
+  describe("cosocket transport", function()
+    it("is what gauth.http.new() uses in a content handler", function()
+      reset_fake()
+      local status, r = get_json("/via_http?url=" .. ctx.raw .. "/fast")
+      assert.equal(200, status)
+      assert.same({ status = 200, ngx = true, curl = false }, r)
+    end)
+
+    it("refuses to run outside nginx", function()
+      local t, err = require("gauth.transport.ngx").new()
+      assert.is_nil(t)
+      assert.matches("inside nginx", tostring(err))
+    end)
+  end)
+
+  describe("token cache in a lua_shared_dict", function()
+    before_each(function() reset_fake() end)
+
+    it("is used automatically when a dict named gauth is declared", function()
+      local _, r = get_json("/default_store")
+      assert.is_true(r.shdict)
+      assert.equal("gauth", r.dict)
+      if not r.auto then
+        pending("token_cache.default() does not pick the gauth dict yet "
+          .. "(installed by hand in init_by_lua)")
+      end
+    end)
+
+    it("fetches from a slow endpoint without blocking the worker", function()
+      fake:script("/token", { delay = 2 })
+      local status, r = get_json("/not_blocked?scope=slow")
+      assert.equal(200, status)
+      assert.is_true(r.token_ok, r.token_err)
+      assert.equal(200, r.fast_status, r.fast_err)
+      -- /fast was called and answered from the same worker while the token
+      -- request was pending.
+      assert.is_true(r.fast_elapsed < 0.5, "fast took " .. r.fast_elapsed)
+      assert.is_true(r.fast_done_at < 1, "fast done at " .. r.fast_done_at)
+      assert.is_true(r.token_elapsed >= 1.9, "token took " .. r.token_elapsed)
+      assert.equal(1, token_requests())
+    end)
+
+    it("answers other locations at once while a token request is slow", function()
+      fake:script("/token", { delay = 2 })
+      local out = helpers.tmpname("slow-token", ".json")
+      os.execute(("curl -s --max-time 10 -o %s %s/token?scope=slow2 &")
+        :format(helpers.shell_quote(out), srv.url))
+      socket.sleep(0.2)
+      for _ = 1, 8 do
+        local t0 = helpers.now()
+        local status, body = srv:get("/fast")
+        assert.equal(200, status)
+        assert.equal("fast\n", body)
+        assert.is_true(helpers.now() - t0 < 0.5)
+      end
+      local deadline = helpers.now() + 10
+      local r
+      repeat
+        socket.sleep(0.1)
+        r = decode(helpers.read_file(out))
+      until r or helpers.now() > deadline
+      assert.is_string(r and r.token)
+    end)
+
+    it("40 concurrent cold requests on 4 workers make one token request", function()
+      fake:script("/token", { delay = 1 })
+      local results = srv:parallel("/token?scope=cold40", 40)
+      local tokens, pids = {}, {}
+      for _, x in ipairs(results) do
+        assert.equal(200, x.status, x.body)
+        local r = decode(x.body)
+        tokens[r.token] = true
+        pids[r.pid] = true
+      end
+      local ntok, npid = 0, 0
+      for _ in pairs(tokens) do ntok = ntok + 1 end
+      for _ in pairs(pids) do npid = npid + 1 end
+      assert.equal(1, ntok)
+      assert.is_true(npid > 1, "all requests went to one worker")
+      assert.equal(1, token_requests())
+    end)
+
+    it("refreshes ahead of expiry in the background, once for all workers", function()
+      reset_fake({ expires_in = 6 })  -- refresh time: 3 s after the fetch
+      local t0 = helpers.now()
+      local _, r1 = get_json("/token?scope=expiry")
+      local tok1 = assert(r1.token)
+      assert.equal(1, token_requests())
+      socket.sleep(3.3 - (helpers.now() - t0))
+      -- Past the refresh time: served at once (the old token) while one
+      -- timer fetches the next.
+      local results = srv:parallel("/token?scope=expiry", 20)
+      local seen = {}
+      for _, x in ipairs(results) do
+        local r = decode(x.body)
+        assert.equal(200, x.status, x.body)
+        assert.is_true(r.elapsed < 0.5, "waited " .. r.elapsed)
+        seen[r.token] = true
+      end
+      assert.is_true(seen[tok1] ~= nil)
+      local tok2
+      local deadline = helpers.now() + 3
+      repeat
+        socket.sleep(0.1)
+        local _, r = get_json("/token?scope=expiry")
+        if r.token ~= tok1 then tok2 = r.token end
+      until tok2 or helpers.now() > deadline
+      assert.is_string(tok2)
+      assert.equal(2, token_requests())
+      -- Everyone gets the new one now, without another request.
+      for _, x in ipairs(srv:parallel("/token?scope=expiry", 12)) do
+        assert.equal(tok2, decode(x.body).token)
+      end
+      assert.equal(2, token_requests())
+    end)
+
+    it("serves the old token while refreshes fail, logs once, stops at expiry", function()
+      reset_fake({ expires_in = 6 })
+      local mark = #srv:log()
+      local t0 = helpers.now()
+      local _, r1 = get_json("/token?scope=failing")
+      local tok1 = assert(r1.token)
+      local denied = {}
+      for i = 1, 30 do
+        denied[i] = { status = 400, body = { error = "invalid_grant",
+                                             error_description = "denied for the test" } }
+      end
+      fake:script("/token", denied)
+      socket.sleep(3.3 - (helpers.now() - t0))
+      -- Served until 1 s (expiry_margin) before expiry: 6.1 s after t0.
+      while helpers.now() - t0 < 4.8 do
+        for _, x in ipairs(srv:parallel("/token?scope=failing", 8)) do
+          assert.equal(200, x.status, x.body)
+          assert.equal(tok1, decode(x.body).token)
+        end
+        socket.sleep(0.4)
+      end
+      assert.is_true(token_requests() >= 2)  -- tried again, with backoff
+      assert.is_true(token_requests() <= 6, "too many: " .. token_requests())
+      assert.equal(1, srv:log_count("background token refresh failed (", mark))
+      assert.is_nil(srv:log_since(mark):find(tok1, 1, true))  -- no token in logs
+      socket.sleep(6.2 - (helpers.now() - t0))
+      local status, r = get_json("/token?scope=failing")
+      assert.equal(500, status)
+      assert.matches("invalid_grant", r.err)
+    end)
+
+    it("refuses a token endpoint whose certificate comes from an untrusted CA", function()
+      untrusted:reset()
+      local status, r = get_json("/token?sa=untrusted_sa&scope=untrusted")
+      assert.equal(500, status)
+      assert.matches("[Cc]ertificate", r.err)
+      assert.equal(0, #untrusted:requests())
+    end)
+
+    it("serves a cached token in log_by_lua (no cosockets)", function()
+      local _, r = get_json("/token?scope=logwarm")
+      assert.equal(200, srv:get("/log_token?scope=logwarm"))
+      socket.sleep(0.1)
+      local _, l = get_json("/result?key=log%20logwarm")
+      assert.equal(r.token, l.token)
+      assert.equal(1, token_requests())
+    end)
+
+    it("in log_by_lua with no token: a retryable error at once, a timer fetches", function()
+      assert.equal(200, srv:get("/log_token?scope=logcold"))
+      socket.sleep(0.1)
+      local _, l = get_json("/result?key=log%20logcold")
+      assert.is_nil(l.token)
+      assert.is_true(l.retryable)
+      assert.matches("refresh was scheduled", l.err)
+      fake:wait_requests("/token", 1, 5)
+      socket.sleep(0.2)
+      local _, r = get_json("/token?scope=logcold")
+      assert.is_string(r.token)
+      assert.equal(1, token_requests())
+    end)
+
+    it("serves a cached token in set_by_lua", function()
+      local _, r = get_json("/token?scope=setwarm")
+      local status, body = srv:get("/set_token?scope=setwarm")
+      assert.equal(200, status)
+      assert.equal("token:" .. r.token, body)
+      local _, cold = srv:get("/set_token?scope=setcold")
+      assert.matches("^error:.*cannot make requests", cold)
+    end)
+  end)
+end)

@@ -1,0 +1,175 @@
+--- Handlers of the nginx that spec/70-openresty_spec.lua starts (loaded
+-- inside nginx, LuaJIT). Configured once in init_by_lua with `configure`.
+-- Never prints a token into a log: results go back over HTTP.
+-- @module support.ngx_app
+
+local cjson = require "cjson.safe"
+
+local ngx = ngx  -- luacheck: ignore
+local _M = {}
+
+local cfg = {}
+
+--- Set in init_by_lua: `{ sa = path, untrusted_sa = path }`.
+function _M.configure(t) cfg = t end
+
+local function now() ngx.update_time() return ngx.now() end
+
+local creds = {}
+
+-- One credentials object per (key file, scope) and worker; the scope names
+-- the test, so every test starts from a cold cache.
+local function get_creds(args)
+  local which = args.sa or "sa"
+  local scope = "https://www.googleapis.com/auth/test." .. (args.scope or "default")
+  local k = which .. " " .. scope
+  local c = creds[k]
+  if not c then
+    local err
+    c, err = require("gauth.service_account").from_file(cfg[which], { scopes = { scope } })
+    if not c then error(tostring(err)) end
+    creds[k] = c
+  end
+  return c
+end
+
+local function reply(status, t)
+  ngx.status = status
+  ngx.header["content-type"] = "application/json"
+  ngx.say(cjson.encode(t))
+end
+
+--- GET /token?scope=&sa=: a token from the service account.
+function _M.token()
+  local args = ngx.req.get_uri_args()
+  local c = get_creds(args)
+  local t0 = now()
+  local tok, exp = c:token()
+  if not tok then
+    return reply(500, { err = tostring(exp), retryable = exp and exp.retryable,
+                        elapsed = now() - t0, pid = ngx.worker.pid() })
+  end
+  reply(200, { token = tok, expires_at = exp, pid = ngx.worker.pid(),
+               elapsed = now() - t0 })
+end
+
+--- GET /not_blocked?scope=: fetch a token from a slow endpoint in one light
+-- thread while this same worker calls /fast over a cosocket in another. A
+-- blocked worker could not run the second at all until the first is done.
+function _M.not_blocked()
+  local args = ngx.req.get_uri_args()
+  local c = get_creds(args)
+  local t0 = now()
+  local th = ngx.thread.spawn(function()
+    local tok, err = c:token()
+    return tok ~= nil, tostring(err), now() - t0
+  end)
+  ngx.sleep(0.05)  -- let the token request get going
+  local t = require("gauth.transport.ngx").new({ timeout = 5 })
+  local f0 = now()
+  local res, err = t:request({ url = "http://127.0.0.1:" .. ngx.var.server_port .. "/fast" })
+  local fast_elapsed = now() - f0
+  local fast_done_at = now() - t0
+  local _, ok, terr, token_elapsed = ngx.thread.wait(th)
+  reply(200, { fast_status = res and res.status, fast_err = err and tostring(err),
+               fast_elapsed = fast_elapsed, fast_done_at = fast_done_at,
+               token_ok = ok, token_err = terr, token_elapsed = token_elapsed })
+end
+
+--- The log phase (no cosockets): the token, or the error, goes to the
+-- results dict for /result to read.
+function _M.log_phase()
+  local args = ngx.req.get_uri_args()
+  local c = get_creds(args)
+  local tok, err = c:token()
+  ngx.shared.results:set("log " .. (args.scope or "default"),
+    cjson.encode(tok and { token = tok } or { err = tostring(err),
+                                              retryable = err and err.retryable }))
+end
+
+--- set_by_lua (no cosockets): returns "token:<token>" or "error:<err>".
+function _M.set_phase()
+  local args = ngx.req.get_uri_args()
+  local c = get_creds(args)
+  local tok, err = c:token()
+  return tok and ("token:" .. tok) or ("error:" .. tostring(err))
+end
+
+--- GET /result?key=
+function _M.result()
+  local v = ngx.shared.results:get(ngx.req.get_uri_args().key)
+  ngx.say(v or "null")
+end
+
+--- GET /default_store: what token_cache.default() is.
+function _M.default_store()
+  local tc = require "gauth.token_cache"
+  local shdict = require "gauth.token_cache.shdict"
+  local c = tc.default()
+  reply(200, { shdict = shdict.is_store(c.store), dict = c.store.name,
+               auto = cfg.auto })
+end
+
+--- POST /case {name=, ctx=}: run a shared transport case with the cosocket
+-- transport; answers with the normalised results.
+function _M.run_case()
+  ngx.req.read_body()
+  local body = cjson.decode(ngx.req.get_body_data() or "")
+  local cases = require "support.transport_cases"
+  local case = cases.cases[body.name]
+  if not case then return reply(404, { err = "no case " .. tostring(body.name) }) end
+  local t = assert(require("gauth.transport.ngx").new({ timeout = 10 }))
+  local r = cases.run(t, case.requests(body.ctx), now)
+  reply(200, r)
+end
+
+--- GET /via_http: gauth.http.new() in a content handler uses cosockets.
+function _M.via_http()
+  local t = assert(require("gauth.http").new({ timeout = 5 }))
+  local res, err = t:request({ url = ngx.var.arg_url })
+  reply(200, { status = res and res.status, err = err and tostring(err),
+               ngx = t.ngx_t ~= nil, curl = t.curl_t ~= nil })
+end
+
+-- Raw responses, written byte for byte on the downstream socket.
+local function raw(data)
+  local sock = assert(ngx.req.socket(true))
+  assert(sock:send(data))
+end
+
+function _M.raw_chunked()
+  local n = tonumber(ngx.var.arg_n) or 10
+  local pieces = tonumber(ngx.var.arg_pieces) or 3
+  local size = math.ceil(n / pieces)
+  local left = n
+  while left > 0 do
+    local k = math.min(size, left)
+    ngx.print(string.rep("x", k))
+    ngx.flush(true)
+    left = left - k
+  end
+end
+
+function _M.raw_close()
+  local n = tonumber(ngx.var.arg_n) or 10
+  local v = ngx.var.arg_v or "1.1"
+  raw("HTTP/" .. v .. " 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+      .. string.rep("y", n))
+end
+
+function _M.raw_continue()
+  raw("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+      .. "Connection: close\r\n\r\nok")
+end
+
+function _M.raw_redirect()
+  return ngx.redirect(ngx.unescape_uri(ngx.var.arg_to), 302)
+end
+
+function _M.raw_echo()
+  ngx.req.read_body()
+  reply(200, { method = ngx.req.get_method(), headers = ngx.req.get_headers(),
+               body = ngx.req.get_body_data() })
+end
+
+return _M
