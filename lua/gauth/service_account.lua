@@ -337,7 +337,8 @@ end
 -- @param info table or JSON string (the content of a key file)
 -- @tparam[opt] table opts `scopes` (array or space-separated string),
 --   `subject` (user to act for: domain-wide delegation), `claims` (extra
---   assertion claims; not iat/exp), `token_uri` (overrides the file's),
+--   assertion claims; they may replace iss, aud, scope and sub, as in
+--   google-auth, but not iat/exp), `token_uri` (overrides the file's),
 --   `quota_project`, `jwt_access` (boolean) / `audience` (self-signed JWT
 --   mode), `http` (a transport; default `gauth.http.default()`), `ca_file`
 --   and `timeout` (make a transport of its own for these credentials),
