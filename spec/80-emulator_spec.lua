@@ -860,6 +860,16 @@ describe("gauth.emulator", function()
       local status, headers = read_response(a)
       assert.are.equal(200, status)
       assert.are.equal("keep-alive", headers.connection)
+      -- HEAD: the length of the GET, no body (the next answer follows).
+      b:send("HEAD /discovery/v1/apis HTTP/1.1\r\nHost: x\r\n\r\n")
+      local hs = assert(b:receive("*l"))
+      local hlen
+      repeat
+        local line = assert(b:receive("*l"))
+        hlen = hlen or tonumber(line:match("^Content%-Length: (%d+)"))
+      until line == ""
+      assert.matches("^HTTP/1%.1 200", hs)
+      assert.truthy(hlen > 0)
       -- Two pipelined requests on one connection, then a chunked POST.
       b:send("GET /discovery/v1/apis HTTP/1.1\r\nHost: x\r\n\r\n"
              .. "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")

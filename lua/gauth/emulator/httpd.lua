@@ -405,6 +405,9 @@ function _M._process(self, c)
     req.body = body
     req.query = _M.parse_form(req.query_string)
     req.peer = c.peer
+    -- The handler may rewrite req.method (HEAD served as GET, method
+    -- override); the answer's framing follows what the client sent.
+    local sent_method = req.method
     local ok, status, headers, rbody = pcall(self.handler, req)
     if not ok then
       self.log("handler error: " .. tostring(status))
@@ -416,7 +419,7 @@ function _M._process(self, c)
       status, headers, rbody = 500, { ["Content-Type"] = ctype }, b
     end
     if type(status) ~= "number" then status = 500 end
-    write_response(self, c, req.method, status, headers, rbody,
+    write_response(self, c, sent_method, status, headers, rbody,
                    not req.keep_alive)
   end
 end
