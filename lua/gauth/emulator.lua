@@ -25,6 +25,7 @@ local errors = require "gauth.errors"
 local socket = require "socket"
 local httpd = require "gauth.emulator.httpd"
 local google = require "gauth.emulator.google"
+local util = require "gauth.util"
 
 local type = type
 local pairs = pairs
@@ -38,6 +39,7 @@ local io_open = io.open
 local os_remove = os.remove
 local os_rename = os.rename
 local os_getenv = os.getenv
+local read_file = util.read_file
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -52,13 +54,6 @@ local function shell_quote(s)
   return "'" .. gsub(tostring(s), "'", "'\\''") .. "'"
 end
 
-local function read_file(path)
-  local f = io_open(path, "rb")
-  if not f then return nil end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
 
 local function write_file(path, data)
   local f, err = io_open(path, "wb")
@@ -120,9 +115,7 @@ function _M.make_key(opts)
   local project = opts.project or google.DEFAULT_PROJECT
   local email = opts.client_email
     or ((opts.name or "gauth-emulator") .. "@" .. project .. ".iam.gserviceaccount.com")
-  local kid = gsub(core.random_bytes(20), ".", function(c)
-    return format("%02x", c:byte())
-  end)
+  local kid = google.hex(core.random_bytes(20))
   return {
     type = "service_account",
     project_id = project,
@@ -134,7 +127,7 @@ function _M.make_key(opts)
     token_uri = opts.token_uri or "https://oauth2.googleapis.com/token",
     auth_provider_x509_cert_url = "https://www.googleapis.com/oauth2/v1/certs",
     client_x509_cert_url = "https://www.googleapis.com/robot/v1/metadata/x509/"
-      .. gsub(email, "@", "%%40"),
+      .. util.url_encode(email),
     universe_domain = "googleapis.com",
   }
 end

@@ -11,6 +11,7 @@ local jwt = require "gauth.jwt"
 local cjson = require "cjson.safe"
 local httpd = require "gauth.emulator.httpd"
 local sqladmin = require "gauth.emulator.sqladmin"
+local util = require "gauth.util"
 
 local type = type
 local pairs = pairs
@@ -36,6 +37,7 @@ local io_open = io.open
 local io_popen = io.popen
 local b64url_encode = core.b64url_encode
 local b64url_decode = core.b64url_decode
+local read_file = util.read_file
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -88,6 +90,7 @@ _M.json = json
 local function hex(s)
   return (gsub(s, ".", function(c) return format("%02x", byte(c)) end))
 end
+_M.hex = hex
 
 local function random_hex(n)
   return hex(core.random_bytes(n))
@@ -132,14 +135,6 @@ local function set_of(list)
   local t = {}
   for _, v in ipairs(list) do t[v] = true end
   return t
-end
-
-local function read_file(path)
-  local f, err = io_open(path, "rb")
-  if not f then return nil, err end
-  local data = f:read("*a")
-  f:close()
-  return data
 end
 
 -- Decode the payload of a compact JWS without verifying it: we need the
