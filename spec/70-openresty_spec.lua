@@ -28,7 +28,7 @@ describe("OpenResty", function()
     return
   end
 
-  local fake, untrusted, srv, ctx, sa_info, certs
+  local fake, untrusted, srv, ctx, sa_info, certs, discovery_dir
 
   local function reset_fake(extra)
     fake:reset()
@@ -57,6 +57,8 @@ describe("OpenResty", function()
     local untrusted_sa = helpers.make_service_account_file({
       token_uri = "https://localhost:" .. untrusted.port .. "/token" })
     reset_fake()
+    local doc_path = helpers.shared_discovery("sqladmin.v1.json")
+    discovery_dir = doc_path and doc_path:match("^(.*)/[^/]+$")
     local port = nginx.free_port()
     local app = 'require("support.ngx_app")'
     local err
@@ -68,6 +70,7 @@ describe("OpenResty", function()
       http = ([[
         lua_shared_dict gauth 1m;
         lua_shared_dict results 1m;
+        lua_shared_dict gauth_discovery 16m;
         init_by_lua_block {
           local tc = require "gauth.token_cache"
           local shdict = require "gauth.token_cache.shdict"
@@ -75,9 +78,10 @@ describe("OpenResty", function()
           -- token_cache.default() does it, install it by hand.
           local auto = shdict.is_store(tc.default().store)
           if not auto then assert(shdict.install()) end
-          %s.configure({ sa = %q, untrusted_sa = %q, auto = auto })
+          %s.configure({ sa = %q, untrusted_sa = %q, auto = auto,
+                         discovery_dir = %q })
         }
-      ]]):format(app, sa_path, untrusted_sa),
+      ]]):format(app, sa_path, untrusted_sa, discovery_dir or ""),
       server = ([[
         listen [::1]:%d;
         location = /fast { return 200 "fast\n"; }
@@ -100,7 +104,12 @@ describe("OpenResty", function()
         location = /raw/continue { content_by_lua_block { %s.raw_continue() } }
         location = /raw/redirect { content_by_lua_block { %s.raw_redirect() } }
         location = /raw/echo { content_by_lua_block { %s.raw_echo() } }
-      ]]):format(port, app, app, app, app, app, app, app, app, app, app, app, app, app),
+        location = /discovery_doc { content_by_lua_block { %s.discovery_doc() } }
+        location /fake_discovery/ { content_by_lua_block { %s.fake_discovery() } }
+        location = /raw/badchunk { content_by_lua_block { %s.raw_badchunk() } }
+        location = /raw/bighead { content_by_lua_block { %s.raw_bighead() } }
+      ]]):format(port, app, app, app, app, app, app, app, app, app, app, app, app, app,
+                 app, app, app, app),
     })
     assert(srv, err)
     ctx = {
@@ -109,6 +118,7 @@ describe("OpenResty", function()
       raw = "http://127.0.0.1:" .. port,
       raw6 = "http://[::1]:" .. port,
       closed = "http://127.0.0.1:" .. nginx.free_port(),
+      tmp = helpers.tmpdir(),
     }
   end)
 
@@ -135,6 +145,16 @@ describe("OpenResty", function()
         body = assert(cjson.encode({ name = case.name, ctx = ctx })) })
       assert.equal(200, status, body)
       return assert(decode(body))
+    end
+
+    for _, case in ipairs(tcases.ngx_only) do
+      if LUAJIT_PASS then
+        it("ngx only: " .. case.name, function()
+          reset_fake()
+          if case.setup then case.setup(fake, ctx) end
+          case.check(run_ngx(case), ctx, fake, untrusted)
+        end)
+      end
     end
 
     for _, case in ipairs(tcases.cases) do
@@ -345,6 +365,29 @@ describe("OpenResty", function()
       assert.equal("token:" .. r.token, body)
       local _, cold = srv:get("/set_token?scope=setcold")
       assert.matches("^error:.*cannot make requests", cold)
+    end)
+  end)
+
+  describe("Discovery documents in a lua_shared_dict", function()
+    it("are fetched by one worker for all", function()
+      if not discovery_dir then pending("../shared/discovery is not there") end
+      local results = srv:parallel("/discovery_doc?api=sqladmin&version=v1", 24)
+      for _, x in ipairs(results) do
+        assert.equal(200, x.status, x.body)
+        assert.same({ name = "sqladmin", version = "v1", title = "Cloud SQL Admin API" },
+                    decode(x.body))
+      end
+      local _, first = srv:get("/result?key=discovery_hits")
+      assert.equal("1", (first:gsub("%s", "")))
+      -- Served from the dict afterwards: no more fetches.
+      assert.equal(200, srv:get("/discovery_doc?api=sqladmin&version=v1"))
+      local _, hits = srv:get("/result?key=discovery_hits")
+      assert.equal("1", (hits:gsub("%s", "")))
+    end)
+
+    it("a missing document is not found, and not kept", function()
+      local status = srv:get("/discovery_doc?api=nosuch&version=v9")
+      assert.equal(404, status)
     end)
   end)
 end)

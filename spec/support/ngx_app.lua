@@ -131,6 +131,40 @@ function _M.via_http()
                ngx = t.ngx_t ~= nil, curl = t.curl_t ~= nil })
 end
 
+--- GET /discovery_doc?api=&version=: the document through the shared-dict
+-- cache, fetched from this nginx's /fake_discovery (which counts hits).
+function _M.discovery_doc()
+  local args = ngx.req.get_uri_args()
+  local cache = assert(require("gauth.discovery.shdict_cache").default())
+  local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/fake_discovery/"
+    .. args.api .. "." .. args.version .. ".json"
+  local t = require("gauth.transport.ngx").new({ timeout = 10 })
+  local doc, err = cache:fetch(url, function()
+    local res, rerr = t:request({ url = url })
+    if not res then return nil, rerr end
+    if res.status == 404 then return false end
+    return res.body
+  end)
+  if not doc then
+    return reply(doc == false and 404 or 500, { err = tostring(err) })
+  end
+  reply(200, { name = doc.name, version = doc.version, title = doc.title })
+end
+
+--- GET /fake_discovery/<name>.json: a document from ../shared/discovery,
+-- slowly (0.5 s), counting hits in the results dict.
+function _M.fake_discovery()
+  ngx.shared.results:incr("discovery_hits", 1, 0)
+  ngx.sleep(0.5)
+  local name = ngx.var.uri:match("([^/]+)$")
+  local f = cfg.discovery_dir and io.open(cfg.discovery_dir .. "/" .. name, "rb")
+  if not f then return ngx.exit(404) end
+  local text = f:read("*a")
+  f:close()
+  ngx.header["content-type"] = "application/json"
+  ngx.print(text)
+end
+
 -- Raw responses, written byte for byte on the downstream socket.
 local function raw(data)
   local sock = assert(ngx.req.socket(true))
@@ -160,6 +194,15 @@ end
 function _M.raw_continue()
   raw("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
       .. "Connection: close\r\n\r\nok")
+end
+
+function _M.raw_badchunk()
+  raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+end
+
+function _M.raw_bighead()
+  raw("HTTP/1.1 200 OK\r\nX-Big: " .. string.rep("b", 110 * 1024) .. "\r\n"
+      .. "Content-Length: 0\r\n\r\n")
 end
 
 function _M.raw_redirect()

@@ -14,7 +14,10 @@
 -- `untrusted` (https://localhost:port of a fake whose certificate comes
 -- from another CA), `raw` (http://127.0.0.1:port of nginx's raw locations),
 -- `raw6` (the same over http://[::1]:port), `closed` (a port with nothing
--- listening).
+-- listening), `tmp` (a directory both sides can read and write).
+--
+-- `_M.ngx_only` holds cases for the cosocket transport alone (where
+-- libcurl's answer differs, e.g. in which errors it calls retryable).
 -- @module support.transport_cases
 
 local _M = {}
@@ -35,7 +38,8 @@ function _M.run(t, reqs, clock)
     local r = { elapsed = clock() - t0 }
     if res then
       r.res = { status = res.status, reason = res.reason, headers = res.headers,
-                body = res.body, new_connections = res.new_connections }
+                body = res.body, new_connections = res.new_connections,
+                written = res.written }
     else
       r.err = { message = tostring(err), retryable = err and err.retryable,
                 too_large = err and err.too_large, reason = err and err.reason,
@@ -46,10 +50,25 @@ function _M.run(t, reqs, clock)
   return out
 end
 
-local cases = {}
-_M.cases = cases
+local cases, ngx_only = {}, {}
+_M.cases, _M.ngx_only = cases, ngx_only
 
 local function case(t) cases[#cases + 1] = t; cases[t.name] = t end
+local function ngx_case(t) ngx_only[#ngx_only + 1] = t; cases[t.name] = t end
+
+local function write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
 
 local BIG = string.rep("0123456789abcdef", 4096)  -- 64 KiB
 
@@ -332,6 +351,82 @@ case {
     assert.equal(200, res.status)
     assert.matches('"x%-other":"kept"', res.body)
     assert.is_nil(res.body:find("authorization", 1, true))
+  end,
+}
+
+case {
+  name = "upload_file sends a file's range; download_file appends a 2xx body only",
+  setup = function(fake, ctx)
+    write(ctx.tmp .. "/up.bin", "0123456789" .. BIG)
+    os.remove(ctx.tmp .. "/down.bin")
+    write(ctx.tmp .. "/down.bin", "old:")
+    fake:script("/c/down", { status = 200, body = BIG })
+    fake:script("/c/down404", { status = 404, body = "no such object" })
+  end,
+  requests = function(ctx)
+    return {
+      { method = "PUT", url = ctx.fake .. "/c/up", upload_file = ctx.tmp .. "/up.bin",
+        upload_offset = 10, upload_length = 100 },
+      { method = "POST", url = ctx.fake .. "/c/up-all", upload_file = ctx.tmp .. "/up.bin" },
+      { url = ctx.fake .. "/c/down", download_file = ctx.tmp .. "/down.bin" },
+      { url = ctx.fake .. "/c/down404", download_file = ctx.tmp .. "/down.bin" },
+    }
+  end,
+  check = function(r, ctx, fake)
+    for i = 1, 4 do assert(r[i].res, r[i].err and r[i].err.message) end
+    assert.equal(BIG:sub(1, 100), fake:requests("/c/up")[1].body)
+    assert.equal("100", fake:requests("/c/up")[1].headers["content-length"])
+    assert.equal("0123456789" .. BIG, fake:requests("/c/up-all")[1].body)
+    assert.equal(200, r[3].res.status)
+    assert.equal("", r[3].res.body)
+    assert.equal(#BIG, r[3].res.written)
+    assert.equal(404, r[4].res.status)
+    assert.equal("no such object", r[4].res.body)
+    assert.equal("old:" .. BIG, read(ctx.tmp .. "/down.bin"))
+  end,
+}
+
+ngx_case {
+  name = "a malformed chunked body is refused (not retryable)",
+  requests = function(ctx) return { { url = ctx.raw .. "/raw/badchunk" } } end,
+  check = function(r)
+    assert.is_nil(r[1].res)
+    assert.is_false(r[1].err.retryable)
+    assert.matches("chunk", r[1].err.message)
+  end,
+}
+
+ngx_case {
+  name = "a header block over 100 KiB is refused",
+  requests = function(ctx) return { { url = ctx.raw .. "/raw/bighead" } } end,
+  check = function(r)
+    assert.is_nil(r[1].res)
+    assert.is_false(r[1].err.retryable)
+    assert.equal("header_size", r[1].err.reason)
+  end,
+}
+
+ngx_case {
+  name = "https to an IP literal fails verification, with a hint",
+  requests = function(ctx)
+    return { { url = (ctx.fake:gsub("localhost", "127.0.0.1")) .. "/c/ip" } }
+  end,
+  check = function(r, _, fake)
+    assert.is_nil(r[1].res)
+    assert.is_false(r[1].err.retryable)
+    assert.matches("host names only", r[1].err.message)
+    assert.equal(0, #fake:requests("/c/ip"))
+  end,
+}
+
+ngx_case {
+  name = "a host name needs nginx's resolver (the error says so)",
+  requests = function()
+    return { { url = "https://oauth2.googleapis.com/token", method = "POST" } }
+  end,
+  check = function(r)
+    assert.is_nil(r[1].res)
+    assert.matches("resolver", r[1].err.message)
   end,
 }
 
