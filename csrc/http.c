@@ -299,7 +299,9 @@ static long opt_ms(lua_State *L, int opts, const char *name)
     if (!(s >= 0) || s > 1e9)
         luaL_error(L, "gauth.core: http: opts.%s must be between 0 and 1e9 seconds", name);
     ms = (long)(s * 1000.0 + 0.5);
-    if (ms == 0 && s > 0)
+    /* libcurl reads 0 as "no limit"; a caller with no time left means the
+     * opposite, so the smallest limit stands in for it. */
+    if (ms == 0)
         ms = 1;
     return ms;
 }

@@ -452,7 +452,7 @@ function _M.start(opts)
     url = url, port = port, host = host, pid = pid,
     token_uri = url .. "/token",
     metadata_host = match(url, "^http://(.*)$"),
-    discovery_url = url .. "/discovery/v1/apis/{api}/{version}/rest",
+    discovery_url = url .. "/discovery/v1/apis/{api}/{apiVersion}/rest",
     project = opts.project or google.DEFAULT_PROJECT,
     key_file = opts.new_key_file,
     log_file = log_path,

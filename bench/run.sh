@@ -1,0 +1,54 @@
+#!/bin/sh
+# make bench: every figure beside a reference measured in the same run, as a
+# ratio. Never part of make test. BENCH_SECONDS / BENCH_ROUNDS tune length.
+cd "$(dirname "$0")/.." || exit 2
+unset LUA_PATH LUA_CPATH LUA_INIT
+export NO_GCE_CHECK=true no_proxy='*' NO_PROXY='*'
+dir=$(mktemp -d)
+trap 'sh bench/nginx_fixed.sh stop "$dir/nginx" >/dev/null 2>&1; rm -rf "$dir"' EXIT INT TERM
+PY=/usr/bin/python3
+
+val() { awk -v n="$1" '$1 == n { print $2 }' "$dir/all.txt" | tail -1; }
+ratio() { # label numerator denominator goal
+  a=$(val "$2"); b=$(val "$3")
+  if [ -n "$a" ] && [ -n "$b" ]; then
+    awk -v l="$1" -v a="$a" -v b="$b" -v g="$4" -v na="$2" -v nb="$3" 'BEGIN {
+      r = a / b; printf "  %-44s %10.3f  (%s %s / %s %s; goal %s)\n", l, r, na, a, nb, b, g }'
+  fi
+}
+run() { "$@" 2>"$dir/err" | tee -a "$dir/all.txt" | sed 's/^/  /' || { echo "  failed: $*"; tail -5 "$dir/err"; }; }
+
+echo "== RS256 signing (issue 2)"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rsa.pem" 2>/dev/null
+secs=${BENCH_SECONDS:-1}
+openssl speed -seconds $((secs * 3)) rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print "openssl_speed_rsa2048_sign", $6, "sign/s" }' | tee -a "$dir/all.txt" | sed 's/^/  /'
+for lua in lua5.4 luajit; do run $lua bench/jwt_bench.lua "$dir/rsa.pem"; done
+ratio "RS256 JWT/s (5.4) / openssl speed" jwt_sign_loaded_lua5.4 openssl_speed_rsa2048_sign ">= 0.95"
+ratio "RS256 JWT/s (LuaJIT) / openssl speed" jwt_sign_loaded_luajit openssl_speed_rsa2048_sign ">= 0.95"
+
+eval "$(sh bench/nginx_fixed.sh start "$dir/nginx")"
+echo "== token refresh (issue 3) against nginx at $NGINX_URL"
+for lua in lua5.4 luajit; do run $lua bench/token_bench.lua "$NGINX_URL" "$NGINX_CA"; done
+run $PY bench/token_ref.py "$NGINX_URL" "$NGINX_CA"
+for lua in lua5.4 luajit; do
+  ratio "refresh keep-alive ($lua) / google-auth" "refresh_keepalive_$lua" google_auth_refresh ">= 1.4"
+done
+
+echo "== discovery (issue 5)"
+for lua in lua5.4 luajit; do run $lua bench/discovery_bench.lua; done
+run $PY bench/discovery_ref.py
+for lua in lua5.4 luajit; do
+  ratio "requests built/s ($lua) / googleapiclient" "request_build_$lua" request_build_ref ">= 300"
+  ratio "build_from_document compute ($lua) / ref (time)" "build_from_document_$lua" build_from_document_ref "< 1"
+done
+if [ -x bench/execute_bench.sh ] || [ -f bench/execute_bench.sh ]; then
+  echo "== execute() against nginx (issue 5)"
+  run sh bench/execute_bench.sh "$NGINX_URL" "$NGINX_CA"
+  for lua in lua5.4 luajit; do
+    ratio "execute()/s ($lua) / curl floor" "execute_$lua" curl_floor ">= 0.8"
+  done
+fi
+[ -f bench/openresty_bench.sh ] && { echo "== OpenResty (issue 7)"; run sh bench/openresty_bench.sh; }
+[ -f bench/media_bench.sh ] && { echo "== media (issue 6)"; run sh bench/media_bench.sh; }
+echo "== all figures"
+cat "$dir/all.txt" | sed 's/^/  /'
