@@ -17,9 +17,16 @@
 --
 -- Nothing is prepared before it is used: `build_from_document` decodes the
 -- JSON (when given text) and makes the root resource; each resource object
--- is made on first use and kept; each method's parameter table and path
--- template are prepared on first use and kept, so that building a request
--- is one pass over the caller's parameters.
+-- is made on first use and kept; each method's parameter table, path
+-- template and a builder compiled for it are made on first use and kept,
+-- so that building a request is a look-up per parameter and one string.
+--
+-- A request object's `method`, `uri`, `headers` and `body` read like
+-- fields (a request's headers table is made when first read); googleapiclient
+-- differs from gauth on purpose in a few places, listed in
+-- spec/51-discovery_conformance_spec.lua: gauth refuses values of the wrong
+-- type that Python would coerce (`str(True)`, `int(1.5)`), and pages a
+-- body-token method whose first request had no body.
 -- @module gauth.discovery
 
 local cjson_safe = require "cjson.safe"
@@ -72,7 +79,6 @@ local API_CLIENT = (function()
   return s .. " gauth/" .. _M._VERSION
 end)()
 
-local DEFAULT_ROOT_URL = "https://www.googleapis.com/"
 local DEFAULT_UNIVERSE = "googleapis.com"
 local DISCOVERY_URLS = {
   "https://www.googleapis.com/discovery/v1/apis/{api}/{apiVersion}/rest",
@@ -114,7 +120,8 @@ local function raise(msg)
   while true do
     local info = debug.getinfo(level, "S")
     if not info then level = 1; break end
-    if info.source ~= THIS_FILE then break end
+    local src = info.source
+    if src ~= THIS_FILE and sub(src, 1, 17) ~= "=gauth.discovery:" then break end
     level = level + 1
   end
   error(msg, level)
@@ -122,6 +129,13 @@ end
 
 local function fail(spec, pname, msg)
   raise(format("gauth.discovery: %s: %s: %s", spec.id, pname, msg))
+end
+
+-- The metatable of resource objects (set up with them, below).
+local resource_mt = {}
+
+local function colon_error(id)
+  raise(format("gauth.discovery: %s: call it with a colon (resource:method(params))", id))
 end
 
 ---------------------------------------------------------------------------
@@ -363,17 +377,22 @@ local function query_piece(spec, p, v)
   return piece
 end
 
--- The checked string form of a path parameter (a list joins with ",", as
--- uritemplate does).
-local function path_value(spec, p, v)
+-- The checked, encoded value of a path parameter (a list joins with ",",
+-- as uritemplate does), put in its place in parts. A parameter used once
+-- in the template (all of them, in Google's documents) is memoised.
+local function path_value(spec, p, v, parts)
   local vals = values_of(spec, p, v)
   local s = vals[1] or ""
   if #vals > 1 then s = concat(vals, ",") end
-  if cacheable(v) then
+  local e = p.enc(s)
+  parts[p.pos] = e
+  local more = p.more
+  if more then
+    for i = 1, #more do parts[more[i][1]] = more[i][2](s) end
+  elseif cacheable(v) then
     trim_cache(p.cache)
-    p.cache[v] = s
+    p.cache[v] = e
   end
-  return s
 end
 
 ---------------------------------------------------------------------------
@@ -608,6 +627,52 @@ local function param_desc_list(svc, mdesc)
   return all, order
 end
 
+---------------------------------------------------------------------------
+-- Request objects.
+
+local GZIP = "gzip, deflate"
+
+local request = {}
+
+-- A request object holds what differs between calls (uri, body); what a
+-- method's requests share (method, spec, the methods of request objects)
+-- comes from a prototype per method. The headers are made when first read:
+-- execute() makes the headers of each attempt from the same constants, so
+-- a request that is only sent never needs a table of its own for them.
+local function make_headers(spec, has_body)
+  local h = {
+    accept = spec.accept,
+    ["accept-encoding"] = GZIP,
+    ["user-agent"] = spec.user_agent,
+    ["x-goog-api-client"] = API_CLIENT,
+  }
+  local qp = spec.quota_project
+  if qp then h["x-goog-user-project"] = qp end
+  if has_body then h["content-type"] = "application/json" end
+  return h
+end
+
+local function request_metatable(spec)
+  local proto = setmetatable({ _spec = spec, method = spec.http_method },
+                             { __index = request })
+  return {
+    gauth_request = true,
+    __index = function(r, k)
+      if k == "headers" then
+        local h = make_headers(spec, rawget(r, "body") ~= nil)
+        rawset(r, "headers", h)
+        return h
+      end
+      return proto[k]
+    end,
+  }
+end
+
+local function is_request(r)
+  local mt = type(r) == "table" and getmetatable(r)
+  return mt and rawget(mt, "gauth_request") == true
+end
+
 local function prepare(svc, mdesc, mname, variant)
   local id = mdesc.id or mname
   local hm = mdesc.httpMethod or "GET"
@@ -672,6 +737,7 @@ local function prepare(svc, mdesc, mname, variant)
       -- declares required when its response has none (drive.changes.watch).
       if not ((key == "pageToken" or key == "nextPageToken") and not response_token) then
         spec.required[#spec.required + 1] = p
+        p.required = true
       end
     end
     if (name == "alt" and spec.alt) or (name == "key" and svc.api_key) then
@@ -683,7 +749,6 @@ local function prepare(svc, mdesc, mname, variant)
   if PAYLOAD_METHODS[hm] and mdesc.request ~= nil then
     by_name.body = { name = "body", key = "body", kind = KIND_BODY }
     spec.request_schema = mdesc.request
-    spec.accepts_body = true
   end
   if mdesc.mediaUpload ~= nil then
     by_name.media_body = { name = "media_body", key = "media_body", kind = KIND_MEDIA }
@@ -708,7 +773,6 @@ local function prepare(svc, mdesc, mname, variant)
     error(format("gauth.discovery: %s: %s", id, terr), 0)
   end
   local parts = { svc.base_slash }
-  local slots = {}
   for i = 1, #items do
     local it = items[i]
     if type(it) == "string" then
@@ -726,7 +790,6 @@ local function prepare(svc, mdesc, mname, variant)
         p.kind = KIND_PATH
         local pos = #parts + 1
         parts[pos] = ""
-        slots[#slots + 1] = pos
         local enc = it.op == "" and quote or quote_reserved
         if p.pos == nil then
           p.pos, p.enc = pos, enc
@@ -740,8 +803,15 @@ local function prepare(svc, mdesc, mname, variant)
       end
     end
   end
-  spec.parts, spec.slots, spec.nslots = parts, slots, #slots
-  if spec.absolute then spec.parts[1] = "" end
+  if spec.absolute then parts[1] = "" end
+  -- parts doubles as the buffer the URI is made in: after the path, "?",
+  -- then the query pieces with "&" between them
+  local np = #parts
+  spec.nparts = np
+  parts[np + 1] = "?"
+  spec.parts = parts
+  spec.user_agent, spec.quota_project = svc.user_agent, svc.quota_project
+  spec.req_mt = request_metatable(spec)
 
   -- Paging: the response names its next-page token; the request takes it
   -- as a parameter or in its body.
@@ -762,160 +832,210 @@ local function prepare(svc, mdesc, mname, variant)
 end
 
 ---------------------------------------------------------------------------
--- Requests.
+-- Building requests.
 
-local request = {}
-local request_mt = { __index = request }
-
-local QO, QP = {}, {}  -- scratch: query pieces and their order (no yields
-                       -- happen while a request is built, so one is enough)
-
-local GZIP = "gzip, deflate"
-
--- The request object for a URI (given as the part before "?" and the query
--- without it) and a body.
-local function finish(spec, upath, q, uri, body, abs)
-  local svc = spec.svc
-  local method = spec.http_method
-  local h = {
-    accept = spec.accept,
-    ["accept-encoding"] = GZIP,
-    ["user-agent"] = svc.user_agent,
-    ["x-goog-api-client"] = API_CLIENT,
-  }
-  if svc.quota_project then h["x-goog-user-project"] = svc.quota_project end
-  if body then h["content-type"] = "application/json" end
-  if method == "GET" and #uri > MAX_URI_LENGTH then
+-- The request object. `ql` is the length of the query in `uri`; `upath`
+-- and `q` (the URI before "?" and the query) are given instead when `uri`
+-- is not simply upath .. "?" .. q.
+local function finish(spec, uri, ql, body, upath, q, abs)
+  local r = setmetatable({ uri = uri, body = body, _ql = ql }, spec.req_mt)
+  if upath then r._u, r._q, r._abs = upath, q, abs end
+  if spec.http_method == "GET" and #uri > MAX_URI_LENGTH then
     -- googleapiclient (HttpRequest.execute): the query becomes a form body.
     -- It splits the URI with urlparse, so a "#" in the path ends it there.
+    if not upath then
+      r._u, r._q = sub(uri, 1, #uri - ql - 1), sub(uri, #uri - ql + 1)
+    end
     local scheme, netloc, path, query = urlsplit(uri)
-    method = "POST"
+    local h = make_headers(spec, false)
     h["x-http-method-override"] = "GET"
     h["content-type"] = "application/x-www-form-urlencoded"
-    uri = urlunsplit(scheme, netloc, path, "", "")
-    body = query
+    r.method, r.headers = "POST", h
+    r.uri = urlunsplit(scheme, netloc, path, "", "")
+    r.body = query
   end
-  return setmetatable({ method = method, uri = uri, headers = h, body = body,
-                        _spec = spec, _u = upath, _q = q, _abs = abs }, request_mt)
+  return r
 end
 
-local function build(spec, params)
-  if params == nil then
-    params = EMPTY
-  elseif type(params) ~= "table" then
-    raise(format("gauth.discovery: %s: parameters must be a table, got %s",
-                 spec.id, type(params)))
+-- The URI before "?" and the query of a request.
+local function uri_parts(req)
+  if req._u then return req._u, req._q end
+  local uri, ql = req.uri, req._ql
+  return sub(uri, 1, #uri - ql - 1), sub(uri, #uri - ql + 1)
+end
+
+-- The URI when the template starts with a variable (one leading "/" of its
+-- value goes; an absolute URL replaces the base, as urljoin does) or is
+-- absolute itself.
+local function odd_uri(spec, parts, np, q)
+  local base = spec.absolute and spec.svc.base_slash or parts[1]
+  local expanded = concat(parts, "", 2, np)
+  if spec.var_first and sub(expanded, 1, 1) == "/" then expanded = sub(expanded, 2) end
+  if spec.absolute or find(expanded, "^https?://") then
+    return join_absolute(spec, base, expanded .. "?" .. q), expanded, true
   end
+  return base .. expanded .. "?" .. q, base .. expanded, nil
+end
+
+-- The key of `params` that no parameter has (there is one: the count of
+-- keys said so).
+local function unknown(spec, params)
   local by_name = spec.params
-  local parts, slots = spec.parts, spec.slots
-  for i = 1, spec.nslots do parts[slots[i]] = "" end
-  local n, body = 0, nil
-
-  for k, v in next, params do
-    local p = by_name[k]
-    if p == nil then
-      fail(spec, tostring(k), "unknown parameter")
-    end
-    if k ~= p.name and params[p.name] ~= nil then
-      fail(spec, tostring(k), "given twice (also as " .. p.name .. ")")
-    end
-    if v ~= null then
-      local kind = p.kind
-      if kind == KIND_QUERY then
-        local piece = p.cache[v]
-        if piece == nil then piece = query_piece(spec, p, v) end
-        if piece then
-          n = n + 1
-          QO[n], QP[n] = p.ord, piece
-        end
-      elseif kind == KIND_PATH then
-        local s = p.cache[v]
-        if s == nil then s = path_value(spec, p, v) end
-        parts[p.pos] = p.enc(s)
-        local more = p.more
-        if more then
-          for i = 1, #more do parts[more[i][1]] = more[i][2](s) end
-        end
-      elseif kind == KIND_BODY then
-        if type(v) ~= "table" then
-          fail(spec, "body", "expected a table, got " .. type(v))
-        end
-        body = v
-      elseif kind == KIND_ALT then
-        if p.cache[v] == nil then query_piece(spec, p, v) end
-      elseif kind == KIND_MEDIA then
-        fail(spec, k, "media uploads are not made here: use gauth.media")
-      else
-        -- accepted and not sent, as googleapiclient does (a "path"
-        -- parameter the template does not use, media_mime_type)
-        if p.type then values_of(spec, p, v) end
-      end
-    end
+  for k in next, params do
+    if by_name[k] == nil then fail(spec, tostring(k), "unknown parameter") end
   end
+end
 
-  local req = spec.required
-  for i = 1, #req do
-    local p = req[i]
-    local v = params[p.name]
-    if v == nil or v == null then
-      v = params[p.key]
-      if v == nil or v == null then
-        fail(spec, p.name, "missing required parameter")
-      end
-    end
-  end
-
-  local q
-  local tail = spec.tail
-  if n == 0 then
-    q = tail or ""
+local nkeys
+do
+  local ok, f = pcall(require, "table.nkeys")  -- OpenResty's LuaJIT: compiled
+  if ok and type(f) == "function" then
+    nkeys = f
   else
-    if n > 1 then
-      -- insertion sort: a handful of pieces
-      for i = 2, n do
-        local o, s = QO[i], QP[i]
-        local j = i - 1
-        while j > 0 and QO[j] > o do
-          QO[j + 1], QP[j + 1] = QO[j], QP[j]
-          j = j - 1
-        end
-        QO[j + 1], QP[j + 1] = o, s
-      end
-      q = concat(QP, "&", 1, n)
-    else
-      q = QP[1]
+    nkeys = function(t)
+      local n = 0
+      for _ in next, t do n = n + 1 end
+      return n
     end
-    if tail then q = q .. "&" .. tail end
   end
+end
 
-  local upath, uri, abs
-  if spec.var_first then
-    -- the template starts with a variable: its value may start with "/"
-    -- (one is dropped) or be an absolute URL (urljoin takes it)
-    local base = parts[1]
-    local expanded = concat(parts, "", 2)
-    if sub(expanded, 1, 1) == "/" then expanded = sub(expanded, 2) end
-    if find(expanded, "^https?://") then
-      uri = join_absolute(spec, base, expanded .. "?" .. q)
-      upath, abs = expanded, true
-    else
-      upath = base .. expanded
+local function params_error(spec, params)
+  raise(format("gauth.discovery: %s: parameters must be a table, got %s",
+               spec.id, type(params)))
+end
+
+local function body_error(spec, v)
+  fail(spec, "body", "expected a table, got " .. type(v))
+end
+
+local function media_error(spec)
+  fail(spec, "media_body", "media uploads are not made here: use gauth.media")
+end
+
+local function twice(spec, p)
+  fail(spec, p.key, "given twice (also as " .. p.name .. ")")
+end
+
+local function odd_finish(spec, B, np, k, body)
+  local q = k > np + 1 and concat(B, "", np + 2, k) or ""
+  local uri, upath, abs = odd_uri(spec, B, np, q)
+  return finish(spec, uri, #q, body, upath, q, abs)
+end
+
+local function body_text(spec, body)
+  if spec.svc.data_wrapper and body.data == nil then body = { data = body } end
+  return encode_body(spec, body)
+end
+
+local HELPERS = {
+  null = null, nkeys = nkeys, unknown = unknown, fail = fail, finish = finish,
+  odd_finish = odd_finish, query_piece = query_piece, path_value = path_value,
+  values_of = values_of, params_error = params_error, body_error = body_error,
+  media_error = media_error, twice = twice, body_text = body_text,
+  concat = concat, type = type, EMPTY = EMPTY, getmetatable = getmetatable,
+  resource_mt = resource_mt, colon_error = colon_error,
+}
+
+-- The builder of one method, as Lua source made for it: one lookup per
+-- parameter the method has, in query order (so the query needs no
+-- sorting), values memoised per parameter, the URI made by one
+-- table.concat. Straight-line code is what LuaJIT compiles well: a loop
+-- over the caller's table would leave the rest of the build to its
+-- interpreter. Names and literals enter the source through %q only.
+local function compile_builder(spec)
+  local by_name, B = spec.params, spec.parts
+  local list = {}
+  for name, p in pairs(by_name) do
+    if name == p.name then list[#list + 1] = p end
+  end
+  sort(list, function(a, b)
+    if a.kind == KIND_QUERY and b.kind == KIND_QUERY then return a.ord < b.ord end
+    if (a.kind == KIND_QUERY) ~= (b.kind == KIND_QUERY) then return b.kind == KIND_QUERY end
+    return a.name < b.name
+  end)
+  local np = spec.nparts
+  local C, P = {}, {}
+  local src = { "local H, spec, B, C, P = ...\n" }
+  for name in pairs(HELPERS) do
+    src[#src + 1] = format("local %s = H.%s\n", name, name)
+  end
+  for _, line in ipairs({
+    "return function(self, params)\n",
+    "  if getmetatable(self) ~= resource_mt then colon_error(spec.id) end\n",
+    "  if params == nil then params = EMPTY elseif type(params) ~= 'table' then params_error(spec, params) end\n",
+    format("  local n, k, miss, body, v, e = 0, %d, nil, nil\n", np + 1),
+  }) do src[#src + 1] = line end
+  local function add(...) src[#src + 1] = format(...) end
+  local path_vars = {}
+  for i, p in ipairs(list) do
+    C[i], P[i] = p.cache, p
+    add("  v = params[%q]\n", p.name)
+    if p.key ~= p.name and by_name[p.key] == p then
+      add("  do local v2 = params[%q]; if v2 ~= nil then if v ~= nil then twice(spec, P[%d]) end; v = v2 end end\n",
+          p.key, i)
     end
-  elseif spec.absolute then
-    upath = concat(parts)
-    uri = join_absolute(spec, spec.svc.base_slash, upath .. "?" .. q)
-    abs = true
+    add("  if v ~= nil then\n    n = n + 1\n    if v ~= null then\n")
+    local kind = p.kind
+    if kind == KIND_QUERY then
+      add("      e = C[%d][v]; if e == nil then e = query_piece(spec, P[%d], v) end\n", i, i)
+      add("      if e then k = k + 1; B[k] = e; k = k + 1; B[k] = '&' end\n")
+    elseif kind == KIND_PATH then
+      add("      e = C[%d][v]; if e == nil then path_value(spec, P[%d], v, B) else B[%d] = e end\n",
+          i, i, p.pos)
+      path_vars[#path_vars + 1] = p.pos
+      for _, m in ipairs(p.more or {}) do path_vars[#path_vars + 1] = m[1] end
+    elseif kind == KIND_BODY then
+      add("      if type(v) ~= 'table' then body_error(spec, v) end; body = v\n")
+    elseif kind == KIND_ALT then
+      add("      if C[%d][v] == nil then query_piece(spec, P[%d], v) end\n", i, i)
+    elseif kind == KIND_MEDIA then
+      add("      media_error(spec)\n")
+    else
+      add("      values_of(spec, P[%d], v)\n", i)
+    end
+    if p.required then
+      add("    elseif miss == nil then miss = %q\n    end\n  elseif miss == nil then miss = %q\n", p.name, p.name)
+    elseif kind == KIND_PATH then
+      -- an absent optional path parameter expands to nothing
+      local clear = { format("B[%d] = ''", p.pos) }
+      for _, m in ipairs(p.more or {}) do clear[#clear + 1] = format("B[%d] = ''", m[1]) end
+      add("    else %s\n    end\n  else %s\n", concat(clear, "; "), concat(clear, "; "))
+    else
+      add("    end\n")
+    end
+    add("  end\n")
+  end
+  add("  if n ~= nkeys(params) then unknown(spec, params) end\n")
+  add("  if miss then fail(spec, miss, 'missing required parameter') end\n")
+  if spec.tail then
+    add("  k = k + 1; B[k] = %q\n", spec.tail)
   else
-    upath = concat(parts)
+    add("  if k > %d then k = k - 1 end\n", np + 1)
   end
-  uri = uri or (upath .. "?" .. q)
-
-  local btext
-  if body then
-    if spec.svc.data_wrapper and body.data == nil then body = { data = body } end
-    btext = encode_body(spec, body)
+  add("  if body then body = body_text(spec, body) end\n")
+  if spec.var_first or spec.absolute then
+    add("  return odd_finish(spec, B, %d, k, body)\n", np)
+  else
+    -- the length of the URI before "?": the literals' and the variables'
+    local lit = 0
+    local is_var = {}
+    for _, pos in ipairs(path_vars) do is_var[pos] = true end
+    local ul = {}
+    for pos = 1, np do
+      if is_var[pos] then ul[#ul + 1] = format("#B[%d]", pos) else lit = lit + #B[pos] end
+    end
+    ul[#ul + 1] = tostring(lit)
+    add("  local uri = concat(B, '', 1, k)\n")
+    add("  return finish(spec, uri, #uri - (%s) - 1, body)\n", concat(ul, " + "))
   end
-  return finish(spec, upath, q, uri, btext, abs)
+  add("end\n")
+  local code = concat(src)
+  local chunk, err = (loadstring or load)(code, "=gauth.discovery:" .. spec.id)  -- luacheck: ignore
+  if not chunk then
+    error("gauth.discovery: internal: cannot compile the builder of " .. spec.id .. ": " .. err, 0)
+  end
+  return chunk(HELPERS, spec, B, C, P)
 end
 
 -- The request for the page after `prev_req`, or nil (googleapiclient's
@@ -928,12 +1048,15 @@ local function next_request(spec, prev_req, prev_resp)
     return nil
   end
   if type(tok) ~= "string" then tok = tostring(tok) end
-  if type(prev_req) ~= "table" or getmetatable(prev_req) ~= request_mt then
+  if not is_request(prev_req) then
     raise(format("gauth.discovery: %s: _next: expects the previous request", spec.id))
   end
+  local upath, q = uri_parts(prev_req)
+  local abs = prev_req._abs
+  local body = prev_req.body
+  if prev_req.method ~= spec.http_method then body = nil end  -- a form body
   if page.in_query then
     -- the other query parameters stay as they were; the token is replaced
-    local q = prev_req._q
     local kept, m = {}, 0
     local qkey, lk = page.qkey, #page.qkey
     for piece in string.gmatch(q, "[^&]+") do
@@ -942,19 +1065,15 @@ local function next_request(spec, prev_req, prev_resp)
     m = m + 1
     kept[m] = qkey .. quote_plus(tok)
     q = concat(kept, "&")
-    local upath, abs = prev_req._u, prev_req._abs
-    local uri = upath .. "?" .. q
-    if abs then uri = join_absolute(spec, spec.svc.base_slash, uri) end
-    local body = prev_req.body
-    if prev_req.method ~= spec.http_method then body = nil end  -- a form body
-    return finish(spec, upath, q, uri, body, abs)
+  else
+    local b = body and json_decode(body)
+    if type(b) ~= "table" then b = {} end
+    b[page.name] = tok
+    body = encode_body(spec, b)
   end
-  local body = prev_req.body and json_decode(prev_req.body)
-  if type(body) ~= "table" then body = {} end
-  body[page.name] = tok
-  local uri = prev_req._u .. "?" .. prev_req._q
-  if prev_req._abs then uri = join_absolute(spec, spec.svc.base_slash, uri) end
-  return finish(spec, prev_req._u, prev_req._q, uri, encode_body(spec, body), prev_req._abs)
+  local uri = upath .. "?" .. q
+  if abs then uri = join_absolute(spec, spec.svc.base_slash, uri) end
+  return finish(spec, uri, #q, body, upath, q, abs)
 end
 
 ---------------------------------------------------------------------------
@@ -1044,7 +1163,8 @@ function request:execute(opts)
   local refreshed = false
 
   local function attempt(_, remaining)
-    local h = copy(self.headers)
+    local own = rawget(self, "headers")
+    local h = own and copy(own) or make_headers(spec, self.body ~= nil)
     if creds then
       local ok, err = creds:apply(h)
       if not ok then
@@ -1118,8 +1238,6 @@ end
 ---------------------------------------------------------------------------
 -- Resources.
 
-local resource_mt = {}
-
 local function new_resource(svc, desc, path)
   return setmetatable({ _svc = svc, _desc = desc, _path = path }, resource_mt)
 end
@@ -1157,10 +1275,6 @@ local function names_of(desc, svc)
   return names
 end
 
-local function colon_error(id)
-  raise(format("gauth.discovery: %s: call it with a colon (resource:method(params))", id))
-end
-
 resource_mt.__index = function(self, key)
   if type(key) ~= "string" then return nil end
   local names = rawget(self, "_names")
@@ -1184,19 +1298,22 @@ resource_mt.__index = function(self, key)
         return child
       end
     elseif kind == "method" or kind == "media" or kind == "next" then
-      local mdesc = desc.methods[name]
-      local spec = prepare(svc, mdesc, name, kind == "media" and "media" or nil)
+      -- a method and its _next share one prepared spec
+      local specs = rawget(self, "_specs")
+      if not specs then specs = {}; rawset(self, "_specs", specs) end
+      local skey = (kind == "media" and "media " or "") .. name
+      local spec = specs[skey]
+      if not spec then
+        spec = prepare(svc, desc.methods[name], name, kind == "media" and "media" or nil)
+        specs[skey] = spec
+      end
       if kind == "next" then
         fn = function(s, prev_req, prev_resp)
           if getmetatable(s) ~= resource_mt then colon_error(spec.id) end
           return next_request(spec, prev_req, prev_resp)
         end
       else
-        fn = function(s, params)
-          if getmetatable(s) ~= resource_mt then colon_error(spec.id) end
-          local r = build(spec, params)
-          return r
-        end
+        fn = compile_builder(spec)
       end
     end
     e.fn = fn

@@ -24,8 +24,10 @@ local tonumber = tonumber
 local _M = { _VERSION = "0.1.0" }
 
 -- The subject of the running match. Matching never yields or calls out, so
--- one pair of upvalues serves every compiled pattern.
-local S, N = "", 0
+-- these upvalues serve every compiled pattern. ASCII: the subject has no
+-- byte above 127, so a byte is a code point (the common case, and fast).
+local S, N, ASCII = "", 0, true
+local find = string.find
 
 --- Decode the code point at byte `i` of S: cp, next index. A byte that does
 -- not start a well-formed UTF-8 sequence stands for itself.
@@ -354,13 +356,52 @@ end
 
 local compile
 
+-- A character class as a table for the ASCII bytes, beside its predicate.
+local function ascii_table(pred)
+  local t = {}
+  for b = 0, 127 do t[b] = pred(b) and true or false end
+  return t
+end
+
 local function compile_set(pred)
+  local T = ascii_table(pred)
   return function(i, k)
     if i > N then return false end
+    if ASCII then
+      if not T[byte(S, i)] then return false end
+      return k(i + 1)
+    end
     local cp, j = step(i)
     if not pred(cp) then return false end
     return k(j)
   end
+end
+
+-- The literal bytes every match of a node contains (a set), for pruning:
+-- an optional group whose bytes are not all ahead cannot match there.
+local function required_bytes(node)
+  local t = node[1]
+  local r = {}
+  if t == "lit" then
+    for i = 1, #node[2] do r[sub(node[2], i, i)] = true end
+  elseif t == "seq" then
+    for i = 2, #node do
+      for c in pairs(required_bytes(node[i])) do r[c] = true end
+    end
+  elseif t == "alt" then
+    local first = true
+    for i = 2, #node do
+      local ri = required_bytes(node[i])
+      if first then
+        r, first = ri, false
+      else
+        for c in pairs(r) do if not ri[c] then r[c] = nil end end
+      end
+    end
+  elseif t == "rep" and node[3] >= 1 then
+    r = required_bytes(node[2])
+  end
+  return r
 end
 
 local function compile_rep(node, lo, hi)
@@ -368,7 +409,20 @@ local function compile_rep(node, lo, hi)
     -- the common case ("[^/]+", "[-a-z0-9]{0,61}"): scan greedily, then
     -- offer every length from the longest down to lo
     local pred = node[2]
+    local T = ascii_table(pred)
     return function(i, k)
+      if ASCII then
+        local c, j = 0, i
+        while c < hi and j <= N and T[byte(S, j)] do
+          c = c + 1
+          j = j + 1
+        end
+        if c < lo then return false end
+        for t = c, lo, -1 do
+          if k(i + t) then return true end
+        end
+        return false
+      end
       local c, j, pos = 0, i, nil
       while c < hi and j <= N do
         local cp, nj = step(j)
@@ -389,7 +443,17 @@ local function compile_rep(node, lo, hi)
     end
   end
   local m = compile(node)
+  local req = {}
+  for c in pairs(required_bytes(node)) do req[#req + 1] = c end
+  local nreq = #req
   return function(i, k)
+    for r = 1, nreq do
+      if not find(S, req[r], i, true) then
+        -- the group cannot match here, nor any number of times
+        if lo == 0 then return k(i) end
+        return false
+      end
+    end
     local function try(j, c)
       if c < hi then
         local ok = m(j, function(j2)
@@ -424,8 +488,13 @@ local function compile_seq(node, from)
     end
   elseif head[1] == "set" then
     local pred = head[2]
+    local T = ascii_table(pred)
     return function(i, k)
       if i > N then return false end
+      if ASCII then
+        if not T[byte(S, i)] then return false end
+        return rest(i + 1, k)
+      end
       local cp, j = step(i)
       if not pred(cp) then return false end
       return rest(j, k)
@@ -500,10 +569,10 @@ function _M.compile(pattern)
   end
   local m = compile(tree)
   return function(value)
-    local s0, n0 = S, N
-    S, N = value, #value
+    local s0, n0, a0 = S, N, ASCII
+    S, N, ASCII = value, #value, not find(value, "[\128-\255]")
     local r = m(1, accept)
-    S, N = s0, n0
+    S, N, ASCII = s0, n0, a0
     return r
   end
 end
