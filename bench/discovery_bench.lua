@@ -8,13 +8,13 @@
 --
 -- Reads ../shared/discovery/compute.v1.json. Prints `name value unit`
 -- lines; names end in the interpreter's name:
---   discovery_request_<lua>          requests/s, the same values each time
---                                     (what an application building the same
---                                     call for a project and zone does)
---   discovery_request_unique_<lua>   requests/s, project, zone and filter
---                                     new each time (nothing memoised helps)
---   discovery_build_compute_<lua>    ms per build_from_document(text)
---   discovery_json_compute_<lua>     ms per cjson.decode(text), for scale
+--   request_build_<lua>          requests/s, the same values each time (what
+--                                 an application building the same call for
+--                                 a project and zone does)
+--   request_build_unique_<lua>   requests/s, project, zone and filter new
+--                                 each time (nothing memoised helps)
+--   build_from_document_<lua>    ms per build_from_document(text)
+--   json_decode_compute_<lua>    ms per cjson.decode(text), for scale
 -- Every request built is kept for a while (a ring of 64), as a request is
 -- when it is sent, so LuaJIT cannot skip making it; its method and uri are
 -- read. Its headers are not: they are made when first read (execute()
@@ -81,7 +81,7 @@ local sink, ring = 0, {}
 
 local params = { project = "my-project", zone = "us-central1-a",
                  maxResults = 10, filter = "status = RUNNING" }
-out("discovery_request", rate(function(n)
+out("request_build", rate(function(n)
   for i = 1, n do
     local r = instances:list(params)
     ring[i % 64 + 1] = r
@@ -98,7 +98,7 @@ for i = 1, 4096 do
   filters[i] = "name = instance-" .. i
 end
 local p2 = { maxResults = 10 }
-out("discovery_request_unique", rate(function(n)
+out("request_build_unique", rate(function(n)
   for i = 1, n do
     local k = i % 4096 + 1
     p2.project, p2.zone, p2.filter = projects[k], zones[k], filters[k]
@@ -108,12 +108,12 @@ out("discovery_request_unique", rate(function(n)
   end
 end), "req/s")
 
-out("discovery_build_compute", time_ms(function()
+out("build_from_document", time_ms(function()
   local s = discovery.build_from_document(text)
   sink = sink + (s and 1 or 0)
 end, 10), "ms")
 
-out("discovery_json_compute", time_ms(function()
+out("json_decode_compute", time_ms(function()
   local d = cjson.decode(text)
   sink = sink + (d and 1 or 0)
 end, 10), "ms")

@@ -5,11 +5,11 @@ python3-googleapi) building the same requests from the same document.
   /usr/bin/python3 bench/discovery_ref.py
 
 Prints `name value unit` lines:
-  googleapiclient_request          requests/s, compute v1 instances.list with
-                                   project, zone, maxResults, filter
-  googleapiclient_request_unique   the same with new values each time
-  googleapiclient_build_compute    ms per build_from_document(text)
-  googleapiclient_json_compute     ms per json.loads(text), for scale
+  request_build_ref          requests/s, compute v1 instances.list with
+                             project, zone, maxResults, filter
+  request_build_unique_ref   the same with new values each time
+  build_from_document_ref    ms per build_from_document(text)
+  json_decode_compute_ref    ms per json.loads(text), for scale
 BENCH_SECONDS sets the time per measurement (default 2).
 """
 
@@ -68,7 +68,7 @@ def main():
                                maxResults=10, filter="status = RUNNING")
             r.uri
 
-    out("googleapiclient_request", rate(same), "req/s")
+    out("request_build_ref", rate(same), "req/s")
 
     projects = ["project-%d-x" % i for i in range(4096)]
     zones = ["europe-west%d-b" % i for i in range(4096)]
@@ -81,11 +81,11 @@ def main():
                                maxResults=10, filter=filters[k])
             r.uri
 
-    out("googleapiclient_request_unique", rate(unique), "req/s")
+    out("request_build_unique_ref", rate(unique), "req/s")
 
-    out("googleapiclient_build_compute",
+    out("build_from_document_ref",
         time_ms(lambda: build_from_document(text, http=HttpMock()), 10), "ms")
-    out("googleapiclient_json_compute", time_ms(lambda: json.loads(text), 10), "ms")
+    out("json_decode_compute_ref", time_ms(lambda: json.loads(text), 10), "ms")
 
 
 if __name__ == "__main__":

@@ -423,6 +423,26 @@ describe("gauth.discovery", function()
       assert.equals("alt=json&key=k+y", query_of(r.uri))
     end)
 
+    it("scopes credentials that ask for scopes to the document's, as googleapiclient does", function()
+      local scoped
+      local creds = fake_creds()
+      creds.requires_scopes = true
+      function creds:with_scopes(list)
+        scoped = list
+        local c = fake_creds()
+        c.token = "scoped"
+        return c
+      end
+      local http = fake_http({ { body = "{}" } })
+      local s = assert(discovery.build_from_document(toy_doc(), { credentials = creds, http = http }))
+      s:items():list({ project = "p" }):execute()
+      assert.same({ "https://www.googleapis.com/auth/cloud-platform" }, scoped)
+      assert.equals("Bearer scoped", http.calls[1].headers.authorization)
+      creds.requires_scopes, scoped = nil, nil
+      assert(discovery.build_from_document(toy_doc(), { credentials = creds }))
+      assert.is_nil(scoped)
+    end)
+
     it("opts are checked", function()
       raises("opts.quota_project must be a non%-empty string", function()
         discovery.build_from_document(toy_doc(), { quota_project = "" })
