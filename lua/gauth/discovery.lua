@@ -131,6 +131,12 @@ local function fail(spec, pname, msg)
   raise(format("gauth.discovery: %s: %s: %s", spec.id, pname, msg))
 end
 
+local function check_number(v, what, fname, level)
+  if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0 or v == huge) then
+    error("gauth.discovery: " .. fname .. ": " .. what .. " must be a number >= 0", level + 1)
+  end
+end
+
 -- The metatable of resource objects (set up with them, below).
 local resource_mt = {}
 
@@ -370,7 +376,8 @@ local function query_piece(spec, p, v)
     for i = 1, #vals do vals[i] = p.qkey .. quote_plus(vals[i]) end
     piece = concat(vals, "&")
   end
-  if cacheable(v) then
+  -- 0 and -0.0 are one table key; Python writes 0.0 and -0.0 for a number
+  if cacheable(v) and not (v == 0 and p.type == "number") then
     trim_cache(p.cache)
     p.cache[v] = piece
   end
@@ -1146,6 +1153,8 @@ end
 --   id, with `status`, `reason`, `message`, `details`, `body`, `uri`)
 function request:execute(opts)
   opts = opts or EMPTY
+  check_number(opts.num_retries, "opts.num_retries", "execute", 2)
+  check_number(opts.timeout, "opts.timeout", "execute", 2)
   local spec = self._spec
   local svc = spec.svc
   local http = opts.http or svc.http
@@ -1332,6 +1341,7 @@ end
 ---------------------------------------------------------------------------
 -- Services.
 
+
 local function check_opts(opts, fname)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
@@ -1352,6 +1362,8 @@ local function check_opts(opts, fname)
   if o.http ~= nil and (type(o.http) ~= "table" or type(o.http.request) ~= "function") then
     error("gauth.discovery: " .. fname .. ": opts.http must be a transport (with :request)", 3)
   end
+  check_number(o.num_retries, "opts.num_retries", fname, 3)
+  check_number(o.timeout, "opts.timeout", fname, 3)
   return o
 end
 
