@@ -1,0 +1,392 @@
+--- Test doubles for code that uses gauth: transports that answer from a
+-- list and record every request (as googleapiclient's `HttpMock` and
+-- `HttpMockSequence`), and credentials with a fixed token.
+--
+--     local testing = require "gauth.testing"
+--     local discovery = require "gauth.discovery"
+--     local http = testing.http_sequence{
+--       { status = 503 },
+--       { status = 200, body = { items = {} } },   -- a table is sent as JSON
+--     }
+--     local svc = assert(discovery.build_from_document(doc, {
+--       http = http, credentials = testing.credentials{ token = "t" } }))
+--     local resp = assert(svc:instances():list({ project = "p" }):execute())
+--     assert(#http.requests == 2)
+--     assert(http.requests[2].headers.authorization == "Bearer t")
+--
+-- A response entry is a table: `status` (default 200), `headers` (names
+-- are lower-cased), `reason`, and `body`: a string (sent as is), a table
+-- (sent as its JSON), a function `body(req)` returning the string, or one
+-- of googleapiclient's echo modes:
+--
+-- * `"echo_request_headers"`: the request's headers as text, one
+--   `name: value` line each, sorted (googleapiclient answers with the
+--   header dict itself; gauth's transports answer with strings);
+-- * `"echo_request_headers_as_json"`: the request's headers as a JSON object;
+-- * `"echo_request_body"`: the request's body (empty when it had none);
+-- * `"echo_request_uri"`: the request's URL.
+--
+-- `file = path` reads the body from a file when the double is made (as
+-- `HttpMock(filename)`). `error = "message"` (or a `gauth.errors` object)
+-- makes the transport fail instead, as a real one does when it cannot
+-- connect: `request` returns nil and the error (`retryable` from the entry,
+-- default true).
+-- @module gauth.testing
+
+local errors = require "gauth.errors"
+local util = require "gauth.util"
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local error = error
+local setmetatable = setmetatable
+local floor = math.floor
+local lower = string.lower
+local format = string.format
+local sort = table.sort
+local concat = table.concat
+
+local _M = { _VERSION = "0.1.0" }
+
+local REASONS = {
+  [200] = "OK", [201] = "Created", [204] = "No Content",
+  [301] = "Moved Permanently", [302] = "Found", [304] = "Not Modified",
+  [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
+  [404] = "Not Found", [409] = "Conflict", [412] = "Precondition Failed",
+  [429] = "Too Many Requests", [500] = "Internal Server Error",
+  [502] = "Bad Gateway", [503] = "Service Unavailable", [504] = "Gateway Timeout",
+}
+
+local ECHO = {
+  echo_request_headers = true, echo_request_headers_as_json = true,
+  echo_request_body = true, echo_request_uri = true,
+}
+
+local function copy(t)
+  local o = {}
+  if t then
+    for k, v in pairs(t) do o[k] = v end
+  end
+  return o
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+  sort(keys)
+  return keys
+end
+
+-- One response entry, checked and normalised when the double is made, so
+-- that a mistake in a test shows at the line that made it.
+local function entry_of(e, where)
+  if type(e) ~= "table" then
+    error(format("gauth.testing: %s: a response must be a table, got %s", where, type(e)), 4)
+  end
+  local n = {}
+  if e.error ~= nil then
+    if type(e.error) ~= "string" and not errors.is(e.error) then
+      error(format("gauth.testing: %s: error must be a string or a gauth.errors object", where), 4)
+    end
+    n.error = e.error
+    n.retryable = e.retryable
+    if n.retryable == nil then n.retryable = true end
+    return n
+  end
+  local status = e.status or 200
+  if type(status) ~= "number" or status ~= floor(status) or status < 100 or status > 599 then
+    error(format("gauth.testing: %s: status must be an integer from 100 to 599", where), 4)
+  end
+  n.status = status
+  n.reason = e.reason or REASONS[status] or ""
+  n.headers = {}
+  if e.headers ~= nil then
+    if type(e.headers) ~= "table" then
+      error(format("gauth.testing: %s: headers must be a table", where), 4)
+    end
+    for k, v in pairs(e.headers) do
+      if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+        error(format("gauth.testing: %s: headers must map names to strings", where), 4)
+      end
+      n.headers[lower(k)] = tostring(v)
+    end
+  end
+  local body = e.body
+  if e.file ~= nil then
+    if body ~= nil then
+      error(format("gauth.testing: %s: give body or file, not both", where), 4)
+    end
+    local data, err = util.read_file(e.file)
+    if not data then
+      error(format("gauth.testing: %s: cannot read %s: %s", where, tostring(e.file),
+                   tostring(err)), 4)
+    end
+    body = data
+  end
+  local tb = type(body)
+  if body == nil then
+    body = ""
+  elseif tb == "table" then
+    local text = util.json_encode(body)
+    if not text then
+      error(format("gauth.testing: %s: body table cannot be encoded as JSON", where), 4)
+    end
+    body = text
+  elseif tb ~= "string" and tb ~= "function" then
+    error(format("gauth.testing: %s: body must be a string, a table or a function", where), 4)
+  end
+  n.body = body
+  return n
+end
+
+local function echo(mode, req)
+  local h = req.headers or {}
+  if mode == "echo_request_headers" then
+    local lines = {}
+    for _, k in ipairs(sorted_keys(h)) do lines[#lines + 1] = k .. ": " .. tostring(h[k]) end
+    return concat(lines, "\r\n")
+  elseif mode == "echo_request_headers_as_json" then
+    return util.json_encode(copy(h))
+  elseif mode == "echo_request_body" then
+    return req.body or ""
+  end
+  return req.url  -- echo_request_uri
+end
+
+-- The response to `req` from a normalised entry: res | nil, err
+local function respond(e, req)
+  if e.error then
+    local err = e.error
+    if not errors.is(err) then
+      err = errors.new("testing", "request", err, { retryable = e.retryable })
+    end
+    return nil, err
+  end
+  local body = e.body
+  if ECHO[body] then
+    body = echo(body, req)
+  elseif type(body) == "function" then
+    body = body(req)
+    if type(body) ~= "string" then
+      error("gauth.testing: a body function must return a string", 3)
+    end
+  end
+  return { status = e.status, reason = e.reason, headers = copy(e.headers), body = body }
+end
+
+---------------------------------------------------------------------------
+-- Transports
+
+local transport = {}
+local transport_mt = { __index = transport }
+
+transport_mt.__tostring = function(self)
+  return format("gauth.testing %s (%d requests)", self.kind, #self.requests)
+end
+
+-- What the transport interface promises a transport; checked so that code
+-- under test that breaks it fails here rather than against a real one.
+local function check_request(req)
+  if type(req) ~= "table" then
+    error("gauth.testing: request: the request must be a table, got " .. type(req), 3)
+  end
+  if type(req.url) ~= "string" or req.url == "" then
+    error("gauth.testing: request: req.url must be a non-empty string", 3)
+  end
+  if req.method ~= nil and type(req.method) ~= "string" then
+    error("gauth.testing: request: req.method must be a string", 3)
+  end
+  if req.headers ~= nil and type(req.headers) ~= "table" then
+    error("gauth.testing: request: req.headers must be a table", 3)
+  end
+  if req.body ~= nil and type(req.body) ~= "string" then
+    error("gauth.testing: request: req.body must be a string", 3)
+  end
+end
+
+-- A copy of the request as it was when sent (callers may reuse theirs).
+local function record(self, req)
+  local r = copy(req)
+  r.method = req.method or "GET"
+  r.headers = copy(req.headers)
+  local list = self.requests
+  list[#list + 1] = r
+  self.last_request = r
+  return r
+end
+
+--- Answer a request (the transport interface: see ARCHITECTURE.md).
+-- Records a copy of it in `requests` (and `last_request`) first.
+-- @tparam table req `{ method=, url=, headers=, body=, ... }`
+-- @return `{ status=, reason=, headers=, body= }` | nil, err; raises when
+-- a sequence has no response left
+function transport:request(req)
+  check_request(req)
+  local r = record(self, req)
+  local e
+  if self.kind == "http_mock" then
+    e = self.entry
+  else
+    local i = self.position + 1
+    e = self.entries[i]
+    if not e then
+      error(format("gauth.testing: http_sequence: request %d (%s %s) but the sequence "
+        .. "has %d response%s", #self.requests, r.method, tostring(req.url),
+        #self.entries, #self.entries == 1 and "" or "s"), 2)
+    end
+    self.position = i
+  end
+  return respond(e, r)
+end
+
+--- How many responses a sequence has not given yet (`http_mock`: always
+-- math.huge).
+function transport:remaining()
+  if self.kind == "http_mock" then return math.huge end
+  return #self.entries - self.position
+end
+
+--- Transports have `close()`; this one only notes it was called.
+-- @return true
+function transport:close()
+  self.closed = true
+  return true
+end
+
+--- A transport that gives every request the same response.
+-- @tparam[opt] table response `{ status=, headers=, body=, file=, reason= }`
+--   or `{ error=, retryable= }` (see the module's description); default an
+--   empty 200
+-- @return the transport, with `requests` (every request, oldest first) and
+--   `last_request`
+function _M.http_mock(response)
+  local e = entry_of(response or {}, "http_mock")
+  return setmetatable({ kind = "http_mock", entry = e, requests = {} }, transport_mt)
+end
+
+--- A transport that answers requests with `responses` in turn; one more
+-- request than there are responses raises an error (a test that sends more
+-- than it expected).
+-- @tparam table responses array of response entries (as for `http_mock`)
+-- @return the transport, with `requests`, `last_request` and `remaining()`
+function _M.http_sequence(responses)
+  if type(responses) ~= "table" then
+    error("gauth.testing: http_sequence: responses must be an array of tables", 2)
+  end
+  local entries = {}
+  for i, r in ipairs(responses) do
+    entries[i] = entry_of(r, "http_sequence[" .. i .. "]")
+  end
+  return setmetatable({ kind = "http_sequence", entries = entries, position = 0,
+                        requests = {} }, transport_mt)
+end
+
+---------------------------------------------------------------------------
+-- Credentials
+
+local creds = { kind = "testing" }
+local creds_mt = { __index = creds }
+
+creds_mt.__tostring = function(self)
+  -- Never the token: the same rule as real credentials.
+  return "gauth.testing credentials" ..
+    (self.quota_project and (" (quota project " .. self.quota_project .. ")") or "")
+end
+
+--- Credentials that need no token endpoint: `token()` gives a fixed token.
+-- @tparam[opt] table opts `token` (string, default "test-token"; or an
+--   array of strings: each `invalidate()` moves to the next, as a refresh
+--   after a 401 would), `expires_at` (epoch seconds; default an hour from
+--   now), `quota_project`, `error` (a message or `gauth.errors` object:
+--   `token()` and `apply()` fail with it), `requires_scopes` (boolean,
+--   default false: what `gauth.discovery` asks before applying an API's
+--   scopes)
+-- @return credentials with `token`, `apply`, `invalidate`, `with_scopes`,
+--   `requires_scopes`, and counters `token_calls`, `invalidations`
+function _M.credentials(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth.testing: credentials: opts must be a table", 2)
+  end
+  opts = opts or {}
+  local tokens = opts.token or "test-token"
+  if type(tokens) == "string" then tokens = { tokens } end
+  if type(tokens) ~= "table" or #tokens == 0 then
+    error("gauth.testing: credentials: token must be a string or an array of strings", 2)
+  end
+  for i, t in ipairs(tokens) do
+    if type(t) ~= "string" or t == "" then
+      error("gauth.testing: credentials: token[" .. i .. "] must be a non-empty string", 2)
+    end
+  end
+  if opts.error ~= nil and type(opts.error) ~= "string" and not errors.is(opts.error) then
+    error("gauth.testing: credentials: error must be a string or a gauth.errors object", 2)
+  end
+  if opts.quota_project ~= nil and (type(opts.quota_project) ~= "string" or opts.quota_project == "") then
+    error("gauth.testing: credentials: quota_project must be a non-empty string", 2)
+  end
+  return setmetatable({
+    tokens = copy(tokens), index = 1,
+    expires_at = opts.expires_at,
+    quota_project = opts.quota_project,
+    error = opts.error,
+    _requires_scopes = opts.requires_scopes == true,
+    scopes = opts.scopes,
+    token_calls = 0, invalidations = 0,
+  }, creds_mt)
+end
+
+--- The current token.
+-- @return token, expires_at | nil, err
+function creds:token()
+  self.token_calls = self.token_calls + 1
+  local err = self.error
+  if err then
+    if not errors.is(err) then err = errors.new("testing", "token", err) end
+    return nil, err
+  end
+  local i = self.index
+  if i > #self.tokens then i = #self.tokens end
+  return self.tokens[i], self.expires_at or (util.now() + 3600)
+end
+
+--- Set `authorization` (and `x-goog-user-project`) as real credentials do.
+-- @tparam[opt] table headers changed in place (a new table when nil)
+-- @return headers | nil, err
+function creds:apply(headers)
+  if headers == nil then
+    headers = {}
+  elseif type(headers) ~= "table" then
+    error("gauth.testing: apply: headers must be a table", 2)
+  end
+  local tok, err = self:token()
+  if not tok then return nil, err end
+  headers.authorization = "Bearer " .. tok
+  if self.quota_project then headers["x-goog-user-project"] = self.quota_project end
+  return headers
+end
+
+--- Count the call and move to the next token of the list (if any).
+-- @return true
+function creds:invalidate()
+  self.invalidations = self.invalidations + 1
+  self.index = self.index + 1
+  return true
+end
+
+--- Do these credentials want an API's scopes? (`opts.requires_scopes`)
+function creds:requires_scopes()
+  return self._requires_scopes
+end
+
+--- A copy that records `scopes` (in its `scopes` field).
+function creds:with_scopes(scopes)
+  local o = copy(self)
+  o.tokens = copy(self.tokens)
+  o.scopes = scopes
+  o._requires_scopes = false
+  return setmetatable(o, creds_mt)
+end
+
+return _M
