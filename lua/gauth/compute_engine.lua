@@ -1,0 +1,353 @@
+--- Compute Engine credentials: access tokens and ID tokens of the
+-- machine's service account, from the metadata server. The same on GKE,
+-- Cloud Run, Cloud Functions and App Engine (second generation), which
+-- all have a metadata server.
+--
+--     local ce = require "gauth.compute_engine"
+--     local creds = assert(ce.credentials())
+--     local headers = assert(creds:apply({}))   -- authorization: Bearer ...
+--
+-- The token comes from
+-- `http://<host>/computeMetadata/v1/instance/service-accounts/<sa>/token`
+-- (`?scopes=a,b` with scopes), with `Metadata-Flavor: Google` both ways;
+-- `<host>` is `GCE_METADATA_HOST` or `metadata.google.internal` (see
+-- `gauth.metadata`). Tokens are cached and refreshed like every gauth
+-- credentials' (within 225 s of expiry, one refresh at a time); reads are
+-- retried on transport errors, 429 and 5xx.
+--
+-- Errors are `gauth.errors` objects with module "compute_engine" (steps
+-- "metadata host", "metadata request", "metadata response"; "app_engine"
+-- for credentials made by `gauth.app_engine`). None holds a token.
+-- @module gauth.compute_engine
+
+local credentials = require "gauth.credentials"
+local metadata = require "gauth.metadata"
+local errors = require "gauth.errors"
+local core = require "gauth.core"
+local cjson = require "cjson.safe"
+
+local type = type
+local ipairs = ipairs
+local pairs = pairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local setmetatable = setmetatable
+local find = string.find
+local sub = string.sub
+local gmatch = string.gmatch
+local concat = table.concat
+local huge = math.huge
+
+local _M = credentials.extend({ _VERSION = "0.1.0", kind = "compute_engine" })
+local mt = credentials.metatable(_M)
+
+--- Retry policy of token reads (`gauth.metadata.RETRY`); `opts.retry`
+-- overrides fields of it, or `false` for one attempt.
+_M.RETRY = metadata.RETRY
+
+local function arg_error(module, msg)
+  error("gauth." .. module .. ": " .. msg, 4)
+end
+
+local function normalise_scopes(scopes, module)
+  if scopes == nil then return nil end
+  local list = {}
+  if type(scopes) == "string" then
+    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
+  elseif type(scopes) == "table" then
+    for i, s in ipairs(scopes) do
+      if type(s) ~= "string" or s == "" or find(s, "[%s,]") then
+        arg_error(module, "scopes[" .. i .. "] must be a non-empty string without spaces or commas")
+      end
+      list[i] = s
+    end
+  else
+    arg_error(module, "scopes must be an array of strings or a space-separated string")
+  end
+  if #list == 0 then return nil end
+  return list
+end
+
+local function fail(self, step, message, fields)
+  return nil, errors.new(self._module, step, message, fields)
+end
+
+local function trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+-- Internal: build credentials of `kind` ("compute_engine", or
+-- "app_engine" from gauth.app_engine: the same class, another name).
+function _M._new(opts, kind, mode)
+  kind = kind or "compute_engine"
+  if opts ~= nil and type(opts) ~= "table" then
+    arg_error(kind, "opts must be a table")
+  end
+  opts = opts or {}
+  local sa = opts.service_account or "default"
+  -- "default" or an email: nothing that would change the URL's path.
+  if type(sa) ~= "string" or not find(sa, "^[%w@._+-]+$") then
+    arg_error(kind, "service_account must be \"default\" or a service account email")
+  end
+  if opts.http ~= nil and (type(opts.http) ~= "table" or type(opts.http.request) ~= "function") then
+    arg_error(kind, "http must be a transport (with :request)")
+  end
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
+    arg_error(kind, "timeout must be a positive number")
+  end
+  local target, format, licenses
+  if mode == "id_token" then
+    if opts.scopes ~= nil then arg_error(kind, "ID token credentials take no scopes") end
+    target = opts.target_audience
+    if type(target) ~= "string" or target == "" then
+      arg_error(kind, "id_token_credentials needs opts.target_audience (a non-empty string)")
+    end
+    format = opts.format or "full"
+    if format ~= "full" and format ~= "standard" then
+      arg_error(kind, 'format must be "full" or "standard"')
+    end
+    licenses = opts.licenses
+    if licenses ~= nil and type(licenses) ~= "boolean" then
+      arg_error(kind, "licenses must be a boolean")
+    end
+    if licenses and format ~= "full" then
+      arg_error(kind, 'licenses needs format "full"')
+    end
+  else
+    mode = "access"
+    if opts.target_audience ~= nil then
+      arg_error(kind, "target_audience is for id_token_credentials")
+    end
+  end
+  local host, err = metadata.host({ host = opts.host, env = opts.env, _module = kind })
+  if not host then return nil, err end
+  local policy = metadata.retry_policy(opts.retry)
+  local self = setmetatable({
+    service_account = sa,
+    scopes = normalise_scopes(opts.scopes, kind),
+    host = host,
+    mode = mode,
+    target_audience = target,
+    format = format,
+    licenses = licenses or nil,
+    _module = kind,
+    _http = opts.http,
+    _timeout = opts.timeout,
+    _retry = policy,
+    -- Shared by every copy: what the server told about the account.
+    _shared = { email = find(sa, "@", 1, true) and sa or nil },
+  }, mt)
+  if kind ~= "compute_engine" then self.kind = kind end
+  credentials.init(self, opts)
+  return self
+end
+
+--- Compute Engine credentials (nothing is asked of the metadata server
+-- until the first `token()`).
+-- @tparam[opt] table opts `scopes` (array or space-separated string: sent
+--   as `?scopes=`; without, the token has the scopes the instance was
+--   given), `service_account` ("default" or an email of an account attached
+--   to the instance), `quota_project`, `host` (instead of
+--   `GCE_METADATA_HOST`), `env` (see `gauth.metadata.getenv_for`), `http`
+--   (a transport), `timeout` (seconds per read), `retry` (fields over
+--   `RETRY`, or false), `cache`, `now` (see `gauth.credentials.init`)
+-- @return credentials | nil, err (a malformed `GCE_METADATA_HOST`)
+function _M.credentials(opts)
+  return _M._new(opts, "compute_engine")
+end
+
+--- ID token credentials: `token()` returns a Google-signed ID token for
+-- `opts.target_audience` (a Cloud Run URL, an IAP client id, ...), from
+-- `.../identity?audience=...&format=full`.
+-- @tparam table opts `target_audience` (required), `format` ("full",
+--   the default: the token carries the account's email and the instance's
+--   details; or "standard"), `licenses` (boolean, with "full"), and
+--   `service_account`, `host`, `env`, `http`, `timeout`, `retry`, `cache`,
+--   `now` as for `credentials`
+-- @return credentials | nil, err
+function _M.id_token_credentials(opts)
+  if type(opts) ~= "table" then
+    error("gauth.compute_engine: id_token_credentials: opts with target_audience required", 2)
+  end
+  return _M._new(opts, "compute_engine", "id_token")
+end
+
+--- Is a metadata server there? (`gauth.metadata.is_available`: a short
+-- ping, `NO_GCE_CHECK`, the answer kept for the process.)
+-- @return true | false, err
+function _M.is_available(opts)
+  local o = {}
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("gauth.compute_engine: is_available: opts must be a table", 2) end
+    for k, v in pairs(opts) do o[k] = v end
+  end
+  o._module = "compute_engine"
+  return metadata.is_available(o)
+end
+
+--- The project id of this machine, from the metadata server.
+-- @tparam[opt] table opts as for `gauth.metadata.get`
+-- @return project id | nil, err
+function _M.project_id(opts)
+  local o = {}
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("gauth.compute_engine: project_id: opts must be a table", 2) end
+    for k, v in pairs(opts) do o[k] = v end
+  end
+  o._module = o._module or "compute_engine"
+  return metadata.project_id(o)
+end
+
+---------------------------------------------------------------------------
+-- Tokens
+---------------------------------------------------------------------------
+
+local function read_opts(self, query, json)
+  return { host = self.host, http = self._http, timeout = self._timeout,
+           _policy = self._retry, _module = self._module, query = query,
+           json = json }
+end
+
+local function account_path(self, leaf)
+  return "instance/service-accounts/" .. self.service_account .. "/" .. leaf
+end
+
+-- The payload of a JWT, not verified: used only to learn the lifetime of
+-- an ID token the metadata server just issued to us. Nothing here is
+-- trusted for authorization.
+local function unverified_claims(token)
+  local d1 = find(token, ".", 1, true)
+  local d2 = d1 and find(token, ".", d1 + 1, true)
+  if not d2 then return nil end
+  local raw = core.b64url_decode(sub(token, d1 + 1, d2 - 1))
+  if not raw then return nil end
+  local claims = cjson.decode(raw)
+  if type(claims) ~= "table" then return nil end
+  return claims
+end
+
+local function fetch_access(self)
+  local query
+  if self.scopes then query = { scopes = concat(self.scopes, ",") } end
+  local data, err = metadata.get(account_path(self, "token"), read_opts(self, query, true))
+  if not data then return nil, err end
+  local tok = data.access_token
+  if type(tok) ~= "string" or tok == "" then
+    return fail(self, "metadata response", "no access_token in the metadata server's answer",
+                { retryable = false })
+  end
+  local life = 3600
+  if data.expires_in ~= nil then
+    life = tonumber(data.expires_in)
+    if not life or life ~= life or life <= 0 or life == huge then
+      return fail(self, "metadata response", "expires_in is not a positive number",
+                  { retryable = false })
+    end
+  end
+  return {
+    access_token = tok,
+    expires_at = self._clock() + life,
+    token_type = type(data.token_type) == "string" and data.token_type or nil,
+  }
+end
+
+local function fetch_id(self)
+  local query = { audience = self.target_audience }
+  if self.format == "full" then query.format = "full" end
+  if self.licenses then query.licenses = "TRUE" end
+  local body, err = metadata.get(account_path(self, "identity"), read_opts(self, query, false))
+  if not body then return nil, err end
+  local idt = trim(body)
+  local claims = idt ~= "" and unverified_claims(idt) or nil
+  local exp = claims and tonumber(claims.exp)
+  if not exp then
+    return fail(self, "metadata response", "the answer is not an ID token with an exp claim",
+                { retryable = false })
+  end
+  -- Expiry on our clock: the token's lifetime from now when it says when
+  -- it was issued (immune to a skew between this machine and Google).
+  local iat = tonumber(claims.iat)
+  local expires_at = iat and (self._clock() + (exp - iat)) or exp
+  return { access_token = idt, id_token = idt, expires_at = expires_at }
+end
+
+--- Get a new token from the metadata server (used by `token()`; call
+-- that instead: it caches).
+-- @return entry `{ access_token=, expires_at= }` | nil, err
+function _M:fetch_token()
+  if self.mode == "id_token" then return fetch_id(self) end
+  return fetch_access(self)
+end
+
+--- Everything that makes this object's tokens different from another's.
+function _M:cache_key_parts()
+  local scopes
+  if self.scopes then
+    scopes = {}
+    for i, s in ipairs(self.scopes) do scopes[i] = s end
+    table.sort(scopes)
+  end
+  return { mode = self.mode, host = self.host, service_account = self.service_account,
+           scopes = scopes, target_audience = self.target_audience,
+           format = self.format, licenses = self.licenses }
+end
+
+--- The email of the service account (asked of the metadata server once
+-- when the object was made with "default").
+-- @return email | nil, err
+function _M:email()
+  local shared = self._shared
+  if shared.email then return shared.email end
+  local v, err = metadata.get(account_path(self, "email"), read_opts(self))
+  if not v then return nil, err end
+  v = trim(v)
+  if v == "" then
+    return fail(self, "metadata response", "the service account's email is empty",
+                { retryable = false })
+  end
+  shared.email = v
+  return v
+end
+
+--- False: the metadata server gives a token without scopes (with those
+-- the instance was given).
+function _M:requires_scopes()  -- luacheck: no unused args
+  return false
+end
+
+function _M:describe()
+  local parts = { "service account " .. self.service_account, "metadata server " .. self.host }
+  if self.mode == "id_token" then
+    parts[#parts + 1] = "ID token for " .. tostring(self.target_audience)
+  end
+  local n = self.scopes and #self.scopes or 0
+  if n > 0 then parts[#parts + 1] = n .. (n == 1 and " scope" or " scopes") end
+  return concat(parts, ", ")
+end
+
+--- A copy with other scopes (array or space-separated string; nil: the
+-- instance's own).
+function _M:with_scopes(scopes)
+  if self.mode == "id_token" then
+    error("gauth." .. self._module .. ": ID token credentials take no scopes", 2)
+  end
+  local o = self:copy()
+  o.scopes = normalise_scopes(scopes, self._module)
+  return o
+end
+
+--- A copy of ID token credentials for another audience.
+function _M:with_target_audience(target)
+  if type(target) ~= "string" or target == "" then
+    error("gauth." .. self._module .. ": target_audience must be a non-empty string", 2)
+  end
+  if self.mode ~= "id_token" then
+    error("gauth." .. self._module .. ": with_target_audience is for ID token credentials", 2)
+  end
+  local o = self:copy()
+  o.target_audience = target
+  return o
+end
+
+return _M

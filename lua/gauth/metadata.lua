@@ -1,0 +1,397 @@
+--- A small client of the metadata server of Compute Engine (also GKE,
+-- Cloud Run, Cloud Functions, App Engine second generation): detection,
+-- reads with `Metadata-Flavor: Google`, and the environment lookups every
+-- platform module shares.
+--
+--     local metadata = require "gauth.metadata"
+--     if metadata.is_available() then
+--       local project = assert(metadata.get("project/project-id"))
+--     end
+--
+-- The server speaks plain HTTP on a link-local address: nothing leaves the
+-- machine. Every request carries `Metadata-Flavor: Google` and every answer
+-- must carry it back (a captive portal or a proxy answering in its place
+-- does not).
+--
+-- Environment (read through `getenv_for(opts)`, so that `opts.env` or a
+-- replaced `metadata.getenv` can stand in for the process environment):
+--
+-- * `GCE_METADATA_HOST`: host[:port] of the server (default
+--   `metadata.google.internal`); when set, detection pings it directly.
+-- * `GCE_METADATA_IP`: the address detection pings otherwise (default
+--   `169.254.169.254`: an IP, so detection needs no DNS lookup, which on some
+--   networks takes tens of seconds for an unknown name).
+-- * `GCE_METADATA_TIMEOUT`: detection timeout in seconds (default 1).
+-- * `NO_GCE_CHECK=true`: detection answers false without any request.
+--
+-- Errors are `gauth.errors` objects; module "metadata" (or the calling
+-- credentials module), steps "metadata host", "metadata request",
+-- "metadata response", "detection".
+-- @module gauth.metadata
+
+local util = require "gauth.util"
+local errors = require "gauth.errors"
+local retry = require "gauth.retry"
+local cjson = require "cjson.safe"
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local require = require
+local find = string.find
+local sub = string.sub
+local lower = string.lower
+local sort = table.sort
+
+local _M = { _VERSION = "0.1.0" }
+
+--- Host of the metadata server when `GCE_METADATA_HOST` is not set.
+_M.DEFAULT_HOST = "metadata.google.internal"
+
+--- Address detection pings when neither `GCE_METADATA_HOST` nor
+-- `GCE_METADATA_IP` is set.
+_M.DEFAULT_IP = "169.254.169.254"
+
+--- Detection timeout (seconds) when `GCE_METADATA_TIMEOUT` is not set:
+-- short, because every program that is not on Google Cloud pays it once.
+_M.DEFAULT_PING_TIMEOUT = 1
+
+--- Timeout of one metadata read (seconds): the server is on the host or
+-- next to it; a read that takes longer is stuck.
+_M.TIMEOUT = 10
+
+--- Largest answer accepted (bytes). Tokens and values are far smaller.
+_M.MAX_RESPONSE = 256 * 1024
+
+--- Retry policy of reads (see `gauth.retry.call`): as for Google's token
+-- endpoint, transport errors and 5xx/429 are retried. `opts.retry`
+-- overrides fields of it (or `false`: one attempt).
+_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
+             jitter = true, deadline = 60 }
+
+local FLAVOR_HEADERS = { ["metadata-flavor"] = "Google" }
+
+---------------------------------------------------------------------------
+-- Environment
+---------------------------------------------------------------------------
+
+--- The process environment as gauth's platform modules see it (empty
+-- values count as unset). Specs may replace this field; most code passes
+-- `opts.env` instead.
+function _M.getenv(name)
+  return util.getenv(name)
+end
+
+--- The environment lookup for `opts`: `opts.env` when given (a table of
+-- variables, which then is the whole environment, or a function
+-- `name -> value`), else `metadata.getenv` (looked up at each call).
+-- @tparam[opt] table opts
+-- @return function(name) -> value | nil
+function _M.getenv_for(opts)
+  local env = opts and opts.env
+  if env == nil then
+    return function(name) return _M.getenv(name) end
+  end
+  if type(env) == "table" then
+    return function(name)
+      local v = env[name]
+      if v == nil or v == "" then return nil end
+      return tostring(v)
+    end
+  end
+  if type(env) == "function" then
+    return function(name)
+      local v = env(name)
+      if v == "" then return nil end
+      return v
+    end
+  end
+  error("gauth: opts.env must be a table or a function", 3)
+end
+
+-- host, host:port, [v6], [v6]:port: nothing that could change the URL's
+-- path or user part.
+local function valid_host(h)
+  return find(h, "^[%w.-]+$") ~= nil or find(h, "^[%w.-]+:%d+$") ~= nil
+      or find(h, "^%[[%x:.]+%]$") ~= nil or find(h, "^%[[%x:.]+%]:%d+$") ~= nil
+end
+
+local function bad_host(module, var, value)
+  return nil, errors.new(module or "metadata", "metadata host",
+    var .. " is not a host[:port]: " .. sub(tostring(value), 1, 80))
+end
+
+--- The metadata server's host[:port]: `opts.host`, else
+-- `GCE_METADATA_HOST`, else `metadata.google.internal`.
+-- @tparam[opt] table opts `host`, `env`
+-- @return host | nil, err (a malformed value)
+function _M.host(opts)
+  local h = opts and opts.host
+  local var = "opts.host"
+  if h == nil then
+    h = _M.getenv_for(opts)("GCE_METADATA_HOST")
+    var = "GCE_METADATA_HOST"
+  end
+  if h == nil then return _M.DEFAULT_HOST end
+  if type(h) ~= "string" or not valid_host(h) then
+    return bad_host(opts and opts._module, var, h)
+  end
+  return h
+end
+
+--- The root URL of reads: `http://<host>/computeMetadata/v1/`.
+-- @return url | nil, err
+function _M.root(opts)
+  local h, err = _M.host(opts)
+  if not h then return nil, err end
+  return "http://" .. h .. "/computeMetadata/v1/"
+end
+
+---------------------------------------------------------------------------
+-- Reads
+---------------------------------------------------------------------------
+
+local function transport(opts)
+  local http = opts and opts.http
+  if http ~= nil then
+    if type(http) ~= "table" or type(http.request) ~= "function" then
+      error("gauth: opts.http must be a transport (with :request)", 4)
+    end
+    return http
+  end
+  local t, err = require("gauth.http").default()
+  if not t then return nil, err end
+  return t
+end
+
+--- The retry policy for `opts.retry` (nil: `RETRY`; false: one attempt;
+-- a table: fields over `RETRY`). Shared by the platform modules.
+function _M.retry_policy(r, base)
+  local policy = {}
+  for k, v in pairs(base or _M.RETRY) do policy[k] = v end
+  if r == false then
+    policy.attempts = 1
+  elseif r ~= nil then
+    if type(r) ~= "table" then error("gauth: opts.retry must be a table or false", 3) end
+    for k, v in pairs(r) do policy[k] = v end
+  end
+  return policy
+end
+
+local function query_string(q)
+  if q == nil then return "" end
+  if type(q) ~= "table" then error("gauth.metadata: query must be a table", 4) end
+  local keys = {}
+  for k in pairs(q) do keys[#keys + 1] = k end
+  -- Sorted: the same query always makes the same URL.
+  sort(keys)
+  local list = {}
+  for i = 1, #keys do list[i] = { keys[i], tostring(q[keys[i]]) } end
+  if #list == 0 then return "" end
+  return "?" .. util.form_encode(list)
+end
+
+local function snippet(body)
+  if type(body) ~= "string" then return nil end
+  body = body:gsub("%s+$", "")
+  if #body > 200 then body = sub(body, 1, 200) .. "..." end
+  return body
+end
+
+local function once(module, url, http, timeout, want_json)
+  local res, err = http:request({
+    method = "GET", url = url, headers = FLAVOR_HEADERS,
+    timeout = timeout, max_body = _M.MAX_RESPONSE, follow_redirects = false,
+  })
+  if not res then
+    return nil, errors.wrap(module, "metadata request", err, { uri = url })
+  end
+  local status = res.status
+  local flavor = res.headers and res.headers["metadata-flavor"]
+  if flavor ~= "Google" then
+    -- Not the metadata server (a proxy, a portal): nothing it says counts,
+    -- not even its status.
+    return nil, errors.new(module, "metadata response",
+      "the answer has no Metadata-Flavor: Google header: not the metadata server",
+      { status = status, reason = res.reason, retryable = false, uri = url })
+  end
+  if status ~= 200 then
+    local msg = "the metadata server refused the request"
+    if status == 404 then
+      msg = "not found on the metadata server"
+    end
+    local body = snippet(res.body)
+    if body and body ~= "" then msg = msg .. ": " .. body end
+    return nil, errors.new(module, "metadata response", msg, {
+      status = status, reason = res.reason, uri = url, body = body,
+      retryable = retry.is_retryable_status(status),
+      retry_after = retry.parse_retry_after(res.headers["retry-after"]),
+    })
+  end
+  local body = res.body or ""
+  if want_json then
+    -- A 200 body may hold a token: it never goes into an error.
+    local v = cjson.decode(body)
+    if type(v) ~= "table" then
+      return nil, errors.new(module, "metadata response",
+        "the answer is not a JSON object", { status = status, retryable = false, uri = url })
+    end
+    return v
+  end
+  return body
+end
+
+--- Read a value from the metadata server.
+-- @tparam string path relative to `/computeMetadata/v1/`, e.g.
+--   `"project/project-id"`
+-- @tparam[opt] table opts `query` (table name -> value, sent sorted),
+--   `json` (decode the answer; it must be a JSON object), `host`, `env`,
+--   `http` (a transport; default `gauth.http.default()`), `timeout`
+--   (seconds per attempt, default `TIMEOUT`), `retry` (see `RETRY`)
+-- @return the value (string, or table with `json`) | nil, err
+function _M.get(path, opts)
+  if type(path) ~= "string" or path == "" or sub(path, 1, 1) == "/" then
+    error("gauth.metadata: get: path must be a non-empty relative path", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth.metadata: get: opts must be a table", 2)
+  end
+  opts = opts or {}
+  local module = opts._module or "metadata"
+  local root, err = _M.root(opts)
+  if not root then return nil, err end
+  local url = root .. path .. query_string(opts.query)
+  local http, terr = transport(opts)
+  if not http then return nil, errors.wrap(module, "metadata request", terr) end
+  local timeout = opts.timeout or _M.TIMEOUT
+  if type(timeout) ~= "number" or timeout <= 0 then
+    error("gauth.metadata: get: timeout must be a positive number", 2)
+  end
+  local policy = opts._policy or _M.retry_policy(opts.retry)
+  local want_json = opts.json and true or false
+  return retry.call(function(_, remaining)
+    local t = timeout
+    if remaining and remaining < t then
+      if remaining < 0.05 then
+        return nil, errors.new(module, "metadata request",
+          "no time left before the deadline", { retryable = false, uri = url })
+      end
+      t = remaining
+    end
+    return once(module, url, http, t, want_json)
+  end, policy)
+end
+
+--- The project id of this machine (`project/project-id`).
+-- @tparam[opt] table opts as for `get`
+-- @return project id | nil, err
+function _M.project_id(opts)
+  local v, err = _M.get("project/project-id", opts)
+  if not v then return nil, err end
+  v = v:gsub("^%s+", ""):gsub("%s+$", "")
+  if v == "" then
+    return nil, errors.new(opts and opts._module or "metadata", "metadata response",
+      "the project id is empty", { retryable = false })
+  end
+  return v
+end
+
+---------------------------------------------------------------------------
+-- Detection
+---------------------------------------------------------------------------
+
+-- url pinged -> { ok = boolean, err = err }: one ping per process and
+-- address (the address is part of the key so that a changed environment,
+-- in tests, is not answered from another server's result).
+local detected = {}
+
+--- Forget the detection results (tests; or after the network changed).
+-- @return true
+function _M.reset()
+  detected = {}
+  return true
+end
+
+local function ping_timeout(opts, getenv)
+  local t = opts and opts.timeout
+  if t ~= nil then
+    if type(t) ~= "number" or t <= 0 then
+      error("gauth.metadata: is_available: timeout must be a positive number", 3)
+    end
+    return t
+  end
+  local v = tonumber(getenv("GCE_METADATA_TIMEOUT"))
+  if v and v > 0 and v < math.huge then return v end
+  return _M.DEFAULT_PING_TIMEOUT
+end
+
+--- Is a metadata server there? One short GET of `http://<address>/` with
+-- `Metadata-Flavor: Google`; true when it answers 200 with that header.
+-- The address is `GCE_METADATA_HOST` when set, else `GCE_METADATA_IP`,
+-- else 169.254.169.254. `NO_GCE_CHECK=true` answers false with no request.
+-- The answer (either way) is kept for the process, per address: see
+-- `reset`.
+-- @tparam[opt] table opts `env`, `http`, `timeout` (seconds; default
+--   `GCE_METADATA_TIMEOUT`, else `DEFAULT_PING_TIMEOUT`)
+-- @return true | false, err (why not: a `gauth.errors` object, step
+--   "detection")
+function _M.is_available(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth.metadata: is_available: opts must be a table", 2)
+  end
+  local getenv = _M.getenv_for(opts)
+  local module = opts and opts._module or "metadata"
+  local no = getenv("NO_GCE_CHECK")
+  if no and lower(no) == "true" then
+    return false, errors.new(module, "detection",
+      "NO_GCE_CHECK=true: the metadata server is not looked for")
+  end
+  local target, var = getenv("GCE_METADATA_HOST"), "GCE_METADATA_HOST"
+  if not target then
+    target, var = getenv("GCE_METADATA_IP"), "GCE_METADATA_IP"
+  end
+  target = target or _M.DEFAULT_IP
+  if not valid_host(target) then
+    local _, err = bad_host(module, var, target)
+    err.step = "detection"
+    return false, err
+  end
+  local url = "http://" .. target .. "/"
+  local known = detected[url]
+  if known then return known.ok, known.err end
+
+  local timeout = ping_timeout(opts, getenv)
+  local http, terr = transport(opts)
+  local ok, err = false, nil
+  if not http then
+    err = errors.wrap(module, "detection", terr)
+  else
+    local res, rerr = http:request({
+      method = "GET", url = url, headers = FLAVOR_HEADERS,
+      timeout = timeout, connect_timeout = timeout,
+      max_body = 64 * 1024, follow_redirects = false,
+    })
+    if not res then
+      err = errors.new(module, "detection", "no metadata server at " .. target
+        .. " (" .. tostring(errors.is(rerr) and rerr.message or rerr) .. ")",
+        { uri = url, timeout = timeout })
+    elseif res.status ~= 200 then
+      err = errors.new(module, "detection", target
+        .. " answered, but not as a metadata server", { status = res.status,
+        reason = res.reason, uri = url })
+    elseif res.headers["metadata-flavor"] ~= "Google" then
+      err = errors.new(module, "detection", target
+        .. " answered without Metadata-Flavor: Google: not a metadata server",
+        { status = res.status, uri = url })
+    else
+      ok = true
+    end
+  end
+  detected[url] = { ok = ok, err = err }
+  if ok then return true end
+  return false, err
+end
+
+return _M

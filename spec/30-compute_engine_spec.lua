@@ -1,0 +1,691 @@
+-- gauth.metadata, gauth.compute_engine and gauth.app_engine against the
+-- fake metadata server (plain HTTP on loopback, reached through
+-- GCE_METADATA_HOST / GCE_METADATA_IP given in opts.env). Nothing here
+-- ever talks to 169.254.169.254 or metadata.google.internal: every call
+-- that could reach the network gets an env table pointing at loopback,
+-- and the few that run on the defaults assert that no request is made.
+local helpers = require "helpers"
+local metadata = require "gauth.metadata"
+local ce = require "gauth.compute_engine"
+local ae = require "gauth.app_engine"
+local token_cache = require "gauth.token_cache"
+local errors = require "gauth.errors"
+local socket = require "socket"
+local cjson_null = require("cjson.safe").null
+
+local S1 = "https://www.googleapis.com/auth/sqlservice.admin"
+local S2 = "https://www.googleapis.com/auth/devstorage.read_only"
+local SA = "fake-sa@fake-project.iam.gserviceaccount.com"
+local MD = "/computeMetadata/v1/"
+local TOKEN_PATH = MD .. "instance/service-accounts/default/token"
+local IDENTITY_PATH = MD .. "instance/service-accounts/default/identity"
+
+local sleeps
+local function fast_retry(extra)
+  local p = { initial = 0.001, max_delay = 0.01, jitter = false,
+              sleep = function(d) sleeps[#sleeps + 1] = d end }
+  for k, v in pairs(extra or {}) do p[k] = v end
+  return p
+end
+
+local function closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+-- A transport that must never be used (calls that need no network).
+local function no_network()
+  local t = { calls = 0 }
+  function t:request(req)
+    self.calls = self.calls + 1
+    error("no request expected, got one to " .. tostring(req.url))
+  end
+  return t
+end
+
+local function is_error(err, module, step)
+  assert.truthy(errors.is(err), "not a gauth error: " .. tostring(err))
+  if module then assert.equal(module, err.module) end
+  if step then assert.equal(step, err.step) end
+end
+
+describe("gauth metadata server clients", function()
+  local fake, env, dead
+
+  lazy_setup(function()
+    fake = helpers.start_fake({ tls = false })
+    dead = "127.0.0.1:" .. closed_port()
+  end)
+
+  lazy_teardown(function() fake:stop() end)
+
+  before_each(function()
+    sleeps = {}
+    fake:reset()
+    metadata.reset()
+    env = { GCE_METADATA_HOST = fake.host_port, GCE_METADATA_IP = fake.host_port }
+  end)
+
+  local function md_requests(path)
+    return fake:requests(function(r) return r.path:sub(1, #MD) == MD and (not path or r.path == path) end)
+  end
+
+  ---------------------------------------------------------------------------
+  describe("gauth.metadata", function()
+    describe("getenv_for()", function()
+      it("takes a table (the whole environment) or a function; empty is unset", function()
+        local g = metadata.getenv_for({ env = { A = "1", B = "" } })
+        assert.equal("1", g("A"))
+        assert.is_nil(g("B"))
+        assert.is_nil(g("HOME"))
+        g = metadata.getenv_for({ env = function(n) return n == "X" and "y" or "" end })
+        assert.equal("y", g("X"))
+        assert.is_nil(g("Z"))
+      end)
+
+      it("defaults to metadata.getenv, looked up at each call", function()
+        local old = metadata.getenv
+        finally(function() metadata.getenv = old end)
+        local g = metadata.getenv_for(nil)
+        metadata.getenv = function(n) return "v-" .. n end
+        assert.equal("v-A", g("A"))
+      end)
+
+      it("raises on an env that is neither", function()
+        assert.has_error(function() metadata.getenv_for({ env = 42 }) end)
+      end)
+    end)
+
+    describe("host() and root()", function()
+      it("default to metadata.google.internal (no request made)", function()
+        local h, err = metadata.host({ env = {} })
+        assert.equal("metadata.google.internal", h)
+        assert.is_nil(err)
+        assert.equal("http://metadata.google.internal/computeMetadata/v1/",
+                     (metadata.root({ env = {} })))
+      end)
+
+      it("take GCE_METADATA_HOST, then opts.host over it", function()
+        assert.equal(fake.host_port, (metadata.host({ env = env })))
+        assert.equal("[::1]:9", (metadata.host({ env = env, host = "[::1]:9" })))
+        local r, err = metadata.root({ env = env })
+        assert.equal("http://" .. fake.host_port .. "/computeMetadata/v1/", r)
+        assert.is_nil(err)
+      end)
+
+      it("refuse a host that is not host[:port]", function()
+        for _, bad in ipairs({ "evil.com/x", "a b", "user@host", "h:port" }) do
+          local h, err = metadata.host({ env = { GCE_METADATA_HOST = bad } })
+          assert.is_nil(h)
+          is_error(err, "metadata", "metadata host")
+          assert.matches("GCE_METADATA_HOST", err.message, 1, true)
+          local r, rerr = metadata.root({ env = { GCE_METADATA_HOST = bad } })
+          assert.is_nil(r)
+          is_error(rerr, "metadata", "metadata host")
+        end
+      end)
+    end)
+
+    describe("get()", function()
+      it("reads a value with Metadata-Flavor: Google", function()
+        local v, err = metadata.get("project/project-id", { env = env })
+        assert.equal("fake-project", v)
+        assert.is_nil(err)
+        local rs = md_requests(MD .. "project/project-id")
+        assert.equal(1, #rs)
+        assert.equal("GET", rs[1].method)
+        assert.equal("Google", rs[1].headers["metadata-flavor"])
+      end)
+
+      it("sends a sorted query and decodes JSON", function()
+        local v, err = metadata.get("instance/service-accounts/default/",
+          { env = env, json = true, query = { recursive = "true" } })
+        assert.is_nil(err)
+        assert.equal(SA, v.email)
+        assert.equal("recursive=true", md_requests()[1].query)
+      end)
+
+      it("returns nil and an error for a 404, not retried", function()
+        local v, err = metadata.get("instance/nope", { env = env, retry = fast_retry() })
+        assert.is_nil(v)
+        is_error(err, "metadata", "metadata response")
+        assert.equal(404, err.status)
+        assert.is_false(err.retryable)
+        assert.matches("not found", err.message)
+        assert.equal(1, #md_requests())
+      end)
+
+      it("refuses an answer without Metadata-Flavor: Google", function()
+        fake:script(MD .. "project/project-id", { status = 200, body = "evil",
+          headers = { ["Metadata-Flavor"] = "Evil" } })
+        local v, err = metadata.get("project/project-id", { env = env, retry = fast_retry() })
+        assert.is_nil(v)
+        is_error(err, "metadata", "metadata response")
+        assert.matches("Metadata%-Flavor", err.message)
+        assert.is_false(err.retryable)
+        assert.is_nil(tostring(err):find("evil", 1, true))
+      end)
+
+      it("retries 5xx and succeeds", function()
+        fake:script(MD .. "project/project-id", { { status = 503, body = "busy" }, { status = 500 } })
+        local v, err = metadata.get("project/project-id", { env = env, retry = fast_retry() })
+        assert.equal("fake-project", v)
+        assert.is_nil(err)
+        assert.equal(3, #md_requests())
+        assert.equal(2, #sleeps)
+      end)
+
+      it("returns a transport error (retryable) when nothing listens", function()
+        local v, err = metadata.get("project/project-id",
+          { env = { GCE_METADATA_HOST = dead }, retry = fast_retry({ attempts = 2 }) })
+        assert.is_nil(v)
+        is_error(err, "metadata", "metadata request")
+        assert.is_true(err.retryable)
+        assert.equal(2, err.attempts)
+      end)
+
+      it("refuses a JSON answer that is not an object", function()
+        fake:config({ metadata = { ["instance/x"] = "not json" } })
+        local v, err = metadata.get("instance/x", { env = env, json = true })
+        assert.is_nil(v)
+        is_error(err, "metadata", "metadata response")
+      end)
+
+      it("raises on a bad path or options", function()
+        assert.has_error(function() metadata.get("/abs", { env = env }) end)
+        assert.has_error(function() metadata.get(nil) end)
+        assert.has_error(function() metadata.get("x", 5) end)
+        assert.has_error(function() metadata.get("x", { env = env, timeout = 0 }) end)
+        assert.has_error(function() metadata.get("x", { env = env, http = {} }) end)
+      end)
+    end)
+
+    describe("project_id()", function()
+      it("reads project/project-id", function()
+        local p, err = metadata.project_id({ env = env })
+        assert.equal("fake-project", p)
+        assert.is_nil(err)
+      end)
+
+      it("returns nil and an error when the server has none", function()
+        fake:config({ metadata = { ["project/project-id"] = cjson_null } })
+        local p, err = metadata.project_id({ env = env, retry = false })
+        assert.is_nil(p)
+        is_error(err, "metadata", "metadata response")
+        assert.equal(404, err.status)
+        fake:config({ metadata = { ["project/project-id"] = "  " } })
+        p, err = metadata.project_id({ env = env, retry = false })
+        assert.is_nil(p)
+        assert.matches("empty", err.message)
+      end)
+    end)
+
+    describe("is_available()", function()
+      it("is true for a metadata server, pinged at GCE_METADATA_IP with the header", function()
+        local ok, err = metadata.is_available({ env = { GCE_METADATA_IP = fake.host_port } })
+        assert.is_true(ok)
+        assert.is_nil(err)
+        local rs = fake:requests("/")
+        assert.equal(1, #rs)
+        assert.equal("Google", rs[1].headers["metadata-flavor"])
+      end)
+
+      it("pings GCE_METADATA_HOST directly when it is set", function()
+        local ok, err = metadata.is_available({ env = { GCE_METADATA_HOST = fake.host_port,
+                                                        GCE_METADATA_IP = dead } })
+        assert.is_true(ok)
+        assert.is_nil(err)
+        ok, err = metadata.is_available({ env = { GCE_METADATA_HOST = dead,
+                                                  GCE_METADATA_IP = fake.host_port } })
+        assert.is_false(ok)
+        is_error(err, "metadata", "detection")
+      end)
+
+      it("is false when nothing listens", function()
+        local ok, err = metadata.is_available({ env = { GCE_METADATA_IP = dead } })
+        assert.is_false(ok)
+        is_error(err, "metadata", "detection")
+        assert.matches("no metadata server at " .. dead, err.message, 1, true)
+      end)
+
+      it("is false for a server answering without Metadata-Flavor", function()
+        fake:script("/", { status = 200, body = "hello" })
+        local ok, err = metadata.is_available({ env = env })
+        assert.is_false(ok)
+        assert.matches("Metadata%-Flavor", err.message)
+        metadata.reset()
+        fake:script("/", { status = 404, body = "no" })
+        ok, err = metadata.is_available({ env = env })
+        assert.is_false(ok)
+        assert.equal(404, err.status)
+      end)
+
+      it("times out quickly on a server that accepts and never answers", function()
+        fake:script("/", { hang = true })
+        local t0 = socket.gettime()
+        local ok, err = metadata.is_available({ env = { GCE_METADATA_IP = fake.host_port,
+                                                        GCE_METADATA_TIMEOUT = "0.3" } })
+        local took = socket.gettime() - t0
+        assert.is_false(ok)
+        is_error(err, "metadata", "detection")
+        assert.equal(0.3, err.timeout)
+        assert.is_true(took >= 0.25 and took < 1.5, "took " .. took)
+        assert.equal(1, #fake:requests("/"))
+      end)
+
+      it("uses opts.timeout over GCE_METADATA_TIMEOUT", function()
+        fake:script("/", { hang = true })
+        local t0 = socket.gettime()
+        local ok, err = metadata.is_available({ timeout = 0.2,
+          env = { GCE_METADATA_IP = fake.host_port, GCE_METADATA_TIMEOUT = "30" } })
+        assert.is_false(ok)
+        assert.equal(0.2, err.timeout)
+        assert.is_true(socket.gettime() - t0 < 1.5)
+      end)
+
+      it("is false at once with NO_GCE_CHECK=true, without a request", function()
+        local http = no_network()
+        for _, v in ipairs({ "true", "True", "TRUE" }) do
+          local ok, err = metadata.is_available({ http = http,
+            env = { NO_GCE_CHECK = v, GCE_METADATA_IP = fake.host_port } })
+          assert.is_false(ok)
+          is_error(err, "metadata", "detection")
+          assert.matches("NO_GCE_CHECK", err.message)
+        end
+        assert.equal(0, http.calls)
+        assert.equal(0, #fake:requests("/"))
+      end)
+
+      it("keeps the answer for the process until reset()", function()
+        local e = { GCE_METADATA_IP = fake.host_port }
+        assert.is_true((metadata.is_available({ env = e })))
+        assert.is_true((metadata.is_available({ env = e })))
+        assert.equal(1, #fake:requests("/"))
+        -- A negative answer is kept too.
+        fake:script("/", { status = 500 })
+        assert.is_true(metadata.reset())
+        assert.is_false((metadata.is_available({ env = e })))
+        assert.is_false((metadata.is_available({ env = e })))
+        assert.equal(2, #fake:requests("/"))
+      end)
+
+      it("is false for a malformed address, without a request", function()
+        local ok, err = metadata.is_available({ http = no_network(),
+                                                env = { GCE_METADATA_IP = "1.2.3.4/x" } })
+        assert.is_false(ok)
+        is_error(err, "metadata", "detection")
+      end)
+
+      it("raises on bad options", function()
+        assert.has_error(function() metadata.is_available(1) end)
+        assert.has_error(function()
+          metadata.is_available({ env = env, timeout = -1 })
+        end)
+      end)
+    end)
+  end)
+
+  ---------------------------------------------------------------------------
+  describe("gauth.compute_engine", function()
+    local function new(opts)
+      opts = opts or {}
+      if opts.env == nil then opts.env = env end
+      if opts.cache == nil then opts.cache = token_cache.new() end
+      if opts.retry == nil then opts.retry = fast_retry() end
+      return ce.credentials(opts)
+    end
+
+    describe("credentials()", function()
+      it("makes credentials without asking the server anything", function()
+        local c, err = new()
+        assert.is_nil(err)
+        assert.equal("compute_engine", c.kind)
+        assert.equal("default", c.service_account)
+        assert.equal(fake.host_port, c.host)
+        assert.is_false(c:requires_scopes())
+        assert.matches("gauth.compute_engine credentials (service account default",
+                       tostring(c), 1, true)
+        assert.equal(0, #md_requests())
+      end)
+
+      it("returns nil and an error for a malformed GCE_METADATA_HOST", function()
+        local c, err = new({ env = { GCE_METADATA_HOST = "x/y" } })
+        assert.is_nil(c)
+        is_error(err, "compute_engine", "metadata host")
+      end)
+
+      it("raises on bad options", function()
+        assert.has_error(function() ce.credentials(5) end)
+        assert.has_error(function() new({ scopes = 5 }) end)
+        assert.has_error(function() new({ scopes = { "a,b" } }) end)
+        assert.has_error(function() new({ service_account = "../x" }) end)
+        assert.has_error(function() new({ http = {} }) end)
+        assert.has_error(function() new({ timeout = 0 }) end)
+        assert.has_error(function() new({ target_audience = "x" }) end)
+      end)
+    end)
+
+    describe("token()", function()
+      it("gets the token of the default account, with the header", function()
+        local c = assert(new())
+        local t0 = os.time()
+        local tok, exp = c:token()
+        assert.equal("fake-token-1", tok)
+        assert.is_true(math.abs(exp - (t0 + 3599)) <= 2)
+        local rs = md_requests(TOKEN_PATH)
+        assert.equal(1, #rs)
+        assert.equal("Google", rs[1].headers["metadata-flavor"])
+        assert.equal("", rs[1].query)
+        local issued = fake:tokens()[tok]
+        assert.equal("metadata", issued.kind)
+        assert.equal(SA, issued.email)
+      end)
+
+      it("passes scopes as ?scopes=a,b", function()
+        local c = assert(new({ scopes = { S1, S2 } }))
+        local tok = assert(c:token())
+        local r = md_requests(TOKEN_PATH)[1]
+        assert.equal(S1 .. "," .. S2, r.query_params.scopes)
+        assert.equal(S1 .. " " .. S2, fake:tokens()[tok].scope)
+      end)
+
+      it("asks for a named service account", function()
+        local c = assert(new({ service_account = SA }))
+        assert.truthy(c:token())
+        assert.equal(1, #md_requests(MD .. "instance/service-accounts/" .. SA .. "/token"))
+      end)
+
+      it("answers from the cache, and refreshes inside the refresh window", function()
+        fake:config({ expires_in = 600 })
+        local offset = 0
+        local c = assert(new({ now = function() return socket.gettime() + offset end }))
+        assert.equal("fake-token-1", (c:token()))
+        assert.equal("fake-token-1", (c:token()))
+        assert.equal(1, #md_requests(TOKEN_PATH))
+        offset = 600 - 225 - 5        -- just outside the window
+        assert.equal("fake-token-1", (c:token()))
+        offset = 600 - 225 + 5        -- inside it
+        assert.equal("fake-token-2", (c:token()))
+        assert.equal(2, #md_requests(TOKEN_PATH))
+      end)
+
+      it("retries 5xx and transport errors", function()
+        fake:script(TOKEN_PATH, { { status = 503 }, { drop = true } })
+        local c = assert(new())
+        local tok, exp = c:token()
+        assert.equal("fake-token-1", tok)
+        assert.is_number(exp)
+        assert.equal(3, #md_requests(TOKEN_PATH))
+        -- libcurl itself resends once on a kept-alive connection that
+        -- closed without an answer, so the drop may cost no backoff.
+        assert.is_true(#sleeps >= 1)
+      end)
+
+      it("returns nil and an error for an unknown account, not retried", function()
+        local c = assert(new({ service_account = "nobody@x.iam.gserviceaccount.com" }))
+        local tok, err = c:token()
+        assert.is_nil(tok)
+        is_error(err, "compute_engine", "metadata response")
+        assert.equal(404, err.status)
+        assert.equal(0, #sleeps)
+      end)
+
+      it("gives up after the attempts with the last error", function()
+        fake:script(TOKEN_PATH, { { status = 500 }, { status = 502 }, { status = 503 } })
+        local tok, err = assert(new()):token()
+        assert.is_nil(tok)
+        is_error(err, "compute_engine", "metadata response")
+        assert.equal(503, err.status)
+        assert.equal(3, err.attempts)
+      end)
+
+      it("refuses answers that hold no usable token", function()
+        for _, body in ipairs({ '{"expires_in": 10}', '{"access_token": "a", "expires_in": -1}',
+                                "[1]", "garbage" }) do
+          fake:script(TOKEN_PATH, { status = 200, body = body })
+          local tok, err = assert(new()):token()
+          assert.is_nil(tok)
+          is_error(err, "compute_engine", "metadata response")
+          assert.is_false(err.retryable)
+        end
+      end)
+
+      it("refuses an answer without Metadata-Flavor: Google", function()
+        fake:script(TOKEN_PATH, { status = 200, headers = { ["Metadata-Flavor"] = "no" },
+                                  body = '{"access_token":"stolen","expires_in":3600}' })
+        local tok, err = assert(new()):token()
+        assert.is_nil(tok)
+        is_error(err, "compute_engine", "metadata response")
+        assert.is_nil(tostring(err):find("stolen", 1, true))
+      end)
+    end)
+
+    describe("apply(), invalidate(), with_scopes()", function()
+      it("apply sets authorization and the quota project", function()
+        local c = assert(new({ quota_project = "billing" }))
+        local h, err = c:apply({ accept = "x" })
+        assert.is_nil(err)
+        assert.equal("Bearer fake-token-1", h.authorization)
+        assert.equal("billing", h["x-goog-user-project"])
+        assert.equal("x", h.accept)
+      end)
+
+      it("apply returns nil and the error when no token can be had", function()
+        local c = assert(new({ env = { GCE_METADATA_HOST = dead }, retry = false }))
+        local h, err = c:apply({})
+        assert.is_nil(h)
+        is_error(err, "compute_engine", "metadata request")
+      end)
+
+      it("invalidate makes the next token() fetch again", function()
+        local c = assert(new())
+        assert.equal("fake-token-1", (c:token()))
+        assert.is_true(c:invalidate())
+        assert.equal("fake-token-2", (c:token()))
+      end)
+
+      it("with_scopes makes a copy with its own token", function()
+        local cache = token_cache.new()
+        local c = assert(new({ cache = cache }))
+        local s = c:with_scopes(S1 .. " " .. S2)
+        assert.same({ S1, S2 }, s.scopes)
+        assert.is_nil(c.scopes)
+        assert.equal("fake-token-1", (c:token()))
+        assert.equal("fake-token-2", (s:token()))
+        assert.equal(S1 .. "," .. S2, md_requests(TOKEN_PATH)[2].query_params.scopes)
+        assert.has_error(function() c:with_scopes(7) end)
+      end)
+    end)
+
+    describe("email()", function()
+      it("asks the server once for the default account's email", function()
+        local c = assert(new())
+        local e, err = c:email()
+        assert.equal(SA, e)
+        assert.is_nil(err)
+        assert.equal(SA, (c:email()))
+        assert.equal(1, #md_requests(MD .. "instance/service-accounts/default/email"))
+      end)
+
+      it("knows a named account's email without a request", function()
+        local c = assert(new({ service_account = "x@y.iam.gserviceaccount.com",
+                               http = no_network() }))
+        assert.equal("x@y.iam.gserviceaccount.com", (c:email()))
+      end)
+
+      it("returns nil and an error when the server cannot tell", function()
+        fake:config({ metadata = { ["instance/service-accounts/default/email"] = cjson_null } })
+        local e, err = assert(new()):email()
+        assert.is_nil(e)
+        is_error(err, "compute_engine", "metadata response")
+        assert.equal(404, err.status)
+      end)
+    end)
+
+    describe("id_token_credentials()", function()
+      local AUD = "https://service-abc-uc.a.run.app"
+
+      it("gets an ID token for the audience, format=full", function()
+        local c, cerr = ce.id_token_credentials({ target_audience = AUD, env = env,
+                                                  cache = token_cache.new() })
+        assert.is_nil(cerr)
+        local t0 = os.time()
+        local tok, exp = c:token()
+        assert.is_string(tok)
+        assert.is_true(math.abs(exp - (t0 + 3600)) <= 2)
+        local r = md_requests(IDENTITY_PATH)[1]
+        assert.equal(AUD, r.query_params.audience)
+        assert.equal("full", r.query_params.format)
+        local conf = fake:get_config()
+        local claims = helpers.pyjwt_verify(tok, conf.server_public_pem, { audience = AUD })
+        assert.is_table(claims)
+        assert.equal(SA, claims.email)
+        assert.is_table(claims.google.compute_engine)
+        assert.matches("ID token for " .. AUD, tostring(c), 1, true)
+      end)
+
+      it("standard format, licenses and with_target_audience", function()
+        local c = assert(ce.id_token_credentials({ target_audience = AUD, env = env,
+          format = "standard", cache = token_cache.new() }))
+        assert.truthy(c:token())
+        assert.is_nil(md_requests(IDENTITY_PATH)[1].query_params.format)
+        local l = assert(ce.id_token_credentials({ target_audience = AUD, env = env,
+          licenses = true, cache = token_cache.new() }))
+        assert.truthy(l:token())
+        assert.equal("TRUE", md_requests(IDENTITY_PATH)[2].query_params.licenses)
+        local o = c:with_target_audience("other")
+        local tok = assert(o:token())
+        local _, claims = helpers.jwt_parts(tok)
+        assert.equal("other", claims.aud)
+        assert.has_error(function() c:with_scopes({ S1 }) end)
+        assert.has_error(function() assert(new()):with_target_audience("x") end)
+      end)
+
+      it("returns nil and an error when the answer is not an ID token", function()
+        fake:script(IDENTITY_PATH, { status = 200, body = "not-a-jwt" })
+        local c = assert(ce.id_token_credentials({ target_audience = AUD, env = env,
+                                                   cache = token_cache.new() }))
+        local tok, err = c:token()
+        assert.is_nil(tok)
+        is_error(err, "compute_engine", "metadata response")
+        fake:script(IDENTITY_PATH, { status = 400, body = "bad audience" })
+        c:invalidate()
+        tok, err = c:token()
+        assert.is_nil(tok)
+        assert.equal(400, err.status)
+      end)
+
+      it("raises without a target_audience or with bad options", function()
+        assert.has_error(function() ce.id_token_credentials() end)
+        assert.has_error(function() ce.id_token_credentials({ env = env }) end)
+        assert.has_error(function()
+          ce.id_token_credentials({ target_audience = AUD, format = "x", env = env })
+        end)
+        assert.has_error(function()
+          ce.id_token_credentials({ target_audience = AUD, scopes = { S1 }, env = env })
+        end)
+        assert.has_error(function()
+          ce.id_token_credentials({ target_audience = AUD, format = "standard",
+                                    licenses = true, env = env })
+        end)
+      end)
+    end)
+
+    describe("project_id() and is_available()", function()
+      it("project_id reads the server's", function()
+        local p, err = ce.project_id({ env = env })
+        assert.equal("fake-project", p)
+        assert.is_nil(err)
+        p, err = ce.project_id({ env = { GCE_METADATA_HOST = dead }, retry = false })
+        assert.is_nil(p)
+        is_error(err, "compute_engine", "metadata request")
+      end)
+
+      it("is_available pings like gauth.metadata's", function()
+        local ok, err = ce.is_available({ env = env })
+        assert.is_true(ok)
+        assert.is_nil(err)
+        ok, err = ce.is_available({ env = { NO_GCE_CHECK = "true" } })
+        assert.is_false(ok)
+        is_error(err, "compute_engine", "detection")
+        assert.has_error(function() ce.is_available(1) end)
+      end)
+    end)
+  end)
+
+  ---------------------------------------------------------------------------
+  describe("gauth.app_engine", function()
+    local gae
+
+    before_each(function()
+      gae = { GAE_APPLICATION = "s~my-app", GAE_ENV = "standard", GAE_SERVICE = "default",
+              GCE_METADATA_HOST = fake.host_port }
+    end)
+
+    it("is_app_engine looks at GAE_APPLICATION, GAE_ENV, GAE_SERVICE", function()
+      for _, var in ipairs({ "GAE_APPLICATION", "GAE_ENV", "GAE_SERVICE" }) do
+        local ok, err = ae.is_app_engine({ env = { [var] = "x" } })
+        assert.is_true(ok)
+        assert.is_nil(err)
+      end
+      local ok, err = ae.is_app_engine({ env = {} })
+      assert.is_false(ok)
+      is_error(err, "app_engine", "environment")
+    end)
+
+    it("credentials get tokens from the metadata server with the scopes", function()
+      local c, err = ae.credentials({ scopes = { S1 }, env = gae, cache = token_cache.new() })
+      assert.is_nil(err)
+      assert.equal("app_engine", c.kind)
+      assert.matches("^gauth.app_engine credentials", tostring(c))
+      local tok, exp = c:token()
+      assert.equal("fake-token-1", tok)
+      assert.is_number(exp)
+      assert.equal(S1, md_requests(TOKEN_PATH)[1].query_params.scopes)
+      local h = assert(c:with_scopes({ S2 }):apply())
+      assert.equal("Bearer fake-token-2", h.authorization)
+    end)
+
+    it("outside App Engine returns nil and an error pointing to gauth.default()", function()
+      local http = no_network()
+      local c, err = ae.credentials({ scopes = { S1 }, env = {}, http = http })
+      assert.is_nil(c)
+      is_error(err, "app_engine", "environment")
+      assert.matches("gauth.default()", tostring(err), 1, true)
+      assert.equal(0, http.calls)
+    end)
+
+    it("errors of its tokens say app_engine", function()
+      gae.GCE_METADATA_HOST = dead
+      local c = assert(ae.credentials({ env = gae, retry = false, cache = token_cache.new() }))
+      local tok, err = c:token()
+      assert.is_nil(tok)
+      is_error(err, "app_engine", "metadata request")
+    end)
+
+    it("project_id: GAE_APPLICATION, GOOGLE_CLOUD_PROJECT, then the server", function()
+      local p, err = ae.project_id({ env = gae })
+      assert.equal("my-app", p)
+      assert.is_nil(err)
+      assert.equal("plain", (ae.project_id({ env = { GAE_APPLICATION = "plain" } })))
+      assert.equal("gcp", (ae.project_id({ env = { GAE_ENV = "standard",
+                                                    GOOGLE_CLOUD_PROJECT = "gcp" } })))
+      assert.equal("fake-project", (ae.project_id({ env = { GAE_SERVICE = "s",
+                                    GCE_METADATA_HOST = fake.host_port } })))
+      p, err = ae.project_id({ env = {} })
+      assert.is_nil(p)
+      is_error(err, "app_engine", "environment")
+      p, err = ae.project_id({ env = { GAE_SERVICE = "s", GCE_METADATA_HOST = dead }, retry = false })
+      assert.is_nil(p)
+      is_error(err, "app_engine", "metadata request")
+    end)
+
+    it("raises on bad options", function()
+      assert.has_error(function() ae.credentials(3) end)
+      assert.has_error(function() ae.is_app_engine("x") end)
+      assert.has_error(function() ae.project_id(true) end)
+    end)
+  end)
+end)
