@@ -1,0 +1,290 @@
+-- gauth.authorized_user against the fake token endpoint (refresh-token
+-- grant) on loopback, over HTTPS with the test CA and over plain HTTP.
+local helpers = require "helpers"
+local au = require "gauth.authorized_user"
+local token_cache = require "gauth.token_cache"
+local errors = require "gauth.errors"
+local socket = require "socket"
+
+local S1 = "https://www.googleapis.com/auth/cloud-platform"
+local S2 = "https://www.googleapis.com/auth/userinfo.email"
+local CLIENT = "gauth-test-client.apps.googleusercontent.com"
+local SECRET = "gauth-test-secret"
+local RT = "1//gauth-test-refresh-token"
+
+local sleeps
+local function fast_retry(extra)
+  local p = { initial = 0.001, max_delay = 0.01, jitter = false,
+              sleep = function(d) sleeps[#sleeps + 1] = d end }
+  for k, v in pairs(extra or {}) do p[k] = v end
+  return p
+end
+
+local function is_error(err, step)
+  assert.truthy(errors.is(err), "not a gauth error: " .. tostring(err))
+  assert.equal("authorized_user", err.module)
+  if step then assert.equal(step, err.step) end
+end
+
+local function no_secret(s)
+  s = tostring(s)
+  assert.is_nil(s:find(SECRET, 1, true), "client secret leaked: " .. s)
+  assert.is_nil(s:find(RT, 1, true), "refresh token leaked: " .. s)
+end
+
+describe("gauth.authorized_user", function()
+  local fake, plain, path
+
+  lazy_setup(function()
+    fake = helpers.start_fake({ tls = true })
+    plain = helpers.start_fake({ tls = false })
+    path = helpers.make_authorized_user_file({ extra = { token_uri = fake.token_uri } })
+  end)
+
+  lazy_teardown(function()
+    fake:stop()
+    plain:stop()
+  end)
+
+  before_each(function()
+    sleeps = {}
+    for _, f in ipairs({ fake, plain }) do
+      f:reset()
+      f:config({ refresh_tokens = { [RT] = { client_id = CLIENT, client_secret = SECRET } } })
+    end
+  end)
+
+  local function new(opts, p)
+    opts = opts or {}
+    if opts.cache == nil then opts.cache = token_cache.new() end
+    if opts.ca_file == nil and opts.http == nil then opts.ca_file = fake.ca_file end
+    if opts.retry == nil then opts.retry = fast_retry() end
+    return au.from_file(p or path, opts)
+  end
+
+  describe("from_file()", function()
+    it("reads gcloud's file: client id, token_uri, quota project", function()
+      local p = helpers.make_authorized_user_file({ quota_project_id = "billed",
+        extra = { token_uri = fake.token_uri } })
+      local c, err = new(nil, p)
+      assert.is_nil(err)
+      assert.equal("authorized_user", c.kind)
+      assert.equal(CLIENT, c.client_id)
+      assert.equal(fake.token_uri, c.token_uri)
+      assert.equal("billed", c.quota_project)
+      assert.is_false(c:requires_scopes())
+      assert.matches("client " .. CLIENT, tostring(c), 1, true)
+      no_secret(tostring(c))
+    end)
+
+    it("uses Google's endpoint when the file names none (nothing sent)", function()
+      local c = assert(au.from_file(helpers.make_authorized_user_file()))
+      assert.equal("https://oauth2.googleapis.com/token", c.token_uri)
+      c = assert(au.from_file(path, { quota_project = "mine", token_uri = plain.token_uri }))
+      assert.equal(plain.token_uri, c.token_uri)
+      assert.equal("mine", c.quota_project)
+    end)
+
+    it("returns nil and an error naming file and field, never a secret", function()
+      local cases = {
+        { helpers.tmpname("nope", ".json"), nil, "cannot read" },
+        { helpers.write_file(helpers.tmpname("bad", ".json"), "{ nope"), nil, "not a JSON object" },
+        { helpers.make_authorized_user_file({ omit = { "refresh_token" } }), "refresh_token", "missing" },
+        { helpers.make_authorized_user_file({ omit = { "client_secret" } }), "client_secret", "missing" },
+        { helpers.make_authorized_user_file({ extra = { client_id = 5 } }), "client_id", "string" },
+        { helpers.make_authorized_user_file({ extra = { type = "service_account" } }), "type", "service_account" },
+      }
+      for _, case in ipairs(cases) do
+        local c, err = au.from_file(case[1])
+        assert.is_nil(c)
+        is_error(err, "key file")
+        assert.equal(case[1], err.file)
+        assert.equal(case[2], err.field)
+        assert.matches(case[3], tostring(err), 1, true)
+        no_secret(err)
+      end
+    end)
+
+    it("refuses to send the refresh token in clear text to a remote host", function()
+      local p = helpers.make_authorized_user_file({ extra = { token_uri = "http://example.com/token" } })
+      local c, err = au.from_file(p)
+      assert.is_nil(c)
+      is_error(err, "token_uri")
+      assert.matches("clear text", err.message)
+      c, err = au.from_file(path, { token_uri = "ftp://127.0.0.1/x" })
+      assert.is_nil(c)
+      is_error(err, "token_uri")
+    end)
+
+    it("raises on bad arguments", function()
+      assert.has_error(function() au.from_file(5) end)
+      assert.has_error(function() au.from_file(path, 5) end)
+      assert.has_error(function() au.from_file(path, { scopes = 5 }) end)
+      assert.has_error(function() au.from_file(path, { token_uri = 5 }) end)
+      assert.has_error(function() au.from_file(path, { http = {} }) end)
+      assert.has_error(function() au.from_file(path, { timeout = 0 }) end)
+      assert.has_error(function() au.from_file(path, { retry = 1 }) end)
+    end)
+  end)
+
+  describe("from_info()", function()
+    it("takes a table or JSON text", function()
+      local text = assert(helpers.read_file(path))
+      local c, err = au.from_info(text, { ca_file = fake.ca_file, cache = token_cache.new() })
+      assert.is_nil(err)
+      assert.equal("authorized user info", c.source)
+      assert.equal("fake-token-1", (c:token()))
+      c, err = au.from_info(helpers.json_decode(text))
+      assert.is_nil(err)
+      assert.equal(CLIENT, c.client_id)
+    end)
+
+    it("returns nil and an error for bad info", function()
+      local c, err = au.from_info("nope")
+      assert.is_nil(c)
+      is_error(err, "key file")
+      c, err = au.from_info({ type = "authorized_user", client_id = "x" })
+      assert.is_nil(c)
+      assert.equal("client_secret", err.field)
+      assert.has_error(function() au.from_info(42) end)
+    end)
+  end)
+
+  describe("token()", function()
+    it("trades the refresh token for an access token over HTTPS", function()
+      local c = assert(new())
+      local t0 = os.time()
+      local tok, exp = c:token()
+      assert.equal("fake-token-1", tok)
+      assert.is_true(math.abs(exp - (t0 + 3599)) <= 2)
+      local rs = fake:requests("/token")
+      assert.equal(1, #rs)
+      assert.equal("POST", rs[1].method)
+      assert.same({ grant_type = "refresh_token", client_id = CLIENT,
+                    client_secret = SECRET, refresh_token = RT }, rs[1].form)
+      assert.equal("refresh_token", fake:tokens()[tok].kind)
+    end)
+
+    it("sends scopes when given", function()
+      local c = assert(new({ scopes = { S1, S2 } }))
+      assert.truthy(c:token())
+      assert.equal(S1 .. " " .. S2, fake:requests("/token")[1].form.scope)
+      local d = c:with_scopes(S2)
+      assert.same({ S2 }, d.scopes)
+      assert.equal("fake-token-2", (d:token()))
+      assert.equal(S2, fake:requests("/token")[2].form.scope)
+    end)
+
+    it("answers from the cache and refreshes inside the refresh window", function()
+      fake:config({ expires_in = 300 })
+      local offset = 0
+      local c = assert(new({ now = function() return socket.gettime() + offset end }))
+      assert.equal("fake-token-1", (c:token()))
+      assert.equal("fake-token-1", (c:token()))
+      offset = 300 - 225 + 1
+      assert.equal("fake-token-2", (c:token()))
+      assert.equal(2, #fake:requests("/token"))
+    end)
+
+    it("keeps a rotated refresh token for the next refresh", function()
+      fake:script("/token", { status = 200, body = { access_token = "a1", expires_in = 3600,
+                                                     refresh_token = "rotated" } })
+      local c = assert(new())
+      assert.equal("a1", (c:token()))
+      c:invalidate()
+      local tok, err = c:token()
+      -- The fake does not know "rotated": what matters is what was sent.
+      assert.is_nil(tok)
+      assert.equal("invalid_grant", err.error)
+      assert.equal("rotated", fake:requests("/token")[2].form.refresh_token)
+    end)
+
+    it("works over plain HTTP to loopback", function()
+      local p = helpers.make_authorized_user_file({ extra = { token_uri = plain.token_uri } })
+      local c = assert(au.from_file(p, { cache = token_cache.new() }))
+      assert.equal("fake-token-1", (c:token()))
+      assert.equal(1, #plain:requests("/token"))
+    end)
+
+    it("apply sets the bearer token and the quota project", function()
+      local p = helpers.make_authorized_user_file({ quota_project_id = "qp",
+        extra = { token_uri = fake.token_uri } })
+      local h, err = assert(new(nil, p)):apply()
+      assert.is_nil(err)
+      assert.equal("Bearer fake-token-1", h.authorization)
+      assert.equal("qp", h["x-goog-user-project"])
+    end)
+
+    it("returns nil and the endpoint's error for a revoked token, not retried", function()
+      local p = helpers.make_authorized_user_file({ refresh_token = "revoked",
+        extra = { token_uri = fake.token_uri } })
+      local c = assert(new(nil, p))
+      local tok, err = c:token()
+      assert.is_nil(tok)
+      is_error(err, "token response")
+      assert.equal(400, err.status)
+      assert.equal("invalid_grant", err.error)
+      assert.is_false(err.retryable)
+      assert.matches("gcloud auth application%-default login", err.message)
+      assert.equal(1, #fake:requests("/token"))
+      no_secret(err)
+      local h, aerr = c:apply({})
+      assert.is_nil(h)
+      is_error(aerr, "token response")
+    end)
+
+    it("returns invalid_client for a wrong secret", function()
+      local p = helpers.make_authorized_user_file({ client_secret = "wrong",
+        extra = { token_uri = fake.token_uri } })
+      local tok, err = assert(new(nil, p)):token()
+      assert.is_nil(tok)
+      assert.equal(401, err.status)
+      assert.equal("invalid_client", err.error)
+    end)
+
+    it("retries 5xx and transport errors", function()
+      fake:script("/token", { { status = 503 }, { status = 500, body = { error = "server_error" } } })
+      local tok, exp = assert(new()):token()
+      assert.equal("fake-token-1", tok)
+      assert.is_number(exp)
+      assert.equal(3, #fake:requests("/token"))
+      assert.equal(2, #sleeps)
+    end)
+
+    it("refuses a 200 answer without a token, never quoting it", function()
+      fake:script("/token", { status = 200, body = { refresh_token = "x", id_token = "secret-id" } })
+      local tok, err = assert(new()):token()
+      assert.is_nil(tok)
+      is_error(err, "token response")
+      assert.is_nil(tostring(err):find("secret-id", 1, true))
+      fake:script("/token", { status = 200, body = { access_token = "a", expires_in = "soon" } })
+      tok, err = assert(new()):token()
+      assert.is_nil(tok)
+      assert.matches("expires_in", err.message)
+    end)
+
+    it("fails with a certificate the test CA did not sign (not retried)", function()
+      local c = assert(au.from_file(path, { cache = token_cache.new(), retry = fast_retry(),
+        ca_file = helpers.certs().other_ca_file }))
+      local tok, err = c:token()
+      assert.is_nil(tok)
+      is_error(err, "token request")
+      assert.is_false(err.retryable)
+    end)
+  end)
+
+  describe("check_token_uri()", function()
+    it("accepts https and loopback http, refuses the rest", function()
+      local ok, err = au.check_token_uri("https://oauth2.googleapis.com/token")
+      assert.is_true(ok)
+      assert.is_nil(err)
+      assert.is_true((au.check_token_uri("http://[::1]:8/token")))
+      ok, err = au.check_token_uri("http://10.0.0.1/token")
+      assert.is_nil(ok)
+      is_error(err, "token_uri")
+      ok, err = au.check_token_uri("not a url")
+      assert.is_nil(ok)
+      is_error(err, "token_uri")
+    end)
+  end)
+end)
