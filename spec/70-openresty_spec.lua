@@ -28,7 +28,7 @@ describe("OpenResty", function()
     return
   end
 
-  local fake, untrusted, srv, ctx, sa_info, certs, discovery_dir
+  local fake, untrusted, srv, ctx, sa_info, certs, discovery_dir, emu
 
   local function reset_fake(extra)
     fake:reset()
@@ -57,6 +57,10 @@ describe("OpenResty", function()
     local untrusted_sa = helpers.make_service_account_file({
       token_uri = "https://localhost:" .. untrusted.port .. "/token" })
     reset_fake()
+    -- For the example handler: gauth's emulator (token endpoint, Discovery,
+    -- Cloud SQL Admin) with a throwaway service account.
+    emu = assert(require("gauth.emulator").start({
+      new_key_file = helpers.tmpname("emulator-sa", ".json") }))
     local doc_path = helpers.shared_discovery("sqladmin.v1.json")
     discovery_dir = doc_path and doc_path:match("^(.*)/[^/]+$")
     local port = nginx.free_port()
@@ -80,36 +84,48 @@ describe("OpenResty", function()
           if not auto then assert(shdict.install()) end
           %s.configure({ sa = %q, untrusted_sa = %q, auto = auto,
                          discovery_dir = %q })
+          require("handler").init({ key_file = %q, discovery_url = %q })
         }
-      ]]):format(app, sa_path, untrusted_sa, discovery_dir or ""),
+      ]]):format(app, sa_path, untrusted_sa, discovery_dir or "", emu.key_file,
+                 emu.discovery_url),
+      package_path = nginx.root .. "/examples/openresty/?.lua",
       server = ([[
-        listen [::1]:%d;
+        listen [::1]:@PORT@;
         location = /fast { return 200 "fast\n"; }
-        location = /token { content_by_lua_block { %s.token() } }
-        location = /not_blocked { content_by_lua_block { %s.not_blocked() } }
+        location = /token { content_by_lua_block { @APP@.token() } }
+        location = /not_blocked { content_by_lua_block { @APP@.not_blocked() } }
         location = /log_token {
           content_by_lua_block { ngx.say("ok") }
-          log_by_lua_block { %s.log_phase() }
+          log_by_lua_block { @APP@.log_phase() }
         }
         location = /set_token {
-          set_by_lua_block $tokstate { return %s.set_phase() }
+          set_by_lua_block $tokstate { return @APP@.set_phase() }
           return 200 $tokstate;
         }
-        location = /result { content_by_lua_block { %s.result() } }
-        location = /default_store { content_by_lua_block { %s.default_store() } }
-        location = /case { content_by_lua_block { %s.run_case() } }
-        location = /via_http { content_by_lua_block { %s.via_http() } }
-        location = /raw/chunked { content_by_lua_block { %s.raw_chunked() } }
-        location = /raw/close { content_by_lua_block { %s.raw_close() } }
-        location = /raw/continue { content_by_lua_block { %s.raw_continue() } }
-        location = /raw/redirect { content_by_lua_block { %s.raw_redirect() } }
-        location = /raw/echo { content_by_lua_block { %s.raw_echo() } }
-        location = /discovery_doc { content_by_lua_block { %s.discovery_doc() } }
-        location /fake_discovery/ { content_by_lua_block { %s.fake_discovery() } }
-        location = /raw/badchunk { content_by_lua_block { %s.raw_badchunk() } }
-        location = /raw/bighead { content_by_lua_block { %s.raw_bighead() } }
-      ]]):format(port, app, app, app, app, app, app, app, app, app, app, app, app, app,
-                 app, app, app, app),
+        location = /result { content_by_lua_block { @APP@.result() } }
+        location = /default_store { content_by_lua_block { @APP@.default_store() } }
+        location = /case { content_by_lua_block { @APP@.run_case() } }
+        location = /via_http { content_by_lua_block { @APP@.via_http() } }
+        location = /raw/chunked { content_by_lua_block { @APP@.raw_chunked() } }
+        location = /raw/close { content_by_lua_block { @APP@.raw_close() } }
+        location = /raw/continue { content_by_lua_block { @APP@.raw_continue() } }
+        location = /raw/redirect { content_by_lua_block { @APP@.raw_redirect() } }
+        location = /raw/echo { content_by_lua_block { @APP@.raw_echo() } }
+        location = /discovery_doc { content_by_lua_block { @APP@.discovery_doc() } }
+        location /fake_discovery/ { content_by_lua_block { @APP@.fake_discovery() } }
+        location /example/proxy/ {
+          set $gauth_authorization "";
+          access_by_lua_block { require("handler").authorize() }
+          proxy_set_header Authorization $gauth_authorization;
+          proxy_set_header Cookie "";
+          proxy_pass http://127.0.0.1:@PORT@/raw/;
+        }
+        location = /example/sql {
+          content_by_lua_block { require("handler").list_sql_instances() }
+        }
+        location = /raw/badchunk { content_by_lua_block { @APP@.raw_badchunk() } }
+        location = /raw/bighead { content_by_lua_block { @APP@.raw_bighead() } }
+      ]]):gsub("@APP@", app):gsub("@PORT@", tostring(port)),
     })
     assert(srv, err)
     ctx = {
@@ -131,6 +147,7 @@ describe("OpenResty", function()
     end
     if fake then fake:stop() end
     if untrusted then untrusted:stop() end
+    if emu then emu.stop() end
   end)
 
   describe("shared transport cases", function()
@@ -388,6 +405,48 @@ describe("OpenResty", function()
     it("a missing document is not found, and not kept", function()
       local status = srv:get("/discovery_doc?api=nosuch&version=v9")
       assert.equal(404, status)
+    end)
+  end)
+
+  describe("examples/openresty", function()
+    it("handler.authorize puts the service account's token on proxied requests", function()
+      local status, r = get_json("/example/proxy/echo")
+      assert.equal(200, status)
+      local auth = r.headers.authorization
+      assert.matches("^Bearer .+", auth)
+      -- The emulator issued it, for the key the handler read.
+      local status2, r2 = srv:get("/example/proxy/echo", {
+        headers = { Authorization = "Bearer client-own", Cookie = "session=1" } })
+      assert.equal(200, status2)
+      r2 = decode(r2)
+      assert.equal(auth, r2.headers.authorization)
+      assert.is_nil(r2.headers.cookie)
+    end)
+
+    it("handler.list_sql_instances lists Cloud SQL instances with the Discovery client", function()
+      local status, r, body = get_json("/example/sql")
+      assert.equal(200, status, body)
+      assert.equal(emu.project, r.project)
+      assert.is_true(#r.instances > 0)
+      for _, inst in ipairs(r.instances) do
+        assert.is_string(inst.name)
+        assert.is_string(inst.state)
+      end
+    end)
+
+    it("nginx.conf is accepted by nginx -t (paths made local)", function()
+      local text = assert(helpers.read_file(nginx.root .. "/examples/openresty/nginx.conf"))
+      text = text:gsub("/opt/gauth", nginx.root)
+                 -- no DNS here: the upstream name would not resolve
+                 :gsub("server storage%.googleapis%.com:443", "server 127.0.0.1:9")
+      local dir = helpers.tmpname("example-nginx")
+      assert(os.execute("mkdir -p " .. helpers.shell_quote(dir .. "/logs")))
+      helpers.write_file(dir .. "/nginx.conf", text)
+      local ok, out = helpers.sh(("env -u LUA_PATH -u LUA_CPATH GOOGLE_APPLICATION_CREDENTIALS=%s "
+        .. "nginx -t -p %s -c %s"):format(helpers.shell_quote(emu.key_file),
+        helpers.shell_quote(dir), helpers.shell_quote(dir .. "/nginx.conf")))
+      assert.is_true(ok, out)
+      assert.matches("test is successful", out)
     end)
   end)
 end)

@@ -142,7 +142,8 @@ end
 --   `events` (lines), `http` (http-context lines), `server` (body of the
 --   main server), `trusted_ca` (PEM file for lua_ssl_trusted_certificate),
 --   `log_level` (default "info"), `env` (names for `env` directives),
---   `port` (default: a free one)
+--   `port` (default: a free one), `listen_opts` (e.g. "reuseport"),
+--   `package_path` (entries put before gauth's in lua_package_path)
 -- @return srv | nil, err
 function _M.start(opts)
   opts = opts or {}
@@ -179,9 +180,9 @@ function _M.start(opts)
   add("  uwsgi_temp_path " .. prefix .. "/uwsgi;")
   add("  scgi_temp_path " .. prefix .. "/scgi;")
   -- No ";;": the default path would add Lua 5.4 trees.
-  add(("  lua_package_path '%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;"
+  add(("  lua_package_path '%s%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;"
        .. "/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua';")
-      :format(root, root, root))
+      :format(opts.package_path and (opts.package_path .. ";") or "", root, root, root))
   add(("  lua_package_cpath '%s/build/5.1/?.so;%s/?.so';"):format(root, lua51_cdir()))
   if opts.trusted_ca then
     add("  lua_ssl_trusted_certificate " .. opts.trusted_ca .. ";")
