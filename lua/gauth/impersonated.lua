@@ -1,0 +1,525 @@
+--- Impersonated credentials: act as another service account (the target)
+-- with tokens from the IAM Credentials API's `generateAccessToken`, asked
+-- for with the token of source credentials that may act as it (role
+-- "Service Account Token Creator"), possibly through a chain of
+-- delegates.
+--
+--     local imp = require "gauth.impersonated"
+--     local creds = assert(imp.credentials({
+--       source = assert(gauth.default()),
+--       target_principal = "reader@my-project.iam.gserviceaccount.com",
+--       scopes = { "https://www.googleapis.com/auth/devstorage.read_only" },
+--       lifetime = 600,
+--     }))
+--
+-- Also from files of type `impersonated_service_account` (what
+-- `gcloud auth application-default login --impersonate-service-account`
+-- writes): `from_file`, `from_info`, and `gauth.default()`.
+--
+-- The endpoint is `opts.iam_endpoint`, else the `GAUTH_IAM_ENDPOINT`
+-- environment variable (a base URL such as `http://127.0.0.1:8080`: tests,
+-- emulators), else the file's `service_account_impersonation_url`, else
+-- `https://iamcredentials.googleapis.com`. The source's token is sent only
+-- over https, or http to a loopback host.
+--
+-- Errors are `gauth.errors` objects with module "impersonated"; steps
+-- "key file", "endpoint", "source credentials" (the source's error as
+-- `cause`), "token request", "token response" (`status`, `reason` = the
+-- API's status name, `retryable`, `retry_after`).
+-- @module gauth.impersonated
+
+local credentials = require "gauth.credentials"
+local metadata = require "gauth.metadata"
+local errors = require "gauth.errors"
+local retry = require "gauth.retry"
+local util = require "gauth.util"
+local cjson = require "cjson.safe"
+
+local type = type
+local ipairs = ipairs
+local pairs = pairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local require = require
+local setmetatable = setmetatable
+local find = string.find
+local sub = string.sub
+local match = string.match
+local gmatch = string.gmatch
+local format = string.format
+local concat = table.concat
+
+local _M = credentials.extend({ _VERSION = "0.1.0", kind = "impersonated" })
+local mt = credentials.metatable(_M)
+
+--- The IAM Credentials API.
+_M.DEFAULT_IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+
+--- The environment variable that replaces the endpoint (a base URL).
+_M.ENDPOINT_VAR = "GAUTH_IAM_ENDPOINT"
+
+--- Scopes of the target's tokens when none are given (and of a service
+-- account source, which needs a token that may call IAM Credentials).
+_M.DEFAULT_SCOPES = { "https://www.googleapis.com/auth/cloud-platform" }
+
+--- Lifetime of the target's tokens (seconds) when none is given; longer
+-- than 3600 needs an organisation policy, and 43200 is the most there is.
+_M.DEFAULT_LIFETIME = 3600
+_M.MAX_LIFETIME = 43200
+
+--- Retry policy of the request (as for the token endpoint).
+_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
+             jitter = true, deadline = 60 }
+
+_M.MAX_RESPONSE = 256 * 1024
+
+local MAX_FILE = 1024 * 1024
+
+local function fail(step, message, fields)
+  return nil, errors.new("impersonated", step, message, fields)
+end
+
+local function arg_error(msg)
+  error("gauth.impersonated: " .. msg, 4)
+end
+
+local function normalise_scopes(scopes)
+  if scopes == nil then return nil end
+  local list = {}
+  if type(scopes) == "string" then
+    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
+  elseif type(scopes) == "table" then
+    for i, s in ipairs(scopes) do
+      if type(s) ~= "string" or s == "" or find(s, "%s") then
+        arg_error("scopes[" .. i .. "] must be a non-empty string without spaces")
+      end
+      list[i] = s
+    end
+  else
+    arg_error("scopes must be an array of strings or a space-separated string")
+  end
+  if #list == 0 then return nil end
+  return list
+end
+
+local function copy_list(l)
+  local o = {}
+  for i, v in ipairs(l) do o[i] = v end
+  return o
+end
+
+-- An email or unique id: nothing that changes the URL's path.
+local function valid_principal(p)
+  return type(p) == "string" and find(p, "^[%w@._+-]+$") ~= nil
+end
+
+local DELEGATE_PREFIX = "projects/-/serviceAccounts/"
+
+local function normalise_delegates(d)
+  if d == nil or d == util.json_null then return nil end
+  if type(d) ~= "table" then arg_error("delegates must be an array of service account emails") end
+  local list = {}
+  for i, v in ipairs(d) do
+    if type(v) ~= "string" or v == "" then
+      arg_error("delegates[" .. i .. "] must be a non-empty string")
+    end
+    -- The API wants resource names; an email alone is made into one.
+    if not find(v, "/", 1, true) then
+      if not valid_principal(v) then arg_error("delegates[" .. i .. "] is not an email") end
+      v = DELEGATE_PREFIX .. v
+    end
+    list[i] = v
+  end
+  if #list == 0 then return nil end
+  return list
+end
+
+--- Check that an endpoint may receive the source's token: https, or http
+-- to a loopback host.
+-- @return true | nil, err
+function _M.check_endpoint(url)
+  local scheme, host = util.parse_url(url)
+  if not scheme then
+    return fail("endpoint", "not an absolute http(s) URL: " .. sub(tostring(url), 1, 200))
+  end
+  if scheme == "https" then return true end
+  if scheme == "http" then
+    if util.is_loopback_host(host) then return true end
+    return fail("endpoint", "refusing to send a token in clear text to " .. host
+      .. " (https is required except for a loopback host)", { uri = url })
+  end
+  return fail("endpoint", "unsupported scheme " .. scheme, { uri = url })
+end
+
+local function endpoint_url(base, target)
+  base = base:gsub("/+$", "")
+  return base .. "/v1/projects/-/serviceAccounts/" .. target .. ":generateAccessToken"
+end
+
+--- Impersonated credentials.
+-- @tparam table opts `source` (credentials whose token may act as the
+--   target; required), `target_principal` (the target's email; required),
+--   `scopes` (array or space-separated string; default `DEFAULT_SCOPES`),
+--   `delegates` (emails or `projects/-/serviceAccounts/<email>` names: the
+--   chain from source to target), `lifetime` (seconds, 1..43200, default
+--   3600), `iam_endpoint` (base URL; else `GAUTH_IAM_ENDPOINT`, else
+--   Google's), `impersonation_url` (the full `...:generateAccessToken`
+--   URL, as in key files; below the two others), `env`, `quota_project`,
+--   `http`, `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false),
+--   `cache`, `now`
+-- @return credentials | nil, err (an endpoint that would get the token in
+--   clear text)
+function _M.credentials(opts)
+  if type(opts) ~= "table" then
+    error("gauth.impersonated: credentials: opts with source and target_principal required", 2)
+  end
+  local source = opts.source
+  if type(source) ~= "table" or type(source.token) ~= "function" then
+    error("gauth.impersonated: opts.source must be credentials (with :token)", 2)
+  end
+  if not valid_principal(opts.target_principal) then
+    error("gauth.impersonated: opts.target_principal must be a service account email", 2)
+  end
+  local lifetime = opts.lifetime or _M.DEFAULT_LIFETIME
+  if type(lifetime) ~= "number" or lifetime % 1 ~= 0 or lifetime < 1
+      or lifetime > _M.MAX_LIFETIME then
+    error("gauth.impersonated: lifetime must be a whole number of seconds in 1.."
+          .. _M.MAX_LIFETIME, 2)
+  end
+  if opts.http ~= nil and (type(opts.http) ~= "table" or type(opts.http.request) ~= "function") then
+    error("gauth.impersonated: http must be a transport (with :request)", 2)
+  end
+  if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
+    error("gauth.impersonated: ca_file must be a string", 2)
+  end
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
+    error("gauth.impersonated: timeout must be a positive number", 2)
+  end
+  for _, k in ipairs({ "iam_endpoint", "impersonation_url" }) do
+    if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
+      error("gauth.impersonated: " .. k .. " must be a non-empty string", 2)
+    end
+  end
+  local target = opts.target_principal
+  local base = opts.iam_endpoint or metadata.getenv_for(opts)(_M.ENDPOINT_VAR)
+  local url
+  if base then
+    url = endpoint_url(base, target)
+  else
+    url = opts.impersonation_url or endpoint_url(_M.DEFAULT_IAM_ENDPOINT, target)
+  end
+  local ok, err = _M.check_endpoint(url)
+  if not ok then return nil, err end
+  local self = setmetatable({
+    source = source,
+    target_principal = target,
+    scopes = normalise_scopes(opts.scopes) or copy_list(_M.DEFAULT_SCOPES),
+    delegates = normalise_delegates(opts.delegates),
+    lifetime = lifetime,
+    url = url,
+    _retry = metadata.retry_policy(opts.retry, _M.RETRY),
+    _timeout = opts.timeout,
+    _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+  }, mt)
+  credentials.init(self, opts)
+  return self
+end
+
+---------------------------------------------------------------------------
+-- Key files
+---------------------------------------------------------------------------
+
+local function key_error(source, field, message, fields)
+  local where = source
+  if field then where = where .. ": field " .. field end
+  local f = { file = source, field = field }
+  for k, v in pairs(fields or {}) do f[k] = v end
+  return errors.new("impersonated", "key file", where .. ": " .. message, f)
+end
+
+-- The options the source is made with: the transport and test hooks, not
+-- the target's scopes or quota project.
+local function source_opts(opts, scopes)
+  return { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
+           retry = opts.retry, cache = opts.cache, now = opts.now, scopes = scopes }
+end
+
+local function from_parsed(info, source, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth.impersonated: opts must be a table", 3)
+  end
+  opts = opts or {}
+  local t = info.type
+  if t ~= nil and t ~= "impersonated_service_account" then
+    local shown = type(t) == "string" and ('"' .. sub(t, 1, 40) .. '"') or type(t)
+    return nil, key_error(source, "type", "is " .. shown .. ', expected "impersonated_service_account"')
+  end
+  local url = info.service_account_impersonation_url
+  if type(url) ~= "string" or url == "" then
+    return nil, key_error(source, "service_account_impersonation_url", "missing or not a string")
+  end
+  local target = match(url, "/serviceAccounts/([^/:]+):generateAccessToken$")
+  if not target or not valid_principal(target) then
+    return nil, key_error(source, "service_account_impersonation_url",
+      "does not end in /serviceAccounts/<email>:generateAccessToken")
+  end
+  local delegates = info.delegates
+  if delegates ~= nil and delegates ~= util.json_null then
+    if type(delegates) ~= "table" then
+      return nil, key_error(source, "delegates", "must be an array of strings")
+    end
+    for i, v in ipairs(delegates) do
+      if type(v) ~= "string" or v == "" or (not find(v, "/", 1, true) and not valid_principal(v)) then
+        return nil, key_error(source, "delegates", "entry " .. i .. " is not a service account")
+      end
+    end
+  else
+    delegates = nil
+  end
+  local qp = info.quota_project_id
+  if qp ~= nil and qp ~= util.json_null and (type(qp) ~= "string" or qp == "") then
+    return nil, key_error(source, "quota_project_id", "must be a non-empty string")
+  end
+  if qp == util.json_null then qp = nil end
+  local src = info.source_credentials
+  if type(src) ~= "table" then
+    return nil, key_error(source, "source_credentials", "missing or not an object")
+  end
+  local st = src.type
+  local creds, err
+  if st == "service_account" then
+    creds, err = require("gauth.service_account").from_info(src,
+      source_opts(opts, copy_list(_M.DEFAULT_SCOPES)))
+  elseif st == "authorized_user" then
+    creds, err = require("gauth.authorized_user").from_info(src, source_opts(opts))
+  else
+    local shown = type(st) == "string" and ('"' .. sub(st, 1, 40) .. '"') or "missing"
+    return nil, key_error(source, "source_credentials",
+      "source credentials of type " .. shown .. " are not supported yet"
+      .. ' (supported: "service_account", "authorized_user")',
+      { type = type(st) == "string" and st or nil, unsupported = true })
+  end
+  if not creds then
+    return nil, errors.wrap("impersonated", "key file", err,
+      { file = source, field = "source_credentials",
+        message = source .. ": field source_credentials: " .. tostring(err.message) })
+  end
+  return _M.credentials({
+    source = creds, target_principal = target, impersonation_url = url,
+    delegates = delegates, scopes = opts.scopes, lifetime = opts.lifetime,
+    iam_endpoint = opts.iam_endpoint, env = opts.env,
+    quota_project = opts.quota_project or qp,
+    http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
+    retry = opts.retry, cache = opts.cache, now = opts.now,
+  })
+end
+
+--- Credentials from a decoded `impersonated_service_account` file, or
+-- its JSON text.
+-- @param info table or JSON string
+-- @tparam[opt] table opts `scopes`, `lifetime`, `iam_endpoint`, `env`,
+--   `quota_project` (over the file's `quota_project_id`), `http`,
+--   `ca_file`, `timeout`, `retry`, `cache`, `now` (the transport and test
+--   options go to the source credentials too)
+-- @return credentials | nil, err
+function _M.from_info(info, opts)
+  local source = "impersonated service account info"
+  if type(info) == "string" then
+    local v = cjson.decode(info)
+    if type(v) ~= "table" then return nil, key_error(source, nil, "not a JSON object") end
+    info = v
+  elseif type(info) ~= "table" then
+    error("gauth.impersonated: from_info: info must be a table or a JSON string", 2)
+  end
+  return from_parsed(info, source, opts)
+end
+
+--- Credentials from an `impersonated_service_account` file.
+-- @tparam string path
+-- @tparam[opt] table opts as for `from_info`
+-- @return credentials | nil, err
+function _M.from_file(path, opts)
+  if type(path) ~= "string" then
+    error("gauth.impersonated: from_file: path must be a string", 2)
+  end
+  local data, rerr = util.read_file(path)
+  if not data then
+    return nil, errors.new("impersonated", "key file", "cannot read " .. tostring(rerr),
+                           { file = path })
+  end
+  if #data > MAX_FILE then return nil, key_error(path, nil, "too large for a credentials file") end
+  local info = cjson.decode(data)
+  if type(info) ~= "table" then return nil, key_error(path, nil, "not a JSON object") end
+  return from_parsed(info, path, opts)
+end
+
+---------------------------------------------------------------------------
+-- generateAccessToken
+---------------------------------------------------------------------------
+
+local function transport(self)
+  local shared = self._shared
+  local http = shared.http
+  if http then return http end
+  if shared.ca_file or shared.timeout then
+    local err
+    http, err = require("gauth.http").new({ ca_file = shared.ca_file, timeout = shared.timeout })
+    if not http then return nil, errors.wrap("impersonated", "token request", err) end
+    shared.http = http
+    return http
+  end
+  return require("gauth.http").default()
+end
+
+--- Parse an RFC 3339 time ("2024-05-01T12:00:00.5Z", "...+02:00").
+-- @return epoch seconds | nil
+function _M.parse_rfc3339(s)
+  if type(s) ~= "string" then return nil end
+  local y, mo, d, h, mi, sec, frac, zone =
+    match(s, "^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$")
+  if not y then return nil end
+  local t = retry._epoch(tonumber(y), tonumber(mo), tonumber(d), tonumber(h),
+                         tonumber(mi), tonumber(sec))
+  if not t then return nil end
+  if frac ~= "" then
+    local f = tonumber("0" .. frac)
+    if not f then return nil end
+    t = t + f
+  end
+  if zone == "Z" or zone == "z" then return t end
+  local sign, zh, zm = match(zone, "^([+-])(%d%d):(%d%d)$")
+  if not sign then return nil end
+  local off = tonumber(zh) * 3600 + tonumber(zm) * 60
+  if sign == "+" then return t - off end
+  return t + off
+end
+
+local function api_error(self, res, now, attempt)
+  local status = res.status
+  local data = type(res.body) == "string" and cjson.decode(res.body) or nil
+  local e = type(data) == "table" and type(data.error) == "table" and data.error or nil
+  local msg = "IAM Credentials refused generateAccessToken for " .. self.target_principal
+  local reason = res.reason
+  if e then
+    if type(e.status) == "string" then reason = e.status end
+    if type(e.message) == "string" then msg = msg .. ": " .. e.message end
+  end
+  local retryable = retry.is_retryable_status(status)
+  if status == 401 and attempt == 1 then
+    -- The source's token may have been revoked or expired early: drop it
+    -- and try once more with a new one.
+    if type(self.source.invalidate) == "function" then self.source:invalidate() end
+    retryable = true
+  end
+  return fail("token response", msg, {
+    status = status, reason = reason, retryable = retryable, uri = self.url,
+    details = e and e.details or nil,
+    retry_after = retry.parse_retry_after(res.headers and res.headers["retry-after"], now),
+  })
+end
+
+local function once(self, http, attempt, remaining)
+  local ok, uerr = _M.check_endpoint(self.url)
+  if not ok then return nil, uerr end
+  local timeout = remaining
+  if timeout then
+    if timeout < 0.05 then
+      return fail("token request", "no time left before the deadline",
+                  { retryable = false, uri = self.url })
+    end
+    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
+    if cap and cap < timeout then timeout = cap end
+  end
+  local tok, serr = self.source:token()
+  if not tok then
+    -- The source retried already: retrying here would multiply attempts.
+    return nil, errors.wrap("impersonated", "source credentials", serr, { retryable = false })
+  end
+  local body = { scope = self.scopes, lifetime = format("%ds", self.lifetime) }
+  if self.delegates then body.delegates = self.delegates end
+  local res, err = http:request({
+    method = "POST", url = self.url,
+    headers = { authorization = "Bearer " .. tok,
+                ["content-type"] = "application/json", accept = "application/json" },
+    body = cjson.encode(body), timeout = timeout,
+    max_body = _M.MAX_RESPONSE, follow_redirects = false,
+  })
+  if not res then
+    local fields = { uri = self.url }
+    if type(err) == "table" and err.too_large then fields.retryable = false end
+    return nil, errors.wrap("impersonated", "token request", err, fields)
+  end
+  local now = self._clock()
+  if res.status ~= 200 then return api_error(self, res, now, attempt) end
+  -- A 200 body holds a token: it never goes into an error.
+  local data = cjson.decode(res.body)
+  if type(data) ~= "table" or type(data.accessToken) ~= "string" or data.accessToken == "" then
+    return fail("token response", "no accessToken in the answer",
+                { status = 200, retryable = false, uri = self.url })
+  end
+  local exp = _M.parse_rfc3339(data.expireTime)
+  if not exp then
+    return fail("token response", "expireTime is not an RFC 3339 time",
+                { status = 200, retryable = false, uri = self.url })
+  end
+  -- The lifetime on the API's clock (its Date header), so that a skew of
+  -- this machine's clock does not make the token look expired, or good
+  -- for longer than it is.
+  local date = retry.parse_http_date(res.headers and res.headers.date)
+  local life = date and (exp - date) or (exp - now)
+  if life > self.lifetime + 60 then life = self.lifetime end
+  if life <= 0 then
+    return fail("token response", "the token has already expired",
+                { status = 200, retryable = false, uri = self.url })
+  end
+  return { access_token = data.accessToken, expires_at = now + life }
+end
+
+--- Get a new token for the target (used by `token()`; call that instead:
+-- it caches).
+-- @return entry `{ access_token=, expires_at= }` | nil, err
+function _M:fetch_token()
+  local http, terr = transport(self)
+  if not http then return nil, terr end
+  return retry.call(function(attempt, remaining)
+    return once(self, http, attempt, remaining)
+  end, self._retry)
+end
+
+function _M:cache_key_parts()
+  local scopes = copy_list(self.scopes)
+  table.sort(scopes)
+  local src = self.source
+  -- gauth credentials have a cache key; any other token source is told
+  -- apart by identity.
+  local sk = type(src.cache_key) == "function" and src:cache_key() or tostring(src)
+  return { source = sk, target = self.target_principal,
+           scopes = scopes, delegates = self.delegates, lifetime = self.lifetime,
+           url = self.url }
+end
+
+--- False: impersonated credentials always have scopes (`DEFAULT_SCOPES`
+-- when none were given).
+function _M:requires_scopes()  -- luacheck: no unused args
+  return false
+end
+
+function _M:describe()
+  local parts = { "as " .. self.target_principal, "source " .. tostring(self.source) }
+  if self.delegates then
+    parts[#parts + 1] = #self.delegates .. (#self.delegates == 1 and " delegate" or " delegates")
+  end
+  local n = #self.scopes
+  parts[#parts + 1] = n .. (n == 1 and " scope" or " scopes")
+  return concat(parts, ", ")
+end
+
+--- A copy with other target scopes (nil: `DEFAULT_SCOPES`).
+function _M:with_scopes(scopes)
+  local o = self:copy()
+  o.scopes = normalise_scopes(scopes) or copy_list(_M.DEFAULT_SCOPES)
+  return o
+end
+
+return _M
