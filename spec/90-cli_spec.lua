@@ -78,7 +78,7 @@ local function gauth(args, env)
   for i, a in ipairs(args) do list[i] = q(a) end
   local out, err = helpers.tmpname("cli-out"), helpers.tmpname("cli-err")
   local cmd = ("cd %s && env -u GOOGLE_APPLICATION_CREDENTIALS -u CLOUDSDK_CONFIG "
-    .. "-u GOOGLE_CLOUD_PROJECT -u SSL_CERT_FILE -u CURL_CA_BUNDLE "
+    .. "-u GOOGLE_CLOUD_PROJECT -u SSL_CERT_FILE -u CURL_CA_BUNDLE -u XDG_CACHE_HOME "
     .. "HOME=%s NO_GCE_CHECK=true LUA_PATH=%s LUA_CPATH=%s %s %s bin/gauth %s >%s 2>%s </dev/null; echo $?")
     :format(q(ROOT), q(helpers.tmpdir()),
       q(ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"), q(BUILD .. "/?.so;;"),
@@ -551,6 +551,24 @@ describe("gauth command", function()
       assert.are.equal("", out)
       one_line(err)
       assert.matches("could not write it under " .. file .. "/sub", err, 1, true)
+    end)
+  end)
+  describe("examples/list_instances.lua", function()
+    it("runs against the emulator with the command at its top", function()
+      local out = helpers.tmpname("example-out")
+      -- HOME: the Discovery cache goes to the run's temporary directory.
+      local ok, msg = helpers.sh(("cd %s && env -u XDG_CACHE_HOME HOME=%s GAUTH_DISCOVERY_URL=%s "
+        .. "LUA_PATH=%s LUA_CPATH=%s %s examples/list_instances.lua %s >%s"):format(
+        q(ROOT), q(helpers.tmpdir()), q(discovery_url),
+        q(ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;;"), q(BUILD .. "/?.so;;"),
+        q(LUA), q(key_file), q(out)))
+      assert(ok, msg)
+      local resp = assert(cjson.decode(helpers.read_file(out)))
+      assert.are.equal("sql#instancesList", resp.kind)
+      local names = {}
+      for _, inst in ipairs(resp.items) do names[inst.name] = true end
+      assert.is_true(names["exemplary-mysql"])
+      assert.is_true(names["exemplary-postgres"])
     end)
   end)
 end)
