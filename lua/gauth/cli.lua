@@ -48,6 +48,7 @@ local huge = math.huge
 
 local _M = { _VERSION = "0.1.0" }
 
+--- The text of `gauth --help`.
 _M.USAGE = [[
 usage: gauth [--ca-file F] <command> [options]
 
@@ -86,7 +87,7 @@ local SCOPE_PREFIX = "https://www.googleapis.com/auth/"
 -- OpenID Connect scopes are bare words, not URLs.
 local BARE_SCOPES = { openid = true, email = true, profile = true }
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- Leaving early: die() raises an exit object that main() turns into the
 -- message and the code; anything else raised is a bug, reported as such.
 
@@ -111,7 +112,7 @@ local function strip_position(msg)
   return (gsub(msg, "^[^:\n]*:%d+: ", ""))
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- Arguments
 
 -- Every option: does it take a value, and the field it fills.
@@ -217,7 +218,7 @@ local function scopes_of(list)
   return out
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- JSON for people: indented, keys sorted (so that output can be diffed),
 -- "/" not escaped.
 
@@ -300,7 +301,7 @@ function _M.pretty_json(v)
   return concat(out)
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- Progress on a terminal
 
 --- Is `stream` the process's stderr, and a terminal? `GAUTH_PROGRESS=1`
@@ -351,7 +352,7 @@ function _M.progress_bar(stream, label)
   end
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- Credentials
 
 -- Application Default Credentials (gauth.default), or a clear failure when
@@ -425,7 +426,7 @@ local function access_creds(opts, default_scopes)
   return creds
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- gauth token
 
 local function cmd_token(opts, pos, out)
@@ -447,7 +448,7 @@ local function cmd_token(opts, pos, out)
   return 0
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- gauth call
 
 local function read_stream_or_file(spec, stdin)
@@ -650,7 +651,7 @@ local function cmd_call(opts, pos, out, stdin)
   return 0
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- gauth discovery fetch
 
 local function default_cache_dir()
@@ -697,7 +698,7 @@ local function cmd_discovery(opts, pos, out)
   return 0
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- main
 
 local COMMANDS = { token = cmd_token, call = cmd_call, discovery = cmd_discovery }

@@ -176,13 +176,13 @@ local function respond(e, req)
   return { status = e.status, reason = e.reason, headers = copy(e.headers), body = body }
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- Transports
 
-local transport = {}
-local transport_mt = { __index = transport }
+local mock_transport = {}
+local mock_transport_mt = { __index = mock_transport }
 
-transport_mt.__tostring = function(self)
+mock_transport_mt.__tostring = function(self)
   return format("gauth.testing %s (%d requests)", self.kind, #self.requests)
 end
 
@@ -217,43 +217,20 @@ local function record(self, req)
   return r
 end
 
---- Answer a request (the transport interface: see ARCHITECTURE.md).
--- Records a copy of it in `requests` (and `last_request`) first.
--- @tparam table req `{ method=, url=, headers=, body=, ... }`
--- @return `{ status=, reason=, headers=, body= }` | nil, err; raises when
--- a sequence has no response left
-function transport:request(req)
-  check_request(req)
-  local r = record(self, req)
-  local e
-  if self.kind == "http_mock" then
-    e = self.entry
-  else
-    local i = self.position + 1
-    e = self.entries[i]
-    if not e then
-      error(format("gauth.testing: http_sequence: request %d (%s %s) but the sequence "
-        .. "has %d response%s", #self.requests, r.method, tostring(req.url),
-        #self.entries, #self.entries == 1 and "" or "s"), 2)
-    end
-    self.position = i
-  end
-  return respond(e, r)
+-- -------------------------------------------------------------------------
+-- Credentials
+
+local mock_credentials = { kind = "testing" }
+local mock_credentials_mt = { __index = mock_credentials }
+
+mock_credentials_mt.__tostring = function(self)
+  -- Never the token: the same rule as real credentials.
+  return "gauth.testing credentials" ..
+    (self.quota_project and (" (quota project " .. self.quota_project .. ")") or "")
 end
 
---- How many responses a sequence has not given yet (`http_mock`: always
--- math.huge).
-function transport:remaining()
-  if self.kind == "http_mock" then return math.huge end
-  return #self.entries - self.position
-end
-
---- Transports have `close()`; this one only notes it was called.
--- @return true
-function transport:close()
-  self.closed = true
-  return true
-end
+-- -------------------------------------------------------------------------
+-- Making doubles
 
 --- A transport that gives every request the same response.
 -- @tparam[opt] table response `{ status=, headers=, body=, file=, reason= }`
@@ -263,7 +240,7 @@ end
 --   `last_request`
 function _M.http_mock(response)
   local e = entry_of(response or {}, "http_mock")
-  return setmetatable({ kind = "http_mock", entry = e, requests = {} }, transport_mt)
+  return setmetatable({ kind = "http_mock", entry = e, requests = {} }, mock_transport_mt)
 end
 
 --- A transport that answers requests with `responses` in turn; one more
@@ -280,19 +257,7 @@ function _M.http_sequence(responses)
     entries[i] = entry_of(r, "http_sequence[" .. i .. "]")
   end
   return setmetatable({ kind = "http_sequence", entries = entries, position = 0,
-                        requests = {} }, transport_mt)
-end
-
----------------------------------------------------------------------------
--- Credentials
-
-local creds = { kind = "testing" }
-local creds_mt = { __index = creds }
-
-creds_mt.__tostring = function(self)
-  -- Never the token: the same rule as real credentials.
-  return "gauth.testing credentials" ..
-    (self.quota_project and (" (quota project " .. self.quota_project .. ")") or "")
+                        requests = {} }, mock_transport_mt)
 end
 
 --- Credentials that need no token endpoint: `token()` gives a fixed token.
@@ -334,12 +299,64 @@ function _M.credentials(opts)
     _requires_scopes = opts.requires_scopes == true,
     scopes = opts.scopes,
     token_calls = 0, invalidations = 0,
-  }, creds_mt)
+  }, mock_credentials_mt)
 end
+
+--- The transport doubles that `http_mock` and `http_sequence` make: the
+-- transport interface (`request`, `close`), and what they recorded.
+-- @type mock_transport
+-- @field requests every request, oldest first (copies: method, url,
+--   headers, body, timeout, ...)
+-- @field last_request the latest of them
+
+--- Answer a request (the transport interface: see ARCHITECTURE.md).
+-- Records a copy of it in `requests` (and `last_request`) first.
+-- @tparam table req `{ method=, url=, headers=, body=, ... }`
+-- @return `{ status=, reason=, headers=, body= }` | nil, err; raises when
+-- a sequence has no response left
+function mock_transport:request(req)
+  check_request(req)
+  local r = record(self, req)
+  local e
+  if self.kind == "http_mock" then
+    e = self.entry
+  else
+    local i = self.position + 1
+    e = self.entries[i]
+    if not e then
+      error(format("gauth.testing: http_sequence: request %d (%s %s) but the sequence "
+        .. "has %d response%s", #self.requests, r.method, tostring(req.url),
+        #self.entries, #self.entries == 1 and "" or "s"), 2)
+    end
+    self.position = i
+  end
+  return respond(e, r)
+end
+
+--- How many responses a sequence has not given yet (`http_mock`: always
+-- math.huge).
+function mock_transport:remaining()
+  if self.kind == "http_mock" then return math.huge end
+  return #self.entries - self.position
+end
+
+--- Transports have `close()`; this one only notes it was called.
+-- @return true
+function mock_transport:close()
+  self.closed = true
+  return true
+end
+
+--- The credentials double that `credentials` makes: the credentials
+-- interface, and counters for assertions.
+-- @type mock_credentials
+-- @field token_calls how many times `token()` (or `apply()`) ran
+-- @field invalidations how many times `invalidate()` ran
+-- @field scopes what `with_scopes` was given (on the copy it made)
 
 --- The current token.
 -- @return token, expires_at | nil, err
-function creds:token()
+function mock_credentials:token()
   self.token_calls = self.token_calls + 1
   local err = self.error
   if err then
@@ -354,7 +371,7 @@ end
 --- Set `authorization` (and `x-goog-user-project`) as real credentials do.
 -- @tparam[opt] table headers changed in place (a new table when nil)
 -- @return headers | nil, err
-function creds:apply(headers)
+function mock_credentials:apply(headers)
   if headers == nil then
     headers = {}
   elseif type(headers) ~= "table" then
@@ -369,24 +386,24 @@ end
 
 --- Count the call and move to the next token of the list (if any).
 -- @return true
-function creds:invalidate()
+function mock_credentials:invalidate()
   self.invalidations = self.invalidations + 1
   self.index = self.index + 1
   return true
 end
 
 --- Do these credentials want an API's scopes? (`opts.requires_scopes`)
-function creds:requires_scopes()
+function mock_credentials:requires_scopes()
   return self._requires_scopes
 end
 
 --- A copy that records `scopes` (in its `scopes` field).
-function creds:with_scopes(scopes)
+function mock_credentials:with_scopes(scopes)
   local o = copy(self)
   o.tokens = copy(self.tokens)
   o.scopes = scopes
   o._requires_scopes = false
-  return setmetatable(o, creds_mt)
+  return setmetatable(o, mock_credentials_mt)
 end
 
 return _M
