@@ -51,15 +51,38 @@ local function is_error(err, module, step)
   if step then assert.equal(step, err.step) end
 end
 
+
+-- Every request of this file that goes through the default transport goes
+-- through this guard: one to anything but loopback fails the spec instead
+-- of leaving the machine.
+local function loopback_guard()
+  local util = require "gauth.util"
+  local real = assert(require("gauth.http").new())
+  return {
+    request = function(_, req)
+      local _, host = util.parse_url(req.url)
+      if not host or not util.is_loopback_host(host) then
+        error("spec sent a request off loopback: " .. tostring(req.url))
+      end
+      return real:request(req)
+    end,
+    close = function() return real:close() end,
+  }
+end
+
 describe("gauth metadata server clients", function()
   local fake, env, dead
 
   lazy_setup(function()
+    require("gauth.http").set_default(loopback_guard())
     fake = helpers.start_fake({ tls = false })
     dead = "127.0.0.1:" .. closed_port()
   end)
 
-  lazy_teardown(function() fake:stop() end)
+  lazy_teardown(function()
+    fake:stop()
+    require("gauth.http").set_default(nil)
+  end)
 
   before_each(function()
     sleeps = {}
@@ -348,6 +371,15 @@ describe("gauth metadata server clients", function()
         assert.matches("gauth.compute_engine credentials (service account default",
                        tostring(c), 1, true)
         assert.equal(0, #md_requests())
+      end)
+
+      it("defaults to metadata.google.internal (the guard stops the request)", function()
+        local c = assert(ce.credentials({ env = {}, cache = token_cache.new(), retry = false }))
+        assert.equal("metadata.google.internal", c.host)
+        local ok, msg = pcall(c.token, c)
+        assert.is_false(ok)
+        assert.matches("spec sent a request off loopback: "
+          .. "http://metadata.google.internal/computeMetadata/v1/", tostring(msg), 1, true)
       end)
 
       it("returns nil and an error for a malformed GCE_METADATA_HOST", function()

@@ -34,17 +34,40 @@ local function is_error(err, module, step)
   if step then assert.equal(step, err.step) end
 end
 
+
+-- Every request of this file that goes through the default transport goes
+-- through this guard: one to anything but loopback fails the spec instead
+-- of leaving the machine.
+local function loopback_guard()
+  local util = require "gauth.util"
+  local real = assert(require("gauth.http").new())
+  return {
+    request = function(_, req)
+      local _, host = util.parse_url(req.url)
+      if not host or not util.is_loopback_host(host) then
+        error("spec sent a request off loopback: " .. tostring(req.url))
+      end
+      return real:request(req)
+    end,
+    close = function() return real:close() end,
+  }
+end
+
 describe("gauth.impersonated", function()
   local fake, user_file, sa_info
 
   lazy_setup(function()
+    require("gauth.http").set_default(loopback_guard())
     fake = helpers.start_fake({ tls = false })
     user_file = helpers.make_authorized_user_file({ extra = { token_uri = fake.token_uri } })
     local _
     _, sa_info = helpers.make_service_account_file({ token_uri = fake.token_uri })
   end)
 
-  lazy_teardown(function() fake:stop() end)
+  lazy_teardown(function()
+    fake:stop()
+    require("gauth.http").set_default(nil)
+  end)
 
   before_each(function()
     sleeps = {}
