@@ -36,7 +36,23 @@ local TESTDOC = {
       name = { type = "string" },
       labels = { type = "array", items = { type = "string" } } } },
   },
-  resources = { projects = { resources = { locations = { methods = {
+  resources = {
+  -- Served by the emulator's Discovery endpoint: bytes to download.
+  documents = { methods = {
+    get = { id = "gauthtest.documents.get", httpMethod = "GET",
+            path = "discovery/v1/apis/{api}/{version}/rest", parameterOrder = { "api", "version" },
+            parameters = { api = { type = "string", location = "path", required = true },
+                           version = { type = "string", location = "path", required = true } },
+            response = { ["$ref"] = "Location" }, supportsMediaDownload = true },
+  } },
+  files = { methods = {
+    upload = { id = "gauthtest.files.upload", httpMethod = "POST", path = "v1/files",
+               request = { ["$ref"] = "Location" }, response = { ["$ref"] = "Location" },
+               supportsMediaUpload = true,
+               mediaUpload = { accept = { "text/*" }, maxSize = "1KB",
+                               protocols = { simple = { multipart = true, path = "/upload/v1/files" } } } },
+  } },
+  projects = { resources = { locations = { methods = {
     get = { id = "gauthtest.projects.locations.get", path = "v1/{+name}",
             httpMethod = "GET", parameterOrder = { "name" },
             parameters = { name = name_param(),
@@ -483,6 +499,84 @@ describe("gauth command", function()
       assert.are.equal(2, code)
       assert.are.equal("", out)
       assert.are.equal("gauth: projects has no resource 'zones' (resources: locations)\n", err)
+    end)
+
+    it("--dry-run hides credentials put in the query", function()
+      local code, out, err = run(call_args("sqladmin", "v1beta4", "instances.list",
+        "project=" .. PROJECT, "access_token=SECRET1", "oauth_token=SECRET2", "--dry-run"))
+      assert.are.equal(0, code, err)
+      assert.is_nil(out:find("SECRET", 1, true))
+      assert.matches("access_token=<redacted>", out, 1, true)
+      assert.matches("oauth_token=<redacted>", out, 1, true)
+    end)
+
+    it("--output downloads the media into a file; a progress bar only when asked", function()
+      local file = helpers.tmpname("download", ".json")
+      local code, out, err = gauth(call_args("gauthtest", "v1", "documents.get", "api=sqladmin",
+        "version=v1beta4", "--output", file, "--key-file", key_file), "GAUTH_PROGRESS=1")
+      assert.are.equal(0, code, err)
+      assert.are.equal("", out)
+      local doc = assert(cjson.decode(helpers.read_file(file)))
+      assert.are.equal("sqladmin", doc.name)
+      local size = #helpers.read_file(file)
+      assert.matches("^\rdownload " .. file:match("([^/]*)$"):gsub("%p", "%%%0") .. " %[=+%] 100%% ", err)
+      assert.matches("\n$", err)
+      assert.matches(("%.1f KiB/%.1f KiB\n"):format(size / 1024, size / 1024), err, 1, true)
+      -- The request asked for the bytes (alt=media).
+      local seen
+      for _, r in ipairs(assert(emu.requests())) do
+        if r.path == "/discovery/v1/apis/sqladmin/v1beta4/rest" then seen = true end
+      end
+      assert.is_true(seen)
+      -- stderr is a file here, not a terminal: no bar.
+      code, out, err = gauth(call_args("gauthtest", "v1", "documents.get", "api=sqladmin",
+        "version=v1beta4", "--output", file, "--key-file", key_file))
+      assert.are.equal(0, code, err)
+      assert.are.equal("", out)
+      assert.are.equal("", err)
+    end)
+
+    it("media options: mistakes are usage errors", function()
+      local text = helpers.write_file(helpers.tmpname("upload", ".txt"), "hello")
+      for _, c in ipairs({
+        { { "instances.list", "project=p", "--output", "/tmp/x" }, "has no media download" },
+        { { "instances.list", "project=p", "--media", text }, "takes no media upload" },
+        { { "instances.list", "project=p", "--media-type", "text/plain" }, "--media-type goes with --media" },
+        { { "instances.list", "project=p", "--media", text, "--output", "/tmp/x" }, "do not go together" },
+      }) do
+        local argv = call_args("sqladmin", "v1beta4", (table.unpack or unpack)(c[1]))  -- luacheck: ignore
+        argv[#argv + 1] = "--dry-run"
+        local code, out, err = run(argv)
+        assert.are.equal(2, code, err)
+        assert.are.equal("", out)
+        one_line(err)
+        assert.matches(c[2], err, 1, true)
+      end
+      local code, out, err = run(call_args("gauthtest", "v1", "files.upload",
+        "--media", helpers.tmpname("missing", ".txt"), "--dry-run"))
+      assert.are.equal(2, code, err)
+      assert.are.equal("", out)
+      assert.matches("cannot open the file", err, 1, true)
+    end)
+
+    it("--media: the upload request (dry run), a type the method refuses", function()
+      local text = helpers.write_file(helpers.tmpname("upload", ".txt"), "hello")
+      local code, out, err = run(call_args("gauthtest", "v1", "files.upload", "--media", text,
+        "--body", '{"name":"n"}', "--dry-run"))
+      if err:find("media uploads are not made here", 1, true) then
+        return pending("gauth.discovery does not take media_body yet")
+      end
+      assert.are.equal(0, code, err)
+      assert.are.equal("POST " .. emu.url .. "/upload/v1/files?alt=json&uploadType=multipart",
+        out:match("^([^\n]*)"))
+      assert.matches('\n\n{"name":"n"}\n', out, 1, true)
+      assert.matches("[media: " .. text .. ", 5 bytes, text/plain, uploadType=multipart]\n", out, 1, true)
+      code, out, err = run(call_args("gauthtest", "v1", "files.upload", "--media", text,
+        "--media-type", "image/png", "--dry-run"))
+      assert.are.equal(2, code)
+      assert.are.equal("", out)
+      one_line(err)
+      assert.matches("not accepted", err, 1, true)
     end)
 
     it("--api-endpoint replaces the document's root URL", function()

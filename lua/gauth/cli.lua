@@ -69,6 +69,11 @@ usage: gauth [--ca-file F] <command> [options]
         --discovery-url URL   Discovery URL template ({api}, {apiVersion})
         --api-endpoint URL    send requests here instead of rootUrl
         --cache-dir D         Discovery cache directory
+        --media FILE          upload FILE (methods with a media upload)
+        --media-type TYPE     its MIME type (default: from its name)
+        --output FILE         download the media into FILE (methods with
+                              a media download); a progress bar on stderr
+                              when it is a terminal, for uploads too
         --key-file F, --scopes S, --subject USER  as for `gauth token`
 
   gauth discovery fetch API VERSION [--cache-dir D] [--discovery-url URL]
@@ -127,6 +132,9 @@ local OPTIONS = {
   ["--discovery-url"] = { value = true, field = "discovery_url" },
   ["--api-endpoint"] = { value = true, field = "api_endpoint" },
   ["--cache-dir"] = { value = true, field = "cache_dir" },
+  ["--output"] = { value = true, field = "output" },
+  ["--media"] = { value = true, field = "media" },
+  ["--media-type"] = { value = true, field = "media_type" },
   ["--ca-file"] = { value = true, field = "ca_file" },
   ["--help"] = { field = "help" },
   ["-h"] = { field = "help" },
@@ -140,7 +148,7 @@ local ALLOWED = {
             audience = true },
   call = { key_file = true, scopes = true, subject = true, body = true,
            dry_run = true, discovery_url = true, api_endpoint = true,
-           cache_dir = true },
+           cache_dir = true, output = true, media = true, media_type = true },
   discovery = { cache_dir = true, discovery_url = true },
 }
 
@@ -429,7 +437,8 @@ end
 -- -------------------------------------------------------------------------
 -- gauth token
 
-local function cmd_token(opts, pos, out)
+local function cmd_token(opts, pos, ios)
+  local out = ios.out
   if #pos > 0 then usage("gauth token takes no arguments, got " .. pos[1]) end
   local creds
   if opts.id_token then
@@ -576,11 +585,23 @@ local function params_of(args, doc, method)
 end
 
 -- The request as execute() would send it, but for the token: none is
--- fetched for a dry run, the header shows where it goes.
+-- fetched for a dry run, the header shows where it goes. An upload shows
+-- its metadata body and what media would follow.
 local function dry_run(req, creds, out)
-  local lines = { tostring(req.method) .. " " .. tostring(req.uri) }
+  -- Credentials a caller put in the query are not shown either.
+  local uri = gsub(tostring(req.uri), "([?&][%w_]*)=[^&#]*", function(k)
+    if k:match("^[?&](.*)$") == "access_token" or k:match("^[?&](.*)$") == "oauth_token"
+        or k:match("^[?&](.*)$") == "key" then
+      return k .. "=<redacted>"
+    end
+  end)
+  local lines = { tostring(req.method) .. " " .. uri }
   local h = {}
-  for k, v in pairs(req.headers) do h[k] = v end
+  local inner = rawget(req, "_req")  -- an upload (gauth.media) wraps the request
+  for k, v in pairs(inner and inner.headers or req.headers) do h[k] = v end
+  -- An upload's content type is set per request it sends (multipart
+  -- boundary, chunks): the media line below says what goes.
+  if inner then h["content-type"] = nil end
   h.authorization = "Bearer <redacted>"
   if creds and creds.quota_project then
     h["x-goog-user-project"] = creds.quota_project
@@ -591,14 +612,28 @@ local function dry_run(req, creds, out)
   for _, k in ipairs(keys) do lines[#lines + 1] = k .. ": " .. tostring(h[k]) end
   out:write(concat(lines, "\n"), "\n")
   if req.body then out:write("\n", req.body, "\n") end
+  local m = req.media
+  if type(m) == "table" and m.size then
+    out:write(format("\n[media: %s, %d bytes, %s, uploadType=%s]\n", tostring(m.path or "data"),
+                     m.size, tostring(m.mime_type), tostring(req.upload_type)))
+  end
   return 0
 end
 
-local function cmd_call(opts, pos, out, stdin)
+local function need_media()
+  local ok, media = pcall(require, "gauth.media")
+  if not ok then die(1, "media transfers need gauth.media, which this installation lacks") end
+  return media
+end
+
+local function cmd_call(opts, pos, ios)
+  local out, stdin = ios.out, ios.stdin
   if #pos < 3 then usage("gauth call needs API VERSION RESOURCE.METHOD") end
   local api, version, dotted = pos[1], pos[2], pos[3]
   local args = {}
   for i = 4, #pos do args[#args + 1] = pos[i] end
+  if opts.media_type and not opts.media then usage("--media-type goes with --media") end
+  if opts.media and opts.output then usage("--media and --output do not go together") end
   local body = opts.body and body_of(opts.body, stdin)
 
   -- Credentials first: a bad key file is reported before any fetch. A dry
@@ -624,24 +659,57 @@ local function cmd_call(opts, pos, out, stdin)
   local params = params_of(args, doc, method)
   if body then params.body = body end
 
-  local ok, req = pcall(function()
+  local media, name = nil, path[#path]
+  if opts.output then
+    if not method.supportsMediaDownload then
+      die(2, concat(path, ".") .. " has no media download (--output is for methods that have one)")
+    end
+    media = need_media()
+    name = name .. "_media"  -- the method's variant that answers with the bytes
+  elseif opts.media then
+    if type(method.mediaUpload) ~= "table" then
+      die(2, concat(path, ".") .. " takes no media upload (--media is for methods that do)")
+    end
+    media = need_media()
+    local ok, m, merr = pcall(media.media_file, opts.media, { mime_type = opts.media_type })
+    if not ok then usage(strip_position(m)) end
+    if not m then die(2, "--media: " .. tostring(merr.message or merr)) end
+    params.media_body = m
+  end
+
+  local ok, req, berr = pcall(function()
     local node = svc
     for i = 1, #path - 1 do node = node[path[i]](node) end
-    return node[path[#path]](node, params)
+    return node[name](node, params)
   end)
   if not ok then
     -- discovery raises for what a caller got wrong (unknown or missing
     -- parameter, a value of the wrong type): a usage error here.
-    if type(req) == "string" and find(req, "gauth.discovery: ", 1, true) then
+    if type(req) == "string" and (find(req, "gauth.discovery: ", 1, true)
+                                  or find(req, "gauth.media: ", 1, true)) then
       die(2, strip_position(req))
     end
     error(req, 0)
   end
+  -- An upload the method refuses (media type, size) fails here, sending nothing.
+  if req == nil then die(2, tostring(berr)) end
   if opts.dry_run then
     return dry_run(req, creds, out)
   end
+
+  local bar
+  if media and _M.is_terminal(ios.err) then
+    bar = _M.progress_bar(ios.err, (opts.output and "download " or "upload ")
+      .. (match(opts.output or opts.media, "([^/]*)$")))
+  end
+  if opts.output then
+    local n, derr = media.download(req, opts.output, { progress = bar })
+    if not n then failed(derr) end
+    if bar then bar(n, n) end  -- ends the line when the size was never told
+    return 0
+  end
   local resp
-  resp, err = req:execute()
+  resp, err = req:execute(bar and { progress = bar } or nil)
   if resp == nil then failed(err) end
   if type(resp) == "string" then
     out:write(resp)
@@ -669,7 +737,8 @@ local offline = {
   end,
 }
 
-local function cmd_discovery(opts, pos, out)
+local function cmd_discovery(opts, pos, ios)
+  local out = ios.out
   if pos[1] ~= "fetch" then
     usage(pos[1] and ("unknown discovery command " .. pos[1])
           or "gauth discovery needs a command: fetch")
@@ -703,7 +772,8 @@ end
 
 local COMMANDS = { token = cmd_token, call = cmd_call, discovery = cmd_discovery }
 
-local function run(argv, out, stdin)
+local function run(argv, ios)
+  local out = ios.out
   local opts, pos, seen = parse(argv)
   if opts.help or pos[1] == "help" then
     out:write(_M.USAGE)
@@ -725,7 +795,7 @@ local function run(argv, out, stdin)
     if not f then usage("--ca-file: " .. tostring(ferr)) end
     f:close()
   end
-  return fn(opts, rest, out, stdin)
+  return fn(opts, rest, ios)
 end
 
 --- Run the command line.
@@ -767,7 +837,7 @@ function _M.main(argv, io_streams)
         restore = function() http.set_default(prev); t:close() end
       end
     end
-    return run(argv, out, stdin)
+    return run(argv, { out = out, err = errout, stdin = stdin })
   end)
   if restore then restore() end
   if ok then
