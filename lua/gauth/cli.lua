@@ -55,14 +55,15 @@ usage: gauth [--ca-file F] <command> [options]
   gauth token [--key-file F] [--scopes S1,S2] [--subject USER]
   gauth token --id-token --audience AUD [--key-file F]
       Print an access token (or with --id-token a Google-signed ID token for
-      AUD) on stdout. Without --key-file, Application Default Credentials.
+      AUD) on stdout. --key-file: a service-account key (or any credentials
+      file ADC reads); without it, Application Default Credentials.
       Scopes default to cloud-platform; a scope without "://" is short for
       https://www.googleapis.com/auth/<scope>.
 
   gauth call API VERSION RESOURCE.METHOD [NAME=VALUE ...] [options]
       Call an API method through its Discovery document and print the JSON
-      response. Nested resources as projects.locations.get; a parameter
-      given twice is sent twice (repeated parameters).
+      response. Nested resources as projects.locations.get; a repeated
+      parameter may be given more than once (NAME=a NAME=b).
         --body JSON|@FILE|@-  request body (JSON text, a file, or stdin)
         --dry-run             print the request (method, URI, headers,
                               body) instead of sending it; no token fetched
