@@ -43,7 +43,8 @@ DEB_PKGS = gcc make pkg-config openssl curl ca-certificates \
   libssl-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket luarocks \
   python3 python3-jwt python3-cryptography python3-googleapi \
   python3-google-auth python3-httplib2 \
-  nginx-light libnginx-mod-http-lua lua-resty-core wrk valgrind
+  nginx-light libnginx-mod-http-lua lua-resty-core wrk valgrind \
+  lua-ldoc lua-markdown clang libclang-rt-14-dev
 
 .PHONY: all both deps test check asan valgrind fuzz bench demo docs install clean
 
@@ -108,10 +109,11 @@ docs:
 	ldoc -c config.ld .
 
 install: $(CORE)
-	install -d $(DESTDIR)$(LIBDIR)/gauth $(DESTDIR)$(LUADIR)/gauth/transport
+	install -d $(DESTDIR)$(LIBDIR)/gauth $(DESTDIR)$(BINDIR)
 	install -m 0755 $(CORE) $(DESTDIR)$(LIBDIR)/gauth/core.so
-	install -m 0644 lua/gauth/*.lua $(DESTDIR)$(LUADIR)/gauth/
-	install -m 0644 lua/gauth/transport/*.lua $(DESTDIR)$(LUADIR)/gauth/transport/
+	cd lua && find gauth -name '*.lua' | while read -r f; do \
+	  install -D -m 0644 "$$f" "$(DESTDIR)$(LUADIR)/$$f" || exit 1; done
+	for b in bin/*; do install -m 0755 "$$b" $(DESTDIR)$(BINDIR)/; done
 
 clean:
 	rm -rf build
