@@ -10,7 +10,7 @@ local _M = {}
 
 local cfg = {}
 
---- Set in init_by_lua: `{ sa = path, untrusted_sa = path }`.
+--- Set in init_by_lua: `{ sa = path, untrusted_sa = path, discovery_dir = path }`.
 function _M.configure(t) cfg = t end
 
 local function now() ngx.update_time() return ngx.now() end
@@ -106,8 +106,7 @@ function _M.default_store()
   local tc = require "gauth.token_cache"
   local shdict = require "gauth.token_cache.shdict"
   local c = tc.default()
-  reply(200, { shdict = shdict.is_store(c.store), dict = c.store.name,
-               auto = cfg.auto })
+  reply(200, { shdict = shdict.is_store(c.store), dict = c.store.name })
 end
 
 --- POST /case {name=, ctx=}: run a shared transport case with the cosocket
