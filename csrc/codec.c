@@ -1,6 +1,6 @@
 /***
  * Encodings, digests, randomness and the clock of gauth.core.
- * @submodule gauth.core
+ * @module gauth.core
  */
 #include <errno.h>
 #include <stdio.h>

@@ -8,7 +8,7 @@
  * error while pushing results) therefore leaks nothing: the next perform()
  * or __gc releases it. Arguments are all checked before anything is
  * allocated, and no Lua function is called from inside a curl callback.
- * @submodule gauth.core
+ * @module gauth.core
  */
 #include <errno.h>
 #include <stdio.h>

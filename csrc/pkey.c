@@ -1,6 +1,6 @@
 /***
  * Keys and signatures (gauth.Key): PEM/DER loading, RS256 and ES256.
- * @submodule gauth.core
+ * @module gauth.core
  */
 #include <stdio.h>
 #include <string.h>
