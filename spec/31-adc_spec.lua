@@ -18,7 +18,6 @@ local socket = require "socket"
 local cjson = require "cjson.safe"
 
 local S1 = "https://www.googleapis.com/auth/sqlservice.admin"
-local CP = "https://www.googleapis.com/auth/cloud-platform"
 local CLIENT = "gauth-test-client.apps.googleusercontent.com"
 local SECRET = "gauth-test-secret"
 local RT = "1//gauth-test-refresh-token"

@@ -18,6 +18,8 @@
 --
 -- * `GCE_METADATA_HOST`: host[:port] of the server (default
 --   `metadata.google.internal`); when set, detection pings it directly.
+--   `GCE_METADATA_ROOT`, the name older Google libraries read, is taken
+--   when it is not set.
 -- * `GCE_METADATA_IP`: the address detection pings otherwise (default
 --   `169.254.169.254`: an IP, so detection needs no DNS lookup, which on some
 --   networks takes tens of seconds for an unknown name).
@@ -124,15 +126,20 @@ local function bad_host(module, var, value)
 end
 
 --- The metadata server's host[:port]: `opts.host`, else
--- `GCE_METADATA_HOST`, else `metadata.google.internal`.
+-- `GCE_METADATA_HOST`, else `GCE_METADATA_ROOT`, else
+-- `metadata.google.internal`.
 -- @tparam[opt] table opts `host`, `env`
 -- @return host | nil, err (a malformed value)
 function _M.host(opts)
   local h = opts and opts.host
   local var = "opts.host"
   if h == nil then
-    h = _M.getenv_for(opts)("GCE_METADATA_HOST")
-    var = "GCE_METADATA_HOST"
+    local getenv = _M.getenv_for(opts)
+    h, var = getenv("GCE_METADATA_HOST"), "GCE_METADATA_HOST"
+    if h == nil then
+      -- The name older Google libraries read.
+      h, var = getenv("GCE_METADATA_ROOT"), "GCE_METADATA_ROOT"
+    end
   end
   if h == nil then return _M.DEFAULT_HOST end
   if type(h) ~= "string" or not valid_host(h) then
@@ -329,8 +336,8 @@ end
 
 --- Is a metadata server there? One short GET of `http://<address>/` with
 -- `Metadata-Flavor: Google`; true when it answers 200 with that header.
--- The address is `GCE_METADATA_HOST` when set, else `GCE_METADATA_IP`,
--- else 169.254.169.254. `NO_GCE_CHECK=true` answers false with no request.
+-- The address is `GCE_METADATA_HOST` (or `GCE_METADATA_ROOT`) when set,
+-- else `GCE_METADATA_IP`, else 169.254.169.254. `NO_GCE_CHECK=true` answers false with no request.
 -- The answer (either way) is kept for the process, per address: see
 -- `reset`.
 -- @tparam[opt] table opts `env`, `http`, `timeout` (seconds; default
@@ -349,6 +356,9 @@ function _M.is_available(opts)
       "NO_GCE_CHECK=true: the metadata server is not looked for")
   end
   local target, var = getenv("GCE_METADATA_HOST"), "GCE_METADATA_HOST"
+  if not target then
+    target, var = getenv("GCE_METADATA_ROOT"), "GCE_METADATA_ROOT"
+  end
   if not target then
     target, var = getenv("GCE_METADATA_IP"), "GCE_METADATA_IP"
   end
