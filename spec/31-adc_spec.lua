@@ -290,6 +290,17 @@ describe("Application Default Credentials", function()
       -- No ping: App Engine was known from its variables.
       assert.equal(0, #fake:requests("/"))
     end)
+
+    it("is skipped, with its reason, when its metadata host is unusable", function()
+      local e = new_env({ GAE_SERVICE = "default", GCE_METADATA_HOST = "bad/host",
+                          NO_GCE_CHECK = false })
+      local c, err = default(e)
+      assert.is_nil(c)
+      is_error(err, "default")
+      assert.matches("GCE_METADATA_HOST is not a host[:port]", err.tried[3].reason, 1, true)
+      assert.matches("GCE_METADATA_HOST is not a host[:port]", err.tried[4].reason, 1, true)
+      assert.equal(0, #fake:requests())
+    end)
   end)
 
   -------------------------------------------------------------------------
