@@ -16,7 +16,8 @@ local SUBMODULES = {
   jwt = true, errors = true, http = true, retry = true, util = true,
   credentials = true, service_account = true, compute_engine = true,
   app_engine = true, authorized_user = true, impersonated = true,
-  discovery = true, emulator = true, testing = true,
+  discovery = true, emulator = true, testing = true, adc = true,
+  metadata = true, media = true, batch = true, token_cache = true,
 }
 
 setmetatable(_M, {
