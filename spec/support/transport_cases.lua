@@ -209,11 +209,14 @@ case {
 
 case {
   name = "max_body refuses a larger body (Content-Length and chunked)",
-  setup = function(fake) fake:script("/c/big", { status = 200, body = BIG }) end,
+  setup = function(fake)
+    fake:script("/c/big", { { status = 200, body = BIG }, { status = 200, body = BIG } })
+  end,
   requests = function(ctx)
     return { { url = ctx.fake .. "/c/big", max_body = 1000 },
              { url = ctx.raw .. "/raw/chunked?n=5000&pieces=5", max_body = 1000 },
-             { url = ctx.raw .. "/raw/chunked?n=1000&pieces=3", max_body = 1000 } }
+             { url = ctx.raw .. "/raw/chunked?n=1000&pieces=3", max_body = 1000 },
+             { url = ctx.fake .. "/c/big", max_body = 0 } }
   end,
   check = function(r)
     for i = 1, 2 do
@@ -223,6 +226,7 @@ case {
       assert.matches("max_body", r[i].err.message)
     end
     assert.equal(1000, #r[3].res.body)
+    assert.equal(#BIG, #r[4].res.body)  -- 0: no cap
   end,
 }
 

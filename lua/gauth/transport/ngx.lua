@@ -707,6 +707,7 @@ function _M:request(req)
   local timeout = req.timeout or self.timeout
   local connect_timeout = req.connect_timeout or self.connect_timeout
   local max_body = req.max_body or self.max_body
+  if max_body == 0 then max_body = math.huge end  -- 0: no cap, as libcurl
   update_time()
   local deadline = now() + (timeout > 0 and timeout or 1e9)
   local follow = req.follow_redirects
