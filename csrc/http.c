@@ -500,7 +500,8 @@ static const char *const methods[] = {
  * @tparam[opt] table headers array of "name: value" strings
  * @tparam[opt] string body request body (binary safe)
  * @tparam[opt] table opts `timeout`, `connect_timeout` (seconds),
- *   `max_body` (bytes), `ca_file`, `follow` (boolean), `accept_encoding`
+ *   `max_body` (bytes), `ca_file`, `noproxy` (hosts never proxied,
+ *   replacing NO_PROXY), `follow` (boolean), `accept_encoding`
  *   (the Accept-Encoding to send; the body is then decoded),
  *   `upload_file` + `upload_offset` + `upload_length` (stream the body
  *   from a file), `download_file` (append a 2xx body to a file)
@@ -521,7 +522,7 @@ static int l_perform(lua_State *L)
     int opts = 0, nh = 0, i, has_ctype = 0, has_expect = 0, has_body, sends_body;
     long timeout_ms, connect_ms;
     double max_body, up_off, up_len;
-    const char *ca_file, *accept_enc, *up_path, *down_path;
+    const char *ca_file, *accept_enc, *up_path, *down_path, *noproxy;
     int follow;
     curl_off_t in_len = 0;
     CURLcode rc;
@@ -562,6 +563,7 @@ static int l_perform(lua_State *L)
     max_body = opt_size(L, opts, "max_body");
     ca_file = opt_string(L, opts, "ca_file");
     accept_enc = opt_string(L, opts, "accept_encoding");
+    noproxy = opt_string(L, opts, "noproxy");
     up_path = opt_string(L, opts, "upload_file");
     up_off = opt_size(L, opts, "upload_offset");
     up_len = opt_size(L, opts, "upload_length");
@@ -677,6 +679,8 @@ static int l_perform(lua_State *L)
         curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
         curl_easy_setopt(c, CURLOPT_CAPATH, (char *)NULL);
     }
+    if (noproxy != NULL)
+        curl_easy_setopt(c, CURLOPT_NOPROXY, noproxy);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->hdrs);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, h);

@@ -516,6 +516,29 @@ describe("gauth.transport.curl", function()
       assert.equal(2, #fake:requests("/env"))
     end)
 
+    it("never sends loopback traffic through a proxy from the environment", function()
+      -- The proxy is a closed port: a request that went through it would
+      -- fail to connect; a direct one reaches the fake.
+      fake:script("/direct", { status = 200, body = "direct" })
+      local code = ([[
+        package.path = %q; package.cpath = %q
+        local curl = require("gauth.transport.curl")
+        local t = curl.new({ ca_file = %q })
+        local res, err = t:request({ url = %q })
+        io.write(res and res.body or tostring(err), " ", curl.NOPROXY)
+      ]]):format(package.path, package.cpath, certs.ca_file, fake.url .. "/direct")
+      local proxy = "http://127.0.0.1:" .. closed_port()
+      local q = helpers.shell_quote
+      local ok, out = helpers.sh("env -u no_proxy NO_PROXY=.example.com http_proxy=" .. proxy
+        .. " https_proxy=" .. proxy .. " HTTPS_PROXY=" .. proxy .. " ALL_PROXY=" .. proxy
+        .. " " .. lua_interpreter() .. " -e " .. q(code))
+      assert.is_true(ok, out)
+      -- the user's own NO_PROXY list is kept in front of the fixed hosts
+      assert.equal("direct .example.com,localhost,127.0.0.1,::1,169.254.169.254,"
+        .. "metadata.google.internal", out)
+      assert.equal(1, #fake:requests("/direct"))
+    end)
+
     it("enforces max_body on a declared and on a decoded length", function()
       fake:script("/big", { status = 200, body = string.rep("a", 5000) })
       local res, err = t:request({ url = fake.url .. "/big", max_body = 1000 })

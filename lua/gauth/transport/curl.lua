@@ -56,6 +56,24 @@ local RETRYABLE = { [5] = true, [6] = true, [7] = true, [16] = true,
 
 _M.RETRYABLE_CURL_CODES = RETRYABLE
 
+-- libcurl honours http_proxy/https_proxy; loopback and the metadata server
+-- must never go through a proxy (a token or an assertion would leave the
+-- machine, or the metadata answer would come from somewhere else). Setting
+-- CURLOPT_NOPROXY replaces NO_PROXY, so the user's list is kept in front.
+local NOPROXY
+do
+  local env = os.getenv("no_proxy") or os.getenv("NO_PROXY") or ""
+  local direct = "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal"
+  if env == "*" then
+    NOPROXY = "*"
+  elseif env ~= "" then
+    NOPROXY = env .. "," .. direct
+  else
+    NOPROXY = direct
+  end
+end
+_M.NOPROXY = NOPROXY
+
 local function check_seconds(v, name)
   if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then
     error("gauth.transport.curl: " .. name .. " must be a non-negative number", 3)
@@ -191,6 +209,7 @@ function _M:request(req)
   copts.connect_timeout = req.connect_timeout or self.connect_timeout
   copts.max_body = req.max_body or self.max_body
   copts.ca_file = self.ca_file
+  copts.noproxy = NOPROXY
   copts.follow = req.follow_redirects and true or false
   copts.upload_file = req.upload_file
   copts.upload_offset = req.upload_offset
