@@ -78,10 +78,11 @@ describe("OpenResty", function()
         init_by_lua_block {
           -- Nothing installs the shared-dict token cache: a dict named
           -- gauth is enough.
-          %s.configure({ sa = %q, untrusted_sa = %q, discovery_dir = %q })
+          %s.configure({ sa = %q, untrusted_sa = %q, discovery_dir = %q,
+                         ca_file = %q })
           require("handler").init({ key_file = %q, discovery_url = %q })
         }
-      ]]):format(app, sa_path, untrusted_sa, discovery_dir or "", emu.key_file,
+      ]]):format(app, sa_path, untrusted_sa, discovery_dir or "", certs.ca_file, emu.key_file,
                  emu.discovery_url),
       package_path = nginx.root .. "/examples/openresty/?.lua",
       server = ([[
@@ -97,6 +98,7 @@ describe("OpenResty", function()
           set_by_lua_block $tokstate { return @APP@.set_phase() }
           return 200 $tokstate;
         }
+        location = /init_result { content_by_lua_block { @APP@.init_result() } }
         location = /result { content_by_lua_block { @APP@.result() } }
         location = /default_store { content_by_lua_block { @APP@.default_store() } }
         location = /case { content_by_lua_block { @APP@.run_case() } }
@@ -364,6 +366,15 @@ describe("OpenResty", function()
       local _, r = get_json("/token?scope=logcold")
       assert.is_string(r.token)
       assert.equal(1, token_requests())
+    end)
+
+    it("a token fetched in init_by_lua (blocking, in the master) serves every worker", function()
+      local _, init = get_json("/init_result")
+      assert.is_string(init.token, init.err)
+      for _, x in ipairs(srv:parallel("/token?scope=init", 8)) do
+        assert.equal(init.token, decode(x.body).token)
+      end
+      assert.equal(0, token_requests())  -- since reset_fake()
     end)
 
     it("serves a cached token in set_by_lua", function()

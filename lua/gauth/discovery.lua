@@ -1214,6 +1214,15 @@ function request:execute(opts)
   })
 end
 
+--- Download what the request answers (a `_media` variant's bytes) into a
+-- file, in ranged requests: see `gauth.media.download`.
+-- @param dest a path or an open file
+-- @tparam[opt] table opts `chunk_size`, `progress`, `resume`, ...
+-- @return bytes, total | nil, err
+function request:download(dest, opts)
+  return require("gauth.media").download(self, dest, opts)
+end
+
 --- Iterate over the pages of a paged method:
 -- `for page, err in req:pages() do ... end`. The request itself gives the
 -- first page; each page's next-page token makes the next request. On a
@@ -1292,7 +1301,20 @@ resource_mt.__index = function(self, key)
     rawset(self, "_names", names)
   end
   local e = names[key]
-  if not e then return nil end
+  if not e then
+    -- googleapiclient gives the root resource new_batch_http_request(); a
+    -- method or resource of that name in the document would win
+    if key == "new_batch_http_request" and rawget(self, "_path") == "" then
+      local svc = rawget(self, "_svc")
+      local fn = function(s, opts)
+        if getmetatable(s) ~= resource_mt then colon_error(key) end
+        return require("gauth.batch").new(svc, opts)
+      end
+      rawset(self, key, fn)
+      return fn
+    end
+    return nil
+  end
   local fn = e.fn
   if not fn then
     local svc, desc = rawget(self, "_svc"), rawget(self, "_desc")
@@ -1323,6 +1345,10 @@ resource_mt.__index = function(self, key)
         end
       else
         fn = compile_builder(spec)
+        if kind == "method" and desc.methods[name].mediaUpload ~= nil then
+          -- media_body / media_mime_type: the upload is gauth.media's
+          fn = require("gauth.media").wrap_builder(fn, desc.methods[name])
+        end
       end
     end
     e.fn = fn
@@ -1618,6 +1644,17 @@ function _M.build(api, version, opts)
   end
   return nil, errors.new("discovery", "build", format("unknown API or version: %s %s", api, version),
                          { status = 404 })
+end
+
+--- Media for `media_body` from a file (streamed when sent): see
+-- `gauth.media.media_file`.
+function _M.media_file(path, opts)
+  return require("gauth.media").media_file(path, opts)
+end
+
+--- Media for `media_body` from a string: see `gauth.media.media_string`.
+function _M.media_string(data, opts)
+  return require("gauth.media").media_string(data, opts)
 end
 
 --- Forget the documents cached in this process (the disk cache stays).

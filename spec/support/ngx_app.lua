@@ -10,8 +10,22 @@ local _M = {}
 
 local cfg = {}
 
---- Set in init_by_lua: `{ sa = path, untrusted_sa = path, discovery_dir = path }`.
-function _M.configure(t) cfg = t end
+--- Set in init_by_lua: `{ sa = path, untrusted_sa = path, discovery_dir =
+-- path, ca_file = path }`. Also fetches a token for the scope "init" here,
+-- in the master (blocking, over libcurl: cosockets do not exist yet), which
+-- the workers must then find in the shared dict.
+function _M.configure(t)
+  cfg = t
+  local c = assert(require("gauth.service_account").from_file(cfg.sa, {
+    scopes = { "https://www.googleapis.com/auth/test.init" }, ca_file = cfg.ca_file }))
+  local tok, err = c:token()
+  cfg.init_result = tok and { token = tok } or { err = tostring(err) }
+end
+
+--- GET /init_result: what the token request in init_by_lua gave.
+function _M.init_result()
+  ngx.say(cjson.encode(cfg.init_result))
+end
 
 local function now() ngx.update_time() return ngx.now() end
 
