@@ -24,7 +24,6 @@
 -- @module gauth.batch
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
 local retry = require "gauth.retry"
 local media = require "gauth.media"
 
@@ -274,6 +273,10 @@ local function parse_http_response(s)
   return { status = tonumber(status), reason = reason, headers = headers, body = body }
 end
 
+local function quote(s)
+  return (gsub(s, "[^%w%-%._~/]", function(c) return format("%%%02X", string.byte(c)) end))
+end
+
 local function unquote(s)
   return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
@@ -308,8 +311,9 @@ function _M:_send(ids, answers, opts, http)
   local boundary
   local parts, by_cid = {}, {}
   for i, id in ipairs(ids) do
-    -- googleapiclient's Content-ID: "<base + id>", the id URL-quoted
-    local cid = base_id .. "+" .. util.url_encode(id)
+    -- googleapiclient's Content-ID: "<base + id>", the id quoted as
+    -- Python's urllib.parse.quote does ("/" kept)
+    local cid = base_id .. " + " .. quote(id)
     by_cid[cid] = id
     local part, err = serialize(self.requests[id], cid)
     if not part then

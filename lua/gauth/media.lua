@@ -64,7 +64,6 @@ local lower = string.lower
 local byte = string.byte
 local format = string.format
 local concat = table.concat
-local floor = math.floor
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -784,7 +783,15 @@ local function send_chunk(up, http, base, opts)
     up._in_error = true
     return nil, err
   end
-  return take_answer(up, res, step)
+  local done, aerr = take_answer(up, res, step)
+  if aerr and (res.status == 400 or res.status == 416) then
+    -- Maybe a stale offset: libcurl silently sends a request again on a
+    -- new connection when a kept-alive one dies before any answer, so a
+    -- chunk cut off mid-way can arrive a second time, behind what the
+    -- server kept. Whether that is what happened is the server's to say.
+    aerr.chunk_from = from
+  end
+  return done, aerr
 end
 
 local function retryable(err)
@@ -820,6 +827,7 @@ function upload:next_chunk(opts)
   local sleep = sleeper(opts, svc)
   local failures = 0
   local started = self.resumable_progress
+  local checked = false
   while true do
     local done, err
     if not self.resumable_uri then
@@ -834,6 +842,25 @@ function upload:next_chunk(opts)
       end
     else
       done, err = send_chunk(self, http, base, opts)
+    end
+    if done == nil and err and err.chunk_from and not checked then
+      -- A refused chunk: ask where the server stands; an offset other
+      -- than the chunk's explains the refusal, and the upload goes on.
+      checked = true
+      local qdone, qerr = query_session(self, http, base, opts)
+      if qdone then
+        done, err = true, nil
+      elseif qdone == false and self.resumable_progress ~= err.chunk_from then
+        done, err = false, nil
+        if self.resumable_progress <= started then
+          -- nothing gained yet: send the right chunk now
+          done, err = send_chunk(self, http, base, opts)
+        end
+      elseif qdone == nil then
+        err = qerr
+      else
+        self._in_error = false
+      end
     end
     if done then return status_of(self, true), self.response end
     if done == false and (self.resumable_progress > started or self.media.size == 0) then
@@ -1054,18 +1081,20 @@ function _M.download(req, dest, opts)
     local written = (file_size(land) or 0) - before
     local done = false
     if not res then
-      -- What arrived before the failure stays: resume after it.
+      -- What arrived before the failure stays: resume after it, at once
+      -- (the connection broke, the server did not refuse).
       if written > 0 then
         local ok, derr = deliver(first)
         if not ok then return finish(false, nil, derr) end
         progress = progress + written
         failures = 0
         if opts.progress then opts.progress(progress, total) end
+        if retryable(err) then err = nil end
       end
     elseif res.status == 206 then
       local a, b, t = match(res.headers["content-range"] or "", "^%s*bytes%s+(%d+)%-(%d+)/(%S+)")
-      a, b = tonumber(a), tonumber(b)
-      if not a then
+      a = tonumber(a)
+      if not a or not tonumber(b) then
         if not handle then splice(land, first, nil) end
         return finish(false, fail(step, "a 206 answer without a valid Content-Range",
                                   { status = 206, retryable = false, uri = redact(uri) }))
