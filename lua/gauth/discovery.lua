@@ -1119,6 +1119,11 @@ local function http_error(spec, req, res)
   end
   message = message or (res.reason and res.reason ~= "" and res.reason)
             or ("HTTP " .. tostring(status))
+  -- One line when printed: Google's messages may run over several (the
+  -- text as sent stays in err.body).
+  if find(message, "[\r\n]") then
+    message = gsub(gsub(message, "%s*[\r\n]+%s*", " "), "^ +", "")
+  end
   local retryable = status >= 500 or status == 429
   if status == 403 then
     retryable = fields.reason == "rateLimitExceeded" or fields.reason == "userRateLimitExceeded"
@@ -1137,6 +1142,56 @@ local function copy(t)
   return o
 end
 
+local retry_call  -- gauth.retry's call, loaded when first needed
+
+-- One attempt: headers (the request's own when it has some, else made from
+-- the method's constants), credentials, the transport, the answer decoded.
+-- A 401 drops the credentials' token and is tried again at once, once per
+-- execute(): `refreshed` says whether that happened already, and comes
+-- back as the third result.
+local function attempt(self, spec, http, timeout, remaining, refreshed)
+  local svc = spec.svc
+  local creds = svc.credentials
+  local body = rawget(self, "body")
+  local own = rawget(self, "headers")
+  local h = own and copy(own) or make_headers(spec, body ~= nil)
+  if creds then
+    local ok, err = creds:apply(h)
+    if not ok then
+      return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")) }),
+             refreshed
+    end
+  end
+  if remaining and (not timeout or remaining < timeout) then timeout = remaining end
+  local res, err = http:request({
+    method = rawget(self, "method") or spec.http_method, url = rawget(self, "uri"),
+    headers = h, body = body, timeout = timeout,
+  })
+  if not res then
+    return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")) }),
+           refreshed
+  end
+  local status = res.status
+  if status >= 200 and status < 300 then
+    local text = res.body or ""
+    if spec.raw then return text, nil, refreshed end
+    if text == "" or status == 204 then return {}, nil, refreshed end
+    local v = json_decode(text)
+    if v == nil then
+      return nil, errors.new("discovery", spec.id, "malformed JSON response",
+                             { status = status, body = text, uri = redact(rawget(self, "uri")) }),
+             refreshed
+    end
+    if svc.data_wrapper and type(v) == "table" and v.data ~= nil then v = v.data end
+    return v, nil, refreshed
+  end
+  if status == 401 and creds and not refreshed and creds.invalidate then
+    creds:invalidate()
+    return attempt(self, spec, http, timeout, remaining, true)
+  end
+  return nil, http_error(spec, self, res), refreshed
+end
+
 --- Send the request, with retries, and decode the response.
 -- Retries (exponential backoff with jitter, `Retry-After` honoured) follow
 -- 5xx, 429, 403 `rateLimitExceeded`/`userRateLimitExceeded` and transport
@@ -1150,67 +1205,52 @@ end
 -- @return the decoded JSON response (an empty table for an empty 2xx body;
 --   the body text for `_media` methods and methods without a response
 --   schema) | nil, err (`gauth.errors`, module "discovery", step the method
---   id, with `status`, `reason`, `message`, `details`, `body`, `uri`)
+--   id, with `status`, `reason`, `message`, `details`, `body`, `uri`; after
+--   retries also `attempts`)
 function request:execute(opts)
-  opts = opts or EMPTY
-  check_number(opts.num_retries, "opts.num_retries", "execute", 2)
-  check_number(opts.timeout, "opts.timeout", "execute", 2)
   local spec = self._spec
   local svc = spec.svc
-  local http = opts.http or svc.http
+  local http, n, timeout, deadline
+  if opts == nil then
+    http, n, timeout = svc.http, svc.num_retries, svc.timeout
+  else
+    check_number(opts.num_retries, "opts.num_retries", "execute", 2)
+    check_number(opts.timeout, "opts.timeout", "execute", 2)
+    check_number(opts.deadline, "opts.deadline", "execute", 2)
+    http = opts.http or svc.http
+    n = opts.num_retries
+    if n == nil then n = svc.num_retries end
+    timeout = opts.timeout or svc.timeout
+    deadline = opts.deadline
+  end
   if not http then
     local err
     http, err = require("gauth.http").default()
     if not http then return nil, errors.wrap("discovery", spec.id, err) end
   end
-  local creds = svc.credentials
-  local n = opts.num_retries
-  if n == nil then n = svc.num_retries end
   if n == nil then n = spec.idempotent and DEFAULT_RETRIES or 0 end
-  local timeout = opts.timeout or svc.timeout
-  local treq = { method = self.method, url = self.uri, body = self.body }
-  local refreshed = false
 
-  local function attempt(_, remaining)
-    local own = rawget(self, "headers")
-    local h = own and copy(own) or make_headers(spec, self.body ~= nil)
-    if creds then
-      local ok, err = creds:apply(h)
-      if not ok then
-        return nil, errors.wrap("discovery", spec.id, err, { uri = redact(self.uri) })
-      end
+  -- The first attempt is made here, outside the retry loop: most calls
+  -- need no other.
+  local first_err, refreshed
+  if deadline == nil or n == 0 then
+    local res, err
+    res, err, refreshed = attempt(self, spec, http, timeout, deadline, false)
+    if res ~= nil or n == 0 or type(err) ~= "table" or err.retryable ~= true then
+      return res, err
     end
-    treq.headers = h
-    treq.timeout = timeout
-    if remaining and (not timeout or remaining < timeout) then treq.timeout = remaining end
-    local res, err = http:request(treq)
-    if not res then
-      return nil, errors.wrap("discovery", spec.id, err, { uri = redact(self.uri) })
-    end
-    local status = res.status
-    if status == 401 and creds and not refreshed and creds.invalidate then
-      refreshed = true
-      creds:invalidate()
-      return attempt(_, remaining)
-    end
-    if status < 200 or status >= 300 then
-      return nil, http_error(spec, self, res)
-    end
-    local body = res.body or ""
-    if spec.raw then return body end
-    if body == "" or status == 204 then return {} end
-    local v = json_decode(body)
-    if v == nil then
-      return nil, errors.new("discovery", spec.id, "malformed JSON response",
-                             { status = status, body = body, uri = redact(self.uri) })
-    end
-    if svc.data_wrapper and type(v) == "table" and v.data ~= nil then v = v.data end
-    return v
+    first_err = err
   end
 
-  return require("gauth.retry").call(attempt, {
-    attempts = n + 1, deadline = opts.deadline, sleep = opts.sleep or svc.sleep,
-    random = opts.random,
+  if not retry_call then retry_call = require("gauth.retry").call end
+  return retry_call(function(a, remaining)
+    if a == 1 and first_err then return nil, first_err end
+    local res, err
+    res, err, refreshed = attempt(self, spec, http, timeout, remaining, refreshed)
+    return res, err
+  end, {
+    attempts = n + 1, deadline = deadline, sleep = opts and opts.sleep or svc.sleep,
+    random = opts and opts.random,
   })
 end
 

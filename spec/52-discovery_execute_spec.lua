@@ -1,0 +1,695 @@
+-- gauth.discovery over the network, nothing mocked below HTTP: execute(),
+-- pages() and build() against the fake Google (spec/support/fake_google.py)
+-- over HTTPS with the test CA, through the libcurl transport, authorised by
+-- service-account credentials that get their tokens from the fake's token
+-- endpoint. Real Discovery documents come from ../shared/discovery (read
+-- there, never copied); what the server received is read back from the
+-- fake's records. Retries sleep through a recorder, not the clock.
+
+local cjson = require "cjson"
+local helpers = require "helpers"
+local discovery = require "gauth.discovery"
+local sa = require "gauth.service_account"
+local token_cache = require "gauth.token_cache"
+local curl = require "gauth.transport.curl"
+local errors = require "gauth.errors"
+local socket = require "socket"
+
+local q = helpers.shell_quote
+local PROJECT = "exemplary-example-123"
+local SCOPE_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+local SCOPE_SQL = "https://www.googleapis.com/auth/sqlservice.admin"
+local LIST_PATH = "/sql/v1beta4/projects/" .. PROJECT .. "/instances"
+
+local function closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+-- The text of ../shared/discovery/<name>, or nil after marking the test
+-- pending (a clone without ../shared).
+local docs = {}
+local function shared_doc(name)
+  if docs[name] then return docs[name] end
+  local path, msg = helpers.shared_discovery(name)
+  if not path then
+    pending(msg)
+    return nil
+  end
+  docs[name] = assert(helpers.read_file(path))
+  return docs[name]
+end
+
+local function google_error(code, status, message, reason, extra)
+  local e = { code = code, status = status, message = message }
+  if reason then e.errors = { { reason = reason, domain = "global", message = message } } end
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return { error = e }
+end
+
+describe("gauth.discovery against the fake over HTTPS", function()
+  local fake, key_path, info, http
+  local slept
+
+  local function sleep(s) slept[#slept + 1] = s end
+  local function half() return 0.5 end
+
+  lazy_setup(function()
+    fake = helpers.start_fake({ tls = true })
+    key_path, info = helpers.make_service_account_file({ token_uri = fake.token_uri })
+    http = assert(curl.new({ ca_file = fake.ca_file, timeout = 10 }))
+  end)
+
+  lazy_teardown(function()
+    fake:stop()
+  end)
+
+  before_each(function()
+    slept = {}
+    fake:reset()
+    fake:config({ public_keys = { [info.kid] = info.public_pem } })
+    discovery.clear_cache()
+  end)
+
+  -- Service-account credentials on a token cache of their own, trusting
+  -- the test CA.
+  local function creds(opts)
+    opts = opts or {}
+    if opts.scopes == nil then opts.scopes = { SCOPE_SQL } end
+    if opts.scopes == false then opts.scopes = nil end
+    opts.cache = token_cache.new()
+    opts.ca_file = fake.ca_file
+    return assert(sa.from_file(key_path, opts))
+  end
+
+  -- A service from a shared document, sending to the fake.
+  local function service(name, opts)
+    local text = shared_doc(name)
+    if not text then return nil end
+    opts = opts or {}
+    if opts.credentials == nil then opts.credentials = creds() end
+    if opts.credentials == false then opts.credentials = nil end
+    opts.http = opts.http or http
+    opts.api_endpoint = opts.api_endpoint or (fake.url .. "/")
+    opts.sleep = opts.sleep or sleep
+    return assert(discovery.build_from_document(text, opts))
+  end
+
+  local function token_requests()
+    return fake:requests("/token")
+  end
+
+  describe("execute()", function()
+    it("sends the token of real credentials and decodes the answer", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:script(LIST_PATH, { { status = 200, body = {
+        kind = "sql#instancesList", items = { { name = "exemplary-mysql" } } } } })
+      local req = sql:instances():list({ project = PROJECT, maxResults = 5 })
+      local resp, err = req:execute()
+      assert.is_nil(err)
+      assert.equals("sql#instancesList", resp.kind)
+      assert.equals("exemplary-mysql", resp.items[1].name)
+
+      local toks = token_requests()
+      assert.equals(1, #toks)
+      local _, claims = helpers.jwt_parts(toks[1].form.assertion)
+      assert.equals(SCOPE_SQL, claims.scope)
+      local issued = fake:tokens()
+      local api = fake:requests(LIST_PATH)
+      assert.equals(1, #api)
+      local r = api[1]
+      assert.equals("GET", r.method)
+      local tok = r.headers.authorization:match("^Bearer (%S+)$")
+      assert.truthy(issued[tok], "the token the fake issued")
+      assert.equals(SCOPE_SQL, issued[tok].scope)
+      assert.same({ alt = "json", maxResults = "5" }, r.query_params)
+      assert.equals("application/json", r.headers.accept)
+      assert.matches("gzip", r.headers["accept-encoding"])
+      assert.equals("gauth/" .. discovery._VERSION, r.headers["user-agent"])
+      assert.matches("gauth/", r.headers["x-goog-api-client"])
+      assert.is_nil(r.headers["content-type"])
+      assert.equals(req.uri, fake.url .. r.path .. "?" .. r.query)
+
+      -- the token is cached: a second call makes no exchange
+      fake:script(LIST_PATH, { { status = 200, body = {} } })
+      assert.same({}, req:execute())
+      assert.equals(1, #token_requests())
+      local again = fake:requests(LIST_PATH)
+      assert.equals(r.headers.authorization, again[2].headers.authorization)
+      assert.equals(r.conn, again[2].conn, "one kept-alive connection")
+    end)
+
+    it("returns {} for an empty 2xx body, and the text for methods without a response", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:script(LIST_PATH, { { status = 204 } })
+      assert.same({}, sql:instances():list({ project = PROJECT }):execute())
+      local st = service("storage.v1.json")
+      if not st then return end
+      -- storage.objects.delete has no response schema
+      fake:script("/b/bkt/o/a/b", { { status = 200, body = "" } })
+      local req = st:objects():delete({ bucket = "bkt", object = "a/b" })
+      assert.equals("DELETE", req.method)
+      assert.equals("", req:execute())
+      local got = fake:requests({ method = "DELETE" })
+      assert.equals(1, #got)
+      assert.equals("/b/bkt/o/a%2Fb", got[1].path)
+    end)
+
+    it("returns Google's error with status, reason, message, details, body and uri", function()
+      local sql = service("sqladmin.v1beta4.json", { api_key = "secret-key" })
+      if not sql then return end
+      local body = google_error(404, "NOT_FOUND", "The Cloud SQL instance does not exist.",
+        "instanceDoesNotExist", { details = { { ["@type"] = "type.googleapis.com/google.rpc.ErrorInfo",
+                                                reason = "INSTANCE_MISSING" } } })
+      local path = LIST_PATH .. "/nope"
+      fake:script(path, { { status = 404, body = body } })
+      local resp, err = sql:instances():get({ project = PROJECT, instance = "nope" }):execute()
+      assert.is_nil(resp)
+      assert.is_true(errors.is(err))
+      assert.equals("discovery", err.module)
+      assert.equals("sql.instances.get", err.step)
+      assert.equals(404, err.status)
+      assert.equals("instanceDoesNotExist", err.reason)
+      assert.equals("The Cloud SQL instance does not exist.", err.message)
+      assert.same(body.error.details, err.details)
+      assert.same(body, cjson.decode(err.body))
+      assert.is_false(err.retryable)
+      assert.equals(fake.url .. path .. "?key=REDACTED&alt=json", err.uri)
+      assert.equals("gauth.discovery: sql.instances.get: The Cloud SQL instance does not exist."
+                    .. " (HTTP 404 instanceDoesNotExist) [" .. err.uri .. "]", tostring(err))
+      assert.not_matches("secret%-key", tostring(err))
+      assert.equals(1, #fake:requests(path), "a 404 is not retried")
+
+      -- error.status is the reason when there is no errors list; a message
+      -- over several lines prints on one
+      fake:script(LIST_PATH, { { status = 400, body = google_error(400, "INVALID_ARGUMENT",
+        "Invalid value at 'filter'\n  (TYPE_STRING), \"x\"") } })
+      _, err = sql:instances():list({ project = PROJECT, filter = "x" }):execute()
+      assert.equals(400, err.status)
+      assert.equals("INVALID_ARGUMENT", err.reason)
+      assert.matches("^Invalid value at 'filter'", err.message)
+      assert.not_matches("\n", tostring(err))
+      assert.matches("Invalid value at 'filter' %(TYPE_STRING%), \"x\" %(HTTP 400 INVALID_ARGUMENT%)",
+                     tostring(err))
+
+      -- an answer that is not Google's JSON: the status line's reason
+      fake:script(LIST_PATH, { { status = 502, body = "<html>bad gateway</html>" } })
+      _, err = sql:instances():list({ project = PROJECT }):execute({ num_retries = 0 })
+      assert.equals(502, err.status)
+      assert.equals("Bad Gateway", err.message)
+      assert.equals("<html>bad gateway</html>", err.body)
+      assert.is_nil(err.reason)
+      assert.is_true(err.retryable)
+
+      -- the fake's own 404 for a path nobody scripted
+      _, err = sql:instances():get({ project = PROJECT, instance = "other" }):execute()
+      assert.equals(404, err.status)
+      assert.equals("NOT_FOUND", err.reason)
+    end)
+
+    it("retries 5xx on a GET with backoff, and gives up after 3 retries", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:script(LIST_PATH, { { status = 503 }, { status = 500 }, { status = 200, body = { kind = "k" } } })
+      local resp = assert(sql:instances():list({ project = PROJECT }):execute({ random = half }))
+      assert.equals("k", resp.kind)
+      assert.equals(3, #fake:requests(LIST_PATH))
+      assert.same({ 0.75, 1.5 }, slept)
+
+      slept = {}
+      local unavailable = google_error(503, "UNAVAILABLE", "try later")
+      fake:script(LIST_PATH, { { status = 503, body = unavailable }, { status = 503, body = unavailable },
+                               { status = 503, body = unavailable }, { status = 503, body = unavailable },
+                               { status = 200, body = {} } })
+      local _, err = sql:instances():list({ project = PROJECT }):execute({ random = half })
+      assert.equals(503, err.status)
+      assert.equals("UNAVAILABLE", err.reason)
+      assert.equals(4, err.attempts)
+      assert.matches("gave up after 4 attempts", err.message)
+      assert.equals(3 + 4, #fake:requests(LIST_PATH))
+      assert.equals(3, #slept)
+      assert.equals(1, #fake:pending_scripts()[LIST_PATH], "the fifth answer was never asked for")
+    end)
+
+    it("honours Retry-After on a 429, and on a 503", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:script(LIST_PATH, {
+        { status = 429, headers = { ["Retry-After"] = "7" },
+          body = google_error(429, "RESOURCE_EXHAUSTED", "quota", "rateLimitExceeded") },
+        { status = 503, headers = { ["Retry-After"] = "2" } },
+        { status = 200, body = { ok = true } } })
+      assert.same({ ok = true }, sql:instances():list({ project = PROJECT }):execute())
+      assert.same({ 7, 2 }, slept)
+      assert.equals(3, #fake:requests(LIST_PATH))
+
+      -- a Retry-After past max_delay (32 s) is not waited for
+      slept = {}
+      fake:reset()
+      fake:config({ public_keys = { [info.kid] = info.public_pem } })
+      fake:script(LIST_PATH, { { status = 429, headers = { ["Retry-After"] = "3600" } } })
+      local _, err = sql:instances():list({ project = PROJECT }):execute()
+      assert.equals(429, err.status)
+      assert.equals(3600, err.retry_after)
+      assert.same({}, slept)
+      assert.equals(1, #fake:requests(LIST_PATH))
+    end)
+
+    it("retries a 403 for rate limits, not for other reasons", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:script(LIST_PATH, {
+        { status = 403, body = google_error(403, "PERMISSION_DENIED", "Rate Limit Exceeded", "rateLimitExceeded") },
+        { status = 403, body = google_error(403, "PERMISSION_DENIED", "User Rate Limit Exceeded",
+                                            "userRateLimitExceeded") },
+        { status = 200, body = {} } })
+      assert.same({}, sql:instances():list({ project = PROJECT }):execute({ random = half }))
+      assert.equals(3, #fake:requests(LIST_PATH))
+      assert.equals(2, #slept)
+
+      fake:script(LIST_PATH, { { status = 403, body = google_error(403, "PERMISSION_DENIED",
+        "The client is not authorized to make this request.", "notAuthorized") } })
+      local _, err = sql:instances():list({ project = PROJECT }):execute()
+      assert.equals(403, err.status)
+      assert.equals("notAuthorized", err.reason)
+      assert.is_false(err.retryable)
+      assert.equals(4, #fake:requests(LIST_PATH))
+      assert.equals(2, #slept)
+    end)
+
+    it("does not retry a POST by default; does with num_retries", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      local inst = { name = "new-instance", databaseVersion = "POSTGRES_15",
+                     settings = { tier = "db-f1-micro", userLabels = { team = "a" } } }
+      fake:script(LIST_PATH, { { status = 503 } })
+      local req = sql:instances():insert({ project = PROJECT, body = inst })
+      assert.equals("POST", req.method)
+      local _, err = req:execute()
+      assert.equals(503, err.status)
+      assert.is_true(err.retryable)
+      assert.equals(1, #fake:requests(LIST_PATH))
+      assert.same({}, slept)
+
+      fake:script(LIST_PATH, { { status = 503 }, { status = 200, body = { kind = "sql#operation" } } })
+      local resp = assert(req:execute({ num_retries = 2, random = half }))
+      assert.equals("sql#operation", resp.kind)
+      local got = fake:requests(LIST_PATH)
+      assert.equals(3, #got)
+      for i = 1, 3 do
+        assert.equals("POST", got[i].method)
+        assert.equals("application/json", got[i].headers["content-type"])
+        assert.same(inst, got[i].json)
+      end
+      assert.same({ 0.75 }, slept)
+
+      -- num_retries given to the service applies to its POSTs too
+      slept = {}
+      sql = service("sqladmin.v1beta4.json", { num_retries = 1 })
+      fake:script(LIST_PATH, { { status = 500 }, { status = 200, body = {} } })
+      assert.same({}, sql:instances():insert({ project = PROJECT, body = inst }):execute())
+      assert.equals(5, #fake:requests(LIST_PATH))
+      assert.equals(1, #slept)
+    end)
+
+    it("refreshes the credentials once after a 401 and retries with the new token", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      local unauth = google_error(401, "UNAUTHENTICATED",
+        "Request had invalid authentication credentials.", "authError")
+      fake:script(LIST_PATH, { { status = 401, body = unauth }, { status = 200, body = { kind = "k" } } })
+      local resp = assert(sql:instances():list({ project = PROJECT }):execute())
+      assert.equals("k", resp.kind)
+      assert.equals(2, #token_requests(), "two token exchanges")
+      local got = fake:requests(LIST_PATH)
+      assert.equals(2, #got)
+      assert.not_equals(got[1].headers.authorization, got[2].headers.authorization)
+      assert.equals("Bearer fake-token-2", got[2].headers.authorization)
+      assert.same({}, slept, "no backoff before the retry after a 401")
+
+      -- a second 401 is the answer
+      fake:script(LIST_PATH, { { status = 401, body = unauth }, { status = 401, body = unauth } })
+      local _, err = sql:instances():list({ project = PROJECT }):execute()
+      assert.equals(401, err.status)
+      assert.equals("authError", err.reason)
+      assert.equals(3, #token_requests())
+      assert.equals(4, #fake:requests(LIST_PATH))
+    end)
+
+    it("returns the credentials' failure without calling the API", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:config({ public_keys = { [info.kid] = helpers.make_rsa_key().public_pem } })
+      local _, err = sql:instances():list({ project = PROJECT }):execute()
+      assert.is_true(errors.is(err))
+      assert.equals("discovery", err.module)
+      assert.matches("Invalid JWT Signature", tostring(err))
+      assert.equals(0, #fake:requests(LIST_PATH))
+    end)
+
+    it("pages() walks every page; _next makes the next request", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:script(LIST_PATH, {
+        { status = 200, body = { items = { { name = "a" } }, nextPageToken = "tok 2/=" } },
+        { status = 200, body = { items = { { name = "b" } }, nextPageToken = "tok3" } },
+        { status = 200, body = { items = { { name = "c" } } } },
+      })
+      local names = {}
+      for page, err in sql:instances():list({ project = PROJECT, filter = "state:RUNNABLE" }):pages() do
+        assert.is_nil(err)
+        names[#names + 1] = page.items[1].name
+      end
+      assert.same({ "a", "b", "c" }, names)
+      local got = fake:requests(LIST_PATH)
+      assert.equals(3, #got)
+      assert.is_nil(got[1].query_params.pageToken)
+      assert.equals("tok 2/=", got[2].query_params.pageToken)
+      assert.equals("tok3", got[3].query_params.pageToken)
+      for i = 1, 3 do assert.equals("state:RUNNABLE", got[i].query_params.filter) end
+      assert.equals(1, #token_requests())
+
+      -- the same by hand with list_next
+      fake:script(LIST_PATH, { { status = 200, body = { items = {}, nextPageToken = "p2" } },
+                               { status = 200, body = { items = {} } } })
+      local instances = sql:instances()
+      local req, n = instances:list({ project = PROJECT }), 0
+      while req do
+        local resp = assert(req:execute())
+        n = n + 1
+        req = instances:list_next(req, resp)
+      end
+      assert.equals(2, n)
+      assert.equals("p2", fake:requests(LIST_PATH)[5].query_params.pageToken)
+
+      -- an error ends the walk with false, err
+      fake:script(LIST_PATH, { { status = 200, body = { nextPageToken = "x" } },
+                               { status = 400, body = google_error(400, "INVALID_ARGUMENT", "bad token") } })
+      local seen = {}
+      for page, err in instances:list({ project = PROJECT }):pages() do
+        seen[#seen + 1] = page and "page" or ("error " .. err.status)
+      end
+      assert.same({ "page", "error 400" }, seen)
+    end)
+
+    it("pages() puts the token in the body where the method takes it there", function()
+      local logging = service("logging.v2.json")
+      if not logging then return end
+      local path = "/v2/entries:list"
+      fake:script(path, { { status = 200, body = { entries = { { logName = "l1" } }, nextPageToken = "n2" } },
+                          { status = 200, body = { entries = { { logName = "l2" } } } } })
+      local got = {}
+      local req = logging:entries():list({ body = { resourceNames = { "projects/" .. PROJECT },
+                                                    pageSize = 1 } })
+      assert.equals("POST", req.method)
+      for page in req:pages() do got[#got + 1] = page.entries[1].logName end
+      assert.same({ "l1", "l2" }, got)
+      local sent = fake:requests(path)
+      assert.equals(2, #sent)
+      assert.is_nil(sent[1].json.pageToken)
+      assert.same({ resourceNames = { "projects/" .. PROJECT }, pageSize = 1, pageToken = "n2" },
+                  sent[2].json)
+    end)
+
+    it("sends a GET longer than 2048 bytes as a POST with x-http-method-override", function()
+      local compute = service("compute.v1.json")
+      if not compute then return end
+      local path = "/projects/p/zones/us-central1-a/instances"
+      local filter = "name = " .. string.rep("instance-x ", 200)
+      fake:script(path, { { status = 200, body = { kind = "compute#instanceList", items = {} } } })
+      local req = compute:instances():list({ project = "p", zone = "us-central1-a", filter = filter })
+      assert.equals("POST", req.method)
+      local resp = assert(req:execute())
+      assert.equals("compute#instanceList", resp.kind)
+      local got = fake:requests(path)
+      assert.equals(1, #got)
+      local r = got[1]
+      assert.equals("POST", r.method)
+      assert.equals("", r.query)
+      assert.equals("GET", r.headers["x-http-method-override"])
+      assert.equals("application/x-www-form-urlencoded", r.headers["content-type"])
+      assert.same({ filter = filter, alt = "json" }, r.form)
+      assert.matches("^Bearer ", r.headers.authorization)
+    end)
+
+    it("returns transport errors as nil, err: connection refused, retried as a GET is", function()
+      local sql = service("sqladmin.v1beta4.json",
+                          { api_endpoint = "https://127.0.0.1:" .. closed_port() .. "/" })
+      if not sql then return end
+      local resp, err = sql:instances():list({ project = PROJECT }):execute({ random = half })
+      assert.is_nil(resp)
+      assert.is_true(errors.is(err))
+      assert.equals("discovery", err.module)
+      assert.equals("sql.instances.list", err.step)
+      assert.equals(7, err.curl_code)
+      assert.is_true(err.retryable)
+      assert.equals(4, err.attempts)
+      assert.matches("^gauth%.discovery: sql%.instances%.list: .*[Cc]onnect", tostring(err))
+      assert.equals(" [" .. err.uri .. "]", tostring(err):sub(-#err.uri - 3))
+      assert.matches("^https://127%.0%.0%.1:%d+/sql/v1beta4/projects/[%w-]+/instances%?alt=json$", err.uri)
+      assert.same({ 0.75, 1.5, 3 }, slept)
+      slept = {}
+      _, err = sql:instances():insert({ project = PROJECT, body = {} }):execute()
+      assert.equals(7, err.curl_code)
+      assert.same({}, slept, "a POST is not retried")
+    end)
+
+    it("returns a timeout as nil, err, and retries it within num_retries", function()
+      local sql = service("sqladmin.v1beta4.json")
+      if not sql then return end
+      fake:script(LIST_PATH, { { hang = true } })
+      local t0 = socket.gettime()
+      local resp, err = sql:instances():list({ project = PROJECT }):execute({ timeout = 0.3, num_retries = 0 })
+      local dt = socket.gettime() - t0
+      assert.is_nil(resp)
+      assert.equals("discovery", err.module)
+      assert.equals(28, err.curl_code)
+      assert.is_true(err.retryable)
+      assert.is_true(dt < 3, "took " .. dt .. " s")
+
+      fake:script(LIST_PATH, { { hang = true }, { drop = true }, { status = 200, body = { kind = "k" } } })
+      resp = assert(sql:instances():list({ project = PROJECT }):execute({ timeout = 0.3, random = half }))
+      assert.equals("k", resp.kind)
+      assert.equals(4, #fake:requests(LIST_PATH))
+      assert.equals(2, #slept)
+
+      -- a deadline bounds all the attempts together
+      slept = {}
+      fake:script(LIST_PATH, { { hang = true }, { hang = true } })
+      t0 = socket.gettime()
+      _, err = sql:instances():list({ project = PROJECT }):execute({ deadline = 0.4, timeout = 5 })
+      dt = socket.gettime() - t0
+      assert.equals(28, err.curl_code)
+      assert.is_true(dt < 3, "took " .. dt .. " s")
+    end)
+
+    it("scopes scope-less service-account credentials to the document's scopes", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      local bare = creds({ scopes = false })
+      assert.is_true(bare:requires_scopes())
+      -- the fake, like Google, refuses an exchange without scopes
+      local tok, terr = bare:token()
+      assert.is_nil(tok)
+      assert.equals("invalid_scope", terr.error)
+      fake:reset()
+      fake:config({ public_keys = { [info.kid] = info.public_pem } })
+
+      local sql = service("sqladmin.v1beta4.json", { credentials = bare })
+      fake:script(LIST_PATH, { { status = 200, body = {} } })
+      assert.same({}, sql:instances():list({ project = PROJECT }):execute())
+      local toks = token_requests()
+      assert.equals(1, #toks)
+      local _, claims = helpers.jwt_parts(toks[1].form.assertion)
+      assert.equals(SCOPE_PLATFORM .. " " .. SCOPE_SQL, claims.scope)
+      assert.is_nil(bare.scopes, "the caller's credentials are not changed")
+
+      -- credentials with scopes keep theirs
+      sql = service("sqladmin.v1beta4.json", { credentials = creds({ scopes = { SCOPE_SQL } }) })
+      fake:script(LIST_PATH, { { status = 200, body = {} } })
+      assert(sql:instances():list({ project = PROJECT }):execute())
+      toks = token_requests()
+      _, claims = helpers.jwt_parts(toks[2].form.assertion)
+      assert.equals(SCOPE_SQL, claims.scope)
+    end)
+  end)
+
+  describe("build()", function()
+    local dir
+    local TEMPLATE_PATH = "/discovery/v1/apis/{api}/{apiVersion}/rest"
+    local DOC_PATH = "/discovery/v1/apis/sqladmin/v1beta4/rest"
+
+    before_each(function()
+      dir = helpers.tmpname("discovery-cache")
+    end)
+
+    local function opts(extra)
+      local o = { http = http, cache_dir = dir, discovery_url = fake.url .. TEMPLATE_PATH,
+                  api_endpoint = fake.url .. "/", credentials = creds(), sleep = sleep }
+      for k, v in pairs(extra or {}) do o[k] = v end
+      return o
+    end
+
+    local function cache_files()
+      local _, out = helpers.sh("ls " .. q(dir) .. " 2>/dev/null")
+      local list = {}
+      for name in out:gmatch("%S+") do list[#list + 1] = dir .. "/" .. name end
+      return list
+    end
+
+    it("fetches the document, caches it in the process and on disk, and the service works", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      fake:script(DOC_PATH, { { status = 200, body = text } })
+      local sql = assert(discovery.build("sqladmin", "v1beta4", opts()))
+      local got = fake:requests(DOC_PATH)
+      assert.equals(1, #got)
+      assert.equals("GET", got[1].method)
+      assert.equals("application/json", got[1].headers.accept)
+      assert.is_nil(got[1].headers.authorization, "documents are fetched without credentials")
+
+      fake:script(LIST_PATH, { { status = 200, body = { kind = "sql#instancesList" } } })
+      local resp = assert(sql:instances():list({ project = PROJECT }):execute())
+      assert.equals("sql#instancesList", resp.kind)
+
+      -- in-process cache: no second request
+      assert(discovery.build("sqladmin", "v1beta4", opts()))
+      assert.equals(1, #fake:requests(DOC_PATH))
+
+      -- disk cache: written whole, read after the process cache is cleared
+      local files = cache_files()
+      assert.equals(1, #files)
+      assert.not_matches("%.tmp%.", files[1])
+      local cached = assert(helpers.read_file(files[1]))
+      assert.equals(text, cached:match("^gauth%-discovery%-cache 1 %d+\n(.*)$"))
+      discovery.clear_cache()
+      sql = assert(discovery.build("sqladmin", "v1beta4", opts()))
+      assert.equals(1, #fake:requests(DOC_PATH))
+      assert.matches(LIST_PATH, sql:instances():list({ project = PROJECT }).uri, 1, true)
+    end)
+
+    it("reads the disk cache from a fresh process", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      fake:script(DOC_PATH, { { status = 200, body = text } })
+      assert(discovery.build("sqladmin", "v1beta4", opts()))
+      assert.equals(1, #fake:requests(DOC_PATH))
+      local root = helpers.root
+      local build_dir = os.getenv("GAUTH_BUILD")
+        or (root .. "/build/" .. (jit and "5.1" or _VERSION:match("%d+%.%d+")))  -- luacheck: ignore
+      local lua = os.getenv("GAUTH_LUA") or (jit and "luajit" or "lua5.4")  -- luacheck: ignore
+      local script = helpers.write_file(helpers.tmpname("fresh", ".lua"), ([[
+        local discovery = require "gauth.discovery"
+        local http = assert(require("gauth.transport.curl").new({ ca_file = %q }))
+        local svc = assert(discovery.build("sqladmin", "v1beta4", {
+          http = http, cache_dir = %q, discovery_url = %q, api_endpoint = %q }))
+        io.write(svc:instances():list({ project = %q }).uri)
+      ]]):format(fake.ca_file, dir, fake.url .. TEMPLATE_PATH, fake.url .. "/", PROJECT))
+      local ok, out = helpers.sh(("LUA_PATH=%s LUA_CPATH=%s %s %s"):format(
+        q(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"), q(build_dir .. "/?.so;;"),
+        q(lua), q(script)))
+      assert(ok, out)
+      assert.equals(fake.url .. LIST_PATH .. "?alt=json", out)
+      assert.equals(1, #fake:requests(DOC_PATH), "no second fetch")
+    end)
+
+    it("refetches an expired cache file and a corrupt one", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      fake:script(DOC_PATH, { { status = 200, body = text }, { status = 200, body = text },
+                              { status = 200, body = text }, { status = 200, body = text } })
+      assert(discovery.build("sqladmin", "v1beta4", opts()))
+      local file = cache_files()[1]
+      -- written two days ago: older than the default day
+      helpers.write_file(file, "gauth-discovery-cache 1 " .. (os.time() - 2 * 86400) .. "\n" .. text)
+      discovery.clear_cache()
+      assert(discovery.build("sqladmin", "v1beta4", opts()))
+      assert.equals(2, #fake:requests(DOC_PATH))
+      local stamp = tonumber(helpers.read_file(file):match("^gauth%-discovery%-cache 1 (%d+)\n"))
+      assert.is_true(os.time() - stamp < 60, "rewritten with a fresh time")
+
+      -- a shorter max age makes a younger file stale
+      helpers.write_file(file, "gauth-discovery-cache 1 " .. (os.time() - 120) .. "\n" .. text)
+      discovery.clear_cache()
+      assert(discovery.build("sqladmin", "v1beta4", opts()))
+      assert.equals(2, #fake:requests(DOC_PATH), "within a day: from disk")
+      discovery.clear_cache()
+      assert(discovery.build("sqladmin", "v1beta4", opts({ cache_max_age = 60 })))
+      assert.equals(3, #fake:requests(DOC_PATH))
+
+      -- corrupt: cut in the middle
+      helpers.write_file(file, "gauth-discovery-cache 1 " .. os.time() .. "\n" .. text:sub(1, 5000))
+      discovery.clear_cache()
+      local sql = assert(discovery.build("sqladmin", "v1beta4", opts()))
+      assert.equals(4, #fake:requests(DOC_PATH))
+      assert.equals(text, helpers.read_file(file):match("\n(.*)$"))
+      assert.is_function(sql.instances)
+    end)
+
+    it("returns nil, err for an unknown API (404), after trying each URL", function()
+      local t1 = fake.url .. TEMPLATE_PATH
+      local t2 = fake.url .. "/{api}/$discovery/rest?version={apiVersion}"
+      local s, err = discovery.build("nope", "v9", opts({ discovery_url = { t1, t2 } }))
+      assert.is_nil(s)
+      assert.is_true(errors.is(err))
+      assert.equals(404, err.status)
+      assert.matches("unknown API or version: nope v9", tostring(err))
+      local got = fake:requests()
+      assert.equals(2, #got)
+      assert.equals("/discovery/v1/apis/nope/v9/rest", got[1].path)
+      assert.equals("/nope/$discovery/rest", got[2].path)
+      assert.equals("version=v9", got[2].query)
+      assert.same({}, cache_files())
+    end)
+
+    it("falls back to the second URL when the first answers 404", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      local t2 = fake.url .. "/{api}/$discovery/rest?version={apiVersion}"
+      fake:script("/sqladmin/$discovery/rest", { { status = 200, body = text } })
+      local sql = assert(discovery.build("sqladmin", "v1beta4",
+                                         opts({ discovery_url = { fake.url .. TEMPLATE_PATH, t2 } })))
+      local got = fake:requests()
+      assert.equals(2, #got)
+      assert.equals(DOC_PATH, got[1].path)
+      assert.equals("/sqladmin/$discovery/rest", got[2].path)
+      assert.equals("version=v1beta4", got[2].query)
+      assert.is_function(sql.instances)
+      -- the document is cached under the URL that had it
+      discovery.clear_cache()
+      assert(discovery.build("sqladmin", "v1beta4", opts({ discovery_url = { fake.url .. TEMPLATE_PATH, t2 } })))
+      assert.equals(3, #fake:requests(), "the first URL is asked again, the second comes from disk")
+    end)
+
+    it("returns other failures as nil, err", function()
+      fake:script(DOC_PATH, { { status = 500, body = google_error(500, "INTERNAL", "oops") },
+                              { status = 200, body = "<html>not a document</html>" } })
+      local s, err = discovery.build("sqladmin", "v1beta4", opts())
+      assert.is_nil(s)
+      assert.equals(500, err.status)
+      s, err = discovery.build("sqladmin", "v1beta4", opts())
+      assert.is_nil(s)
+      assert.matches("not a Discovery document", tostring(err))
+      s, err = discovery.build("sqladmin", "v1beta4",
+        opts({ discovery_url = "https://127.0.0.1:" .. closed_port() .. TEMPLATE_PATH }))
+      assert.is_nil(s)
+      assert.equals("discovery", err.module)
+      assert.equals(7, err.curl_code)
+      assert.same({}, cache_files())
+    end)
+
+    it("with cache = false fetches every time and writes nothing", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      fake:script(DOC_PATH, { { status = 200, body = text }, { status = 200, body = text } })
+      assert(discovery.build("sqladmin", "v1beta4", opts({ cache = false })))
+      assert(discovery.build("sqladmin", "v1beta4", opts({ cache = false })))
+      assert.equals(2, #fake:requests(DOC_PATH))
+      assert.same({}, cache_files())
+    end)
+  end)
+end)
