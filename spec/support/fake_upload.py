@@ -5,10 +5,12 @@ Run with /usr/bin/python3 (stdlib only):
 
   fake_upload.py --ready-file PATH [--host 127.0.0.1] [--port 0]
                  [--control-port 0] [--cert server.pem --key server.key]
-                 [--data-dir DIR] [--parent-pid PID]
+                 [--data-dir DIR] [--parent-pid PID] [--no-digest]
 
 When both ports listen it writes {"port", "control_port", "pid", "url"} to
 the ready file (tmp file + rename). SIGTERM/SIGINT: exit at once.
+--no-digest (for benchmarks): uploaded bodies are not hashed (md5Hash and
+sha256 are then ""), so the fake spends as little as it can per byte.
 
 Main port (HTTPS with --cert; HTTP/1.1 keep-alive; bodies streamed to and
 from disk, so a 1 GiB transfer costs the fake no memory):
@@ -128,9 +130,10 @@ class Dropped(Exception):
 
 
 class State:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, digest=True):
         self.lock = threading.Lock()
         self.data_dir = data_dir
+        self.digest = digest
         self.conn_seq = 0
         self.reset()
 
@@ -378,19 +381,20 @@ class Handler(BaseHTTPRequestHandler):
     def stream_body_to(self, rec, f, limit=None):
         """Copy the body to file f; record its length and digest."""
         st = self.server.state
-        sha = hashlib.sha256()
+        sha = hashlib.sha256() if st.digest else None
         keep = []
         kept = 0
         n = 0
         for b in self.iter_body(limit):
             f.write(b)
-            sha.update(b)
+            if sha:
+                sha.update(b)
             n += len(b)
             if kept <= st.config["record_body_max"]:
                 keep.append(b)
                 kept += len(b)
         rec["body_len"] = n
-        rec["body_sha256"] = sha.hexdigest()
+        rec["body_sha256"] = sha.hexdigest() if sha else ""
         if n <= st.config["record_body_max"]:
             rec["body_b64"] = base64.b64encode(b"".join(keep)).decode()
         return n
@@ -480,7 +484,10 @@ class Handler(BaseHTTPRequestHandler):
         st = self.server.state
         seg = urllib.parse.unquote(path.rstrip("/").rsplit("/", 1)[-1])
         existing = st.find_object(seg)
-        size, md5, sha = file_digests(tmp_path)
+        if st.digest:
+            size, md5, sha = file_digests(tmp_path)
+        else:
+            size, md5, sha = os.path.getsize(tmp_path), "", ""
         name = (q.get("name") or [None])[0] or (meta or {}).get("name")
         if existing:
             oid = existing["id"]
@@ -832,8 +839,9 @@ class Handler(BaseHTTPRequestHandler):
         size = os.path.getsize(o["path"])
         rng = self.headers.get("Range")
         start, end, status = 0, size - 1, 200
-        hdrs = [("Content-Type", o["mimeType"]), ("Accept-Ranges", "bytes"),
-                ("X-Goog-Hash", "md5=" + o["md5Hash"])]
+        hdrs = [("Content-Type", o["mimeType"]), ("Accept-Ranges", "bytes")]
+        if o["md5Hash"]:
+            hdrs.append(("X-Goog-Hash", "md5=" + o["md5Hash"]))
         if rng:
             m = re.match(r"^bytes=(\d*)-(\d*)", rng.strip())
             if not m or (m.group(1) == "" and m.group(2) == ""):
@@ -1064,7 +1072,10 @@ class ControlHandler(BaseHTTPRequestHandler):
                 with os.fdopen(fd, "wb") as f:
                     f.write(base64.b64decode(o.pop("data_b64")))
                 o["path"], o["own"] = p, True
-            size, md5, sha = file_digests(o["path"])
+            if st.digest:
+                size, md5, sha = file_digests(o["path"])
+            else:
+                size, md5, sha = os.path.getsize(o["path"]), "", ""
             o.update({"id": oid, "name": o.get("name") or oid,
                       "mimeType": o.get("mimeType") or "application/octet-stream",
                       "size": size, "md5Hash": md5, "sha256": sha,
@@ -1115,6 +1126,7 @@ def main():
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--data-dir")
     ap.add_argument("--parent-pid", type=int, default=0)
+    ap.add_argument("--no-digest", action="store_true")
     args = ap.parse_args()
 
     ctx = None
@@ -1127,7 +1139,7 @@ def main():
     own_dir = args.data_dir is None
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="fake-upload-")
     os.makedirs(data_dir, exist_ok=True)
-    state = State(data_dir)
+    state = State(data_dir, digest=not args.no_digest)
     main_srv = FakeServer((args.host, args.port), Handler, state, ctx)
     ctl_srv = FakeServer(("127.0.0.1", args.control_port), ControlHandler, state)
     port = main_srv.server_address[1]
