@@ -98,6 +98,11 @@ describe("OpenResty", function()
           set_by_lua_block $tokstate { return @APP@.set_phase() }
           return 200 $tokstate;
         }
+        location = /store_checks { content_by_lua_block { @APP@.store_checks() } }
+        location = /set_lock {
+          set_by_lua_block $lockstate { return @APP@.set_lock() }
+          return 200 $lockstate;
+        }
         location = /init_result { content_by_lua_block { @APP@.init_result() } }
         location = /result { content_by_lua_block { @APP@.result() } }
         location = /default_store { content_by_lua_block { @APP@.default_store() } }
@@ -189,6 +194,18 @@ describe("OpenResty", function()
     end
   end)
 
+  describe("outside nginx", function()
+    it("the shared-dict store and document cache refuse to be made", function()
+      local st, err = require("gauth.token_cache.shdict").new()
+      assert.is_nil(st)
+      assert.equal("gauth.token_cache: shared dict: not running inside nginx", tostring(err))
+      local dc, derr = require("gauth.discovery.shdict_cache").new()
+      assert.is_nil(dc)
+      assert.matches("not running inside nginx", tostring(derr))
+      assert.is_nil(require("gauth.discovery.shdict_cache").default())
+    end)
+  end)
+
   if not LUAJIT_PASS then
     pending("the nginx-side specs run in the LuaJIT pass")
     return
@@ -216,6 +233,23 @@ describe("OpenResty", function()
       local _, r = get_json("/default_store")
       assert.is_true(r.shdict)
       assert.equal("gauth", r.dict)
+    end)
+
+    it("store: a missing dict is an error; the lock waits, times out, is released", function()
+      local _, r = get_json("/store_checks")
+      assert.same({ store = false, err = "gauth.token_cache: shared dict: no lua_shared_dict "
+                    .. "named nosuch in nginx.conf" }, r.missing)
+      assert.is_false(r.missing_docs.cache)
+      assert.matches("no lua_shared_dict named nosuch", r.missing_docs.err)
+      assert.is_false(r.b.got)
+      assert.matches("timed out", r.b.err)
+      assert.is_true(r.b.waited >= 0.19 and r.b.waited < 0.45, "waited " .. r.b.waited)
+      assert.is_true(r.c.got, r.c.err)
+      assert.is_true(r.c.waited >= 0.55 and r.c.waited < 0.9, "waited " .. r.c.waited)
+      assert.is_true(r.relock)
+      assert.is_true(r.stale_unlock_kept)
+      local _, body = srv:get("/set_lock")
+      assert.matches("set phase cannot wait", body)
     end)
 
     it("fetches from a slow endpoint without blocking the worker", function()

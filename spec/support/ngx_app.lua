@@ -123,6 +123,53 @@ function _M.default_store()
   reply(200, { shdict = shdict.is_store(c.store), dict = c.store.name })
 end
 
+--- GET /store_checks: the shared-dict store's failure paths and its lock.
+function _M.store_checks()
+  local shdict = require "gauth.token_cache.shdict"
+  local out = {}
+  local st, err = shdict.new({ shared_dict = "nosuch" })
+  out.missing = { store = st ~= nil, err = tostring(err) }
+  local dc, derr = require("gauth.discovery.shdict_cache").new({ shared_dict = "nosuch" })
+  out.missing_docs = { cache = dc ~= nil, err = tostring(derr) }
+
+  -- The lock: A holds it 0.6 s; B gives up after 0.2 s; C waits and gets it.
+  local store = assert(shdict.new())
+  local key = "lock-test-" .. ngx.now()
+  local a_unlock = assert(store:lock(key, 1))
+  local function try(timeout)
+    local t0 = now()
+    local unlock, lerr = store:lock(key, timeout)
+    local r = { got = unlock ~= nil, err = lerr and tostring(lerr), waited = now() - t0 }
+    if unlock then unlock() end
+    return r
+  end
+  local b = ngx.thread.spawn(try, 0.2)
+  local c = ngx.thread.spawn(try, 3)
+  ngx.sleep(0.6)
+  a_unlock()
+  out.b = select(2, ngx.thread.wait(b))
+  out.c = select(2, ngx.thread.wait(c))
+  -- After unlock, free at once; an unlock that is not the holder's does nothing.
+  local u1 = assert(store:lock(key, 0))
+  out.relock = true
+  u1()
+  u1 = assert(store:lock(key, 0))
+  a_unlock()  -- stale: must not release u1's lock
+  out.stale_unlock_kept = (store:lock(key, 0)) == nil
+  u1()
+  reply(200, out)
+end
+
+--- set_by_lua: a held lock cannot be waited for in a phase that cannot yield.
+function _M.set_lock()
+  local store = assert(require("gauth.token_cache.shdict").new())
+  local key = "set-lock-" .. ngx.now()
+  local unlock = assert(store:lock(key, 1))
+  local again, err = store:lock(key, 1)
+  unlock()
+  return again and "got it twice" or tostring(err)
+end
+
 --- POST /case {name=, ctx=}: run a shared transport case with the cosocket
 -- transport; answers with the normalised results.
 function _M.run_case()
