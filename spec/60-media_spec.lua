@@ -641,6 +641,17 @@ describe("gauth.media", function()
       assert.equal("bytes 0-" .. (#data - 1) .. "/" .. #data, chunks[1].content_range)
     end)
 
+    it("give up (not loop) when the server keeps answering 308 without taking anything", function()
+      srv:inject{ { on = "query", status = 308, json = {}, times = 10 } }
+      local delays = {}
+      local res, err = resumable_req(""):execute{ num_retries = 2, sleep = no_sleep(delays) }
+      assert.is_nil(res)
+      assert.equal("media", err.module)
+      assert.is_true(err.retryable)
+      assert.matches("the server kept none of the chunk", err.message)
+      assert.equal(2, #delays)
+    end)
+
     it("resumable without a body sends no metadata, with PATCH for files.update", function()
       local up = assert(drive:files():create{ media_body = write("n.txt", "x") })
       assert.equal(srv.url .. "/upload/drive/v3/files?alt=json&uploadType=media", up.uri)

@@ -30,6 +30,12 @@
 -- universe domain, its scheme, host and port replace rootUrl's (as
 -- googleapiclient 2.x does for the host), so uploads follow the service.
 --
+-- An upload request (what a method call with `media_body` returns) has
+-- `method`, `uri` (with `uploadType`), `body` (the JSON metadata or nil),
+-- `media`, `upload_type` ("media", "multipart" or "resumable"), and for
+-- resumable uploads `resumable_uri` (the session, once opened) and
+-- `resumable_progress` (bytes the server has); `response` once done.
+--
 -- Memory: a file is never read whole. Simple uploads and resumable chunks
 -- are streamed from the file by the transport (`upload_file`); downloads
 -- are appended to the file by the transport (`download_file`); a
@@ -863,7 +869,7 @@ function upload:next_chunk(opts)
       end
     end
     if done then return status_of(self, true), self.response end
-    if done == false and (self.resumable_progress > started or self.media.size == 0) then
+    if done == false and self.resumable_progress > started then
       return status_of(self, false), nil
     end
     if done == false then
@@ -1121,8 +1127,14 @@ function _M.download(req, dest, opts)
       else
         done = written < last - first + 1
       end
-      failures = 0
-      if opts.progress then opts.progress(progress, total) end
+      if written > 0 then
+        failures = 0
+        if opts.progress then opts.progress(progress, total) end
+      elseif not done then
+        -- a 206 without a byte would have us ask for ever
+        err = errors.new("media", step, "a 206 answer carried no bytes",
+                         { status = 206, retryable = true, uri = redact(uri) })
+      end
     elseif res.status >= 200 and res.status < 300 then
       -- The whole object (the server ignored Range).
       if first > 0 and not handle then
