@@ -170,9 +170,14 @@ local function read_until(c, pattern, limit)
   local buf, n, total = {}, 0, 0
   while true do
     if not read_timeout(c) then return nil, "timeout" end
-    local data, err = reader(8192)
+    local data, err, partial = reader(8192)
     if not data then
-      if err then return nil, err, total end
+      if err then
+        -- Bytes before a failure still tell "answered, then broke" from
+        -- "closed unused" (a stale pooled connection, retried).
+        if partial then c.bytes_in = c.bytes_in + #partial end
+        return nil, err, total
+      end
       return concat(buf, "", 1, n), nil, total
     end
     total = total + #data
