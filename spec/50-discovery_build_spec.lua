@@ -468,6 +468,24 @@ describe("gauth.discovery", function()
       raises("expects the previous request", function() items:list_next({}, { nextPageToken = "x" }) end)
     end)
 
+    it("<method>_next finds the query after a path that holds '?' ({+var})", function()
+      local doc = toy_doc()
+      doc.resources.things = { methods = { list = {
+        id = "toy.things.list", path = "v1/{+parent}/things", httpMethod = "GET",
+        parameters = { parent = { type = "string", location = "path", required = true },
+                       pageToken = { type = "string", location = "query" } },
+        response = { ["$ref"] = "ItemList" } } } }
+      local things = assert(discovery.build_from_document(doc)):things()
+      local r = things:list({ parent = "a?pageToken=x", pageToken = "old" })
+      assert.equals("https://toy.googleapis.com/toy/v1/v1/a?pageToken=x/things?pageToken=old&alt=json", r.uri)
+      local n = things:list_next(r, { nextPageToken = "new" })
+      assert.equals("https://toy.googleapis.com/toy/v1/v1/a?pageToken=x/things?alt=json&pageToken=new", n.uri)
+      -- and with a plain path, where the first "?" starts the query
+      r = items:list({ project = "p", pageToken = "old" })
+      n = items:list_next(r, { nextPageToken = "new" })
+      assert.equals("https://toy.googleapis.com/toy/v1/projects/p/items?alt=json&pageToken=new", n.uri)
+    end)
+
     it("<method>_next puts the token in the body when the parameters have none", function()
       local r = items:search({ body = { query = "q", pageToken = "old" } })
       local n = items:search_next(r, { nextPageToken = "t2" })

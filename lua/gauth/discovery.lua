@@ -811,6 +811,16 @@ local function prepare(svc, mdesc, mname, variant)
     end
   end
   if spec.absolute then parts[1] = "" end
+  -- The URI's first "?" starts the query when nothing before it can hold
+  -- one: requests then need not keep where their query starts.
+  local q_first = not spec.absolute and not spec.var_first
+  for i = 1, #parts do
+    if find(parts[i], "?", 1, true) then q_first = false end
+  end
+  for _, p in pairs(by_name) do
+    if p.kind == KIND_PATH and (p.enc ~= quote or p.more) then q_first = false end
+  end
+  spec.q_first = q_first
   -- parts doubles as the buffer the URI is made in: after the path, "?",
   -- then the query pieces with "&" between them
   local np = #parts
@@ -841,11 +851,15 @@ end
 ---------------------------------------------------------------------------
 -- Building requests.
 
--- The request object. `ql` is the length of the query in `uri`; `upath`
--- and `q` (the URI before "?" and the query) are given instead when `uri`
--- is not simply upath .. "?" .. q.
+-- The request object. `ql` is the length of the query in `uri` (kept only
+-- when the path may hold a "?"); `upath` and `q` (the URI before "?" and
+-- the query) are given instead when `uri` is not simply upath .. "?" .. q.
+-- The table holds only what the request has: LuaJIT then copies a
+-- one-slot template for most requests.
 local function finish(spec, uri, ql, body, upath, q, abs)
-  local r = setmetatable({ uri = uri, body = body, _ql = ql }, spec.req_mt)
+  local r = setmetatable({ uri = uri }, spec.req_mt)
+  if not spec.q_first then r._ql = ql end
+  if body then r.body = body end
   if upath then r._u, r._q, r._abs = upath, q, abs end
   if spec.http_method == "GET" and #uri > MAX_URI_LENGTH then
     -- googleapiclient (HttpRequest.execute): the query becomes a form body.
@@ -867,7 +881,11 @@ end
 -- The URI before "?" and the query of a request.
 local function uri_parts(req)
   if req._u then return req._u, req._q end
-  local uri, ql = req.uri, req._ql
+  local uri, ql = req.uri, rawget(req, "_ql")
+  if not ql then
+    local i = find(uri, "?", 1, true)
+    return sub(uri, 1, i - 1), sub(uri, i + 1)
+  end
   return sub(uri, 1, #uri - ql - 1), sub(uri, #uri - ql + 1)
 end
 
