@@ -73,6 +73,7 @@ describe("OpenResty", function()
       trusted_ca = certs.ca_file,
       http = ([[
         lua_shared_dict gauth 1m;
+        lua_shared_dict gauth_other 1m;
         lua_shared_dict results 1m;
         lua_shared_dict gauth_discovery 16m;
         init_by_lua_block {
@@ -106,6 +107,7 @@ describe("OpenResty", function()
         location = /init_result { content_by_lua_block { @APP@.init_result() } }
         location = /result { content_by_lua_block { @APP@.result() } }
         location = /default_store { content_by_lua_block { @APP@.default_store() } }
+        location = /named_dict { content_by_lua_block { @APP@.named_dict() } }
         location = /case { content_by_lua_block { @APP@.run_case() } }
         location = /via_http { content_by_lua_block { @APP@.via_http() } }
         location = /raw/chunked { content_by_lua_block { @APP@.raw_chunked() } }
@@ -233,6 +235,15 @@ describe("OpenResty", function()
       local _, r = get_json("/default_store")
       assert.is_true(r.shdict)
       assert.equal("gauth", r.dict)
+    end)
+
+    it("opts.shared_dict names another dict; a missing one raises", function()
+      local _, r = get_json("/named_dict")
+      assert.is_true(r.token, r.err)
+      assert.equal(1, r.in_other)
+      assert.equal(0, r.in_gauth)
+      assert.is_true(r.raised)
+      assert.matches("no lua_shared_dict named nosuch", r.raised_msg)
     end)
 
     it("store: a missing dict is an error; the lock waits, times out, is released", function()

@@ -190,7 +190,7 @@ local function build(parts, source, opts)
     if type(opts.retry) ~= "table" then arg_error("retry must be a table or false") end
     for k, v in pairs(opts.retry) do policy[k] = v end
   end
-  local init_opts = { cache = opts.cache, now = opts.now,
+  local init_opts = { cache = opts.cache, now = opts.now, shared_dict = opts.shared_dict,
                       quota_project = opts.quota_project or parts.quota_project_id }
   local self = setmetatable({
     client_id = parts.client_id,

@@ -132,6 +132,10 @@ end
 --   default the process-wide one, so objects with the same cache key share
 --   tokens), `now` (clock returning epoch seconds; for tests)
 -- @return self
+-- nginx's cached event-loop time is exact enough for a refresh window of
+-- minutes and costs a field read; elsewhere the C clock.
+local DEFAULT_CLOCK = util.is_ngx and ngx.now or util.now -- luacheck: ignore ngx
+
 function _M.init(self, opts)
   opts = opts or {}
   local qp = opts.quota_project
@@ -142,13 +146,24 @@ function _M.init(self, opts)
   if cache ~= nil and (type(cache) ~= "table" or type(cache.fetch) ~= "function") then
     error("gauth.credentials: cache must be a gauth.token_cache", 3)
   end
+  -- Under nginx, `shared_dict` names the lua_shared_dict that holds the
+  -- tokens for every worker (a dict named "gauth" is used without asking).
+  local dict = opts.shared_dict
+  if dict ~= nil then
+    if type(dict) ~= "string" or cache ~= nil then
+      error("gauth.credentials: shared_dict must be a string, and excludes cache", 3)
+    end
+    local err
+    cache, err = require("gauth.token_cache.shdict").cache(dict)
+    if not cache then error("gauth.credentials: " .. tostring(err), 3) end
+  end
   local clock = opts.now
   if clock ~= nil and type(clock) ~= "function" then
     error("gauth.credentials: now must be a function", 3)
   end
   self.quota_project = qp
   self._cache = cache or token_cache.default()
-  self._clock = clock or util.now
+  self._clock = clock or DEFAULT_CLOCK
   self._entry = nil
   self._key = nil
   return self

@@ -40,13 +40,19 @@ function auto:request(req)
     end
   else
     t = self.curl_t
+    -- A handle made in the master (init_by_lua fetches inline) reaches
+    -- every worker through fork(); its connection belongs to the master.
+    local pid = ngx.worker.pid() -- luacheck: ignore ngx
+    if t and self.curl_pid ~= pid then
+      t = nil
+    end
     if not t then
       -- Made at first use, in the worker that uses it: a libcurl handle
       -- (and its sockets) must not be made in the master and inherited
       -- by every worker through fork().
       t, err = new_curl(self.opts)
       if not t then return nil, err end
-      self.curl_t = t
+      self.curl_t, self.curl_pid = t, pid
     end
   end
   return t:request(req)

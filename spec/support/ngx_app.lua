@@ -67,6 +67,26 @@ function _M.token()
                elapsed = now() - t0 })
 end
 
+--- GET /named_dict: `shared_dict = "gauth_other"` puts the token in that
+-- dict (not in gauth); a dict that does not exist is a programming error.
+function _M.named_dict()
+  local sa = require "gauth.service_account"
+  local scope = "https://www.googleapis.com/auth/test.named-" .. ngx.now()
+  local c = assert(sa.from_file(cfg.sa, { scopes = { scope }, shared_dict = "gauth_other" }))
+  local tok, err = c:token()
+  local in_other, in_gauth = 0, 0
+  for _, k in ipairs(ngx.shared.gauth_other:get_keys(0)) do
+    if k:sub(1, 2) == "t|" then in_other = in_other + 1 end
+  end
+  local key = c:cache_key()
+  for _, k in ipairs(ngx.shared.gauth:get_keys(0)) do
+    if k == "t|" .. key then in_gauth = in_gauth + 1 end
+  end
+  local ok, raised = pcall(sa.from_file, cfg.sa, { scopes = { scope }, shared_dict = "nosuch" })
+  reply(200, { token = tok ~= nil, err = err and tostring(err), in_other = in_other,
+               in_gauth = in_gauth, raised = not ok, raised_msg = tostring(raised) })
+end
+
 --- GET /not_blocked?scope=: fetch a token from a slow endpoint in one light
 -- thread while this same worker calls /fast over a cosocket in another. A
 -- blocked worker could not run the second at all until the first is done.
