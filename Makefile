@@ -44,7 +44,7 @@ DEB_PKGS = gcc make pkg-config openssl curl ca-certificates \
   python3 python3-jwt python3-cryptography python3-googleapi \
   python3-google-auth python3-httplib2 \
   nginx-light libnginx-mod-http-lua lua-resty-core wrk valgrind \
-  lua-ldoc lua-markdown clang libclang-rt-14-dev
+  lua-ldoc lua-markdown lua-check cppcheck clang libclang-rt-14-dev
 
 .PHONY: all both deps test check asan valgrind fuzz bench demo docs install clean
 

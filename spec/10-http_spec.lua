@@ -215,6 +215,7 @@ describe("gauth.core Http", function()
     status, _, body, _, written = h:perform("GET", fake.url .. "/dlr", nil, nil,
       { ca_file = certs.ca_file, download_file = path, follow = true })
     assert.equal(206, status)
+    assert.equal("", body)
     assert.equal(4, written)
     assert.equal("head:" .. BINARY .. "tail", helpers.read_file(path))
     h:close()

@@ -240,7 +240,7 @@ function _M:request(req)
       if lname == "accept-encoding" then
         -- libcurl sends it and decodes what comes back.
         copts.accept_encoding = tostring(value)
-      elseif lname == "content-length" then
+      elseif lname == "content-length" then -- luacheck: ignore 542
         -- Always computed from the body (or the upload window): a stale
         -- value here would make the request unparseable.
       elseif vt == "string" then
