@@ -1232,6 +1232,9 @@ function request:execute(opts)
   if opts == nil then
     http, n, timeout = svc.http, svc.num_retries, svc.timeout
   else
+    if type(opts) ~= "table" then
+      error("gauth.discovery: execute: opts must be a table", 2)
+    end
     check_number(opts.num_retries, "opts.num_retries", "execute", 2)
     check_number(opts.timeout, "opts.timeout", "execute", 2)
     check_number(opts.deadline, "opts.deadline", "execute", 2)
