@@ -50,6 +50,7 @@
 -- @module gauth.adc
 
 local metadata = require "gauth.metadata"
+local credentials = require "gauth.credentials"
 local errors = require "gauth.errors"
 local util = require "gauth.util"
 local cjson = require "cjson.safe"
@@ -164,18 +165,8 @@ function _M.from_file(path, opts)
     error("gauth.adc: from_file: path must be a string", 2)
   end
   opts = check_opts(opts, "from_file")
-  local data, rerr = util.read_file(path)
-  if not data then
-    return nil, errors.new("adc", "key file", "cannot read " .. tostring(rerr), { file = path })
-  end
-  if #data > MAX_FILE then
-    return nil, errors.new("adc", "key file", path .. ": too large for a credentials file",
-                           { file = path })
-  end
-  local info = cjson.decode(data)
-  if type(info) ~= "table" then
-    return nil, errors.new("adc", "key file", path .. ": not a JSON object", { file = path })
-  end
+  local info, err = credentials.read_key_file("adc", path)
+  if not info then return nil, err end
   local t, terr = type_of(info, path)
   if not t then return nil, terr end
   return load(t, "from_file", path, path, opts)

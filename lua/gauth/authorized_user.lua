@@ -32,18 +32,13 @@ local cjson = require "cjson.safe"
 
 local type = type
 local ipairs = ipairs
-local pairs = pairs
 local tostring = tostring
-local tonumber = tonumber
 local error = error
 local require = require
 local setmetatable = setmetatable
-local find = string.find
 local sub = string.sub
 local lower = string.lower
-local gmatch = string.gmatch
 local concat = table.concat
-local huge = math.huge
 
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = "authorized_user" })
 local mt = credentials.metatable(_M)
@@ -59,8 +54,6 @@ _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
 --- Largest token response accepted (bytes).
 _M.MAX_RESPONSE = 256 * 1024
 
-local MAX_FILE = 1024 * 1024
-
 local TOKEN_HEADERS = {
   ["content-type"] = "application/x-www-form-urlencoded",
   accept = "application/json",
@@ -75,32 +68,8 @@ local FINAL_OAUTH = { invalid_grant = true, invalid_scope = true,
                       invalid_request = true, unsupported_grant_type = true,
                       access_denied = true }
 
-local function fail(step, message, fields)
-  return nil, errors.new("authorized_user", step, message, fields)
-end
-
-local function arg_error(msg)
-  error("gauth.authorized_user: " .. msg, 4)
-end
-
-local function normalise_scopes(scopes)
-  if scopes == nil then return nil end
-  local list = {}
-  if type(scopes) == "string" then
-    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
-  elseif type(scopes) == "table" then
-    for i, s in ipairs(scopes) do
-      if type(s) ~= "string" or s == "" or find(s, "%s") then
-        arg_error("scopes[" .. i .. "] must be a non-empty string without spaces")
-      end
-      list[i] = s
-    end
-  else
-    arg_error("scopes must be an array of strings or a space-separated string")
-  end
-  if #list == 0 then return nil end
-  return list
-end
+local fail, arg_error = credentials.error_helpers("authorized_user")
+local normalise_scopes = credentials.normalise_scopes
 
 --- Check that a token URI may carry a refresh token: https, or http to a
 -- loopback host. Nothing is sent otherwise.
@@ -123,38 +92,19 @@ end
 -- Construction
 ---------------------------------------------------------------------------
 
-local function key_error(source, field, message)
-  local where = source
-  if field then where = where .. ": field " .. field end
-  return errors.new("authorized_user", "key file", where .. ": " .. message,
-                    { file = source, field = field })
-end
-
 local function parse_info(info, source)
-  local function str(field, required)
-    local v = info[field]
-    if v == nil or v == util.json_null then
-      if required then return nil, key_error(source, field, "missing") end
-      return false
-    end
-    if type(v) ~= "string" or v == "" then
-      return nil, key_error(source, field, "must be a non-empty string")
-    end
-    return v
-  end
   local t = info.type
   if t ~= nil and t ~= "authorized_user" then
-    local shown = type(t) == "string" and ('"' .. sub(t, 1, 40) .. '"') or type(t)
-    return nil, key_error(source, "type", "is " .. shown .. ', expected "authorized_user"')
+    return nil, credentials.key_type_error("authorized_user", source, t, "authorized_user")
   end
   local parts = {}
   for _, f in ipairs({ "client_id", "client_secret", "refresh_token" }) do
-    local v, err = str(f, true)
+    local v, err = credentials.key_field("authorized_user", info, source, f, true)
     if not v then return nil, err end
     parts[f] = v
   end
   for _, f in ipairs({ "token_uri", "quota_project_id" }) do
-    local v, err = str(f, false)
+    local v, err = credentials.key_field("authorized_user", info, source, f, false)
     if v == nil then return nil, err end
     parts[f] = v or nil
   end
@@ -173,29 +123,15 @@ local function build(parts, source, opts)
   token_uri = token_uri or parts.token_uri or _M.DEFAULT_TOKEN_URI
   local ok, err = _M.check_token_uri(token_uri)
   if not ok then return nil, err end
-  if opts.http ~= nil and (type(opts.http) ~= "table" or type(opts.http.request) ~= "function") then
-    arg_error("http must be a transport (with :request)")
-  end
-  if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
-    arg_error("ca_file must be a string")
-  end
-  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
-    arg_error("timeout must be a positive number")
-  end
-  local policy = {}
-  for k, v in pairs(_M.RETRY) do policy[k] = v end
-  if opts.retry == false then
-    policy.attempts = 1
-  elseif opts.retry ~= nil then
-    if type(opts.retry) ~= "table" then arg_error("retry must be a table or false") end
-    for k, v in pairs(opts.retry) do policy[k] = v end
-  end
+  credentials.check_opts(opts, "authorized_user", 4, "http", "ca_file", "timeout")
+  local policy = retry.policy(_M.RETRY, opts.retry)
+  if not policy then arg_error("retry must be a table or false") end
   local init_opts = { cache = opts.cache, now = opts.now, shared_dict = opts.shared_dict,
                       quota_project = opts.quota_project or parts.quota_project_id }
   local self = setmetatable({
     client_id = parts.client_id,
     token_uri = token_uri,
-    scopes = normalise_scopes(opts.scopes),
+    scopes = normalise_scopes(opts.scopes, "authorized_user"),
     source = source,
     -- Who the tokens are for, without the secret: two users of gcloud's
     -- client id share the client id, never the refresh token.
@@ -221,14 +157,11 @@ end
 -- @return credentials | nil, err
 function _M.from_info(info, opts)
   local source = "authorized user info"
-  if type(info) == "string" then
-    local v = cjson.decode(info)
-    if type(v) ~= "table" then return nil, key_error(source, nil, "not a JSON object") end
-    info = v
-  elseif type(info) ~= "table" then
-    error("gauth.authorized_user: from_info: info must be a table or a JSON string", 2)
-  end
-  local parts, err = parse_info(info, source)
+  local err
+  info, err = credentials.decode_info("authorized_user", info, source)
+  if not info then return nil, err end
+  local parts
+  parts, err = parse_info(info, source)
   if not parts then return nil, err end
   return build(parts, source, opts)
 end
@@ -242,17 +175,10 @@ function _M.from_file(path, opts)
   if type(path) ~= "string" then
     error("gauth.authorized_user: from_file: path must be a string", 2)
   end
-  local data, rerr = util.read_file(path)
-  if not data then
-    return nil, errors.new("authorized_user", "key file",
-                           "cannot read " .. tostring(rerr), { file = path })
-  end
-  if #data > MAX_FILE then return nil, key_error(path, nil, "too large for a credentials file") end
-  local info = cjson.decode(data)
-  if type(info) ~= "table" then
-    return nil, key_error(path, nil, "not a JSON object")
-  end
-  local parts, err = parse_info(info, path)
+  local info, err = credentials.read_key_file("authorized_user", path)
+  if not info then return nil, err end
+  local parts
+  parts, err = parse_info(info, path)
   if not parts then return nil, err end
   return build(parts, path, opts)
 end
@@ -273,12 +199,6 @@ local function transport(self)
     return http
   end
   return require("gauth.http").default()
-end
-
-local function lifetime(v)
-  if type(v) == "string" then v = tonumber(v) end
-  if type(v) ~= "number" or v ~= v or v <= 0 or v == huge then return nil end
-  return v
 end
 
 local function parse_response(self, res, now)
@@ -327,13 +247,10 @@ local function parse_response(self, res, now)
     return fail("token response", "no access_token in the token endpoint's answer",
                 { status = status, retryable = false, uri = uri })
   end
-  local life = 3600
-  if data.expires_in ~= nil then
-    life = lifetime(data.expires_in)
-    if not life then
-      return fail("token response", "expires_in is not a positive number",
-                  { status = status, retryable = false, uri = uri })
-    end
+  local life = credentials.lifetime(data.expires_in)
+  if not life then
+    return fail("token response", "expires_in is not a positive number",
+                { status = status, retryable = false, uri = uri })
   end
   local rt = data.refresh_token
   if type(rt) == "string" and rt ~= "" then
@@ -394,13 +311,8 @@ function _M:fetch_token()
 end
 
 function _M:cache_key_parts()
-  local scopes
-  if self.scopes then
-    scopes = {}
-    for i, s in ipairs(self.scopes) do scopes[i] = s end
-    table.sort(scopes)
-  end
-  return { account = self._account, token_uri = self.token_uri, scopes = scopes }
+  return { account = self._account, token_uri = self.token_uri,
+           scopes = credentials.sorted(self.scopes) }
 end
 
 --- False: a refresh token already carries the scopes the user consented to.
@@ -418,7 +330,7 @@ end
 --- A copy asking for other scopes at refresh (nil: those of the grant).
 function _M:with_scopes(scopes)
   local o = self:copy()
-  o.scopes = normalise_scopes(scopes)
+  o.scopes = normalise_scopes(scopes, "authorized_user")
   return o
 end
 

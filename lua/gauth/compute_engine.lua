@@ -23,21 +23,14 @@
 local credentials = require "gauth.credentials"
 local metadata = require "gauth.metadata"
 local errors = require "gauth.errors"
-local core = require "gauth.core"
-local cjson = require "cjson.safe"
 
 local type = type
-local ipairs = ipairs
 local pairs = pairs
 local tostring = tostring
-local tonumber = tonumber
 local error = error
 local setmetatable = setmetatable
 local find = string.find
-local sub = string.sub
-local gmatch = string.gmatch
 local concat = table.concat
-local huge = math.huge
 
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = "compute_engine" })
 local mt = credentials.metatable(_M)
@@ -46,28 +39,9 @@ local mt = credentials.metatable(_M)
 -- overrides fields of it, or `false` for one attempt.
 _M.RETRY = metadata.RETRY
 
-local function arg_error(module, msg)
-  error("gauth." .. module .. ": " .. msg, 4)
-end
-
-local function normalise_scopes(scopes, module)
-  if scopes == nil then return nil end
-  local list = {}
-  if type(scopes) == "string" then
-    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
-  elseif type(scopes) == "table" then
-    for i, s in ipairs(scopes) do
-      if type(s) ~= "string" or s == "" or find(s, "[%s,]") then
-        arg_error(module, "scopes[" .. i .. "] must be a non-empty string without spaces or commas")
-      end
-      list[i] = s
-    end
-  else
-    arg_error(module, "scopes must be an array of strings or a space-separated string")
-  end
-  if #list == 0 then return nil end
-  return list
-end
+-- The module in errors is the object's ("compute_engine" or "app_engine").
+local arg_error = credentials.arg_error
+local normalise_scopes = credentials.normalise_scopes
 
 local function fail(self, step, message, fields)
   return nil, errors.new(self._module, step, message, fields)
@@ -90,12 +64,8 @@ function _M._new(opts, kind, mode)
   if type(sa) ~= "string" or not find(sa, "^[%w@._+-]+$") then
     arg_error(kind, "service_account must be \"default\" or a service account email")
   end
-  if opts.http ~= nil and (type(opts.http) ~= "table" or type(opts.http.request) ~= "function") then
-    arg_error(kind, "http must be a transport (with :request)")
-  end
-  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
-    arg_error(kind, "timeout must be a positive number")
-  end
+  -- No ca_file: the metadata server speaks plain HTTP.
+  credentials.check_opts(opts, kind, 4, "http", "timeout")
   local target, format, licenses
   if mode == "id_token" then
     if opts.scopes ~= nil then arg_error(kind, "ID token credentials take no scopes") end
@@ -125,7 +95,8 @@ function _M._new(opts, kind, mode)
   local policy = metadata.retry_policy(opts.retry)
   local self = setmetatable({
     service_account = sa,
-    scopes = normalise_scopes(opts.scopes, kind),
+    -- Sent as one comma-separated parameter: no commas in a scope.
+    scopes = normalise_scopes(opts.scopes, kind, true),
     host = host,
     mode = mode,
     target_audience = target,
@@ -213,20 +184,6 @@ local function account_path(self, leaf)
   return "instance/service-accounts/" .. self.service_account .. "/" .. leaf
 end
 
--- The payload of a JWT, not verified: used only to learn the lifetime of
--- an ID token the metadata server just issued to us. Nothing here is
--- trusted for authorization.
-local function unverified_claims(token)
-  local d1 = find(token, ".", 1, true)
-  local d2 = d1 and find(token, ".", d1 + 1, true)
-  if not d2 then return nil end
-  local raw = core.b64url_decode(sub(token, d1 + 1, d2 - 1))
-  if not raw then return nil end
-  local claims = cjson.decode(raw)
-  if type(claims) ~= "table" then return nil end
-  return claims
-end
-
 local function fetch_access(self)
   local query
   if self.scopes then query = { scopes = concat(self.scopes, ",") } end
@@ -237,13 +194,10 @@ local function fetch_access(self)
     return fail(self, "metadata response", "no access_token in the metadata server's answer",
                 { retryable = false })
   end
-  local life = 3600
-  if data.expires_in ~= nil then
-    life = tonumber(data.expires_in)
-    if not life or life ~= life or life <= 0 or life == huge then
-      return fail(self, "metadata response", "expires_in is not a positive number",
-                  { retryable = false })
-    end
+  local life = credentials.lifetime(data.expires_in)
+  if not life then
+    return fail(self, "metadata response", "expires_in is not a positive number",
+                { retryable = false })
   end
   return {
     access_token = tok,
@@ -258,18 +212,13 @@ local function fetch_id(self)
   if self.licenses then query.licenses = "TRUE" end
   local body, err = metadata.get(account_path(self, "identity"), read_opts(self, query, false))
   if not body then return nil, err end
-  local idt = trim(body)
-  local claims = idt ~= "" and unverified_claims(idt) or nil
-  local exp = claims and tonumber(claims.exp)
-  if not exp then
+  -- The metadata server just issued it to us.
+  local entry = credentials.id_token_entry(trim(body), self._clock())
+  if not entry then
     return fail(self, "metadata response", "the answer is not an ID token with an exp claim",
                 { retryable = false })
   end
-  -- Expiry on our clock: the token's lifetime from now when it says when
-  -- it was issued (immune to a skew between this machine and Google).
-  local iat = tonumber(claims.iat)
-  local expires_at = iat and (self._clock() + (exp - iat)) or exp
-  return { access_token = idt, id_token = idt, expires_at = expires_at }
+  return entry
 end
 
 --- Get a new token from the metadata server (used by `token()`; call
@@ -282,14 +231,8 @@ end
 
 --- Everything that makes this object's tokens different from another's.
 function _M:cache_key_parts()
-  local scopes
-  if self.scopes then
-    scopes = {}
-    for i, s in ipairs(self.scopes) do scopes[i] = s end
-    table.sort(scopes)
-  end
   return { mode = self.mode, host = self.host, service_account = self.service_account,
-           scopes = scopes, target_audience = self.target_audience,
+           scopes = credentials.sorted(self.scopes), target_audience = self.target_audience,
            format = self.format, licenses = self.licenses }
 end
 
@@ -333,7 +276,7 @@ function _M:with_scopes(scopes)
     error("gauth." .. self._module .. ": ID token credentials take no scopes", 2)
   end
   local o = self:copy()
-  o.scopes = normalise_scopes(scopes, self._module)
+  o.scopes = normalise_scopes(scopes, self._module, true)
   return o
 end
 

@@ -30,21 +30,35 @@
 -- `quota_project`, `_cache` (a `gauth.token_cache`), `_clock` (epoch
 -- seconds), `_entry` (the entry last handed out: the fast path), `_key`
 -- (the cache key, made once).
+--
+-- It also holds what the credentials modules would otherwise each write
+-- again (so that they check and answer alike): error helpers that keep
+-- each module's name, scope and option checks, token lifetimes, and the
+-- reading of key files. These are internal to gauth.
 -- @module gauth.credentials
 
 local core = require "gauth.core"
 local util = require "gauth.util"
+local errors = require "gauth.errors"
 local token_cache = require "gauth.token_cache"
 
 local type = type
 local pairs = pairs
+local ipairs = ipairs
+local select = select
 local error = error
 local tostring = tostring
+local tonumber = tonumber
 local setmetatable = setmetatable
 local getmetatable = getmetatable
 local sort = table.sort
 local concat = table.concat
 local format = string.format
+local find = string.find
+local sub = string.sub
+local gmatch = string.gmatch
+local huge = math.huge
+local json_decode = require("cjson.safe").decode
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -275,6 +289,231 @@ function base:with_quota_project(project)
   local o = self:copy()
   o.quota_project = project
   return o
+end
+
+---------------------------------------------------------------------------
+-- For the credentials modules
+---------------------------------------------------------------------------
+
+--- The error helpers of a credentials module, made once when it loads.
+-- `fail(step, message, fields)` returns `nil` and a `gauth.errors` object
+-- of `module`; `arg_error(message)` raises "gauth.<module>: <message>"
+-- for a bad argument, at level 4: past `arg_error`, the helper that
+-- checks and the public function that was given the argument, so that the
+-- position is its caller's.
+-- @tparam string module e.g. "service_account"
+-- @return fail, arg_error
+function _M.error_helpers(module)
+  local prefix = "gauth." .. module .. ": "
+  local function fail(step, message, fields)
+    return nil, errors.new(module, step, message, fields)
+  end
+  local function arg_error(message)
+    error(prefix .. message, 4)
+  end
+  return fail, arg_error
+end
+
+--- `arg_error` for a module known only at run time (compute_engine's
+-- objects may be "app_engine" ones): raises "gauth.<module>: <message>"
+-- at level 4, as `error_helpers`' does.
+function _M.arg_error(module, message)
+  error("gauth." .. module .. ": " .. message, 4)
+end
+local arg_error = _M.arg_error
+
+--- Scopes as every credentials type takes them: an array of strings or a
+-- space-separated string, to an array (nil when there are none). Raises
+-- (level 4, see `arg_error`) on anything else.
+-- @param scopes nil, string or array
+-- @tparam string module the module named in the error
+-- @tparam[opt] boolean no_commas also refuse commas in array entries (the
+--   metadata server takes scopes as one comma-separated parameter)
+-- @return array | nil
+function _M.normalise_scopes(scopes, module, no_commas)
+  if scopes == nil then return nil end
+  local list = {}
+  if type(scopes) == "string" then
+    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
+  elseif type(scopes) == "table" then
+    local refused = no_commas and "[%s,]" or "%s"
+    for i, s in ipairs(scopes) do
+      if type(s) ~= "string" or s == "" or find(s, refused) then
+        arg_error(module, "scopes[" .. i .. "] must be a non-empty string without spaces"
+          .. (no_commas and " or commas" or ""))
+      end
+      list[i] = s
+    end
+  else
+    arg_error(module, "scopes must be an array of strings or a space-separated string")
+  end
+  if #list == 0 then return nil end
+  return list
+end
+
+--- A sorted copy of a list (nil for nil): scopes in a cache key, so that
+-- their order does not make two keys of the same tokens.
+function _M.sorted(list)
+  if list == nil then return nil end
+  local out = {}
+  for i, v in ipairs(list) do out[i] = v end
+  sort(out)
+  return out
+end
+
+-- The options of credentials that make requests, each with what it must
+-- be and the error when it is not.
+local OPTION_RULES = {
+  http = { "http must be a transport (with :request)",
+           function(v) return type(v) == "table" and type(v.request) == "function" end },
+  ca_file = { "ca_file must be a string",
+              function(v) return type(v) == "string" end },
+  -- As written, NaN passes (as it always has).
+  timeout = { "timeout must be a positive number",
+              function(v) return not (type(v) ~= "number" or v <= 0) end },
+}
+
+--- Check the request options a credentials module takes: any of `http`
+-- (a transport), `ca_file` (a string), `timeout` (a positive number), in
+-- the order named. Raises "gauth.<module>: ..." at `level` (counted from
+-- this function) on the first that is set and wrong.
+-- @tparam table opts
+-- @tparam string module
+-- @tparam number level for `error`
+-- @param ... the names of the options to check
+function _M.check_opts(opts, module, level, ...)
+  for i = 1, select("#", ...) do
+    local name = select(i, ...)
+    local v = opts[name]
+    local rule = OPTION_RULES[name]
+    if v ~= nil and not rule[2](v) then
+      error("gauth." .. module .. ": " .. rule[1], level)
+    end
+  end
+end
+
+--- A token's lifetime in seconds from an answer's `expires_in`: a number
+-- or a numeric string (some endpoints send one); 3600 when absent, as
+-- Google's libraries assume.
+-- @return seconds | nil when it is not a positive finite number
+function _M.lifetime(expires_in)
+  if expires_in == nil then return 3600 end
+  local v = expires_in
+  if type(v) == "string" then v = tonumber(v) end
+  if type(v) ~= "number" or v ~= v or v <= 0 or v == huge then return nil end
+  return v
+end
+
+-- The payload of a JWT, not verified: used only for an ID token that a
+-- token endpoint or the metadata server just issued to us, to learn its
+-- lifetime. Nothing here is trusted for authorization.
+local function unverified_claims(token)
+  if type(token) ~= "string" then return nil end
+  local d1 = find(token, ".", 1, true)
+  local d2 = d1 and find(token, ".", d1 + 1, true)
+  if not d2 then return nil end
+  local raw = core.b64url_decode(sub(token, d1 + 1, d2 - 1))
+  if not raw then return nil end
+  local claims = json_decode(raw)
+  if type(claims) ~= "table" then return nil end
+  return claims
+end
+
+--- The cache entry of an ID token just issued: the token serves as the
+-- access token; it expires its lifetime (exp - iat) from `now`, on our
+-- clock (immune to a skew between this machine and Google), or at `exp`
+-- when it has no `iat`.
+-- @tparam string token
+-- @tparam number now epoch seconds
+-- @return entry | nil (not a JWT with a readable exp claim)
+function _M.id_token_entry(token, now)
+  local claims = unverified_claims(token)
+  local exp = claims and tonumber(claims.exp)
+  if not exp then return nil end
+  local iat = tonumber(claims.iat)
+  local expires_at = iat and (now + (exp - iat)) or exp
+  return { access_token = token, id_token = token, expires_at = expires_at }
+end
+
+---------------------------------------------------------------------------
+-- Key files (service_account, authorized_user, impersonated, adc)
+---------------------------------------------------------------------------
+
+--- Files bigger than this are not credentials files (a real one is a few
+-- KiB).
+_M.MAX_KEY_FILE = 1024 * 1024
+
+--- The "key file" error of `module`: "<source>[: field <field>]:
+-- <message>", with fields `file` = source and `field` (and `extra`'s).
+-- @return the error object
+function _M.key_error(module, source, field, message, extra)
+  local where = source
+  if field then where = where .. ": field " .. field end
+  local fields = { file = source, field = field }
+  if extra then
+    for k, v in pairs(extra) do fields[k] = v end
+  end
+  return errors.new(module, "key file", where .. ": " .. message, fields)
+end
+local key_error = _M.key_error
+
+--- The "key file" error for a `type` field that is not `expected`.
+-- @return the error object
+function _M.key_type_error(module, source, t, expected)
+  local shown = type(t) == "string" and ('"' .. sub(t, 1, 40) .. '"') or type(t)
+  return key_error(module, source, "type", "is " .. shown .. ', expected "' .. expected .. '"')
+end
+
+--- A string field of a key file's content.
+-- @return the value; false when it is absent (or JSON null) and not
+--   `required` | nil, err when it is missing or not a non-empty string
+function _M.key_field(module, info, source, field, required)
+  local v = info[field]
+  if v == nil or v == util.json_null then
+    if required then return nil, key_error(module, source, field, "missing") end
+    return false
+  end
+  if type(v) ~= "string" or v == "" then
+    return nil, key_error(module, source, field, "must be a non-empty string")
+  end
+  return v
+end
+
+--- `from_info`'s argument as a table: a table as it is, JSON text
+-- decoded. Raises "gauth.<module>: from_info: ..." for anything else, at
+-- the caller of `from_info`.
+-- @return table | nil, err (text that is not a JSON object)
+function _M.decode_info(module, info, source)
+  if type(info) == "string" then
+    local v = json_decode(info)
+    if type(v) ~= "table" then return nil, key_error(module, source, nil, "not a JSON object") end
+    return v
+  elseif type(info) ~= "table" then
+    error("gauth." .. module .. ": from_info: info must be a table or a JSON string", 3)
+  end
+  return info
+end
+
+-- What the errors of `read_key_file` say unless a module says it its way.
+local FILE_TEXTS = { unreadable = "cannot read ", too_large = "too large for a credentials file",
+                     not_json = "not a JSON object" }
+
+--- Read and decode a credentials file.
+-- @tparam string module
+-- @tparam string path
+-- @tparam[opt] table texts the words of the errors: `unreadable` (before
+--   io.open's message, which starts with the path), `too_large`, `not_json`
+-- @return the decoded JSON object | nil, err ("key file", field `file`)
+function _M.read_key_file(module, path, texts)
+  texts = texts or FILE_TEXTS
+  local data, err = util.read_file(path)
+  if not data then
+    return nil, errors.new(module, "key file", texts.unreadable .. tostring(err), { file = path })
+  end
+  if #data > _M.MAX_KEY_FILE then return nil, key_error(module, path, nil, texts.too_large) end
+  local info = json_decode(data)
+  if type(info) ~= "table" then return nil, key_error(module, path, nil, texts.not_json) end
+  return info
 end
 
 return _M

@@ -37,7 +37,6 @@ local cjson = require "cjson.safe"
 
 local type = type
 local ipairs = ipairs
-local pairs = pairs
 local tostring = tostring
 local tonumber = tonumber
 local error = error
@@ -46,7 +45,6 @@ local setmetatable = setmetatable
 local find = string.find
 local sub = string.sub
 local match = string.match
-local gmatch = string.gmatch
 local format = string.format
 local concat = table.concat
 
@@ -74,34 +72,8 @@ _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
 
 _M.MAX_RESPONSE = 256 * 1024
 
-local MAX_FILE = 1024 * 1024
-
-local function fail(step, message, fields)
-  return nil, errors.new("impersonated", step, message, fields)
-end
-
-local function arg_error(msg)
-  error("gauth.impersonated: " .. msg, 4)
-end
-
-local function normalise_scopes(scopes)
-  if scopes == nil then return nil end
-  local list = {}
-  if type(scopes) == "string" then
-    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
-  elseif type(scopes) == "table" then
-    for i, s in ipairs(scopes) do
-      if type(s) ~= "string" or s == "" or find(s, "%s") then
-        arg_error("scopes[" .. i .. "] must be a non-empty string without spaces")
-      end
-      list[i] = s
-    end
-  else
-    arg_error("scopes must be an array of strings or a space-separated string")
-  end
-  if #list == 0 then return nil end
-  return list
-end
+local fail, arg_error = credentials.error_helpers("impersonated")
+local normalise_scopes = credentials.normalise_scopes
 
 local function copy_list(l)
   local o = {}
@@ -187,15 +159,7 @@ function _M.credentials(opts)
     error("gauth.impersonated: lifetime must be a whole number of seconds in 1.."
           .. _M.MAX_LIFETIME, 2)
   end
-  if opts.http ~= nil and (type(opts.http) ~= "table" or type(opts.http.request) ~= "function") then
-    error("gauth.impersonated: http must be a transport (with :request)", 2)
-  end
-  if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
-    error("gauth.impersonated: ca_file must be a string", 2)
-  end
-  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
-    error("gauth.impersonated: timeout must be a positive number", 2)
-  end
+  credentials.check_opts(opts, "impersonated", 3, "http", "ca_file", "timeout")
   for _, k in ipairs({ "iam_endpoint", "impersonation_url" }) do
     if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
       error("gauth.impersonated: " .. k .. " must be a non-empty string", 2)
@@ -214,7 +178,7 @@ function _M.credentials(opts)
   local self = setmetatable({
     source = source,
     target_principal = target,
-    scopes = normalise_scopes(opts.scopes) or copy_list(_M.DEFAULT_SCOPES),
+    scopes = normalise_scopes(opts.scopes, "impersonated") or copy_list(_M.DEFAULT_SCOPES),
     delegates = normalise_delegates(opts.delegates),
     lifetime = lifetime,
     url = url,
@@ -231,11 +195,7 @@ end
 ---------------------------------------------------------------------------
 
 local function key_error(source, field, message, fields)
-  local where = source
-  if field then where = where .. ": field " .. field end
-  local f = { file = source, field = field }
-  for k, v in pairs(fields or {}) do f[k] = v end
-  return errors.new("impersonated", "key file", where .. ": " .. message, f)
+  return credentials.key_error("impersonated", source, field, message, fields)
 end
 
 -- The options the source is made with: the transport and test hooks, not
@@ -252,8 +212,7 @@ local function from_parsed(info, source, opts)
   opts = opts or {}
   local t = info.type
   if t ~= nil and t ~= "impersonated_service_account" then
-    local shown = type(t) == "string" and ('"' .. sub(t, 1, 40) .. '"') or type(t)
-    return nil, key_error(source, "type", "is " .. shown .. ', expected "impersonated_service_account"')
+    return nil, credentials.key_type_error("impersonated", source, t, "impersonated_service_account")
   end
   local url = info.service_account_impersonation_url
   if type(url) ~= "string" or url == "" then
@@ -325,13 +284,9 @@ end
 -- @return credentials | nil, err
 function _M.from_info(info, opts)
   local source = "impersonated service account info"
-  if type(info) == "string" then
-    local v = cjson.decode(info)
-    if type(v) ~= "table" then return nil, key_error(source, nil, "not a JSON object") end
-    info = v
-  elseif type(info) ~= "table" then
-    error("gauth.impersonated: from_info: info must be a table or a JSON string", 2)
-  end
+  local err
+  info, err = credentials.decode_info("impersonated", info, source)
+  if not info then return nil, err end
   return from_parsed(info, source, opts)
 end
 
@@ -343,14 +298,8 @@ function _M.from_file(path, opts)
   if type(path) ~= "string" then
     error("gauth.impersonated: from_file: path must be a string", 2)
   end
-  local data, rerr = util.read_file(path)
-  if not data then
-    return nil, errors.new("impersonated", "key file", "cannot read " .. tostring(rerr),
-                           { file = path })
-  end
-  if #data > MAX_FILE then return nil, key_error(path, nil, "too large for a credentials file") end
-  local info = cjson.decode(data)
-  if type(info) ~= "table" then return nil, key_error(path, nil, "not a JSON object") end
+  local info, err = credentials.read_key_file("impersonated", path)
+  if not info then return nil, err end
   return from_parsed(info, path, opts)
 end
 
@@ -488,8 +437,7 @@ function _M:fetch_token()
 end
 
 function _M:cache_key_parts()
-  local scopes = copy_list(self.scopes)
-  table.sort(scopes)
+  local scopes = credentials.sorted(self.scopes)
   local src = self.source
   -- gauth credentials have a cache key; any other token source is told
   -- apart by identity.
@@ -518,7 +466,7 @@ end
 --- A copy with other target scopes (nil: `DEFAULT_SCOPES`).
 function _M:with_scopes(scopes)
   local o = self:copy()
-  o.scopes = normalise_scopes(scopes) or copy_list(_M.DEFAULT_SCOPES)
+  o.scopes = normalise_scopes(scopes, "impersonated") or copy_list(_M.DEFAULT_SCOPES)
   return o
 end
 

@@ -176,14 +176,8 @@ end
 --- The retry policy for `opts.retry` (nil: `RETRY`; false: one attempt;
 -- a table: fields over `RETRY`). Shared by the platform modules.
 function _M.retry_policy(r, base)
-  local policy = {}
-  for k, v in pairs(base or _M.RETRY) do policy[k] = v end
-  if r == false then
-    policy.attempts = 1
-  elseif r ~= nil then
-    if type(r) ~= "table" then error("gauth: opts.retry must be a table or false", 3) end
-    for k, v in pairs(r) do policy[k] = v end
-  end
+  local policy = retry.policy(base or _M.RETRY, r)
+  if not policy then error("gauth: opts.retry must be a table or false", 3) end
   return policy
 end
 

@@ -33,6 +33,7 @@ local tostring = tostring
 local tonumber = tonumber
 local error = error
 local ipairs = ipairs
+local pairs = pairs
 local floor = math.floor
 local min = math.min
 local lower = string.lower
@@ -43,6 +44,26 @@ local _M = { _VERSION = "0.1.0" }
 
 _M.DEFAULTS = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
                 jitter = true }
+
+--- A policy made of `base`'s fields (default `DEFAULTS`) and an
+-- `opts.retry` as the modules that retry take it: nil keeps `base`, false
+-- allows one attempt, a table's fields replace `base`'s. Always a new
+-- table, so the caller may keep and change it.
+-- @tparam[opt] table base
+-- @param overrides nil, false or a table
+-- @return policy | nil when `overrides` is none of these (the caller
+--   raises, naming its own option)
+function _M.policy(base, overrides)
+  local p = {}
+  for k, v in pairs(base or _M.DEFAULTS) do p[k] = v end
+  if overrides == false then
+    p.attempts = 1
+  elseif overrides ~= nil then
+    if type(overrides) ~= "table" then return nil end
+    for k, v in pairs(overrides) do p[k] = v end
+  end
+  return p
+end
 
 local RETRYABLE_STATUS = { [408] = true, [429] = true, [500] = true,
                            [502] = true, [503] = true, [504] = true }

@@ -43,27 +43,20 @@ local errors = require "gauth.errors"
 local jwt = require "gauth.jwt"
 local retry = require "gauth.retry"
 local util = require "gauth.util"
-local core = require "gauth.core"
 local cjson = require "cjson.safe"
 
 local type = type
 local pairs = pairs
 local next = next
-local ipairs = ipairs
 local tostring = tostring
-local tonumber = tonumber
 local error = error
 local require = require
 local setmetatable = setmetatable
 local floor = math.floor
-local huge = math.huge
 local find = string.find
-local sub = string.sub
 local lower = string.lower
-local gmatch = string.gmatch
 local concat = table.concat
 local json_decode = cjson.decode
-local b64url_decode = core.b64url_decode
 local jwt_encode = jwt.encode
 
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = "service_account" })
@@ -85,9 +78,6 @@ _M.MAX_RESPONSE = 256 * 1024
 -- all within 60 s. `opts.retry` overrides fields of it.
 _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
              jitter = true, deadline = 60 }
-
--- Key files bigger than this are not key files (a real one is ~2.3 KiB).
-local MAX_KEY_FILE = 1024 * 1024
 
 local GRANT_PREFIX = "grant_type=" ..
   util.url_encode("urn:ietf:params:oauth:grant-type:jwt-bearer") .. "&assertion="
@@ -112,38 +102,12 @@ local FINAL_OAUTH = { invalid_grant = true, invalid_scope = true,
 -- resolution).
 local MIN_SKEW = 5
 
-local function fail(step, message, fields)
-  return nil, errors.new("service_account", step, message, fields)
-end
+local fail, arg_error = credentials.error_helpers("service_account")
+local normalise_scopes = credentials.normalise_scopes
 
 ---------------------------------------------------------------------------
 -- Options
 ---------------------------------------------------------------------------
-
-local function arg_error(msg)
-  error("gauth.service_account: " .. msg, 4)
-end
-
--- scopes: array of strings or a space-separated string -> array (nil when
--- empty).
-local function normalise_scopes(scopes)
-  if scopes == nil then return nil end
-  local list = {}
-  if type(scopes) == "string" then
-    for s in gmatch(scopes, "%S+") do list[#list + 1] = s end
-  elseif type(scopes) == "table" then
-    for i, s in ipairs(scopes) do
-      if type(s) ~= "string" or s == "" or find(s, "%s") then
-        arg_error("scopes[" .. i .. "] must be a non-empty string without spaces")
-      end
-      list[i] = s
-    end
-  else
-    arg_error("scopes must be an array of strings or a space-separated string")
-  end
-  if #list == 0 then return nil end
-  return list
-end
 
 local function opt_string(v, name)
   if v ~= nil and (type(v) ~= "string" or v == "") then
@@ -203,33 +167,20 @@ end
 ---------------------------------------------------------------------------
 
 local function key_error(source, field, message)
-  local where = source
-  if field then where = where .. ": field " .. field end
-  return errors.new("service_account", "key file", where .. ": " .. message,
-                    { file = source, field = field })
+  return credentials.key_error("service_account", source, field, message)
 end
 
 -- info (table) -> the parts of a credentials object | nil, err
 local function parse_info(info, source)
   local function str(field, required)
-    local v = info[field]
-    if v == nil or v == util.json_null then
-      if required then return nil, key_error(source, field, "missing") end
-      return false
-    end
-    if type(v) ~= "string" or v == "" then
-      return nil, key_error(source, field, "must be a non-empty string")
-    end
-    return v
+    return credentials.key_field("service_account", info, source, field, required)
   end
   local t = info.type
   if t ~= "service_account" then
     if t == nil then
       return nil, key_error(source, "type", 'missing (expected "service_account")')
     end
-    local shown = type(t) == "string" and ('"' .. sub(t, 1, 40) .. '"') or type(t)
-    return nil, key_error(source, "type", "is " .. shown ..
-      ', expected "service_account"')
+    return nil, credentials.key_type_error("service_account", source, t, "service_account")
   end
   local email, err = str("client_email", true)
   if not email then return nil, err end
@@ -286,30 +237,16 @@ local function build(parts, source, opts, mode)
     arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
   end
   local claims = copy_claims(opts.claims)
-  if opts.http ~= nil and (type(opts.http) ~= "table" or type(opts.http.request) ~= "function") then
-    arg_error("http must be a transport (with :request)")
-  end
-  if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
-    arg_error("ca_file must be a string")
-  end
-  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout <= 0) then
-    arg_error("timeout must be a positive number")
-  end
-  local policy = {}
-  for k, v in pairs(_M.RETRY) do policy[k] = v end
-  if opts.retry == false then
-    policy.attempts = 1
-  elseif opts.retry ~= nil then
-    if type(opts.retry) ~= "table" then arg_error("retry must be a table or false") end
-    for k, v in pairs(opts.retry) do policy[k] = v end
-  end
+  credentials.check_opts(opts, "service_account", 4, "http", "ca_file", "timeout")
+  local policy = retry.policy(_M.RETRY, opts.retry)
+  if not policy then arg_error("retry must be a table or false") end
 
   local self = setmetatable({
     service_account_email = parts.service_account_email,
     project_id = parts.project_id,
     private_key_id = parts.private_key_id,
     token_uri = token_uri,
-    scopes = normalise_scopes(opts.scopes),
+    scopes = normalise_scopes(opts.scopes, "service_account"),
     subject = subject,
     claims = claims,
     audience = audience,
@@ -347,34 +284,22 @@ end
 -- @return credentials | nil, err
 function _M.from_info(info, opts)
   local source = "service account info"
-  if type(info) == "string" then
-    local v = json_decode(info)
-    if type(v) ~= "table" then
-      return nil, key_error(source, nil, "not a JSON object")
-    end
-    info = v
-  elseif type(info) ~= "table" then
-    error("gauth.service_account: from_info: info must be a table or a JSON string", 2)
-  end
-  local parts, err = parse_info(info, source)
+  local err
+  info, err = credentials.decode_info("service_account", info, source)
+  if not info then return nil, err end
+  local parts
+  parts, err = parse_info(info, source)
   if not parts then return nil, err end
   return build(parts, source, opts, "exchange")
 end
 
+-- A service account's file is a "key file" (as the Cloud console calls it).
+local FILE_TEXTS = { unreadable = "cannot read key file ", too_large = "too large for a key file",
+                     not_json = "not a JSON object (is this a service account key file?)" }
+
 local function load_file(path)
-  local data, err = util.read_file(path)
-  if not data then
-    -- io.open's message already starts with the path.
-    return nil, errors.new("service_account", "key file",
-                           "cannot read key file " .. tostring(err), { file = path })
-  end
-  if #data > MAX_KEY_FILE then
-    return nil, key_error(path, nil, "too large for a key file")
-  end
-  local info = json_decode(data)
-  if type(info) ~= "table" then
-    return nil, key_error(path, nil, "not a JSON object (is this a service account key file?)")
-  end
+  local info, err = credentials.read_key_file("service_account", path, FILE_TEXTS)
+  if not info then return nil, err end
   return parse_info(info, path)
 end
 
@@ -411,11 +336,9 @@ function _M.id_token_credentials(info_or_path, opts)
   if type(info_or_path) == "table" or
       (type(info_or_path) == "string" and find(info_or_path, "^%s*{")) then
     source = "service account info"
-    local info = info_or_path
-    if type(info) == "string" then
-      info = json_decode(info)
-      if type(info) ~= "table" then return nil, key_error(source, nil, "not a JSON object") end
-    end
+    local info
+    info, err = credentials.decode_info("service_account", info_or_path, source)
+    if not info then return nil, err end
     parts, err = parse_info(info, source)
   elseif type(info_or_path) == "string" then
     source = info_or_path
@@ -498,21 +421,6 @@ local function transport(self)
   return require("gauth.http").default()
 end
 
--- The payload of a JWT, not verified: used only for a token that came from
--- the token endpoint over verified TLS in answer to our own request, to
--- learn its lifetime. Nothing here is trusted for authorization.
-local function unverified_claims(token)
-  if type(token) ~= "string" then return nil end
-  local d1 = find(token, ".", 1, true)
-  local d2 = d1 and find(token, ".", d1 + 1, true)
-  if not d2 then return nil end
-  local raw = b64url_decode(sub(token, d1 + 1, d2 - 1))
-  if not raw then return nil end
-  local claims = json_decode(raw)
-  if type(claims) ~= "table" then return nil end
-  return claims
-end
-
 local function is_time_window(desc)
   if type(desc) ~= "string" then return false end
   desc = lower(desc)
@@ -521,12 +429,6 @@ local function is_time_window(desc)
   return find(desc, "%f[%w]iat%f[%W]") ~= nil or find(desc, "%f[%w]exp%f[%W]") ~= nil
       or find(desc, "timeframe", 1, true) ~= nil
       or find(desc, "time window", 1, true) ~= nil
-end
-
-local function lifetime(v)
-  if type(v) == "string" then v = tonumber(v) end
-  if type(v) ~= "number" or v ~= v or v <= 0 or v == huge then return nil end
-  return v
 end
 
 -- One response -> entry | nil, err
@@ -584,17 +486,13 @@ local function parse_response(self, res, now)
       return fail("token response", "no id_token in the token endpoint's answer",
                   { status = status, retryable = false, uri = self.token_uri })
     end
-    local claims = unverified_claims(idt)
-    local exp = claims and tonumber(claims.exp)
-    if not exp then
+    -- The token came over verified TLS in answer to our own request.
+    local entry = credentials.id_token_entry(idt, now)
+    if not entry then
       return fail("token response", "the id_token has no readable exp claim",
                   { status = status, retryable = false, uri = self.token_uri })
     end
-    -- Expiry on our clock: the token's lifetime from now, when it says
-    -- when it was issued (immune to a skew between us and Google).
-    local iat = tonumber(claims.iat)
-    local expires_at = iat and (now + (exp - iat)) or exp
-    return { access_token = idt, id_token = idt, expires_at = expires_at }
+    return entry
   end
 
   local tok = data.access_token
@@ -602,13 +500,10 @@ local function parse_response(self, res, now)
     return fail("token response", "no access_token in the token endpoint's answer",
                 { status = status, retryable = false, uri = self.token_uri })
   end
-  local life = 3600
-  if data.expires_in ~= nil then
-    life = lifetime(data.expires_in)
-    if not life then
-      return fail("token response", "expires_in is not a positive number",
-                  { status = status, retryable = false, uri = self.token_uri })
-    end
+  local life = credentials.lifetime(data.expires_in)
+  if not life then
+    return fail("token response", "expires_in is not a positive number",
+                { status = status, retryable = false, uri = self.token_uri })
   end
   return {
     access_token = tok,
@@ -669,8 +564,7 @@ local function exchange(self)
     local shared = self._shared
     if skew - shared.skew >= MIN_SKEW or skew - shared.skew <= -MIN_SKEW then
       shared.skew = skew
-      local p = {}
-      for k, v in pairs(policy) do p[k] = v end
+      local p = retry.policy(policy)
       if p.deadline then
         p.deadline = p.deadline - (clock() - started)
         if p.deadline <= 0 then return nil, err end
@@ -718,18 +612,12 @@ end
 
 --- Everything that makes this object's tokens different from another's.
 function _M:cache_key_parts()
-  local scopes
-  if self.scopes then
-    scopes = {}
-    for i, s in ipairs(self.scopes) do scopes[i] = s end
-    table.sort(scopes)
-  end
   return {
     mode = self.mode,
     email = self.service_account_email,
     key_id = self.private_key_id,
     token_uri = self.token_uri,
-    scopes = scopes,
+    scopes = credentials.sorted(self.scopes),
     subject = self.subject,
     claims = self.claims,
     audience = self.audience,
@@ -771,7 +659,7 @@ function _M:with_scopes(scopes)
     error("gauth.service_account: ID token credentials take no scopes", 2)
   end
   local o = self:copy()
-  o.scopes = normalise_scopes(scopes)
+  o.scopes = normalise_scopes(scopes, "service_account")
   return o
 end
 
