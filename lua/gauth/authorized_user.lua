@@ -24,20 +24,15 @@
 -- @module gauth.authorized_user
 
 local credentials = require "gauth.credentials"
-local errors = require "gauth.errors"
+local oauth = require "gauth.oauth"
 local retry = require "gauth.retry"
 local util = require "gauth.util"
 local core = require "gauth.core"
-local cjson = require "cjson.safe"
 
 local type = type
 local ipairs = ipairs
-local tostring = tostring
 local error = error
-local require = require
 local setmetatable = setmetatable
-local sub = string.sub
-local lower = string.lower
 local concat = table.concat
 
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = "authorized_user" })
@@ -54,20 +49,6 @@ _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
 --- Largest token response accepted (bytes).
 _M.MAX_RESPONSE = 256 * 1024
 
-local TOKEN_HEADERS = {
-  ["content-type"] = "application/x-www-form-urlencoded",
-  accept = "application/json",
-}
-
--- As for service accounts: OAuth errors that say "try again", and those
--- no retry can fix whatever the status.
-local RETRYABLE_OAUTH = { internal_failure = true, server_error = true,
-                          temporarily_unavailable = true }
-local FINAL_OAUTH = { invalid_grant = true, invalid_scope = true,
-                      invalid_client = true, unauthorized_client = true,
-                      invalid_request = true, unsupported_grant_type = true,
-                      access_denied = true }
-
 local fail, arg_error = credentials.error_helpers("authorized_user")
 local normalise_scopes = credentials.normalise_scopes
 
@@ -75,17 +56,7 @@ local normalise_scopes = credentials.normalise_scopes
 -- loopback host. Nothing is sent otherwise.
 -- @return true | nil, err
 function _M.check_token_uri(uri)
-  local scheme, host = util.parse_url(uri)
-  if not scheme then
-    return fail("token_uri", "not an absolute http(s) URL: " .. sub(tostring(uri), 1, 200))
-  end
-  if scheme == "https" then return true end
-  if scheme == "http" then
-    if util.is_loopback_host(host) then return true end
-    return fail("token_uri", "refusing to send a refresh token in clear text to "
-      .. host .. " (https is required except for a loopback host)", { uri = uri })
-  end
-  return fail("token_uri", "unsupported scheme " .. scheme, { uri = uri })
+  return oauth.check_url(uri, "authorized_user", "token_uri", "a refresh token")
 end
 
 ---------------------------------------------------------------------------
@@ -187,97 +158,39 @@ end
 -- The refresh
 ---------------------------------------------------------------------------
 
-local function transport(self)
-  local shared = self._shared
-  local http = shared.http
-  if http then return http end
-  if shared.ca_file or shared.timeout then
-    local err
-    http, err = require("gauth.http").new({ ca_file = shared.ca_file, timeout = shared.timeout })
-    if not http then return nil, errors.wrap("authorized_user", "token request", err) end
-    shared.http = http
-    return http
-  end
-  return require("gauth.http").default()
-end
-
 local function parse_response(self, res, now)
-  local status, body = res.status, res.body
   local uri = self.token_uri
-  if status ~= 200 then
-    local data = type(body) == "string" and cjson.decode(body) or nil
-    local oerr, desc
-    if type(data) == "table" then
-      if type(data.error) == "string" then
-        oerr = data.error
-        desc = type(data.error_description) == "string" and data.error_description or nil
-      elseif type(data.error) == "table" then
-        local e = data.error
-        oerr = type(e.status) == "string" and lower(e.status) or nil
-        desc = type(e.message) == "string" and e.message or nil
-      end
-    end
-    local retryable
-    if oerr and FINAL_OAUTH[oerr] then
-      retryable = false
-    else
-      retryable = retry.is_retryable_status(status) or
-                  (oerr ~= nil and RETRYABLE_OAUTH[oerr] == true)
-    end
-    local msg = "the token endpoint refused the refresh"
-    if oerr then msg = msg .. ": " .. oerr .. (desc and (": " .. desc) or "") end
-    if oerr == "invalid_grant" then
+  if res.status ~= 200 then
+    -- Unlike a service account's, a refusal is not retried for what its
+    -- error_description says.
+    local fields = oauth.refusal(res, now, uri)
+    local msg = oauth.refusal_message("refresh", fields)
+    if fields.error == "invalid_grant" then
       msg = msg .. " (run `gcloud auth application-default login` again"
         .. " if these are gcloud's credentials)"
     end
-    return fail("token response", msg, {
-      status = status, reason = res.reason, error = oerr, error_description = desc,
-      retryable = retryable, uri = uri,
-      retry_after = retry.parse_retry_after(res.headers and res.headers["retry-after"], now),
-    })
+    return fail("token response", msg, fields)
   end
   -- A 200 body holds tokens: it never goes into an error.
-  local data = cjson.decode(body)
-  if type(data) ~= "table" then
-    return fail("token response", "the token endpoint's answer is not a JSON object",
-                { status = status, retryable = false, uri = uri })
-  end
-  local tok = data.access_token
-  if type(tok) ~= "string" or tok == "" then
-    return fail("token response", "no access_token in the token endpoint's answer",
-                { status = status, retryable = false, uri = uri })
-  end
-  local life = credentials.lifetime(data.expires_in)
-  if not life then
-    return fail("token response", "expires_in is not a positive number",
-                { status = status, retryable = false, uri = uri })
-  end
+  local data, err = oauth.decode(res, "authorized_user", uri)
+  if not data then return nil, err end
+  local entry
+  entry, err = oauth.access_entry(data, now, "authorized_user", uri)
+  if not entry then return nil, err end
   local rt = data.refresh_token
   if type(rt) == "string" and rt ~= "" then
     -- Rotated: the old one may stop working.
     self._shared.refresh_token = rt
   end
-  return {
-    access_token = tok,
-    expires_at = now + life,
-    id_token = type(data.id_token) == "string" and data.id_token or nil,
-    scope = type(data.scope) == "string" and data.scope or nil,
-    token_type = type(data.token_type) == "string" and data.token_type or nil,
-  }
+  return entry
 end
 
 local function refresh_once(self, http, remaining)
-  local ok, uerr = _M.check_token_uri(self.token_uri)
+  local uri = self.token_uri
+  local ok, uerr = _M.check_token_uri(uri)
   if not ok then return nil, uerr end
-  local timeout = remaining
-  if timeout then
-    if timeout < 0.05 then
-      return fail("token request", "no time left before the deadline",
-                  { retryable = false, uri = self.token_uri })
-    end
-    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
-    if cap and cap < timeout then timeout = cap end
-  end
+  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "authorized_user", uri)
+  if terr then return nil, terr end
   local shared = self._shared
   local form = {
     { "grant_type", "refresh_token" },
@@ -286,16 +199,9 @@ local function refresh_once(self, http, remaining)
     { "refresh_token", shared.refresh_token },
   }
   if self.scopes then form[#form + 1] = { "scope", concat(self.scopes, " ") } end
-  local res, err = http:request({
-    method = "POST", url = self.token_uri, headers = TOKEN_HEADERS,
-    body = util.form_encode(form), timeout = timeout,
-    max_body = _M.MAX_RESPONSE, follow_redirects = false,
-  })
-  if not res then
-    local fields = { uri = self.token_uri }
-    if type(err) == "table" and err.too_large then fields.retryable = false end
-    return nil, errors.wrap("authorized_user", "token request", err, fields)
-  end
+  local res, err = oauth.post(http, "authorized_user", uri, oauth.FORM_HEADERS,
+                              util.form_encode(form), timeout, _M.MAX_RESPONSE)
+  if not res then return nil, err end
   return parse_response(self, res, self._clock())
 end
 
@@ -303,7 +209,7 @@ end
 -- call that instead: it caches).
 -- @return entry `{ access_token=, expires_at=, id_token=, scope= }` | nil, err
 function _M:fetch_token()
-  local http, terr = transport(self)
+  local http, terr = oauth.transport(self._shared, "authorized_user")
   if not http then return nil, terr end
   return retry.call(function(_, remaining)
     return refresh_once(self, http, remaining)

@@ -29,6 +29,7 @@
 -- @module gauth.impersonated
 
 local credentials = require "gauth.credentials"
+local oauth = require "gauth.oauth"
 local metadata = require "gauth.metadata"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
@@ -111,17 +112,7 @@ end
 -- to a loopback host.
 -- @return true | nil, err
 function _M.check_endpoint(url)
-  local scheme, host = util.parse_url(url)
-  if not scheme then
-    return fail("endpoint", "not an absolute http(s) URL: " .. sub(tostring(url), 1, 200))
-  end
-  if scheme == "https" then return true end
-  if scheme == "http" then
-    if util.is_loopback_host(host) then return true end
-    return fail("endpoint", "refusing to send a token in clear text to " .. host
-      .. " (https is required except for a loopback host)", { uri = url })
-  end
-  return fail("endpoint", "unsupported scheme " .. scheme, { uri = url })
+  return oauth.check_url(url, "impersonated", "endpoint", "a token")
 end
 
 local function endpoint_url(base, target)
@@ -307,20 +298,6 @@ end
 -- generateAccessToken
 ---------------------------------------------------------------------------
 
-local function transport(self)
-  local shared = self._shared
-  local http = shared.http
-  if http then return http end
-  if shared.ca_file or shared.timeout then
-    local err
-    http, err = require("gauth.http").new({ ca_file = shared.ca_file, timeout = shared.timeout })
-    if not http then return nil, errors.wrap("impersonated", "token request", err) end
-    shared.http = http
-    return http
-  end
-  return require("gauth.http").default()
-end
-
 --- Parse an RFC 3339 time ("2024-05-01T12:00:00.5Z", "...+02:00").
 -- @return epoch seconds | nil
 function _M.parse_rfc3339(s)
@@ -369,17 +346,11 @@ local function api_error(self, res, now, attempt)
 end
 
 local function once(self, http, attempt, remaining)
-  local ok, uerr = _M.check_endpoint(self.url)
+  local url = self.url
+  local ok, uerr = _M.check_endpoint(url)
   if not ok then return nil, uerr end
-  local timeout = remaining
-  if timeout then
-    if timeout < 0.05 then
-      return fail("token request", "no time left before the deadline",
-                  { retryable = false, uri = self.url })
-    end
-    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
-    if cap and cap < timeout then timeout = cap end
-  end
+  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "impersonated", url)
+  if terr then return nil, terr end
   local tok, serr = self.source:token()
   if not tok then
     -- The source retried already: retrying here would multiply attempts.
@@ -387,18 +358,11 @@ local function once(self, http, attempt, remaining)
   end
   local body = { scope = self.scopes, lifetime = format("%ds", self.lifetime) }
   if self.delegates then body.delegates = self.delegates end
-  local res, err = http:request({
-    method = "POST", url = self.url,
-    headers = { authorization = "Bearer " .. tok,
-                ["content-type"] = "application/json", accept = "application/json" },
-    body = cjson.encode(body), timeout = timeout,
-    max_body = _M.MAX_RESPONSE, follow_redirects = false,
-  })
-  if not res then
-    local fields = { uri = self.url }
-    if type(err) == "table" and err.too_large then fields.retryable = false end
-    return nil, errors.wrap("impersonated", "token request", err, fields)
-  end
+  local res, err = oauth.post(http, "impersonated", url,
+    { authorization = "Bearer " .. tok,
+      ["content-type"] = "application/json", accept = "application/json" },
+    cjson.encode(body), timeout, _M.MAX_RESPONSE)
+  if not res then return nil, err end
   local now = self._clock()
   if res.status ~= 200 then return api_error(self, res, now, attempt) end
   -- A 200 body holds a token: it never goes into an error.
@@ -429,7 +393,7 @@ end
 -- it caches).
 -- @return entry `{ access_token=, expires_at= }` | nil, err
 function _M:fetch_token()
-  local http, terr = transport(self)
+  local http, terr = oauth.transport(self._shared, "impersonated")
   if not http then return nil, terr end
   return retry.call(function(attempt, remaining)
     return once(self, http, attempt, remaining)

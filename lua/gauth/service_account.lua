@@ -39,24 +39,22 @@
 -- @module gauth.service_account
 
 local credentials = require "gauth.credentials"
+local oauth = require "gauth.oauth"
 local errors = require "gauth.errors"
 local jwt = require "gauth.jwt"
 local retry = require "gauth.retry"
 local util = require "gauth.util"
-local cjson = require "cjson.safe"
 
 local type = type
 local pairs = pairs
 local next = next
 local tostring = tostring
 local error = error
-local require = require
 local setmetatable = setmetatable
 local floor = math.floor
 local find = string.find
 local lower = string.lower
 local concat = table.concat
-local json_decode = cjson.decode
 local jwt_encode = jwt.encode
 
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = "service_account" })
@@ -81,21 +79,6 @@ _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
 
 local GRANT_PREFIX = "grant_type=" ..
   util.url_encode("urn:ietf:params:oauth:grant-type:jwt-bearer") .. "&assertion="
-
--- Never changed by the transport; one table for every request.
-local TOKEN_HEADERS = {
-  ["content-type"] = "application/x-www-form-urlencoded",
-  accept = "application/json",
-}
-
--- OAuth errors that say "try again" (google-auth retries these too).
-local RETRYABLE_OAUTH = { internal_failure = true, server_error = true,
-                          temporarily_unavailable = true }
--- OAuth errors that no retry can fix, whatever the status.
-local FINAL_OAUTH = { invalid_grant = true, invalid_scope = true,
-                      invalid_client = true, unauthorized_client = true,
-                      invalid_request = true, unsupported_grant_type = true,
-                      access_denied = true }
 
 -- Only a skew this large is worth a corrected retry: below it, the time
 -- window was not what the endpoint minded (and an HTTP Date has 1 s
@@ -138,18 +121,7 @@ end
 -- loopback host (tests, local emulators). Nothing is sent otherwise.
 -- @return true | nil, err
 function _M.check_token_uri(uri)
-  local scheme, host = util.parse_url(uri)
-  if not scheme then
-    return fail("token_uri", "not an absolute http(s) URL: " .. tostring(uri))
-  end
-  if scheme == "https" then return true end
-  if scheme == "http" then
-    if util.is_loopback_host(host) then return true end
-    return fail("token_uri", "refusing to send an assertion in clear text to "
-      .. host .. " (https is required except for a loopback host)",
-      { uri = uri })
-  end
-  return fail("token_uri", "unsupported scheme " .. scheme, { uri = uri })
+  return oauth.check_url(uri, "service_account", "token_uri", "an assertion")
 end
 
 --- The self-signed JWT audience Google expects for the API at `url`:
@@ -403,24 +375,6 @@ end
 -- The token exchange
 ---------------------------------------------------------------------------
 
-local function transport(self)
-  local shared = self._shared
-  local http = shared.http
-  if http then return http end
-  if shared.ca_file or shared.timeout then
-    -- A transport of their own for credentials with their own CA bundle or
-    -- timeout, kept for every copy of them.
-    local err
-    http, err = require("gauth.http").new({ ca_file = shared.ca_file,
-                                            timeout = shared.timeout })
-    if not http then return nil, errors.wrap("service_account", "token request", err) end
-    shared.http = http
-    return http
-  end
-  -- Not stored: gauth.http.set_default() applies to existing credentials.
-  return require("gauth.http").default()
-end
-
 local function is_time_window(desc)
   if type(desc) ~= "string" then return false end
   desc = lower(desc)
@@ -433,120 +387,51 @@ end
 
 -- One response -> entry | nil, err
 local function parse_response(self, res, now)
-  local status = res.status
-  local body = res.body
-  if status ~= 200 then
-    local data = type(body) == "string" and json_decode(body) or nil
-    local oerr, desc
-    if type(data) == "table" then
-      if type(data.error) == "string" then
-        oerr = data.error
-        desc = type(data.error_description) == "string" and data.error_description or nil
-      elseif type(data.error) == "table" then
-        -- Google's API error shape, seen from some front ends.
-        local e = data.error
-        oerr = type(e.status) == "string" and lower(e.status) or nil
-        desc = type(e.message) == "string" and e.message or nil
-      end
-    end
-    local retryable
-    if oerr and FINAL_OAUTH[oerr] then
-      retryable = false
-    else
-      retryable = retry.is_retryable_status(status) or
-                  (oerr ~= nil and RETRYABLE_OAUTH[oerr] == true) or
-                  (desc ~= nil and RETRYABLE_OAUTH[desc] == true)
-    end
-    local fields = {
-      status = status, reason = res.reason, error = oerr,
-      error_description = desc, retryable = retryable,
-      retry_after = retry.parse_retry_after(res.headers and res.headers["retry-after"], now),
-      uri = self.token_uri,
-    }
-    if oerr == "invalid_grant" and is_time_window(desc) then
+  local uri = self.token_uri
+  if res.status ~= 200 then
+    local fields = oauth.refusal(res, now, uri, true)
+    if fields.error == "invalid_grant" and is_time_window(fields.error_description) then
       local date = retry.parse_http_date(res.headers and res.headers.date)
       if date then fields.clock_skew = date - now end
     end
-    local msg = "the token endpoint refused the request"
-    if oerr then
-      msg = msg .. ": " .. oerr .. (desc and (": " .. desc) or "")
-    end
-    return fail("token response", msg, fields)
+    return fail("token response", oauth.refusal_message("request", fields), fields)
   end
-
   -- A 200 body may hold a token: it never goes into an error.
-  local data = json_decode(body)
-  if type(data) ~= "table" then
-    return fail("token response", "the token endpoint's answer is not a JSON object",
-                { status = status, retryable = false, uri = self.token_uri })
-  end
+  local data, err = oauth.decode(res, "service_account", uri)
+  if not data then return nil, err end
   if self.mode == "id_token" then
     local idt = data.id_token
     if type(idt) ~= "string" or idt == "" then
       return fail("token response", "no id_token in the token endpoint's answer",
-                  { status = status, retryable = false, uri = self.token_uri })
+                  { status = 200, retryable = false, uri = uri })
     end
     -- The token came over verified TLS in answer to our own request.
     local entry = credentials.id_token_entry(idt, now)
     if not entry then
       return fail("token response", "the id_token has no readable exp claim",
-                  { status = status, retryable = false, uri = self.token_uri })
+                  { status = 200, retryable = false, uri = uri })
     end
     return entry
   end
-
-  local tok = data.access_token
-  if type(tok) ~= "string" or tok == "" then
-    return fail("token response", "no access_token in the token endpoint's answer",
-                { status = status, retryable = false, uri = self.token_uri })
-  end
-  local life = credentials.lifetime(data.expires_in)
-  if not life then
-    return fail("token response", "expires_in is not a positive number",
-                { status = status, retryable = false, uri = self.token_uri })
-  end
-  return {
-    access_token = tok,
-    expires_at = now + life,
-    id_token = type(data.id_token) == "string" and data.id_token or nil,
-    token_type = type(data.token_type) == "string" and data.token_type or nil,
-    scope = type(data.scope) == "string" and data.scope or nil,
-  }
+  return oauth.access_entry(data, now, "service_account", uri)
 end
 
 local function exchange_once(self, http, remaining)
-  local ok, uerr = _M.check_token_uri(self.token_uri)
+  local uri = self.token_uri
+  local ok, uerr = _M.check_token_uri(uri)
   if not ok then return nil, uerr end
-  local timeout = remaining
-  if timeout then
-    if timeout < 0.05 then
-      return fail("token request", "no time left before the deadline",
-                  { retryable = false, uri = self.token_uri })
-    end
-    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
-    if cap and cap < timeout then timeout = cap end
-  end
+  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "service_account", uri)
+  if terr then return nil, terr end
   local assertion, aerr = sign(self, grant_claims(self, issued_at(self)))
   if not assertion then return nil, aerr end
-  local res, err = http:request({
-    method = "POST",
-    url = self.token_uri,
-    headers = TOKEN_HEADERS,
-    body = GRANT_PREFIX .. assertion,
-    timeout = timeout,
-    max_body = _M.MAX_RESPONSE,
-    follow_redirects = false,
-  })
-  if not res then
-    local fields = { uri = self.token_uri }
-    if type(err) == "table" and err.too_large then fields.retryable = false end
-    return nil, errors.wrap("service_account", "token request", err, fields)
-  end
+  local res, err = oauth.post(http, "service_account", uri, oauth.FORM_HEADERS,
+                              GRANT_PREFIX .. assertion, timeout, _M.MAX_RESPONSE)
+  if not res then return nil, err end
   return parse_response(self, res, self._clock())
 end
 
 local function exchange(self)
-  local http, terr = transport(self)
+  local http, terr = oauth.transport(self._shared, "service_account")
   if not http then return nil, terr end
   local policy = self._retry
   local clock = self._clock

@@ -1,0 +1,239 @@
+--- The token request of credentials that POST for their tokens: Google's
+-- OAuth 2.0 token endpoint (service accounts' JWT-bearer grant, authorized
+-- users' refresh-token grant), and for the request alone IAM Credentials'
+-- `generateAccessToken` (impersonated credentials). Internal to gauth.
+--
+-- One attempt, as `gauth.service_account` and `gauth.authorized_user`
+-- make it inside `gauth.retry.call`:
+--
+--     local ok, err = oauth.check_url(uri, module, "token_uri", "an assertion")
+--     local timeout, terr = oauth.attempt_timeout(self, http, remaining, module, uri)
+--     local res, rerr = oauth.post(http, module, uri, oauth.FORM_HEADERS, body,
+--                                  timeout, max_body)
+--     if res.status ~= 200 then
+--       local fields = oauth.refusal(res, now, uri)
+--       return nil, errors.new(module, "token response",
+--                              oauth.refusal_message("request", fields), fields)
+--     end
+--     local data, derr = oauth.decode(res, module, uri)
+--     return oauth.access_entry(data, now, module, uri)
+--
+-- Every error keeps the calling module's name (`module`) and the steps the
+-- modules document: "token request" (transport failures, no time left),
+-- "token response" (the answer). A 200 body holds a token: nothing of it
+-- ever goes into an error.
+-- @module gauth.oauth
+
+local credentials = require "gauth.credentials"
+local errors = require "gauth.errors"
+local retry = require "gauth.retry"
+local util = require "gauth.util"
+local cjson = require "cjson.safe"
+
+local type = type
+local tostring = tostring
+local require = require
+local sub = string.sub
+local lower = string.lower
+local json_decode = cjson.decode
+local is_retryable_status = retry.is_retryable_status
+local parse_retry_after = retry.parse_retry_after
+local lifetime = credentials.lifetime
+
+local _M = { _VERSION = "0.1.0" }
+
+--- The headers of a form POST to a token endpoint. Never changed by a
+-- transport: one table serves every request.
+_M.FORM_HEADERS = {
+  ["content-type"] = "application/x-www-form-urlencoded",
+  accept = "application/json",
+}
+
+--- OAuth errors that say "try again" (google-auth retries these too).
+_M.RETRYABLE_ERRORS = { internal_failure = true, server_error = true,
+                        temporarily_unavailable = true }
+
+--- OAuth errors that no retry can fix, whatever the status.
+_M.FINAL_ERRORS = { invalid_grant = true, invalid_scope = true,
+                    invalid_client = true, unauthorized_client = true,
+                    invalid_request = true, unsupported_grant_type = true,
+                    access_denied = true }
+local RETRYABLE_ERRORS, FINAL_ERRORS = _M.RETRYABLE_ERRORS, _M.FINAL_ERRORS
+
+--- Check that an URL may receive a secret: https, or http to a loopback
+-- host (tests, local emulators). Nothing is sent otherwise.
+-- @tparam string url
+-- @tparam string module the module named in the error
+-- @tparam string step e.g. "token_uri", "endpoint"
+-- @tparam string what the secret, for the message: "an assertion", ...
+-- @return true | nil, err
+function _M.check_url(url, module, step, what)
+  local scheme, host = util.parse_url(url)
+  if not scheme then
+    return nil, errors.new(module, step, "not an absolute http(s) URL: "
+      .. sub(tostring(url), 1, 200))
+  end
+  if scheme == "https" then return true end
+  if scheme == "http" then
+    if util.is_loopback_host(host) then return true end
+    return nil, errors.new(module, step, "refusing to send " .. what
+      .. " in clear text to " .. host .. " (https is required except for a loopback host)",
+      { uri = url })
+  end
+  return nil, errors.new(module, step, "unsupported scheme " .. scheme, { uri = url })
+end
+
+--- The transport of credentials whose `_shared` table (kept by every copy
+-- of them) holds `http`, `ca_file` and `timeout` from their options: the
+-- given transport; else one of their own, made once, for their own CA
+-- bundle or timeout; else the process-wide one (not stored, so that
+-- `gauth.http.set_default()` applies to existing credentials).
+-- @tparam table shared
+-- @tparam string module the module named in the error
+-- @return transport | nil, err
+function _M.transport(shared, module)
+  local http = shared.http
+  if http then return http end
+  if shared.ca_file or shared.timeout then
+    local err
+    http, err = require("gauth.http").new({ ca_file = shared.ca_file,
+                                            timeout = shared.timeout })
+    if not http then return nil, errors.wrap(module, "token request", err) end
+    shared.http = http
+    return http
+  end
+  return require("gauth.http").default()
+end
+
+--- The timeout of one attempt: the seconds `remaining` before the retry
+-- policy's deadline, capped by the credentials' own timeout (`_timeout`)
+-- or else the transport's.
+-- @tparam table self the credentials
+-- @tparam table http the transport
+-- @param remaining seconds left (nil: no deadline)
+-- @tparam string module
+-- @tparam string uri for the error
+-- @return timeout (nil without a deadline) | nil, err when too little time
+--   is left for an attempt
+function _M.attempt_timeout(self, http, remaining, module, uri)
+  local timeout = remaining
+  if timeout then
+    if timeout < 0.05 then
+      return nil, errors.new(module, "token request", "no time left before the deadline",
+                             { retryable = false, uri = uri })
+    end
+    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
+    if cap and cap < timeout then timeout = cap end
+  end
+  return timeout
+end
+
+--- POST `body` to `url`: no redirects (a secret never follows one), the
+-- answer capped at `max_body` bytes.
+-- @return res | nil, err (the transport's, as a "token request" error of
+--   `module` with `uri`; an answer over `max_body` is not retryable)
+function _M.post(http, module, url, headers, body, timeout, max_body)
+  local res, err = http:request({
+    method = "POST", url = url, headers = headers, body = body,
+    timeout = timeout, max_body = max_body, follow_redirects = false,
+  })
+  if not res then
+    local fields = { uri = url }
+    if type(err) == "table" and err.too_large then fields.retryable = false end
+    return nil, errors.wrap(module, "token request", err, fields)
+  end
+  return res
+end
+
+--- What a token endpoint's refusal (an answer other than 200) says, as the
+-- fields of an error: `status`, `reason`, `error` and `error_description`
+-- (OAuth's `{ error=, error_description= }`, or Google's API error shape
+-- `{ error = { status=, message= } }` seen from some front ends),
+-- `retryable` (never for an error no retry fixes; else for a retryable
+-- status or an OAuth error that says "try again"), `retry_after`, `uri`.
+-- @tparam table res the answer
+-- @tparam number now for a Retry-After date
+-- @tparam string uri
+-- @tparam[opt] boolean description_retries whether an `error_description`
+--   that names a "try again" error makes it retryable too (as google-auth
+--   does; service accounts do, authorized users do not)
+-- @return fields (a new table)
+function _M.refusal(res, now, uri, description_retries)
+  local status, body = res.status, res.body
+  local data = type(body) == "string" and json_decode(body) or nil
+  local oerr, desc
+  if type(data) == "table" then
+    if type(data.error) == "string" then
+      oerr = data.error
+      desc = type(data.error_description) == "string" and data.error_description or nil
+    elseif type(data.error) == "table" then
+      local e = data.error
+      oerr = type(e.status) == "string" and lower(e.status) or nil
+      desc = type(e.message) == "string" and e.message or nil
+    end
+  end
+  local retryable
+  if oerr and FINAL_ERRORS[oerr] then
+    retryable = false
+  else
+    retryable = is_retryable_status(status) or
+                (oerr ~= nil and RETRYABLE_ERRORS[oerr] == true) or
+                (description_retries and desc ~= nil and RETRYABLE_ERRORS[desc] == true) or false
+  end
+  return {
+    status = status, reason = res.reason, error = oerr, error_description = desc,
+    retryable = retryable, uri = uri,
+    retry_after = parse_retry_after(res.headers and res.headers["retry-after"], now),
+  }
+end
+
+--- The message of a refusal: "the token endpoint refused the <what>",
+-- then the OAuth error and its description when there are.
+-- @tparam string what "request", "refresh"
+-- @tparam table fields from `refusal`
+-- @return string
+function _M.refusal_message(what, fields)
+  local msg = "the token endpoint refused the " .. what
+  local oerr, desc = fields.error, fields.error_description
+  if oerr then msg = msg .. ": " .. oerr .. (desc and (": " .. desc) or "") end
+  return msg
+end
+
+--- The JSON object of a 200 answer.
+-- @return table | nil, err ("token response")
+function _M.decode(res, module, uri)
+  local data = json_decode(res.body)
+  if type(data) ~= "table" then
+    return nil, errors.new(module, "token response",
+      "the token endpoint's answer is not a JSON object",
+      { status = res.status, retryable = false, uri = uri })
+  end
+  return data
+end
+
+--- The cache entry of a decoded access-token answer: `access_token`,
+-- `expires_at` (`now` + `expires_in`, 3600 s when absent), and the
+-- `id_token`, `token_type` and `scope` that came with it.
+-- @return entry | nil, err ("token response")
+function _M.access_entry(data, now, module, uri)
+  local tok = data.access_token
+  if type(tok) ~= "string" or tok == "" then
+    return nil, errors.new(module, "token response",
+      "no access_token in the token endpoint's answer",
+      { status = 200, retryable = false, uri = uri })
+  end
+  local life = lifetime(data.expires_in)
+  if not life then
+    return nil, errors.new(module, "token response", "expires_in is not a positive number",
+                           { status = 200, retryable = false, uri = uri })
+  end
+  return {
+    access_token = tok,
+    expires_at = now + life,
+    id_token = type(data.id_token) == "string" and data.id_token or nil,
+    token_type = type(data.token_type) == "string" and data.token_type or nil,
+    scope = type(data.scope) == "string" and data.scope or nil,
+  }
+end
+
+return _M
