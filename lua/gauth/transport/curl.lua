@@ -21,6 +21,7 @@
 
 local core = require "gauth.core"
 local errors = require "gauth.errors"
+local common = require "gauth.transport.common"
 
 local type = type
 local pairs = pairs
@@ -36,12 +37,17 @@ local byte = string.byte
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
 
-_M.DEFAULT_TIMEOUT = 30
-_M.DEFAULT_CONNECT_TIMEOUT = 10
-_M.DEFAULT_MAX_BODY = 64 * 1024 * 1024
+_M.DEFAULT_TIMEOUT = common.DEFAULT_TIMEOUT
+_M.DEFAULT_CONNECT_TIMEOUT = common.DEFAULT_CONNECT_TIMEOUT
+_M.DEFAULT_MAX_BODY = common.DEFAULT_MAX_BODY
 
-local METHODS = { GET = true, HEAD = true, POST = true, PUT = true,
-                  PATCH = true, DELETE = true }
+local MODULE = "gauth.transport.curl"
+local check_request = common.check_request
+local check_seconds = common.check_seconds
+local check_bytes = common.check_bytes
+local fail = common.fail
+local HEADER_NAMES = common.HEADER_NAMES
+local header_name = common.header_name
 
 -- libcurl codes after which a new attempt may well succeed: the request
 -- did not get an answer because of the network or the peer, not because
@@ -74,18 +80,6 @@ do
 end
 _M.NOPROXY = NOPROXY
 
-local function check_seconds(v, name)
-  if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then
-    error("gauth.transport.curl: " .. name .. " must be a non-negative number", 3)
-  end
-end
-
-local function check_bytes(v, name)
-  if v ~= nil and (type(v) ~= "number" or v < 0 or v % 1 ~= 0) then
-    error("gauth.transport.curl: " .. name .. " must be a non-negative integer", 3)
-  end
-end
-
 --- Make a transport.
 -- @tparam[opt] table opts `ca_file` (PEM bundle to trust instead of the
 --   system store), `timeout` (s, default 30), `connect_timeout` (s,
@@ -99,9 +93,9 @@ function _M.new(opts)
   if opts.ca_file ~= nil and type(opts.ca_file) ~= "string" then
     error("gauth.transport.curl: ca_file must be a string", 2)
   end
-  check_seconds(opts.timeout, "timeout")
-  check_seconds(opts.connect_timeout, "connect_timeout")
-  check_bytes(opts.max_body, "max_body")
+  check_seconds(opts.timeout, "timeout", MODULE, 3)
+  check_seconds(opts.connect_timeout, "connect_timeout", MODULE, 3)
+  check_bytes(opts.max_body, "max_body", MODULE, 3)
   local h, err = core.http_new()
   if not h then
     return nil, errors.wrap("http", "init", err)
@@ -157,13 +151,6 @@ function _M.parse_headers(block)
 end
 local parse_headers = _M.parse_headers
 
--- Header names already checked -> their lower-case form (bounded).
-local NAME_OK, name_count = {}, 0
-
-local function fail(message, fields)
-  return nil, errors.new("http", "request", message, fields)
-end
-
 --- Send one request.
 -- @tparam table req `method` (GET, HEAD, POST, PUT, PATCH, DELETE), `url`,
 --   `headers` ({lower-case name = value}; a value may be an array for a
@@ -182,23 +169,7 @@ end
 --   written= }` | nil, err (`gauth.errors`, module "http", step "request",
 --   with `retryable` and `curl_code`)
 function _M:request(req)
-  if type(req) ~= "table" then
-    error("gauth.transport.curl: request must be a table", 2)
-  end
-  local method, url = req.method or "GET", req.url
-  if not METHODS[method] then
-    error("gauth.transport.curl: unsupported method " .. tostring(method), 2)
-  end
-  if type(url) ~= "string" then
-    error("gauth.transport.curl: url must be a string", 2)
-  end
-  local body = req.body
-  if body ~= nil and type(body) ~= "string" then
-    error("gauth.transport.curl: body must be a string", 2)
-  end
-  check_seconds(req.timeout, "timeout")
-  check_seconds(req.connect_timeout, "connect_timeout")
-  check_bytes(req.max_body, "max_body")
+  local method, url, body, headers = check_request(req, MODULE)
   local h = self.h
   if not h then
     error("gauth.transport.curl: the transport is closed", 2)
@@ -219,23 +190,9 @@ function _M:request(req)
 
   -- The "name: value" array is reused from request to request.
   local list, n, bad = self.hlist, 0, nil
-  local headers = req.headers
   if headers ~= nil then
-    if type(headers) ~= "table" then
-      error("gauth.transport.curl: headers must be a table", 2)
-    end
     for name, value in pairs(headers) do
-      local lname = NAME_OK[name]
-      if not lname then
-        if type(name) ~= "string" or not find(name, "^[!#$%%&'*+.^_`|~%w-]+$") then
-          error("gauth.transport.curl: bad header name " .. tostring(name), 2)
-        end
-        lname = lower(name)
-        if name_count < CACHE_MAX then
-          NAME_OK[name] = lname
-          name_count = name_count + 1
-        end
-      end
+      local lname = HEADER_NAMES[name] or header_name(name, MODULE, 3)
       local vt = type(value)
       if lname == "accept-encoding" then
         -- libcurl sends it and decodes what comes back.
@@ -266,11 +223,7 @@ function _M:request(req)
     end
   end
   for i = n + 1, #list do list[i] = nil end
-  if bad then
-    -- The message names the header, never the value.
-    return fail("header " .. bad .. " has a value with CR, LF or NUL",
-                { retryable = false })
-  end
+  if bad then return common.bad_header_value(bad) end
 
   local status, head, rbody, conns, written = h:perform(method, url, list, body, copts)
   if not status then

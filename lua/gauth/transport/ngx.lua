@@ -31,6 +31,7 @@
 
 local errors = require "gauth.errors"
 local util = require "gauth.util"
+local common = require "gauth.transport.common"
 
 local ngx = ngx  -- luacheck: ignore
 local type = type
@@ -53,17 +54,15 @@ local math_max = math.max
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
 
-_M.DEFAULT_TIMEOUT = 30
-_M.DEFAULT_CONNECT_TIMEOUT = 10
-_M.DEFAULT_MAX_BODY = 64 * 1024 * 1024
+_M.DEFAULT_TIMEOUT = common.DEFAULT_TIMEOUT
+_M.DEFAULT_CONNECT_TIMEOUT = common.DEFAULT_CONNECT_TIMEOUT
+_M.DEFAULT_MAX_BODY = common.DEFAULT_MAX_BODY
 _M.DEFAULT_KEEPALIVE_TIMEOUT = 60
 _M.DEFAULT_POOL_SIZE = 32
 -- Header block cap (libcurl's is 100 KiB too).
 _M.MAX_HEADER_BYTES = 100 * 1024
 _M.MAX_REDIRECTS = 10
 
-local METHODS = { GET = true, HEAD = true, POST = true, PUT = true,
-                  PATCH = true, DELETE = true }
 -- Methods whose absent body is still announced (Content-Length: 0), as the
 -- curl transport does: Google's front ends answer 411 otherwise.
 local EMPTY_BODY = { POST = true, PUT = true, PATCH = true }
@@ -77,21 +76,13 @@ if util.is_ngx then
   ngx_log, WARN = ngx.log, ngx.WARN
 end
 
-local function check_seconds(v, name)
-  if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then
-    error("gauth.transport.ngx: " .. name .. " must be a non-negative number", 3)
-  end
-end
-
-local function check_bytes(v, name)
-  if v ~= nil and (type(v) ~= "number" or v < 0 or v % 1 ~= 0) then
-    error("gauth.transport.ngx: " .. name .. " must be a non-negative integer", 3)
-  end
-end
-
-local function fail(message, fields)
-  return nil, errors.new("http", "request", message, fields)
-end
+local MODULE = "gauth.transport.ngx"
+local check_request = common.check_request
+local check_seconds = common.check_seconds
+local check_bytes = common.check_bytes
+local fail = common.fail
+local HEADER_NAMES = common.HEADER_NAMES
+local header_name = common.header_name
 
 -- Socket errors after which a new attempt may succeed (the peer or the
 -- network, not the request): the counterpart of the curl transport's list.
@@ -121,11 +112,11 @@ function _M.new(opts)
   if type(opts) ~= "table" then
     error("gauth.transport.ngx: opts must be a table", 2)
   end
-  check_seconds(opts.timeout, "timeout")
-  check_seconds(opts.connect_timeout, "connect_timeout")
-  check_seconds(opts.keepalive_timeout, "keepalive_timeout")
-  check_bytes(opts.max_body, "max_body")
-  check_bytes(opts.pool_size, "pool_size")
+  check_seconds(opts.timeout, "timeout", MODULE, 3)
+  check_seconds(opts.connect_timeout, "connect_timeout", MODULE, 3)
+  check_seconds(opts.keepalive_timeout, "keepalive_timeout", MODULE, 3)
+  check_bytes(opts.max_body, "max_body", MODULE, 3)
+  check_bytes(opts.pool_size, "pool_size", MODULE, 3)
   if not util.is_ngx or type(ngx.socket) ~= "table" then
     return nil, errors.new("http", "init",
       "gauth.transport.ngx runs only inside nginx (lua-nginx-module)")
@@ -223,25 +214,30 @@ function _M.parse_head(head)
 end
 local parse_head = _M.parse_head
 
+local function too_large(max)
+  return fail("response body larger than max_body (" .. max .. " bytes)",
+              { retryable = false, reason = "max_body", too_large = true })
+end
+
 -- Body sink: memory (capped at max_body) or a file (download_file, 2xx).
+-- @return true | nil, err (the request's error: over max_body, or the
+--   file could not be written)
 local function sink_add(s, data)
   if s.file then
     local ok, err = s.file:write(data)
-    if not ok then return nil, "write", err end
+    if not ok then
+      return fail("writing the download file: " .. tostring(err),
+                  { retryable = false, reason = "write" })
+    end
     s.written = s.written + #data
     return true
   end
   local len = s.len + #data
-  if len > s.max then return nil, "max_body" end
+  if len > s.max then return too_large(s.max) end
   s.len = len
   s.n = s.n + 1
   s.parts[s.n] = data
   return true
-end
-
-local function too_large(max)
-  return fail("response body larger than max_body (" .. max .. " bytes)",
-              { retryable = false, reason = "max_body", too_large = true })
 end
 
 local function body_error(err, what)
@@ -268,12 +264,8 @@ local function read_chunked(c, s)
       local want = size < READ_CHUNK and size or READ_CHUNK
       local data, rerr = read_exactly(c, want)
       if not data then return body_error(rerr, "body") end
-      local ok, why, ferr = sink_add(s, data)
-      if not ok then
-        if why == "max_body" then return too_large(s.max) end
-        return fail("writing the download file: " .. tostring(ferr),
-                    { retryable = false, reason = "write" })
-      end
+      local ok, serr = sink_add(s, data)
+      if not ok then return nil, serr end
       size = size - want
     end
     local crlf, cerr = read_exactly(c, 2)
@@ -297,12 +289,8 @@ local function read_length(c, s, len)
     local want = len < READ_CHUNK and len or READ_CHUNK
     local data, err = read_exactly(c, want)
     if not data then return body_error(err, "body") end
-    local ok, why, ferr = sink_add(s, data)
-    if not ok then
-      if why == "max_body" then return too_large(s.max) end
-      return fail("writing the download file: " .. tostring(ferr),
-                  { retryable = false, reason = "write" })
-    end
+    local ok, serr = sink_add(s, data)
+    if not ok then return nil, serr end
     len = len - want
   end
   return true
@@ -316,12 +304,8 @@ local function read_to_close(c, s)
     data = data or partial
     if data and data ~= "" then
       c.bytes_in = c.bytes_in + #data
-      local ok, why, ferr = sink_add(s, data)
-      if not ok then
-        if why == "max_body" then return too_large(s.max) end
-        return fail("writing the download file: " .. tostring(ferr),
-                    { retryable = false, reason = "write" })
-      end
+      local ok, serr = sink_add(s, data)
+      if not ok then return nil, serr end
     end
     if err == "closed" then return true end
     if err then return body_error(err, "body") end
@@ -334,10 +318,8 @@ local function build_request(method, target, host_header, headers, body_len)
   local has_host = false
   if headers then
     for name, value in pairs(headers) do
-      if type(name) ~= "string" or not find(name, "^[!#$%%&'*+.^_`|~%w-]+$") then
-        error("gauth.transport.ngx: bad header name " .. tostring(name), 4)
-      end
-      local lname = lower(name)
+      -- Level 5: past header_name, this function and request (as before).
+      local lname = HEADER_NAMES[name] or header_name(name, MODULE, 5)
       -- Framing is ours; accept-encoding: see the module notes.
       if lname ~= "content-length" and lname ~= "transfer-encoding"
           and lname ~= "accept-encoding" and lname ~= "connection" then
@@ -680,27 +662,7 @@ end
 --   "read", "timeout", "max_body", "header_size", "redirect", "file",
 --   "phase")
 function _M:request(req)
-  if type(req) ~= "table" then
-    error("gauth.transport.ngx: request must be a table", 2)
-  end
-  local method, url = req.method or "GET", req.url
-  if not METHODS[method] then
-    error("gauth.transport.ngx: unsupported method " .. tostring(method), 2)
-  end
-  if type(url) ~= "string" then
-    error("gauth.transport.ngx: url must be a string", 2)
-  end
-  local body = req.body
-  if body ~= nil and type(body) ~= "string" then
-    error("gauth.transport.ngx: body must be a string", 2)
-  end
-  local headers = req.headers
-  if headers ~= nil and type(headers) ~= "table" then
-    error("gauth.transport.ngx: headers must be a table", 2)
-  end
-  check_seconds(req.timeout, "timeout")
-  check_seconds(req.connect_timeout, "connect_timeout")
-  check_bytes(req.max_body, "max_body")
+  local method, url, body, headers = check_request(req, MODULE)
   if req.upload_file ~= nil and (type(req.upload_file) ~= "string" or body ~= nil) then
     error("gauth.transport.ngx: upload_file must be a path, and excludes body", 2)
   end
@@ -738,10 +700,7 @@ function _M:request(req)
       body_len = 0
     end
     local head, bad = build_request(method, path, u.host_header, headers, body_len)
-    if not head then
-      return fail("header " .. bad .. " has a value with CR, LF or NUL",
-                  { retryable = false })
-    end
+    if not head then return common.bad_header_value(bad) end
     local res, err = exchange(self, method, u, head, body, req, deadline,
                               connect_timeout, max_body)
     if not res then return nil, err end

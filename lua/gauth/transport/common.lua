@@ -1,0 +1,127 @@
+--- What gauth's transports share (`gauth.transport.curl` and
+-- `gauth.transport.ngx`): their defaults, the checks of `t:request(req)`'s
+-- arguments and of header names, and their error. Internal to gauth.
+--
+-- These run on every request: locals only, no table made per call. Errors
+-- name the calling transport (`module`, e.g. "gauth.transport.curl") and
+-- are raised at the level the caller gives, so that their position stays
+-- the one the transport always reported.
+-- @module gauth.transport.common
+
+local errors = require "gauth.errors"
+
+local type = type
+local tostring = tostring
+local error = error
+local find = string.find
+local lower = string.lower
+
+local _M = { _VERSION = "0.1.0" }
+
+--- Seconds a whole request may take, by default.
+_M.DEFAULT_TIMEOUT = 30
+--- Seconds connecting may take, by default.
+_M.DEFAULT_CONNECT_TIMEOUT = 10
+--- Bytes of a response body kept in memory, by default (Google's JSON
+-- answers are far smaller; media goes to files).
+_M.DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+--- The methods a transport sends.
+_M.METHODS = { GET = true, HEAD = true, POST = true, PUT = true,
+               PATCH = true, DELETE = true }
+local METHODS = _M.METHODS
+
+--- Raise "<module>: <name> must be a non-negative number" at `level`
+-- (counted from this function) unless `v` is nil or such a number.
+function _M.check_seconds(v, name, module, level)
+  if v ~= nil and (type(v) ~= "number" or v < 0 or v ~= v) then
+    error(module .. ": " .. name .. " must be a non-negative number", level)
+  end
+end
+local check_seconds = _M.check_seconds
+
+--- Raise "<module>: <name> must be a non-negative integer" at `level`
+-- unless `v` is nil or such a number.
+function _M.check_bytes(v, name, module, level)
+  if v ~= nil and (type(v) ~= "number" or v < 0 or v % 1 ~= 0) then
+    error(module .. ": " .. name .. " must be a non-negative integer", level)
+  end
+end
+local check_bytes = _M.check_bytes
+
+--- The error of a request that failed: module "http", step "request".
+-- @return nil, err
+function _M.fail(message, fields)
+  return nil, errors.new("http", "request", message, fields)
+end
+local fail = _M.fail
+
+--- Check what every transport's `request(req)` checks first: `req` is a
+-- table; `method` (default GET) one of `METHODS`; `url` a string; `body`
+-- nil or a string; `headers` nil or a table; `timeout` and
+-- `connect_timeout` non-negative numbers, `max_body` a non-negative
+-- integer, where given. Raises "<module>: ..." at the caller of `request`.
+-- @tparam table req
+-- @tparam string module e.g. "gauth.transport.curl"
+-- @return method, url, body, headers
+function _M.check_request(req, module)
+  if type(req) ~= "table" then
+    error(module .. ": request must be a table", 3)
+  end
+  local method, url = req.method or "GET", req.url
+  if not METHODS[method] then
+    error(module .. ": unsupported method " .. tostring(method), 3)
+  end
+  if type(url) ~= "string" then
+    error(module .. ": url must be a string", 3)
+  end
+  local body = req.body
+  if body ~= nil and type(body) ~= "string" then
+    error(module .. ": body must be a string", 3)
+  end
+  local headers = req.headers
+  if headers ~= nil and type(headers) ~= "table" then
+    error(module .. ": headers must be a table", 3)
+  end
+  check_seconds(req.timeout, "timeout", module, 4)
+  check_seconds(req.connect_timeout, "connect_timeout", module, 4)
+  check_bytes(req.max_body, "max_body", module, 4)
+  return method, url, body, headers
+end
+
+--- Request header names already checked -> their lower-case form. Names
+-- repeat from request to request, so a transport looks here first (a
+-- table lookup instead of a pattern match and a new string) and calls
+-- `header_name` only for a name it has not met. Bounded: ever new names
+-- cannot grow it without limit.
+_M.HEADER_NAMES = {}
+local HEADER_NAMES, header_count = _M.HEADER_NAMES, 0
+local HEADER_NAMES_MAX = 1024
+
+--- The lower-case form of a request header name not in `HEADER_NAMES`
+-- yet (it is added). Raises "<module>: bad header name ..." at `level`
+-- (counted from this function) for a name that is not an HTTP token.
+-- @return lower-case name
+function _M.header_name(name, module, level)
+  local lname = HEADER_NAMES[name]
+  if lname then return lname end
+  if type(name) ~= "string" or not find(name, "^[!#$%%&'*+.^_`|~%w-]+$") then
+    error(module .. ": bad header name " .. tostring(name), level)
+  end
+  lname = lower(name)
+  if header_count < HEADER_NAMES_MAX then
+    HEADER_NAMES[name] = lname
+    header_count = header_count + 1
+  end
+  return lname
+end
+
+--- The error for a header value holding CR, LF or NUL (which would let a
+-- value, a token from a server say, inject headers). It names the header,
+-- never the value.
+-- @return nil, err
+function _M.bad_header_value(name)
+  return fail("header " .. name .. " has a value with CR, LF or NUL", { retryable = false })
+end
+
+return _M
