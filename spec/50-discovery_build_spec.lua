@@ -823,3 +823,18 @@ describe("gauth.discovery.regex", function()
     end
   end)
 end)
+
+describe("discovery.document", function()
+  it("gives the document a service or resource was built from", function()
+    local doc = toy_doc()
+    local svc = assert(discovery.build_from_document(doc))
+    assert.are.equal(doc.name, discovery.document(svc).name)
+    assert.are.equal(discovery.document(svc), discovery.document(svc:items()))
+  end)
+
+  it("raises for anything else", function()
+    assert.has_error(function() discovery.document({}) end,
+      "gauth.discovery: document: not a service or resource object")
+    assert.has_error(function() discovery.document(nil) end)
+  end)
+end)

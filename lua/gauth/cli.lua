@@ -654,8 +654,7 @@ local function cmd_call(opts, pos, ios)
   })
   if not svc then failed(err) end
   -- The document itself, for the names and types of parameters.
-  local inner = rawget(svc, "_svc")
-  local doc = type(inner) == "table" and inner.doc or {}
+  local doc = discovery.document(svc)
   local method, path = find_method(doc, dotted, api)
   local params = params_of(args, doc, method)
   if body then params.body = body end

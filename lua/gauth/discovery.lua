@@ -31,6 +31,7 @@
 
 local cjson_safe = require "cjson.safe"
 local errors = require "gauth.errors"
+local util = require "gauth.util"
 local regex = require "gauth.discovery.regex"
 
 local type = type
@@ -1449,6 +1450,11 @@ local function check_opts(opts, fname)
   if o.http ~= nil and (type(o.http) ~= "table" or type(o.http.request) ~= "function") then
     error("gauth.discovery: " .. fname .. ": opts.http must be a transport (with :request)", 3)
   end
+  if o.shared_cache ~= nil and o.shared_cache ~= false and (type(o.shared_cache) ~= "table"
+                                 or type(o.shared_cache.fetch) ~= "function") then
+    error("gauth.discovery: " .. fname .. ": opts.shared_cache must be a "
+          .. "gauth.discovery.shdict_cache (or false)", 3)
+  end
   check_number(o.num_retries, "opts.num_retries", fname, 3)
   check_number(o.timeout, "opts.timeout", fname, 3)
   return o
@@ -1674,11 +1680,31 @@ function _M.build(api, version, opts)
         return new_service(m.doc, opts)
       end
     end
-    local path = dir and cache_file(dir, url)
+    -- Under nginx a `lua_shared_dict gauth_discovery` (or opts.shared_cache)
+    -- holds documents for every worker in place of the disk cache.
+    local shared = use_cache and opts.shared_cache
+    if shared == nil and use_cache and util.is_ngx then
+      shared = require("gauth.discovery.shdict_cache").default()
+    end
+    local path = not shared and dir and cache_file(dir, url)
     local text = path and read_cache(path, max_age)
     local doc = text and json_decode(text)
     local from_disk = type(doc) == "table" and doc.rootUrl ~= nil
-    if not from_disk then
+    if shared then
+      if not http then
+        local err
+        http, err = require("gauth.http").default()
+        if not http then return nil, errors.wrap("discovery", "fetch", err) end
+      end
+      local d, err = shared:fetch(url, function() return fetch(http, url, opts) end, max_age)
+      if d == nil then return nil, err end
+      if d and type(d.rootUrl) ~= "string" then
+        shared:delete(url)
+        return nil, errors.new("discovery", "fetch", "the answer is not a Discovery document",
+                               { uri = redact(url) })
+      end
+      doc = d or nil  -- false: 404, the next URL
+    elseif not from_disk then
       -- absent, stale or corrupt: fetch
       if not http then
         local err
@@ -1716,6 +1742,19 @@ end
 --- Media for `media_body` from a string: see `gauth.media.media_string`.
 function _M.media_string(data, opts)
   return require("gauth.media").media_string(data, opts)
+end
+
+--- The Discovery document a service (or any of its resources) was built
+-- from: the decoded table, shared, to be read and not changed. A function of
+-- the module rather than a method, because a service's names are the API's.
+-- @param svc a service or resource object
+-- @return the document table
+function _M.document(svc)
+  local inner = type(svc) == "table" and rawget(svc, "_svc")
+  if not inner then
+    error("gauth.discovery: document: not a service or resource object", 2)
+  end
+  return inner.doc
 end
 
 --- Forget the documents cached in this process (the disk cache stays).

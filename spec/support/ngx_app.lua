@@ -211,23 +211,23 @@ function _M.via_http()
                ngx = t.ngx_t ~= nil, curl = t.curl_t ~= nil })
 end
 
---- GET /discovery_doc?api=&version=: the document through the shared-dict
--- cache, fetched from this nginx's /fake_discovery (which counts hits).
+--- GET /discovery_doc?api=&version=: discovery.build() of the document, which
+-- under nginx goes through the shared-dict cache (lua_shared_dict
+-- gauth_discovery), fetched from this nginx's /fake_discovery (which counts
+-- hits). The disk cache must not be used: its folder does not exist.
 function _M.discovery_doc()
   local args = ngx.req.get_uri_args()
-  local cache = assert(require("gauth.discovery.shdict_cache").default())
-  local url = "http://127.0.0.1:" .. ngx.var.server_port .. "/fake_discovery/"
-    .. args.api .. "." .. args.version .. ".json"
-  local t = require("gauth.transport.ngx").new({ timeout = 10 })
-  local doc, err = cache:fetch(url, function()
-    local res, rerr = t:request({ url = url })
-    if not res then return nil, rerr end
-    if res.status == 404 then return false end
-    return res.body
-  end)
-  if not doc then
-    return reply(doc == false and 404 or 500, { err = tostring(err) })
+  local discovery = require "gauth.discovery"
+  discovery.clear_cache()  -- this worker's memory: the dict must serve
+  local svc, err = discovery.build(args.api, args.version, {
+    discovery_url = "http://127.0.0.1:" .. ngx.var.server_port
+      .. "/fake_discovery/{api}.{apiVersion}.json",
+    cache_dir = "/nonexistent/gauth-discovery-cache",
+  })
+  if not svc then
+    return reply(err.status == 404 and 404 or 500, { err = tostring(err) })
   end
+  local doc = discovery.document(svc)
   reply(200, { name = doc.name, version = doc.version, title = doc.title })
 end
 
