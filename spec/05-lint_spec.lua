@@ -1,0 +1,31 @@
+-- luacheck over the Lua and cppcheck over the C core are clean.
+local helpers = require "helpers"
+
+local root = helpers.shell_quote(helpers.root)
+
+-- Once is enough: in the Lua 5.4 pass.
+local run = (os.getenv("GAUTH_LUA_VERSION") or "5.4") == "5.4" and it or pending
+
+describe("lint", function()
+  run("luacheck finds nothing in lua/, bin/, spec/, bench/, examples/", function()
+    local ok, out = helpers.sh("cd " .. root .. " && luacheck --formatter plain lua bin spec bench examples")
+    assert.is_true(ok, out)
+    assert.are.equal("", out)
+  end)
+
+  run("cppcheck finds nothing in csrc/", function()
+    local ok, out = helpers.sh("cd " .. root .. " && cppcheck --quiet --std=c99 --error-exitcode=1"
+      .. " --enable=warning,performance,portability --suppress=missingIncludeSystem"
+      .. " --suppress=toomanyconfigs -I csrc -I /usr/include/lua5.4 csrc/*.c")
+    assert.is_true(ok, out)
+    assert.are.equal("", out)
+  end)
+
+  run("luacheck does report a real problem (the check can fail)", function()
+    local path = helpers.tmpname("lint", ".lua")
+    helpers.write_file(path, "local unused = 1\nx_global = 2\n")
+    local ok, out = helpers.sh("luacheck --formatter plain " .. helpers.shell_quote(path))
+    assert.is_false(ok)
+    assert.matches("unused variable 'unused'", out)
+  end)
+end)
