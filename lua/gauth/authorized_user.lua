@@ -228,8 +228,7 @@ end
 
 function _M:describe()
   local parts = { "client " .. self.client_id }
-  local n = self.scopes and #self.scopes or 0
-  if n > 0 then parts[#parts + 1] = n .. (n == 1 and " scope" or " scopes") end
+  credentials.describe_scopes(parts, self.scopes)
   return concat(parts, ", ")
 end
 

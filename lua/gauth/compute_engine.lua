@@ -264,8 +264,7 @@ function _M:describe()
   if self.mode == "id_token" then
     parts[#parts + 1] = "ID token for " .. tostring(self.target_audience)
   end
-  local n = self.scopes and #self.scopes or 0
-  if n > 0 then parts[#parts + 1] = n .. (n == 1 and " scope" or " scopes") end
+  credentials.describe_scopes(parts, self.scopes)
   return concat(parts, ", ")
 end
 
@@ -282,14 +281,8 @@ end
 
 --- A copy of ID token credentials for another audience.
 function _M:with_target_audience(target)
-  if type(target) ~= "string" or target == "" then
-    error("gauth." .. self._module .. ": target_audience must be a non-empty string", 2)
-  end
-  if self.mode ~= "id_token" then
-    error("gauth." .. self._module .. ": with_target_audience is for ID token credentials", 2)
-  end
-  local o = self:copy()
-  o.target_audience = target
+  local o, bad = credentials.copy_for_audience(self, target)
+  if not o then error("gauth." .. self._module .. ": " .. bad, 2) end
   return o
 end
 

@@ -361,6 +361,35 @@ function _M.sorted(list)
   return out
 end
 
+--- Append "N scope(s)" to the parts of a `describe()` text when there
+-- are scopes.
+-- @tparam table parts
+-- @param scopes array or nil
+-- @return parts
+function _M.describe_scopes(parts, scopes)
+  local n = scopes and #scopes or 0
+  if n > 0 then parts[#parts + 1] = n .. (n == 1 and " scope" or " scopes") end
+  return parts
+end
+
+--- `with_target_audience` of ID token credentials (those whose `mode` is
+-- "id_token"): a copy for another audience. The caller raises, with its
+-- module's name, when this returns nil.
+-- @tparam table self
+-- @param target the new audience
+-- @return the copy | nil, what is wrong
+function _M.copy_for_audience(self, target)
+  if type(target) ~= "string" or target == "" then
+    return nil, "target_audience must be a non-empty string"
+  end
+  if self.mode ~= "id_token" then
+    return nil, "with_target_audience is for ID token credentials"
+  end
+  local o = self:copy()
+  o.target_audience = target
+  return o
+end
+
 -- The options of credentials that make requests, each with what it must
 -- be and the error when it is not.
 local OPTION_RULES = {

@@ -247,6 +247,19 @@ local function body_error(err, what)
                 reason = find(err, "timeout", 1, true) and "timeout" or "read" })
 end
 
+-- Read `len` bytes of the body into the sink, a buffer at a time.
+local function read_into(c, s, len)
+  while len > 0 do
+    local want = len < READ_CHUNK and len or READ_CHUNK
+    local data, err = read_exactly(c, want)
+    if not data then return body_error(err, "body") end
+    local ok, serr = sink_add(s, data)
+    if not ok then return nil, serr end
+    len = len - want
+  end
+  return true
+end
+
 -- Read a chunked body into the sink.
 local function read_chunked(c, s)
   while true do
@@ -260,14 +273,8 @@ local function read_chunked(c, s)
     end
     if size == 0 then break end
     if not s.file and s.len + size > s.max then return too_large(s.max) end
-    while size > 0 do
-      local want = size < READ_CHUNK and size or READ_CHUNK
-      local data, rerr = read_exactly(c, want)
-      if not data then return body_error(rerr, "body") end
-      local ok, serr = sink_add(s, data)
-      if not ok then return nil, serr end
-      size = size - want
-    end
+    local ok, rerr = read_into(c, s, size)
+    if not ok then return nil, rerr end
     local crlf, cerr = read_exactly(c, 2)
     if not crlf then return body_error(cerr, "body") end
     if crlf ~= "\r\n" then
@@ -285,15 +292,7 @@ end
 
 local function read_length(c, s, len)
   if not s.file and len > s.max then return too_large(s.max) end
-  while len > 0 do
-    local want = len < READ_CHUNK and len or READ_CHUNK
-    local data, err = read_exactly(c, want)
-    if not data then return body_error(err, "body") end
-    local ok, serr = sink_add(s, data)
-    if not ok then return nil, serr end
-    len = len - want
-  end
-  return true
+  return read_into(c, s, len)
 end
 
 local function read_to_close(c, s)
