@@ -14,12 +14,7 @@ for i = 0, 255 do BINARY[#BINARY + 1] = string.char(i) end
 BINARY = table.concat(BINARY) .. "\0\r\n\r\n" .. table.concat(BINARY):reverse()
 
 -- A loopback port with nothing listening on it.
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local closed_port = helpers.closed_port
 
 local function lua_interpreter()
   return os.getenv("GAUTH_LUA") or (jit and "luajit" or "lua5.4")

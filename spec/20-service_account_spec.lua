@@ -15,18 +15,10 @@ local S2 = "https://www.googleapis.com/auth/devstorage.read_only"
 -- Retries in milliseconds, and every sleep recorded rather than slept.
 local sleeps
 local function fast_retry(extra)
-  local p = { initial = 0.001, max_delay = 0.01, jitter = false,
-              sleep = function(d) sleeps[#sleeps + 1] = d end }
-  for k, v in pairs(extra or {}) do p[k] = v end
-  return p
+  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
 end
 
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local closed_port = helpers.closed_port
 
 -- A line from the middle of a PEM body: must never appear in messages.
 local function pem_line(pem)

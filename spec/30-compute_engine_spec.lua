@@ -22,18 +22,10 @@ local IDENTITY_PATH = MD .. "instance/service-accounts/default/identity"
 
 local sleeps
 local function fast_retry(extra)
-  local p = { initial = 0.001, max_delay = 0.01, jitter = false,
-              sleep = function(d) sleeps[#sleeps + 1] = d end }
-  for k, v in pairs(extra or {}) do p[k] = v end
-  return p
+  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
 end
 
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local closed_port = helpers.closed_port
 
 -- A transport that must never be used (calls that need no network).
 local function no_network()
@@ -55,20 +47,7 @@ end
 -- Every request of this file that goes through the default transport goes
 -- through this guard: one to anything but loopback fails the spec instead
 -- of leaving the machine.
-local function loopback_guard()
-  local util = require "gauth.util"
-  local real = assert(require("gauth.http").new())
-  return {
-    request = function(_, req)
-      local _, host = util.parse_url(req.url)
-      if not host or not util.is_loopback_host(host) then
-        error("spec sent a request off loopback: " .. tostring(req.url))
-      end
-      return real:request(req)
-    end,
-    close = function() return real:close() end,
-  }
-end
+local loopback_guard = helpers.loopback_guard
 
 describe("gauth metadata server clients", function()
   local fake, env, dead

@@ -25,12 +25,7 @@ local TARGET = "target@proj.iam.gserviceaccount.com"
 local MD = "/computeMetadata/v1/"
 local q = helpers.shell_quote
 
-local function closed_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
+local closed_port = helpers.closed_port
 
 local function mkdir(p)
   assert(os.execute("mkdir -p " .. q(p)))
@@ -43,27 +38,13 @@ local function is_error(err, step)
   if step then assert.equal(step, err.step) end
 end
 
-local fast_retry = { initial = 0.001, max_delay = 0.01, jitter = false,
-                     sleep = function() end }
+local fast_retry = helpers.fast_retry()
 
 
 -- Every request of this file that goes through the default transport goes
 -- through this guard: one to anything but loopback fails the spec instead
 -- of leaving the machine.
-local function loopback_guard()
-  local util = require "gauth.util"
-  local real = assert(require("gauth.http").new())
-  return {
-    request = function(_, req)
-      local _, host = util.parse_url(req.url)
-      if not host or not util.is_loopback_host(host) then
-        error("spec sent a request off loopback: " .. tostring(req.url))
-      end
-      return real:request(req)
-    end,
-    close = function() return real:close() end,
-  }
-end
+local loopback_guard = helpers.loopback_guard
 
 describe("Application Default Credentials", function()
   local fake, sa_path, sa_info, user_path, dead

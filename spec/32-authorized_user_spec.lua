@@ -14,10 +14,7 @@ local RT = "1//gauth-test-refresh-token"
 
 local sleeps
 local function fast_retry(extra)
-  local p = { initial = 0.001, max_delay = 0.01, jitter = false,
-              sleep = function(d) sleeps[#sleeps + 1] = d end }
-  for k, v in pairs(extra or {}) do p[k] = v end
-  return p
+  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
 end
 
 local function is_error(err, step)

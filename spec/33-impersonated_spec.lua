@@ -22,10 +22,7 @@ local IAM_PATH = "/v1/projects/-/serviceAccounts/" .. TARGET .. ":generateAccess
 
 local sleeps
 local function fast_retry(extra)
-  local p = { initial = 0.001, max_delay = 0.01, jitter = false,
-              sleep = function(d) sleeps[#sleeps + 1] = d end }
-  for k, v in pairs(extra or {}) do p[k] = v end
-  return p
+  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
 end
 
 local function is_error(err, module, step)
@@ -38,20 +35,7 @@ end
 -- Every request of this file that goes through the default transport goes
 -- through this guard: one to anything but loopback fails the spec instead
 -- of leaving the machine.
-local function loopback_guard()
-  local util = require "gauth.util"
-  local real = assert(require("gauth.http").new())
-  return {
-    request = function(_, req)
-      local _, host = util.parse_url(req.url)
-      if not host or not util.is_loopback_host(host) then
-        error("spec sent a request off loopback: " .. tostring(req.url))
-      end
-      return real:request(req)
-    end,
-    close = function() return real:close() end,
-  }
-end
+local loopback_guard = helpers.loopback_guard
 
 describe("gauth.impersonated", function()
   local fake, user_file, sa_info

@@ -798,6 +798,45 @@ function helpers.curl(opts)
   return res
 end
 
+-- What the credentials and transport specs each set up ------------------------
+
+--- A loopback port with nothing listening on it (bound, then closed):
+-- connecting to it is refused at once.
+function helpers.closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+--- A retry policy for specs: retries in milliseconds, no jitter, and each
+-- delay handed to `record` (or dropped) rather than slept. `extra`'s
+-- fields go over it.
+function helpers.fast_retry(extra, record)
+  local p = { initial = 0.001, max_delay = 0.01, jitter = false,
+              sleep = record or function() end }
+  for k, v in pairs(extra or {}) do p[k] = v end
+  return p
+end
+
+--- A transport for `gauth.http.set_default` that sends what goes to a
+-- loopback host and fails the spec on anything else, so that a request
+-- meant for the fake never leaves the machine.
+function helpers.loopback_guard()
+  local util = require "gauth.util"
+  local real = assert(require("gauth.http").new())
+  return {
+    request = function(_, req)
+      local _, host = util.parse_url(req.url)
+      if not host or not util.is_loopback_host(host) then
+        error("spec sent a request off loopback: " .. tostring(req.url))
+      end
+      return real:request(req)
+    end,
+    close = function() return real:close() end,
+  }
+end
+
 --- Decode JSON (cjson.safe): value | nil, err.
 helpers.json_decode = cjson.decode
 helpers.json_encode = cjson.encode
