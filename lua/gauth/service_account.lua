@@ -343,13 +343,21 @@ local function sign(self, claims)
   return tok
 end
 
-local function grant_claims(self, iat)
+-- The claims both kinds of JWT start from: those given in opts.claims
+-- (which may replace gauth's, as in google-auth), and the account as the
+-- issuer unless they name another.
+local function own_claims(self)
   local claims = {}
   local extra = self.claims
   if extra then
     for k, v in pairs(extra) do claims[k] = v end
   end
   if claims.iss == nil then claims.iss = self.service_account_email end
+  return claims
+end
+
+local function grant_claims(self, iat)
+  local claims = own_claims(self)
   if claims.aud == nil then claims.aud = self.token_uri end
   if self.mode == "id_token" then
     claims.target_audience = self.target_audience
@@ -462,12 +470,7 @@ end
 
 local function self_signed(self)
   local iat = issued_at(self)
-  local claims = {}
-  local extra = self.claims
-  if extra then
-    for k, v in pairs(extra) do claims[k] = v end
-  end
-  if claims.iss == nil then claims.iss = self.service_account_email end
+  local claims = own_claims(self)
   if claims.sub == nil then claims.sub = self.service_account_email end
   if self.audience then
     if claims.aud == nil then claims.aud = self.audience end
