@@ -291,9 +291,7 @@ function base:with_quota_project(project)
   return o
 end
 
----------------------------------------------------------------------------
--- For the credentials modules
----------------------------------------------------------------------------
+-- For the credentials modules --------------------------------------------
 
 --- The error helpers of a credentials module, made once when it loads.
 -- `fail(step, message, fields)` returns `nil` and a `gauth.errors` object
@@ -464,9 +462,7 @@ function _M.id_token_entry(token, now)
   return { access_token = token, id_token = token, expires_at = expires_at }
 end
 
----------------------------------------------------------------------------
--- Key files (service_account, authorized_user, impersonated, adc)
----------------------------------------------------------------------------
+-- Key files (service_account, authorized_user, impersonated, adc) --------
 
 --- Files bigger than this are not credentials files (a real one is a few
 -- KiB).

@@ -181,9 +181,7 @@ function _M.credentials(opts)
   return self
 end
 
----------------------------------------------------------------------------
--- Key files
----------------------------------------------------------------------------
+-- Key files --------------------------------------------------------------
 
 local function key_error(source, field, message, fields)
   return credentials.key_error("impersonated", source, field, message, fields)
@@ -294,9 +292,7 @@ function _M.from_file(path, opts)
   return from_parsed(info, path, opts)
 end
 
----------------------------------------------------------------------------
--- generateAccessToken
----------------------------------------------------------------------------
+-- generateAccessToken ----------------------------------------------------
 
 --- Parse an RFC 3339 time ("2024-05-01T12:00:00.5Z", "...+02:00").
 -- @return epoch seconds | nil
