@@ -797,7 +797,10 @@ describe("gauth.media", function()
     -- (VmHWM) after a resumable upload, a simple upload and a download of
     -- the file must stay within a bound far below one chunk (100 MiB) or
     -- the file.
-    it("keep the peak memory flat", function()
+    -- Under AddressSanitizer freed memory sits in quarantine, so the peak
+    -- says nothing about gauth there: make asan skips this one.
+    local flat = os.getenv("GAUTH_SANITIZE") and pending or it
+    flat("keep the peak memory flat", function()
       local big = helpers.tmpname("big200")
       local out = helpers.tmpname("big200-out")
       assert(helpers.sh("head -c 200000000 /dev/urandom > " .. big))

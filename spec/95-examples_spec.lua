@@ -17,6 +17,10 @@ local function run(name, args, env)
   local parts = { "env -i", "PATH=" .. q(os.getenv("PATH")), "HOME=" .. q(home),
     "CLOUDSDK_CONFIG=" .. q(home .. "/gcloud"),
     "LUA_PATH=" .. q(package.path), "LUA_CPATH=" .. q(package.cpath) }
+  -- make asan's settings must reach the sanitizer-linked interpreter
+  for _, k in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS" }) do
+    if os.getenv(k) then parts[#parts + 1] = k .. "=" .. q(os.getenv(k)) end
+  end
   for k, v in pairs(env or {}) do parts[#parts + 1] = k .. "=" .. q(v) end
   local err = helpers.tmpname("example", ".err")
   parts[#parts + 1] = lua .. " " .. q(root .. "/examples/" .. name) .. " "
