@@ -21,6 +21,18 @@ describe("lint", function()
     assert.are.equal("", out)
   end)
 
+  run("make docs builds the reference without a warning", function()
+    local out_dir = helpers.tmpdir() .. "/doc"
+    local ok, out = helpers.sh("cd " .. root .. " && ldoc -c config.ld -d "
+      .. helpers.shell_quote(out_dir) .. " .")
+    assert.is_true(ok, out)
+    local noise = out:gsub("reading configuration from config.ld\n", "")
+                     :gsub("found master module[^\n]*\n", "")
+                     :gsub("output written to [^\n]*\n?", "")
+    assert.are.equal("", noise)
+    assert.is_not_nil(io.open(out_dir .. "/modules/gauth.service_account.html"))
+  end)
+
   run("luacheck does report a real problem (the check can fail)", function()
     local path = helpers.tmpname("lint", ".lua")
     helpers.write_file(path, "local unused = 1\nx_global = 2\n")

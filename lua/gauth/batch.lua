@@ -144,7 +144,7 @@ function _M:count()
   return #self.order
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- The wire format.
 
 -- The headers of one part's request, with the credentials of its service.
@@ -300,7 +300,7 @@ local function answer_id(cid, by_cid)
   return nil
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Executing.
 
 -- Send one batch of `ids`; fills `answers[id] = res` (a parsed part).

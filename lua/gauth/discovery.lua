@@ -145,7 +145,7 @@ local function colon_error(id)
   raise(format("gauth.discovery: %s: call it with a colon (resource:method(params))", id))
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Encoding: exactly the characters Python's urllib.parse.quote keeps.
 
 local function pct(c)
@@ -220,7 +220,7 @@ local function lua_name(name)
   return s
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Values as googleapiclient's _cast turns them into strings.
 
 local function is_int(v)
@@ -403,7 +403,7 @@ local function path_value(spec, p, v, parts)
   end
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- URLs, as googleapiclient joins them.
 
 -- urllib.parse.urljoin(root, path) for a Discovery rootUrl/servicePath.
@@ -478,7 +478,7 @@ local function redact(uri)
   return uri
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Request bodies: cjson, with two repairs. cjson writes every empty table as
 -- {} (this cjson has no empty-array marker), and 14 significant digits at
 -- most. The body is walked beside its schema; an empty table where the
@@ -577,7 +577,7 @@ local function encode_body(spec, body)
   return text
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Methods: prepared once, on first use.
 
 local KIND_QUERY, KIND_PATH, KIND_BODY, KIND_ALT, KIND_MEDIA, KIND_NONE =
@@ -635,7 +635,7 @@ local function param_desc_list(svc, mdesc)
   return all, order
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Request objects.
 
 local GZIP = "gzip, deflate"
@@ -849,7 +849,7 @@ local function prepare(svc, mdesc, mname, variant)
   return spec
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Building requests.
 
 -- The request object. `ql` is the length of the query in `uri` (kept only
@@ -1102,7 +1102,7 @@ local function next_request(spec, prev_req, prev_resp)
   return finish(spec, uri, #q, body, upath, q, abs)
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Executing.
 
 local function header(res, name)
@@ -1315,7 +1315,7 @@ function request:pages(opts)
   end
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Resources.
 
 local function new_resource(svc, desc, path)
@@ -1426,7 +1426,7 @@ resource_mt.__tostring = function(self)
          (path ~= "" and (" " .. sub(path, 1, -2)) or "")
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Services.
 
 
@@ -1547,7 +1547,7 @@ function _M.build_from_document(doc, opts)
   return new_service(doc, opts)
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Fetching documents, with an in-process and an on-disk cache.
 
 local MAX_AGE = 86400

@@ -97,7 +97,7 @@ local function copy(t)
   return out
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Keys
 
 --- Make a throwaway service-account key shaped like the JSON key files
@@ -148,7 +148,7 @@ function _M.write_key_file(path, key)
   return true
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- In-process server
 
 --- Make an in-process server (bound, not yet serving). Most callers want
@@ -202,7 +202,7 @@ end
 
 --- Serve until the process ends (or `tick` calls `self.server:stop()`).
 -- @tparam[opt] function tick called about twice a second
-function _M.run(self, tick)
+function _M:run(tick)
   self.server:run{ tick = tick }
 end
 
@@ -216,7 +216,7 @@ function _M.requests(self)
   return self.state.trace
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Foreground
 
 --- Run the emulator in the foreground until the process is killed.
@@ -275,7 +275,7 @@ function _M.serve(config)
   return true
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Child process
 
 -- The interpreter running us, so that the child loads the same ABI.

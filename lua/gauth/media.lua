@@ -119,7 +119,7 @@ local function file_size(path)
   return n
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- MIME types: Python's mimetypes (what googleapiclient guesses with): its
 -- built-in table for the common types, then /etc/mime.types over it.
 
@@ -173,7 +173,7 @@ function _M.guess_type(path)
   return MIME[lower(ext)]
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Media objects.
 
 local media_mt = { __index = {}, gauth_media = true }
@@ -276,7 +276,7 @@ media_mt.__tostring = function(self)
                 self.mime_type, self.size)
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- mediaUpload checks.
 
 local SIZE_UNITS = { KB = 10, MB = 20, GB = 30, TB = 40 }
@@ -316,7 +316,7 @@ function _M.accepts(accept, mime)
   return false
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- HTTP pieces shared with gauth.batch.
 
 --- The error object for a non-2xx answer in Google's error shape.
@@ -467,7 +467,7 @@ function _M._root_for(svc)
   return root
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Upload requests.
 
 local upload = {}
@@ -945,7 +945,7 @@ function _M.wrap_builder(build, mdesc)
   end
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Downloads.
 
 -- Copy `len` bytes (nil: to the end) of file `src` from `offset` to the

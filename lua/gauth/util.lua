@@ -20,7 +20,7 @@ local _M = { _VERSION = "0.1.0" }
 --- True when running inside nginx (lua-nginx-module / OpenResty).
 _M.is_ngx = type(ngx) == "table" and type(ngx.get_phase) == "function"
 
---- Wall-clock time in seconds, with sub-second precision.
+-- Wall-clock time in seconds, with sub-second precision.
 if _M.is_ngx then
   _M.now = function() ngx.update_time(); return ngx.now() end
 else

@@ -129,7 +129,7 @@ local CLASS = {
 
 local CONTROL = { n = 10, t = 9, r = 13, f = 12, v = 11, a = 7 }
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Parser: pattern text -> tree. Nodes:
 --   { "set", pred }   one code point satisfying pred
 --   { "lit", str }    a literal string (consecutive literal characters)
@@ -350,7 +350,7 @@ function parse_alt()
   return alts
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Compiler: tree -> function(i, k) that returns true when the node matches
 -- at byte i of S and the continuation k accepts the index after it.
 

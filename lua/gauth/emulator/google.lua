@@ -75,7 +75,7 @@ local SECRET_PARAMS = { access_token = true, oauth_token = true, key = true,
                         assertion = true, refresh_token = true,
                         client_secret = true, id_token = true }
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Small helpers
 
 --- JSON text without cjson's escaped slashes (valid either way; easier to
@@ -164,7 +164,7 @@ local function trace_claims(claims)
   return out
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Keys
 
 --- Make a fresh 2048-bit RSA private key (PKCS#8 PEM) with the openssl
@@ -307,7 +307,7 @@ function _M.normalize_accounts(config)
   return out
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Answers
 
 local function reply(status, body, ctype, headers)
@@ -373,7 +373,7 @@ local function method_not_allowed(allow)
     { Allow = allow })
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- State
 
 --- Build the emulator's state from a configuration (see `gauth.emulator`).
@@ -543,13 +543,13 @@ function _M.set_url(self, url)
   end
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Tokens
 
 --- Issue an access token for a grant.
 -- @tparam table grant `email`, `subject`, `scopes` (array), `kind`, `client_id`
 -- @return token, expires_in
-function _M.issue(self, grant)
+function _M:issue(grant)
   local now = self.now()
   self.ntokens = self.ntokens + 1
   if self.ntokens % 256 == 0 then
@@ -627,7 +627,7 @@ function _M.id_token(self, audience, email, client_id, include_email, extra)
   return jwt.encode(claims, s.key, { alg = "RS256", kid = s.kid })
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- POST /token
 
 local function request_params(req)
@@ -825,7 +825,7 @@ function _M.refresh(self, req, form, entry)
                            scope = concat(scopes, " "), token_type = "Bearer" })
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Certificates and tokeninfo
 
 function _M.certs(self, req, entry, v1)
@@ -871,7 +871,7 @@ function _M.tokeninfo(self, req, entry)
                      "Missing required parameter: access_token or id_token")
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- GCE metadata server
 
 local function md_reply(status, body, ctype)
@@ -973,7 +973,7 @@ function _M.metadata(self, req, entry)
   return md_reply(404, "Not Found\n", "text/html; charset=UTF-8")
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Discovery
 
 function _M.discovery(self, req, entry)
@@ -1021,7 +1021,7 @@ function _M.discovery(self, req, entry)
   return reply(200, doc, JSON_TYPE)
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Cloud SQL Admin API
 
 function _M.find_instance(self, project, name)
@@ -1285,7 +1285,7 @@ function _M.sql(self, req, entry, version, rest)
   end
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- The emulator's own control path (not traced)
 
 function _M.control(self, req, entry)
@@ -1305,7 +1305,7 @@ function _M.control(self, req, entry)
   return not_found(req.path)
 end
 
-------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Dispatch
 
 local function trace_query(q)

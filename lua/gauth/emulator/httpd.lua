@@ -555,7 +555,7 @@ end
 
 --- Serve until `stop()` is called (from a handler or `opts.tick`).
 -- @tparam[opt] table opts `tick` (called about twice a second)
-function _M.run(self, opts)
+function _M:run(opts)
   local tick = opts and opts.tick
   while not self.stopped do
     self:step(0.5)

@@ -329,6 +329,7 @@ end
 --- Make the shared-dict cache the process-wide default
 -- (`gauth.token_cache.set_default`): credentials made afterwards use it.
 -- @tparam[opt] string name default "gauth"
+-- @tparam[opt] table opts as for `cache`
 -- @return cache | nil, err
 function _M.install(name, opts)
   local c, err = _M.cache(name, opts)
