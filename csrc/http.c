@@ -328,6 +328,115 @@ static int has_prefix_ci(const char *s, size_t len, const char *prefix)
 }
 
 /* ------------------------------------------------------------------ */
+/* response header block -> table                                       */
+
+/* Pushes the reason phrase of the status line at the start of `p` (what
+ * Lua's "^HTTP/[%d.]+ %d+ ?([^\r\n]*)" captures; "" when it does not
+ * match). */
+static void push_reason(lua_State *L, const char *p, size_t len)
+{
+    size_t i = 5, j;
+
+    if (len < 5 || memcmp(p, "HTTP/", 5) != 0)
+        goto none;
+    j = i;
+    while (i < len && ((p[i] >= '0' && p[i] <= '9') || p[i] == '.'))
+        i++;
+    if (i == j || i >= len || p[i] != ' ')
+        goto none;
+    j = ++i;
+    while (i < len && p[i] >= '0' && p[i] <= '9')
+        i++;
+    if (i == j)
+        goto none;
+    if (i < len && p[i] == ' ')
+        i++;
+    j = i;
+    while (i < len && p[i] != '\r' && p[i] != '\n')
+        i++;
+    lua_pushlstring(L, p + j, i - j);
+    return;
+none:
+    lua_pushliteral(L, "");
+}
+
+/* Pushes a table of the header lines of the block `p`: what Lua's
+ * gmatch("\n([^:\r\n]+):[ \t]*([^\r\n]*)") finds, names in lower case
+ * (ASCII), values without trailing blanks, a repeated name's values joined
+ * with ", " in order; then the reason phrase. Allocates only Lua objects
+ * (a memory error raises and leaks nothing: `p` belongs to the caller). */
+static void push_headers(lua_State *L, const char *p, size_t len)
+{
+    const char *end = p + len, *q = p;
+    char low[256];
+
+    luaL_checkstack(L, 8, "gauth.core: http: headers");
+    lua_createtable(L, 0, 8);
+    while ((q = memchr(q, '\n', (size_t)(end - q))) != NULL) {
+        const char *name = ++q, *v, *ve;
+        size_t nlen;
+        while (q < end && *q != ':' && *q != '\r' && *q != '\n')
+            q++;
+        if (q == name || q == end || *q != ':')
+            continue;
+        nlen = (size_t)(q - name);
+        v = ++q;
+        while (v < end && (*v == ' ' || *v == '\t'))
+            v++;
+        ve = v;
+        while (ve < end && *ve != '\r' && *ve != '\n')
+            ve++;
+        q = ve;
+        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        if (nlen <= sizeof low) {
+            size_t k;
+            for (k = 0; k < nlen; k++) {
+                unsigned char c = (unsigned char)name[k];
+                low[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            }
+            lua_pushlstring(L, low, nlen);
+        } else {
+            luaL_Buffer b;
+            size_t k;
+            luaL_buffinit(L, &b);
+            for (k = 0; k < nlen; k++) {
+                unsigned char c = (unsigned char)name[k];
+                luaL_addchar(&b, (char)(c >= 'A' && c <= 'Z' ? c + 32 : c));
+            }
+            luaL_pushresult(&b);
+        }
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, v, (size_t)(ve - v));
+        } else {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, v, (size_t)(ve - v));
+            lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+    }
+    push_reason(L, p, len);
+}
+
+/***
+ * Parse a raw response header block ("HTTP/1.1 200 OK\r\nName: value\r\n
+ * ...") into {lower-case name = value} (repeated names joined with ", ").
+ * @function http_parse_headers
+ * @tparam string block
+ * @return headers, reason phrase ("" when none)
+ */
+static int l_http_parse_headers(lua_State *L)
+{
+    size_t len;
+    const char *p = luaL_checklstring(L, 1, &len);
+    push_headers(L, p, len);
+    return 2;
+}
+
+/* ------------------------------------------------------------------ */
 /* results                                                              */
 
 /* Formats "gauth.core: http: <curl text> (<code>): <detail>", releases the
@@ -523,7 +632,7 @@ static int l_perform(lua_State *L)
     long timeout_ms, connect_ms;
     double max_body, up_off, up_len;
     const char *ca_file, *accept_enc, *up_path, *down_path, *noproxy;
-    int follow;
+    int follow, parse_head;
     curl_off_t in_len = 0;
     CURLcode rc;
     long status = 0, nconn = 0;
@@ -569,6 +678,7 @@ static int l_perform(lua_State *L)
     up_len = opt_size(L, opts, "upload_length");
     down_path = opt_string(L, opts, "download_file");
     follow = opt_field(L, opts, "follow") != LUA_TNIL && lua_toboolean(L, -1);
+    parse_head = opt_field(L, opts, "parse_headers") != LUA_TNIL && lua_toboolean(L, -1);
 
     if (up_path != NULL && body != NULL)
         luaL_error(L, "gauth.core: http: body and opts.upload_file are exclusive");
@@ -751,11 +861,20 @@ static int l_perform(lua_State *L)
         h->hdrs = NULL;
     }
     lua_pushinteger(L, (lua_Integer)status);
-    lua_pushlstring(L, h->head.p ? h->head.p : "", h->head.len);
+    if (parse_head)
+        push_headers(L, h->head.p ? h->head.p : "", h->head.len);
+    else
+        lua_pushlstring(L, h->head.p ? h->head.p : "", h->head.len);
     lua_pushlstring(L, h->body.p ? h->body.p : "", h->body.len);
     lua_pushinteger(L, (lua_Integer)nconn);
     lua_pushinteger(L, (lua_Integer)h->out_written);
     request_done(h);
+    if (parse_head) {
+        /* status, headers, body, conns, written, reason */
+        lua_pushvalue(L, -4);
+        lua_remove(L, -5);
+        return 6;
+    }
     return 5;
 
 nomem:
@@ -768,6 +887,7 @@ void gauth_http_open(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"http_new", l_http_new},
         {"http_version", l_http_version},
+        {"http_parse_headers", l_http_parse_headers},
         {NULL, NULL}
     };
     static const luaL_Reg meths[] = {

@@ -673,6 +673,46 @@ describe("gauth.transport.curl", function()
       assert.same({}, h)
       assert.equal("Not Found", reason)
     end)
+
+    -- The parser is C (it runs on every response); this is the Lua it
+    -- replaced, the rule it must keep.
+    local function reference(block)
+      local headers = {}
+      for name, value in block:gmatch("\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+        name = name:lower()
+        value = value:match("^(.-)[ \t]*$")
+        headers[name] = headers[name] and headers[name] .. ", " .. value or value
+      end
+      return headers, block:match("^HTTP/[%d.]+ %d+ ?([^\r\n]*)") or ""
+    end
+
+    it("agrees with the Lua rule on odd blocks", function()
+      local long = string.rep("N", 300)
+      local blocks = {
+        "", "HTTP/1.1", "HTTP/1.1 200", "HTTP/1.1 200 OK", "HTTP/x 200 OK\r\n",
+        "HTTP/1.1 2x\r\na: b\r\n", "junk\r\nA: 1\r\n",
+        "HTTP/1.0 301  Moved  \r\nLocation:   /x \t \r\nno colon line\r\n" ..
+          ": empty name\r\nX-Empty:\r\nX-Blank: \t \r\n\tfolded: v\r\n\r\n",
+        "HTTP/1.1 200 OK\nLF-Only: yes\nSet-Cookie: a=1\nset-cookie: b=2\n\n",
+        "HTTP/1.1 200 OK\r\nCR: in\rthe: middle\r\nNUL\0name: v\0x\r\n" ..
+          long .. ": long\r\n" .. long:lower() .. ": again\r\nÉ-Ä: latin\r\n",
+        "HTTP/1.1 200 OK\r\na:b:c\r\n\r\n\r\nb: after blank\r\n",
+      }
+      local alphabet = { "\r", "\n", ":", " ", "\t", "A", "b", "HTTP/1.1 2 ", "\r\n" }
+      math.randomseed(5)
+      for _ = 1, 300 do
+        local parts = {}
+        for i = 1, math.random(0, 40) do parts[i] = alphabet[math.random(#alphabet)] end
+        blocks[#blocks + 1] = table.concat(parts)
+      end
+      for _, b in ipairs(blocks) do
+        local h, r = curl.parse_headers(b)
+        local rh, rr = reference(b)
+        assert.same(rh, h, b)
+        assert.equal(rr, r, b)
+      end
+      assert.has_error(function() curl.parse_headers(nil) end)
+    end)
   end)
 end)
 

@@ -29,10 +29,6 @@ local tostring = tostring
 local setmetatable = setmetatable
 local error = error
 local find = string.find
-local lower = string.lower
-local match = string.match
-local gmatch = string.gmatch
-local byte = string.byte
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -107,49 +103,50 @@ function _M.new(opts)
     connect_timeout = opts.connect_timeout or _M.DEFAULT_CONNECT_TIMEOUT,
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
     -- Reused for every request: one table less to allocate per call.
-    copts = {},
+    -- (parse_headers: perform() gives the headers as a table.)
+    copts = { parse_headers = true },
     hlist = {},
   }, mt)
 end
 
--- Header names seen before -> their lower-case form. Names repeat from
--- response to response, so a table lookup replaces string.lower (and its
--- string creation) on the hot path. Bounded: a server sending ever new
--- names cannot grow it without limit.
-local LOWER, lower_count = {}, 0
-local CACHE_MAX = 1024
-
 --- Parse a raw header block ("HTTP/1.1 200 OK\r\nName: value\r\n...") into
--- lower-case name = value; repeated names are joined with ", ".
+-- lower-case name = value; repeated names are joined with ", ". (In C:
+-- `request` has libcurl's answer parsed there directly, into the table.)
 -- @return headers, reason phrase
 function _M.parse_headers(block)
-  local headers = {}
-  -- The status line is first and has no "\n" before it, so the pattern
-  -- never takes it for a header.
-  for name, value in gmatch(block, "\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-    local lname = LOWER[name]
-    if not lname then
-      lname = lower(name)
-      if lower_count < CACHE_MAX then
-        LOWER[name] = lname
-        lower_count = lower_count + 1
-      end
-    end
-    local last = byte(value, -1)
-    if last == 32 or last == 9 then
-      value = match(value, "^(.-)[ \t]*$")
-    end
-    local prev = headers[lname]
-    if prev then
-      headers[lname] = prev .. ", " .. value
-    else
-      headers[lname] = value
-    end
+  if type(block) ~= "string" then
+    error("gauth.transport.curl: parse_headers: block must be a string", 2)
   end
-  local reason = match(block, "^HTTP/[%d.]+ %d+ ?([^\r\n]*)") or ""
-  return headers, reason
+  return core.http_parse_headers(block)
 end
-local parse_headers = _M.parse_headers
+
+-- "name: value" lines already made and checked, by name then value: the
+-- same headers (accept, user-agent, a token until it is refreshed) go out
+-- on request after request, so a lookup replaces a concatenation and a
+-- scan for CR/LF. String values only (1 and 1.0 are one key but two
+-- lines). Bounded: when full it starts again, so a new token is cached
+-- as the old ones were.
+local LINES, line_count = {}, 0
+local LINES_MAX = 512
+
+local function header_line(name, value)
+  local byname = LINES[name]
+  local line = byname and byname[value]
+  if line then return line end
+  if find(value, "[%z\r\n]") then return nil end
+  line = name .. ": " .. value
+  if line_count >= LINES_MAX then
+    LINES, line_count = {}, 0
+    byname = nil
+  end
+  if not byname then
+    byname = {}
+    LINES[name] = byname
+  end
+  byname[value] = line
+  line_count = line_count + 1
+  return line
+end
 
 --- Send one request.
 -- @tparam table req `method` (GET, HEAD, POST, PUT, PATCH, DELETE), `url`,
@@ -202,10 +199,11 @@ function _M:request(req)
         -- value here would make the request unparseable.
       elseif vt == "string" then
         -- A CR or LF would let a value (a token from a server, say)
-        -- inject headers.
-        if find(value, "[%z\r\n]") then bad = name end
+        -- inject headers: header_line gives nil for it.
+        local line = header_line(name, value)
+        if not line then bad = name end
         n = n + 1
-        list[n] = name .. ": " .. value
+        list[n] = line or ""
       elseif vt == "number" then
         n = n + 1
         list[n] = name .. ": " .. value
@@ -225,17 +223,17 @@ function _M:request(req)
   for i = n + 1, #list do list[i] = nil end
   if bad then return common.bad_header_value(bad) end
 
-  local status, head, rbody, conns, written = h:perform(method, url, list, body, copts)
+  local status, rheaders, rbody, conns, written, phrase =
+    h:perform(method, url, list, body, copts)
   if not status then
     -- On failure perform() returns nil, message, curl code, reason tag.
     local code, reason = rbody, conns
     local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
                      reason = reason }
     if reason == "max_body" then fields.too_large = true end
-    return fail((head:gsub("^gauth%.core: http: ", "")), fields)
+    return fail((rheaders:gsub("^gauth%.core: http: ", "")), fields)
   end
 
-  local rheaders, phrase = parse_headers(head)
   local res = { status = status, reason = phrase, headers = rheaders,
                 body = rbody, new_connections = conns, written = written }
   if copts.accept_encoding and rheaders["content-encoding"] then
