@@ -111,13 +111,10 @@ static void gbuf_trim(gbuf *b)
     }
 }
 
-/* Releases what one request allocated; safe to call at any time. */
+/* Releases what one request allocated; safe to call at any time. The
+ * header list stays for the next request (see hdrs_same). */
 static void request_done(gauth_http *h)
 {
-    if (h->hdrs != NULL) {
-        curl_slist_free_all(h->hdrs);
-        h->hdrs = NULL;
-    }
     if (h->in != NULL) {
         fclose(h->in);
         h->in = NULL;
@@ -128,6 +125,35 @@ static void request_done(gauth_http *h)
     }
     gbuf_trim(&h->body);
     gbuf_trim(&h->head);
+}
+
+/* Whether h->hdrs already holds headers[1..nh] (the table at index `t`)
+ * followed by `extra` (NULL-terminated): a client sends the same headers
+ * request after request, so the list is kept from one to the next instead
+ * of being remade (two allocations per line). Allocates nothing. */
+static int hdrs_same(lua_State *L, gauth_http *h, int t, int nh,
+                     const char *const *extra)
+{
+    struct curl_slist *n = h->hdrs;
+    int i;
+
+    for (i = 1; i <= nh; i++, n = n->next) {
+        size_t len;
+        const char *s;
+        int same;
+        if (n == NULL)
+            return 0;
+        lua_rawgeti(L, t, i);
+        s = lua_tolstring(L, -1, &len);
+        same = strlen(n->data) == len && memcmp(n->data, s, len) == 0;
+        lua_pop(L, 1);
+        if (!same)
+            return 0;
+    }
+    for (; *extra != NULL; extra++, n = n->next)
+        if (n == NULL || strcmp(n->data, *extra) != 0)
+            return 0;
+    return n == NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -579,6 +605,10 @@ static int l_close(lua_State *L)
 {
     gauth_http *h = luaL_checkudata(L, 1, GAUTH_HTTP_MT);
     request_done(h);
+    if (h->hdrs != NULL) {
+        curl_slist_free_all(h->hdrs);
+        h->hdrs = NULL;
+    }
     free(h->body.p);
     free(h->head.p);
     memset(&h->body, 0, sizeof h->body);
@@ -740,28 +770,35 @@ static int l_perform(lua_State *L)
         h->out_start = end;
     }
 
-    for (i = 1; i <= nh; i++) {
-        struct curl_slist *n;
-        lua_rawgeti(L, 4, i);
-        n = curl_slist_append(h->hdrs, lua_tostring(L, -1));
-        lua_pop(L, 1);
-        if (n == NULL)
-            goto nomem;
-        h->hdrs = n;
-    }
-    if (sends_body) {
-        struct curl_slist *n;
-        /* A 1 s stall waiting for "100 Continue" buys nothing here. */
-        if (has_body && !has_expect) {
-            if ((n = curl_slist_append(h->hdrs, "Expect:")) == NULL)
-                goto nomem;
-            h->hdrs = n;
-        }
-        /* libcurl would label a POST body form-urlencoded. */
-        if (!has_ctype) {
-            if ((n = curl_slist_append(h->hdrs, "Content-Type:")) == NULL)
-                goto nomem;
-            h->hdrs = n;
+    {
+        /* After the caller's lines: a 1 s stall waiting for "100 Continue"
+         * buys nothing here ("Expect:"); libcurl would label a POST body
+         * form-urlencoded ("Content-Type:"). */
+        const char *extra[3];
+        int k = 0;
+        if (sends_body && has_body && !has_expect)
+            extra[k++] = "Expect:";
+        if (sends_body && !has_ctype)
+            extra[k++] = "Content-Type:";
+        extra[k] = NULL;
+        if (!hdrs_same(L, h, 4, nh, extra)) {
+            if (h->hdrs != NULL) {
+                curl_slist_free_all(h->hdrs);
+                h->hdrs = NULL;
+            }
+            for (i = 1; i <= nh + k; i++) {
+                struct curl_slist *n;
+                if (i <= nh) {
+                    lua_rawgeti(L, 4, i);
+                    n = curl_slist_append(h->hdrs, lua_tostring(L, -1));
+                    lua_pop(L, 1);
+                } else {
+                    n = curl_slist_append(h->hdrs, extra[i - nh - 1]);
+                }
+                if (n == NULL)
+                    goto nomem;
+                h->hdrs = n;
+            }
         }
     }
 
@@ -854,12 +891,8 @@ static int l_perform(lua_State *L)
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 
-    /* Free the temporaries first; the buffers belong to h, so a memory
-     * error while pushing them leaks nothing. */
-    if (h->hdrs != NULL) {
-        curl_slist_free_all(h->hdrs);
-        h->hdrs = NULL;
-    }
+    /* The buffers belong to h, so a memory error while pushing them leaks
+     * nothing. */
     lua_pushinteger(L, (lua_Integer)status);
     if (parse_head)
         push_headers(L, h->head.p ? h->head.p : "", h->head.len);

@@ -251,7 +251,14 @@ function base:apply(headers)
   end
   local tok, err = self:token()
   if not tok then return nil, err end
-  headers.authorization = "Bearer " .. tok
+  -- The same token goes out call after call: its header value is made
+  -- once per token.
+  local bearer = self._bearer
+  if bearer == nil or self._bearer_token ~= tok then
+    bearer = "Bearer " .. tok
+    self._bearer, self._bearer_token = bearer, tok
+  end
+  headers.authorization = bearer
   local qp = self.quota_project
   if qp then headers["x-goog-user-project"] = qp end
   return headers

@@ -648,16 +648,18 @@ local request = {}
 -- execute() makes the headers of each attempt from the same constants, so
 -- a request that is only sent never needs a table of its own for them.
 local function make_headers(spec, has_body)
-  local h = {
+  -- Every key the table may get is named here, nil or not, so that it is
+  -- made with room for them all (credentials add authorization): no
+  -- rehash on the way.
+  return {
     accept = spec.accept,
     ["accept-encoding"] = GZIP,
     ["user-agent"] = spec.user_agent,
     ["x-goog-api-client"] = API_CLIENT,
+    ["x-goog-user-project"] = spec.quota_project,
+    ["content-type"] = has_body and "application/json" or nil,
+    authorization = nil,
   }
-  local qp = spec.quota_project
-  if qp then h["x-goog-user-project"] = qp end
-  if has_body then h["content-type"] = "application/json" end
-  return h
 end
 
 local function request_metatable(spec)

@@ -104,7 +104,7 @@ function _M.new(opts)
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
     -- Reused for every request: one table less to allocate per call.
     -- (parse_headers: perform() gives the headers as a table.)
-    copts = { parse_headers = true },
+    copts = { parse_headers = true, noproxy = NOPROXY },
     hlist = {},
   }, mt)
 end
@@ -177,7 +177,6 @@ function _M:request(req)
   copts.connect_timeout = req.connect_timeout or self.connect_timeout
   copts.max_body = req.max_body or self.max_body
   copts.ca_file = self.ca_file
-  copts.noproxy = NOPROXY
   copts.follow = req.follow_redirects and true or false
   copts.upload_file = req.upload_file
   copts.upload_offset = req.upload_offset
@@ -200,7 +199,8 @@ function _M:request(req)
       elseif vt == "string" then
         -- A CR or LF would let a value (a token from a server, say)
         -- inject headers: header_line gives nil for it.
-        local line = header_line(name, value)
+        local byname = LINES[name]
+        local line = byname and byname[value] or header_line(name, value)
         if not line then bad = name end
         n = n + 1
         list[n] = line or ""
