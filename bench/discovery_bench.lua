@@ -25,11 +25,12 @@
 local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
 local root = here .. "/.."
 package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
+local luav = jit and "5.1" or _VERSION:match("%d+%.%d+")
+package.cpath = root .. "/build/" .. luav .. "/?.so;" .. package.cpath
 
 local cjson = require "cjson"
 local discovery = require "gauth.discovery"
 
-local luav = jit and "5.1" or _VERSION:match("%d+%.%d+")
 local interp = jit and "luajit" or ("lua" .. luav)
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS")) or 2
 local clock = os.clock  -- CPU time: the work here is all CPU

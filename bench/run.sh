@@ -16,7 +16,14 @@ ratio() { # label numerator denominator goal
       r = a / b; printf "  %-44s %10.3f  (%s %s / %s %s; goal %s)\n", l, r, na, a, nb, b, g }'
   fi
 }
-run() { "$@" 2>"$dir/err" | tee -a "$dir/all.txt" | sed 's/^/  /' || { echo "  failed: $*"; tail -5 "$dir/err"; }; }
+run() {
+  "$@" >"$dir/out" 2>"$dir/err"; rc=$?
+  cat "$dir/out" >>"$dir/all.txt"; sed 's/^/  /' "$dir/out"
+  if [ $rc -ne 0 ]; then
+    echo "  FAILED (exit $rc): $*"; tail -5 "$dir/err" | sed 's/^/    /'; failures=$((failures + 1))
+  fi
+}
+failures=0
 
 echo "== RS256 signing (issue 2)"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rsa.pem" 2>/dev/null
@@ -31,7 +38,7 @@ echo "== token refresh (issue 3) against nginx at $NGINX_URL"
 for lua in lua5.4 luajit; do run $lua bench/token_bench.lua "$NGINX_URL" "$NGINX_CA"; done
 run $PY bench/token_ref.py "$NGINX_URL" "$NGINX_CA"
 for lua in lua5.4 luajit; do
-  ratio "refresh keep-alive ($lua) / google-auth" "refresh_keepalive_$lua" google_auth_refresh ">= 1.4"
+  ratio "refresh keep-alive ($lua) / google-auth" "token_refresh_keepalive_$lua" google_auth_refresh ">= 1.4"
 done
 
 echo "== discovery (issue 5)"
@@ -52,3 +59,4 @@ fi
 [ -f bench/media_bench.sh ] && { echo "== media (issue 6)"; run sh bench/media_bench.sh; }
 echo "== all figures"
 cat "$dir/all.txt" | sed 's/^/  /'
+[ "$failures" -eq 0 ] || { echo "bench: $failures benchmark(s) failed"; exit 1; }
