@@ -468,15 +468,8 @@ local function join_absolute(spec, base, url)
   return urlunsplit(scheme, netloc, path, query, frag)
 end
 
--- Hide credentials that may sit in a URI's query (an API key) before the
--- URI goes into an error message.
-local function redact(uri)
-  if type(uri) ~= "string" then return uri end
-  uri = gsub(uri, "([?&]key=)[^&#]*", "%1REDACTED")
-  uri = gsub(uri, "([?&]access_token=)[^&#]*", "%1REDACTED")
-  uri = gsub(uri, "([?&]oauth_token=)[^&#]*", "%1REDACTED")
-  return uri
-end
+-- Credentials that may sit in a URI's query go before it enters an error.
+local redact = errors.redact_uri
 
 -- ------------------------------------------------------------------------
 -- Request bodies: cjson, with two repairs. cjson writes every empty table as
@@ -1107,54 +1100,9 @@ end
 -- ------------------------------------------------------------------------
 -- Executing.
 
-local function header(res, name)
-  local h = res.headers
-  return h and h[name]
-end
-
 -- The error object for a non-2xx response.
 local function http_error(spec, req, res)
-  local status = res.status
-  local body = res.body
-  local fields = { status = status, body = body, uri = redact(req.uri) }
-  local message
-  local decoded = type(body) == "string" and body ~= "" and json_decode(body)
-  if type(decoded) == "table" and decoded[1] ~= nil then decoded = decoded[1] end
-  local e = type(decoded) == "table" and decoded.error
-  if type(e) == "table" then
-    if type(e.message) == "string" then message = e.message end
-    local list = e.errors
-    local first = type(list) == "table" and list[1]
-    if type(first) == "table" and type(first.reason) == "string" then
-      fields.reason = first.reason
-    elseif type(e.status) == "string" then
-      fields.reason = e.status
-    end
-    fields.details = e.details or e.errors
-  elseif type(e) == "string" then
-    -- OAuth-style {"error": "invalid_grant", "error_description": ...}
-    fields.reason = e
-    if type(decoded.error_description) == "string" then
-      message = decoded.error_description
-    end
-  end
-  message = message or (res.reason and res.reason ~= "" and res.reason)
-            or ("HTTP " .. tostring(status))
-  -- One line when printed: Google's messages may run over several (the
-  -- text as sent stays in err.body).
-  if find(message, "[\r\n]") then
-    message = gsub(gsub(message, "%s*[\r\n]+%s*", " "), "^ +", "")
-  end
-  local retryable = status >= 500 or status == 429
-  if status == 403 then
-    retryable = fields.reason == "rateLimitExceeded" or fields.reason == "userRateLimitExceeded"
-  end
-  fields.retryable = retryable
-  local ra = header(res, "retry-after")
-  if ra ~= nil then
-    fields.retry_after = require("gauth.retry").parse_retry_after(ra)
-  end
-  return errors.new("discovery", spec.id, message, fields)
+  return errors.from_response("discovery", spec.id, res, req.uri)
 end
 
 local function copy(t)

@@ -9,6 +9,7 @@ local tostring = tostring
 local type = type
 local pairs = pairs
 local concat = table.concat
+local json_decode = require("cjson.safe").decode
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -73,6 +74,73 @@ function _M.wrap(module, step, err, fields)
   -- "gauth.core: step: detail" -> keep only the detail
   msg = msg:gsub("^gauth%.[%w_]+: ", "")
   return _M.new(module, step, msg, fields)
+end
+
+local gsub, find = string.gsub, string.find
+
+--- Hide the secrets a URI may carry in its query (an API key, a token, a
+-- resumable upload's id) before it goes into an error.
+-- @tparam string uri
+-- @treturn string the URI with those values replaced by REDACTED
+function _M.redact_uri(uri)
+  if type(uri) ~= "string" then return uri end
+  uri = gsub(uri, "([?&]key=)[^&#]*", "%1REDACTED")
+  uri = gsub(uri, "([?&]access_token=)[^&#]*", "%1REDACTED")
+  uri = gsub(uri, "([?&]oauth_token=)[^&#]*", "%1REDACTED")
+  uri = gsub(uri, "([?&]upload_id=)[^&#]*", "%1REDACTED")
+  return uri
+end
+
+--- The error object for a non-2xx answer of a Google API: `status`,
+-- `reason` (Google's `error.errors[1].reason`, else `error.status`, else an
+-- OAuth `error`), `message` (Google's `error.message`, on one line; the body
+-- as sent stays in `body`), `details`, `body`, `uri` (redacted),
+-- `retryable` (5xx, 408, 429, and 403 rate limits) and `retry_after`.
+-- @tparam string module
+-- @tparam string step
+-- @tparam table res the transport's answer (`status`, `headers`, `body`, `reason`)
+-- @tparam[opt] string uri the request's URI
+-- @return the error object
+function _M.from_response(module, step, res, uri)
+  local status, body = res.status, res.body
+  local fields = { status = status, body = body, uri = _M.redact_uri(uri) }
+  local message
+  local decoded = type(body) == "string" and body ~= "" and json_decode(body)
+  if type(decoded) == "table" and decoded[1] ~= nil then decoded = decoded[1] end
+  local e = type(decoded) == "table" and decoded.error
+  if type(e) == "table" then
+    if type(e.message) == "string" then message = e.message end
+    local first = type(e.errors) == "table" and e.errors[1]
+    if type(first) == "table" and type(first.reason) == "string" then
+      fields.reason = first.reason
+    elseif type(e.status) == "string" then
+      fields.reason = e.status
+    end
+    fields.details = e.details or e.errors
+  elseif type(e) == "string" then
+    -- OAuth-style {"error": "invalid_grant", "error_description": ...}
+    fields.reason = e
+    if type(decoded.error_description) == "string" then
+      message = decoded.error_description
+    end
+  end
+  message = message or (res.reason and res.reason ~= "" and res.reason)
+            or ("HTTP " .. tostring(status))
+  -- One line when printed: Google's messages may run over several.
+  if find(message, "[\r\n]") then
+    message = gsub(gsub(message, "%s*[\r\n]+%s*", " "), "^ +", "")
+  end
+  local retryable = status >= 500 or status == 429 or status == 408
+  if status == 403 then
+    retryable = fields.reason == "rateLimitExceeded" or fields.reason == "userRateLimitExceeded"
+  end
+  fields.retryable = retryable
+  local ra = res.headers and res.headers["retry-after"]
+  if ra ~= nil then
+    -- loaded here: gauth.retry itself makes errors
+    fields.retry_after = require("gauth.retry").parse_retry_after(ra)
+  end
+  return _M.new(module, step, message, fields)
 end
 
 _M.mt = mt

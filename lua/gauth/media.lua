@@ -95,14 +95,7 @@ local function fail(step, message, fields)
   return nil, errors.new("media", step, message, fields)
 end
 
--- Hide an API key or token in a query before a URI goes into an error.
-local function redact(uri)
-  if type(uri) ~= "string" then return uri end
-  uri = gsub(uri, "([?&]key=)[^&#]*", "%1REDACTED")
-  uri = gsub(uri, "([?&]access_token=)[^&#]*", "%1REDACTED")
-  uri = gsub(uri, "([?&]upload_id=)[^&#]*", "%1REDACTED")
-  return uri
-end
+local redact = errors.redact_uri
 _M._redact = redact
 
 local function random_hex(n)
@@ -319,40 +312,11 @@ end
 -- ------------------------------------------------------------------------
 -- HTTP pieces shared with gauth.batch.
 
---- The error object for a non-2xx answer in Google's error shape.
+--- The error object for a non-2xx answer in Google's error shape (see
+-- `gauth.errors.from_response`).
 -- @local
 function _M._http_error(module, step, uri, res)
-  local status, body = res.status, res.body
-  local fields = { status = status, body = body, uri = redact(uri) }
-  local message
-  local decoded = type(body) == "string" and body ~= "" and util.json_decode(body)
-  if type(decoded) == "table" and decoded[1] ~= nil then decoded = decoded[1] end
-  local e = type(decoded) == "table" and decoded.error
-  if type(e) == "table" then
-    if type(e.message) == "string" then message = e.message end
-    local first = type(e.errors) == "table" and e.errors[1]
-    if type(first) == "table" and type(first.reason) == "string" then
-      fields.reason = first.reason
-    elseif type(e.status) == "string" then
-      fields.reason = e.status
-    end
-    fields.details = e.details or e.errors
-  elseif type(e) == "string" then
-    fields.reason = e
-    if type(decoded.error_description) == "string" then
-      message = decoded.error_description
-    end
-  end
-  message = message or (res.reason and res.reason ~= "" and res.reason)
-            or ("HTTP " .. tostring(status))
-  local retryable = status >= 500 or status == 429 or status == 408
-  if status == 403 then
-    retryable = fields.reason == "rateLimitExceeded" or fields.reason == "userRateLimitExceeded"
-  end
-  fields.retryable = retryable
-  local ra = res.headers and res.headers["retry-after"]
-  if ra ~= nil then fields.retry_after = retry.parse_retry_after(ra) end
-  return errors.new(module, step, message, fields)
+  return errors.from_response(module, step, res, uri)
 end
 local http_error = _M._http_error
 

@@ -1,0 +1,98 @@
+-- gauth.errors: the one error object, and Google's HTTP error shapes.
+local errors = require "gauth.errors"
+local cjson = require "cjson"
+
+describe("gauth.errors", function()
+  it("makes an object whose fields are API and which prints as one line", function()
+    local e = errors.new("service_account", "token request", "connection refused",
+      { retryable = true })
+    assert.is_true(errors.is(e))
+    assert.are.equal("service_account", e.module)
+    assert.are.equal("token request", e.step)
+    assert.are.equal("connection refused", e.message)
+    assert.is_true(e.retryable)
+    assert.are.equal("gauth.service_account: token request: connection refused", tostring(e))
+    assert.are.equal("x: gauth.service_account: token request: connection refused", "x: " .. e)
+  end)
+
+  it("adds the HTTP status, reason and URI to the line", function()
+    local e = errors.new("discovery", "sql.instances.get", "not there",
+      { status = 404, reason = "notFound", uri = "https://h/p" })
+    assert.are.equal("gauth.discovery: sql.instances.get: not there (HTTP 404 notFound) [https://h/p]",
+      tostring(e))
+  end)
+
+  it("tells its objects from anything else", function()
+    assert.is_false(errors.is("gauth.x: y: z"))
+    assert.is_false(errors.is({ module = "x" }))
+    assert.is_false(errors.is(nil))
+  end)
+
+  it("wraps a core string and an error object, keeping the fields", function()
+    local w = errors.wrap("jwt", "load key", "gauth.core: load private key: truncated PEM")
+    assert.are.equal("gauth.jwt: load key: load private key: truncated PEM", tostring(w))
+    local inner = errors.new("http", "request", "timed out", { retryable = true, curl_code = 28 })
+    local w2 = errors.wrap("oauth", "token request", inner)
+    assert.are.equal("gauth.oauth: token request: request: timed out", tostring(w2))
+    assert.is_true(w2.retryable)
+    assert.are.equal(28, w2.curl_code)
+    assert.are.equal(inner, w2.cause)
+  end)
+
+  it("redacts keys, tokens and upload ids in URIs", function()
+    assert.are.equal("https://h/p?key=REDACTED&x=1&access_token=REDACTED#f",
+      errors.redact_uri("https://h/p?key=AIzaSecret&x=1&access_token=ya29.t#f"))
+    assert.are.equal("https://h/u?upload_id=REDACTED&oauth_token=REDACTED",
+      errors.redact_uri("https://h/u?upload_id=abc&oauth_token=t"))
+    assert.are.equal("https://h/p?monkey=1", errors.redact_uri("https://h/p?monkey=1"))
+    assert.is_nil(errors.redact_uri(nil))
+  end)
+
+  describe("from_response", function()
+    local function res(status, body, headers, reason)
+      return { status = status, body = type(body) == "table" and cjson.encode(body) or body,
+               headers = headers or {}, reason = reason }
+    end
+
+    it("reads Google's error shape", function()
+      local e = errors.from_response("discovery", "x.get", res(403, { error = {
+        code = 403, message = "Quota\n  exceeded", status = "PERMISSION_DENIED",
+        errors = { { reason = "rateLimitExceeded", message = "m" } } } },
+        { ["retry-after"] = "7" }), "https://h/p?key=k")
+      assert.are.equal(403, e.status)
+      assert.are.equal("rateLimitExceeded", e.reason)
+      assert.are.equal("Quota exceeded", e.message)
+      assert.is_true(e.retryable)
+      assert.are.equal(7, e.retry_after)
+      assert.are.equal("https://h/p?key=REDACTED", e.uri)
+      assert.are.equal("m", e.details[1].message)
+      assert.matches("Quota\\n", e.body, 1, true)
+    end)
+
+    it("takes error.status when there is no reason, and refuses to retry other 403s", function()
+      local e = errors.from_response("m", "s", res(403, { error = { message = "no",
+        status = "PERMISSION_DENIED" } }))
+      assert.are.equal("PERMISSION_DENIED", e.reason)
+      assert.is_false(e.retryable)
+    end)
+
+    it("reads the OAuth shape", function()
+      local e = errors.from_response("m", "s", res(400, { error = "invalid_grant",
+        error_description = "Invalid JWT Signature." }))
+      assert.are.equal("invalid_grant", e.reason)
+      assert.are.equal("Invalid JWT Signature.", e.message)
+      assert.is_false(e.retryable)
+    end)
+
+    it("falls back to the status line for a body that is not JSON", function()
+      local e = errors.from_response("m", "s", res(502, "<html>bad gateway</html>", nil, "Bad Gateway"))
+      assert.are.equal("Bad Gateway", e.message)
+      assert.is_true(e.retryable)
+      e = errors.from_response("m", "s", res(500, ""))
+      assert.are.equal("HTTP 500", e.message)
+      assert.is_true(errors.from_response("m", "s", res(429, "")).retryable)
+      assert.is_true(errors.from_response("m", "s", res(408, "")).retryable)
+      assert.is_false(errors.from_response("m", "s", res(404, "")).retryable)
+    end)
+  end)
+end)
