@@ -11,6 +11,7 @@ When both ports listen it writes {"port", "control_port", "pid", "url"} as
 JSON to the ready file (tmp file + rename). SIGTERM/SIGINT: exit 0 at once.
 --parent-pid: exit when that process is gone. Nothing goes to stdout; errors
 of the fake itself go to stderr. spec/helpers.lua wraps all of this.
+Options, TLS, the ready file and serving: spec/support/fake_common.py.
 
 Main port (HTTPS when --cert; HTTP/1.1, keep-alive, always Content-Length;
 every answer has a Date header shifted by clock_offset):
@@ -117,32 +118,31 @@ input):
   GET /health    {"ok": true}
 """
 
-import argparse
 import base64
 import copy
 import datetime
 import email.utils
 import hashlib
-import itertools
 import json
 import os
 import re
-import signal
 import socket
-import socketserver
-import ssl
 import sys
 import threading
 import time
 import traceback
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_common import (  # noqa: E402  (found through the line above)
+    QUIET_ERRORS, STOP, FakeServer, QuietHandler, Recorder, arg_parser,
+    exit_now, iter_chunked, log_err, serve, tls_context, url_of)
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_BODY = 64 * 1024 * 1024
@@ -158,20 +158,6 @@ MSG_UNAUTHENTICATED = (
     "token, login cookie or other valid authentication credential. See "
     "https://developers.google.com/identity/sign-in/web/devconsole-project."
 )
-
-# Connection-level failures are the client's business, not errors of the fake.
-QUIET_ERRORS = (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError,
-                BrokenPipeError)
-
-STOP = threading.Event()
-
-
-def log_err(msg):
-    try:
-        sys.stderr.write("fake_google: %s\n" % msg)
-        sys.stderr.flush()
-    except Exception:
-        pass
 
 
 def default_config():
@@ -270,15 +256,14 @@ class Signer:
         return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
 
-class State:
+class State(Recorder):
     """Everything the control port changes; one lock guards it all."""
 
     def __init__(self, base_url, signing_key=None):
-        self.base_url = base_url
         # Reentrant: a helper holding it may call another (e.g. now()).
-        self.lock = threading.RLock()
+        Recorder.__init__(self, threading.RLock())
+        self.base_url = base_url
         self.signer = Signer(signing_key)
-        self.conn_ids = itertools.count(1)
         self.reset()
 
     def reset(self):
@@ -373,65 +358,11 @@ class State:
                     return r
         return None
 
-    def record(self, rec):
-        with self.lock:
-            self.records.append(rec)
 
-
-class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, addr, handler, state, ssl_ctx=None):
-        self.address_family = (socket.AF_INET6 if ":" in addr[0]
-                               else socket.AF_INET)
-        self.state = state
-        self.ssl_ctx = ssl_ctx
-        HTTPServer.__init__(self, addr, handler)
-
-    def server_bind(self):
-        # HTTPServer.server_bind calls getfqdn(), a DNS lookup: skip it.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = self.server_address[0]
-        self.server_port = self.server_address[1]
-
-    def finish_request(self, request, client_address):
-        # The TLS handshake runs here, in the connection's thread, so a slow
-        # or failing client never blocks accept().
-        conn = request
-        try:
-            if self.ssl_ctx is not None:
-                request.settimeout(10)
-                conn = self.ssl_ctx.wrap_socket(request, server_side=True)
-            self.RequestHandlerClass(conn, client_address, self)
-        except QUIET_ERRORS:
-            pass
-        finally:
-            if conn is not request:
-                try:
-                    conn.close()
-                except OSError:
-                    pass
-
-    def handle_error(self, request, client_address):
-        exc = sys.exc_info()[1]
-        if isinstance(exc, QUIET_ERRORS):
-            return
-        log_err("error serving %r:\n%s" % (client_address,
-                                            traceback.format_exc()))
-
-
-class BaseHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class BaseHandler(QuietHandler):
     server_version = "ESF"
-    sys_version = ""
     # Idle keep-alive connections are closed after this many seconds.
     timeout = 120
-
-    def log_message(self, fmt, *args):
-        pass
 
     def date_time_string(self, timestamp=None):
         if timestamp is None:
@@ -442,21 +373,11 @@ class BaseHandler(BaseHTTPRequestHandler):
         te = (self.headers.get("Transfer-Encoding") or "").lower()
         if "chunked" in te:
             parts, total = [], 0
-            while True:
-                line = self.rfile.readline(65537)
-                if not line:
-                    raise ConnectionError("eof in chunked body")
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n",
-                                                             b""):
-                        pass
-                    break
-                total += size
+            for b in iter_chunked(self.rfile, MAX_BODY):
+                total += len(b)
                 if total > MAX_BODY:
                     raise ValueError("body too large")
-                parts.append(self.rfile.read(size))
-                self.rfile.readline(3)
+                parts.append(b)
             return b"".join(parts)
         n = int(self.headers.get("Content-Length") or 0)
         if n < 0 or n > MAX_BODY:
@@ -638,7 +559,7 @@ class MainHandler(BaseHandler):
 
     def setup(self):
         BaseHandler.setup(self)
-        self.conn_id = next(self.server.state.conn_ids)
+        self.conn_id = self.server.state.next_conn_id()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -1079,89 +1000,23 @@ class MainHandler(BaseHandler):
             "access_type": "online"})
 
 
-def write_ready(path, data):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.rename(tmp, path)
-
-
-def parent_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--control-port", type=int, default=0)
-    ap.add_argument("--cert")
-    ap.add_argument("--key")
-    ap.add_argument("--ready-file", required=True)
+    ap = arg_parser(__doc__)
     ap.add_argument("--signing-key",
                     help="PEM RSA key for the fake's own signatures; made "
                     "and written there when missing")
-    ap.add_argument("--parent-pid", type=int, default=0,
-                    help="exit when this process is gone")
     ap.add_argument("--max-lifetime", type=float, default=0,
                     help="exit after this many seconds (0: never)")
     args = ap.parse_args()
 
-    ctx = None
-    if args.cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(args.cert, args.key)
-        ctx.set_alpn_protocols(["http/1.1"])
-
     # The state needs the base URL, known once the port is bound.
-    main_srv = FakeServer((args.host, args.port), MainHandler, None, ctx)
-    port = main_srv.server_address[1]
-    host = "[%s]" % args.host if ":" in args.host else args.host
-    base_url = "%s://%s:%d" % ("https" if ctx else "http", host, port)
-    state = State(base_url, args.signing_key)
-    main_srv.state = state
+    main_srv = FakeServer((args.host, args.port), MainHandler, None,
+                          tls_context(args.cert, args.key))
+    main_srv.state = State(url_of(args.host, main_srv), args.signing_key)
     ctl_srv = FakeServer(("127.0.0.1", args.control_port), ControlHandler,
-                         state)
-
-    def on_signal(signum, frame):
-        STOP.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    threads = []
-    for srv in (main_srv, ctl_srv):
-        t = threading.Thread(target=srv.serve_forever, kwargs={
-            "poll_interval": 0.1}, daemon=True)
-        t.start()
-        threads.append(t)
-
-    write_ready(args.ready_file, {"port": port,
-                                  "control_port": ctl_srv.server_address[1],
-                                  "pid": os.getpid(), "url": base_url})
-    started = time.time()
-    while not STOP.wait(0.25):
-        if args.parent_pid and not parent_alive(args.parent_pid):
-            break
-        if args.max_lifetime and time.time() - started > args.max_lifetime:
-            log_err("max lifetime reached, exiting")
-            break
-    STOP.set()
-    sys.stderr.flush()
-    # Serving and handler threads are daemons: a hung handler must not delay
-    # the exit, and the kernel closes every open connection.
-    os._exit(0)
+                         main_srv.state)
+    serve(main_srv, ctl_srv, args, args.max_lifetime)
+    exit_now()
 
 
 if __name__ == "__main__":

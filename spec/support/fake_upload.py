@@ -11,6 +11,7 @@ When both ports listen it writes {"port", "control_port", "pid", "url"} to
 the ready file (tmp file + rename). SIGTERM/SIGINT: exit at once.
 --no-digest (for benchmarks): uploaded bodies are not hashed (md5Hash and
 sha256 are then ""), so the fake spends as little as it can per byte.
+Options, TLS, the ready file and serving: spec/support/fake_common.py.
 
 Main port (HTTPS with --cert; HTTP/1.1 keep-alive; bodies streamed to and
 from disk, so a 1 GiB transfer costs the fake no memory):
@@ -82,39 +83,29 @@ Control port (plain HTTP, 127.0.0.1, JSON):
   GET /health
 """
 
-import argparse
 import base64
 import email.parser
 import email.policy
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import signal
 import socket
-import socketserver
-import ssl
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, HTTPServer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_common import (  # noqa: E402  (found through the line above)
+    QUIET_ERRORS, FakeServer, QuietHandler, Recorder, arg_parser, exit_now,
+    iter_chunked, log_err, serve, tls_context)
 
 BLOCK = 1 << 20
 MAX_MEMORY_BODY = 64 << 20   # batch and multipart bodies are parsed in memory
-STOP = threading.Event()
-QUIET_ERRORS = (ConnectionError, BrokenPipeError, TimeoutError,
-                socket.timeout, ssl.SSLError, OSError)
-
-
-def log_err(msg):
-    sys.stderr.write("fake_upload: %s\n" % msg)
-    sys.stderr.flush()
 
 
 def google_error(code, status, message, reason=None):
@@ -129,12 +120,11 @@ class Dropped(Exception):
     """The handler closed the connection on purpose (an injected drop)."""
 
 
-class State:
+class State(Recorder):
     def __init__(self, data_dir, digest=True):
-        self.lock = threading.Lock()
+        Recorder.__init__(self)
         self.data_dir = data_dir
         self.digest = digest
-        self.conn_seq = 0
         self.reset()
 
     def reset(self):
@@ -174,10 +164,6 @@ class State:
                 return r
         return None
 
-    def record(self, rec):
-        with self.lock:
-            self.records.append(rec)
-
     def find_object(self, key):
         with self.lock:
             o = self.objects.get(key)
@@ -212,67 +198,20 @@ def file_digests(path):
     return size, base64.b64encode(md5.digest()).decode(), sha.hexdigest()
 
 
-class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, addr, handler, state, ssl_ctx=None):
-        self.address_family = (socket.AF_INET6 if ":" in addr[0]
-                               else socket.AF_INET)
-        self.state = state
-        self.ssl_ctx = ssl_ctx
-        HTTPServer.__init__(self, addr, handler)
-
-    def server_bind(self):
-        # HTTPServer.server_bind calls getfqdn(), a DNS lookup: skip it.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = self.server_address[0]
-        self.server_port = self.server_address[1]
-
-    def finish_request(self, request, client_address):
-        conn = request
-        try:
-            if self.ssl_ctx is not None:
-                request.settimeout(10)
-                conn = self.ssl_ctx.wrap_socket(request, server_side=True)
-                conn.settimeout(None)
-            self.RequestHandlerClass(conn, client_address, self)
-        except QUIET_ERRORS:
-            pass
-        finally:
-            if conn is not request:
-                try:
-                    conn.close()
-                except OSError:
-                    pass
-
-    def handle_error(self, request, client_address):
-        exc = sys.exc_info()[1]
-        if isinstance(exc, QUIET_ERRORS):
-            return
-        log_err("error serving %r:\n%s" % (client_address,
-                                            traceback.format_exc()))
+class UploadServer(FakeServer):
+    # A client may drop a transfer at any point: none of that is an error.
+    quiet_errors = QUIET_ERRORS + (OSError,)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(QuietHandler):
     server_version = "UploadServer"
-    sys_version = ""
     timeout = 120
     # Large socket buffers: the bench measures the client, not this.
     rbufsize = BLOCK
 
-    def log_message(self, fmt, *args):
-        pass
-
     def setup(self):
-        BaseHTTPRequestHandler.setup(self)
-        st = self.server.state
-        with st.lock:
-            st.conn_seq += 1
-            self.conn_id = st.conn_seq
+        QuietHandler.setup(self)
+        self.conn_id = self.server.state.next_conn_id()
 
     # -- plumbing --------------------------------------------------------
 
@@ -337,22 +276,7 @@ class Handler(BaseHTTPRequestHandler):
                     left_limit -= len(b)
                 yield b
             return
-        while True:
-            line = self.rfile.readline(65537)
-            if not line:
-                raise ConnectionError("eof in chunked body")
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass
-                return
-            while size > 0:
-                b = self.rfile.read(min(BLOCK, size))
-                if not b:
-                    raise ConnectionError("eof in chunked body")
-                size -= len(b)
-                yield b
-            self.rfile.readline(3)
+        yield from iter_chunked(self.rfile, BLOCK)
 
     def read_body(self, cap=MAX_MEMORY_BODY):
         parts, total = [], 0
@@ -1013,11 +937,7 @@ class Handler(BaseHTTPRequestHandler):
                 "req_headers": hdrs, "body_bytes": body}
 
 
-class ControlHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):
-        pass
+class ControlHandler(QuietHandler):
 
     def reply(self, status, obj):
         data = json.dumps(obj).encode()
@@ -1095,78 +1015,26 @@ class ControlHandler(BaseHTTPRequestHandler):
         return self.reply(404, {"error": "unknown control path"})
 
 
-def write_ready(path, data):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.rename(tmp, path)
-
-
-def parent_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--control-port", type=int, default=0)
-    ap.add_argument("--cert")
-    ap.add_argument("--key")
-    ap.add_argument("--ready-file", required=True)
+    ap = arg_parser(__doc__)
     ap.add_argument("--data-dir")
-    ap.add_argument("--parent-pid", type=int, default=0)
     ap.add_argument("--no-digest", action="store_true")
     args = ap.parse_args()
-
-    ctx = None
-    if args.cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(args.cert, args.key)
-        ctx.set_alpn_protocols(["http/1.1"])
 
     own_dir = args.data_dir is None
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="fake-upload-")
     os.makedirs(data_dir, exist_ok=True)
     state = State(data_dir, digest=not args.no_digest)
-    main_srv = FakeServer((args.host, args.port), Handler, state, ctx)
-    ctl_srv = FakeServer(("127.0.0.1", args.control_port), ControlHandler, state)
-    port = main_srv.server_address[1]
-    host = "[%s]" % args.host if ":" in args.host else args.host
-    url = "%s://%s:%d" % ("https" if ctx else "http", host, port)
-
-    def on_signal(signum, frame):
-        STOP.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for srv in (main_srv, ctl_srv):
-        threading.Thread(target=srv.serve_forever,
-                         kwargs={"poll_interval": 0.1}, daemon=True).start()
-    write_ready(args.ready_file, {"port": port,
-                                  "control_port": ctl_srv.server_address[1],
-                                  "pid": os.getpid(), "url": url})
-    while not STOP.wait(0.25):
-        if args.parent_pid and not parent_alive(args.parent_pid):
-            break
-    STOP.set()
+    main_srv = UploadServer((args.host, args.port), Handler, state,
+                            tls_context(args.cert, args.key))
+    ctl_srv = UploadServer(("127.0.0.1", args.control_port), ControlHandler,
+                           state)
+    serve(main_srv, ctl_srv, args)
     if own_dir:
         shutil.rmtree(data_dir, ignore_errors=True)
     else:
         state.reset()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now()
 
 
 if __name__ == "__main__":
