@@ -13,10 +13,7 @@ local S1 = "https://www.googleapis.com/auth/sqlservice.admin"
 local S2 = "https://www.googleapis.com/auth/devstorage.read_only"
 
 -- Retries in milliseconds, and every sleep recorded rather than slept.
-local sleeps
-local function fast_retry(extra)
-  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
-end
+local sleeps, fast_retry = helpers.recorded_retry()
 
 local closed_port = helpers.closed_port
 
@@ -54,7 +51,7 @@ describe("gauth.service_account", function()
   end)
 
   before_each(function()
-    sleeps = {}
+    helpers.clear(sleeps)
     for _, f in ipairs({ fake, plain }) do
       f:reset()
       f:config({ public_keys = { [info.kid] = info.public_pem } })

@@ -9,7 +9,6 @@ local metadata = require "gauth.metadata"
 local ce = require "gauth.compute_engine"
 local ae = require "gauth.app_engine"
 local token_cache = require "gauth.token_cache"
-local errors = require "gauth.errors"
 local socket = require "socket"
 local cjson_null = require("cjson.safe").null
 
@@ -20,10 +19,7 @@ local MD = "/computeMetadata/v1/"
 local TOKEN_PATH = MD .. "instance/service-accounts/default/token"
 local IDENTITY_PATH = MD .. "instance/service-accounts/default/identity"
 
-local sleeps
-local function fast_retry(extra)
-  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
-end
+local sleeps, fast_retry = helpers.recorded_retry()
 
 local closed_port = helpers.closed_port
 
@@ -37,34 +33,24 @@ local function no_network()
   return t
 end
 
-local function is_error(err, module, step)
-  assert.truthy(errors.is(err), "not a gauth error: " .. tostring(err))
-  if module then assert.equal(module, err.module) end
-  if step then assert.equal(step, err.step) end
-end
-
-
--- Every request of this file that goes through the default transport goes
--- through this guard: one to anything but loopback fails the spec instead
--- of leaving the machine.
-local loopback_guard = helpers.loopback_guard
+local is_error = helpers.assert_gauth_error
 
 describe("gauth metadata server clients", function()
   local fake, env, dead
 
   lazy_setup(function()
-    require("gauth.http").set_default(loopback_guard())
+    helpers.install_loopback_guard()  -- nothing leaves loopback
     fake = helpers.start_fake({ tls = false })
     dead = "127.0.0.1:" .. closed_port()
   end)
 
   lazy_teardown(function()
     fake:stop()
-    require("gauth.http").set_default(nil)
+    helpers.remove_loopback_guard()
   end)
 
   before_each(function()
-    sleeps = {}
+    helpers.clear(sleeps)
     fake:reset()
     metadata.reset()
     env = { GCE_METADATA_HOST = fake.host_port, GCE_METADATA_IP = fake.host_port }

@@ -13,14 +13,10 @@ local adc = require "gauth.adc"
 local gauth = require "gauth"
 local metadata = require "gauth.metadata"
 local token_cache = require "gauth.token_cache"
-local errors = require "gauth.errors"
 local socket = require "socket"
 local cjson = require "cjson.safe"
 
 local S1 = "https://www.googleapis.com/auth/sqlservice.admin"
-local CLIENT = "gauth-test-client.apps.googleusercontent.com"
-local SECRET = "gauth-test-secret"
-local RT = "1//gauth-test-refresh-token"
 local TARGET = "target@proj.iam.gserviceaccount.com"
 local MD = "/computeMetadata/v1/"
 local q = helpers.shell_quote
@@ -33,24 +29,16 @@ local function mkdir(p)
 end
 
 local function is_error(err, step)
-  assert.truthy(errors.is(err), "not a gauth error: " .. tostring(err))
-  assert.equal("adc", err.module)
-  if step then assert.equal(step, err.step) end
+  helpers.assert_gauth_error(err, "adc", step)
 end
 
 local fast_retry = helpers.fast_retry()
-
-
--- Every request of this file that goes through the default transport goes
--- through this guard: one to anything but loopback fails the spec instead
--- of leaving the machine.
-local loopback_guard = helpers.loopback_guard
 
 describe("Application Default Credentials", function()
   local fake, sa_path, sa_info, user_path, dead
 
   lazy_setup(function()
-    require("gauth.http").set_default(loopback_guard())
+    helpers.install_loopback_guard()  -- nothing leaves loopback
     fake = helpers.start_fake({ tls = false })
     sa_path, sa_info = helpers.make_service_account_file({ token_uri = fake.token_uri,
                                                            project_id = "sa-project" })
@@ -60,12 +48,12 @@ describe("Application Default Credentials", function()
 
   lazy_teardown(function()
     fake:stop()
-    require("gauth.http").set_default(nil)
+    helpers.remove_loopback_guard()
   end)
 
   before_each(function()
     fake:reset()
-    fake:config({ refresh_tokens = { [RT] = { client_id = CLIENT, client_secret = SECRET } },
+    fake:config({ refresh_tokens = helpers.user_refresh_tokens(),
                   public_keys = { [sa_info.kid] = sa_info.public_pem } })
     metadata.reset()
   end)

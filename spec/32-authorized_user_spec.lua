@@ -3,24 +3,16 @@
 local helpers = require "helpers"
 local au = require "gauth.authorized_user"
 local token_cache = require "gauth.token_cache"
-local errors = require "gauth.errors"
 local socket = require "socket"
 
 local S1 = "https://www.googleapis.com/auth/cloud-platform"
 local S2 = "https://www.googleapis.com/auth/userinfo.email"
-local CLIENT = "gauth-test-client.apps.googleusercontent.com"
-local SECRET = "gauth-test-secret"
-local RT = "1//gauth-test-refresh-token"
+local CLIENT, SECRET, RT = helpers.USER.client_id, helpers.USER.client_secret, helpers.USER.refresh_token
 
-local sleeps
-local function fast_retry(extra)
-  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
-end
+local sleeps, fast_retry = helpers.recorded_retry()
 
 local function is_error(err, step)
-  assert.truthy(errors.is(err), "not a gauth error: " .. tostring(err))
-  assert.equal("authorized_user", err.module)
-  if step then assert.equal(step, err.step) end
+  helpers.assert_gauth_error(err, "authorized_user", step)
 end
 
 local function no_secret(s)
@@ -44,10 +36,10 @@ describe("gauth.authorized_user", function()
   end)
 
   before_each(function()
-    sleeps = {}
+    helpers.clear(sleeps)
     for _, f in ipairs({ fake, plain }) do
       f:reset()
-      f:config({ refresh_tokens = { [RT] = { client_id = CLIENT, client_secret = SECRET } } })
+      f:config({ refresh_tokens = helpers.user_refresh_tokens() })
     end
   end)
 

@@ -5,43 +5,26 @@ local helpers = require "helpers"
 local imp = require "gauth.impersonated"
 local au = require "gauth.authorized_user"
 local token_cache = require "gauth.token_cache"
-local errors = require "gauth.errors"
 local socket = require "socket"
 local cjson_null = require("cjson.safe").null
 
 local S1 = "https://www.googleapis.com/auth/devstorage.read_only"
 local S2 = "https://www.googleapis.com/auth/sqlservice.admin"
 local CP = "https://www.googleapis.com/auth/cloud-platform"
-local CLIENT = "gauth-test-client.apps.googleusercontent.com"
-local SECRET = "gauth-test-secret"
-local RT = "1//gauth-test-refresh-token"
 local TARGET = "target@proj.iam.gserviceaccount.com"
 local D1 = "d1@proj.iam.gserviceaccount.com"
 local D2 = "projects/-/serviceAccounts/d2@proj.iam.gserviceaccount.com"
 local IAM_PATH = "/v1/projects/-/serviceAccounts/" .. TARGET .. ":generateAccessToken"
 
-local sleeps
-local function fast_retry(extra)
-  return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
-end
+local sleeps, fast_retry = helpers.recorded_retry()
 
-local function is_error(err, module, step)
-  assert.truthy(errors.is(err), "not a gauth error: " .. tostring(err))
-  assert.equal(module, err.module)
-  if step then assert.equal(step, err.step) end
-end
-
-
--- Every request of this file that goes through the default transport goes
--- through this guard: one to anything but loopback fails the spec instead
--- of leaving the machine.
-local loopback_guard = helpers.loopback_guard
+local is_error = helpers.assert_gauth_error
 
 describe("gauth.impersonated", function()
   local fake, user_file, sa_info
 
   lazy_setup(function()
-    require("gauth.http").set_default(loopback_guard())
+    helpers.install_loopback_guard()  -- nothing leaves loopback
     fake = helpers.start_fake({ tls = false })
     user_file = helpers.make_authorized_user_file({ extra = { token_uri = fake.token_uri } })
     local _
@@ -50,13 +33,13 @@ describe("gauth.impersonated", function()
 
   lazy_teardown(function()
     fake:stop()
-    require("gauth.http").set_default(nil)
+    helpers.remove_loopback_guard()
   end)
 
   before_each(function()
-    sleeps = {}
+    helpers.clear(sleeps)
     fake:reset()
-    fake:config({ refresh_tokens = { [RT] = { client_id = CLIENT, client_secret = SECRET } },
+    fake:config({ refresh_tokens = helpers.user_refresh_tokens(),
                   public_keys = { [sa_info.kid] = sa_info.public_pem } })
   end)
 
@@ -214,7 +197,7 @@ describe("gauth.impersonated", function()
       assert.is_string(tok)
       assert.equal(2, #iam_requests())
       fake:reset()
-      fake:config({ refresh_tokens = { [RT] = { client_id = CLIENT, client_secret = SECRET } } })
+      fake:config({ refresh_tokens = helpers.user_refresh_tokens() })
       fake:script(IAM_PATH, { { status = 401, body = { error = { code = 401,
         status = "UNAUTHENTICATED", message = "expired" } } } })
       local c = assert(new())

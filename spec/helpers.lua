@@ -660,16 +660,31 @@ function helpers.make_service_account_file(opts)
   }
 end
 
+--- The OAuth client and refresh token of make_authorized_user_file's
+-- default file: `client_id, client_secret, refresh_token`.
+helpers.USER = {
+  client_id = "gauth-test-client.apps.googleusercontent.com",
+  client_secret = "gauth-test-secret",
+  refresh_token = "1//gauth-test-refresh-token",
+}
+
+--- The fake's `refresh_tokens` setting that accepts helpers.USER's refresh
+-- token from its client.
+function helpers.user_refresh_tokens()
+  local u = helpers.USER
+  return { [u.refresh_token] = { client_id = u.client_id, client_secret = u.client_secret } }
+end
+
 --- Write an authorized_user JSON file (as `gcloud auth application-default
--- login` does). opts: client_id, client_secret, refresh_token,
--- quota_project_id, extra, omit, path. Returns path, data.
+-- login` does). opts: client_id, client_secret, refresh_token (default
+-- helpers.USER's), quota_project_id, extra, omit, path. Returns path, data.
 function helpers.make_authorized_user_file(opts)
   opts = opts or {}
   local data = {
     type = "authorized_user",
-    client_id = opts.client_id or "gauth-test-client.apps.googleusercontent.com",
-    client_secret = opts.client_secret or "gauth-test-secret",
-    refresh_token = opts.refresh_token or "1//gauth-test-refresh-token",
+    client_id = opts.client_id or helpers.USER.client_id,
+    client_secret = opts.client_secret or helpers.USER.client_secret,
+    refresh_token = opts.refresh_token or helpers.USER.refresh_token,
     quota_project_id = opts.quota_project_id,
     universe_domain = "googleapis.com",
   }
@@ -819,6 +834,32 @@ function helpers.fast_retry(extra, record)
   return p
 end
 
+--- A fast_retry (above) whose sleeps are appended to a list: returns the
+-- list and a function(extra) that makes such policies. Empty the list with
+-- helpers.clear(list) before each test.
+function helpers.recorded_retry()
+  local sleeps = {}
+  local function fast_retry(extra)
+    return helpers.fast_retry(extra, function(d) sleeps[#sleeps + 1] = d end)
+  end
+  return sleeps, fast_retry
+end
+
+--- Empty a table in place (for lists that closures hold on to).
+function helpers.clear(t)
+  for k in pairs(t) do t[k] = nil end
+  return t
+end
+
+--- Assert that err is a gauth error (gauth.errors.is) and, when given, that
+-- it comes from `module` at `step`.
+function helpers.assert_gauth_error(err, module, step)
+  local check = require "luassert"  -- busted's `assert` is not global here
+  check.truthy(require("gauth.errors").is(err), "not a gauth error: " .. tostring(err))
+  if module then check.equal(module, err.module) end
+  if step then check.equal(step, err.step) end
+end
+
 --- A transport for `gauth.http.set_default` that sends what goes to a
 -- loopback host and fails the spec on anything else, so that a request
 -- meant for the fake never leaves the machine.
@@ -835,6 +876,19 @@ function helpers.loopback_guard()
     end,
     close = function() return real:close() end,
   }
+end
+
+--- Put loopback_guard() behind gauth.http's default transport (in a
+-- lazy_setup; undo with remove_loopback_guard in the lazy_teardown): every
+-- request of the file that goes through the default transport is checked,
+-- and one to anything but loopback fails the spec instead of leaving the
+-- machine.
+function helpers.install_loopback_guard()
+  require("gauth.http").set_default(helpers.loopback_guard())
+end
+
+function helpers.remove_loopback_guard()
+  require("gauth.http").set_default(nil)
 end
 
 --- Decode JSON (cjson.safe): value | nil, err.
