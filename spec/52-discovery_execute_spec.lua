@@ -33,13 +33,13 @@ end
 local docs = {}
 local function shared_doc(name)
   if docs[name] then return docs[name] end
-  local path, msg = helpers.shared_discovery(name)
-  if not path then
+  local text, msg = helpers.shared_discovery_doc(name)
+  if not text then
     pending(msg)
     return nil
   end
-  docs[name] = assert(helpers.read_file(path))
-  return docs[name]
+  docs[name] = text
+  return text
 end
 
 local function google_error(code, status, message, reason, extra)

@@ -14,11 +14,6 @@ local testing = require "gauth.testing"
 
 local KiB, MiB = 1024, 1024 * 1024
 
-local function shared(name)
-  local path = helpers.shared_discovery(name)
-  return path and assert(helpers.read_file(path)), path
-end
-
 -- Bytes that differ from chunk to chunk (a misplaced range shows).
 local function pattern(n, seed)
   local out, block = {}, {}
@@ -51,9 +46,9 @@ local function no_sleep(list)
 end
 
 describe("gauth.media", function()
-  local DRIVE, DRIVE_PATH = shared("drive.v3.json")
-  local STORAGE, STORAGE_PATH = shared("storage.v1.json")
-  local BIGQUERY, BIGQUERY_PATH = shared("bigquery.v2.json")
+  local DRIVE, DRIVE_PATH = helpers.shared_discovery_doc("drive.v3.json")
+  local STORAGE, STORAGE_PATH = helpers.shared_discovery_doc("storage.v1.json")
+  local BIGQUERY, BIGQUERY_PATH = helpers.shared_discovery_doc("bigquery.v2.json")
   if not (DRIVE and STORAGE and BIGQUERY) then
     it("needs ../shared/discovery", function()
       pending("../shared/discovery (drive.v3, storage.v1, bigquery.v2) not found")
@@ -72,12 +67,11 @@ describe("gauth.media", function()
 
   lazy_setup(function()
     srv = fake_upload.start{ tls = true }
-    http = assert(require("gauth.transport.curl").new{ ca_file = srv.ca_file })
+    http = srv:transport()
   end)
 
   lazy_teardown(function()
-    if http then http:close() end
-    if srv then srv:stop() end
+    if srv then srv:stop() end  -- closes http too
   end)
 
   before_each(function()

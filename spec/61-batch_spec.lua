@@ -13,16 +13,14 @@ local media = require "gauth.media"
 local testing = require "gauth.testing"
 
 describe("gauth.batch", function()
-  local DRIVE_PATH = helpers.shared_discovery("drive.v3.json")
-  local STORAGE_PATH = helpers.shared_discovery("storage.v1.json")
-  if not (DRIVE_PATH and STORAGE_PATH) then
+  local DRIVE = helpers.shared_discovery_doc("drive.v3.json")
+  local STORAGE = helpers.shared_discovery_doc("storage.v1.json")
+  if not (DRIVE and STORAGE) then
     it("needs ../shared/discovery", function()
       pending("../shared/discovery (drive.v3, storage.v1) not found")
     end)
     return
   end
-  local DRIVE = assert(helpers.read_file(DRIVE_PATH))
-  local STORAGE = assert(helpers.read_file(STORAGE_PATH))
 
   local srv, http, creds, drive
 
@@ -39,12 +37,11 @@ describe("gauth.batch", function()
 
   lazy_setup(function()
     srv = fake_upload.start{ tls = true }
-    http = assert(require("gauth.transport.curl").new{ ca_file = srv.ca_file })
+    http = srv:transport()
   end)
 
   lazy_teardown(function()
-    if http then http:close() end
-    if srv then srv:stop() end
+    if srv then srv:stop() end  -- closes http too
   end)
 
   before_each(function()

@@ -282,6 +282,13 @@ function helpers.shared_discovery(name)
     .. " skipping"):format(name)
 end
 
+--- Text and path of `../shared/discovery/<name>`, or nil, msg (see above).
+function helpers.shared_discovery_doc(name)
+  local path, msg = helpers.shared_discovery(name)
+  if not path then return nil, msg end
+  return assert(helpers.read_file(path)), path
+end
+
 -- The fake Google server -----------------------------------------------------
 
 local Server = {}

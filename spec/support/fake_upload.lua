@@ -5,7 +5,8 @@
 --   local srv = fake_upload.start{ tls = true }
 --   srv:inject{ { on = "chunk", skip = 1, drop_after = 100000 } }
 --   ... srv:requests{ kind = "chunk" } ... srv:object(id) ...
---   srv:stop()
+--   local http = srv:transport()   -- libcurl, trusting the fake's CA
+--   srv:stop()                     -- closes that transport too
 --
 -- The fake exits by itself when this Lua process is gone (--parent-pid).
 -- Harness failures raise.
@@ -132,10 +133,21 @@ end
 
 function Server:log() return helpers.read_file(self.log_file) or "" end
 
---- Stop the fake (SIGTERM, then SIGKILL). Idempotent.
+--- A gauth.transport.curl transport that trusts the fake's CA (made once;
+-- closed by stop()).
+function Server:transport()
+  if not self.http then
+    self.http = assert(require("gauth.transport.curl").new{ ca_file = self.ca_file })
+  end
+  return self.http
+end
+
+--- Stop the fake (SIGTERM, then SIGKILL) and close its transport().
+-- Idempotent.
 function Server:stop()
   if self.stopped then return end
   self.stopped = true
+  if self.http then self.http:close() end
   os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
   local deadline = socket.gettime() + 5
   while helpers.process_alive(self.pid) and socket.gettime() < deadline do
