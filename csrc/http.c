@@ -55,9 +55,34 @@ typedef struct {
     size_t len, cap;
 } gbuf;
 
+/* What the options libcurl holds were last set for. A request that
+ * matches in everything but the URL, the header list, the body and the
+ * numbers below skips curl_easy_reset and the full setup (see l_perform). */
+typedef struct {
+    int valid;              /* 0: the next request resets and sets all */
+    int midx;               /* index in methods[] */
+    int mode;               /* MODE_* */
+    int down;               /* download_file: BUFFERSIZE set */
+    int https;              /* REDIR_PROTOCOLS */
+    int follow;             /* FOLLOWLOCATION + MAXREDIRS */
+    long timeout_ms;        /* 0: none (libcurl's default) */
+    long connect_ms;        /* 0: none (libcurl's default) */
+    curl_off_t maxfs;       /* MAXFILESIZE_LARGE; 0: none (the default) */
+    char *ca_file;          /* copies; NULL: not set */
+    char *noproxy;
+    char *accept_enc;
+} gauth_setup;
+
+enum {
+    MODE_NONE = 0,          /* no body: GET, HEAD, DELETE */
+    MODE_MEM,               /* POST + POSTFIELDS (a body or "") */
+    MODE_FILE               /* POST + READFUNCTION (upload_file) */
+};
+
 typedef struct {
     CURL *curl;
     struct curl_slist *hdrs;
+    gauth_setup set;        /* what curl's options were set for */
     gbuf body;              /* body of the response being received */
     gbuf head;              /* its header block */
     FILE *in;               /* opts.upload_file */
@@ -125,6 +150,33 @@ static void request_done(gauth_http *h)
     }
     gbuf_trim(&h->body);
     gbuf_trim(&h->head);
+}
+
+/* ------------------------------------------------------------------ */
+/* the options kept from one request to the next                        */
+
+static void setup_forget(gauth_setup *st)
+{
+    free(st->ca_file);
+    free(st->noproxy);
+    free(st->accept_enc);
+    memset(st, 0, sizeof *st);
+}
+
+static int str_same(const char *kept, const char *s)
+{
+    return kept == NULL ? s == NULL : s != NULL && strcmp(kept, s) == 0;
+}
+
+/* Keeps a copy of `s` in *slot; 0 when out of memory. */
+static int str_keep(char **slot, const char *s)
+{
+    free(*slot);
+    *slot = NULL;
+    if (s == NULL)
+        return 1;
+    *slot = strdup(s);
+    return *slot != NULL;
 }
 
 /* Whether h->hdrs already holds headers[1..nh] (the table at index `t`)
@@ -609,6 +661,7 @@ static int l_close(lua_State *L)
         curl_slist_free_all(h->hdrs);
         h->hdrs = NULL;
     }
+    setup_forget(&h->set);
     free(h->body.p);
     free(h->head.p);
     memset(&h->body, 0, sizeof h->body);
@@ -666,7 +719,9 @@ static int l_perform(lua_State *L)
     curl_off_t in_len = 0;
     CURLcode rc;
     long status = 0, nconn = 0;
-    const char *https;
+    int mode, https;
+    curl_off_t maxfs;
+    gauth_setup *ks;
 
     if (strlen(url) != url_len)
         luaL_argerror(L, 3, "URL contains a NUL byte");
@@ -802,88 +857,131 @@ static int l_perform(lua_State *L)
         }
     }
 
-    /* Start from libcurl's defaults each time: nothing of the previous
-     * request (its body, NOBODY, method) leaks into this one. The reset
-     * keeps live connections, TLS sessions and the DNS cache. */
-    curl_easy_reset(c);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    https = (url_len >= 8 && strncasecmp(url, "https://", 8) == 0) ? "https" : NULL;
+    mode = h->in != NULL ? MODE_FILE : sends_body ? MODE_MEM : MODE_NONE;
+    https = url_len >= 8 && strncasecmp(url, "https://", 8) == 0;
+    maxfs = h->max_body != 0 && h->out == NULL ? (curl_off_t)h->max_body : 0;
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    if (connect_ms < 0)
+        connect_ms = 0;
+    ks = &h->set;
+    if (ks->valid && ks->midx == midx && ks->mode == mode &&
+        ks->down == (h->out != NULL) && ks->https == https &&
+        ks->follow == follow && str_same(ks->ca_file, ca_file) &&
+        str_same(ks->noproxy, noproxy) && str_same(ks->accept_enc, accept_enc)) {
+        /* The same kind of request as the last one: its options stand,
+         * only what differs is set again (all of these take 0 for
+         * libcurl's default). */
+        if (ks->timeout_ms != timeout_ms)
+            curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+        if (ks->connect_ms != connect_ms)
+            curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+        if (ks->maxfs != maxfs)
+            curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, maxfs);
+    } else {
+        /* Another kind: start from libcurl's defaults, so nothing of the
+         * previous request (its body, NOBODY, method, CA, redirects)
+         * leaks into this one. The reset keeps live connections, TLS
+         * sessions and the DNS cache. */
+        curl_easy_reset(c);
+        curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 #if LIBCURL_VERSION_NUM >= 0x075500
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    /* A redirect never downgrades https to http. */
-    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+        /* A redirect never downgrades https to http. */
+        curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
 #else
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS,
-                     https ? (long)CURLPROTO_HTTPS : (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+        curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS,
+                         https ? (long)CURLPROTO_HTTPS : (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (ca_file != NULL) {
-        /* An explicit bundle is the whole trust: no system directory. */
-        curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
-        curl_easy_setopt(c, CURLOPT_CAPATH, (char *)NULL);
-    }
-    if (noproxy != NULL)
-        curl_easy_setopt(c, CURLOPT_NOPROXY, noproxy);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->hdrs);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, h);
-    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-    if (timeout_ms >= 0)
-        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    if (connect_ms >= 0)
-        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-    if (follow) {
-        curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-        curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
-    }
-    if (accept_enc != NULL)
-        curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, accept_enc);
-    if (h->max_body != 0 && h->out == NULL)
-        /* Refuses early on a Content-Length past the cap; on_body catches
-         * the rest (chunked, or larger once decoded). */
-        curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)h->max_body);
-    if (h->out != NULL)
-        curl_easy_setopt(c, CURLOPT_BUFFERSIZE, (long)STREAM_BUF);
-
-    if (midx == 1) {
-        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    } else if (sends_body) {
-        /* POST carries the body for every method (CUSTOMREQUEST renames
-         * it); an absent body on POST/PUT/PATCH is sent as
-         * Content-Length: 0, which Google's front ends require. */
-        curl_easy_setopt(c, CURLOPT_POST, 1L);
-        if (h->in != NULL) {
-            curl_easy_setopt(c, CURLOPT_READFUNCTION, on_read);
-            curl_easy_setopt(c, CURLOPT_READDATA, h);
-            curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, on_seek);
-            curl_easy_setopt(c, CURLOPT_SEEKDATA, h);
-            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, in_len);
-            curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, (long)STREAM_BUF);
-        } else {
-            /* The Lua string stays on the stack, so libcurl may point into
-             * it without a copy. */
-            curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-            curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+        if (ca_file != NULL) {
+            /* An explicit bundle is the whole trust: no system directory. */
+            curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);
+            curl_easy_setopt(c, CURLOPT_CAPATH, (char *)NULL);
         }
-        if (midx != 2)
+        if (noproxy != NULL)
+            curl_easy_setopt(c, CURLOPT_NOPROXY, noproxy);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, h);
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+        if (timeout_ms != 0)
+            curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+        if (connect_ms != 0)
+            curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+        if (follow) {
+            curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+            curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+        }
+        if (accept_enc != NULL)
+            curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, accept_enc);
+        if (maxfs != 0)
+            /* Refuses early on a Content-Length past the cap; on_body
+             * catches the rest (chunked, or larger once decoded). */
+            curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, maxfs);
+        if (h->out != NULL)
+            curl_easy_setopt(c, CURLOPT_BUFFERSIZE, (long)STREAM_BUF);
+        if (midx == 1) {
+            curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+        } else if (sends_body) {
+            /* POST carries the body for every method (CUSTOMREQUEST
+             * renames it); an absent body on POST/PUT/PATCH is sent as
+             * Content-Length: 0, which Google's front ends require. */
+            curl_easy_setopt(c, CURLOPT_POST, 1L);
+            if (mode == MODE_FILE) {
+                curl_easy_setopt(c, CURLOPT_READFUNCTION, on_read);
+                curl_easy_setopt(c, CURLOPT_READDATA, h);
+                curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, on_seek);
+                curl_easy_setopt(c, CURLOPT_SEEKDATA, h);
+                curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, (long)STREAM_BUF);
+            }
+            if (midx != 2)
+                curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+        } else if (midx == 5) {
             curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    } else if (midx == 5) {
-        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+        }
+        /* Remembered only when all of it could be kept. */
+        ks->valid = str_keep(&ks->ca_file, ca_file) &&
+                    str_keep(&ks->noproxy, noproxy) &&
+                    str_keep(&ks->accept_enc, accept_enc);
+        ks->midx = midx;
+        ks->mode = mode;
+        ks->down = h->out != NULL;
+        ks->https = https;
+        ks->follow = follow;
+    }
+    ks->timeout_ms = timeout_ms;
+    ks->connect_ms = connect_ms;
+    ks->maxfs = maxfs;
+
+    /* Set for every request. */
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->hdrs);
+    if (mode == MODE_FILE) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, in_len);
+    } else if (mode == MODE_MEM) {
+        /* The Lua string stays on the stack, so libcurl may point into it
+         * without a copy. */
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
     }
 
     rc = curl_easy_perform(c);
-    /* Drop pointers into Lua strings and into h->hdrs right away. */
+    /* Drop pointers into Lua strings and into h->hdrs right away. (Only
+     * on a POSTFIELDS request: setting it, even to NULL, makes a POST.) */
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, (char *)NULL);
+    if (mode == MODE_MEM)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, (char *)NULL);
     curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &nconn);
-    if (rc != CURLE_OK)
+    if (rc != CURLE_OK) {
+        /* After a failure the next request starts from the defaults. */
+        ks->valid = 0;
         return push_failure(L, h, rc);
+    }
     if (h->out != NULL && fflush(h->out) != 0) {
         h->saved_errno = errno;
         h->why = WHY_WRITE;

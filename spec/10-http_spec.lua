@@ -170,6 +170,103 @@ describe("gauth.core Http", function()
     h:close()
   end)
 
+  it("keeps nothing of one kind of request in the next on one handle", function()
+    -- perform() sets only what changed when a request is of the same kind
+    -- as the one before, and starts from libcurl's defaults otherwise:
+    -- every switch here is checked by what the server received.
+    local path = helpers.write_file(helpers.tmpname("kinds"), "file body")
+    local h = core.http_new()
+    local base = { ca_file = certs.ca_file, timeout = 5 }
+    local function opts(extra)
+      local o = {}
+      for k, v in pairs(base) do o[k] = v end
+      for k, v in pairs(extra or {}) do o[k] = v end
+      return o
+    end
+    local seq = {
+      { "GET", nil, { accept_encoding = "gzip" }, { "X-First: 1" } },
+      { "GET", nil, nil, nil },                  -- accept_encoding dropped
+      { "GET", nil, nil, nil },                  -- same kind again
+      { "HEAD", nil, nil, nil },
+      { "GET", nil, nil, nil },                  -- a body again after HEAD
+      { "POST", "payload", nil, nil },
+      { "POST", "two", nil, nil },               -- same kind, another body
+      { "PUT", nil, { upload_file = path }, nil },
+      { "PUT", nil, { upload_file = path, upload_offset = 5 }, nil },
+      { "DELETE", nil, nil, nil },
+      { "PATCH", nil, nil, nil },                -- no body: Content-Length: 0
+      { "GET", nil, nil, nil },
+      { "GET", nil, nil, nil },
+    }
+    for i = 1, #seq do fake:script("/k" .. i, { status = 200, body = "answer" .. i }) end
+    for i, r in ipairs(seq) do
+      local status, _, body = h:perform(r[1], fake.url .. "/k" .. i, r[4], r[2], opts(r[3]))
+      assert.equal(200, status, "request " .. i)
+      assert.equal(r[1] == "HEAD" and "" or "answer" .. i, body, "request " .. i)
+    end
+    local function got(i) return fake:requests("/k" .. i)[1] end
+    for i, r in ipairs(seq) do
+      assert.equal(r[1], got(i).method, "request " .. i)
+    end
+    assert.equal("gzip", got(1).headers["accept-encoding"])
+    assert.equal("1", got(1).headers["x-first"])
+    for _, i in ipairs({ 2, 3, 4, 5, 12, 13 }) do
+      local q = got(i)
+      assert.is_nil(q.headers["accept-encoding"], "request " .. i)
+      assert.is_nil(q.headers["x-first"], "request " .. i)
+      assert.is_nil(q.headers["content-length"], "request " .. i)
+      assert.is_nil(q.headers["content-type"], "request " .. i)
+      assert.equal("", q.body, "request " .. i)
+    end
+    assert.equal("payload", got(6).body)
+    assert.equal("two", got(7).body)
+    assert.equal("3", got(7).headers["content-length"])
+    assert.equal("file body", got(8).body)
+    assert.equal("body", got(9).body)
+    assert.equal("4", got(9).headers["content-length"])
+    assert.equal("", got(10).body)
+    assert.is_nil(got(10).headers["content-length"])
+    assert.equal("", got(11).body)
+    assert.equal("0", got(11).headers["content-length"])
+    h:close()
+  end)
+
+  it("overwrites timeouts, max_body and redirects between requests of one kind", function()
+    local h = core.http_new()
+    local ca = certs.ca_file
+    fake:script("/t1", { status = 200, body = "one" })
+    fake:script("/t2", { status = 200, body = "two", delay = 0.6 })
+    fake:script("/t3", { status = 200, body = "three", delay = 0.6 })
+    assert.equal(200, (h:perform("GET", fake.url .. "/t1", nil, nil, { ca_file = ca, timeout = 0.3 })))
+    -- The 0.3 s limit is gone once the next request has none.
+    local status, _, body = h:perform("GET", fake.url .. "/t2", nil, nil, { ca_file = ca })
+    assert.equal(200, status)
+    assert.equal("two", body)
+    local res, _, code = h:perform("GET", fake.url .. "/t3", nil, nil, { ca_file = ca, timeout = 0.3 })
+    assert.is_nil(res)
+    assert.equal(28, code)
+    -- max_body is set, then lifted.
+    fake:script("/m1", { status = 200, body = "small" })
+    fake:script("/m2", { status = 200, body = string.rep("y", 100) })
+    fake:script("/m3", { status = 200, body = string.rep("z", 100) })
+    assert.equal(200, (h:perform("GET", fake.url .. "/m1", nil, nil, { ca_file = ca, max_body = 10 })))
+    status, _, body = h:perform("GET", fake.url .. "/m2", nil, nil, { ca_file = ca })
+    assert.equal(200, status)
+    assert.equal(string.rep("y", 100), body)
+    local _, _, _, reason = h:perform("GET", fake.url .. "/m3", nil, nil, { ca_file = ca, max_body = 10 })
+    assert.equal("max_body", reason)
+    -- follow, then not.
+    fake:script("/r1", { status = 302, headers = { Location = "/r2" } })
+    fake:script("/r2", { status = 200, body = "landed" })
+    fake:script("/r3", { status = 302, headers = { Location = "/r2" } })
+    status, _, body = h:perform("GET", fake.url .. "/r1", nil, nil, { ca_file = ca, follow = true })
+    assert.equal(200, status)
+    assert.equal("landed", body)
+    assert.equal(302, (h:perform("GET", fake.url .. "/r3", nil, nil, { ca_file = ca })))
+    assert.equal(1, #fake:requests("/r2"))
+    h:close()
+  end)
+
   it("reports an upload file that is missing or shorter than the window", function()
     local h = core.http_new()
     local path = helpers.tmpname("missing")
