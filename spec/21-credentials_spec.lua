@@ -202,6 +202,24 @@ describe("gauth.credentials", function()
       assert.equal(2, calls.n)
     end)
 
+    it("keeps a token another holder fetched after the refused one", function()
+      local calls = { n = 0 }
+      local a = make({ calls = calls })
+      local b = make({ calls = calls })
+      assert.equal("tok-1", (a:token()))
+      assert.is_true(b:invalidate())
+      assert.equal("tok-2", (b:token()))
+      -- a's tok-1 was refused late: tok-2 must survive it
+      assert.is_true(a:invalidate())
+      assert.equal("tok-2", (b:token()))
+      assert.equal("tok-2", (a:token()))
+      assert.equal(2, calls.n)
+      -- and a refusal of tok-2 itself does drop it
+      assert.is_true(a:invalidate())
+      assert.equal("tok-3", (b:token()))
+      assert.equal(3, calls.n)
+    end)
+
     it("is harmless with nothing cached", function()
       local c = make()
       assert.is_true(c:invalidate())

@@ -266,10 +266,13 @@ end
 
 --- Drop the cached token (for every object with the same cache key), so
 -- the next `token()` fetches a new one: after an API answered 401, say.
+-- Only the token this object last handed out is dropped: one that another
+-- holder (another nginx worker) has fetched since was not refused, and stays.
 -- @return true
 function base:invalidate()
+  local held = self._entry
   self._entry = nil
-  self._cache:invalidate(self._key or self:cache_key())
+  self._cache:invalidate(self._key or self:cache_key(), held and held.access_token)
   return true
 end
 

@@ -309,9 +309,15 @@ function _M:fetch(key, fetch, clock)
 end
 
 --- Forget the entry for `key` (a token the API refused, say).
-function _M:invalidate(key)
+-- @tparam string key
+-- @tparam[opt] string token the refused token: the entry is kept when it
+--   holds another one (fetched since by another holder of the key)
+function _M:invalidate(key, token)
   local store = self.store
   local e = store:get(key)
+  if e and token ~= nil and e.access_token ~= token then
+    return
+  end
   -- Entries of the local store are shared by reference with credentials
   -- objects that keep a pointer to them on their fast path; marking the
   -- table makes every holder refresh, not just this one.
