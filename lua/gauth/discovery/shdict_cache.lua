@@ -27,7 +27,6 @@ local ngx = ngx  -- luacheck: ignore
 local type = type
 local error = error
 local pcall = pcall
-local tostring = tostring
 local setmetatable = setmetatable
 
 local _M = { _VERSION = "0.1.0" }
@@ -53,18 +52,14 @@ function _M.new(opts)
   end
   opts = opts or {}
   local name = opts.shared_dict or _M.DEFAULT_DICT
-  if not util.is_ngx then
-    return nil, errors.new("discovery", "shared dict", "not running inside nginx")
-  end
-  local dict = ngx.shared[name]
-  if not dict then
-    return nil, errors.new("discovery", "shared dict",
-      "no lua_shared_dict named " .. tostring(name) .. " in nginx.conf")
-  end
+  -- The token store over the same dict checks nginx and the dict, and
+  -- gives the lock for single-flight fetches.
   local locker, err = shdict_store.new({ shared_dict = name })
-  if not locker then return nil, err end
+  if not locker then
+    return nil, errors.new("discovery", "shared dict", err.message)
+  end
   return setmetatable({
-    dict = dict, name = name, locker = locker,
+    dict = locker.dict, name = name, locker = locker,
     lock_timeout = opts.lock_timeout or 60,
     memo = {},  -- per worker: url -> { stamp, doc }
   }, mt)
