@@ -240,6 +240,32 @@ describe("gauth.authorized_user", function()
       assert.equal(2, #sleeps)
     end)
 
+    it("retries an error_description that says try again, as service accounts do", function()
+      -- A 400 and an error neither final nor "try again": only the
+      -- description makes it retryable.
+      fake:script("/token", { status = 400, body = { error = "unknown_error",
+                                                     error_description = "internal_failure" } })
+      local tok, exp = assert(new()):token()
+      assert.equal("fake-token-1", tok)
+      assert.is_number(exp)
+      assert.equal(2, #fake:requests("/token"))
+      assert.equal(1, #sleeps)
+    end)
+
+    it("does not retry an error whose description names no try-again error", function()
+      fake:script("/token", { status = 400, body = { error = "unknown_error",
+        error_description = "Please try again later, internal_failure is not the whole text" } })
+      local tok, err = assert(new()):token()
+      assert.is_nil(tok)
+      is_error(err, "token response")
+      assert.equal(400, err.status)
+      assert.equal("unknown_error", err.error)
+      assert.is_false(err.retryable)
+      assert.equal(1, #fake:requests("/token"))
+      assert.equal(0, #sleeps)
+      no_secret(err)
+    end)
+
     it("refuses a 200 answer without a token, never quoting it", function()
       fake:script("/token", { status = 200, body = { refresh_token = "x", id_token = "secret-id" } })
       local tok, err = assert(new()):token()

@@ -161,8 +161,6 @@ end
 local function parse_response(self, res, now)
   local uri = self.token_uri
   if res.status ~= 200 then
-    -- Unlike a service account's, a refusal is not retried for what its
-    -- error_description says.
     local fields = oauth.refusal(res, now, uri)
     local msg = oauth.refusal_message("refresh", fields)
     if fields.error == "invalid_grant" then

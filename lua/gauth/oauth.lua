@@ -150,15 +150,15 @@ end
 -- (OAuth's `{ error=, error_description= }`, or Google's API error shape
 -- `{ error = { status=, message= } }` seen from some front ends),
 -- `retryable` (never for an error no retry fixes; else for a retryable
--- status or an OAuth error that says "try again"), `retry_after`, `uri`.
+-- status, or an `error` or `error_description` that names a "try again"
+-- error), `retry_after`, `uri`. One rule for every grant: google-auth's
+-- token-endpoint request retries the JWT-bearer and the refresh-token
+-- grants alike.
 -- @tparam table res the answer
 -- @tparam number now for a Retry-After date
 -- @tparam string uri
--- @tparam[opt] boolean description_retries whether an `error_description`
---   that names a "try again" error makes it retryable too (as google-auth
---   does; service accounts do, authorized users do not)
 -- @return fields (a new table)
-function _M.refusal(res, now, uri, description_retries)
+function _M.refusal(res, now, uri)
   local status, body = res.status, res.body
   local data = type(body) == "string" and json_decode(body) or nil
   local oerr, desc
@@ -178,7 +178,7 @@ function _M.refusal(res, now, uri, description_retries)
   else
     retryable = is_retryable_status(status) or
                 (oerr ~= nil and RETRYABLE_ERRORS[oerr] == true) or
-                (description_retries and desc ~= nil and RETRYABLE_ERRORS[desc] == true) or false
+                (desc ~= nil and RETRYABLE_ERRORS[desc] == true) or false
   end
   return {
     status = status, reason = res.reason, error = oerr, error_description = desc,

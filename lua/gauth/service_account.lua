@@ -397,7 +397,7 @@ end
 local function parse_response(self, res, now)
   local uri = self.token_uri
   if res.status ~= 200 then
-    local fields = oauth.refusal(res, now, uri, true)
+    local fields = oauth.refusal(res, now, uri)
     if fields.error == "invalid_grant" and is_time_window(fields.error_description) then
       local date = retry.parse_http_date(res.headers and res.headers.date)
       if date then fields.clock_skew = date - now end
