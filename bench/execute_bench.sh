@@ -8,16 +8,21 @@
 #
 # (bench/run.sh starts nginx with bench/nginx_fixed.sh and calls this.)
 # Without arguments it starts and stops an nginx of its own.
-# Prints `name value unit` lines:
-#   curl_floor       req/s    bench/curl_floor.c, built here
-#   execute_lua5.4   calls/s  bench/execute_bench.lua (what a call does: see
-#   execute_luajit   calls/s  there)
-#   execute_ref      calls/s  /usr/bin/python3 bench/execute_ref.py
-# The four take turns, BENCH_ROUNDS passes (default 3); each figure is the
-# best short window seen (a burst of calls, a short run of the floor) over
-# all passes. Other load on a shared machine moves these rates a lot (by 3x
-# here); the best window is the least disturbed one, and taking turns
-# spreads the load over all four alike.
+# Prints `name value unit` lines, for two placements of client and server:
+#   curl_floor            req/s    bench/curl_floor.c, built here
+#   execute_lua5.4        calls/s  bench/execute_bench.lua (what a call does:
+#   execute_luajit        calls/s  see there)
+#   execute_ref           calls/s  /usr/bin/python3 bench/execute_ref.py
+# with nginx and the client on one CPU (CPU-bound: every microsecond of
+# client work shows), and the same names ending in _2cpu with nginx on one
+# CPU and the client on another (each request waits for the other CPU, as
+# when client and server are separate processes on a busy machine: the
+# placement the issue's own figures come from, floor 13,100/s).
+# The clients take turns, BENCH_ROUNDS passes (default 3); each figure is
+# the best short window seen (a burst of calls, a short run of the floor)
+# over all passes. Other load on a shared machine moves these rates a lot
+# (by 3x here); the best window is the least disturbed one, and taking
+# turns spreads the load over all of them alike.
 cd "$(dirname "$0")/.." || exit 2
 url=$1 ca=$2
 PY=/usr/bin/python3
@@ -38,22 +43,28 @@ if [ -z "$url" ]; then
   url=$NGINX_URL ca=$NGINX_CA
 fi
 
-# One CPU for nginx and the client measured (BENCH_CPU, default the last):
-# on a small shared VM a request-answer ping-pong between two CPUs runs at
-# a third of the speed of one on a single CPU, and which of the two a run
-# gets is up to the scheduler (it changed from run to run here). On one
-# CPU every client is measured in the same place, with the server's work
-# in the same loop. Skipped when taskset or ss is missing.
-pin=""
+# Placement: nginx on one CPU (BENCH_CPU, default the last), the client
+# on the same CPU, then on another one (CPU 0). Unpinned, which of the two
+# a run gets is up to the scheduler (it changed from run to run here, by a
+# factor of 3 on this VM), so both are pinned and both reported. Without
+# taskset or ss nothing is pinned and only the first set of names is
+# printed.
+pin="" pin2=""
 port=${url##*:}
 port=${port%%/*}
 if command -v taskset >/dev/null 2>&1 && command -v ss >/dev/null 2>&1; then
-  cpu=${BENCH_CPU:-$(($(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) - 1))}
+  ncpu=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+  cpu=${BENCH_CPU:-$((ncpu - 1))}
   for p in $(ss -Htlnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
     m=$(taskset -p "$p" 2>/dev/null | awk '{ print $NF }')
     [ -n "$m" ] && taskset -p -c "$cpu" "$p" >/dev/null 2>&1 && echo "$p $m" >>"$tmp/affinity"
   done
-  [ -s "$tmp/affinity" ] && pin="taskset -c $cpu"
+  if [ -s "$tmp/affinity" ]; then
+    pin="taskset -c $cpu"
+    other=0
+    [ "$cpu" -eq 0 ] && other=1
+    [ "$ncpu" -gt 1 ] && pin2="taskset -c $other"
+  fi
 fi
 
 cc -O2 -o "$tmp/curl_floor" bench/curl_floor.c -lcurl || exit 1
@@ -65,26 +76,35 @@ ver=$(sed -n 's/^local _M = { _VERSION = "\([^"]*\)".*/\1/p' lua/gauth/discovery
 # short runs of N requests (about as long as a burst of the Lua side), the
 # best of 5 per pass.
 n=2000
-floor() {
+floor() { # pin suffix
   b=0
   for _ in 1 2 3 4 5; do
-    r=$($pin "$tmp/curl_floor" "$url/json?alt=json" "$ca" "$n" \
+    r=$($1 "$tmp/curl_floor" "$url/json?alt=json" "$ca" "$n" \
       "accept: application/json" "accept-encoding: gzip, deflate" \
       "user-agent: gauth/$ver" "x-goog-api-client: gl-lua/5.4 gauth/$ver" \
       "authorization: Bearer ya29.bench-fixed-token" | awk '{ print $2 }') || return 1
     b=$(awk -v a="$b" -v r="$r" 'BEGIN { print (r > a) ? r : a }')
   done
-  echo "curl_floor $b req/s"
+  echo "curl_floor$2 $b req/s"
+}
+pass() { # pin suffix
+  floor "$1" "$2" || echo "curl_floor failed" >&2
+  for c in lua5.4 luajit $PY; do
+    case $c in
+      lua*) script=bench/execute_bench.lua ;;
+      *) script=bench/execute_ref.py ;;
+    esac
+    out=$(BENCH_ROUNDS=1 $1 $c $script "$url" "$ca" "$tmp/key.pem") ||
+      echo "$script failed under $c" >&2
+    # execute_lua5.4 123 calls/s -> execute_lua5.4_2cpu 123 calls/s
+    [ -n "$out" ] && printf '%s\n' "$out" | sed "s/^\([^ ]*\) /\1$2 /"
+  done
 }
 
 i=0
 while [ $i -lt "$rounds" ]; do
-  floor || echo "curl_floor failed" >&2
-  for lua in lua5.4 luajit; do
-    BENCH_ROUNDS=1 $pin $lua bench/execute_bench.lua "$url" "$ca" "$tmp/key.pem" ||
-      echo "execute_bench.lua failed under $lua" >&2
-  done
-  BENCH_ROUNDS=1 $pin $PY bench/execute_ref.py "$url" "$ca" "$tmp/key.pem" || echo "execute_ref.py failed" >&2
+  pass "$pin" ""
+  [ -n "$pin2" ] && pass "$pin2" _2cpu
   i=$((i + 1))
 done >"$tmp/all.txt"
 # The best pass of each, in the order first seen.
