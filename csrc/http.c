@@ -209,6 +209,198 @@ static int hdrs_same(lua_State *L, gauth_http *h, int t, int nh,
 }
 
 /* ------------------------------------------------------------------ */
+/* request headers given as a table {name = value}                       */
+
+/* RFC 9110 tchar: what a header name is made of. */
+static int is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static int name_is(const char *name, size_t nlen, const char *lower)
+{
+    return strlen(lower) == nlen && strncasecmp(name, lower, nlen) == 0;
+}
+
+/* Whether the kept line `data` is exactly lower(name) ": " value. */
+static int line_is(const char *data, const char *name, size_t nlen,
+                   const char *v, size_t vlen)
+{
+    size_t k;
+    if (strlen(data) != nlen + 2 + vlen)
+        return 0;
+    for (k = 0; k < nlen; k++) {
+        unsigned char c = (unsigned char)name[k];
+        if (data[k] != (char)(c >= 'A' && c <= 'Z' ? c + 32 : c))
+            return 0;
+    }
+    return data[nlen] == ':' && data[nlen + 1] == ' ' &&
+           memcmp(data + nlen + 2, v, vlen) == 0;
+}
+
+/* What walking a header table found. */
+typedef struct {
+    int nlines;             /* lines it makes */
+    int same;               /* all equal to h->hdrs' first nlines nodes */
+    int has_ctype, has_expect;
+    int bad;                /* HB_*: the first problem, its key pushed */
+    const char *accept_enc; /* the accept-encoding value (in the table) */
+    struct curl_slist *node;
+} hwalk;
+
+enum { HB_NONE = 0, HB_NAME, HB_TYPE, HB_VALUE };
+
+/* One "name: value" line of the walk: compared with the kept list, or (when
+ * `build`) appended to h->hdrs. The value's string is at the top of the
+ * stack. Returns 0 when out of memory. */
+static int walk_line(lua_State *L, gauth_http *h, hwalk *w, int build,
+                     const char *name, size_t nlen)
+{
+    size_t vlen;
+    const char *v = lua_tolstring(L, -1, &vlen);
+
+    w->nlines++;
+    if (memchr(v, '\r', vlen) != NULL || memchr(v, '\n', vlen) != NULL ||
+        memchr(v, '\0', vlen) != NULL)
+        return -1;
+    if (build) {
+        /* The line is made as a Lua string (a memory error raises and
+         * leaks nothing); libcurl copies it into a node h owns. */
+        luaL_Buffer b;
+        struct curl_slist *n;
+        size_t k;
+        luaL_buffinit(L, &b);
+        for (k = 0; k < nlen; k++) {
+            unsigned char c = (unsigned char)name[k];
+            luaL_addchar(&b, (char)(c >= 'A' && c <= 'Z' ? c + 32 : c));
+        }
+        luaL_addlstring(&b, ": ", 2);
+        luaL_addlstring(&b, v, vlen);
+        luaL_pushresult(&b);
+        n = curl_slist_append(h->hdrs, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        if (n == NULL)
+            return 0;
+        h->hdrs = n;
+    } else if (w->same) {
+        if (w->node == NULL || !line_is(w->node->data, name, nlen, v, vlen))
+            w->same = 0;
+        else
+            w->node = w->node->next;
+    }
+    return 1;
+}
+
+/* Walks the header table at `t` (what gauth.transport.curl documents:
+ * lower- or mixed-case names; a string or number value, an array of them
+ * for a repeated header, false to leave it out). accept-encoding becomes
+ * libcurl's option, content-length is left to libcurl. Without `build` it
+ * checks and compares with the kept list; with it, appends the lines to
+ * h->hdrs (emptied by the caller). On a problem, w->bad says which and the
+ * offending key is left on the stack. Never raises but for memory; returns
+ * 0 when out of memory. */
+static int walk_headers(lua_State *L, gauth_http *h, int t, hwalk *w, int build)
+{
+    w->nlines = 0;
+    w->same = 1;
+    w->node = h->hdrs;
+    w->bad = HB_NONE;
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        size_t nlen, k;
+        const char *name;
+        int vt = lua_type(L, -1), r = 1;
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            w->bad = HB_NAME;
+            return 1;
+        }
+        name = lua_tolstring(L, -2, &nlen);
+        for (k = 0; k < nlen && is_tchar((unsigned char)name[k]); k++)
+            ;
+        if (nlen == 0 || k < nlen) {
+            lua_pop(L, 1);
+            w->bad = HB_NAME;
+            return 1;
+        }
+        if (name_is(name, nlen, "accept-encoding")) {
+            /* libcurl sends it, and decodes what comes back. */
+            if (vt == LUA_TSTRING)
+                w->accept_enc = lua_tostring(L, -1);  /* the table holds it */
+            else if (vt != LUA_TBOOLEAN || lua_toboolean(L, -1)) {
+                lua_pop(L, 1);
+                w->bad = HB_TYPE;
+                return 1;
+            }
+            lua_pop(L, 1);
+            continue;
+        }
+        if (name_is(name, nlen, "content-length")) {
+            /* Always computed from the body: a stale value would make the
+             * request unparseable. */
+            lua_pop(L, 1);
+            continue;
+        }
+        if (vt == LUA_TSTRING) {
+            r = walk_line(L, h, w, build, name, nlen);
+        } else if (vt == LUA_TNUMBER) {
+            lua_pushvalue(L, -1);       /* converted apart from the table */
+            lua_tostring(L, -1);
+            r = walk_line(L, h, w, build, name, nlen);
+            lua_pop(L, 1);
+        } else if (vt == LUA_TTABLE) {
+            int i, n = (int)gauth_rawlen(L, -1);
+            for (i = 1; i <= n && r == 1; i++) {
+                lua_rawgeti(L, -1, i);
+                if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER) {
+                    lua_pop(L, 2);
+                    w->bad = HB_TYPE;
+                    return 1;
+                }
+                lua_pushvalue(L, -1);
+                lua_tostring(L, -1);
+                r = walk_line(L, h, w, build, name, nlen);
+                lua_pop(L, 2);
+            }
+        } else if (vt != LUA_TBOOLEAN || lua_toboolean(L, -1)) {
+            /* false leaves the header out */
+            lua_pop(L, 1);
+            w->bad = HB_TYPE;
+            return 1;
+        }
+        if (r == 0) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        if (r < 0) {
+            lua_pop(L, 1);
+            w->bad = HB_VALUE;
+            return 1;
+        }
+        if (name_is(name, nlen, "content-type"))
+            w->has_ctype = 1;
+        else if (name_is(name, nlen, "expect"))
+            w->has_expect = 1;
+        lua_pop(L, 1);
+    }
+    return 1;
+}
+
+/* The same for a header table walked into `w`: its lines matched the kept
+ * list's first nodes; the rest must be `extra`. */
+static int map_same(const hwalk *w, const char *const *extra)
+{
+    struct curl_slist *n = w->node;
+    if (!w->same)
+        return 0;
+    for (; *extra != NULL; extra++, n = n->next)
+        if (n == NULL || strcmp(n->data, *extra) != 0)
+            return 0;
+    return n == NULL;
+}
+
+/* ------------------------------------------------------------------ */
 /* curl callbacks: C only, no Lua                                        */
 
 /* Rolls download_file back to its size before the request: a redirect or
@@ -689,16 +881,24 @@ static const char *const methods[] = {
  * @function Http:perform
  * @tparam string method GET, HEAD, POST, PUT, PATCH or DELETE
  * @tparam string url http:// or https://
- * @tparam[opt] table headers array of "name: value" strings
+ * @tparam[opt] table headers array of "name: value" strings; with
+ *   `opts.header_map`, a table {name = value} instead (a string, or an array
+ *   of strings and numbers for a repeated header, false to leave one out;
+ *   accept-encoding is taken as `opts.accept_encoding`, content-length is
+ *   libcurl's): checked here, and a problem is returned, not raised, as
+ *   nil, the key, nil, "header_name" | "header_type" | "header_value" (a
+ *   value with CR, LF or NUL)
  * @tparam[opt] string body request body (binary safe)
  * @tparam[opt] table opts `timeout`, `connect_timeout` (seconds),
  *   `max_body` (bytes), `ca_file`, `noproxy` (hosts never proxied,
  *   replacing NO_PROXY), `follow` (boolean), `accept_encoding`
  *   (the Accept-Encoding to send; the body is then decoded),
  *   `upload_file` + `upload_offset` + `upload_length` (stream the body
- *   from a file), `download_file` (append a 2xx body to a file)
- * @return status, header block, body, new connections made, bytes appended
- *   to download_file
+ *   from a file), `download_file` (append a 2xx body to a file),
+ *   `parse_headers` (the headers as a table, then the reason phrase)
+ * @return status, header block (or table), body, new connections made,
+ *   bytes appended to download_file[, reason phrase[, the content coding
+ *   libcurl removed, with header_map and an accept-encoding]]
  * @return nil, message, curl code (nil when libcurl did not run), reason
  *   ("max_body", "header_size", "nomem", "read", "write", "file" or nil)
  */
@@ -715,7 +915,8 @@ static int l_perform(lua_State *L)
     long timeout_ms, connect_ms;
     double max_body, up_off, up_len;
     const char *ca_file, *accept_enc, *up_path, *down_path, *noproxy;
-    int follow, parse_head;
+    int follow, parse_head, map;
+    hwalk w;
     curl_off_t in_len = 0;
     CURLcode rc;
     long status = 0, nconn = 0;
@@ -725,7 +926,34 @@ static int l_perform(lua_State *L)
 
     if (strlen(url) != url_len)
         luaL_argerror(L, 3, "URL contains a NUL byte");
-    if (!lua_isnoneornil(L, 4)) {
+    if (!lua_isnoneornil(L, 6)) {
+        luaL_checktype(L, 6, LUA_TTABLE);
+        opts = 6;
+    }
+    map = opt_field(L, opts, "header_map") != LUA_TNIL && lua_toboolean(L, -1);
+    memset(&w, 0, sizeof w);
+    w.same = 1;             /* no table: no lines, as the kept list may be */
+    w.node = h->hdrs;
+    if (map && !lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_settop(L, 6);
+        luaL_checkstack(L, 16, "gauth.core: http: headers");
+        if (!walk_headers(L, h, 4, &w, 0))
+            luaL_error(L, "gauth.core: http: out of memory");
+        if (w.bad != HB_NONE) {
+            /* The caller raises (a bad name or value type) or fails (a
+             * value with CR/LF/NUL, which may have come from a server):
+             * nil, key, nil, reason. */
+            static const char *const tag[] = { NULL, "header_name", "header_type", "header_value" };
+            lua_pushnil(L);
+            lua_insert(L, -2);
+            lua_pushnil(L);
+            lua_pushstring(L, tag[w.bad]);
+            return 4;
+        }
+        has_ctype = w.has_ctype;
+        has_expect = w.has_expect;
+    } else if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
         nh = (int)gauth_rawlen(L, 4);
         for (i = 1; i <= nh; i++) {
@@ -747,16 +975,12 @@ static int l_perform(lua_State *L)
             lua_pop(L, 1);
         }
     }
-    if (!lua_isnoneornil(L, 6)) {
-        luaL_checktype(L, 6, LUA_TTABLE);
-        opts = 6;
-    }
     luaL_checkstack(L, 16, "gauth.core: http: options");
     timeout_ms = opt_ms(L, opts, "timeout");
     connect_ms = opt_ms(L, opts, "connect_timeout");
     max_body = opt_size(L, opts, "max_body");
     ca_file = opt_string(L, opts, "ca_file");
-    accept_enc = opt_string(L, opts, "accept_encoding");
+    accept_enc = map ? w.accept_enc : opt_string(L, opts, "accept_encoding");
     noproxy = opt_string(L, opts, "noproxy");
     up_path = opt_string(L, opts, "upload_file");
     up_off = opt_size(L, opts, "upload_offset");
@@ -836,10 +1060,15 @@ static int l_perform(lua_State *L)
         if (sends_body && !has_ctype)
             extra[k++] = "Content-Type:";
         extra[k] = NULL;
-        if (!hdrs_same(L, h, 4, nh, extra)) {
+        if (map ? !map_same(&w, extra) : !hdrs_same(L, h, 4, nh, extra)) {
             if (h->hdrs != NULL) {
                 curl_slist_free_all(h->hdrs);
                 h->hdrs = NULL;
+            }
+            if (map) {
+                if (!lua_isnoneornil(L, 4) && !walk_headers(L, h, 4, &w, 1))
+                    goto nomem;
+                nh = 0;
             }
             for (i = 1; i <= nh + k; i++) {
                 struct curl_slist *n;
@@ -1004,6 +1233,19 @@ static int l_perform(lua_State *L)
         /* status, headers, body, conns, written, reason */
         lua_pushvalue(L, -4);
         lua_remove(L, -5);
+        if (map && accept_enc != NULL) {
+            /* libcurl decoded the body: what the headers said of the
+             * bytes on the wire no longer holds. The coding removed comes
+             * seventh. */
+            lua_getfield(L, -5, "content-encoding");
+            if (!lua_isnil(L, -1)) {
+                lua_pushnil(L);
+                lua_setfield(L, -7, "content-encoding");
+                lua_pushnil(L);
+                lua_setfield(L, -7, "content-length");
+            }
+            return 7;
+        }
         return 6;
     }
     return 5;

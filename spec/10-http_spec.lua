@@ -72,6 +72,73 @@ describe("gauth.core Http", function()
     h:close()
   end)
 
+  it("perform takes a header table (header_map) and keeps its lines only while they hold", function()
+    local h = core.http_new()
+    local o = { ca_file = certs.ca_file, timeout = 5, header_map = true, parse_headers = true }
+    local function send(headers)
+      fake:script("/map", { status = 200, body = "ok" })
+      local status, head, body, conns, written, reason, decoded =
+        h:perform("GET", fake.url .. "/map", headers, nil, o)
+      assert.equal(200, status)
+      assert.equal("table", type(head))
+      assert.equal("ok", body)
+      assert.equal(0, written)
+      assert.equal("OK", reason)
+      assert.is_nil(decoded)
+      assert.is_number(conns)
+      local reqs = fake:requests("/map")
+      return reqs[#reqs].headers
+    end
+    local map = { Accept = "text/plain", ["X-N"] = 7, ["x-r"] = { "a", 2 },
+                  ["x-off"] = false, ["content-length"] = "999" }
+    for _ = 1, 2 do
+      local got = send(map)
+      assert.equal("text/plain", got.accept)
+      assert.equal("7", got["x-n"])
+      assert.equal("a, 2", got["x-r"])
+      assert.is_nil(got["x-off"])
+      assert.is_nil(got["content-length"])
+    end
+    -- A changed value, then a header gone, then none at all: each request
+    -- carries what its own table says, nothing kept from the last.
+    map["X-N"] = "8"
+    assert.equal("8", send(map)["x-n"])
+    map.Accept = nil
+    local got = send(map)
+    assert.equal("*/*", got.accept)  -- libcurl's own, not the last request's
+    assert.equal("8", got["x-n"])
+    got = send(nil)
+    assert.is_nil(got["x-n"])
+    assert.is_nil(got["x-r"])
+    assert.equal("a", send({ ["x-r"] = { "a" } })["x-r"])
+    h:close()
+  end)
+
+  it("perform returns a header table's problem as nil, the key, nil, a reason", function()
+    local h = core.http_new()
+    local o = { ca_file = certs.ca_file, timeout = 5, header_map = true }
+    local cases = {
+      { { ["bad name"] = "v" }, "bad name", "header_name" },
+      { { [""] = "v" }, "", "header_name" },
+      { { [1] = "v" }, 1, "header_name" },
+      { { ["x-f"] = print }, "x-f", "header_type" },
+      { { ["x-t"] = true }, "x-t", "header_type" },
+      { { ["x-l"] = { "ok", {} } }, "x-l", "header_type" },
+      { { ["accept-encoding"] = 1 }, "accept-encoding", "header_type" },
+      { { authorization = "Bearer a\r\nx-injected: 1" }, "authorization", "header_value" },
+      { { ["x-l"] = { "ok", "a\0b" } }, "x-l", "header_value" },
+    }
+    for _, c in ipairs(cases) do
+      local status, key, code, reason = h:perform("GET", fake.url .. "/never", c[1], nil, o)
+      assert.is_nil(status)
+      assert.equal(c[2], key)
+      assert.is_nil(code)
+      assert.equal(c[3], reason)
+    end
+    assert.same({}, fake:requests("/never"))
+    h:close()
+  end)
+
   it("close is idempotent and is the __gc; a closed handle raises", function()
     local h = core.http_new()
     h:close()

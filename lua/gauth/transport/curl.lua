@@ -24,11 +24,9 @@ local errors = require "gauth.errors"
 local common = require "gauth.transport.common"
 
 local type = type
-local pairs = pairs
 local tostring = tostring
 local setmetatable = setmetatable
 local error = error
-local find = string.find
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -42,8 +40,6 @@ local check_request = common.check_request
 local check_seconds = common.check_seconds
 local check_bytes = common.check_bytes
 local fail = common.fail
-local HEADER_NAMES = common.HEADER_NAMES
-local header_name = common.header_name
 
 -- libcurl codes after which a new attempt may well succeed: the request
 -- did not get an answer because of the network or the peer, not because
@@ -103,9 +99,9 @@ function _M.new(opts)
     connect_timeout = opts.connect_timeout or _M.DEFAULT_CONNECT_TIMEOUT,
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
     -- Reused for every request: one table less to allocate per call.
-    -- (parse_headers: perform() gives the headers as a table.)
-    copts = { parse_headers = true, noproxy = NOPROXY },
-    hlist = {},
+    -- (parse_headers: perform() gives the headers as a table; header_map:
+    -- it takes them as one.)
+    copts = { parse_headers = true, header_map = true, noproxy = NOPROXY },
   }, mt)
 end
 
@@ -118,34 +114,6 @@ function _M.parse_headers(block)
     error("gauth.transport.curl: parse_headers: block must be a string", 2)
   end
   return core.http_parse_headers(block)
-end
-
--- "name: value" lines already made and checked, by name then value: the
--- same headers (accept, user-agent, a token until it is refreshed) go out
--- on request after request, so a lookup replaces a concatenation and a
--- scan for CR/LF. String values only (1 and 1.0 are one key but two
--- lines). Bounded: when full it starts again, so a new token is cached
--- as the old ones were.
-local LINES, line_count = {}, 0
-local LINES_MAX = 512
-
-local function header_line(name, value)
-  local byname = LINES[name]
-  local line = byname and byname[value]
-  if line then return line end
-  if find(value, "[%z\r\n]") then return nil end
-  line = name .. ": " .. value
-  if line_count >= LINES_MAX then
-    LINES, line_count = {}, 0
-    byname = nil
-  end
-  if not byname then
-    byname = {}
-    LINES[name] = byname
-  end
-  byname[value] = line
-  line_count = line_count + 1
-  return line
 end
 
 --- Send one request.
@@ -182,66 +150,33 @@ function _M:request(req)
   copts.upload_offset = req.upload_offset
   copts.upload_length = req.upload_length
   copts.download_file = req.download_file
-  copts.accept_encoding = nil
 
-  -- The "name: value" array is reused from request to request.
-  local list, n, bad = self.hlist, 0, nil
-  if headers ~= nil then
-    for name, value in pairs(headers) do
-      local lname = HEADER_NAMES[name] or header_name(name, MODULE, 3)
-      local vt = type(value)
-      if lname == "accept-encoding" then
-        -- libcurl sends it and decodes what comes back.
-        copts.accept_encoding = tostring(value)
-      elseif lname == "content-length" then -- luacheck: ignore 542
-        -- Always computed from the body (or the upload window): a stale
-        -- value here would make the request unparseable.
-      elseif vt == "string" then
-        -- A CR or LF would let a value (a token from a server, say)
-        -- inject headers: header_line gives nil for it.
-        local byname = LINES[name]
-        local line = byname and byname[value] or header_line(name, value)
-        if not line then bad = name end
-        n = n + 1
-        list[n] = line or ""
-      elseif vt == "number" then
-        n = n + 1
-        list[n] = name .. ": " .. value
-      elseif vt == "table" then
-        for i = 1, #value do
-          local v = tostring(value[i])
-          if find(v, "[%z\r\n]") then bad = name end
-          n = n + 1
-          list[n] = name .. ": " .. v
-        end
-      elseif vt ~= "boolean" or value then
-        error("gauth.transport.curl: bad value for header " .. name, 2)
-      end
-      -- `false` leaves the header out.
-    end
-  end
-  for i = n + 1, #list do list[i] = nil end
-  if bad then return common.bad_header_value(bad) end
-
-  local status, rheaders, rbody, conns, written, phrase =
-    h:perform(method, url, list, body, copts)
+  -- The header table goes to C as it is (copts.header_map): it is walked
+  -- there, checked, and compared with the lines of the last request, which
+  -- are kept while they stay the same (one walk, no string made per call).
+  local status, rheaders, rbody, conns, written, phrase, decoded =
+    h:perform(method, url, headers, body, copts)
   if not status then
-    -- On failure perform() returns nil, message, curl code, reason tag.
+    -- On failure perform() returns nil, message (for a header: its key),
+    -- curl code, reason tag.
     local code, reason = rbody, conns
+    if reason == "header_value" then
+      -- A CR or LF would let a value (a token from a server, say) inject
+      -- headers.
+      return common.bad_header_value(rheaders)
+    elseif reason == "header_name" then
+      error("gauth.transport.curl: bad header name " .. tostring(rheaders), 2)
+    elseif reason == "header_type" then
+      error("gauth.transport.curl: bad value for header " .. tostring(rheaders), 2)
+    end
     local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
                      reason = reason }
     if reason == "max_body" then fields.too_large = true end
     return fail((rheaders:gsub("^gauth%.core: http: ", "")), fields)
   end
 
-  local res = { status = status, reason = phrase, headers = rheaders,
-                body = rbody, new_connections = conns, written = written }
-  if copts.accept_encoding and rheaders["content-encoding"] then
-    res.decoded = rheaders["content-encoding"]
-    rheaders["content-encoding"] = nil
-    rheaders["content-length"] = nil
-  end
-  return res
+  return { status = status, reason = phrase, headers = rheaders, body = rbody,
+           new_connections = conns, written = written, decoded = decoded }
 end
 
 --- Close the connection now (the garbage collector would do it later).
