@@ -8,6 +8,7 @@ local cjson = require "cjson"
 local discovery = require "gauth.discovery"
 local regex = require "gauth.discovery.regex"
 local errors = require "gauth.errors"
+local helpers = require "helpers"
 
 local function item_schema()
   return {
@@ -813,6 +814,105 @@ describe("gauth.discovery.regex", function()
         assert.equals(want, m(value), c[1] .. " on " .. value)
       end
     end
+  end)
+
+  -- Every pattern of the shared documents, on values made from its own
+  -- characters (so that many match and many just miss), judged by Python's
+  -- re.match itself: gauth drops what a pattern's end may leave out and
+  -- scans character runs with Lua patterns, and neither may change one
+  -- answer.
+  it("agrees with Python's re.match on every pattern of the shared documents", function()
+    local dir = helpers.shared_discovery("")
+    if not dir then pending("../shared/discovery not found") return end
+    local patterns, seen = {}, {}
+    local function walk(t)
+      for k, v in pairs(t) do
+        if k == "pattern" and type(v) == "string" and not seen[v] then
+          seen[v] = true
+          patterns[#patterns + 1] = v
+        elseif type(v) == "table" then
+          walk(v)
+        end
+      end
+    end
+    local p = io.popen("ls " .. helpers.shell_quote(dir) .. "/*.json")
+    for path in p:lines() do walk(cjson.decode(helpers.read_file(path))) end
+    p:close()
+    table.sort(patterns)
+    assert.is_true(#patterns > 50, "patterns found: " .. #patterns)
+
+    -- A fixed pseudo-random sequence: the same values on every run.
+    local seed = 12345
+    local function rnd(n)
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n + 1
+    end
+    local EXTRA = { "a", "Z", "0", "9", "-", "/", ".", ":", "_", " ", "\n", "é", "日" }
+    local cases = {}
+    for _, pat in ipairs(patterns) do
+      -- the pattern's own literal runs ("projects/", "locations") and
+      -- characters, and a few others
+      local pieces = {}
+      for lit in pat:gmatch("[%w/_:.-]+") do pieces[#pieces + 1] = lit end
+      for ch in pat:gmatch("[%w/_:.-]") do pieces[#pieces + 1] = ch end
+      for _, e in ipairs(EXTRA) do pieces[#pieces + 1] = e end
+      local values = { "", "a", "abc-1", "projects/p", "x/y/z" }
+      for _ = 1, 40 do
+        local v, n = {}, rnd(8) - 1
+        for j = 1, n do v[j] = pieces[rnd(#pieces)] end
+        values[#values + 1] = table.concat(v)
+      end
+      -- near misses: the literal runs in their order, with fillers
+      -- between them that fit, break or double the separators
+      local runs = {}
+      for lit in pat:gmatch("[%w_-][%w/_.-]*/?") do runs[#runs + 1] = lit end
+      local FILL = { "", "p", "x1", "/", "//", "a/b", "-", ".", "p/", "/q", "é" }
+      for _ = 1, 30 do
+        local v = {}
+        for _, r in ipairs(runs) do
+          if rnd(8) > 1 then v[#v + 1] = r end
+          v[#v + 1] = FILL[rnd(#FILL)]
+        end
+        values[#values + 1] = table.concat(v)
+      end
+      cases[#cases + 1] = { pattern = pat, values = values }
+    end
+    local input = helpers.tmpname("rx", ".json")
+    helpers.write_file(input, cjson.encode(cases))
+    local script = [==[
+import json, re, sys
+cases = json.load(open(sys.argv[1]))
+out = []
+for c in cases:
+    try:
+        r = re.compile(c["pattern"])
+    except re.error:
+        out.append(None)
+        continue
+    out.append([r.match(v) is not None for v in c["values"]])
+print(json.dumps(out))
+]==]
+    local py = helpers.tmpname("rx", ".py")
+    helpers.write_file(py, script)
+    local f = io.popen(helpers.python .. " " .. helpers.shell_quote(py) .. " "
+                       .. helpers.shell_quote(input))
+    local answers = cjson.decode(f:read("*a"))
+    f:close()
+    local compared, mismatches = 0, {}
+    for i, c in ipairs(cases) do
+      local m = regex.compile(c.pattern)
+      local want = answers[i]
+      if m and want ~= cjson.null then
+        for j, v in ipairs(c.values) do
+          compared = compared + 1
+          if m(v) ~= want[j] then
+            mismatches[#mismatches + 1] = ("%q on %q: python %s"):format(c.pattern, v, tostring(want[j]))
+          end
+        end
+      end
+    end
+    assert.same({}, mismatches)
+    assert.is_true(compared > 40 * 50, "values compared: " .. compared)
   end)
 
   it("returns nil for syntax it does not have", function()

@@ -351,6 +351,64 @@ function parse_alt()
 end
 
 -- ------------------------------------------------------------------------
+-- Tail trimming. `re.match` asks only whether some prefix of the value
+-- matches, so what the end of a pattern may leave out never decides it:
+-- "[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?" matches exactly the values whose
+-- first character is in [a-z]. Dropping that tail (and cutting "x{lo,hi}"
+-- at the end to "x{lo}") leaves the answer the same for every value and
+-- the work a fraction: the patterns of Google's documents mostly end so.
+
+-- Whether a node matches the empty string wherever it is tried.
+local function nullable(node)
+  local t = node[1]
+  if t == "rep" then return node[3] == 0 or nullable(node[2]) end
+  if t == "seq" then
+    for i = 2, #node do
+      if not nullable(node[i]) then return false end
+    end
+    return true
+  end
+  if t == "alt" then
+    for i = 2, #node do
+      if nullable(node[i]) then return true end
+    end
+    return false
+  end
+  return false  -- lit (never empty), set, and the anchors (conditional)
+end
+
+-- A node matched by some prefix of a string exactly when `node` is, as the
+-- tail of the whole pattern.
+local function trim_tail(node)
+  local t = node[1]
+  if nullable(node) then return { "seq" } end
+  if t == "seq" then
+    local out = { "seq" }
+    for i = 2, #node do out[i] = node[i] end
+    local n = #out
+    while n > 1 and nullable(out[n]) do
+      out[n] = nil
+      n = n - 1
+    end
+    if n > 1 then out[n] = trim_tail(out[n]) end
+    return out
+  end
+  if t == "alt" then
+    local out = { "alt" }
+    for i = 2, #node do out[i] = trim_tail(node[i]) end
+    return out
+  end
+  if t == "rep" then
+    -- lo >= 1 here (else nullable): the first lo rounds, the last of them
+    -- trimmed in turn
+    local x, lo = node[2], node[3]
+    if lo == 1 then return trim_tail(x) end
+    return { "seq", { "rep", x, lo - 1, lo - 1 }, trim_tail(x) }
+  end
+  return node
+end
+
+-- ------------------------------------------------------------------------
 -- Compiler: tree -> function(i, k) that returns true when the node matches
 -- at byte i of S and the continuation k accepts the index after it.
 
@@ -404,18 +462,64 @@ local function required_bytes(node)
   return r
 end
 
+-- The bytes of `want` (true or false) in T, for a Lua character class:
+-- letters and digits as ranges, every other byte escaped with "%" (NUL
+-- too: Lua 5.2 and later take it in a pattern).
+local function class_body(T, want)
+  local out, b = {}, 0
+  while b <= 127 do
+    if T[b] == want then
+      local c = string.char(b)
+      if c:find("%w") then
+        local e = b
+        while e < 127 and T[e + 1] == want and string.char(e + 1):find("%w") do e = e + 1 end
+        out[#out + 1] = e > b and (c .. "-" .. string.char(e)) or c
+        b = e
+      else
+        out[#out + 1] = "%" .. c
+      end
+    end
+    b = b + 1
+  end
+  return table.concat(out), #out
+end
+
+-- A Lua pattern "^[...]*" matching a run of the ASCII bytes `T` holds, so
+-- that string.find scans the run in C: the class as it is or as its
+-- complement ("[^/]"), the shorter. Only for ASCII subjects (no byte above
+-- 127 to tell apart). Not under LuaJIT: its compiler leaves pattern
+-- searches to the interpreter, and compiles the byte loop instead.
+local function run_pattern(T)
+  if jit then return nil end  -- luacheck: ignore jit
+  local yes, ny = class_body(T, true)
+  local no, nn = class_body(T, false)
+  if ny == 0 then return nil end
+  if nn == 0 then return "^.*" end
+  if nn < ny then return "^[^" .. no .. "]*" end
+  return "^[" .. yes .. "]*"
+end
+
 local function compile_rep(node, lo, hi)
   if node[1] == "set" then
     -- the common case ("[^/]+", "[-a-z0-9]{0,61}"): scan greedily, then
     -- offer every length from the longest down to lo
     local pred = node[2]
     local T = ascii_table(pred)
+    local run = run_pattern(T)
     return function(i, k)
       if ASCII then
-        local c, j = 0, i
-        while c < hi and j <= N and T[byte(S, j)] do
-          c = c + 1
-          j = j + 1
+        local c
+        if run then
+          local _, e = find(S, run, i)
+          c = e - i + 1
+          if c > hi then c = hi end
+        else
+          local j = i
+          c = 0
+          while c < hi and j <= N and T[byte(S, j)] do
+            c = c + 1
+            j = j + 1
+          end
         end
         if c < lo then return false end
         for t = c, lo, -1 do
@@ -567,7 +671,7 @@ function _M.compile(pattern)
     end
     error(tree, 0)
   end
-  local m = compile(tree)
+  local m = compile(trim_tail(tree))
   return function(value)
     local s0, n0, a0 = S, N, ASCII
     S, N, ASCII = value, #value, not find(value, "[\128-\255]")
