@@ -51,7 +51,9 @@ for lua in lua5.4 luajit; do
   # bench/discovery_bench.lua), and how near gauth's comes to it.
   ratio "  interpreter floor ($lua) / googleapiclient" "request_build_floor_$lua" request_build_ref ""
   ratio "  gauth ($lua) / interpreter floor" "request_build_$lua" "request_build_floor_$lua" ""
-  ratio "build_from_document compute ($lua) / ref (time)" "build_from_document_$lua" build_from_document_ref "< 1"
+  # The issue asks that building cost little more than decoding the JSON.
+  ratio "build_from_document compute ($lua) / cjson.decode" "build_from_document_$lua" "json_decode_compute_$lua" "<= 1.1 (time)"
+  ratio "  / googleapiclient's (time)" "build_from_document_$lua" build_from_document_ref ""
 done
 if [ -x bench/execute_bench.sh ] || [ -f bench/execute_bench.sh ]; then
   echo "== execute() against nginx (issue 5)"
