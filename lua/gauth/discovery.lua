@@ -1161,6 +1161,21 @@ local function attempt(self, spec, http, timeout, remaining, refreshed)
   return nil, http_error(spec, self, res), refreshed
 end
 
+-- The attempts after the first (or all of them, under a deadline), through
+-- gauth.retry.
+local function with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
+  if not retry_call then retry_call = require("gauth.retry").call end
+  return retry_call(function(a, remaining)
+    if a == 1 and first_err then return nil, first_err end
+    local res, err
+    res, err, refreshed = attempt(self, spec, http, timeout, remaining, refreshed)
+    return res, err
+  end, {
+    attempts = n + 1, deadline = deadline, sleep = opts and opts.sleep or spec.svc.sleep,
+    random = opts and opts.random,
+  })
+end
+
 --- Send the request, with retries, and decode the response.
 -- Retries (exponential backoff with jitter, `Retry-After` honoured) follow
 -- 5xx, 429, 403 `rateLimitExceeded`/`userRateLimitExceeded` and transport
@@ -1203,7 +1218,8 @@ function request:execute(opts)
   if n == nil then n = spec.idempotent and DEFAULT_RETRIES or 0 end
 
   -- The first attempt is made here, outside the retry loop: most calls
-  -- need no other.
+  -- need no other. (No closure is made in this function: under LuaJIT a
+  -- function that makes one cannot be compiled through its returns.)
   local first_err, refreshed
   if deadline == nil or n == 0 then
     local res, err
@@ -1213,17 +1229,7 @@ function request:execute(opts)
     end
     first_err = err
   end
-
-  if not retry_call then retry_call = require("gauth.retry").call end
-  return retry_call(function(a, remaining)
-    if a == 1 and first_err then return nil, first_err end
-    local res, err
-    res, err, refreshed = attempt(self, spec, http, timeout, remaining, refreshed)
-    return res, err
-  end, {
-    attempts = n + 1, deadline = deadline, sleep = opts and opts.sleep or svc.sleep,
-    random = opts and opts.random,
-  })
+  return with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
 end
 
 --- Download what the request answers (a `_media` variant's bytes) into a
