@@ -7,7 +7,8 @@
 -- only builds plain data from `ctx`, the servers' URLs); `check(r, ctx,
 -- fake)` (in busted) where `r[i]` is the normalised result of request i:
 -- `{ res = {status, reason, headers, body, new_connections} | nil,
---    err = {message, retryable, too_large, reason} | nil, elapsed = s }`,
+--    err = {message, retryable, too_large, reason} | nil, raised = message
+--    (when request raised) | nil, elapsed = s }`,
 -- and `untrusted_fake` is the fake behind `ctx.untrusted`.
 --
 -- ctx: `fake` (https://localhost:port of the fake Google, trusted CA),
@@ -34,9 +35,11 @@ function _M.run(t, reqs, clock)
   local out = {}
   for i, req in ipairs(reqs) do
     local t0 = clock()
-    local res, err = t:request(req)
+    local ok, res, err = pcall(t.request, t, req)
     local r = { elapsed = clock() - t0 }
-    if res then
+    if not ok then
+      r.raised = tostring(res)
+    elseif res then
       r.res = { status = res.status, reason = res.reason, headers = res.headers,
                 body = res.body, new_connections = res.new_connections,
                 written = res.written }
@@ -280,6 +283,32 @@ case {
     assert.is_false(r[1].err.retryable)
     assert.matches("[Cc]ertificate", r[1].err.message)
     assert.equal(0, #untrusted_fake:requests())
+  end,
+}
+
+case {
+  name = "a header the transport cannot send raises (a programming error)",
+  requests = function(ctx)
+    local u = ctx.fake .. "/c/never"
+    return { { url = u, headers = { ["bad name"] = "v" } },
+             { url = u, headers = { ["x-true"] = true } },
+             { url = u, headers = { ["x-fn"] = print } },
+             { url = u, headers = { ["x-list"] = { "ok", {} } } },
+             { url = u, headers = { ["x-list"] = { "ok", 2 }, ["x-off"] = false } } }
+  end,
+  check = function(r, _, fake)
+    assert.matches("bad header name bad name", r[1].raised)
+    assert.matches("bad value for header x%-true", r[2].raised)
+    assert.matches("bad value for header x%-fn", r[3].raised)
+    assert.matches("bad value for header x%-list", r[4].raised)
+    for i = 1, 4 do assert.is_nil(r[i].res) end
+    -- strings, numbers and false are what a header takes
+    assert.is_nil(r[5].raised)
+    assert.equal(404, r[5].res.status)
+    local got = fake:requests("/c/never")
+    assert.equal(1, #got)
+    assert.equal("ok, 2", got[1].headers["x-list"])
+    assert.is_nil(got[1].headers["x-off"])
   end,
 }
 

@@ -118,8 +118,9 @@ end
 
 --- Send one request.
 -- @tparam table req `method` (GET, HEAD, POST, PUT, PATCH, DELETE), `url`,
---   `headers` ({lower-case name = value}; a value may be an array for a
---   repeated header), `body` (string), `timeout`, `connect_timeout`,
+--   `headers` ({lower-case name = value}: a string or number, an array of
+--   them for a repeated header, `false` to leave it out; anything else
+--   raises), `body` (string), `timeout`, `connect_timeout`,
 --   `max_body`, `follow_redirects` (default false). Streaming (issue 6):
 --   `upload_file` (+ `upload_offset`, `upload_length`) sends the body from a
 --   file; `download_file` appends a 2xx body to a file (then `res.body` is

@@ -335,7 +335,13 @@ local function build_request(method, target, host_header, headers, body_len)
         -- `false` leaves the header out.
         if values then
           for i = 1, #values do
-            local v = tostring(values[i])
+            local v = values[i]
+            local et = type(v)
+            if et == "number" then
+              v = tostring(v)
+            elseif et ~= "string" then
+              error("gauth.transport.ngx: bad value for header " .. name, 4)
+            end
             -- A CR or LF would let a value (a token from a server, say)
             -- inject headers; the message names the header, never the value.
             if find(v, "[\r\n%z]") then
@@ -649,8 +655,9 @@ end
 
 --- Send one request.
 -- @tparam table req `method` (GET, HEAD, POST, PUT, PATCH, DELETE), `url`,
---   `headers` ({lower-case name = value}; a value may be an array for a
---   repeated header; `false` leaves it out), `body` (string), `timeout`,
+--   `headers` ({lower-case name = value}: a string or number, an array of
+--   them for a repeated header, `false` to leave it out; anything else
+--   raises), `body` (string), `timeout`,
 --   `connect_timeout`, `max_body`, `follow_redirects` (default false),
 --   `upload_file` (+ `upload_offset`, `upload_length`), `download_file`
 --   (a 2xx body is appended to it; `res.body` is then "" and `res.written`
