@@ -29,11 +29,9 @@ PY=/usr/bin/python3
 secs=${BENCH_SECONDS:-1}
 rounds=${BENCH_ROUNDS:-3}
 tmp=$(mktemp -d)
+. bench/placement.sh
 restore() {
-  # nginx's processes get their CPU affinity back
-  [ -f "$tmp/affinity" ] && while read -r p m; do
-    taskset -p "$m" "$p" >/dev/null 2>&1
-  done <"$tmp/affinity"
+  placement_restore "$tmp"
   sh bench/nginx_fixed.sh stop "$tmp/nginx" >/dev/null 2>&1
   rm -rf "$tmp"
 }
@@ -43,29 +41,10 @@ if [ -z "$url" ]; then
   url=$NGINX_URL ca=$NGINX_CA
 fi
 
-# Placement: nginx on one CPU (BENCH_CPU, default the last), the client
-# on the same CPU, then on another one (CPU 0). Unpinned, which of the two
-# a run gets is up to the scheduler (it changed from run to run here, by a
-# factor of 3 on this VM), so both are pinned and both reported. Without
-# taskset or ss nothing is pinned and only the first set of names is
-# printed.
-pin="" pin2=""
-port=${url##*:}
-port=${port%%/*}
-if command -v taskset >/dev/null 2>&1 && command -v ss >/dev/null 2>&1; then
-  ncpu=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
-  cpu=${BENCH_CPU:-$((ncpu - 1))}
-  for p in $(ss -Htlnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
-    m=$(taskset -p "$p" 2>/dev/null | awk '{ print $NF }')
-    [ -n "$m" ] && taskset -p -c "$cpu" "$p" >/dev/null 2>&1 && echo "$p $m" >>"$tmp/affinity"
-  done
-  if [ -s "$tmp/affinity" ]; then
-    pin="taskset -c $cpu"
-    other=0
-    [ "$cpu" -eq 0 ] && other=1
-    [ "$ncpu" -gt 1 ] && pin2="taskset -c $other"
-  fi
-fi
+# Placement (bench/placement.sh): nginx on one CPU, the client on the
+# same CPU ($pin), then on another one ($pin2). Without taskset or ss
+# nothing is pinned and only the first set of names is printed.
+placement_start "$url" "$tmp"
 
 cc -O2 -o "$tmp/curl_floor" bench/curl_floor.c -lcurl || exit 1
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/key.pem" 2>/dev/null || exit 1
@@ -108,6 +87,4 @@ while [ $i -lt "$rounds" ]; do
   i=$((i + 1))
 done >"$tmp/all.txt"
 # The best pass of each, in the order first seen.
-awk '{ if (!($1 in best)) { order[++k] = $1; unit[$1] = $3 }
-       if ($2 + 0 > best[$1] + 0) best[$1] = $2 }
-     END { for (i = 1; i <= k; i++) print order[i], best[order[i]], unit[order[i]] }' "$tmp/all.txt"
+best_of "$tmp/all.txt"
