@@ -25,7 +25,6 @@
 # turns spreads the load over all of them alike.
 cd "$(dirname "$0")/.." || exit 2
 url=$1 ca=$2
-PY=/usr/bin/python3
 secs=${BENCH_SECONDS:-1}
 rounds=${BENCH_ROUNDS:-3}
 tmp=$(mktemp -d)
@@ -67,24 +66,8 @@ floor() { # pin suffix
   echo "curl_floor$2 $b req/s"
 }
 pass() { # pin suffix
-  floor "$1" "$2" || echo "curl_floor failed" >&2
-  for c in lua5.4 luajit $PY; do
-    case $c in
-      lua*) script=bench/execute_bench.lua ;;
-      *) script=bench/execute_ref.py ;;
-    esac
-    out=$(BENCH_ROUNDS=1 $1 $c $script "$url" "$ca" "$tmp/key.pem") ||
-      echo "$script failed under $c" >&2
-    # execute_lua5.4 123 calls/s -> execute_lua5.4_2cpu 123 calls/s
-    [ -n "$out" ] && printf '%s\n' "$out" | sed "s/^\([^ ]*\) /\1$2 /"
-  done
+  floor "$1" "$2" || echo "curl_floor" >>"$tmp/failed"
+  clients "$1" "$2" bench/execute_bench.lua bench/execute_ref.py "$url" "$ca" "$tmp/key.pem"
 }
 
-i=0
-while [ $i -lt "$rounds" ]; do
-  pass "$pin" ""
-  [ -n "$pin2" ] && pass "$pin2" _2cpu
-  i=$((i + 1))
-done >"$tmp/all.txt"
-# The best pass of each, in the order first seen.
-best_of "$tmp/all.txt"
+take_turns "$rounds"

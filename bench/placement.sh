@@ -10,6 +10,15 @@
 #   placement_start URL TMPDIR   # sets pin and pin2 ("" when not possible:
 #                                # no taskset or ss, or one CPU for pin2)
 #   placement_restore TMPDIR     # nginx's processes get their affinity back
+#   clients PIN SUFFIX LUA_SCRIPT PY_SCRIPT ARG...
+#                                # one pass of each client (lua5.4, luajit,
+#                                # /usr/bin/python3), BENCH_ROUNDS=1, under
+#                                # PIN; SUFFIX goes on its names; a failure
+#                                # is noted in $tmp/failed
+#   take_turns ROUNDS            # ROUNDS times: `pass "$pin" ""`, then
+#                                # `pass "$pin2" _2cpu` (pass: the
+#                                # caller's); prints the best of each name
+#                                # over all passes; 1 when anything failed
 #   best_of FILE                 # the best value of each name in FILE's
 #                                # "name value unit" lines, first-seen order
 
@@ -44,4 +53,34 @@ best_of() {
   awk '{ if (!($1 in best)) { order[++k] = $1; unit[$1] = $3 }
          if ($2 + 0 > best[$1] + 0) best[$1] = $2 }
        END { for (i = 1; i <= k; i++) print order[i], best[order[i]], unit[order[i]] }' "$1"
+}
+
+clients() {
+  _pin=$1 _sfx=$2 _ls=$3 _ps=$4
+  shift 4
+  for _c in lua5.4 luajit /usr/bin/python3; do
+    case $_c in
+      lua*) _s=$_ls ;;
+      *) _s=$_ps ;;
+    esac
+    _out=$(BENCH_ROUNDS=1 $_pin $_c $_s "$@") || echo "$_s under $_c" >>"$tmp/failed"
+    # execute_lua5.4 123 calls/s -> execute_lua5.4_2cpu 123 calls/s
+    [ -n "$_out" ] && printf '%s\n' "$_out" | sed "s/^\([^ ]*\) /\1$_sfx /"
+  done
+  return 0
+}
+
+take_turns() {
+  _i=0
+  while [ $_i -lt "$1" ]; do
+    pass "$pin" ""
+    [ -n "$pin2" ] && pass "$pin2" _2cpu
+    _i=$((_i + 1))
+  done >"$tmp/all.txt"
+  best_of "$tmp/all.txt"
+  if [ -s "$tmp/failed" ]; then
+    sed 's/^/failed: /' "$tmp/failed" >&2
+    return 1
+  fi
+  return 0
 }

@@ -18,7 +18,6 @@ if [ -z "$url" ] || [ -z "$ca" ]; then
   echo "usage: sh bench/token_bench.sh NGINX_URL NGINX_CA" >&2
   exit 2
 fi
-PY=/usr/bin/python3
 rounds=${BENCH_ROUNDS:-3}
 tmp=$(mktemp -d)
 . bench/placement.sh
@@ -26,24 +25,7 @@ trap 'placement_restore "$tmp"; rm -rf "$tmp"' EXIT INT TERM
 placement_start "$url" "$tmp"
 
 pass() { # pin suffix
-  for c in lua5.4 luajit $PY; do
-    case $c in
-      lua*) script=bench/token_bench.lua ;;
-      *) script=bench/token_ref.py ;;
-    esac
-    out=$(BENCH_ROUNDS=1 $1 $c $script "$url" "$ca") || echo "$script under $c" >>"$tmp/failed"
-    [ -n "$out" ] && printf '%s\n' "$out" | sed "s/^\([^ ]*\) /\1$2 /"
-  done
+  clients "$1" "$2" bench/token_bench.lua bench/token_ref.py "$url" "$ca"
 }
 
-i=0
-while [ $i -lt "$rounds" ]; do
-  pass "$pin" ""
-  [ -n "$pin2" ] && pass "$pin2" _2cpu
-  i=$((i + 1))
-done >"$tmp/all.txt"
-best_of "$tmp/all.txt"
-if [ -s "$tmp/failed" ]; then
-  sed 's/^/failed: /' "$tmp/failed" >&2
-  exit 1
-fi
+take_turns "$rounds"
