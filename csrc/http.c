@@ -179,6 +179,16 @@ static int str_keep(char **slot, const char *s)
     return *slot != NULL;
 }
 
+/* Whether the kept list from node `n` on is exactly `extra`
+ * (NULL-terminated): the lines gauth adds after the caller's. */
+static int rest_is(const struct curl_slist *n, const char *const *extra)
+{
+    for (; *extra != NULL; extra++, n = n->next)
+        if (n == NULL || strcmp(n->data, *extra) != 0)
+            return 0;
+    return n == NULL;
+}
+
 /* Whether h->hdrs already holds headers[1..nh] (the table at index `t`)
  * followed by `extra` (NULL-terminated): a client sends the same headers
  * request after request, so the list is kept from one to the next instead
@@ -202,10 +212,7 @@ static int hdrs_same(lua_State *L, gauth_http *h, int t, int nh,
         if (!same)
             return 0;
     }
-    for (; *extra != NULL; extra++, n = n->next)
-        if (n == NULL || strcmp(n->data, *extra) != 0)
-            return 0;
-    return n == NULL;
+    return rest_is(n, extra);
 }
 
 /* ------------------------------------------------------------------ */
@@ -391,13 +398,7 @@ static int walk_headers(lua_State *L, gauth_http *h, int t, hwalk *w, int build)
  * list's first nodes; the rest must be `extra`. */
 static int map_same(const hwalk *w, const char *const *extra)
 {
-    struct curl_slist *n = w->node;
-    if (!w->same)
-        return 0;
-    for (; *extra != NULL; extra++, n = n->next)
-        if (n == NULL || strcmp(n->data, *extra) != 0)
-            return 0;
-    return n == NULL;
+    return w->same && rest_is(w->node, extra);
 }
 
 /* ------------------------------------------------------------------ */
