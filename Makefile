@@ -46,7 +46,7 @@ DEB_PKGS = gcc make pkg-config openssl curl ca-certificates \
   nginx-light libnginx-mod-http-lua lua-resty-core wrk valgrind \
   lua-ldoc lua-markdown lua-check cppcheck clang libclang-rt-14-dev
 
-.PHONY: all both deps test check asan valgrind fuzz bench demo docs install clean
+.PHONY: all both deps node-judges test check asan valgrind fuzz bench demo docs install clean
 
 all: $(CORE)
 
@@ -72,7 +72,20 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
 	fi
 
-test: deps
+# Google's Node libraries judge what gauth sends and signs (spec/support/node):
+# Node and npm from Debian where missing, the pinned packages into the ignored
+# spec/support/node/node_modules, installed again only when package.json changes.
+NODE_DIR = spec/support/node
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install nodejs npm"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null || exit 1; }
+	@cd $(NODE_DIR) && npm install --no-package-lock --no-audit --no-fund --loglevel=error >/dev/null
+	@touch $@
+
+node-judges: $(NODE_DIR)/node_modules/.installed
+
+test: deps node-judges
 	@$(MAKE) --no-print-directory both >/dev/null
 	@sh spec/run.sh
 

@@ -76,6 +76,36 @@ function _M.wrap(module, step, err, fields)
   return _M.new(module, step, msg, fields)
 end
 
+--- The public shape of an expected failure: `nil, message, err`.
+-- `message` is the string `"gauth.<module>: <step>: <detail>"` (what
+-- `assert` and `ngx.log` print), `err` the error object with the fields.
+-- @usage return errors.fail("storage", "options", "bucket is required")
+-- @return nil, string, error object
+function _M.fail(module, step, message, fields)
+  local e = _M.new(module, step, message, fields)
+  return nil, render(e), e
+end
+
+--- Return an error object (or a `gauth.core` string, wrapped under
+-- `module`/`step` when given) in the public shape `nil, message, err`.
+-- @return nil, string, error object
+function _M.ret(err, module, step)
+  if not _M.is(err) then
+    err = _M.wrap(module or "core", step or "call", err)
+  end
+  return nil, render(err), err
+end
+
+--- The error object out of what a gauth call returned after its `nil`,
+-- whichever shape it has: `nil, msg, err`, `nil, err` (an object), or
+-- `nil, "string"` (from `gauth.core`, wrapped under `module`/`step`).
+-- @return error object
+function _M.of(second, third, module, step)
+  if _M.is(third) then return third end
+  if _M.is(second) then return second end
+  return _M.wrap(module or "core", step or "call", second)
+end
+
 local gsub, find = string.gsub, string.find
 
 --- Hide the secrets a URI may carry in its query (an API key, a token, a
