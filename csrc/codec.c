@@ -8,6 +8,8 @@
 #include <time.h>
 
 #include <openssl/evp.h>
+#include <openssl/err.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include "gauth.h"
@@ -192,6 +194,82 @@ static int l_sha256(lua_State *L)
 }
 
 /***
+ * HMAC-SHA256 (Cloud Storage's GOOG4-HMAC-SHA256 signing-key chain).
+ * @function hmac_sha256
+ * @tparam string key any length
+ * @tparam string data
+ * @treturn string 32 raw bytes
+ */
+static int l_hmac_sha256(lua_State *L)
+{
+    size_t klen, n;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    const char *s = luaL_checklstring(L, 2, &n);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+
+    if (klen > 0x7fffffff)
+        return gauth_error(L, "hmac_sha256", "key too long");
+    ERR_clear_error();
+    if (HMAC(EVP_sha256(), key, (int)klen, (const unsigned char *)s, n, md,
+             &len) == NULL)
+        return gauth_ssl_error(L, "hmac_sha256", "HMAC failed");
+    lua_pushlstring(L, (const char *)md, len);
+    return 1;
+}
+
+/***
+ * Lower-case hexadecimal of a byte string (signatures and digests as
+ * Cloud Storage's V4 signing writes them).
+ * @function hex_encode
+ * @tparam string data
+ * @treturn string twice as long
+ */
+static int l_hex_encode(lua_State *L)
+{
+    static const char digits[] = "0123456789abcdef";
+    size_t n, i;
+    const unsigned char *s =
+        (const unsigned char *)luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    char pair[2];
+
+    luaL_buffinit(L, &b);
+    for (i = 0; i < n; i++) {
+        pair[0] = digits[s[i] >> 4];
+        pair[1] = digits[s[i] & 15];
+        luaL_addlstring(&b, pair, 2);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/***
+ * SHA-256 digest as lower-case hex.
+ * @function sha256_hex
+ * @tparam string data
+ * @treturn string 64 hex characters
+ */
+static int l_sha256_hex(lua_State *L)
+{
+    static const char digits[] = "0123456789abcdef";
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    char out[2 * EVP_MAX_MD_SIZE];
+    unsigned int len = 0, i;
+
+    if (!EVP_Digest(s, n, md, &len, EVP_sha256(), NULL))
+        return gauth_ssl_error(L, "sha256", "digest failed");
+    for (i = 0; i < len; i++) {
+        out[2 * i] = digits[md[i] >> 4];
+        out[2 * i + 1] = digits[md[i] & 15];
+    }
+    lua_pushlstring(L, out, 2 * (size_t)len);
+    return 1;
+}
+
+/***
  * Cryptographically strong random bytes.
  * @function random_bytes
  * @tparam integer n at most 4096
@@ -260,6 +338,9 @@ static const luaL_Reg codec_funcs[] = {
     {"b64_encode", l_b64_encode},
     {"b64_decode", l_b64_decode},
     {"sha256", l_sha256},
+    {"sha256_hex", l_sha256_hex},
+    {"hmac_sha256", l_hmac_sha256},
+    {"hex_encode", l_hex_encode},
     {"random_bytes", l_random_bytes},
     {"now", l_now},
     {"monotonic", l_monotonic},

@@ -74,6 +74,38 @@ describe("gauth.core codec", function()
       hex(core.sha256("")))
   end)
 
+  it("computes HMAC-SHA256 (RFC 4231 vectors) and hex, as Python's hmac judges", function()
+    -- RFC 4231 test cases 1, 2 and 6 (a key longer than the block).
+    assert.are.equal("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+      core.hex_encode(core.hmac_sha256(string.rep("\11", 20), "Hi There")))
+    assert.are.equal("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+      core.hex_encode(core.hmac_sha256("Jefe", "what do ya want for nothing?")))
+    assert.are.equal("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+      core.hex_encode(core.hmac_sha256(string.rep("\170", 131),
+        "Test Using Larger Than Block-Size Key - Hash Key First")))
+    -- Binary keys and data, empty ones, against Python's hmac module.
+    local cases = { { "", "" }, { "GOOG4secret", "20200101" },
+                    { core.random_bytes(37), core.random_bytes(300) } }
+    for _, c in ipairs(cases) do
+      local f = io.popen("python3 -c 'import hmac,hashlib,sys,binascii;"
+        .. "k,d=(binascii.unhexlify(x[:-1]) for x in sys.argv[1:3]);"
+        .. "print(hmac.new(k,d,hashlib.sha256).hexdigest())' "
+        .. hex(c[1]) .. "x " .. hex(c[2]) .. "x 2>&1")
+      local want = f:read("*a"); f:close()
+      assert.are.equal(want:gsub("%s+$", ""),
+        core.hex_encode(core.hmac_sha256(c[1], c[2])))
+    end
+    assert.are.equal("", core.hex_encode(""))
+    assert.are.equal("00ff10", core.hex_encode("\0\255\16"))
+    assert.are.equal("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+      core.sha256_hex("abc"))
+    assert.are.equal(hex(core.sha256(string.rep("x", 1000))),
+      core.sha256_hex(string.rep("x", 1000)))
+    assert.has_error(function() core.hmac_sha256("k") end)
+    assert.has_error(function() core.hex_encode({}) end)
+    assert.has_error(function() core.sha256_hex() end)
+  end)
+
   it("gives random bytes of the asked length, and refuses silly lengths", function()
     local a, b = core.random_bytes(32), core.random_bytes(32)
     assert.are.equal(32, #a)
