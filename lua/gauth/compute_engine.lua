@@ -93,6 +93,9 @@ function _M._new(opts, kind, mode)
   local host, err = metadata.host({ host = opts.host, env = opts.env, _module = kind })
   if not host then return nil, err end
   local policy = metadata.retry_policy(opts.retry)
+  if opts.iam_endpoint ~= nil and (type(opts.iam_endpoint) ~= "string" or opts.iam_endpoint == "") then
+    arg_error(kind, "iam_endpoint must be a non-empty string")
+  end
   local self = setmetatable({
     service_account = sa,
     -- Sent as one comma-separated parameter: no commas in a scope.
@@ -106,7 +109,11 @@ function _M._new(opts, kind, mode)
     _http = opts.http,
     _timeout = opts.timeout,
     _retry = policy,
-    -- Shared by every copy: what the server told about the account.
+    _retry_opt = opts.retry,
+    _iam_endpoint = opts.iam_endpoint,
+    _env = opts.env,
+    -- Shared by every copy: what the server told about the account, and
+    -- the IAM Credentials client that signs for it.
     _shared = { email = find(sa, "@", 1, true) and sa or nil },
   }, mt)
   if kind ~= "compute_engine" then self.kind = kind end
@@ -251,6 +258,69 @@ function _M:email()
   end
   shared.email = v
   return v
+end
+
+-- Signing through IAM Credentials ---------------------------------------
+
+-- The IAM client of the account, made once for all copies: asked with
+-- access tokens of the same account (an ID token cannot call IAM).
+local function iam_client(self)
+  local c = self._shared.iam
+  if c then return c end
+  local source = self
+  if self.mode ~= "access" then
+    source = self:copy({ mode = "access" })
+    source.target_audience, source.format, source.licenses = nil, nil, nil
+  end
+  c = require("gauth.iam").new({
+    source = source,
+    email_source = function() return self:email() end,
+    universe_domain = function()
+      if type(self.universe_domain) == "string" then return self.universe_domain end
+      if type(self.get_universe_domain) == "function" then return self:get_universe_domain() end
+      return "googleapis.com"
+    end,
+    endpoint = self._iam_endpoint, env = self._env, http = self._http,
+    timeout = self._timeout, retry = self._retry_opt, now = self._clock,
+  })
+  self._shared.iam = c
+  return c
+end
+
+--- The email of the instance's service account (the metadata server's
+-- answer for "default", asked once).
+-- @return email | nil, msg, err
+function _M:signer_email()
+  local v, err = self:email()
+  if not v then return errors.ret(errors.of(err)) end
+  return v
+end
+
+--- Sign bytes with the account's Google-managed key through IAM
+-- Credentials' `signBlob` (the account needs
+-- `iam.serviceAccounts.signBlob` on itself, e.g. the Service Account Token
+-- Creator role, and the instance the cloud-platform scope).
+-- @tparam string bytes
+-- @return raw signature bytes | nil, msg, err
+function _M:sign_bytes(bytes)
+  if type(bytes) ~= "string" then
+    error("gauth." .. self._module .. ": sign_bytes: bytes must be a string", 2)
+  end
+  local sig, m, x = iam_client(self):sign_blob(bytes)
+  if not sig then return nil, m, x end
+  return sig
+end
+
+--- A JWT of `claims` signed through IAM Credentials' `signJwt`.
+-- @tparam table claims
+-- @return the JWT | nil, msg, err
+function _M:sign_jwt(claims)
+  if type(claims) ~= "table" then
+    error("gauth." .. self._module .. ": sign_jwt: claims must be a table", 2)
+  end
+  local tok, m, x = iam_client(self):sign_jwt(claims)
+  if not tok then return nil, m, x end
+  return tok
 end
 
 --- False: the metadata server gives a token without scopes (with those

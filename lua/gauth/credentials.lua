@@ -301,6 +301,39 @@ function base:with_quota_project(project)
   return o
 end
 
+-- Signing ---------------------------------------------------------------
+
+-- Types that have a service account to sign with (service_account,
+-- compute_engine, impersonated, ...) replace these; the others answer
+-- that they cannot.
+local function cannot_sign(self)
+  return errors.fail(tostring(self.kind), "signing", tostring(self.kind)
+    .. " credentials cannot sign (no service account: use a service account key,"
+    .. " or impersonate one)", { retryable = false })
+end
+
+--- The email of the service account that signs (`sign_bytes`, `sign_jwt`).
+-- @return email | nil, msg, err (credentials without a service account)
+function base:signer_email()
+  return cannot_sign(self)
+end
+
+--- Sign bytes with the service account's key (RSA-SHA256, PKCS#1 v1.5):
+-- locally with a key file, else through IAM Credentials' `signBlob`.
+-- @tparam string bytes
+-- @return raw signature bytes | nil, msg, err
+function base:sign_bytes(bytes)  -- luacheck: no unused args
+  return cannot_sign(self)
+end
+
+--- A JWT of `claims` signed by the service account (RS256): locally with
+-- a key file, else through IAM Credentials' `signJwt`.
+-- @tparam table claims
+-- @return the JWT | nil, msg, err
+function base:sign_jwt(claims)  -- luacheck: no unused args
+  return cannot_sign(self)
+end
+
 -- For the credentials modules --------------------------------------------
 
 --- The error helpers of a credentials module, made once when it loads.

@@ -43,6 +43,7 @@ local tonumber = tonumber
 local error = error
 local require = require
 local setmetatable = setmetatable
+local getmetatable = getmetatable
 local find = string.find
 local sub = string.sub
 local match = string.match
@@ -174,6 +175,7 @@ function _M.credentials(opts)
     lifetime = lifetime,
     url = url,
     _retry = metadata.retry_policy(opts.retry, _M.RETRY),
+    _retry_opt = opts.retry,
     _timeout = opts.timeout,
     _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
   }, mt)
@@ -406,6 +408,122 @@ function _M:cache_key_parts()
            scopes = scopes, delegates = self.delegates, lifetime = self.lifetime,
            url = self.url }
 end
+
+-- Signing and ID tokens through IAM Credentials ---------------------------
+
+-- The IAM client of the target, asked with the source's tokens through
+-- the same chain of delegates (made once for all copies).
+local function iam_client(self)
+  local c = self._shared.iam
+  if c then return c end
+  c = require("gauth.iam").new({
+    source = self.source, email = self.target_principal, delegates = self.delegates,
+    -- The host that gives the target's tokens signs for it too.
+    endpoint = match(self.url, "^(.-)/v1/projects/"),
+    http = self._shared.http, ca_file = self._shared.ca_file,
+    timeout = self._shared.timeout, retry = self._retry_opt, now = self._clock,
+  })
+  self._shared.iam = c
+  return c
+end
+
+--- The target's email (the signer of `sign_bytes` and `sign_jwt`).
+-- @return email
+function _M:signer_email()
+  return self.target_principal
+end
+
+--- Sign bytes as the target through IAM Credentials' `signBlob`, asked
+-- with the source's token (which needs `iam.serviceAccounts.signBlob` on
+-- the target).
+-- @tparam string bytes
+-- @return raw signature bytes | nil, msg, err
+function _M:sign_bytes(bytes)
+  if type(bytes) ~= "string" then
+    error("gauth.impersonated: sign_bytes: bytes must be a string", 2)
+  end
+  local sig, m, x = iam_client(self):sign_blob(bytes)
+  if not sig then return nil, m, x end
+  return sig
+end
+
+--- A JWT of `claims` signed as the target through `signJwt`.
+-- @tparam table claims
+-- @return the JWT | nil, msg, err
+function _M:sign_jwt(claims)
+  if type(claims) ~= "table" then
+    error("gauth.impersonated: sign_jwt: claims must be a table", 2)
+  end
+  local tok, m, x = iam_client(self):sign_jwt(claims)
+  if not tok then return nil, m, x end
+  return tok
+end
+
+--- A Google-signed ID token of the target for `audience`, through IAM
+-- Credentials' `generateIdToken` (one request, not cached: see
+-- `id_token_credentials` for a cached source of them).
+-- @tparam string audience
+-- @tparam[opt] boolean include_email add the `email` claims
+-- @return the ID token | nil, msg, err
+function _M:fetch_id_token(audience, include_email)
+  if type(audience) ~= "string" or audience == "" then
+    error("gauth.impersonated: fetch_id_token: audience must be a non-empty string", 2)
+  end
+  return iam_client(self):generate_id_token(audience, include_email)
+end
+
+local IdTokens = credentials.extend({ _VERSION = _M._VERSION, kind = "impersonated_id_token" })
+local id_mt = credentials.metatable(IdTokens)
+
+--- ID token credentials of the target: `token()` returns a Google-signed
+-- ID token for `opts.audience` (from `generateIdToken`), cached and
+-- refreshed like any token (until its `exp`, less the refresh window).
+-- @tparam table imp impersonated credentials
+-- @tparam table opts `audience` (required), `include_email` (boolean),
+--   `quota_project`, `cache`, `now`
+-- @return credentials
+function _M.id_token_credentials(imp, opts)
+  if getmetatable(imp) ~= mt then
+    error("gauth.impersonated: id_token_credentials: impersonated credentials required", 2)
+  end
+  if type(opts) ~= "table" or type(opts.audience) ~= "string" or opts.audience == "" then
+    error("gauth.impersonated: id_token_credentials: opts.audience (a non-empty string) required", 2)
+  end
+  if opts.include_email ~= nil and type(opts.include_email) ~= "boolean" then
+    error("gauth.impersonated: include_email must be a boolean", 2)
+  end
+  local self = setmetatable({ target = imp, target_principal = imp.target_principal,
+                              audience = opts.audience,
+                              include_email = opts.include_email or false,
+                              mode = "id_token" }, id_mt)
+  credentials.init(self, { quota_project = opts.quota_project, cache = opts.cache,
+                           now = opts.now or imp._clock })
+  return self
+end
+
+function IdTokens:fetch_token()
+  local tok, m, x = self.target:fetch_id_token(self.audience, self.include_email)
+  if not tok then return nil, errors.of(m, x) end
+  local entry = credentials.id_token_entry(tok, self._clock())
+  if not entry then
+    return fail("token response", "generateIdToken gave no JWT with an exp claim",
+                { retryable = false })
+  end
+  return entry
+end
+
+function IdTokens:cache_key_parts()
+  return { target = self.target:cache_key(), audience = self.audience,
+           include_email = self.include_email }
+end
+
+function IdTokens:describe()
+  return "ID token of " .. self.target_principal .. " for " .. self.audience
+end
+
+function IdTokens:signer_email() return self.target:signer_email() end
+function IdTokens:sign_bytes(b) return self.target:sign_bytes(b) end
+function IdTokens:sign_jwt(c) return self.target:sign_jwt(c) end
 
 --- False: impersonated credentials always have scopes (`DEFAULT_SCOPES`
 -- when none were given).

@@ -1,0 +1,315 @@
+--- A client of the IAM Credentials API for one service account: signs
+-- bytes (`signBlob`) and JWTs (`signJwt`) and issues ID tokens
+-- (`generateIdToken`), asked with the token of credentials that may act
+-- as that account (role "Service Account Token Creator", or the account
+-- itself on Compute Engine).
+--
+--     local iam = require "gauth.iam"
+--     local client = iam.new({ source = creds, email = "sa@p.iam.gserviceaccount.com" })
+--     local sig, msg, err = client:sign_blob("bytes")
+--
+-- This is the signer of every credentials type without a private key of
+-- its own (Compute Engine, impersonated, and external accounts with
+-- impersonation): they make one client and answer `sign_bytes`,
+-- `sign_jwt` and `signer_email` through it.
+--
+-- The endpoint is `opts.endpoint` (a base URL), else the
+-- `GAUTH_IAM_ENDPOINT` environment variable (tests, emulators), else
+-- `https://iamcredentials.<universe_domain>`. The source's token goes only
+-- over https, or http to a loopback host.
+--
+-- Errors (`nil, msg, err`, module "iam"): step "options" (the account's
+-- email could not be learnt: the source's error is `cause`), "endpoint",
+-- "source credentials", "request" (transport), "response" (the API's
+-- refusal: `status`, `reason`, `account`, `permission`, `method`,
+-- `retryable`, `retry_after`). A 403 or 404 says which account and which
+-- permission (`iam.serviceAccounts.signBlob`, ...) it is about. 5xx, 429
+-- and transport failures are retried (`RETRY`); a 401 once, with a new
+-- source token. No signature, token or signed payload is ever in an error.
+-- @module gauth.iam
+
+local errors = require "gauth.errors"
+local retry = require "gauth.retry"
+local oauth = require "gauth.oauth"
+local core = require "gauth.core"
+local cjson = require "cjson.safe"
+
+local type = type
+local ipairs = ipairs
+local tostring = tostring
+local error = error
+local require = require
+local setmetatable = setmetatable
+local find = string.find
+local gsub = string.gsub
+
+local _M = { _VERSION = "0.1.0" }
+local mt = { __index = _M }
+
+--- The environment variable that replaces the endpoint (a base URL).
+_M.ENDPOINT_VAR = "GAUTH_IAM_ENDPOINT"
+
+--- Google's universe, whose IAM Credentials host is
+-- `iamcredentials.googleapis.com`.
+_M.DEFAULT_UNIVERSE = "googleapis.com"
+
+--- The permission each method needs on the account (what a 403 names).
+_M.PERMISSIONS = {
+  signBlob = "iam.serviceAccounts.signBlob",
+  signJwt = "iam.serviceAccounts.signJwt",
+  generateIdToken = "iam.serviceAccounts.getOpenIdToken",
+  generateAccessToken = "iam.serviceAccounts.getAccessToken",
+}
+
+--- Retry policy (as for the token endpoint): 5xx, 429, transport errors.
+_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
+             jitter = true, deadline = 60 }
+
+_M.MAX_RESPONSE = 256 * 1024
+
+local DELEGATE_PREFIX = "projects/-/serviceAccounts/"
+
+local function fail(step, message, fields)
+  return errors.fail("iam", step, message, fields)
+end
+
+-- An email or unique id: nothing that changes the URL's path.
+local function valid_account(p)
+  return type(p) == "string" and find(p, "^[%w@._+-]+$") ~= nil
+end
+_M.valid_account = valid_account
+
+--- A client for one account.
+-- @tparam table opts `source` (credentials with `token()`; required),
+--   `email` (the account; or `email_source`, a function returning it or
+--   `nil, msg, err`, called once, when first needed: the metadata server's
+--   answer), `delegates` (emails or `projects/-/serviceAccounts/<email>`),
+--   `universe_domain` (a string, or a function returning one or
+--   `nil, msg, err`; default "googleapis.com"), `endpoint` (base URL),
+--   `env` (a table or function standing in for the environment), `http`,
+--   `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false), `now`
+--   (a clock function, for Retry-After dates)
+-- @return the client (raises on a wrong argument)
+function _M.new(opts)
+  if type(opts) ~= "table" then error("gauth.iam: new: opts must be a table", 2) end
+  local source = opts.source
+  if type(source) ~= "table" or type(source.token) ~= "function" then
+    error("gauth.iam: opts.source must be credentials (with :token)", 2)
+  end
+  local email, email_source = opts.email, opts.email_source
+  if email ~= nil and not valid_account(email) then
+    error("gauth.iam: opts.email must be a service account email", 2)
+  end
+  if email == nil and type(email_source) ~= "function" then
+    error("gauth.iam: opts.email or opts.email_source is required", 2)
+  end
+  local delegates
+  if opts.delegates ~= nil then
+    if type(opts.delegates) ~= "table" then error("gauth.iam: opts.delegates must be an array", 2) end
+    delegates = {}
+    for i, d in ipairs(opts.delegates) do
+      if type(d) ~= "string" or d == "" then
+        error("gauth.iam: opts.delegates[" .. i .. "] must be a non-empty string", 2)
+      end
+      if not find(d, "/", 1, true) then
+        if not valid_account(d) then error("gauth.iam: opts.delegates[" .. i .. "] is not an email", 2) end
+        d = DELEGATE_PREFIX .. d
+      end
+      delegates[i] = d
+    end
+    if #delegates == 0 then delegates = nil end
+  end
+  local ud = opts.universe_domain
+  if ud ~= nil and type(ud) ~= "function" and (type(ud) ~= "string" or not find(ud, "^[%w.-]+$")) then
+    error("gauth.iam: opts.universe_domain must be a domain name or a function", 2)
+  end
+  if opts.endpoint ~= nil and (type(opts.endpoint) ~= "string" or opts.endpoint == "") then
+    error("gauth.iam: opts.endpoint must be a non-empty string", 2)
+  end
+  local policy = retry.policy(_M.RETRY, opts.retry)
+  if not policy then error("gauth.iam: opts.retry must be a table or false", 2) end
+  local endpoint = opts.endpoint or require("gauth.metadata").getenv_for(opts)(_M.ENDPOINT_VAR)
+  return setmetatable({
+    source = source,
+    _email = email,
+    _email_source = email_source,
+    delegates = delegates,
+    _universe = ud,
+    _endpoint = endpoint,
+    _retry = policy,
+    _clock = opts.now or require("gauth.util").now,
+    _timeout = opts.timeout,
+    _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+  }, mt)
+end
+
+--- The account's email: given, or asked of `email_source` once.
+-- @return email | nil, msg, err
+function _M:email()
+  local e = self._email
+  if e then return e end
+  local v, m, x = self._email_source()
+  if not v then
+    local cause = errors.of(m, x)
+    return fail("options", "cannot learn the service account's email: " .. tostring(cause),
+                { cause = cause, retryable = cause.retryable })
+  end
+  if not valid_account(v) then
+    return fail("options", "the service account's email is not an email: "
+                .. tostring(v):sub(1, 80))
+  end
+  self._email = v
+  return v
+end
+
+--- The base URL of the API.
+-- @return URL | nil, msg, err
+function _M:endpoint()
+  if self._endpoint then return (gsub(self._endpoint, "/+$", "")) end
+  local ud = self._universe
+  if type(ud) == "function" then
+    local v, m, x = ud()
+    if not v then
+      local cause = errors.of(m, x)
+      return fail("endpoint", "cannot learn the universe domain: " .. tostring(cause),
+                  { cause = cause })
+    end
+    ud = v
+  end
+  return "https://iamcredentials." .. (ud or _M.DEFAULT_UNIVERSE)
+end
+
+local function refusal(self, method, email, res, attempt)
+  local status = res.status
+  local data = type(res.body) == "string" and cjson.decode(res.body) or nil
+  local e = type(data) == "table" and type(data.error) == "table" and data.error or nil
+  local permission = _M.PERMISSIONS[method]
+  local reason = e and type(e.status) == "string" and e.status or res.reason
+  local msg
+  if status == 403 then
+    msg = "permission " .. permission .. " denied on service account " .. email
+          .. " (the caller needs it, e.g. through roles/iam.serviceAccountTokenCreator)"
+  elseif status == 404 then
+    msg = "service account " .. email .. " not found (or the caller lacks "
+          .. permission .. " on it)"
+  else
+    msg = method .. " for " .. email .. " refused"
+  end
+  if e and type(e.message) == "string" then
+    msg = msg .. ": " .. gsub(e.message, "%s*[\r\n]+%s*", " ")
+  end
+  local retryable = retry.is_retryable_status(status)
+  if status == 401 and attempt == 1 then
+    -- The source's token may have been revoked or expired early: a new one
+    -- once.
+    if type(self.source.invalidate) == "function" then self.source:invalidate() end
+    retryable = true
+  end
+  return errors.new("iam", "response", msg, {
+    status = status, reason = reason, account = email, permission = permission,
+    method = method, retryable = retryable, details = e and e.details or nil,
+    retry_after = retry.parse_retry_after(res.headers and res.headers["retry-after"],
+                                          self._clock()),
+  })
+end
+
+-- One POST of `method` with the JSON `body`; the decoded answer.
+local function once(self, http, url, email, method, body, attempt, remaining)
+  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "iam", url)
+  if terr then return nil, terr end
+  local tok, m, x = self.source:token()
+  if not tok then
+    -- The source retried already: retrying here would multiply attempts.
+    return nil, errors.wrap("iam", "source credentials", errors.of(m, x), { retryable = false })
+  end
+  local res, err = oauth.post(http, "iam", url,
+    { authorization = "Bearer " .. tok, ["content-type"] = "application/json",
+      accept = "application/json" }, body, timeout, _M.MAX_RESPONSE)
+  if not res then
+    err.step = "request"
+    return nil, err
+  end
+  if res.status ~= 200 then return nil, refusal(self, method, email, res, attempt) end
+  local data = cjson.decode(res.body)
+  if type(data) ~= "table" then
+    return nil, errors.new("iam", "response", method .. " answered 200 without a JSON object",
+                           { retryable = false, method = method, account = email })
+  end
+  return data
+end
+
+--- Call `method` (signBlob, signJwt, generateIdToken, generateAccessToken)
+-- on the account with the request object `req` (delegates added).
+-- @return the decoded answer | nil, msg, err
+function _M:call(method, req)
+  if not _M.PERMISSIONS[method] then error("gauth.iam: unknown method " .. tostring(method), 2) end
+  local email, m, x = self:email()
+  if not email then return nil, m, x end
+  local base
+  base, m, x = self:endpoint()
+  if not base then return nil, m, x end
+  local url = base .. "/v1/projects/-/serviceAccounts/" .. email .. ":" .. method
+  local ok, uerr = oauth.check_url(url, "iam", "endpoint", "a token")
+  if not ok then return errors.ret(uerr) end
+  local http, herr = oauth.transport(self._shared, "iam")
+  if not http then return errors.ret(errors.of(herr)) end
+  if self.delegates then req.delegates = self.delegates end
+  local body = cjson.encode(req)
+  local data, err = retry.call(function(attempt, remaining)
+    return once(self, http, url, email, method, body, attempt, remaining)
+  end, self._retry)
+  if not data then return errors.ret(err) end
+  return data
+end
+
+--- Sign bytes with the account's Google-managed key (RSA-SHA256).
+-- @tparam string bytes
+-- @return raw signature bytes, key id | nil, msg, err
+function _M:sign_blob(bytes)
+  if type(bytes) ~= "string" then error("gauth.iam: sign_blob: bytes must be a string", 2) end
+  local data, m, x = self:call("signBlob", { payload = core.b64_encode(bytes) })
+  if not data then return nil, m, x end
+  local sig = type(data.signedBlob) == "string" and core.b64_decode(data.signedBlob)
+  if not sig or sig == "" then
+    return fail("response", "signBlob answered without a base64 signedBlob",
+                { method = "signBlob", account = self._email, retryable = false })
+  end
+  return sig, type(data.keyId) == "string" and data.keyId or nil
+end
+
+--- Sign a JWT with the account's Google-managed key: IAM sets the header
+-- (RS256, its key id).
+-- @tparam table claims JSON-encodable claims
+-- @return the signed JWT, key id | nil, msg, err
+function _M:sign_jwt(claims)
+  if type(claims) ~= "table" then error("gauth.iam: sign_jwt: claims must be a table", 2) end
+  local payload = cjson.encode(claims)
+  if not payload then error("gauth.iam: sign_jwt: claims are not JSON-encodable", 2) end
+  local data, m, x = self:call("signJwt", { payload = payload })
+  if not data then return nil, m, x end
+  if type(data.signedJwt) ~= "string" or data.signedJwt == "" then
+    return fail("response", "signJwt answered without signedJwt",
+                { method = "signJwt", account = self._email, retryable = false })
+  end
+  return data.signedJwt, type(data.keyId) == "string" and data.keyId or nil
+end
+
+--- A Google-signed ID token of the account for `audience`.
+-- @tparam string audience
+-- @tparam[opt] boolean include_email add the `email` and `email_verified` claims
+-- @return the ID token | nil, msg, err
+function _M:generate_id_token(audience, include_email)
+  if type(audience) ~= "string" or audience == "" then
+    error("gauth.iam: generate_id_token: audience must be a non-empty string", 2)
+  end
+  local data, m, x = self:call("generateIdToken",
+    { audience = audience, includeEmail = include_email and true or false })
+  if not data then return nil, m, x end
+  if type(data.token) ~= "string" or data.token == "" then
+    return fail("response", "generateIdToken answered without a token",
+                { method = "generateIdToken", account = self._email, retryable = false })
+  end
+  return data.token
+end
+
+return _M

@@ -1,0 +1,88 @@
+-- Runs the signing judges of the storage, signing and downscoping specs:
+-- Google's Node libraries (one process per batch) and the Python
+-- stand-ins in spec/support (storage_ref.py), and starts the loopback
+-- storage server. Loaded with require "support.judges".
+local helpers = require "helpers"
+local cjson = require "cjson.safe"
+local socket = require "socket"
+
+local J = {}
+
+local q = helpers.shell_quote
+J.support_dir = helpers.support_dir or (debug.getinfo(1, "S").source:match("^@(.*)/[^/]+$"))
+
+-- Run `cmd` with `input` (a Lua value, sent as JSON) on stdin; the decoded
+-- JSON of its stdout. Raises with stderr on failure.
+function J.run_json(cmd, input)
+  local inp = helpers.tmpname("judge-in", ".json")
+  local err = helpers.tmpname("judge-err", ".txt")
+  helpers.write_file(inp, assert(cjson.encode(input)))
+  local p = assert(io.popen(cmd .. " <" .. q(inp) .. " 2>" .. q(err)))
+  local out = p:read("*a")
+  local ok = p:close()
+  local v = cjson.decode(out)
+  if not ok or v == nil then
+    error("judge failed: " .. cmd .. "\n" .. tostring(helpers.read_file(err)) .. "\n" .. out, 2)
+  end
+  return v
+end
+
+-- Environment of a Node judge: no metadata server probe, and any
+-- connection attempt through a proxy lands on a closed loopback port (the
+-- judges sign locally; nothing may leave the machine).
+function J.node_env(proxy)
+  proxy = proxy or ("http://127.0.0.1:" .. helpers.closed_port())
+  return "env METADATA_SERVER_DETECTION=none HTTPS_PROXY=" .. q(proxy)
+    .. " HTTP_PROXY=" .. q(proxy) .. " https_proxy=" .. q(proxy)
+    .. " NO_PROXY= no_proxy= "
+end
+
+--- Google's Node storage client on a batch of cases (see storage_judge.js).
+function J.node_storage(key, cases)
+  return J.run_json(J.node_env() .. "node " .. q(J.support_dir .. "/storage_judge.js"),
+                    { key = key, cases = cases })
+end
+
+--- The Python stand-in's checks of signed URLs and policies.
+function J.py_storage_check(cases)
+  return J.run_json("python3 " .. q(J.support_dir .. "/storage_ref.py") .. " check", cases)
+end
+
+--- Start the loopback storage server: `keys` maps a credential id (email
+-- or HMAC access id) to { public_pem = } or { secret = }. Returns
+-- { url, port, pid, stop }.
+function J.start_storage_server(keys)
+  local ready = helpers.tmpname("storage-ready", ".json")
+  os.remove(ready)
+  local log = helpers.tmpname("storage-log", ".txt")
+  local cmd = "python3 " .. q(J.support_dir .. "/storage_ref.py") .. " serve --ready-file "
+    .. q(ready) .. " --config " .. q(assert(cjson.encode({ keys = keys })))
+    .. " >" .. q(log) .. " 2>&1 </dev/null & echo $!"
+  local p = assert(io.popen(cmd))
+  local pid = tonumber(p:read("*a"):match("(%d+)"))
+  p:close()
+  local deadline = socket.gettime() + 10
+  local info
+  while true do
+    local s = helpers.read_file(ready)
+    info = s and cjson.decode(s)
+    if info then break end
+    if socket.gettime() > deadline then
+      os.execute("kill " .. pid)
+      error("storage_ref.py serve not ready: " .. tostring(helpers.read_file(log)))
+    end
+    socket.sleep(0.02)
+  end
+  local port = math.floor(info.port)
+  local srv = { pid = pid, port = port, url = "http://127.0.0.1:" .. port }
+  function srv.stop()
+    if srv.stopped then return end
+    srv.stopped = true
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    local d = socket.gettime() + 5
+    while helpers.process_alive(pid) and socket.gettime() < d do socket.sleep(0.02) end
+  end
+  return srv
+end
+
+return J
