@@ -6,6 +6,7 @@
 --     gauth call API VERSION resource.method [name=value ...] [--body JSON|@file]
 --                [--dry-run] [--discovery-url URL] [--api-endpoint URL]
 --                [--cache-dir D] [--key-file F] [--scopes a,b] [--subject S]
+--     gauth sign-url gs://BUCKET/OBJECT [--method M] [--expires T] [--header K:V]
 --     gauth discovery fetch API VERSION [--cache-dir D] [--discovery-url URL]
 --
 -- `bin/gauth` is `os.exit(require("gauth.cli").main(arg))`; `main` returns
@@ -29,6 +30,8 @@ local rawget = rawget
 local ipairs = ipairs
 local tostring = tostring
 local tonumber = tonumber
+local upper = string.upper
+local lower = string.lower
 local error = error
 local pcall = pcall
 local require = require
@@ -76,6 +79,14 @@ usage: gauth [--ca-file F] <command> [options]
                               a media download); a progress bar on stderr
                               when it is a terminal, for uploads too
         --key-file F, --scopes S, --subject USER  as for `gauth token`
+
+  gauth sign-url gs://BUCKET/OBJECT [--method M] [--expires T] [--header K:V]
+      Print a Cloud Storage V4 signed URL for the object. --method GET (the
+      default), PUT, POST (starts a resumable upload: x-goog-resumable:
+      start is added to the signed headers), DELETE or HEAD; --expires
+      seconds or 30s/10m/2h/7d (default 1h, at most 7d); --header (more
+      than once) signs a header the request must then send. --key-file F
+      (else ADC) signs; --api-endpoint URL replaces storage.googleapis.com.
 
   gauth discovery fetch API VERSION [--cache-dir D] [--discovery-url URL]
       Fetch a Discovery document into the cache (for machines that must not
@@ -137,6 +148,9 @@ local OPTIONS = {
   ["--media"] = { value = true, field = "media" },
   ["--media-type"] = { value = true, field = "media_type" },
   ["--ca-file"] = { value = true, field = "ca_file" },
+  ["--method"] = { value = true, field = "method" },
+  ["--expires"] = { value = true, field = "expires" },
+  ["--header"] = { value = true, field = "header", list = true },
   ["--help"] = { field = "help" },
   ["-h"] = { field = "help" },
   ["--version"] = { field = "version" },
@@ -151,6 +165,8 @@ local ALLOWED = {
            dry_run = true, discovery_url = true, api_endpoint = true,
            cache_dir = true, output = true, media = true, media_type = true },
   discovery = { cache_dir = true, discovery_url = true },
+  ["sign-url"] = { key_file = true, method = true, expires = true, header = true,
+                   api_endpoint = true },
 }
 
 -- argv -> options table, positional arguments. Options may come anywhere
@@ -722,6 +738,53 @@ end
 -- -------------------------------------------------------------------------
 -- gauth discovery fetch
 
+-- -------------------------------------------------------------------------
+-- gauth sign-url
+
+local UNITS = { s = 1, m = 60, h = 3600, d = 86400 }
+
+-- "600", "30s", "10m", "2h", "7d" -> seconds
+local function duration(v)
+  local n, unit = match(v, "^(%d+)([smhd]?)$")
+  if not n then usage("--expires must be seconds or a number with s, m, h or d, got " .. v) end
+  return tonumber(n) * UNITS[unit ~= "" and unit or "s"]
+end
+
+local function cmd_sign_url(opts, pos, ios)
+  if #pos ~= 1 then usage("gauth sign-url needs one gs://BUCKET/OBJECT") end
+  local bucket, object = match(pos[1], "^gs://([^/]+)/(.+)$")
+  if not bucket then usage("expected gs://BUCKET/OBJECT, got " .. pos[1]) end
+  local method = upper(opts.method or "GET")
+  local headers = {}
+  for _, h in ipairs(opts.header or {}) do
+    local k, v = match(h, "^([^:]+):%s*(.*)$")
+    if not k then usage("--header must be NAME:VALUE, got " .. h) end
+    if headers[lower(k)] then usage("--header " .. k .. " given twice") end
+    headers[lower(k)] = v
+  end
+  -- Google requires it on the POST that starts a resumable upload.
+  if method == "POST" and headers["x-goog-resumable"] == nil then
+    headers["x-goog-resumable"] = "start"
+  end
+  local creds
+  if opts.key_file then
+    creds = load_key_file(opts.key_file, {})
+  else
+    creds = adc({})
+  end
+  local url, msg, err = require("gauth.storage").signed_url({
+    credentials = creds, bucket = bucket, object = object, method = method,
+    expires = opts.expires and duration(opts.expires) or 3600,
+    headers = headers, api_endpoint = opts.api_endpoint,
+  })
+  if not url then
+    if err and err.step == "options" then usage(msg) end
+    failed(msg)
+  end
+  ios.out:write(url, "\n")
+  return 0
+end
+
 local function default_cache_dir()
   local xdg = util.getenv("XDG_CACHE_HOME")
   if xdg then return xdg .. "/gauth/discovery" end
@@ -770,7 +833,8 @@ end
 -- -------------------------------------------------------------------------
 -- main
 
-local COMMANDS = { token = cmd_token, call = cmd_call, discovery = cmd_discovery }
+local COMMANDS = { token = cmd_token, call = cmd_call, discovery = cmd_discovery,
+                   ["sign-url"] = cmd_sign_url }
 
 local function run(argv, ios)
   local out = ios.out
