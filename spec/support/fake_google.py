@@ -145,6 +145,8 @@ from fake_common import (  # noqa: E402  (found through the line above)
     exit_now, iter_chunked, log_err, serve, tls_context, url_of)
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+STS_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+STS_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 MAX_BODY = 64 * 1024 * 1024
 MD_PREFIX = "/computeMetadata/v1/"
 
@@ -180,6 +182,8 @@ def default_config():
         "service_account": "fake-sa@fake-project.iam.gserviceaccount.com",
         "project_id": "fake-project",
         "numeric_project_id": "123456789012",
+        # expires_in of STS token exchanges (false: left out of the answer).
+        "sts_expires_in": 3600,
     }
 
 
@@ -645,6 +649,8 @@ class MainHandler(BaseHandler):
             return self.iam(urllib.parse.unquote(m.group(2)), m.group(3))
         if path in ("/tokeninfo", "/oauth2/v3/tokeninfo"):
             return self.tokeninfo()
+        if path == "/v1/token":
+            return self.sts()
         if path == "/oauth2/v3/certs":
             return self.send_json(200, {"keys": [self.server.state.signer.jwk]})
         if path == "/oauth2/v1/certs":
@@ -980,6 +986,42 @@ class MainHandler(BaseHandler):
                 400, "INVALID_ARGUMENT", "Invalid payload."))
         return self.send_json(200, {"keyId": st.signer.kid,
                                     "signedJwt": st.signer.jwt(claims)})
+
+    # -- Security Token Service (token exchange, RFC 8693) --------------------
+
+    def sts(self):
+        """Exchanges an access token this fake issued for one with the
+        Credential Access Boundary in `options` (downscoping)."""
+        st = self.server.state
+        if self.command != "POST":
+            return self.not_found()
+        form = self.params()
+        if form.get("grant_type") != STS_GRANT:
+            return self.oauth_error(400, "unsupported_grant_type",
+                                    "Invalid grant_type: %s" % form.get("grant_type", ""))
+        for k in ("subject_token_type", "requested_token_type"):
+            if form.get(k) != STS_ACCESS_TOKEN:
+                return self.oauth_error(400, "invalid_request", "Invalid %s." % k)
+        tok = form.get("subject_token")
+        info = st.token_info(tok) if tok else None
+        if not info:
+            return self.oauth_error(400, "invalid_grant", "The subject token is invalid.")
+        options = form.get("options")
+        if options is not None:
+            try:
+                rules = json.loads(options)["accessBoundary"]["accessBoundaryRules"]
+                if not isinstance(rules, list) or not rules:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                return self.oauth_error(400, "invalid_request",
+                                        "The options are not a valid access boundary.")
+        new = st.issue({"kind": "sts", "subject": tok, "options": options})
+        body = {"access_token": new, "token_type": "Bearer",
+                "issued_token_type": STS_ACCESS_TOKEN}
+        exp = st.cfg("sts_expires_in")
+        if exp is not None and exp is not False:
+            body["expires_in"] = exp
+        return self.send_json(200, body)
 
     def tokeninfo(self):
         st = self.server.state

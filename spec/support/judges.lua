@@ -85,4 +85,80 @@ function J.start_storage_server(keys)
   return srv
 end
 
+--- A server certificate from the test CA for `names` (DNS names; the
+-- loopback addresses are added), for a fake that stands in for Google
+-- hosts behind the CONNECT proxy. Returns cert_file, key_file.
+function J.google_cert(names)
+  local certs = helpers.certs()
+  local base = helpers.tmpname("google-leaf")
+  local san = {}
+  for i, n in ipairs(names) do san[i] = "DNS:" .. n end
+  san[#san + 1] = "IP:127.0.0.1"
+  helpers.write_file(base .. ".ext", "basicConstraints=critical,CA:FALSE\n"
+    .. "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    .. "subjectAltName=" .. table.concat(san, ",") .. "\n")
+  local ok, out = helpers.sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+    .. " -keyout " .. q(base .. ".key") .. " -out " .. q(base .. ".csr") .. " -subj " .. q("/CN=" .. names[1])
+    .. " && openssl x509 -req -in " .. q(base .. ".csr") .. " -CA " .. q(certs.ca_file)
+    .. " -CAkey " .. q(certs.ca_key) .. " -set_serial " .. math.random(1000000, 9999999)
+    .. " -days 2 -sha256 -extfile " .. q(base .. ".ext") .. " -out " .. q(base .. ".pem"))
+  if not ok then error("google_cert: " .. out) end
+  return base .. ".pem", base .. ".key"
+end
+
+local function spawn_ready(cmd, ready, log, what)
+  local p = assert(io.popen(cmd .. " >" .. q(log) .. " 2>&1 </dev/null & echo $!"))
+  local pid = tonumber(p:read("*a"):match("(%d+)"))
+  p:close()
+  local deadline = socket.gettime() + 10
+  local info
+  while true do
+    local s = helpers.read_file(ready)
+    info = s and cjson.decode(s)
+    if info then break end
+    if socket.gettime() > deadline then
+      os.execute("kill " .. pid)
+      error(what .. " not ready: " .. tostring(helpers.read_file(log)))
+    end
+    socket.sleep(0.02)
+  end
+  local srv = { pid = pid, port = math.floor(info.port) }
+  function srv.stop()
+    if srv.stopped then return end
+    srv.stopped = true
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    local d = socket.gettime() + 5
+    while helpers.process_alive(pid) and socket.gettime() < d do socket.sleep(0.02) end
+  end
+  return srv
+end
+
+--- Start the CONNECT proxy: `routes` maps "host:port" to "127.0.0.1:port".
+-- Returns { url, port, stop, connects() } where connects() lists the
+-- CONNECTs seen ({ target, refused }).
+function J.start_connect_proxy(routes)
+  local ready = helpers.tmpname("proxy-ready", ".json")
+  os.remove(ready)
+  local plog = helpers.tmpname("proxy-connects", ".jsonl")
+  local args = { "python3", q(J.support_dir .. "/connect_proxy.py"), "--ready-file", q(ready),
+                 "--log", q(plog) }
+  for from, to in pairs(routes) do args[#args + 1] = "--route " .. q(from .. "=" .. to) end
+  local srv = spawn_ready(table.concat(args, " "), ready, helpers.tmpname("proxy-log", ".txt"),
+                          "connect_proxy.py")
+  srv.url = "http://127.0.0.1:" .. srv.port
+  function srv.connects()
+    local out = {}
+    for line in (helpers.read_file(plog) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+    return out
+  end
+  return srv
+end
+
+--- google-auth-library's DownscopedClient on a batch of cases, through
+-- the CONNECT proxy `proxy` with the test CA trusted.
+function J.node_downscoped(proxy, cases)
+  local env = J.node_env(proxy.url) .. "NODE_EXTRA_CA_CERTS=" .. q(helpers.certs().ca_file) .. " "
+  return J.run_json(env .. "node " .. q(J.support_dir .. "/downscoped_judge.js"), { cases = cases })
+end
+
 return J

@@ -1,0 +1,149 @@
+--- The OAuth 2.0 token exchange (RFC 8693) at Google's Security Token
+-- Service, as downscoped credentials (and, later, workload identity
+-- federation) use it.
+--
+--     local sts = require "gauth.sts"
+--     local data, msg, err = sts.exchange({
+--       url = sts.token_url("googleapis.com"),
+--       subject_token = tok,
+--       subject_token_type = sts.ACCESS_TOKEN_TYPE,
+--       requested_token_type = sts.ACCESS_TOKEN_TYPE,
+--       options = '{"accessBoundary":...}',
+--     })
+--     -- data.access_token, data.issued_token_type, data.token_type, data.expires_in
+--
+-- The request is a form POST with the fields google-auth sends
+-- (`grant_type`, `resource`, `audience`, `scope`, `requested_token_type`,
+-- `subject_token`, `subject_token_type`, `actor_token`, `actor_token_type`,
+-- `options`), absent ones left out; client authentication by HTTP Basic
+-- when `client_id` is given. Subject tokens go only over https, or http to
+-- a loopback host. 5xx, 429 and transport failures are retried.
+--
+-- Errors: `nil, msg, err`, module "sts" (or `opts.module`): step "endpoint",
+-- "token request" (transport), "token response" (the endpoint's refusal:
+-- `status`, `error`, `error_description`, `retryable`, `retry_after`).
+-- No token is ever in an error.
+-- @module gauth.sts
+
+local oauth = require "gauth.oauth"
+local errors = require "gauth.errors"
+local retry = require "gauth.retry"
+local util = require "gauth.util"
+local core = require "gauth.core"
+local cjson = require "cjson.safe"
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local error = error
+local concat = table.concat
+
+local _M = { _VERSION = "0.1.0" }
+
+_M.GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+_M.ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+--- Retry policy (as for the token endpoint).
+_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
+             jitter = true, deadline = 60 }
+
+_M.MAX_RESPONSE = 256 * 1024
+
+--- The STS token URL of a universe: `https://sts.<universe_domain>/v1/token`.
+function _M.token_url(universe_domain)
+  return "https://sts." .. (universe_domain or "googleapis.com") .. "/v1/token"
+end
+
+-- The form fields in the order google-auth writes them.
+local FIELDS = { "grant_type", "resource", "audience", "scope", "requested_token_type",
+                 "subject_token", "subject_token_type", "actor_token", "actor_token_type",
+                 "options" }
+
+local function once(o, http, body, headers, module, remaining)
+  local timeout, terr = oauth.attempt_timeout(o, http, remaining, module, o.url)
+  if terr then return nil, terr end
+  local res, err = oauth.post(http, module, o.url, headers, body, timeout, _M.MAX_RESPONSE)
+  if not res then return nil, err end
+  local now = o.now and o.now() or util.now()
+  if res.status ~= 200 then
+    local fields = oauth.refusal(res, now, o.url)
+    local msg = "the STS endpoint refused the token exchange"
+    if fields.error then
+      msg = msg .. ": " .. fields.error
+      if fields.error_description then msg = msg .. ": " .. fields.error_description end
+    end
+    return nil, errors.new(module, "token response", msg, fields)
+  end
+  local data = cjson.decode(res.body)
+  if type(data) ~= "table" or type(data.access_token) ~= "string" or data.access_token == "" then
+    return nil, errors.new(module, "token response", "the answer has no access_token",
+                           { retryable = false, uri = o.url })
+  end
+  return data
+end
+
+--- One token exchange.
+-- @tparam table opts `url` (the token URL; required), `subject_token`,
+--   `subject_token_type` (both required), `grant_type` (default
+--   `GRANT_TYPE`), `requested_token_type`, `audience`, `resource`, `scope`
+--   (array or space-separated string), `actor_token`, `actor_token_type`,
+--   `options` (a string: Google's JSON options, sent as it is), `client_id`
+--   and `client_secret` (HTTP Basic client authentication), `headers`
+--   (extra request headers), `http`, `timeout`, `retry` (fields over
+--   `RETRY`, or false), `now` (clock function), `module` (the module
+--   named in errors; default "sts")
+-- @return the decoded answer (`access_token`, `issued_token_type`,
+--   `token_type`, `expires_in`, ...) | nil, msg, err
+function _M.exchange(opts)
+  if type(opts) ~= "table" then error("gauth.sts: exchange: opts must be a table", 2) end
+  local module = opts.module or "sts"
+  for _, k in ipairs({ "url", "subject_token", "subject_token_type" }) do
+    if type(opts[k]) ~= "string" or opts[k] == "" then
+      error("gauth.sts: exchange: opts." .. k .. " must be a non-empty string", 2)
+    end
+  end
+  local ok, uerr = oauth.check_url(opts.url, module, "endpoint", "a token")
+  if not ok then return errors.ret(uerr) end
+  local values = {
+    grant_type = opts.grant_type or _M.GRANT_TYPE, resource = opts.resource,
+    audience = opts.audience, requested_token_type = opts.requested_token_type,
+    subject_token = opts.subject_token, subject_token_type = opts.subject_token_type,
+    actor_token = opts.actor_token, actor_token_type = opts.actor_token_type,
+    options = opts.options,
+  }
+  local scope = opts.scope
+  if type(scope) == "table" then scope = concat(scope, " ") end
+  values.scope = scope
+  local list = {}
+  for _, k in ipairs(FIELDS) do
+    local v = values[k]
+    if v ~= nil and v ~= "" then
+      if type(v) ~= "string" then error("gauth.sts: exchange: opts." .. k .. " must be a string", 2) end
+      list[#list + 1] = { k, v }
+    end
+  end
+  local headers = { ["content-type"] = "application/x-www-form-urlencoded",
+                    accept = "application/json" }
+  if opts.client_id then
+    headers.authorization = "Basic " .. core.b64_encode(
+      util.url_encode(opts.client_id) .. ":" .. util.url_encode(opts.client_secret or ""))
+  end
+  for k, v in pairs(opts.headers or {}) do headers[k] = v end
+  local policy = retry.policy(_M.RETRY, opts.retry)
+  if not policy then error("gauth.sts: exchange: opts.retry must be a table or false", 2) end
+  local http = opts.http
+  if not http then
+    local herr
+    http, herr = oauth.transport({ ca_file = opts.ca_file, timeout = opts.timeout }, module)
+    if not http then return errors.ret(errors.of(herr)) end
+  end
+  local body = util.form_encode(list)
+  local o = { url = opts.url, now = opts.now, _timeout = opts.timeout }
+  local data, err = retry.call(function(_, remaining)
+    return once(o, http, body, headers, module, remaining)
+  end, policy)
+  if not data then return errors.ret(err) end
+  return data
+end
+
+return _M
