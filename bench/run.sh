@@ -34,6 +34,15 @@ for lua in lua5.4 luajit; do run $lua bench/jwt_bench.lua "$dir/rsa.pem"; done
 ratio "RS256 JWT/s (5.4) / openssl speed" jwt_sign_loaded_lua5.4 openssl_speed_rsa2048_sign ">= 0.95"
 ratio "RS256 JWT/s (LuaJIT) / openssl speed" jwt_sign_loaded_luajit openssl_speed_rsa2048_sign ">= 0.95"
 
+echo "== Cloud Storage V4 signed URLs (issue 15)"
+for lua in lua5.4 luajit; do run $lua bench/sign_url_bench.lua "$dir/rsa.pem"; done
+run env METADATA_SERVER_DETECTION=none node bench/sign_url_ref.js "$dir/rsa.pem"
+for lua in lua5.4 luajit; do
+  ratio "signed URLs/s RSA ($lua) / openssl speed" "sign_url_rsa_$lua" openssl_speed_rsa2048_sign "bound 1"
+  ratio "signed URLs/s RSA ($lua) / Node storage" "sign_url_rsa_$lua" sign_url_rsa_node ""
+  ratio "signed URLs/s HMAC ($lua) / Node storage (RSA)" "sign_url_hmac_$lua" sign_url_rsa_node ""
+done
+
 eval "$(sh bench/nginx_fixed.sh start "$dir/nginx")"
 echo "== token refresh (issue 3) against nginx at $NGINX_URL"
 run sh bench/token_bench.sh "$NGINX_URL" "$NGINX_CA"
