@@ -1127,6 +1127,10 @@ static int l_perform(lua_State *L)
 #endif
         curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
         curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+        /* The path goes on the wire as the caller built it: libcurl would
+         * otherwise remove dot segments, and an object named ".." would
+         * turn an object request into one on its bucket. */
+        curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
         if (ca_file != NULL) {
             /* An explicit bundle is the whole trust: no system directory. */
             curl_easy_setopt(c, CURLOPT_CAINFO, ca_file);

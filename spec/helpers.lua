@@ -542,6 +542,73 @@ end
 
 helpers.Server = Server
 
+-- A raw listener: what a client really put on the wire ------------------------
+
+local Listener = {}
+Listener.__index = Listener
+
+--- Start spec/support/raw_listener.py on `opts.host` (default 127.0.0.1; any
+-- loopback address, "::1" included): a socket that records each request's
+-- head byte for byte (no HTTP library in between to normalise the path)
+-- and answers 200 "ok". `l.url` is "http://host:port"; `l:heads()` the
+-- request heads received so far (request line and header lines, "\r\n"
+-- separated), in order; `l:request_lines()` their first lines; `l:stop()`.
+function helpers.start_raw_listener(opts)
+  opts = opts or {}
+  local host = opts.host or "127.0.0.1"
+  local base = helpers.tmpdir() .. "/raw-" .. next_seq()
+  local ready, log, err = base .. ".ready", base .. ".jsonl", base .. ".err"
+  local cmd = ("%s %s --host %s --ready-file %s --log-file %s%s >%s 2>&1 </dev/null & echo \"PID=$!\"")
+    :format(q(PYTHON), q(helpers.support_dir .. "/raw_listener.py"), q(host), q(ready), q(log),
+            S.pid and (" --parent-pid " .. S.pid) or "", q(err))
+  local ok, out = sh(cmd)
+  local pid = ok and tonumber(out:match("PID=(%d+)"))
+  if not pid then error("helpers.start_raw_listener: cannot spawn: " .. out, 2) end
+  local info
+  local deadline = socket.gettime() + START_TIMEOUT
+  while true do
+    local s = helpers.read_file(ready)
+    info = s and cjson.decode(s)
+    if info then break end
+    if proc_gone(pid) then
+      error("helpers.start_raw_listener: exited at start:\n" .. tail(err), 2)
+    end
+    if socket.gettime() > deadline then
+      kill_and_wait(pid, 2)
+      error("helpers.start_raw_listener: not ready:\n" .. tail(err), 2)
+    end
+    sleep(0.02)
+  end
+  local port = math.floor(info.port)
+  local h = host:find(":", 1, true) and "[" .. host .. "]" or host
+  local l = setmetatable({ pid = pid, port = port, host = host, log_file = log,
+                           host_port = h .. ":" .. port,
+                           url = "http://" .. h .. ":" .. port }, Listener)
+  S.servers[l] = true
+  return l
+end
+
+function Listener:heads()
+  local out = {}
+  for line in (helpers.read_file(self.log_file) or ""):gmatch("[^\n]+") do
+    out[#out + 1] = assert(cjson.decode(line)).head
+  end
+  return out
+end
+
+function Listener:request_lines()
+  local out = {}
+  for i, head in ipairs(self:heads()) do out[i] = head:match("^[^\r\n]*") end
+  return out
+end
+
+function Listener:stop()
+  if self.stopped then return true end
+  self.stopped = true
+  S.servers[self] = nil
+  return kill_and_wait(self.pid, 5)
+end
+
 -- Keys and credential files ---------------------------------------------------
 
 local function make_key(kind, opts)

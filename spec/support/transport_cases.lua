@@ -327,6 +327,34 @@ case {
   end,
 }
 
+-- The raw listener of the case below (busted side only: setup and check).
+local dot_listener
+
+case {
+  name = "dot segments in the path go on the wire byte for byte (o/../acl is not a bucket ACL)",
+  setup = function(_, ctx)
+    dot_listener = require("helpers").start_raw_listener()
+    ctx.listener = dot_listener.url
+  end,
+  requests = function(ctx)
+    local base = ctx.listener .. "/storage/v1/b/bkt/o/"
+    return { { method = "POST", url = base .. "../acl", body = "{}",
+               headers = { ["content-type"] = "application/json" } },
+             { method = "DELETE", url = base .. "%2e%2e" },
+             { method = "GET", url = base .. "a/./b/%2E%2e/../c?x=/../y" } }
+  end,
+  check = function(r)
+    local l = dot_listener
+    dot_listener = nil
+    local lines = l:request_lines()
+    l:stop()
+    for i = 1, 3 do assert(r[i].res, r[i].err and r[i].err.message or r[i].raised) end
+    assert.same({ "POST /storage/v1/b/bkt/o/../acl HTTP/1.1",
+                  "DELETE /storage/v1/b/bkt/o/%2e%2e HTTP/1.1",
+                  "GET /storage/v1/b/bkt/o/a/./b/%2E%2e/../c?x=/../y HTTP/1.1" }, lines)
+  end,
+}
+
 case {
   name = "an IPv6 literal host is connected",
   requests = function(ctx) return { { url = ctx.raw6 .. "/raw/echo" } } end,
