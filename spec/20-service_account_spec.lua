@@ -272,6 +272,41 @@ describe("gauth.service_account", function()
       assert.equal("fake-token-2", (d:token()))
     end)
 
+    it("a forged key file (same client_email and private_key_id, another key) never gets the real key's token", function()
+      -- The fake knows both keys under other ids, so it verifies either
+      -- assertion (by trying each) and issues each its own token.
+      local kid = "shared-key-id"
+      local real_path, real = helpers.make_service_account_file({
+        token_uri = fake.token_uri, private_key_id = kid })
+      local forged_path, forged = helpers.make_service_account_file({
+        token_uri = fake.token_uri, private_key_id = kid, client_email = real.client_email })
+      assert.equal(real.client_email, forged.client_email)
+      assert.not_equal(real.public_pem, forged.public_pem)
+      fake:config({ public_keys = { real = real.public_pem, forged = forged.public_pem } })
+      -- one cache for both, as the process-wide one would be
+      local cache = token_cache.new()
+      local function creds(p)
+        return assert(sa.from_file(p, { scopes = { S1 }, cache = cache, ca_file = fake.ca_file,
+                                        retry = fast_retry() }))
+      end
+      local a, b = creds(real_path), creds(forged_path)
+      assert.not_equal(a:cache_key(), b:cache_key())
+      local ta = assert(a:token())
+      local tb = assert(b:token())
+      assert.not_equal(ta, tb)
+      assert.equal(2, #token_requests())
+      -- and each earned its own with its own key
+      local r = token_requests()
+      assert.is_table(helpers.pyjwt_verify(r[1].form.assertion, real.public_pem,
+        { audience = fake.token_uri, algorithms = { "RS256" } }))
+      assert.is_table(helpers.pyjwt_verify(r[2].form.assertion, forged.public_pem,
+        { audience = fake.token_uri, algorithms = { "RS256" } }))
+      -- the same key in another file shares the token (nothing else changed)
+      local again = creds(real_path)
+      assert.equal(ta, (again:token()))
+      assert.equal(2, #token_requests())
+    end)
+
     it("refreshes when the token is within 225 s of expiry", function()
       fake:config({ expires_in = 230 })
       local offset = 0

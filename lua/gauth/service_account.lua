@@ -38,6 +38,7 @@
 -- `tostring` ever holds key material or a token.
 -- @module gauth.service_account
 
+local core = require "gauth.core"
 local credentials = require "gauth.credentials"
 local oauth = require "gauth.oauth"
 local errors = require "gauth.errors"
@@ -179,6 +180,10 @@ local function parse_info(info, source)
     token_uri = token_uri or nil,
     project_id = project or nil,
     key = key,
+    -- What the cache key binds: a file with this email and key id but
+    -- another key (a forgery uploaded to a multi-tenant gateway) must
+    -- never be handed the tokens this key earned.
+    key_digest = core.b64url_encode(core.sha256(key:public_pem())),
   }
 end
 
@@ -226,6 +231,7 @@ local function build(parts, source, opts, mode)
     mode = mode,
     source = source,
     _signing_key = parts.key,
+    _key_digest = parts.key_digest,
     -- jwt.encode's options, made once: ES256 for an EC key (Google's own
     -- keys are RSA; an uploaded key may not be).
     _jwt_opts = { alg = parts.key:type() == "EC" and "ES256" or "RS256",
@@ -541,6 +547,8 @@ function _M:cache_key_parts()
     mode = self.mode,
     email = self.service_account_email,
     key_id = self.private_key_id,
+    -- a SHA-256 of the public key: the secret that earns the tokens
+    key = self._key_digest,
     token_uri = self.token_uri,
     scopes = credentials.sorted(self.scopes),
     subject = self.subject,
