@@ -121,6 +121,27 @@ describe("gauth.impersonated", function()
       assert.equal("https://iamcredentials.googleapis.com" .. IAM_PATH, c.url)
     end)
 
+    it("a source that is not gauth credentials never gets a token minted for a collected one at the same address", function()
+      -- Users come and go on one process-wide cache, each with a token
+      -- source of their own that is a plain table; each is dropped and
+      -- collected before the next, so Lua reuses their addresses.
+      local cache = token_cache.new()
+      local users, wrong = 40, {}
+      for i = 1, users do
+        local src_tok, src_exp = assert(source():token())
+        local src = { token = function() return src_tok, src_exp end }
+        local c = assert(new({ source = src, cache = cache }))
+        local tok = assert(c:token())
+        local minted = fake:tokens()[tok]
+        if not (minted and minted.caller == src_tok) then wrong[#wrong + 1] = i end
+        src, c = nil, nil  -- luacheck: ignore
+        collectgarbage("collect")
+        collectgarbage("collect")
+      end
+      assert.same({}, wrong)
+      assert.equal(users, #iam_requests())
+    end)
+
     it("answers from the cache, refreshes inside the window", function()
       local offset = 0
       local c = assert(new({ lifetime = 300, now = function() return socket.gettime() + offset end }))
