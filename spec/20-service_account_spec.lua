@@ -132,6 +132,47 @@ describe("gauth.service_account", function()
         refused(helpers.tmpname("nope", ".json"), nil, "No such file")
       end)
 
+      it("a 3 GB key file (sparse) is refused by its size, without reading it", function()
+        local p = helpers.tmpname("huge", ".json")
+        assert(os.execute("truncate -s 3G " .. helpers.shell_quote(p)))
+        -- bytes this process has read (read(2) and the like), from the kernel
+        local function rchar()
+          return tonumber(assert(helpers.read_file("/proc/self/io")):match("rchar: (%d+)"))
+        end
+        local before = rchar()
+        local c, e2, e3 = sa.from_file(p)
+        local a, a2, a3 = require("gauth.adc").from_file(p)
+        local read = rchar() - before
+        assert.is_true(read < 64 * 1024, "read " .. read .. " bytes of the file")
+        assert.is_nil(c)
+        assert.is_nil(a)
+        local err = errors.of(e2, e3)
+        -- the message string (nil, msg, err) or the object (nil, err)
+        assert.equal(tostring(err), tostring(e2))
+        assert.equal("gauth.service_account: key file: " .. p .. ": too large for a key file",
+                     tostring(err))
+        assert.equal("service_account", err.module)
+        assert.equal("key file", err.step)
+        assert.equal(p, err.file)
+        assert.is_true(err.too_large)
+        err = errors.of(a2, a3)
+        assert.equal("adc", err.module)
+        assert.is_true(err.too_large)
+        assert.matches("too large for a credentials file", tostring(a2), 1, true)
+        -- one byte past the cap is refused too; the cap itself is read
+        local cap = require("gauth.credentials").MAX_KEY_FILE
+        local over = helpers.write_file(helpers.tmpname("over", ".json"), ("x"):rep(cap + 1))
+        c, e2, e3 = sa.from_file(over)
+        assert.is_nil(c)
+        assert.is_true(errors.of(e2, e3).too_large)
+        local at = helpers.write_file(helpers.tmpname("at", ".json"),
+          "{}" .. (" "):rep(cap - 2))
+        c, e2, e3 = sa.from_file(at)
+        assert.is_nil(c)
+        assert.is_nil(errors.of(e2, e3).too_large)
+        assert.equal("type", errors.of(e2, e3).field)
+      end)
+
       it("unreadable (a directory)", function()
         local d = helpers.tmpname("dir")
         assert(os.execute("mkdir " .. helpers.shell_quote(d)))

@@ -323,8 +323,10 @@ function _M.default(opts)
   if not wk then
     tried[#tried + 1] = { step = STEP_GCLOUD, reason = reason_of(werr) }
   else
-    local data, rerr = util.read_file(wk)
-    if not data then
+    -- Only whether it opens: from_file reads it (after checking its size).
+    local f, rerr = io.open(wk, "rb")
+    if f then f:close() end
+    if not f then
       if find(tostring(rerr), "No such file", 1, true) then
         tried[#tried + 1] = { step = STEP_GCLOUD, reason = "no file at " .. wk }
       else

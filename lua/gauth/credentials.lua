@@ -58,6 +58,7 @@ local find = string.find
 local sub = string.sub
 local gmatch = string.gmatch
 local huge = math.huge
+local io_open = io.open
 local json_decode = require("cjson.safe").decode
 
 local _M = { _VERSION = "0.1.0" }
@@ -566,19 +567,48 @@ end
 local FILE_TEXTS = { unreadable = "cannot read ", too_large = "too large for a credentials file",
                      not_json = "not a JSON object" }
 
---- Read and decode a credentials file.
+--- Read and decode a credentials file. The size is checked before the
+-- content is read: a huge file (a mistake, or a 3 GB upload meant to
+-- exhaust memory) is refused without being read, and never more than
+-- `MAX_KEY_FILE` + 1 bytes are read from what cannot tell its size (a pipe).
 -- @tparam string module
 -- @tparam string path
 -- @tparam[opt] table texts the words of the errors: `unreadable` (before
 --   io.open's message, which starts with the path), `too_large`, `not_json`
--- @return the decoded JSON object | nil, err ("key file", field `file`)
+-- @return the decoded JSON object | nil, err ("key file", field `file`;
+--   `too_large` = true for a file over the cap)
 function _M.read_key_file(module, path, texts)
   texts = texts or FILE_TEXTS
-  local data, err = util.read_file(path)
+  local function too_large()
+    return nil, key_error(module, path, nil, texts.too_large, { too_large = true })
+  end
+  local f, err = io_open(path, "rb")
+  local data
+  if f then
+    -- One byte first: a directory opens, and fails here.
+    local first
+    first, err = f:read(1)
+    if first then
+      local size = f:seek("end")
+      if size then
+        if size > _M.MAX_KEY_FILE then
+          f:close()
+          return too_large()
+        end
+        f:seek("set", 1)
+      end
+      data = first .. (f:read(_M.MAX_KEY_FILE) or "")
+    elseif not err then
+      data = ""
+    else
+      err = path .. ": " .. tostring(err)
+    end
+    f:close()
+  end
   if not data then
     return nil, errors.new(module, "key file", texts.unreadable .. tostring(err), { file = path })
   end
-  if #data > _M.MAX_KEY_FILE then return nil, key_error(module, path, nil, texts.too_large) end
+  if #data > _M.MAX_KEY_FILE then return too_large() end
   local info = json_decode(data)
   if type(info) ~= "table" then return nil, key_error(module, path, nil, texts.not_json) end
   return info
