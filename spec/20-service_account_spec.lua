@@ -313,7 +313,7 @@ describe("gauth.service_account", function()
       assert.equal("fake-token-2", (d:token()))
     end)
 
-    it("a forged key file (same client_email and private_key_id, another key) never gets the real key's token", function()
+    it("a forged key file (same email and key id, another key) never gets the real key's token", function()
       -- The fake knows both keys under other ids, so it verifies either
       -- assertion (by trying each) and issues each its own token.
       local kid = "shared-key-id"

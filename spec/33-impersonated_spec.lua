@@ -121,7 +121,7 @@ describe("gauth.impersonated", function()
       assert.equal("https://iamcredentials.googleapis.com" .. IAM_PATH, c.url)
     end)
 
-    it("a source that is not gauth credentials never gets a token minted for a collected one at the same address", function()
+    it("a non-gauth source never gets the token of a collected source at the same address", function()
       -- Users come and go on one process-wide cache, each with a token
       -- source of their own that is a plain table; each is dropped and
       -- collected before the next, so Lua reuses their addresses.
