@@ -112,6 +112,7 @@ describe("OpenResty", function()
         location = /via_http { content_by_lua_block { @APP@.via_http() } }
         location = /raw/chunked { content_by_lua_block { @APP@.raw_chunked() } }
         location = /raw/close { content_by_lua_block { @APP@.raw_close() } }
+        location = /raw/trickle { content_by_lua_block { @APP@.raw_trickle() } }
         location = /raw/continue { content_by_lua_block { @APP@.raw_continue() } }
         location = /raw/redirect { content_by_lua_block { @APP@.raw_redirect() } }
         location = /raw/echo { content_by_lua_block { @APP@.raw_echo() } }

@@ -271,6 +271,36 @@ function _M.raw_close()
       .. string.rep("y", n))
 end
 
+--- GET /raw/trickle?part=head|body&n=&every=&id=: an answer whose head
+-- (part=head) or body (part=body) is sent one byte every `every` seconds;
+-- "trickle <id>" in the results dict says how far it got: "started",
+-- "aborted after N" (the client went away), "completed".
+function _M.raw_trickle()
+  local id, part = ngx.var.arg_id, ngx.var.arg_part
+  local n = tonumber(ngx.var.arg_n) or 40
+  local every = tonumber(ngx.var.arg_every) or 0.5
+  local results = ngx.shared.results
+  local key = "trickle " .. id
+  results:set(key, "started")
+  local sock = assert(ngx.req.socket(true))
+  local data
+  if part == "head" then
+    data = "HTTP/1.1 200 OK\r\nX-Slow: " .. string.rep("h", n) .. "\r\nContent-Length: 0\r\n\r\n"
+  else
+    assert(sock:send("HTTP/1.1 200 OK\r\nContent-Length: " .. n .. "\r\n\r\n"))
+    data = string.rep("b", n)
+  end
+  for i = 1, #data do
+    local ok = sock:send(data:sub(i, i))
+    if not ok then
+      results:set(key, "aborted after " .. (i - 1))
+      return
+    end
+    ngx.sleep(every)
+  end
+  results:set(key, "completed")
+end
+
 function _M.raw_continue()
   raw("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
       .. "Connection: close\r\n\r\nok")

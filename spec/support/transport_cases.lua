@@ -36,7 +36,7 @@ function _M.run(t, reqs, clock)
   for i, req in ipairs(reqs) do
     local t0 = clock()
     local ok, res, err = pcall(t.request, t, req)
-    local r = { elapsed = clock() - t0 }
+    local r = { elapsed = clock() - t0, via = ngx and "ngx" or "curl" }  -- luacheck: ignore ngx
     if not ok then
       r.raised = tostring(res)
     elseif res then
@@ -242,6 +242,45 @@ case {
     assert.is_true(r[1].err.retryable)
     assert.matches("[Tt]ime", r[1].err.message)
     assert.is_true(r[1].elapsed >= 0.9 and r[1].elapsed < 3, "elapsed " .. r[1].elapsed)
+  end,
+}
+
+-- The state a trickling location of nginx (support/ngx_app.lua raw_trickle)
+-- has reached: "started", "aborted after N", "completed". Read over HTTP
+-- from busted until it is no longer "started" (hang guard: 20 s).
+local function trickle_state(ctx, id)
+  local http = require "socket.http"
+  local deadline = require("socket").gettime() + 20
+  while true do
+    local body = http.request(ctx.raw .. "/result?key=trickle%20" .. id)
+    body = body and body:gsub("%s+$", "")
+    if body ~= "started" or require("socket").gettime() > deadline then return body end
+    require("socket").sleep(0.1)
+  end
+end
+
+case {
+  name = "the timeout covers the whole request: a peer trickling bytes is cut off",
+  requests = function(ctx)
+    local via = ngx and "ngx" or "curl"  -- luacheck: ignore ngx
+    -- 40 bytes, one every 0.5 s: 20 s to send, against a 2 s timeout.
+    return {
+      { url = ctx.raw .. "/raw/trickle?part=head&n=40&every=0.5&id=" .. via .. "-head",
+        timeout = 2 },
+      { url = ctx.raw .. "/raw/trickle?part=body&n=40&every=0.5&id=" .. via .. "-body",
+        timeout = 2 },
+    }
+  end,
+  check = function(r, ctx)
+    for i, part in ipairs({ "head", "body" }) do
+      assert.is_nil(r[i].res, part)
+      assert.is_true(r[i].err.retryable, part)
+      assert.equal("http", r[i].err.module)
+      assert.matches("[Tt]ime", r[i].err.message)
+      -- The request ended: the server saw the connection go away before
+      -- it had sent everything (it would have taken 20 s).
+      assert.matches("^aborted after %d+$", trickle_state(ctx, r[i].via .. "-" .. part))
+    end
   end,
 }
 

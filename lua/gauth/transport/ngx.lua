@@ -145,47 +145,80 @@ local function left_ms(deadline)
 end
 
 -- One connection attempt's state, kept in a table so the helpers below
--- stay small.
--- c = { sock, deadline, reused, bytes_in }
+-- stay small: c = { sock, deadline, reused, bytes_in, buf }.
+--
+-- The request's timeout is one deadline for the whole exchange, not a
+-- timeout per read: nginx re-arms a cosocket's read timer whenever bytes
+-- arrive, so a peer trickling a byte a second would keep a single
+-- `receive(n)` going for ever. Every read here is one `receiveany` (it
+-- returns as soon as any bytes are there) given only the time left before
+-- the deadline, and the bytes go through our own buffer (`c.buf`).
 
-local function read_timeout(c)
+-- More bytes from the peer, waiting at most until the deadline.
+-- @return data | nil, err ("timeout", "closed", ...)
+local function fill(c)
   local ms = left_ms(c.deadline)
-  if not ms then return nil end
-  c.sock:settimeouts(ms, ms, ms)
-  return true
+  if not ms then return nil, "timeout" end
+  local sock = c.sock
+  sock:settimeouts(ms, ms, ms)
+  local data, err = sock:receiveany(READ_CHUNK)
+  if not data then return nil, err end
+  c.bytes_in = c.bytes_in + #data
+  return data
 end
 
 -- Read up to (not including) `pattern`, refusing more than `limit` bytes.
 local function read_until(c, pattern, limit)
-  local reader = c.sock:receiveuntil(pattern)
-  local buf, n, total = {}, 0, 0
+  local buf = c.buf
+  local from = 1
   while true do
-    if not read_timeout(c) then return nil, "timeout" end
-    local data, err, partial = reader(8192)
-    if not data then
-      if err then
-        -- Bytes before a failure still tell "answered, then broke" from
-        -- "closed unused" (a stale pooled connection, retried).
-        if partial then c.bytes_in = c.bytes_in + #partial end
-        return nil, err, total
-      end
-      return concat(buf, "", 1, n), nil, total
+    local s, e = find(buf, pattern, from, true)
+    if s then
+      if s - 1 > limit then return nil, "too long" end
+      c.buf = sub(buf, e + 1)
+      return sub(buf, 1, s - 1)
     end
-    total = total + #data
-    c.bytes_in = c.bytes_in + #data
-    if total > limit then return nil, "too long", total end
-    n = n + 1
-    buf[n] = data
+    if #buf > limit then return nil, "too long" end
+    -- The pattern may straddle what we have and what comes next.
+    from = math_max(1, #buf - #pattern + 2)
+    local data, err = fill(c)
+    if not data then
+      c.buf = buf
+      return nil, err
+    end
+    buf = buf .. data
   end
 end
 
 local function read_exactly(c, len)
-  if len == 0 then return "" end
-  if not read_timeout(c) then return nil, "timeout" end
-  local data, err = c.sock:receive(len)
-  if not data then return nil, err end
-  c.bytes_in = c.bytes_in + len
-  return data
+  local buf = c.buf
+  local have = #buf
+  if have >= len then
+    if have == len then
+      c.buf = ""
+      return buf
+    end
+    c.buf = sub(buf, len + 1)
+    return sub(buf, 1, len)
+  end
+  local parts, n = { buf }, 1
+  while have < len do
+    local data, err = fill(c)
+    if not data then
+      c.buf = concat(parts, "", 1, n)
+      return nil, err
+    end
+    n = n + 1
+    parts[n] = data
+    have = have + #data
+  end
+  local all = concat(parts, "", 1, n)
+  if have == len then
+    c.buf = ""
+    return all
+  end
+  c.buf = sub(all, len + 1)
+  return sub(all, 1, len)
 end
 
 --- Parse a response head (status line and header lines, without the final
@@ -296,18 +329,19 @@ local function read_length(c, s, len)
 end
 
 local function read_to_close(c, s)
-  local sock = c.sock
+  local data = c.buf
+  c.buf = ""
   while true do
-    if not read_timeout(c) then return body_error("timeout", "body") end
-    local data, err, partial = sock:receive(READ_CHUNK)
-    data = data or partial
-    if data and data ~= "" then
-      c.bytes_in = c.bytes_in + #data
+    if data ~= "" then
       local ok, serr = sink_add(s, data)
       if not ok then return nil, serr end
     end
-    if err == "closed" then return true end
-    if err then return body_error(err, "body") end
+    local err
+    data, err = fill(c)
+    if not data then
+      if err == "closed" then return true end
+      return body_error(err, "body")
+    end
   end
 end
 
@@ -415,7 +449,7 @@ local function connect(u, deadline, connect_timeout)
                          reason = verify and "tls_verify" or "tls" })
     end
   end
-  return { sock = sock, deadline = deadline, reused = reused, bytes_in = 0 }
+  return { sock = sock, deadline = deadline, reused = reused, bytes_in = 0, buf = "" }
 end
 
 -- What connect() needs for an origin ("https://host:port"), made once per
@@ -507,8 +541,21 @@ local function send_request(c, head, body, upload, up_len)
   local ok, err = sock:send(head)
   if not ok then return nil, err end
   if body and body ~= "" then
-    ok, err = sock:send(body)
-    if not ok then return nil, err end
+    -- In slices, each given only the time left: a peer that reads slowly
+    -- cannot stretch one send past the deadline.
+    local len = #body
+    if len <= READ_CHUNK then
+      ok, err = sock:send(body)
+      if not ok then return nil, err end
+    else
+      for i = 1, len, READ_CHUNK do
+        ms = left_ms(c.deadline)
+        if not ms then return nil, "timeout" end
+        sock:settimeouts(ms, ms, ms)
+        ok, err = sock:send(sub(body, i, i + READ_CHUNK - 1))
+        if not ok then return nil, err end
+      end
+    end
   elseif upload then
     local left = up_len
     while left > 0 do
@@ -638,6 +685,8 @@ local function exchange(self, method, u, head, body, req, deadline,
         sock:close()
         return nil, berr
       end
+      -- Bytes past the answer: the connection is out of step; not reused.
+      if c.buf ~= "" then keep = false end
       if keep then
         sock:setkeepalive(self.keepalive_ms, self.pool_size)
       else
