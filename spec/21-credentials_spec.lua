@@ -319,18 +319,24 @@ describe("gauth.token_cache", function()
     assert.has_error(function() token_cache.new("x") end)
   end)
 
-  it("fetch() returns a fresh entry with refresh_at, or nil and the error", function()
+  it("fetch() returns a fresh entry with refresh_at, or nil, the message and the error", function()
     local c = token_cache.new()
-    local e, err = c:fetch("k", function()
+    local e, msg, err = c:fetch("k", function()
       return { access_token = "a", expires_at = clock.t + 1000 }
     end, clock.now)
+    assert.is_nil(msg)
     assert.is_nil(err)
     assert.equal("a", e.access_token)
     assert.equal(clock.t + 1000 - 225, e.refresh_at)
     local boom = errors.new("x", "y", "z")
-    e, err = c:fetch("k2", function() return nil, boom end, clock.now)
-    assert.is_nil(e)
-    assert.equal(boom, err)
+    -- Both shapes of a failing fetch_token: nil, err and nil, msg, err.
+    for _, f in ipairs({ function() return nil, boom end,
+                         function() return nil, tostring(boom), boom end }) do
+      e, msg, err = c:fetch("k2", f, clock.now)
+      assert.is_nil(e)
+      assert.equal("gauth.x: y: z", msg)
+      assert.equal(boom, err)
+    end
   end)
 
   it("talks to a custom store through get/set/delete/lock", function()
@@ -358,10 +364,12 @@ describe("gauth.token_cache", function()
     local store = token_cache.local_store()
     store.lock = function() return nil, "busy" end
     local c = token_cache.new({ store = store })
-    local e, err = c:fetch("k", function() error("not reached") end, clock.now)
+    local e, msg, err = c:fetch("k", function() error("not reached") end, clock.now)
     assert.is_nil(e)
+    assert.equal("gauth.token_cache: lock: busy", msg)
     assert.equal("token_cache", err.module)
-    assert.matches("busy", tostring(err))
+    assert.equal("lock", err.step)
+    assert.is_true(err.retryable)
   end)
 
   -- A store whose lock lets another caller run first stands for a caller
@@ -398,8 +406,9 @@ describe("gauth.token_cache", function()
     local boom = errors.new("x", "fetch", "endpoint down")
     ref.c = token_cache.new({ store = racing_store(ref, function() return nil, boom end) })
     local mine = 0
-    local e, err = ref.c:fetch("k", function() mine = mine + 1 end, clock.now)
+    local e, msg, err = ref.c:fetch("k", function() mine = mine + 1 end, clock.now)
     assert.is_nil(e)
+    assert.equal("gauth.x: fetch: endpoint down", msg)
     assert.equal(boom, err)
     assert.equal(0, mine)
     -- The next caller, who did not wait, tries again.

@@ -216,12 +216,12 @@ end
 
 local function refresh(self)
   local cache = self._cache
-  local e, err = cache:fetch(self._key or self:cache_key(),
-                             function() return self:fetch_token() end,
-                             self._clock)
+  local e, msg, err = cache:fetch(self._key or self:cache_key(),
+                                  function() return self:fetch_token() end,
+                                  self._clock)
   if not e then
     self._entry = nil
-    return nil, err
+    return nil, errors.of(msg, err)
   end
   self._entry = e
   return e.access_token, e.expires_at

@@ -32,6 +32,8 @@
 local cjson_safe = require "cjson.safe"
 local errors = require "gauth.errors"
 local util = require "gauth.util"
+local nonblocking_phase = util.nonblocking_phase
+local phase_refusal = util.phase_refusal
 local regex = require "gauth.discovery.regex"
 
 local type = type
@@ -1190,10 +1192,19 @@ end
 --   the body text for `_media` methods and methods without a response
 --   schema) | nil, err (`gauth.errors`, module "discovery", step the method
 --   id, with `status`, `reason`, `message`, `details`, `body`, `uri`; after
---   retries also `attempts`)
+--   retries also `attempts`). Inside nginx, in a phase without cosockets:
+--   `nil, msg, err` at once (`retryable`, `reason` "phase", `phase`).
 function request:execute(opts)
   local spec = self._spec
   local svc = spec.svc
+  -- Inside nginx, a phase without cosockets fails at once: nothing there
+  -- may block (no libcurl, no sleep between retries).
+  local phase = nonblocking_phase()
+  if phase then
+    return errors.fail("discovery", spec.id, "cannot send a request: " .. phase_refusal(phase),
+                       { retryable = true, reason = "phase", phase = phase,
+                         uri = redact(rawget(self, "uri")) })
+  end
   local http, n, timeout, deadline
   if opts == nil then
     http, n, timeout = svc.http, svc.num_retries, svc.timeout

@@ -3,17 +3,21 @@
 -- Outside nginx: `gauth.transport.curl` (libcurl, blocking). Inside nginx
 -- (OpenResty / lua-nginx-module): a small dispatcher that sends each request
 -- over `gauth.transport.ngx` (cosockets, non-blocking) when the current
--- phase can yield, and over libcurl otherwise (init_by_lua, set_by_lua,
--- header/body filters, log: phases where cosockets are off). The choice is
--- made per request, not when the transport is made, because transports are
--- typically made once (at module load, in init_by_lua) and used later from
--- content handlers.
+-- phase can yield. Nothing blocks a worker: in phases without cosockets
+-- (set_by_lua, header/body filters, log, balancer, init_worker, ...) a
+-- request fails at once with a retryable error (`reason` "phase", `phase`)
+-- that names the phase and the way out (a timer, another phase). Only
+-- `init_by_lua` (the master, before any worker exists) uses libcurl: it
+-- may block. The choice is made per request, not when the transport is
+-- made, because transports are typically made once (at module load, in
+-- init_by_lua) and used later from content handlers.
 --
 -- Every transport has `t:request(req)` -> `res | nil, err` and `t:close()`;
 -- see ARCHITECTURE.md and `gauth.transport.curl`.
 -- @module gauth.http
 
 local util = require "gauth.util"
+local errors = require "gauth.errors"
 
 local require = require
 local setmetatable = setmetatable
@@ -38,22 +42,25 @@ function auto:request(req)
       if not t then return nil, err end
       self.ngx_t = t
     end
-  else
-    t = self.curl_t
-    -- A handle made in the master (init_by_lua fetches inline) reaches
-    -- every worker through fork(); its connection belongs to the master.
-    local pid = ngx.worker.pid() -- luacheck: ignore ngx
-    if t and self.curl_pid ~= pid then
-      t = nil
-    end
-    if not t then
-      -- Made at first use, in the worker that uses it: a libcurl handle
-      -- (and its sockets) must not be made in the master and inherited
-      -- by every worker through fork().
-      t, err = new_curl(self.opts)
-      if not t then return nil, err end
-      self.curl_t, self.curl_pid = t, pid
-    end
+    return t:request(req)
+  end
+  local phase = util.nonblocking_phase()
+  if phase then
+    return errors.fail("http", "request", "cannot send a request: " .. util.phase_refusal(phase),
+                       { retryable = true, reason = "phase", phase = phase })
+  end
+  -- init_by_lua: the master, before the workers; blocking is allowed.
+  t = self.curl_t
+  -- A handle made in the master reaches every worker through fork(); it
+  -- is used there only.
+  local pid = ngx.worker.pid() -- luacheck: ignore ngx
+  if t and self.curl_pid ~= pid then
+    t = nil
+  end
+  if not t then
+    t, err = new_curl(self.opts)
+    if not t then return nil, err end
+    self.curl_t, self.curl_pid = t, pid
   end
   return t:request(req)
 end

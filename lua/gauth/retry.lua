@@ -264,6 +264,11 @@ function _M.call(fn, policy)
     if err == nil then
       err = errors.new("retry", "call", "the function returned neither a result nor an error")
     end
+    -- A phase of nginx that cannot make requests will not be able to in a
+    -- moment either, and cannot sleep: the caller's way out is elsewhere.
+    if type(err) == "table" and err.reason == "phase" then
+      return nil, err
+    end
     if not retryable(err) then
       if attempt > 1 then
         return nil, give_up(err, attempt,

@@ -6,7 +6,10 @@ local cjson = require "cjson.safe"
 local core = require "gauth.core"
 
 local type = type
+local pairs = pairs
+local error = error
 local tostring = tostring
+local setmetatable = setmetatable
 local byte = string.byte
 local format = string.format
 local gsub = string.gsub
@@ -36,13 +39,122 @@ function _M.can_yield()
   return YIELDING[ngx.get_phase()] == true
 end
 
---- Sleep `s` seconds without blocking nginx where that is possible.
+--- Inside an nginx worker, in a phase that can neither yield nor block
+-- (set, header and body filters, log, balancer, init_worker, ...): the
+-- phase's name. nil outside nginx, in phases that can yield, and in
+-- init_by_lua (the master, before any worker: blocking is allowed there).
+function _M.nonblocking_phase()
+  if not _M.is_ngx then return nil end
+  local phase = ngx.get_phase()
+  if YIELDING[phase] or phase == "init" then return nil end
+  return phase
+end
+
+--- What to say when the network is refused in such a phase: why, and the
+-- way out.
+-- @tparam string phase
+-- @return string
+function _M.phase_refusal(phase)
+  return "the " .. tostring(phase) .. " phase of nginx cannot make requests (no cosockets"
+    .. " there, and gauth never blocks a worker): make the call from a timer"
+    .. " (ngx.timer.at) or in the rewrite, access or content phase"
+end
+
+--- Sleep `s` seconds without blocking nginx where that is possible. Inside
+-- an nginx worker in a phase that cannot yield it does not sleep at all
+-- (nothing there may block) and returns nil and the reason.
 function _M.sleep(s)
   if s <= 0 then return end
-  if _M.is_ngx and _M.can_yield() then
-    return ngx.sleep(s)
+  if _M.is_ngx then
+    if _M.can_yield() then return ngx.sleep(s) end
+    local phase = _M.nonblocking_phase()
+    if phase then return nil, _M.phase_refusal(phase) end
   end
   return core.sleep(s)
+end
+
+-- A map bounded to `max` entries that forgets the least recently used
+-- ones first: two generations (a lookup in the old one moves the entry to
+-- the new one; when the new one is full it becomes the old one and the
+-- old one is dropped). O(1) per call, no list to keep.
+local lru = {}
+local lru_mt = { __index = lru }
+
+--- A bounded map (least recently used entries go first).
+-- @tparam number max at most this many entries (at least 2)
+-- @tparam[opt] function expired `expired(value)` -> true for an entry that
+--   is useless (an expired token): such entries are dropped when met
+-- @return map with `get(k)`, `set(k, v)`, `delete(k)`, `count()`
+function _M.lru(max, expired)
+  if type(max) ~= "number" or max < 2 then
+    error("gauth.util: lru: max must be a number >= 2", 2)
+  end
+  return setmetatable({ cur = {}, old = {}, n_cur = 0, n_old = 0,
+                        half = math.floor(max / 2), expired = expired }, lru_mt)
+end
+
+function lru:get(k)
+  local v = self.cur[k]
+  if v == nil then
+    v = self.old[k]
+    if v == nil then return nil end
+    self.old[k] = nil
+    self.n_old = self.n_old - 1
+    self:set(k, v)
+  end
+  local expired = self.expired
+  if expired and expired(v) then
+    self:delete(k)
+    return nil
+  end
+  return v
+end
+
+function lru:set(k, v)
+  local cur = self.cur
+  if cur[k] == nil then
+    if v == nil then return self:delete(k) end
+    local old = self.old
+    if old[k] ~= nil then
+      old[k] = nil
+      self.n_old = self.n_old - 1
+    end
+    if self.n_cur >= self.half then
+      -- The new generation is full: it becomes the old one (without what
+      -- has expired in it) and the old one goes.
+      local n, expired = self.n_cur, self.expired
+      if expired then
+        for key, val in pairs(cur) do
+          if expired(val) then
+            cur[key] = nil
+            n = n - 1
+          end
+        end
+      end
+      self.old, self.n_old = cur, n
+      cur = {}
+      self.cur, self.n_cur = cur, 0
+    end
+    self.n_cur = self.n_cur + 1
+  elseif v == nil then
+    return self:delete(k)
+  end
+  cur[k] = v
+end
+
+function lru:delete(k)
+  if self.cur[k] ~= nil then
+    self.cur[k] = nil
+    self.n_cur = self.n_cur - 1
+  end
+  if self.old[k] ~= nil then
+    self.old[k] = nil
+    self.n_old = self.n_old - 1
+  end
+end
+
+function lru:count()
+  return self.n_cur + self.n_old
 end
 
 function _M.getenv(name)

@@ -19,9 +19,11 @@
 -- * **Single flight.** A refresh holds `l|<cache key>`, taken with
 --   `dict:add` (atomic across workers) and an expiry (`lock_exptime`, 60 s)
 --   so that a worker that dies holding it cannot block the others for
---   longer. Other callers wait with `ngx.sleep`, polling with a backoff
---   from 5 ms to 100 ms, up to the cache's lock timeout; the cache then
---   finds the fresh entry and returns it without fetching.
+--   longer. The refresh runs in a timer (see `gauth.token_cache`): a
+--   request killed while it waits does not take the lock with it. Other
+--   callers wait with `ngx.sleep`, polling with a backoff from 5 ms to
+--   100 ms, up to the cache's lock timeout; the cache then finds the fresh
+--   entry and returns it without fetching.
 -- * **Refresh ahead.** A token past its refresh time (225 s before expiry)
 --   but still valid is handed out at once while one `ngx.timer.at` timer,
 --   for all workers (the flag `b|<cache key>`), fetches the next one. If
@@ -30,11 +32,15 @@
 --   it expires, and the timer is tried again after a backoff (1 s doubling,
 --   at most 30 s).
 -- * **Phases without cosockets** (`set_by_lua*`, header and body filters,
---   `log_by_lua*`, `init_worker_by_lua*`): a valid token is served; one that
---   is past its refresh time, or missing, is refreshed by a timer, and a
---   caller with no valid token gets a `retryable` error at once rather than
---   a blocked worker. `init_by_lua*` (the master, before any request; no
---   timers there) fetches inline, blocking: nothing is waiting on it.
+--   `log_by_lua*`, `balancer_by_lua*`, `init_worker_by_lua*`): a valid token
+--   is served; one that is past its refresh time, or missing, is refreshed
+--   by a timer, and a caller with no valid token gets a `retryable` error at
+--   once (`phase` set) rather than a blocked worker. `init_by_lua*` (the
+--   master, before any request; no timers there) fetches inline, blocking:
+--   nothing is waiting on it.
+-- * **A dict of another name** is not found by `gauth.token_cache.default`:
+--   it warns once in the error log (`warn_no_dict`) and keeps tokens per
+--   worker.
 -- @module gauth.token_cache.shdict
 
 local errors = require "gauth.errors"
@@ -45,6 +51,8 @@ local cjson = require "cjson.safe"
 local ngx = ngx  -- luacheck: ignore
 local type = type
 local pairs = pairs
+local ipairs = ipairs
+local sub = string.sub
 local getmetatable = getmetatable
 local error = error
 local pcall = pcall
@@ -108,9 +116,10 @@ function _M.new(opts)
     retry_max = opts.retry_max or 30,
     expiry_margin = opts.expiry_margin or 1,
     -- Per worker: key -> { raw text, decoded entry }, and prefixed keys
-    -- (made once: the hot path concatenates nothing).
-    memo = {},
-    tkeys = {},
+    -- (made once: the hot path concatenates nothing); bounded, as one per
+    -- credential would grow for ever.
+    memo = util.lru(opts.max_entries or token_cache.MAX_ENTRIES),
+    tkeys = util.lru(opts.max_entries or token_cache.MAX_ENTRIES),
   }, mt)
 end
 
@@ -120,10 +129,11 @@ function _M.is_store(x)
 end
 
 local function tkey(self, key)
-  local k = self.tkeys[key]
+  local tkeys = self.tkeys
+  local k = tkeys:get(key)
   if not k then
     k = "t|" .. key
-    self.tkeys[key] = k
+    tkeys:set(key, k)
   end
   return k
 end
@@ -133,17 +143,17 @@ function _M:get(key)
   local raw = self.dict:get(tkey(self, key))
   local memo = self.memo
   if raw == nil then
-    memo[key] = nil
+    memo:delete(key)
     return nil
   end
-  local m = memo[key]
+  local m = memo:get(key)
   if m and m[1] == raw then return m[2] end
   local e = json_decode(raw)
   if type(e) ~= "table" then
-    memo[key] = nil
+    memo:delete(key)
     return nil
   end
-  memo[key] = { raw, e }
+  memo:set(key, { raw, e })
   return e
 end
 
@@ -163,12 +173,12 @@ function _M:set(key, entry, ttl)
   if forcible then
     log(WARN, "gauth: lua_shared_dict ", self.name, " is full: entries were evicted")
   end
-  self.memo[key] = { raw, entry }
+  self.memo:set(key, { raw, entry })
 end
 
 function _M:delete(key)
   self.dict:delete(tkey(self, key))
-  self.memo[key] = nil
+  self.memo:delete(key)
 end
 
 --- Take the cross-worker lock for `key`, waiting up to `timeout` seconds
@@ -268,19 +278,43 @@ end
 -- @param e the store's entry or nil
 -- @tparam function refresh does the locked fetch; returns entry | nil, err
 -- @tparam number t now (epoch seconds)
--- @return the entry to serve now | nil, err (no valid token and the phase
---   cannot fetch) | nil (fetch inline)
+-- @return the entry to serve now | nil, msg, err (no valid token and the
+--   phase cannot fetch) | nil (fetch now)
 function _M:refresh_ahead(key, e, refresh, t)
   if e and type(e.expires_at) == "number" and t < e.expires_at - self.expiry_margin then
     self:schedule(key, refresh)
     return e
   end
-  if can_yield() or get_phase() == "init" then return nil end
-  self:schedule(key, refresh)
-  return nil, errors.new("token_cache", "refresh",
-    "no valid token cached and the " .. tostring(get_phase())
-    .. " phase cannot make requests; a refresh was scheduled",
-    { retryable = true })
+  local phase = util.nonblocking_phase()
+  if not phase then return nil end
+  return token_cache.phase_error(phase, self:schedule(key, refresh))
+end
+
+--- Say once, in the error log, that nginx.conf has no dict named "gauth"
+-- (called by `gauth.token_cache.default` under nginx when it finds none):
+-- tokens are then per worker (each fetches its own) and phases without
+-- cosockets fail until that worker's timer has fetched one. Once for all
+-- workers when nginx.conf declares any dict (a key in it remembers the
+-- warning; a dict named gauth* first); else once per process.
+function _M.warn_no_dict()
+  local names, pick = {}, nil
+  for name in pairs(ngx.shared) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    if sub(name, 1, 5) == "gauth" then pick = name break end
+  end
+  pick = pick or names[1]
+  if pick and not ngx.shared[pick]:add("gauth|warned: no dict named gauth", true) then
+    return false
+  end
+  log(WARN, "gauth: no lua_shared_dict named \"", _M.DEFAULT_DICT, "\": tokens are",
+      " cached per worker (each worker fetches its own), and in phases without",
+      " cosockets a worker has none until its timer fetched one. Declare",
+      " `lua_shared_dict ", _M.DEFAULT_DICT, " 1m;`, or name your dict with",
+      " the credentials option shared_dict = \"<name>\" or",
+      " require(\"gauth.token_cache.shdict\").install(\"<name>\") in init_by_lua",
+      #names > 0 and (" (declared: " .. table.concat(names, ", ") .. ")") or "")
+  return true
 end
 
 ---------------------------------------------------------------------------
@@ -295,11 +329,11 @@ local function fetch(self, key, fetch_fn, clock)
   local e = store:get(key)
   local t = clock()
   if e and t < (e.refresh_at or 0) then return e end
-  local served, err = store:refresh_ahead(key, e, function()
+  local served, msg, err = store:refresh_ahead(key, e, function()
     return base_fetch(self, key, fetch_fn, clock)
   end, t)
   if served then return served end
-  if err then return nil, err end
+  if msg then return nil, msg, err end
   return base_fetch(self, key, fetch_fn, clock)
 end
 
