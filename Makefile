@@ -38,7 +38,7 @@ OBJS = $(SRCS:csrc/%.c=$(BUILD)/obj/%.o)
 CORE = $(BUILD)/gauth/core.so
 
 # Debian packages everything here needs; `make deps` installs the missing ones.
-DEB_PKGS = gcc make pkg-config openssl curl ca-certificates \
+DEB_PKGS = gcc make pkg-config openssl curl ca-certificates gzip \
   lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
   libssl-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket luarocks \
   python3 python3-jwt python3-cryptography python3-googleapi \

@@ -14,6 +14,7 @@ BENCH_SECONDS sets the time per measurement (default 2).
 """
 
 import gc
+import gzip
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ from googleapiclient.http import HttpMock
 
 SECONDS = float(os.environ.get("BENCH_SECONDS") or 2)
 HERE = os.path.dirname(os.path.abspath(__file__))
-PATH = os.path.join(HERE, "..", "..", "shared", "discovery", "compute.v1.json")
+PATH = os.path.join(HERE, "..", "spec", "fixtures", "discovery", "compute.v1.json.gz")
 
 
 def rate(fn):
@@ -57,7 +58,7 @@ def out(name, value, unit):
 
 
 def main():
-    with open(PATH, "rb") as f:
+    with gzip.open(PATH, "rb") as f:
         text = f.read().decode("utf-8")
     svc = build_from_document(text, http=HttpMock())
     instances = svc.instances()

@@ -31,11 +31,8 @@ trap cleanup EXIT INT TERM
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy LUA_PATH LUA_CPATH LUA_INIT
 export no_proxy='*' NO_PROXY='*'
 
-doc=$root/../shared/discovery/drive.v3.json
-if [ ! -f "$doc" ]; then
-  echo "media_bench: ../shared/discovery/drive.v3.json not found; skipped" >&2
-  exit 0
-fi
+doc=$dir/drive.v3.json
+gzip -dc "$root/spec/fixtures/discovery/drive.v3.json.gz" > "$doc" || { echo "media_bench: no drive.v3 fixture" >&2; exit 1; }
 sh spec/support/mkcerts.sh "$dir/pki" >/dev/null 2>&1 || { echo "media_bench: mkcerts failed" >&2; exit 1; }
 head -c $((MB * 1024 * 1024)) /dev/urandom > "$dir/file.bin"
 size=$((MB * 1024 * 1024))

@@ -147,16 +147,18 @@ describe("helpers", function()
     assert.equal("hi?", helpers.b64decode("aGk_"))
   end)
 
-  it("finds the shared discovery documents or says why not", function()
-    local path, msg = helpers.shared_discovery("no-such-api.v0.json")
-    assert.is_nil(path)
-    assert.matches("not found", msg)
-    local drive = helpers.shared_discovery("drive.v3.json")
-    if not drive then
-      pending("../shared/discovery is absent")
-      return
-    end
+  it("finds the Discovery fixtures in the repository, and raises for one that is not there", function()
+    assert.error_matches(function() helpers.discovery("no-such-api.v0.json") end,
+      "Discovery fixture no%-such%-api%.v0%.json not found")
+    local drive = helpers.discovery("drive.v3.json")
+    assert.equal(helpers.discovery_dir() .. "/drive.v3.json", drive)
     assert.equal("drive", cjson.decode(helpers.read_file(drive)).name)
+    local names = helpers.discovery_names()
+    assert.equal(17, #names)
+    for _, name in ipairs(names) do
+      assert.equal("discovery#restDescription",
+        cjson.decode((helpers.discovery_doc(name))).kind, name)
+    end
   end)
 end)
 

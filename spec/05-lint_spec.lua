@@ -41,3 +41,29 @@ describe("lint", function()
     assert.matches("unused variable 'unused'", out)
   end)
 end)
+
+-- A clean clone has no folder beside it: every spec, helper and bench script
+-- reads only what is in the repository (spec/fixtures for the Discovery
+-- documents). The needle is built here so that this file does not hold it.
+describe("the suite reads nothing outside the repository", function()
+  local NEEDLE = ".." .. "/" .. "shared"
+
+  local function references(dirs)
+    local ok, out, rc = helpers.sh("cd " .. root .. " && grep -rnIF --exclude-dir=node_modules"
+      .. " --exclude-dir=fixtures -e " .. helpers.shell_quote(NEEDLE) .. " " .. dirs)
+    -- grep: 0 found, 1 nothing found, 2 trouble
+    assert(ok or rc == 1, out)
+    return out
+  end
+
+  it("no spec, helper, support file or bench script names the folder beside the clone", function()
+    assert.are.equal("", references("spec bench Makefile"))
+  end)
+
+  it("the search finds such a reference when there is one (the check can fail)", function()
+    local dir = helpers.tmpname("lint-shared")
+    assert(helpers.sh("mkdir -p " .. helpers.shell_quote(dir)))
+    helpers.write_file(dir .. "/x_spec.lua", 'local p = "' .. NEEDLE .. '/discovery/a.json"\n')
+    assert.matches("x_spec.lua:1:", references(helpers.shell_quote(dir)))
+  end)
+end)

@@ -1,6 +1,6 @@
 -- gauth.discovery against Google's own Python client (googleapiclient 1.7.12,
 -- Debian's python3-googleapi): for calls made systematically over every
--- method of every Discovery document in ../shared/discovery, the request
+-- method of every Discovery fixture (spec/fixtures/discovery), the request
 -- gauth builds (method, URI, body, the headers that carry meaning) must be
 -- the one googleapiclient sends, and gauth must refuse exactly the calls
 -- that googleapiclient refuses.
@@ -10,18 +10,13 @@
 -- here call by call.
 
 local cjson = require "cjson"
+local helpers = require "helpers"
 
 local SPEC_DIR = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec")
 local ROOT = SPEC_DIR:match("^(.*)/spec$") or "."
-local SHARED = ROOT .. "/../shared/discovery"
+local SHARED = helpers.discovery_dir()
 local PYTHON = "/usr/bin/python3"
 local DRIVER = ROOT .. "/spec/support/ref_discovery.py"
-
-local function readable(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
 
 local function read(path)
   local f = assert(io.open(path, "rb"))
@@ -32,27 +27,8 @@ end
 
 -- Documents to go through (the directory list is not an API).
 local DOCS = {}
-do
-  local p = io.popen('ls "' .. SHARED .. '"/*.json 2>/dev/null')
-  for line in p:lines() do
-    local name = line:match("([^/]+)%.json$")
-    if name and name ~= "directory_list" then DOCS[#DOCS + 1] = name end
-  end
-  p:close()
-  table.sort(DOCS)
-end
-
--- os.execute: true on 5.4, 0 on 5.1/LuaJIT for success
-local function sh_ok(cmd)
-  local r = os.execute(cmd)
-  return r == true or r == 0
-end
-
-local skip_reason
-if #DOCS == 0 then
-  skip_reason = "../shared/discovery not found: the Discovery documents are not here"
-elseif not readable(PYTHON) or not sh_ok(PYTHON .. " -c 'import googleapiclient' 2>/dev/null") then
-  skip_reason = PYTHON .. " cannot import googleapiclient (python3-googleapi)"
+for _, name in ipairs(helpers.discovery_names()) do
+  DOCS[#DOCS + 1] = name:match("^(.+)%.json$")
 end
 
 ---------------------------------------------------------------------------
@@ -601,11 +577,6 @@ local STRICTER = {
 ---------------------------------------------------------------------------
 
 describe("gauth.discovery conformance with googleapiclient 1.7.12", function()
-  if skip_reason then
-    it("is skipped", function() pending(skip_reason) end)
-    return
-  end
-
   local discovery = require "gauth.discovery"
   local calls, results, docs, services = {}, {}, {}, {}
 
@@ -637,7 +608,7 @@ describe("gauth.discovery conformance with googleapiclient 1.7.12", function()
     local f = assert(io.open(infile, "wb"))
     f:write(to_json(list))
     f:close()
-    assert(sh_ok(PYTHON .. " " .. DRIVER .. " " .. infile .. " > " .. outfile),
+    assert(helpers.sh(PYTHON .. " " .. DRIVER .. " " .. infile .. " > " .. outfile),
            "the reference driver failed")
     for line in io.lines(outfile) do results[#results + 1] = cjson.decode(line) end
     os.remove(infile)

@@ -2,8 +2,8 @@
 -- pages() and build() against the fake Google (spec/support/fake_google.py)
 -- over HTTPS with the test CA, through the libcurl transport, authorised by
 -- service-account credentials that get their tokens from the fake's token
--- endpoint. Real Discovery documents come from ../shared/discovery (read
--- there, never copied); what the server received is read back from the
+-- endpoint. Real Discovery documents come from spec/fixtures/discovery;
+-- what the server received is read back from the
 -- fake's records. Retries sleep through a recorder, not the clock.
 
 local cjson = require "cjson"
@@ -28,18 +28,11 @@ local function closed_port()
   return port
 end
 
--- The text of ../shared/discovery/<name>, or nil after marking the test
--- pending (a clone without ../shared).
+-- The text of the Discovery fixture <name> (spec/fixtures/discovery).
 local docs = {}
 local function shared_doc(name)
-  if docs[name] then return docs[name] end
-  local text, msg = helpers.shared_discovery_doc(name)
-  if not text then
-    pending(msg)
-    return nil
-  end
-  docs[name] = text
-  return text
+  if not docs[name] then docs[name] = helpers.discovery_doc(name) end
+  return docs[name]
 end
 
 local function google_error(code, status, message, reason, extra)

@@ -46,15 +46,9 @@ local function no_sleep(list)
 end
 
 describe("gauth.media", function()
-  local DRIVE, DRIVE_PATH = helpers.shared_discovery_doc("drive.v3.json")
-  local STORAGE, STORAGE_PATH = helpers.shared_discovery_doc("storage.v1.json")
-  local BIGQUERY, BIGQUERY_PATH = helpers.shared_discovery_doc("bigquery.v2.json")
-  if not (DRIVE and STORAGE and BIGQUERY) then
-    it("needs ../shared/discovery", function()
-      pending("../shared/discovery (drive.v3, storage.v1, bigquery.v2) not found")
-    end)
-    return
-  end
+  local DRIVE, DRIVE_PATH = helpers.discovery_doc("drive.v3.json")
+  local STORAGE, STORAGE_PATH = helpers.discovery_doc("storage.v1.json")
+  local BIGQUERY, BIGQUERY_PATH = helpers.discovery_doc("bigquery.v2.json")
 
   local srv, http, creds, drive
 

@@ -1,7 +1,7 @@
 -- gauth.batch against spec/support/fake_upload.py over TLS on loopback: the
 -- fake parses each batch with Python's email package, answers every
 -- embedded request and returns multipart/mixed; batch URIs are compared
--- with googleapiclient 1.7.12's for every document of ../shared/discovery.
+-- with googleapiclient 1.7.12's for every Discovery fixture (spec/fixtures).
 
 local helpers = require "helpers"
 local fake_upload = require "support.fake_upload"
@@ -13,14 +13,8 @@ local media = require "gauth.media"
 local testing = require "gauth.testing"
 
 describe("gauth.batch", function()
-  local DRIVE = helpers.shared_discovery_doc("drive.v3.json")
-  local STORAGE = helpers.shared_discovery_doc("storage.v1.json")
-  if not (DRIVE and STORAGE) then
-    it("needs ../shared/discovery", function()
-      pending("../shared/discovery (drive.v3, storage.v1) not found")
-    end)
-    return
-  end
+  local DRIVE = helpers.discovery_doc("drive.v3.json")
+  local STORAGE = helpers.discovery_doc("storage.v1.json")
 
   local srv, http, creds, drive
 
@@ -51,7 +45,7 @@ describe("gauth.batch", function()
   end)
 
   it("posts to rootUrl + batchPath of each API, as googleapiclient does (compared with it)", function()
-    local dir = helpers.root .. "/../shared/discovery"
+    local dir = helpers.discovery_dir()
     local ok, list = helpers.sh("ls " .. helpers.shell_quote(dir) .. "/*.json")
     assert(ok, list)
     local cases, svcs = {}, {}

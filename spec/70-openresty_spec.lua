@@ -61,8 +61,7 @@ describe("OpenResty", function()
     -- Cloud SQL Admin) with a throwaway service account.
     emu = assert(require("gauth.emulator").start({
       new_key_file = helpers.tmpname("emulator-sa", ".json") }))
-    local doc_path = helpers.shared_discovery("sqladmin.v1.json")
-    discovery_dir = doc_path and doc_path:match("^(.*)/[^/]+$")
+    discovery_dir = helpers.discovery("sqladmin.v1.json"):match("^(.*)/[^/]+$")
     local port = nginx.free_port()
     local app = 'require("support.ngx_app")'
     local err
@@ -435,7 +434,6 @@ describe("OpenResty", function()
 
   describe("Discovery documents in a lua_shared_dict", function()
     it("are fetched by one worker for all", function()
-      if not discovery_dir then pending("../shared/discovery is not there") end
       local results = srv:parallel("/discovery_doc?api=sqladmin&version=v1", 24)
       for _, x in ipairs(results) do
         assert.equal(200, x.status, x.body)

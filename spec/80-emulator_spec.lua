@@ -4,6 +4,7 @@
 -- specs judge the emulator and not the code it is meant to test.
 
 local cjson = require "cjson.safe"
+local helpers = require "helpers"
 local socket = require "socket"
 local emulator = require "gauth.emulator"
 local jwt = require "gauth.jwt"
@@ -594,23 +595,18 @@ describe("gauth.emulator", function()
     end)
 
     it("serves the documents it is given, pointed at itself", function()
-      local shared = "../shared/discovery/storage.v1.json"
       local docs = { { kind = "discovery#restDescription", name = "tiny", version = "v2",
                        rootUrl = "https://tiny.googleapis.com/", servicePath = "tiny/v2/",
-                       resources = {} } }
-      local have_shared = read(shared) ~= nil
-      if have_shared then docs[2] = shared end
+                       resources = {} },
+                     helpers.discovery("storage.v1.json") }
       local e = assert(emulator.start{ documents = docs })
       local tiny = http("GET", e.url .. "/discovery/v1/apis/tiny/v2/rest").json
-      local storage = have_shared
-        and http("GET", e.url .. "/discovery/v1/apis/storage/v1/rest").json
+      local storage = http("GET", e.url .. "/discovery/v1/apis/storage/v1/rest").json
       e.stop()
       assert.are.equal(e.url .. "/", tiny.rootUrl)
       assert.are.equal(e.url .. "/tiny/v2/", tiny.baseUrl)
-      if have_shared then
-        assert.are.equal(e.url .. "/", storage.rootUrl)
-        assert.truthy(storage.resources.buckets)
-      end
+      assert.are.equal(e.url .. "/", storage.rootUrl)
+      assert.truthy(storage.resources.buckets)
     end)
   end)
 

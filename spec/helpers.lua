@@ -274,20 +274,50 @@ function helpers.certs()
   return S.certs
 end
 
---- Path of `../shared/discovery/<name>` beside the repository, or nil, msg.
-function helpers.shared_discovery(name)
-  local path = S.root .. "/../shared/discovery/" .. name
-  if exists(path) then return path end
-  return nil, ("../shared/discovery/%s not found (a clone without ../shared);"
-    .. " skipping"):format(name)
+--- The folder of the Discovery documents the specs use: the fixtures in
+-- spec/fixtures/discovery/*.json.gz (see the README there), decompressed
+-- with gzip once per run into tmpdir()/discovery. A clean clone has them.
+function helpers.discovery_dir()
+  if S.discovery_dir then return S.discovery_dir end
+  local dir = helpers.tmpdir() .. "/discovery"
+  local src = S.root .. "/spec/fixtures/discovery"
+  must("mkdir -p " .. q(dir) .. " && for f in " .. q(src) .. "/*.json.gz; do"
+    .. ' gzip -dc "$f" > ' .. q(dir) .. '/"$(basename "$f" .gz)" || exit 1; done',
+    "decompressing the Discovery fixtures")
+  S.discovery_dir = dir
+  return dir
 end
 
---- Text and path of `../shared/discovery/<name>`, or nil, msg (see above).
-function helpers.shared_discovery_doc(name)
-  local path, msg = helpers.shared_discovery(name)
-  if not path then return nil, msg end
+--- Names of the Discovery fixtures (`drive.v3.json`, ...), sorted.
+function helpers.discovery_names()
+  local names = {}
+  for name in must("ls " .. q(S.root .. "/spec/fixtures/discovery"), "ls"):gmatch("[^\n]+") do
+    names[#names + 1] = name:match("^(.+%.json)%.gz$")
+  end
+  table.sort(names)
+  return names
+end
+
+--- Path of the Discovery fixture `<name>` (e.g. "drive.v3.json"); raises
+-- when there is no such fixture (a bug of the spec, not a skip).
+function helpers.discovery(name)
+  local path = helpers.discovery_dir() .. "/" .. name
+  if not exists(path) then
+    error(("helpers: Discovery fixture %s not found in spec/fixtures/discovery"):format(name), 2)
+  end
+  return path
+end
+
+--- Text and path of the Discovery fixture `<name>` (raises when absent).
+function helpers.discovery_doc(name)
+  local path = helpers.discovery(name)
   return assert(helpers.read_file(path)), path
 end
+
+-- Former names (they read a folder outside the repository), kept for
+-- specs written against them.
+helpers.shared_discovery = helpers.discovery
+helpers.shared_discovery_doc = helpers.discovery_doc
 
 -- The fake Google server -----------------------------------------------------
 

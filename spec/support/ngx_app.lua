@@ -231,7 +231,7 @@ function _M.discovery_doc()
   reply(200, { name = doc.name, version = doc.version, title = doc.title })
 end
 
---- GET /fake_discovery/<name>.json: a document from ../shared/discovery,
+--- GET /fake_discovery/<name>.json: a Discovery fixture (helpers.discovery_dir()),
 -- slowly (0.5 s), counting hits in the results dict.
 function _M.fake_discovery()
   ngx.shared.results:incr("discovery_hits", 1, 0)

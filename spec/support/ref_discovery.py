@@ -8,7 +8,7 @@ googleapiclient 1.7.12):
 
 calls.json is a JSON list of calls:
 
-    {"doc": "../shared/discovery/compute.v1.json",
+    {"doc": "/tmp/gauth-spec.X/discovery/compute.v1.json",
      "method_path": ["instances", "list"],      # googleapiclient's names
      "params": {"project": "p", "zone": "z"},    # keyword arguments
      "next_page_token": "t",                     # optional: then the request
