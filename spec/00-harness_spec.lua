@@ -624,11 +624,7 @@ describe("fake_google lifecycle", function()
   end)
 
   it("listens on ::1 when asked", function()
-    local ok, fake = pcall(helpers.start_fake, { host = "::1" })
-    if not ok then
-      pending("no IPv6 loopback here: " .. tostring(fake))
-      return
-    end
+    local fake = helpers.start_fake({ host = "::1" })
     assert.matches("^https://%[::1%]:%d+$", fake.url)
     local res = assert(helpers.curl({ url = fake.url .. "/", ca_file = fake.ca_file }))
     assert.equal(200, res.status)
@@ -639,5 +635,26 @@ describe("fake_google lifecycle", function()
     local ok, err = pcall(helpers.start_fake, { cert_file = "/nonexistent.pem" })
     assert.is_false(ok)
     assert.matches("exited at start", err)
+  end)
+end)
+
+describe("spec/run.sh", function()
+  -- A throwaway spec that skips once and passes once, run through run.sh on
+  -- both interpreters: listed and counted always, a failure when CI is set.
+  it("lists every skip, and fails the run on one when CI is set", function()
+    local dir = helpers.tmpname("runsh")
+    assert(helpers.sh("mkdir -p " .. helpers.shell_quote(dir)))
+    local spec = helpers.write_file(dir .. "/skip_spec.lua",
+      'describe("d", function() it("passes", function() end) ' .. "pend" .. 'ing("later") end)\n')
+    local cmd = "cd " .. helpers.shell_quote(helpers.root) .. " && SPECS=" .. helpers.shell_quote(spec)
+      .. " sh spec/run.sh"
+    local ok, out = helpers.sh("CI= " .. cmd)
+    assert.is_true(ok, out)
+    assert.matches("skipped: ok %d+ %- # SKIP", out)
+    assert.matches("\n2 passed, 0 failed, 2 skipped\n$", out)
+    ok, out = helpers.sh("CI=true " .. cmd)
+    assert.is_false(ok, out)
+    assert.matches("CI is set: 2 skipped test%(s%) count as failures", out)
+    assert.matches("\n2 passed, 2 failed, 2 skipped\n$", out)
   end)
 end)

@@ -14,10 +14,6 @@ local LUA = os.getenv("GAUTH_LUA") or "lua5.4"
 local BUILD = os.getenv("GAUTH_BUILD")
   or (ROOT .. "/build/" .. (jit and "5.1" or _VERSION:match("%d+%.%d+")))  -- luacheck: ignore
 local PROJECT = "exemplary-example-123"
--- ADC (gauth.adc) is written beside this; its cases wait for it.
-local HAS_ADC = pcall(require, "gauth.adc")
--- Media transfers (gauth.media) likewise.
-local HAS_MEDIA = pcall(require, "gauth.media")
 local SCOPE_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 local SCOPE_SQL = "https://www.googleapis.com/auth/sqlservice.admin"
 
@@ -267,7 +263,6 @@ describe("gauth command", function()
     end)
 
     it("ADC: GOOGLE_APPLICATION_CREDENTIALS names the key file (subprocess)", function()
-      if not HAS_ADC then return pending("gauth.adc is not there yet") end
       local code, out, err = gauth({ "token" }, "GOOGLE_APPLICATION_CREDENTIALS=" .. q(key_file))
       assert.are.equal(0, code, err)
       assert.matches("^ya29%.[%w_.-]+\n$", out)
@@ -278,7 +273,6 @@ describe("gauth command", function()
     end)
 
     it("ADC with nothing to find exits 1 saying what was tried", function()
-      if not HAS_ADC then return pending("gauth.adc is not there yet") end
       local code, out, err = gauth({ "token" })
       assert.are.equal(1, code)
       assert.are.equal("", out)
@@ -513,7 +507,6 @@ describe("gauth command", function()
     end)
 
     it("--output downloads the media into a file; a progress bar only when asked", function()
-      if not HAS_MEDIA then return pending("gauth.media is not there yet") end
       local file = helpers.tmpname("download", ".json")
       local code, out, err = gauth(call_args("gauthtest", "v1", "documents.get", "api=sqladmin",
         "version=v1beta4", "--output", file, "--key-file", key_file), "GAUTH_PROGRESS=1")
@@ -555,7 +548,6 @@ describe("gauth command", function()
         one_line(err)
         assert.matches(c[2], err, 1, true)
       end
-      if not HAS_MEDIA then return pending("gauth.media is not there yet") end
       local code, out, err = run(call_args("gauthtest", "v1", "files.upload",
         "--media", helpers.tmpname("missing", ".txt"), "--dry-run"))
       assert.are.equal(2, code, err)
@@ -564,13 +556,9 @@ describe("gauth command", function()
     end)
 
     it("--media: the upload request (dry run), a type the method refuses", function()
-      if not HAS_MEDIA then return pending("gauth.media is not there yet") end
       local text = helpers.write_file(helpers.tmpname("upload", ".txt"), "hello")
       local code, out, err = run(call_args("gauthtest", "v1", "files.upload", "--media", text,
         "--body", '{"name":"n"}', "--dry-run"))
-      if err:find("media uploads are not made here", 1, true) then
-        return pending("gauth.discovery does not take media_body yet")
-      end
       assert.are.equal(0, code, err)
       assert.are.equal("POST " .. emu.url .. "/upload/v1/files?alt=json&uploadType=multipart",
         out:match("^([^\n]*)"))
