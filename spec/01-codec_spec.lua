@@ -1,5 +1,9 @@
 -- base64url, base64, sha256, random bytes and the clock of gauth.core.
+-- base64 and base64url are judged by Python's base64 module on every
+-- length 0..300 and every byte value.
 local core = require "gauth.core"
+local helpers = require "helpers"
+local cjson = require "cjson"
 
 local function hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
@@ -35,6 +39,41 @@ describe("gauth.core codec", function()
       assert.are.equal(s, core.b64url_decode(core.b64url_encode(s)))
       assert.are.equal(s, core.b64_decode(core.b64_encode(s)))
     end
+  end)
+
+  -- Inputs of every length 0..300 whose bytes run through all 256 values
+  -- (each input starts at another offset, so every byte sits at every
+  -- position mod 3), sent as hex; Python answers each with its standard
+  -- base64 and its URL-safe base64 without padding, in one process.
+  it("agrees with Python's base64 on every length 0..300 and every byte value", function()
+    local inputs, hexes = {}, {}
+    for n = 0, 300 do
+      local t = {}
+      for i = 1, n do t[i] = string.char((i * 7 + n) % 256) end
+      inputs[#inputs + 1] = table.concat(t)
+      hexes[#hexes + 1] = hex(inputs[#inputs])
+    end
+    local seen = {}
+    for _, s in ipairs(inputs) do for i = 1, #s do seen[s:byte(i)] = true end end
+    for b = 0, 255 do assert.is_true(seen[b], "byte " .. b .. " is in some input") end
+    local input = helpers.write_file(helpers.tmpname("b64", ".json"), cjson.encode(hexes))
+    local ok, out = helpers.sh(helpers.python .. " -c " .. helpers.shell_quote([[
+import base64, json, sys
+for h in json.load(open(sys.argv[1])):
+    b = bytes.fromhex(h)
+    print(base64.b64encode(b).decode(), base64.urlsafe_b64encode(b).decode().rstrip("="))
+]]) .. " " .. helpers.shell_quote(input))
+    assert(ok, out)
+    local i = 0
+    for std, url in out:gmatch("([^ \n]*) ([^\n]*)\n") do
+      i = i + 1
+      local s = inputs[i]
+      assert.are.equal(std, core.b64_encode(s), "base64 of length " .. #s)
+      assert.are.equal(url, core.b64url_encode(s), "base64url of length " .. #s)
+      assert.are.equal(s, core.b64_decode(std), "base64 decode of length " .. #s)
+      assert.are.equal(s, core.b64url_decode(url), "base64url decode of length " .. #s)
+    end
+    assert.are.equal(#inputs, i)
   end)
 
   it("refuses padding, foreign characters and truncation in base64url", function()

@@ -1,4 +1,6 @@
--- Keys and signatures of gauth.core, judged by the openssl CLI.
+-- Keys and signatures of gauth.core, judged by the openssl CLI both ways:
+-- what `openssl dgst -sign` makes gauth verifies, what gauth makes
+-- `openssl dgst -verify` accepts.
 local core = require "gauth.core"
 local helpers = require "helpers"
 
@@ -99,6 +101,61 @@ describe("gauth.core keys", function()
       "/ec_pub.pem -signature " .. dir .. "/es.der " .. dir ..
       "/es.txt >/dev/null 2>&1")
     assert.is_true(ok == true or ok == 0)
+  end)
+
+  -- DER ECDSA-Sig-Value (openssl's form) -> JOSE r||s, 32 bytes each.
+  local function der_to_jose(der)
+    local pos = 3   -- after SEQUENCE, length (< 128 for P-256)
+    local out = {}
+    for i = 1, 2 do
+      assert(der:byte(pos) == 2, "INTEGER")
+      local len = der:byte(pos + 1)
+      local int = der:sub(pos + 2, pos + 1 + len):gsub("^%z+", "")
+      out[i] = ("\0"):rep(32 - #int) .. int
+      pos = pos + 2 + len
+    end
+    return out[1] .. out[2]
+  end
+
+  -- Messages of several lengths and every byte value.
+  local function messages()
+    local all = {}
+    for i = 0, 255 do all[#all + 1] = string.char(i) end
+    all = table.concat(all)
+    return { "", "x", all, all:rep(40) .. "tail" }
+  end
+
+  it("verifies RS256 and ES256 signatures made by `openssl dgst -sign`, and refuses them altered", function()
+    local pubs = { RS256 = assert(core.load_public_key(rsa_pub)), ES256 = assert(core.load_public_key(ec_pub)) }
+    for i, data in ipairs(messages()) do
+      local file = write(dir .. "/judge" .. i .. ".bin", data)
+      for alg, key_path in pairs({ RS256 = rsa8_path, ES256 = dir .. "/ec8.pem" }) do
+        local sig_path = dir .. "/judge" .. i .. "." .. alg .. ".sig"
+        openssl("dgst -sha256 -sign " .. key_path .. " -out " .. sig_path .. " " .. file)
+        local sig = read(sig_path)
+        if alg == "ES256" then sig = der_to_jose(sig) end
+        assert.is_true(pubs[alg]:verify(alg, data, sig), alg .. " of " .. #data .. " bytes")
+        assert.is_false(pubs[alg]:verify(alg, data .. "!", sig), alg .. " altered data")
+        local flipped = string.char((sig:byte(10) + 1) % 256)
+        assert.is_false(pubs[alg]:verify(alg, data, sig:sub(1, 9) .. flipped .. sig:sub(11)),
+          alg .. " altered signature")
+      end
+    end
+  end)
+
+  it("makes RS256 signatures that `openssl dgst -verify` accepts, and only for their data", function()
+    local key = assert(core.load_private_key(rsa8))
+    for i, data in ipairs(messages()) do
+      local file = write(dir .. "/rs" .. i .. ".bin", data)
+      local sig = write(dir .. "/rs" .. i .. ".sig", assert(key:sign("RS256", data)))
+      local ok = os.execute("openssl dgst -sha256 -verify " .. dir .. "/rsa_pub.pem -signature "
+        .. sig .. " " .. file .. " >/dev/null 2>&1")
+      assert.is_true(ok == true or ok == 0, "RS256 of " .. #data .. " bytes")
+      write(file, data .. "!")
+      ok = os.execute("openssl dgst -sha256 -verify " .. dir .. "/rsa_pub.pem -signature "
+        .. sig .. " " .. file .. " >/dev/null 2>&1")
+      assert.is_false(ok == true or ok == 0, "openssl refuses altered data")
+    end
   end)
 
   it("verifies good signatures and rejects bad ones with false", function()
