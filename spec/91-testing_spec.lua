@@ -100,8 +100,38 @@ describe("gauth.testing", function()
       assert.has_error(function() t:request("https://x") end,
         "gauth.testing: request: the request must be a table, got string")
       assert.has_error(function() t:request{ url = "u://x", body = {} } end,
-        "gauth.testing: request: req.body must be a string")
+        "gauth.testing: request: body must be a string")
       assert.are.equal(0, #t.requests)
+    end)
+
+    -- The cases every real transport passes (spec/support/transport_cases)
+    -- that are about what a transport accepts: the doubles must refuse
+    -- what libcurl and nginx refuse, or code tested on them breaks there.
+    local tcases = require "support.transport_cases"
+    local ctx = { fake = "https://localhost:9", untrusted = "https://localhost:9",
+                  raw = "http://127.0.0.1:9", closed = "http://127.0.0.1:9", tmp = helpers.tmpdir() }
+    local n = 0
+    for _, case in ipairs(tcases.cases) do
+      if case.double then
+        n = n + 1
+        for _, make in ipairs({ "http_mock", "http_sequence" }) do
+          it(make .. " passes the transport case: " .. case.name, function()
+            local reqs = case.requests(ctx)
+            local answers = {}
+            for i = 1, #reqs do answers[i] = { status = 404 } end
+            local t = make == "http_mock" and testing.http_mock{ status = 404 } or testing.http_sequence(answers)
+            local r = tcases.run(t, reqs, os.clock)
+            case.check(r, ctx, nil)
+            -- what raised or was refused was not recorded as sent
+            local sent = 0
+            for _, x in ipairs(r) do if x.res then sent = sent + 1 end end
+            assert.are.equal(sent, #t.requests)
+          end)
+        end
+      end
+    end
+    it("runs the four transport cases marked for doubles", function()
+      assert.are.equal(4, n)
     end)
 
     it("calls a body function with the request", function()

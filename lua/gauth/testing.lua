@@ -35,6 +35,7 @@
 
 local errors = require "gauth.errors"
 local util = require "gauth.util"
+local common = require "gauth.transport.common"
 
 local type = type
 local pairs = pairs
@@ -45,6 +46,7 @@ local setmetatable = setmetatable
 local floor = math.floor
 local lower = string.lower
 local format = string.format
+local find = string.find
 local sort = table.sort
 local concat = table.concat
 
@@ -186,24 +188,54 @@ mock_transport_mt.__tostring = function(self)
   return format("gauth.testing %s (%d requests)", self.kind, #self.requests)
 end
 
--- What the transport interface promises a transport; checked so that code
--- under test that breaks it fails here rather than against a real one.
+-- What the transport interface promises a transport, checked as the real
+-- transports check it (the same cases, spec/support/transport_cases.lua),
+-- so that code under test that breaks it fails here rather than against
+-- libcurl or nginx: these raise at the caller of `request`.
+local REQUEST = "gauth.testing: request"
 local function check_request(req)
   if type(req) ~= "table" then
-    error("gauth.testing: request: the request must be a table, got " .. type(req), 3)
+    error(REQUEST .. ": the request must be a table, got " .. type(req), 3)
   end
   if type(req.url) ~= "string" or req.url == "" then
-    error("gauth.testing: request: req.url must be a non-empty string", 3)
+    error(REQUEST .. ": req.url must be a non-empty string", 3)
   end
-  if req.method ~= nil and type(req.method) ~= "string" then
-    error("gauth.testing: request: req.method must be a string", 3)
+  -- method, body, headers, timeout, connect_timeout, max_body: level 3 of
+  -- common.check_request is its caller's caller, so one frame more here.
+  local ok, msg = pcall(common.check_request, req, REQUEST)
+  if not ok then error((tostring(msg):gsub("^[^:]-:%d+: ", "")), 3) end
+end
+
+-- The header names and values a transport can send: names are HTTP tokens,
+-- values strings, numbers, false (left out) or arrays of strings and
+-- numbers (raise otherwise, at the caller of `request`). Returns the name
+-- of a header whose value holds CR, LF or NUL (an error, not a raise, as
+-- on the real transports), or nil.
+local function check_headers(headers)
+  if not headers then return nil end
+  local bad
+  for name, value in pairs(headers) do
+    -- level 4: past header_name, this function and request
+    common.header_name(name, REQUEST, 4)
+    local vt = type(value)
+    local values
+    if vt == "table" then
+      values = value
+    elseif vt == "string" or vt == "number" then
+      values = { value }
+    elseif vt ~= "boolean" or value then
+      error(REQUEST .. ": bad value for header " .. name, 3)
+    end
+    for i = 1, values and #values or 0 do
+      local v = values[i]
+      local et = type(v)
+      if et ~= "string" and et ~= "number" then
+        error(REQUEST .. ": bad value for header " .. name, 3)
+      end
+      if et == "string" and find(v, "[\r\n%z]") then bad = bad or name end
+    end
   end
-  if req.headers ~= nil and type(req.headers) ~= "table" then
-    error("gauth.testing: request: req.headers must be a table", 3)
-  end
-  if req.body ~= nil and type(req.body) ~= "string" then
-    error("gauth.testing: request: req.body must be a string", 3)
-  end
+  return bad
 end
 
 -- A copy of the request as it was when sent (callers may reuse theirs).
@@ -316,6 +348,9 @@ end
 -- a sequence has no response left
 function mock_transport:request(req)
   check_request(req)
+  local bad = check_headers(req.headers)
+  -- Refused before it is sent, as the real transports do: not recorded.
+  if bad then return common.bad_header_value(bad) end
   local r = record(self, req)
   local e
   if self.kind == "http_mock" then

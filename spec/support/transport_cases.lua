@@ -17,6 +17,11 @@
 -- `raw6` (the same over http://[::1]:port), `closed` (a port with nothing
 -- listening), `tmp` (a directory both sides can read and write).
 --
+-- Cases marked `double = true` are about what a transport accepts, not
+-- about the network: spec/91-testing_spec.lua runs them against
+-- gauth.testing's doubles too, with `fake` nil (their checks look at the
+-- fake only when there is one).
+--
 -- `_M.ngx_only` holds cases for the cosocket transport alone (where
 -- libcurl's answer differs, e.g. in which errors it calls retryable).
 -- @module support.transport_cases
@@ -327,6 +332,7 @@ case {
 
 case {
   name = "a header the transport cannot send raises (a programming error)",
+  double = true,
   requests = function(ctx)
     local u = ctx.fake .. "/c/never"
     return { { url = u, headers = { ["bad name"] = "v" } },
@@ -344,6 +350,7 @@ case {
     -- strings, numbers and false are what a header takes
     assert.is_nil(r[5].raised)
     assert.equal(404, r[5].res.status)
+    if not fake then return end
     local got = fake:requests("/c/never")
     assert.equal(1, #got)
     assert.equal("ok, 2", got[1].headers["x-list"])
@@ -353,6 +360,7 @@ case {
 
 case {
   name = "a header value with CR or LF is refused, naming the header only",
+  double = true,
   requests = function(ctx)
     return { { url = ctx.fake .. "/c/inject",
                headers = { ["x-evil"] = "a\r\nx-injected: 1" } } }
@@ -362,7 +370,54 @@ case {
     assert.is_false(r[1].err.retryable)
     assert.matches("x%-evil", r[1].err.message)
     assert.is_nil(r[1].err.message:find("injected", 1, true))
-    assert.equal(0, #fake:requests("/c/inject"))
+    if fake then assert.equal(0, #fake:requests("/c/inject")) end
+  end,
+}
+
+case {
+  name = "a method other than GET, HEAD, POST, PUT, PATCH, DELETE raises",
+  double = true,
+  requests = function(ctx)
+    local u = ctx.fake .. "/c/method"
+    return { { method = "BREW", url = u }, { method = "get", url = u }, { method = 1, url = u },
+             { method = "PATCH", url = u, body = "{}" } }
+  end,
+  check = function(r, _, fake)
+    assert.matches(": unsupported method BREW$", r[1].raised)
+    assert.matches(": unsupported method get$", r[2].raised)
+    assert.matches(": unsupported method 1$", r[3].raised)
+    for i = 1, 3 do assert.is_nil(r[i].res) end
+    assert.is_nil(r[4].raised)
+    assert.equal(404, r[4].res.status)
+    if fake then
+      local got = fake:requests("/c/method")
+      assert.equal(1, #got)
+      assert.equal("PATCH", got[1].method)
+    end
+  end,
+}
+
+case {
+  name = "a negative, NaN or non-number timeout, or a fractional max_body, raises",
+  double = true,
+  requests = function(ctx)
+    local u = ctx.fake .. "/c/limits"
+    return { { url = u, timeout = -1 }, { url = u, connect_timeout = -0.5 },
+             { url = u, timeout = "5" }, { url = u, max_body = 1.5 }, { url = u, max_body = -1 },
+             { url = u, timeout = 0 / 0 },
+             { url = u, timeout = 5, connect_timeout = 5, max_body = 100 } }
+  end,
+  check = function(r, _, fake)
+    assert.matches(": timeout must be a non%-negative number$", r[1].raised)
+    assert.matches(": connect_timeout must be a non%-negative number$", r[2].raised)
+    assert.matches(": timeout must be a non%-negative number$", r[3].raised)
+    assert.matches(": max_body must be a non%-negative integer$", r[4].raised)
+    assert.matches(": max_body must be a non%-negative integer$", r[5].raised)
+    assert.matches(": timeout must be a non%-negative number$", r[6].raised)
+    for i = 1, 6 do assert.is_nil(r[i].res) end
+    assert.is_nil(r[7].raised)
+    assert.equal(404, r[7].res.status)
+    if fake then assert.equal(1, #fake:requests("/c/limits")) end
   end,
 }
 
