@@ -646,13 +646,15 @@ describe("spec/run.sh", function()
     assert(helpers.sh("mkdir -p " .. helpers.shell_quote(dir)))
     local spec = helpers.write_file(dir .. "/skip_spec.lua",
       'describe("d", function() it("passes", function() end) ' .. "pend" .. 'ing("later") end)\n')
-    local cmd = "cd " .. helpers.shell_quote(helpers.root) .. " && SPECS=" .. helpers.shell_quote(spec)
-      .. " sh spec/run.sh"
-    local ok, out = helpers.sh("CI= " .. cmd)
+    local function cmd(ci)
+      return "cd " .. helpers.shell_quote(helpers.root) .. " && CI=" .. ci .. " SPECS="
+        .. helpers.shell_quote(spec) .. " sh spec/run.sh"
+    end
+    local ok, out = helpers.sh(cmd(""))
     assert.is_true(ok, out)
     assert.matches("skipped: ok %d+ %- # SKIP", out)
     assert.matches("\n2 passed, 0 failed, 2 skipped\n$", out)
-    ok, out = helpers.sh("CI=true " .. cmd)
+    ok, out = helpers.sh(cmd("true"))
     assert.is_false(ok, out)
     assert.matches("CI is set: 2 skipped test%(s%) count as failures", out)
     assert.matches("\n2 passed, 2 failed, 2 skipped\n$", out)

@@ -84,7 +84,7 @@ describe("the suite cannot skip", function()
     return out
   end
 
-  it("no spec or helper calls pending() or guards a require with pcall", function()
+  it("no spec or helper marks a test pending or guards a require with pcall", function()
     assert.are.equal("", hits("spec"))
   end)
 
