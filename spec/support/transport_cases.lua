@@ -405,7 +405,7 @@ case {
     return { { url = u, timeout = -1 }, { url = u, connect_timeout = -0.5 },
              { url = u, timeout = "5" }, { url = u, max_body = 1.5 }, { url = u, max_body = -1 },
              { url = u, timeout = 0 / 0 },
-             { url = u, timeout = 5, connect_timeout = 5, max_body = 100 } }
+             { url = u, timeout = 5, connect_timeout = 5, max_body = 65536 } }
   end,
   check = function(r, _, fake)
     assert.matches(": timeout must be a non%-negative number$", r[1].raised)
