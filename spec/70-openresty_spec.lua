@@ -255,9 +255,9 @@ describe("OpenResty", function()
       assert.matches("no lua_shared_dict named nosuch", r.missing_docs.err)
       assert.is_false(r.b.got)
       assert.matches("timed out", r.b.err)
-      assert.is_true(r.b.waited >= 0.19 and r.b.waited < 0.45, "waited " .. r.b.waited)
       assert.is_true(r.c.got, r.c.err)
-      assert.is_true(r.c.waited >= 0.55 and r.c.waited < 0.9, "waited " .. r.c.waited)
+      -- B gave up while A held the lock; C waited for it and got it after.
+      assert.same({ "B gave up", "A lets go", "C got the lock" }, r.order)
       assert.is_true(r.relock)
       assert.is_true(r.stale_unlock_kept)
       local _, body = srv:get("/set_lock")
@@ -265,33 +265,35 @@ describe("OpenResty", function()
     end)
 
     it("fetches from a slow endpoint without blocking the worker", function()
-      fake:script("/token", { delay = 2 })
+      -- The token endpoint answers after 5 s: long enough for /fast on any
+      -- machine, and the order below does not depend on how long it takes.
+      fake:script("/token", { delay = 5 })
       local status, r = get_json("/not_blocked?scope=slow")
       assert.equal(200, status)
       assert.is_true(r.token_ok, r.token_err)
       assert.equal(200, r.fast_status, r.fast_err)
       -- /fast was called and answered from the same worker while the token
       -- request was pending.
-      assert.is_true(r.fast_elapsed < 0.5, "fast took " .. r.fast_elapsed)
-      assert.is_true(r.fast_done_at < 1, "fast done at " .. r.fast_done_at)
-      assert.is_true(r.token_elapsed >= 1.9, "token took " .. r.token_elapsed)
+      assert.same({ "token asked", "fast asked", "fast answered", "token answered" }, r.order)
       assert.equal(1, token_requests())
     end)
 
-    it("answers other locations at once while a token request is slow", function()
-      fake:script("/token", { delay = 2 })
+    it("answers other locations while a token request is pending", function()
+      fake:script("/token", { delay = 5 })
       local out = helpers.tmpname("slow-token", ".json")
-      os.execute(("curl -s --max-time 10 -o %s %s/token?scope=slow2 &")
+      os.execute(("curl -s --max-time 30 -o %s %s/token?scope=slow2 &")
         :format(helpers.shell_quote(out), srv.url))
-      socket.sleep(0.2)
+      -- the token request has reached the fake, which holds it
+      fake:wait_requests("/token", 1)
       for _ = 1, 8 do
-        local t0 = helpers.now()
         local status, body = srv:get("/fast")
         assert.equal(200, status)
         assert.equal("fast\n", body)
-        assert.is_true(helpers.now() - t0 < 0.5)
       end
-      local deadline = helpers.now() + 10
+      -- ... and all eight were answered while it was still pending
+      local early = helpers.read_file(out)
+      assert.is_true(early == nil or early == "", "answered before the fast ones: " .. tostring(early))
+      local deadline = helpers.now() + 30
       local r
       repeat
         socket.sleep(0.1)
@@ -324,20 +326,19 @@ describe("OpenResty", function()
       local _, r1 = get_json("/token?scope=expiry")
       local tok1 = assert(r1.token)
       assert.equal(1, token_requests())
+      -- The refresh is answered 1.5 s after it is asked for: meanwhile
+      -- every request is served the old token, none waits for the new one.
+      fake:script("/token", { { delay = 1.5 } })
       socket.sleep(3.3 - (helpers.now() - t0))
-      -- Past the refresh time: served at once (the old token) while one
-      -- timer fetches the next.
+      -- Past the refresh time: served the old token while one timer
+      -- fetches the next.
       local results = srv:parallel("/token?scope=expiry", 20)
-      local seen = {}
       for _, x in ipairs(results) do
-        local r = decode(x.body)
         assert.equal(200, x.status, x.body)
-        assert.is_true(r.elapsed < 0.5, "waited " .. r.elapsed)
-        seen[r.token] = true
+        assert.equal(tok1, decode(x.body).token)
       end
-      assert.is_true(seen[tok1] ~= nil)
       local tok2
-      local deadline = helpers.now() + 3
+      local deadline = helpers.now() + 15
       repeat
         socket.sleep(0.1)
         local _, r = get_json("/token?scope=expiry")
