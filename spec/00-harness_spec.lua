@@ -307,8 +307,10 @@ describe("fake_google over TLS", function()
   end)
 
   it("refuses scripts it could not play", function()
-    assert.has_error(function() fake:script("/x", { { status = "abc" } }) end)
-    assert.has_error(function() fake:script("/x", { { status = 200, dealy = 1 } }) end)
+    assert.has_error(function() fake:script("/x", { { status = "abc" } }) end,
+      "helpers: control POST /script: HTTP 400: {\"error\": \"status must be a number in 100..599: 'abc'\"}")
+    assert.has_error(function() fake:script("/x", { { status = 200, dealy = 1 } }) end,
+      "helpers: control POST /script: HTTP 400: {\"error\": \"unknown script fields: dealy\"}")
     assert.same({}, fake:pending_scripts())
   end)
 
@@ -620,7 +622,7 @@ describe("fake_google lifecycle", function()
     assert.is_true(helpers.now() - t0 < 2)
     assert.is_false(helpers.process_alive(fake.pid))
     assert.is_true(fake:stop())   -- idempotent
-    assert.has_error(function() fake:requests() end)
+    assert.has_error(function() fake:requests() end, "helpers: fake server already stopped")
   end)
 
   it("listens on ::1 when asked", function()

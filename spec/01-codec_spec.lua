@@ -99,9 +99,11 @@ for h in json.load(open(sys.argv[1])):
   end)
 
   it("raises on wrong argument types", function()
-    assert.has_error(function() core.b64url_encode({}) end)
-    assert.has_error(function() core.b64url_decode(nil) end)
-    assert.has_error(function() core.sha256() end)
+    assert.has_error(function() core.b64url_encode({}) end,
+      "bad argument #1 to 'b64url_encode' (string expected, got table)")
+    assert.has_error(function() core.b64url_decode(nil) end,
+      "bad argument #1 to 'b64url_decode' (string expected, got nil)")
+    assert.has_error(function() core.sha256() end, "bad argument #1 to 'sha256' (string expected, got no value)")
   end)
 
   it("computes SHA-256 (FIPS 180-2 vectors)", function()
@@ -150,8 +152,10 @@ for h in json.load(open(sys.argv[1])):
     assert.are.equal(32, #a)
     assert.are_not.equal(a, b)
     assert.are.equal("", core.random_bytes(0))
-    assert.has_error(function() core.random_bytes(-1) end)
-    assert.has_error(function() core.random_bytes(1e6) end)
+    assert.has_error(function() core.random_bytes(-1) end,
+      "bad argument #1 to 'random_bytes' (must be between 0 and 4096)")
+    assert.has_error(function() core.random_bytes(1e6) end,
+      "bad argument #1 to 'random_bytes' (must be between 0 and 4096)")
   end)
 
   it("tells the time and sleeps", function()
@@ -162,6 +166,6 @@ for h in json.load(open(sys.argv[1])):
     assert.is_true(core.monotonic() - t0 >= 0.019)
     core.sleep(0)    -- no-op
     core.sleep(-1)   -- no-op
-    assert.has_error(function() core.sleep("x") end)
+    assert.has_error(function() core.sleep("x") end, "bad argument #1 to 'sleep' (number expected, got string)")
   end)
 end)

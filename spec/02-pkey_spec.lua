@@ -246,11 +246,14 @@ describe("gauth.core keys", function()
     end)
 
     it("raises on wrong argument types", function()
-      assert.has_error(function() core.load_private_key(nil) end)
-      assert.has_error(function() core.load_public_key({}) end)
+      assert.has_error(function() core.load_private_key(nil) end,
+        "bad argument #1 to 'load_private_key' (string expected, got nil)")
+      assert.has_error(function() core.load_public_key({}) end,
+        "bad argument #1 to 'load_public_key' (string expected, got table)")
       local k = assert(core.load_private_key(rsa8))
-      assert.has_error(function() k:sign("RS256") end)
-      assert.has_error(function() k.sign({}, "RS256", "x") end)
+      assert.has_error(function() k:sign("RS256") end, "bad argument #2 to 'sign' (string expected, got no value)")
+      assert.has_error(function() k.sign({}, "RS256", "x") end,
+        "bad argument #1 to 'sign' (gauth.Key expected, got table)")
     end)
   end)
 
@@ -267,8 +270,8 @@ describe("gauth.core keys", function()
     k:close()
     k:close()
     assert.matches("closed", tostring(k))
-    assert.has_error(function() k:sign("RS256", "x") end)
-    assert.has_error(function() k:type() end)
+    assert.has_error(function() k:sign("RS256", "x") end, "calling 'sign' on bad self (key is closed)")
+    assert.has_error(function() k:type() end, "calling 'type' on bad self (key is closed)")
     collectgarbage()
   end)
 

@@ -171,24 +171,39 @@ describe("gauth.core Http", function()
   it("raises on bad arguments", function()
     local h = core.http_new()
     local u = fake.url .. "/x"
-    assert.has_error(function() h.perform(nil, "GET", u) end)
-    assert.has_error(function() h:perform("BREW", u) end)
-    assert.has_error(function() h:perform("GET", nil) end)
-    assert.has_error(function() h:perform("GET", u .. "\0x") end)
-    assert.has_error(function() h:perform("GET", u, "accept: */*") end)
-    assert.has_error(function() h:perform("GET", u, { 42 }) end)
-    assert.has_error(function() h:perform("GET", u, { "x: a\r\ny: b" }) end)
-    assert.has_error(function() h:perform("GET", u, { "no colon" }) end)
-    assert.has_error(function() h:perform("POST", u, nil, {}) end)
-    assert.has_error(function() h:perform("GET", u, nil, "body") end)
-    assert.has_error(function() h:perform("HEAD", u, nil, "body") end)
-    assert.has_error(function() h:perform("GET", u, nil, nil, "opts") end)
-    assert.has_error(function() h:perform("GET", u, nil, nil, { timeout = -1 }) end)
-    assert.has_error(function() h:perform("GET", u, nil, nil, { timeout = "5" }) end)
-    assert.has_error(function() h:perform("GET", u, nil, nil, { max_body = 1.5 }) end)
-    assert.has_error(function() h:perform("GET", u, nil, nil, { ca_file = 1 }) end)
-    assert.has_error(function() h:perform("POST", u, nil, "b", { upload_file = "/etc/hostname" }) end)
-    assert.has_error(function() h:perform("POST", u, nil, nil, { upload_offset = 1 }) end)
+    assert.has_error(function() h.perform(nil, "GET", u) end,
+      "bad argument #1 to 'perform' (gauth.Http expected, got nil)")
+    assert.has_error(function() h:perform("BREW", u) end, "bad argument #1 to 'perform' (invalid option 'BREW')")
+    assert.has_error(function() h:perform("GET", nil) end, "bad argument #2 to 'perform' (string expected, got nil)")
+    assert.has_error(function() h:perform("GET", u .. "\0x") end,
+      "bad argument #2 to 'perform' (URL contains a NUL byte)")
+    assert.has_error(function() h:perform("GET", u, "accept: */*") end,
+      "bad argument #3 to 'perform' (table expected, got string)")
+    assert.has_error(function() h:perform("GET", u, { 42 }) end, "gauth.core: http: headers[1] must be a string")
+    assert.has_error(function() h:perform("GET", u, { "x: a\r\ny: b" }) end,
+      "gauth.core: http: headers[1] contains CR, LF or NUL")
+    assert.has_error(function() h:perform("GET", u, { "no colon" }) end,
+      "gauth.core: http: headers[1] is not \"name: value\"")
+    assert.has_error(function() h:perform("POST", u, nil, {}) end,
+      "bad argument #4 to 'perform' (string expected, got table)")
+    assert.has_error(function() h:perform("GET", u, nil, "body") end,
+      "gauth.core: http: a GET request cannot have a body")
+    assert.has_error(function() h:perform("HEAD", u, nil, "body") end,
+      "gauth.core: http: a HEAD request cannot have a body")
+    assert.has_error(function() h:perform("GET", u, nil, nil, "opts") end,
+      "bad argument #5 to 'perform' (table expected, got string)")
+    assert.has_error(function() h:perform("GET", u, nil, nil, { timeout = -1 }) end,
+      "gauth.core: http: opts.timeout must be between 0 and 1e9 seconds")
+    assert.has_error(function() h:perform("GET", u, nil, nil, { timeout = "5" }) end,
+      "gauth.core: http: opts.timeout must be a number")
+    assert.has_error(function() h:perform("GET", u, nil, nil, { max_body = 1.5 }) end,
+      "gauth.core: http: opts.max_body must be a non-negative integer")
+    assert.has_error(function() h:perform("GET", u, nil, nil, { ca_file = 1 }) end,
+      "gauth.core: http: opts.ca_file must be a string")
+    assert.has_error(function() h:perform("POST", u, nil, "b", { upload_file = "/etc/hostname" }) end,
+      "gauth.core: http: body and opts.upload_file are exclusive")
+    assert.has_error(function() h:perform("POST", u, nil, nil, { upload_offset = 1 }) end,
+      "gauth.core: http: opts.upload_offset/upload_length need opts.upload_file")
     -- Nothing reached the server, and the handle still works.
     assert.same({}, fake:requests())
     fake:script("/x", { status = 200, body = "fine" })
@@ -423,11 +438,14 @@ describe("gauth.transport.curl", function()
     end)
 
     it("raises on bad options", function()
-      assert.has_error(function() curl.new("x") end)
-      assert.has_error(function() curl.new({ timeout = -1 }) end)
-      assert.has_error(function() curl.new({ connect_timeout = "10" }) end)
-      assert.has_error(function() curl.new({ max_body = 0.5 }) end)
-      assert.has_error(function() curl.new({ ca_file = true }) end)
+      assert.has_error(function() curl.new("x") end, "gauth.transport.curl: opts must be a table")
+      assert.has_error(function() curl.new({ timeout = -1 }) end,
+        "gauth.transport.curl: timeout must be a non-negative number")
+      assert.has_error(function() curl.new({ connect_timeout = "10" }) end,
+        "gauth.transport.curl: connect_timeout must be a non-negative number")
+      assert.has_error(function() curl.new({ max_body = 0.5 }) end,
+        "gauth.transport.curl: max_body must be a non-negative integer")
+      assert.has_error(function() curl.new({ ca_file = true }) end, "gauth.transport.curl: ca_file must be a string")
     end)
   end)
 
@@ -805,16 +823,25 @@ describe("gauth.transport.curl", function()
 
     it("raises on bad arguments", function()
       assert.has_error(function() t:request() end, "gauth.transport.curl: request must be a table")
-      assert.has_error(function() t:request({ method = "BREW", url = fake.url }) end)
-      assert.has_error(function() t:request({ method = "get", url = fake.url }) end)
-      assert.has_error(function() t:request({ url = 42 }) end)
-      assert.has_error(function() t:request({ url = fake.url, body = {} }) end)
-      assert.has_error(function() t:request({ url = fake.url, headers = "x" }) end)
-      assert.has_error(function() t:request({ url = fake.url, headers = { ["bad name"] = "v" } }) end)
-      assert.has_error(function() t:request({ url = fake.url, headers = { [1] = "v" } }) end)
-      assert.has_error(function() t:request({ url = fake.url, headers = { x = {} , y = print } }) end)
-      assert.has_error(function() t:request({ url = fake.url, timeout = -1 }) end)
-      assert.has_error(function() t:request({ url = fake.url, max_body = "1" }) end)
+      assert.has_error(function() t:request({ method = "BREW", url = fake.url }) end,
+        "gauth.transport.curl: unsupported method BREW")
+      assert.has_error(function() t:request({ method = "get", url = fake.url }) end,
+        "gauth.transport.curl: unsupported method get")
+      assert.has_error(function() t:request({ url = 42 }) end, "gauth.transport.curl: url must be a string")
+      assert.has_error(function() t:request({ url = fake.url, body = {} }) end,
+        "gauth.transport.curl: body must be a string")
+      assert.has_error(function() t:request({ url = fake.url, headers = "x" }) end,
+        "gauth.transport.curl: headers must be a table")
+      assert.has_error(function() t:request({ url = fake.url, headers = { ["bad name"] = "v" } }) end,
+        "gauth.transport.curl: bad header name bad name")
+      assert.has_error(function() t:request({ url = fake.url, headers = { [1] = "v" } }) end,
+        "gauth.transport.curl: bad header name 1")
+      assert.has_error(function() t:request({ url = fake.url, headers = { x = {} , y = print } }) end,
+        "gauth.transport.curl: bad value for header y")
+      assert.has_error(function() t:request({ url = fake.url, timeout = -1 }) end,
+        "gauth.transport.curl: timeout must be a non-negative number")
+      assert.has_error(function() t:request({ url = fake.url, max_body = "1" }) end,
+        "gauth.transport.curl: max_body must be a non-negative integer")
       assert.same({}, fake:requests())
     end)
 
@@ -875,7 +902,8 @@ describe("gauth.transport.curl", function()
         assert.same(rh, h, b)
         assert.equal(rr, r, b)
       end
-      assert.has_error(function() curl.parse_headers(nil) end)
+      assert.has_error(function() curl.parse_headers(nil) end,
+        "gauth.transport.curl: parse_headers: block must be a string")
     end)
   end)
 end)
@@ -890,7 +918,8 @@ describe("gauth.http", function()
   end)
 
   it("new raises on bad options like the transport", function()
-    assert.has_error(function() ghttp.new({ timeout = "x" }) end)
+    assert.has_error(function() ghttp.new({ timeout = "x" }) end,
+      "gauth.transport.curl: timeout must be a non-negative number")
   end)
 
   it("default returns one shared transport; set_default replaces it", function()
@@ -902,7 +931,7 @@ describe("gauth.http", function()
     ghttp.set_default(nil)
     local b = assert(ghttp.default())
     assert.are_not.equal(mine, b)
-    assert.has_error(function() ghttp.set_default({}) end)
+    assert.has_error(function() ghttp.set_default({}) end, "gauth.http: set_default needs a transport (with :request)")
     mine:close()
   end)
 end)

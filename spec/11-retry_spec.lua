@@ -259,10 +259,13 @@ describe("gauth.retry.call", function()
 
   it("raises on bad arguments", function()
     assert.has_error(function() retry.call(nil) end, "gauth.retry: fn must be a function")
-    assert.has_error(function() retry.call(function() end, { attempts = 0 }) end)
-    assert.has_error(function() retry.call(function() end, { jitter = "half" }) end)
-    assert.has_error(function() retry.call(function() end, { sleep = 1 }) end)
-    assert.has_error(function() retry.call(function() end, "fast") end)
+    assert.has_error(function() retry.call(function() end, { attempts = 0 }) end,
+      "gauth.retry: policy.attempts must be a number >= 1")
+    assert.has_error(function() retry.call(function() end, { jitter = "half" }) end,
+      "gauth.retry: policy.jitter must be true, false, \"full\" or \"equal\"")
+    assert.has_error(function() retry.call(function() end, { sleep = 1 }) end,
+      "gauth.retry: policy.sleep must be a function")
+    assert.has_error(function() retry.call(function() end, "fast") end, "gauth.retry: policy must be a table")
   end)
 end)
 

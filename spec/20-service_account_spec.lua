@@ -222,12 +222,17 @@ describe("gauth.service_account", function()
     end)
 
     it("raises on a path that is not a string and on bad options", function()
-      assert.has_error(function() sa.from_file(42) end)
-      assert.has_error(function() sa.from_file(path, { scopes = 5 }) end)
-      assert.has_error(function() sa.from_file(path, { subject = {} }) end)
-      assert.has_error(function() sa.from_file(path, { claims = { iat = 1 } }) end)
-      assert.has_error(function() sa.from_file(path, { http = {} }) end)
-      assert.has_error(function() sa.from_file(path, { timeout = -1 }) end)
+      assert.has_error(function() sa.from_file(42) end, "gauth.service_account: from_file: path must be a string")
+      assert.has_error(function() sa.from_file(path, { scopes = 5 }) end,
+        "gauth.service_account: scopes must be an array of strings or a space-separated string")
+      assert.has_error(function() sa.from_file(path, { subject = {} }) end,
+        "gauth.service_account: subject must be a non-empty string")
+      assert.has_error(function() sa.from_file(path, { claims = { iat = 1 } }) end,
+        "gauth.service_account: claims may not set iat (the lifetime is gauth's)")
+      assert.has_error(function() sa.from_file(path, { http = {} }) end,
+        "gauth.service_account: http must be a transport (with :request)")
+      assert.has_error(function() sa.from_file(path, { timeout = -1 }) end,
+        "gauth.service_account: timeout must be a positive number")
     end)
   end)
 
@@ -250,7 +255,8 @@ describe("gauth.service_account", function()
       c, err = sa.from_info({ type = "external_account" })
       assert.is_nil(c)
       assert.equal("type", err.field)
-      assert.has_error(function() sa.from_info(42) end)
+      assert.has_error(function() sa.from_info(42) end,
+        "gauth.service_account: from_info: info must be a table or a JSON string")
     end)
   end)
 
@@ -682,7 +688,8 @@ describe("gauth.service_account", function()
       assert.equal("fake-token-1", (c:token()))
       assert.equal("fake-token-2", (d:token()))
       assert.equal(S2, sent_assertion(2).scope)
-      assert.has_error(function() c:with_scopes(7) end)
+      assert.has_error(function() c:with_scopes(7) end,
+        "gauth.service_account: scopes must be an array of strings or a space-separated string")
     end)
 
     it("with_subject", function()
@@ -691,7 +698,7 @@ describe("gauth.service_account", function()
       assert.is_nil(c.subject)
       assert.truthy(d:token())
       assert.equal("a@example.com", sent_assertion(1).sub)
-      assert.has_error(function() c:with_subject(3) end)
+      assert.has_error(function() c:with_subject(3) end, "gauth.service_account: subject must be a non-empty string")
     end)
 
     it("with_claims merges", function()
@@ -703,8 +710,9 @@ describe("gauth.service_account", function()
       local claims = sent_assertion(1)
       assert.equal(1, claims.a)
       assert.equal(2, claims.b)
-      assert.has_error(function() c:with_claims("x") end)
-      assert.has_error(function() c:with_claims({ exp = 1 }) end)
+      assert.has_error(function() c:with_claims("x") end, "gauth.service_account: with_claims: claims must be a table")
+      assert.has_error(function() c:with_claims({ exp = 1 }) end,
+        "gauth.service_account: claims may not set exp (the lifetime is gauth's)")
     end)
   end)
 
@@ -762,9 +770,11 @@ describe("gauth.service_account", function()
     end)
 
     it("cannot act for a subject", function()
-      assert.has_error(function() new({ jwt_access = true, subject = "u@example.com" }) end)
+      assert.has_error(function() new({ jwt_access = true, subject = "u@example.com" }) end,
+        "gauth.service_account: a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
       local c = assert(new({ scopes = { S1 }, subject = "u@example.com" }))
-      assert.has_error(function() c:with_audience("https://a.googleapis.com/") end)
+      assert.has_error(function() c:with_audience("https://a.googleapis.com/") end,
+        "gauth.service_account: a self-signed JWT cannot act for a subject")
     end)
   end)
 
@@ -817,9 +827,11 @@ describe("gauth.service_account", function()
       local c, err = sa.id_token_credentials(helpers.tmpname("nope"), { target_audience = AUD })
       assert.is_nil(c)
       assert.equal("key file", err.step)
-      assert.has_error(function() sa.id_token_credentials(path, {}) end)
+      assert.has_error(function() sa.id_token_credentials(path, {}) end,
+        "gauth.service_account: id_token_credentials needs opts.target_audience")
       assert.has_error(function() sa.id_token_credentials(path, { target_audience = AUD,
-                                                                  scopes = S1 }) end)
+                                                                  scopes = S1 }) end,
+        "gauth.service_account: id_token_credentials takes no scopes, subject or audience")
     end)
   end)
 

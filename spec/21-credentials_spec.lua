@@ -152,8 +152,8 @@ describe("gauth.credentials", function()
       local Bare = credentials.extend({ kind = "bare" })
       local o = setmetatable({}, credentials.metatable(Bare))
       credentials.init(o)
-      assert.has_error(function() o:fetch_token() end)
-      assert.has_error(function() o:cache_key() end)
+      assert.has_error(function() o:fetch_token() end, "gauth.credentials: bare does not implement fetch_token")
+      assert.has_error(function() o:cache_key() end, "gauth.credentials: bare does not implement cache_key_parts")
     end)
   end)
 
@@ -185,7 +185,8 @@ describe("gauth.credentials", function()
     end)
 
     it("raises on headers that are not a table", function()
-      assert.has_error(function() make():apply("authorization") end)
+      assert.has_error(function() make():apply("authorization") end,
+        "gauth.credentials: apply: headers must be a table")
     end)
   end)
 
@@ -240,7 +241,8 @@ describe("gauth.credentials", function()
 
     it("raises on parts that are not plain data", function()
       local c = make({ scopes = { f = print } })
-      assert.has_error(function() c:cache_key() end)
+      assert.has_error(function() c:cache_key() end,
+        "gauth.credentials: cache key parts must be plain data, not function")
     end)
 
     it("canonical() tells apart what differs and only that", function()
@@ -278,8 +280,10 @@ describe("gauth.credentials", function()
     end)
 
     it("with_quota_project raises on a bad project", function()
-      assert.has_error(function() make():with_quota_project(42) end)
-      assert.has_error(function() make():with_quota_project("") end)
+      assert.has_error(function() make():with_quota_project(42) end,
+        "gauth.credentials: quota_project must be a non-empty string")
+      assert.has_error(function() make():with_quota_project("") end,
+        "gauth.credentials: quota_project must be a non-empty string")
     end)
   end)
 
@@ -295,9 +299,10 @@ describe("gauth.credentials", function()
 
   describe("init()", function()
     it("raises on bad options", function()
-      assert.has_error(function() make({ quota_project = 1 }) end)
-      assert.has_error(function() make({ now = 5 }) end)
-      assert.has_error(function() make({ cache = {} }) end)
+      assert.has_error(function() make({ quota_project = 1 }) end,
+        "gauth.credentials: quota_project must be a non-empty string")
+      assert.has_error(function() make({ now = 5 }) end, "gauth.credentials: now must be a function")
+      assert.has_error(function() make({ cache = {} }) end, "gauth.credentials: cache must be a gauth.token_cache")
     end)
 
     it("uses the process-wide cache by default", function()
@@ -314,9 +319,10 @@ describe("gauth.token_cache", function()
   it("new() makes a cache; bad options raise", function()
     local c = token_cache.new({ window = 10, lock_timeout = 1 })
     assert.equal(10, c.window)
-    assert.has_error(function() token_cache.new({ window = -1 }) end)
-    assert.has_error(function() token_cache.new({ store = {} }) end)
-    assert.has_error(function() token_cache.new("x") end)
+    assert.has_error(function() token_cache.new({ window = -1 }) end,
+      "gauth.token_cache: window must be a non-negative number")
+    assert.has_error(function() token_cache.new({ store = {} }) end, "gauth.token_cache: store has no get method")
+    assert.has_error(function() token_cache.new("x") end, "gauth.token_cache: opts must be a table")
   end)
 
   it("fetch() returns a fresh entry with refresh_at, or nil, the message and the error", function()
@@ -433,7 +439,8 @@ describe("gauth.token_cache", function()
     token_cache.set_default(mine)
     assert.equal(mine, token_cache.default())
     token_cache.set_default(d)
-    assert.has_error(function() token_cache.set_default({}) end)
+    assert.has_error(function() token_cache.set_default({}) end,
+      "gauth.token_cache: set_default needs a cache (from token_cache.new)")
   end)
 
   it("local_store lock is a no-op outside nginx", function()

@@ -106,13 +106,18 @@ describe("gauth.authorized_user", function()
     end)
 
     it("raises on bad arguments", function()
-      assert.has_error(function() au.from_file(5) end)
-      assert.has_error(function() au.from_file(path, 5) end)
-      assert.has_error(function() au.from_file(path, { scopes = 5 }) end)
-      assert.has_error(function() au.from_file(path, { token_uri = 5 }) end)
-      assert.has_error(function() au.from_file(path, { http = {} }) end)
-      assert.has_error(function() au.from_file(path, { timeout = 0 }) end)
-      assert.has_error(function() au.from_file(path, { retry = 1 }) end)
+      assert.has_error(function() au.from_file(5) end, "gauth.authorized_user: from_file: path must be a string")
+      assert.has_error(function() au.from_file(path, 5) end, "gauth.authorized_user: opts must be a table")
+      assert.has_error(function() au.from_file(path, { scopes = 5 }) end,
+        "gauth.authorized_user: scopes must be an array of strings or a space-separated string")
+      assert.has_error(function() au.from_file(path, { token_uri = 5 }) end,
+        "gauth.authorized_user: token_uri must be a non-empty string")
+      assert.has_error(function() au.from_file(path, { http = {} }) end,
+        "gauth.authorized_user: http must be a transport (with :request)")
+      assert.has_error(function() au.from_file(path, { timeout = 0 }) end,
+        "gauth.authorized_user: timeout must be a positive number")
+      assert.has_error(function() au.from_file(path, { retry = 1 }) end,
+        "gauth.authorized_user: retry must be a table or false")
     end)
   end)
 
@@ -135,7 +140,8 @@ describe("gauth.authorized_user", function()
       c, err = au.from_info({ type = "authorized_user", client_id = "x" })
       assert.is_nil(c)
       assert.equal("client_secret", err.field)
-      assert.has_error(function() au.from_info(42) end)
+      assert.has_error(function() au.from_info(42) end,
+        "gauth.authorized_user: from_info: info must be a table or a JSON string")
     end)
   end)
 

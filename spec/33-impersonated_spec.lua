@@ -242,17 +242,28 @@ describe("gauth.impersonated", function()
 
     it("raises on bad arguments", function()
       local src = source()
-      assert.has_error(function() imp.credentials() end)
-      assert.has_error(function() imp.credentials({ target_principal = TARGET }) end)
-      assert.has_error(function() imp.credentials({ source = src }) end)
-      assert.has_error(function() imp.credentials({ source = src, target_principal = "a/b" }) end)
-      assert.has_error(function() new({ lifetime = 0 }) end)
-      assert.has_error(function() new({ lifetime = 1.5 }) end)
-      assert.has_error(function() new({ lifetime = 43201 }) end)
-      assert.has_error(function() new({ delegates = "x" }) end)
-      assert.has_error(function() new({ delegates = { "a b" } }) end)
-      assert.has_error(function() new({ scopes = 1 }) end)
-      assert.has_error(function() new({ iam_endpoint = 1 }) end)
+      assert.has_error(function() imp.credentials() end,
+        "gauth.impersonated: credentials: opts with source and target_principal required")
+      assert.has_error(function() imp.credentials({ target_principal = TARGET }) end,
+        "gauth.impersonated: opts.source must be credentials (with :token)")
+      assert.has_error(function() imp.credentials({ source = src }) end,
+        "gauth.impersonated: opts.target_principal must be a service account email")
+      assert.has_error(function() imp.credentials({ source = src, target_principal = "a/b" }) end,
+        "gauth.impersonated: opts.target_principal must be a service account email")
+      assert.has_error(function() new({ lifetime = 0 }) end,
+        "gauth.impersonated: lifetime must be a whole number of seconds in 1..43200")
+      assert.has_error(function() new({ lifetime = 1.5 }) end,
+        "gauth.impersonated: lifetime must be a whole number of seconds in 1..43200")
+      assert.has_error(function() new({ lifetime = 43201 }) end,
+        "gauth.impersonated: lifetime must be a whole number of seconds in 1..43200")
+      assert.has_error(function() new({ delegates = "x" }) end,
+        "gauth.impersonated: delegates must be an array of service account emails")
+      assert.has_error(function() new({ delegates = { "a b" } }) end,
+        "gauth.impersonated: delegates[1] is not an email")
+      assert.has_error(function() new({ scopes = 1 }) end,
+        "gauth.impersonated: scopes must be an array of strings or a space-separated string")
+      assert.has_error(function() new({ iam_endpoint = 1 }) end,
+        "gauth.impersonated: iam_endpoint must be a non-empty string")
     end)
   end)
 
@@ -336,9 +347,10 @@ describe("gauth.impersonated", function()
       c, err = imp.from_file(helpers.write_file(helpers.tmpname("x", ".json"), "[]x"))
       assert.is_nil(c)
       assert.matches("not a JSON object", err.message)
-      assert.has_error(function() imp.from_info(5) end)
-      assert.has_error(function() imp.from_file(5) end)
-      assert.has_error(function() imp.from_info(info(), 5) end)
+      assert.has_error(function() imp.from_info(5) end,
+        "gauth.impersonated: from_info: info must be a table or a JSON string")
+      assert.has_error(function() imp.from_file(5) end, "gauth.impersonated: from_file: path must be a string")
+      assert.has_error(function() imp.from_info(info(), 5) end, "gauth.impersonated: opts must be a table")
     end)
   end)
 

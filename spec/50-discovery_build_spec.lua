@@ -934,6 +934,7 @@ describe("discovery.document", function()
   it("raises for anything else", function()
     assert.has_error(function() discovery.document({}) end,
       "gauth.discovery: document: not a service or resource object")
-    assert.has_error(function() discovery.document(nil) end)
+    assert.has_error(function() discovery.document(nil) end,
+      "gauth.discovery: document: not a service or resource object")
   end)
 end)

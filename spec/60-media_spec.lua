@@ -102,13 +102,15 @@ describe("gauth.media", function()
     end)
 
     it("raise on bad arguments", function()
-      assert.has_error(function() media.media_file(42) end)
-      assert.has_error(function() media.media_string({}) end)
+      assert.has_error(function() media.media_file(42) end, "gauth.media: media_file: path must be a non-empty string")
+      assert.has_error(function() media.media_string({}) end, "gauth.media: media_string: data must be a string")
       assert.has_error(function() media.media_string("x", { chunk_size = 1000 }) end,
         "gauth.media: media_string: chunk_size must be -1 (one chunk) or a positive multiple"
         .. " of 256 KiB (Google's rule)")
-      assert.has_error(function() media.media_string("x", { mime_type = "nope" }) end)
-      assert.has_error(function() media.media_string("x", { resumable = "yes" }) end)
+      assert.has_error(function() media.media_string("x", { mime_type = "nope" }) end,
+        "gauth.media: media_string: mime_type must be a MIME type (type/subtype)")
+      assert.has_error(function() media.media_string("x", { resumable = "yes" }) end,
+        "gauth.media: media_string: resumable must be a boolean")
       assert.truthy(media.media_string("x", { chunk_size = -1 }))
       assert.truthy(media.media_string("x", { chunk_size = 512 * KiB }))
     end)
@@ -321,7 +323,8 @@ describe("gauth.media", function()
       assert.has_error(function() drive:files():create{ media_body = 42 } end,
         "gauth.media: drive.files.create: media_body must be a file path or a media object"
         .. " (gauth.media.media_file / media_string)")
-      assert.has_error(function() drive:files():create{ media_body = "x.txt", media_mime_type = 1 } end)
+      assert.has_error(function() drive:files():create{ media_body = "x.txt", media_mime_type = 1 } end,
+        "gauth.media: drive.files.create: media_mime_type must be a string")
       assert.has_error(function() drive:files():create{ nope = 1, media_body = media.media_string("x") } end,
         "gauth.discovery: drive.files.create: nope: unknown parameter")
       assert.has_error(function()
@@ -773,9 +776,11 @@ describe("gauth.media", function()
       local out = helpers.tmpname("dl")
       assert.equal(#data, assert(req:download(out)))
       assert.equal(data, helpers.read_file(out))
-      assert.has_error(function() req:download(42) end)
-      assert.has_error(function() req:download(out, { chunk_size = 0 }) end)
-      assert.has_error(function() gcs:objects():delete{ bucket = "b", object = "o" }:download(out) end)
+      assert.has_error(function() req:download(42) end, "gauth.media: download: dest must be a path or an open file")
+      assert.has_error(function() req:download(out, { chunk_size = 0 }) end,
+        "gauth.media: download: chunk_size must be a positive integer")
+      assert.has_error(function() gcs:objects():delete{ bucket = "b", object = "o" }:download(out) end,
+        "gauth.media: download: needs a GET request (got DELETE)")
     end)
   end)
 

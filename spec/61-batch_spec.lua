@@ -276,10 +276,13 @@ describe("gauth.batch", function()
     local up = assert(drive:files():create{ media_body = media.media_string("x") })
     assert.has_error(function() b:add(up) end,
       "gauth.batch: add: media uploads cannot be batched (Google's rule)")
-    assert.has_error(function() b:add({}) end)
-    assert.has_error(function() b:add(drive:files():get{ fileId = "x" }, 42) end)
-    assert.has_error(function() b.add(nil, drive:files():get{ fileId = "x" }) end)
-    assert.has_error(function() drive:new_batch_http_request{ callback = 1 } end)
+    assert.has_error(function() b:add({}) end, "gauth.batch: add: req must be a request of gauth.discovery")
+    assert.has_error(function() b:add(drive:files():get{ fileId = "x" }, 42) end,
+      "gauth.batch: callback must be a function")
+    assert.has_error(function() b.add(nil, drive:files():get{ fileId = "x" }) end,
+      "gauth.batch: add: call it with a colon (batch:add(req))")
+    assert.has_error(function() drive:new_batch_http_request{ callback = 1 } end,
+      "gauth.batch: callback must be a function")
     -- an empty batch sends nothing
     assert.is_true(drive:new_batch_http_request():execute())
     assert.equal(0, #srv:requests())

@@ -91,7 +91,8 @@ describe("gauth.testing", function()
         "gauth.testing: http_mock: headers must map names to strings")
       assert.has_error(function() testing.http_mock{ body = "a", file = "b" } end,
         "gauth.testing: http_mock: give body or file, not both")
-      assert.has_error(function() testing.http_mock{ file = "/nonexistent/x" } end)
+      assert.has_error(function() testing.http_mock{ file = "/nonexistent/x" } end,
+        "gauth.testing: http_mock: cannot read /nonexistent/x: /nonexistent/x: No such file or directory")
       assert.has_error(function() testing.http_mock("x") end,
         "gauth.testing: http_mock: a response must be a table, got string")
       local t = testing.http_mock()
