@@ -283,8 +283,10 @@ describe("gauth metadata server clients", function()
         local took = socket.gettime() - t0
         assert.is_false(ok)
         is_error(err, "metadata", "detection")
+        -- the timeout it used is in the error; the time taken is only
+        -- checked against a hang (ten times it), not held to a window
         assert.equal(0.3, err.timeout)
-        assert.is_true(took >= 0.25 and took < 1.5, "took " .. took)
+        assert.is_true(took < 3, "took " .. took)
         assert.equal(1, #fake:requests("/"))
       end)
 
@@ -295,7 +297,7 @@ describe("gauth metadata server clients", function()
           env = { GCE_METADATA_IP = fake.host_port, GCE_METADATA_TIMEOUT = "30" } })
         assert.is_false(ok)
         assert.equal(0.2, err.timeout)
-        assert.is_true(socket.gettime() - t0 < 1.5)
+        assert.is_true(socket.gettime() - t0 < 2)  -- hang guard: far below the 30 s of the variable
       end)
 
       it("is false at once with NO_GCE_CHECK=true, without a request", function()
@@ -396,11 +398,11 @@ describe("gauth metadata server clients", function()
 
     describe("token()", function()
       it("gets the token of the default account, with the header", function()
-        local c = assert(new())
         local t0 = os.time()
+        local c = assert(new({ now = function() return t0 end }))
         local tok, exp = c:token()
         assert.equal("fake-token-1", tok)
-        assert.is_true(math.abs(exp - (t0 + 3599)) <= 2)
+        assert.equal(t0 + 3599, exp)
         local rs = md_requests(TOKEN_PATH)
         assert.equal(1, #rs)
         assert.equal("Google", rs[1].headers["metadata-flavor"])
@@ -556,13 +558,13 @@ describe("gauth metadata server clients", function()
       local AUD = "https://service-abc-uc.a.run.app"
 
       it("gets an ID token for the audience, format=full", function()
-        local c, cerr = ce.id_token_credentials({ target_audience = AUD, env = env,
-                                                  cache = token_cache.new() })
-        assert.is_nil(cerr)
         local t0 = os.time()
+        local c, cerr = ce.id_token_credentials({ target_audience = AUD, env = env,
+                                                  cache = token_cache.new(), now = function() return t0 end })
+        assert.is_nil(cerr)
         local tok, exp = c:token()
         assert.is_string(tok)
-        assert.is_true(math.abs(exp - (t0 + 3600)) <= 2)
+        assert.equal(t0 + 3600, exp)
         local r = md_requests(IDENTITY_PATH)[1]
         assert.equal(AUD, r.query_params.audience)
         assert.equal("full", r.query_params.format)

@@ -308,7 +308,7 @@ describe("Application Default Credentials", function()
       local c, err = default(e)
       assert.is_nil(c)
       is_error(err, "default")
-      assert.is_true(socket.gettime() - t0 < 1.5)
+      assert.is_true(socket.gettime() - t0 < 3)  -- hang guard: ten times the 0.3 s timeout
       assert.matches("no metadata server at " .. fake.host_port, err.tried[4].reason, 1, true)
     end)
   end)

@@ -1,7 +1,10 @@
 -- gauth.emulator: the local stand-in for Google. Talks to it with the curl
 -- command, raw luasocket, PyJWT and (where Debian has them) Google's own
 -- Python client libraries; never with gauth's own transport, so that these
--- specs judge the emulator and not the code it is meant to test.
+-- specs judge the emulator and not the code it is meant to test. The one
+-- exception is the last block ("with gauth's own credentials and
+-- discovery"): a SMOKE TEST of gauth against its own emulator, which
+-- proves only that the two agree, not that either agrees with Google.
 
 local cjson = require "cjson.safe"
 local helpers = require "helpers"

@@ -2,6 +2,11 @@
 -- command in-process (cli.main with captured streams) and as a subprocess
 -- of the interpreter under test (GAUTH_LUA), success and failure, exit
 -- codes and output. Loopback only.
+--
+-- SMOKE TESTS of gauth against its own emulator: what the emulator accepts
+-- is not an independent judgement of what Google would. The requests and
+-- tokens themselves are judged elsewhere (googleapiclient in 51/52, PyJWT
+-- and openssl in 03/20, Google's Node libraries).
 
 local cli = require "gauth.cli"
 local emulator = require "gauth.emulator"

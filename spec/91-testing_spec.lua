@@ -1,5 +1,7 @@
 -- gauth.testing: the transport and credentials doubles, alone and under
 -- gauth.discovery (as a user's unit tests would use them). No network.
+-- The request-checking half of the doubles is held to the real
+-- transports' contract (spec/support/transport_cases.lua, `double = true`).
 
 local testing = require "gauth.testing"
 local errors = require "gauth.errors"

@@ -1,6 +1,8 @@
 -- Every example runs against the emulator with the one command its header
 -- documents, in a child process with a clean environment (loopback only:
 -- NO_GCE_CHECK or GCE_METADATA_HOST always point away from real Google).
+-- SMOKE TESTS of gauth against its own emulator: they show the examples
+-- run, not that Google would accept what they send (judged elsewhere).
 local helpers = require "helpers"
 local emulator = require "gauth.emulator"
 local cjson = require "cjson"
