@@ -332,18 +332,3 @@ describe("gauth.retry.is_retryable_status", function()
     assert.is_false(retry.is_retryable_status(nil))
   end)
 end)
-
-describe("gauth.retry.response_retry", function()
-  it("reads the status and Retry-After of a response", function()
-    local retryable, after = retry.response_retry(
-      { status = 503, headers = { ["retry-after"] = "3" } })
-    assert.is_true(retryable)
-    assert.equal(3, after)
-  end)
-
-  it("says no for a 404 without Retry-After", function()
-    local retryable, after = retry.response_retry({ status = 404, headers = {} })
-    assert.is_false(retryable)
-    assert.is_nil(after)
-  end)
-end)

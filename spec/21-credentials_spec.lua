@@ -423,15 +423,6 @@ describe("gauth.token_cache", function()
     assert.equal("b", e.access_token)
   end)
 
-  it("peek() gives a fresh entry only", function()
-    local c = token_cache.new()
-    assert.is_nil(c:peek("k", clock.t))
-    c:fetch("k", function() return { access_token = "a", expires_at = clock.t + 300 } end,
-            clock.now)
-    assert.equal("a", c:peek("k", clock.t).access_token)
-    assert.is_nil(c:peek("k", clock.t + 300 - 225))
-  end)
-
   it("default() is one cache; set_default replaces it, checking its argument", function()
     local d = token_cache.default()
     assert.equal(d, token_cache.default())

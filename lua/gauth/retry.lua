@@ -143,16 +143,6 @@ function _M.parse_retry_after(value, now)
   return delta
 end
 
---- What a response says about retrying it.
--- @tparam table res a transport response
--- @tparam[opt] number now for Retry-After dates
--- @return retryable (boolean), retry_after (seconds or nil)
-function _M.response_retry(res, now)
-  local retryable = RETRYABLE_STATUS[res.status] == true
-  local ra = res.headers and res.headers["retry-after"]
-  return retryable, ra and _M.parse_retry_after(ra, now) or nil
-end
-
 --- The delay before the attempt after failed attempt `n` (1-based).
 -- @tparam number n failed attempts so far
 -- @tparam[opt] table policy as for `call`

@@ -258,13 +258,6 @@ function _M:refresh_at(now, expires_at)
   return now + life / 2
 end
 
---- A fresh entry for `key` if the store has one, else nil.
-function _M:peek(key, now)
-  local e = self.store:get(key)
-  if e and now < (e.refresh_at or 0) then return e end
-  return nil
-end
-
 local function check_entry(e, now)
   if type(e) ~= "table" then
     return "fetch_token returned neither a table nor an error"
