@@ -219,6 +219,14 @@ describe("fake_google over TLS", function()
     assert.is_true(year > tonumber(os.date("!%Y")))
   end)
 
+  it("stands its clock still at clock (the Date header says that time)", function()
+    fake:config({ clock = 1700000000 })
+    assert.equal("Tue, 14 Nov 2023 22:13:20 GMT", assert(get(fake, "/")).headers.date)
+    fake:config({ clock = cjson.null })
+    local year = tonumber(assert(get(fake, "/")).headers.date:match(" (%d%d%d%d) "))
+    assert.equal(tonumber(os.date("!%Y")), year)
+  end)
+
   it("plays scripted responses in order, then the default handler", function()
     fake:script("/token", {
       { status = 503, headers = { ["Retry-After"] = "1" },

@@ -481,25 +481,23 @@ describe("gauth.service_account", function()
 
     describe("clock skew", function()
       it("is corrected from the Date header, once, and remembered", function()
-        fake:config({ clock_offset = -7200 })
-        local c = assert(new({ scopes = { S1 } }))
-        -- The clock readings that bracket the call: what gauth stamped lies
-        -- between them (no window that a loaded machine could overrun).
-        local before = os.time()
+        -- Both clocks stand still, the fake's two hours behind ours: the
+        -- corrected assertion is exact arithmetic.
+        local t0 = os.time()
+        fake:config({ clock = t0 - 7200 })
+        local c = assert(new({ scopes = { S1 }, now = function() return t0 end }))
         local tok = c:token()
-        local after = os.time()
         assert.equal("fake-token-1", tok)
         local rs = token_requests()
         assert.equal(2, #rs)
         local first = sent_assertion(1)
         -- Made on the fake's clock, two hours back: expired on ours.
         local second = sent_assertion(2, nil, nil, false)
-        assert.is_true(first.iat >= before and first.iat <= after)
-        -- The Date header has whole seconds: one second either way.
-        assert.is_true(second.iat >= before - 7200 - 1 and second.iat <= after - 7200 + 1)
+        assert.equal(t0, first.iat)
+        assert.equal(t0 - 7200, second.iat)
         -- The expiry is on our clock all the same.
         local _, exp = c:token()
-        assert.is_true(exp >= before + 3599 - 1 and exp <= after + 3600)
+        assert.equal(t0 + 3599, exp)
         -- A copy shares what was learnt: right the first time.
         assert.truthy(c:with_scopes({ S2 }):token())
         assert.equal(3, #token_requests())

@@ -284,9 +284,13 @@ describe("gauth.testing", function()
 
     it("defaults: test-token, an expiry an hour ahead, a new header table", function()
       local c = testing.credentials()
+      -- an hour after the moment of the call: between the clock read before
+      -- and after it (an order, not a tolerance)
+      local before = os.time()
       local tok, exp = c:token()
+      local after = os.time() + 1
       assert.are.equal("test-token", tok)
-      assert.is_true(exp > os.time() + 3000)
+      assert.is_true(before + 3600 <= exp and exp <= after + 3600, "expires_at " .. exp)
       assert.are.same({ authorization = "Bearer test-token" }, c:apply())
       assert.is_false(c:requires_scopes())
     end)

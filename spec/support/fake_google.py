@@ -84,6 +84,8 @@ input):
       access_token  token prefix (default "fake-token")
       expires_in  default 3599 (sent as given: a string stays a string)
       clock_offset  seconds the fake's clock is ahead (default 0)
+      clock       epoch seconds: the fake's clock stands still there
+                  (clock_offset is then ignored; default null: real time)
       leeway      seconds of iat/exp tolerance (default 60)
       require_scope  default true
       refresh_tokens {refresh_token: {client_id, client_secret[, scope]}}
@@ -171,6 +173,8 @@ def default_config():
         "access_token": "fake-token",
         "expires_in": 3599,
         "clock_offset": 0,
+        # A standing clock (epoch seconds) instead of time.time() + offset.
+        "clock": None,
         # Seconds of tolerance on iat (future) and exp (past).
         "leeway": 60,
         # Require scope or target_audience in assertions, as Google does.
@@ -326,6 +330,9 @@ class State(Recorder):
     def now(self):
         with self.lock:
             off = self.config["clock_offset"]
+            fixed = self.config.get("clock")
+        if isinstance(fixed, (int, float)) and not isinstance(fixed, bool):
+            return float(fixed)
         try:
             return time.time() + float(off)
         except (TypeError, ValueError):
