@@ -63,12 +63,13 @@ describe("gauth.impersonated", function()
 
   describe("credentials()", function()
     it("gets a token for the target with delegates, lifetime and scopes", function()
-      local c, cerr = new({ scopes = { S1, S2 }, delegates = { D1, D2 }, lifetime = 600 })
-      assert.is_nil(cerr)
-      assert.equal("impersonated", c.kind)
-      -- The fake's clock stands still: its expireTime is exactly t0 + 600.
+      -- Both clocks stand still: IAM's expireTime is exactly t0 + 600.
       local t0 = os.time()
       fake:config({ clock = t0 })
+      local c, cerr = new({ scopes = { S1, S2 }, delegates = { D1, D2 }, lifetime = 600,
+                            now = function() return t0 end })
+      assert.is_nil(cerr)
+      assert.equal("impersonated", c.kind)
       local tok, exp = c:token()
       assert.is_string(tok)
       assert.equal(t0 + 600, exp)
@@ -284,14 +285,14 @@ describe("gauth.impersonated", function()
     it("reads gcloud's impersonation file (URL, delegates, source)", function()
       local p = helpers.write_file(helpers.tmpname("imp", ".json"),
                                    helpers.json_encode(info({ quota_project_id = "qp" })))
-      local c, err = imp.from_file(p, { cache = token_cache.new(), scopes = { S1 },
+      local t0 = os.time()
+      fake:config({ clock = t0 })
+      local c, err = imp.from_file(p, { cache = token_cache.new(), scopes = { S1 }, now = function() return t0 end,
                                         lifetime = 900, retry = fast_retry(), env = {} })
       assert.is_nil(err)
       assert.equal(TARGET, c.target_principal)
       assert.equal("authorized_user", c.source.kind)
       assert.equal("qp", c.quota_project)
-      local t0 = os.time()
-      fake:config({ clock = t0 })
       local tok, exp = c:token()
       local t1 = os.time()
       assert.is_string(tok)
