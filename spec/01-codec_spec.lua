@@ -142,9 +142,11 @@ for h in json.load(open(sys.argv[1])):
       core.sha256_hex("abc"))
     assert.are.equal(hex(core.sha256(string.rep("x", 1000))),
       core.sha256_hex(string.rep("x", 1000)))
-    assert.has_error(function() core.hmac_sha256("k") end)
-    assert.has_error(function() core.hex_encode({}) end)
-    assert.has_error(function() core.sha256_hex() end)
+    assert.has_error(function() core.hmac_sha256("k") end,
+      "bad argument #2 to 'hmac_sha256' (string expected, got no value)")
+    assert.has_error(function() core.hex_encode({}) end, "bad argument #1 to 'hex_encode' (string expected, got table)")
+    assert.has_error(function() core.sha256_hex() end,
+      "bad argument #1 to 'sha256_hex' (string expected, got no value)")
   end)
 
   it("gives random bytes of the asked length, and refuses silly lengths", function()

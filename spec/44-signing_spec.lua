@@ -108,8 +108,8 @@ describe("signing", function()
 
     it("raises for a wrong argument", function()
       local c = assert(sa.from_info(sa_info.data))
-      assert.has_error(function() c:sign_bytes(nil) end)
-      assert.has_error(function() c:sign_jwt("claims") end)
+      assert.has_error(function() c:sign_bytes(nil) end, "gauth.service_account: sign_bytes: bytes must be a string")
+      assert.has_error(function() c:sign_jwt("claims") end, "gauth.service_account: sign_jwt: claims must be a table")
     end)
   end)
 
@@ -285,9 +285,12 @@ describe("signing", function()
     end)
 
     it("raises for wrong arguments", function()
-      assert.has_error(function() iam.new({ email = TARGET }) end)
-      assert.has_error(function() iam.new({ source = impersonated() }) end)
-      assert.has_error(function() iam.new({ source = impersonated(), email = "a/b" }) end)
+      assert.has_error(function() iam.new({ email = TARGET }) end,
+        "gauth.iam: opts.source must be credentials (with :token)")
+      assert.has_error(function() iam.new({ source = impersonated() }) end,
+        "gauth.iam: opts.email or opts.email_source is required")
+      assert.has_error(function() iam.new({ source = impersonated(), email = "a/b" }) end,
+        "gauth.iam: opts.email must be a service account email")
     end)
   end)
 
