@@ -294,7 +294,6 @@ describe("gauth.impersonated", function()
       assert.equal("authorized_user", c.source.kind)
       assert.equal("qp", c.quota_project)
       local tok, exp = c:token()
-      local t1 = os.time()
       assert.is_string(tok)
       assert.equal(t0 + 900, exp)
       local r = iam_requests()[1]
