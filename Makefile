@@ -41,7 +41,7 @@ CORE = $(BUILD)/gauth/core.so
 DEB_PKGS = gcc make pkg-config openssl curl ca-certificates gzip \
   lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev \
   libssl-dev libcurl4-openssl-dev lua-cjson lua-busted lua-socket luarocks \
-  python3 python3-jwt python3-cryptography python3-googleapi \
+  python3 python3-jwt python3-cryptography python3-googleapi python3-botocore \
   python3-google-auth python3-httplib2 python3-google-auth-httplib2 iproute2 \
   nginx-light libnginx-mod-http-lua lua-resty-core wrk valgrind \
   lua-ldoc lua-markdown lua-check cppcheck clang libclang-rt-14-dev

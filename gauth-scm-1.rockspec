@@ -40,6 +40,7 @@ build = {
     ["gauth.adc"] = "lua/gauth/adc.lua",
     ["gauth.app_engine"] = "lua/gauth/app_engine.lua",
     ["gauth.authorized_user"] = "lua/gauth/authorized_user.lua",
+    ["gauth.aws_sigv4"] = "lua/gauth/aws_sigv4.lua",
     ["gauth.batch"] = "lua/gauth/batch.lua",
     ["gauth.cli"] = "lua/gauth/cli.lua",
     ["gauth.compute_engine"] = "lua/gauth/compute_engine.lua",
