@@ -80,6 +80,11 @@ if [ -x bench/execute_bench.sh ] || [ -f bench/execute_bench.sh ]; then
 fi
 [ -f bench/openresty_bench.sh ] && { echo "== OpenResty (issue 7)"; run sh bench/openresty_bench.sh; }
 [ -f bench/media_bench.sh ] && { echo "== media (issue 6)"; run sh bench/media_bench.sh; }
+echo "== keyless credentials (issue 13): cold gauth token, identity-pool file config"
+run sh bench/external_account_bench.sh
+for lua in lua5.4 luajit; do
+  ratio "cold token ($lua) / Node google-auth-library" "ea_cold_gauth_$lua" ea_cold_node ""
+done
 echo "== all figures"
 cat "$dir/all.txt" | sed 's/^/  /'
 [ "$failures" -eq 0 ] || { echo "bench: $failures benchmark(s) failed"; exit 1; }

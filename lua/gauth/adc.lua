@@ -23,8 +23,10 @@
 --    `NO_GCE_CHECK=true` skips it).
 --
 -- Supported file types: `service_account`, `authorized_user`,
--- `impersonated_service_account`; any other (`external_account`, ...) is
--- refused with an error naming the type.
+-- `impersonated_service_account`, `external_account` (workload and
+-- workforce identity federation: `gauth.external_account`) and
+-- `external_account_authorized_user`; any other is refused with an error
+-- naming the type.
 --
 -- Project id: `GOOGLE_CLOUD_PROJECT`, else `GCLOUD_PROJECT`, else what the
 -- credentials know: a service account file's `project_id`; for gcloud's
@@ -77,6 +79,8 @@ _M.TYPES = {
   service_account = "gauth.service_account",
   authorized_user = "gauth.authorized_user",
   impersonated_service_account = "gauth.impersonated",
+  external_account = "gauth.external_account",
+  external_account_authorized_user = "gauth.external_account_authorized_user",
 }
 
 --- Where to read about setting up credentials (in the final error).
@@ -102,6 +106,12 @@ local function typed_opts(t, opts)
               cache = opts.cache, now = opts.now }
   if t == "service_account" then
     o.scopes = opts.scopes
+  elseif t == "external_account" then
+    o.scopes = opts.scopes
+    o.env = opts.env
+    o.shared_dict = opts.shared_dict
+  elseif t == "external_account_authorized_user" then
+    o.shared_dict = opts.shared_dict
   elseif t == "impersonated_service_account" then
     o.scopes = opts.scopes
     o.iam_endpoint = opts.iam_endpoint
@@ -138,7 +148,8 @@ local function type_of(info, source)
   if not _M.TYPES[t] then
     return nil, errors.new("adc", "key file", source .. ': credentials of type "'
       .. sub(t, 1, 60) .. '" are not supported yet (supported: service_account,'
-      .. " authorized_user, impersonated_service_account)",
+      .. " authorized_user, impersonated_service_account, external_account,"
+      .. " external_account_authorized_user)",
       { file = source, field = "type", type = t, unsupported = true })
   end
   return t
@@ -146,8 +157,9 @@ end
 
 local function load(t, how, arg, source, opts)
   local mod = require(_M.TYPES[t])
-  local creds, err = mod[how](arg, typed_opts(t, opts))
-  if not creds then return nil, rewrap(err, { file = source, type = t }) end
+  local creds, e2, e3 = mod[how](arg, typed_opts(t, opts))
+  -- Modules return nil, err or (converted ones) nil, msg, err.
+  if not creds then return nil, rewrap(errors.of(e2, e3), { file = source, type = t }) end
   local project
   if t == "service_account" then project = creds.project_id end
   return creds, project

@@ -142,6 +142,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fake_federation  # noqa: E402  (workload identity federation)
 from fake_common import (  # noqa: E402  (found through the line above)
     QUIET_ERRORS, STOP, FakeServer, QuietHandler, Recorder, arg_parser,
     exit_now, iter_chunked, log_err, serve, tls_context, url_of)
@@ -188,6 +189,8 @@ def default_config():
         "numeric_project_id": "123456789012",
         # expires_in of STS token exchanges (false: left out of the answer).
         "sts_expires_in": 3600,
+        # Workload identity federation: see fake_federation.py.
+        "federation": {},
     }
 
 
@@ -645,6 +648,8 @@ class MainHandler(BaseHandler):
         return True
 
     def default_route(self, path):
+        if fake_federation.routes(path):
+            return fake_federation.handle(self, path)
         if path == "/token" or path in ("/o/oauth2/token", "/oauth2/v4/token"):
             return self.token_endpoint()
         if path == "/" or path.startswith("/computeMetadata"):

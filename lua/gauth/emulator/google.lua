@@ -11,6 +11,7 @@ local jwt = require "gauth.jwt"
 local cjson = require "cjson.safe"
 local httpd = require "gauth.emulator.httpd"
 local sqladmin = require "gauth.emulator.sqladmin"
+local federation = require "gauth.emulator.federation"
 local util = require "gauth.util"
 
 local type = type
@@ -469,6 +470,10 @@ function _M.new(config)
     self.documents[key] = d
     self.own_documents[key] = nil
   end
+  -- Workload identity federation (STS, generateAccessToken).
+  local fed, ferr = federation.configure(config.federation)
+  if not fed then return nil, ferr end
+  self.federation = fed
   return self
 end
 
@@ -1383,6 +1388,14 @@ function _M.route(self, req, entry)
     return self:discovery(req, entry)
   elseif find(path, "^/_emulator/") then
     return self:control(req, entry)
+  end
+  if path == "/v1/token" then
+    return federation.sts(self, req, entry, reply_json, oauth_error)
+  end
+  local sa = match(path, "^/v1/projects/[^/]+/serviceAccounts/([^/:]+):generateAccessToken$")
+  if sa then
+    sa = gsub(sa, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    return federation.generate_access_token(self, req, entry, sa, reply_json, google_error)
   end
   local rest = match(path, "^/sql/v1beta4/(.*)$")
   if rest then return self:sql(req, entry, "v1beta4", rest) end

@@ -1,0 +1,991 @@
+--- External-account credentials: workload and workforce identity
+-- federation. A token of an outside identity (an OIDC or SAML token read
+-- from a file, an URL or a program; or a signed AWS request) is exchanged
+-- at Google's Security Token Service (STS) for a Google access token, and,
+-- when the configuration names a service account to impersonate, that
+-- token buys one of the service account's at IAM Credentials'
+-- `generateAccessToken`.
+--
+--     local ea = require "gauth.external_account"
+--     local creds = assert(ea.from_file("/etc/gcp/wif.json"))
+--     local token = assert(creds:token())
+--
+-- The configuration is what `gcloud iam workload-identity-pools
+-- create-cred-config` writes (`"type": "external_account"`); see the README
+-- for each source. `gauth.default()` and `gauth token --key-file` read it.
+--
+-- Sources of the subject token (`credential_source`):
+--
+-- * `file`: read on every refresh (Kubernetes projected tokens rotate);
+--   `format` `{ type = "text" }` or `{ type = "json",
+--   subject_token_field_name = ... }`.
+-- * `url`: a GET with `headers`, same `format` rules.
+-- * `environment_id = "aws1"`: region from `AWS_REGION`/`AWS_DEFAULT_REGION`
+--   or `region_url`; keys from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/
+--   `AWS_SESSION_TOKEN` or the role at `url`; an IMDSv2 session token first
+--   (PUT `imdsv2_session_token_url`) when the metadata server is needed. The
+--   subject token is the SigV4-signed `GetCallerIdentity` request,
+--   serialized as Google's STS expects.
+-- * `executable`: `command` run only with
+--   `GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1`, never inside an nginx
+--   worker; killed at `timeout_millis`; `output_file` read first as a cache.
+--
+-- Secrets (subject tokens, AWS keys, the client secret, access tokens)
+-- never go into an error, a log line or `tostring`. Tokens are sent only
+-- over https or to a loopback host; subject tokens are read over plain
+-- http only from loopback or link-local metadata servers (AWS, Azure).
+--
+-- Errors: `nil, msg, err`, module "external_account"; steps "key file"
+-- (a malformed configuration: `field` names the field), "subject token"
+-- (file and url sources: `source`), "AWS", "executable", "STS" (`status`,
+-- `error`, `error_description`, `retryable`), "impersonation" (`cause`).
+-- @module gauth.external_account
+
+local credentials = require "gauth.credentials"
+local oauth = require "gauth.oauth"
+local errors = require "gauth.errors"
+local retry = require "gauth.retry"
+local metadata = require "gauth.metadata"
+local util = require "gauth.util"
+local core = require "gauth.core"
+local sigv4 = require "gauth.aws_sigv4"
+local cjson = require "cjson.safe"
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local require = require
+local setmetatable = setmetatable
+local find = string.find
+local sub = string.sub
+local gsub = string.gsub
+local match = string.match
+local lower = string.lower
+local format = string.format
+local concat = table.concat
+local sort = table.sort
+local floor = math.floor
+local json_decode = cjson.decode
+
+local _M = credentials.extend({ _VERSION = "0.1.0", kind = "external_account" })
+local mt = credentials.metatable(_M)
+local MODULE = "external_account"
+
+--- The token-exchange grant of RFC 8693.
+_M.GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+--- What is asked of STS: an access token.
+_M.REQUESTED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+--- STS's endpoint when the configuration names none.
+_M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/token"
+_M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
+--- The scope of the STS token when none are given, and always when it
+-- only serves to impersonate a service account.
+_M.CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+--- AWS's GetCallerIdentity, the request whose signature proves the identity.
+_M.AWS_VERIFICATION_URL =
+  "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+--- Executables: the variable that allows them, and their timeout bounds
+-- (milliseconds; as Google's libraries).
+_M.ALLOW_EXECUTABLES_VAR = "GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES"
+_M.EXECUTABLE_TIMEOUT = 30000
+_M.EXECUTABLE_TIMEOUT_MIN = 5000
+_M.EXECUTABLE_TIMEOUT_MAX = 120000
+--- The response format versions of executables understood.
+_M.EXECUTABLE_MAX_VERSION = 1
+
+--- Retry policy of the STS and IAM requests (as the token endpoint's).
+_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
+             jitter = true, deadline = 60 }
+_M.MAX_RESPONSE = 256 * 1024
+--- Largest subject token read from a file, an URL or a program.
+_M.MAX_SUBJECT_TOKEN = 1024 * 1024
+
+local SUBJECT_TOKEN_TYPES = {
+  ["urn:ietf:params:oauth:token-type:jwt"] = true,
+  ["urn:ietf:params:oauth:token-type:id_token"] = true,
+  ["urn:ietf:params:oauth:token-type:saml2"] = true,
+}
+
+local function key_error(source, field, message, extra)
+  return credentials.key_error(MODULE, source, field, message, extra)
+end
+
+--- Is `audience` a workforce pool's (people, not workloads)?
+function _M.is_workforce_audience(audience)
+  return type(audience) == "string"
+    and find(audience, "^//iam%.googleapis%.com/locations/[^/]+/workforcePools/") ~= nil
+end
+
+-- Plain http is for loopback, and (`metadata`) link-local metadata
+-- servers: AWS's and Azure's IMDS answer only that way.
+local function link_local(host)
+  host = lower(host)
+  return find(host, "^169%.254%.%d+%.%d+$") ~= nil or host == "[fd00:ec2::254]"
+end
+
+local function check_source_url(url, what, source, field)
+  local scheme, host = util.parse_url(url)
+  if not scheme or (scheme ~= "https" and scheme ~= "http") then
+    return nil, key_error(source, field, "not an absolute http(s) URL")
+  end
+  if scheme == "http" and not util.is_loopback_host(host) and not link_local(host) then
+    return nil, key_error(source, field, "refusing " .. what .. " in clear text to " .. host
+      .. " (https, a loopback host or a link-local metadata server)")
+  end
+  return true
+end
+
+local function check_google_url(url, source, field, what)
+  local ok, err = oauth.check_url(url, MODULE, "key file", what)
+  if not ok then
+    return nil, key_error(source, field, err.message)
+  end
+  return true
+end
+
+-- A string field: false when absent, nil + err when present and not a
+-- non-empty string.
+local function opt_string(t, name, source, prefix)
+  local v = t[name]
+  if v == nil or v == util.json_null then return false end
+  if type(v) ~= "string" or v == "" then
+    return nil, key_error(source, (prefix or "") .. name, "must be a non-empty string")
+  end
+  return v
+end
+
+local function parse_format(cs, source)
+  local f = cs.format
+  if f == nil or f == util.json_null then return { type = "text" } end
+  if type(f) ~= "table" then
+    return nil, key_error(source, "credential_source.format", "must be an object")
+  end
+  local t = f.type
+  if t == nil or t == util.json_null then t = "text" end
+  if t ~= "text" and t ~= "json" then
+    return nil, key_error(source, "credential_source.format.type",
+      'must be "text" or "json"')
+  end
+  if t == "json" then
+    local name = f.subject_token_field_name
+    if type(name) ~= "string" or name == "" then
+      return nil, key_error(source, "credential_source.format.subject_token_field_name",
+        'required (a non-empty string) when format.type is "json"')
+    end
+    return { type = "json", field = name }
+  end
+  return { type = "text" }
+end
+
+local function parse_source(cs, source)
+  if type(cs) ~= "table" then
+    return nil, key_error(source, "credential_source", "missing or not an object")
+  end
+  local kinds = {}
+  if cs.file ~= nil then kinds[#kinds + 1] = "file" end
+  if cs.url ~= nil then kinds[#kinds + 1] = "url" end
+  if cs.environment_id ~= nil then kinds[#kinds + 1] = "environment_id" end
+  if cs.executable ~= nil then kinds[#kinds + 1] = "executable" end
+  if #kinds == 0 then
+    local seen = {}
+    for k in pairs(cs) do seen[#seen + 1] = tostring(k) end
+    sort(seen)
+    return nil, key_error(source, "credential_source", "no known source (file, url,"
+      .. " environment_id or executable)" .. (#seen > 0 and ("; has " .. concat(seen, ", ")) or ""))
+  end
+  -- An AWS source may carry an `url` (the role's credentials): that one
+  -- is not a second source.
+  if #kinds > 1 and not (cs.environment_id ~= nil and #kinds == 2 and cs.url ~= nil) then
+    return nil, key_error(source, "credential_source", "more than one source ("
+      .. concat(kinds, ", ") .. "); give exactly one")
+  end
+  local err
+  if cs.environment_id ~= nil then
+    local id = cs.environment_id
+    local name, version = match(type(id) == "string" and id or "", "^(aws)(%d+)$")
+    if not name then
+      return nil, key_error(source, "credential_source.environment_id",
+        'unknown environment (expected "aws1")')
+    end
+    if tonumber(version) ~= 1 then
+      return nil, key_error(source, "credential_source.environment_id",
+        "aws version " .. version .. " is not supported (expected aws1)")
+    end
+    local s = { kind = "aws" }
+    local v
+    v, err = opt_string(cs, "regional_cred_verification_url", source, "credential_source.")
+    if v == nil then return nil, err end
+    s.verification_url = v or _M.AWS_VERIFICATION_URL
+    for _, f in ipairs({ "region_url", "url", "imdsv2_session_token_url" }) do
+      v, err = opt_string(cs, f, source, "credential_source.")
+      if v == nil then return nil, err end
+      if v then
+        local ok, uerr = check_source_url(v, "AWS metadata requests", source, "credential_source." .. f)
+        if not ok then return nil, uerr end
+      end
+      s[f] = v or nil
+    end
+    local ok, uerr = check_google_url(gsub(s.verification_url, "{region}", "us-east-1"),
+      source, "credential_source.regional_cred_verification_url", "a signed request")
+    if not ok then return nil, uerr end
+    return s
+  elseif cs.file ~= nil then
+    if type(cs.file) ~= "string" or cs.file == "" then
+      return nil, key_error(source, "credential_source.file", "must be a non-empty string")
+    end
+    local f
+    f, err = parse_format(cs, source)
+    if not f then return nil, err end
+    return { kind = "file", file = cs.file, format = f }
+  elseif cs.url ~= nil then
+    if type(cs.url) ~= "string" or cs.url == "" then
+      return nil, key_error(source, "credential_source.url", "must be a non-empty string")
+    end
+    local ok, uerr = check_source_url(cs.url, "the subject token request", source,
+                                      "credential_source.url")
+    if not ok then return nil, uerr end
+    local headers = {}
+    if cs.headers ~= nil and cs.headers ~= util.json_null then
+      if type(cs.headers) ~= "table" then
+        return nil, key_error(source, "credential_source.headers", "must be an object")
+      end
+      for k, v in pairs(cs.headers) do
+        if type(k) ~= "string" or type(v) ~= "string" or find(k, "[^%w!#$%%&'*+.^_`|~-]")
+            or find(v, "[\r\n%z]") then
+          return nil, key_error(source, "credential_source.headers",
+            "names and values must be strings (a header name, a value without line breaks)")
+        end
+        headers[lower(k)] = v
+      end
+    end
+    local f
+    f, err = parse_format(cs, source)
+    if not f then return nil, err end
+    return { kind = "url", url = cs.url, headers = headers, format = f }
+  end
+  local ex = cs.executable
+  if type(ex) ~= "table" then
+    return nil, key_error(source, "credential_source.executable", "must be an object")
+  end
+  local command = ex.command
+  if type(command) ~= "string" or command == "" then
+    return nil, key_error(source, "credential_source.executable.command",
+      "missing or not a non-empty string")
+  end
+  local timeout = ex.timeout_millis
+  if timeout == nil or timeout == util.json_null then
+    timeout = _M.EXECUTABLE_TIMEOUT
+  elseif type(timeout) ~= "number" or timeout < _M.EXECUTABLE_TIMEOUT_MIN
+      or timeout > _M.EXECUTABLE_TIMEOUT_MAX then
+    return nil, key_error(source, "credential_source.executable.timeout_millis",
+      "must be a number from " .. _M.EXECUTABLE_TIMEOUT_MIN .. " to " .. _M.EXECUTABLE_TIMEOUT_MAX)
+  end
+  local out
+  out, err = opt_string(ex, "output_file", source, "credential_source.executable.")
+  if out == nil then return nil, err end
+  local argv = _M.split_command(command)
+  if not argv or #argv == 0 then
+    return nil, key_error(source, "credential_source.executable.command",
+      "cannot be split into words (unbalanced quotes?)")
+  end
+  return { kind = "executable", command = command, argv = argv,
+           timeout = timeout / 1000, output_file = out or nil }
+end
+
+--- Split a command line into words as POSIX shells (and Python's
+-- `shlex.split`) do: blanks separate, single quotes keep everything,
+-- double quotes keep all but `\"` and `\\`, a backslash outside quotes
+-- keeps the next character. No expansion of any kind.
+-- @tparam string s
+-- @return array of words | nil (an unbalanced quote)
+function _M.split_command(s)
+  local words, cur, have = {}, {}, false
+  local i, n = 1, #s
+  while i <= n do
+    local c = sub(s, i, i)
+    if c == "'" then
+      local j = find(s, "'", i + 1, true)
+      if not j then return nil end
+      cur[#cur + 1] = sub(s, i + 1, j - 1); have = true
+      i = j + 1
+    elseif c == '"' then
+      i = i + 1
+      while true do
+        if i > n then return nil end
+        local d = sub(s, i, i)
+        if d == '"' then break end
+        if d == "\\" and i < n and find(sub(s, i + 1, i + 1), '["\\$`]') then
+          i = i + 1; d = sub(s, i, i)
+        end
+        cur[#cur + 1] = d
+        i = i + 1
+      end
+      have = true
+      i = i + 1
+    elseif c == "\\" then
+      if i < n then cur[#cur + 1] = sub(s, i + 1, i + 1) end
+      have = true
+      i = i + 2
+    elseif find(c, "%s") then
+      if have then words[#words + 1] = concat(cur); cur, have = {}, false end
+      i = i + 1
+    else
+      cur[#cur + 1] = c; have = true
+      i = i + 1
+    end
+  end
+  if have then words[#words + 1] = concat(cur) end
+  return words
+end
+
+local function parse(info, source)
+  local t = info.type
+  if t ~= "external_account" then
+    return nil, credentials.key_type_error(MODULE, source, t, "external_account")
+  end
+  local c = {}
+  local v, err
+  for _, f in ipairs({ "audience", "subject_token_type" }) do
+    v, err = credentials.key_field(MODULE, info, source, f, true)
+    if not v then return nil, err end
+    c[f] = v
+  end
+  for _, f in ipairs({ "token_url", "service_account_impersonation_url", "client_id",
+                       "client_secret", "quota_project_id", "workforce_pool_user_project",
+                       "universe_domain", "token_info_url" }) do
+    v, err = credentials.key_field(MODULE, info, source, f, false)
+    if v == nil then return nil, err end
+    c[f] = v or nil
+  end
+  c.universe_domain = c.universe_domain or _M.DEFAULT_UNIVERSE_DOMAIN
+  if not find(c.universe_domain, "^[%w.-]+$") then
+    return nil, key_error(source, "universe_domain", "is not a domain name")
+  end
+  c.token_url = c.token_url or gsub(_M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)
+  local ok
+  ok, err = check_google_url(c.token_url, source, "token_url", "a subject token")
+  if not ok then return nil, err end
+  if c.client_secret and not c.client_id then
+    return nil, key_error(source, "client_secret", "given without client_id")
+  end
+  if c.workforce_pool_user_project and not _M.is_workforce_audience(c.audience) then
+    return nil, key_error(source, "workforce_pool_user_project",
+      "is only for workforce pools (an audience //iam.googleapis.com/locations/.../workforcePools/...)")
+  end
+  local url = c.service_account_impersonation_url
+  if url then
+    local target = match(url, "/serviceAccounts/([^/:]+):generateAccessToken$")
+    if not target or not find(target, "^[%w@._+-]+$") then
+      return nil, key_error(source, "service_account_impersonation_url",
+        "does not end in /serviceAccounts/<email>:generateAccessToken")
+    end
+    ok, err = check_google_url(url, source, "service_account_impersonation_url", "a token")
+    if not ok then return nil, err end
+    c.target_principal = target
+  end
+  local imp = info.service_account_impersonation
+  c.lifetime = 3600
+  if imp ~= nil and imp ~= util.json_null then
+    if type(imp) ~= "table" then
+      return nil, key_error(source, "service_account_impersonation", "must be an object")
+    end
+    local life = imp.token_lifetime_seconds
+    if life ~= nil and life ~= util.json_null then
+      if type(life) ~= "number" or life % 1 ~= 0 or life < 600 or life > 43200 then
+        return nil, key_error(source, "service_account_impersonation.token_lifetime_seconds",
+          "must be a whole number of seconds from 600 to 43200")
+      end
+      c.lifetime = life
+      c.lifetime_set = true
+    end
+  end
+  c.source, err = parse_source(info.credential_source, source)
+  if not c.source then return nil, err end
+  return c
+end
+
+local function describe_source(s)
+  if s.kind == "file" then return "file " .. s.file end
+  if s.kind == "url" then return "url " .. errors.redact_uri(s.url) end
+  if s.kind == "aws" then return "aws" end
+  return "executable " .. s.argv[1]
+end
+
+local function build(c, source, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth.external_account: opts must be a table", 3)
+  end
+  opts = opts or {}
+  credentials.check_opts(opts, MODULE, 4, "http", "ca_file", "timeout")
+  local policy = retry.policy(_M.RETRY, opts.retry)
+  if not policy then error("gauth.external_account: retry must be a table or false", 3) end
+  local self = setmetatable({
+    audience = c.audience,
+    subject_token_type = c.subject_token_type,
+    token_url = c.token_url,
+    token_info_url = c.token_info_url,
+    service_account_impersonation_url = c.service_account_impersonation_url,
+    target_principal = c.target_principal,
+    service_account_email = c.target_principal,
+    lifetime = c.lifetime,
+    client_id = c.client_id,
+    workforce_pool_user_project = c.workforce_pool_user_project,
+    universe_domain = c.universe_domain,
+    credential_source = c.source,
+    source_kind = c.source.kind,
+    file = source,
+    scopes = credentials.normalise_scopes(opts.scopes, MODULE),
+    _lifetime_set = c.lifetime_set,
+    _getenv = metadata.getenv_for(opts),
+    _retry = policy,
+    _timeout = opts.timeout,
+    _shared = { client_secret = c.client_secret, http = opts.http, ca_file = opts.ca_file,
+                timeout = opts.timeout },
+  }, mt)
+  -- The project number of a workload pool's audience
+  -- (//iam.googleapis.com/projects/<number>/locations/...).
+  self.project_number = match(c.audience, "/projects/([^/]+)/") or nil
+  credentials.init(self, { cache = opts.cache, now = opts.now, shared_dict = opts.shared_dict,
+                           quota_project = opts.quota_project or c.quota_project_id })
+  if self.target_principal then
+    -- The STS token serves only to impersonate: a copy without
+    -- impersonation, scoped to cloud-platform (as Google's libraries ask
+    -- it), whose tokens are cached on their own.
+    local sts = self:copy({ service_account_impersonation_url = false,
+                            target_principal = false, scopes = { _M.CLOUD_PLATFORM } })
+    sts._for_impersonation = true
+    local imp, err = require("gauth.impersonated").credentials({
+      source = sts, target_principal = self.target_principal,
+      impersonation_url = c.service_account_impersonation_url,
+      scopes = self.scopes or { _M.CLOUD_PLATFORM }, lifetime = c.lifetime,
+      env = opts.env, http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
+      retry = opts.retry, cache = opts.cache, now = opts.now,
+    })
+    if not imp then return errors.ret(errors.of(err)) end
+    self._sts = sts
+    self._impersonated = imp
+  end
+  return self
+end
+
+--- Credentials from a decoded `external_account` configuration, or its
+-- JSON text.
+-- @param info table or JSON string
+-- @tparam[opt] table opts `scopes` (array or space-separated string;
+--   default cloud-platform), `quota_project` (over the file's
+--   `quota_project_id`), `env` (table or function: the environment the
+--   AWS and executable sources read), `http`, `ca_file`, `timeout`,
+--   `retry` (fields over `RETRY`, or false), `cache`, `shared_dict`, `now`
+-- @return credentials | nil, msg, err (step "key file", `field` naming
+--   the field at fault)
+function _M.from_info(info, opts)
+  local source = "external account info"
+  local err
+  info, err = credentials.decode_info(MODULE, info, source)
+  if not info then return errors.ret(err) end
+  local c
+  c, err = parse(info, source)
+  if not c then return errors.ret(err) end
+  return build(c, source, opts)
+end
+
+--- Credentials from an `external_account` configuration file.
+-- @tparam string path
+-- @tparam[opt] table opts as for `from_info`
+-- @return credentials | nil, msg, err
+function _M.from_file(path, opts)
+  if type(path) ~= "string" then
+    error("gauth.external_account: from_file: path must be a string", 2)
+  end
+  local info, err = credentials.read_key_file(MODULE, path)
+  if not info then return errors.ret(err) end
+  local c
+  c, err = parse(info, path)
+  if not c then return errors.ret(err) end
+  return build(c, path, opts)
+end
+
+-- ------------------------------------------------------------------------
+-- Subject tokens
+-- ------------------------------------------------------------------------
+
+local function source_fail(where, message, fields)
+  fields = fields or {}
+  fields.retryable = false
+  return nil, errors.new(MODULE, "subject token", "reading subject token from " .. where
+    .. ": " .. message, fields)
+end
+
+-- The subject token out of a file's or an answer's text, by `format`.
+local function from_format(text, fmt, where, kind)
+  if fmt.type == "json" then
+    local data = json_decode(text)
+    if type(data) ~= "table" then
+      return source_fail(where, "not a JSON object", { source = kind })
+    end
+    local v = data[fmt.field]
+    if type(v) ~= "string" or v == "" then
+      return source_fail(where, "no string field " .. fmt.field, { source = kind })
+    end
+    return v
+  end
+  if text == "" then return source_fail(where, "empty", { source = kind }) end
+  return text
+end
+
+local ERRNO = { [2] = "no such file", [13] = "permission denied", [21] = "is a directory" }
+
+local function file_token(s)
+  local where = "file " .. s.file
+  local f, msg, code = io.open(s.file, "rb")
+  if not f then
+    return source_fail(where, ERRNO[code] or gsub(tostring(msg), "^.-: ", ""),
+                       { source = "file", file = s.file })
+  end
+  local text = f:read(_M.MAX_SUBJECT_TOKEN + 1)
+  f:close()
+  if text == nil then
+    -- An empty file, or a directory on some systems.
+    return source_fail(where, "empty", { source = "file", file = s.file })
+  end
+  if #text > _M.MAX_SUBJECT_TOKEN then
+    return source_fail(where, "larger than " .. _M.MAX_SUBJECT_TOKEN .. " bytes",
+                       { source = "file", file = s.file })
+  end
+  return from_format(text, s.format, where, "file")
+end
+
+local function get(http, url, headers, timeout, max_body, method)
+  return http:request({ method = method or "GET", url = url, headers = headers,
+                        timeout = timeout, max_body = max_body, follow_redirects = false })
+end
+
+local function url_token(self, http, s)
+  local uri = errors.redact_uri(s.url)
+  local where = "url " .. uri
+  local res, err = get(http, s.url, s.headers, self._timeout, _M.MAX_SUBJECT_TOKEN)
+  if not res then
+    local e = errors.of(err)
+    return source_fail(where, tostring(e.message), { source = "url", uri = uri })
+  end
+  if res.status ~= 200 then
+    -- The body is not shown: it may echo what was sent. (The message
+    -- ends "(HTTP <status>)": the status is a field of the error.)
+    return source_fail(where, "refused", { source = "url", status = res.status })
+  end
+  return from_format(res.body or "", s.format, where, "url")
+end
+
+-- AWS --------------------------------------------------------------------
+
+local function aws_fail(message, fields)
+  fields = fields or {}
+  fields.retryable = false
+  return nil, errors.new(MODULE, "AWS", message, fields)
+end
+
+local function aws_get(self, http, url, what, token, method)
+  local headers = {}
+  if method == "PUT" then
+    headers["x-aws-ec2-metadata-token-ttl-seconds"] = "300"
+  elseif token then
+    headers["x-aws-ec2-metadata-token"] = token
+  end
+  local res, err = get(http, url, headers, self._timeout, 64 * 1024, method)
+  if not res then
+    return aws_fail(what .. ": " .. tostring(errors.of(err).message), { uri = url })
+  end
+  if res.status ~= 200 then
+    return aws_fail(what .. ": HTTP " .. tostring(res.status), { status = res.status, uri = url })
+  end
+  return res.body or ""
+end
+
+local function aws_token(self, http)
+  local s = self.credential_source
+  local getenv = self._getenv
+  local region = self._aws_region or getenv("AWS_REGION") or getenv("AWS_DEFAULT_REGION")
+  local ak, sk = getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
+  local session = getenv("AWS_SESSION_TOKEN")
+  local env_keys = ak and sk
+  local imds
+  if (not region or not env_keys) and s.imdsv2_session_token_url then
+    local err
+    imds, err = aws_get(self, http, s.imdsv2_session_token_url,
+                        "IMDSv2 session token", nil, "PUT")
+    if not imds then return nil, err end
+  end
+  if not region then
+    if not s.region_url then return aws_fail("region not found") end
+    local zone, err = aws_get(self, http, s.region_url, "region", imds)
+    if not zone then return nil, err end
+    -- An availability zone ("us-east-2b"): the region is all but the
+    -- last letter.
+    zone = gsub(zone, "%s+$", "")
+    if not find(zone, "^[%w-]+%a$") then return aws_fail("region not found: not an availability zone") end
+    region = sub(zone, 1, -2)
+    self._shared.aws_region = region
+  end
+  if not env_keys then
+    if not s.url then return aws_fail("credentials not found") end
+    local role, err = aws_get(self, http, s.url, "role name", imds)
+    if not role then return nil, err end
+    role = gsub(role, "%s+$", "")
+    if role == "" or find(role, "[/%s?#]") then return aws_fail("role name: not a role name") end
+    local body
+    body, err = aws_get(self, http, (gsub(s.url, "/+$", "")) .. "/" .. role,
+                        "credentials of role " .. role, imds)
+    if not body then return nil, err end
+    local data = json_decode(body)
+    if type(data) ~= "table" or type(data.AccessKeyId) ~= "string"
+        or type(data.SecretAccessKey) ~= "string" then
+      return aws_fail("credentials of role " .. role .. ": no AccessKeyId and SecretAccessKey")
+    end
+    ak, sk = data.AccessKeyId, data.SecretAccessKey
+    session = type(data.Token) == "string" and data.Token or nil
+  end
+  local url = gsub(s.verification_url, "{region}", region)
+  local host = match(url, "^https?://([^/?#:]+)")
+  local service = host and match(host, "^([^.]+)") or "sts"
+  local signed, msg = sigv4.sign({
+    method = "POST", url = url,
+    headers = { { "x-goog-cloud-target-resource", self.audience } },
+  }, { access_key_id = ak, secret_access_key = sk, session_token = session },
+     { region = region, service = service, now = floor(self._clock()) })
+  if not signed then return aws_fail("signing: " .. tostring(msg)) end
+  -- Google's serialization: url, method, and the headers as key/value
+  -- objects, JSON then URL-encoded.
+  local hs = {}
+  for i, h in ipairs(signed.headers) do
+    local k = h[1]
+    if k ~= "Authorization" then k = lower(k) end
+    hs[i] = { key = k, value = h[2] }
+  end
+  sort(hs, function(a, b) return a.key < b.key end)
+  local parts = {}
+  for i, h in ipairs(hs) do
+    parts[i] = '{"key":' .. cjson.encode(h.key) .. ',"value":' .. cjson.encode(h.value) .. "}"
+  end
+  local text = '{"headers":[' .. concat(parts, ",") .. '],"method":"POST","url":'
+    .. cjson.encode(url) .. "}"
+  return util.url_encode(text)
+end
+
+-- Executables ------------------------------------------------------------
+
+local function exec_fail(message, fields)
+  fields = fields or {}
+  fields.retryable = false
+  return nil, errors.new(MODULE, "executable", message, fields)
+end
+
+local function shell_quote(s)
+  return "'" .. gsub(s, "'", "'\\''") .. "'"
+end
+
+local function one_line(s, n)
+  s = gsub(gsub(s or "", "%s+", " "), "^ ", "")
+  s = gsub(s, " $", "")
+  if #s > (n or 300) then s = sub(s, 1, n or 300) .. "..." end
+  return s
+end
+
+-- The subject token of an executable's response (already decoded); `now`
+-- for its expiration.
+local function exec_response(self, data, now)
+  if type(data) ~= "table" then return exec_fail("the response is not a JSON object") end
+  local version = data.version
+  if type(version) ~= "number" then return exec_fail("the response has no version") end
+  if version > _M.EXECUTABLE_MAX_VERSION then
+    return exec_fail("unsupported response version "
+      .. (version % 1 == 0 and format("%d", version) or tostring(version)))
+  end
+  if type(data.success) ~= "boolean" then return exec_fail("the response has no success field") end
+  if not data.success then
+    if type(data.code) ~= "string" or type(data.message) ~= "string" then
+      return exec_fail("an unsuccessful response needs code and message")
+    end
+    return exec_fail("error " .. one_line(data.code, 80) .. ": " .. one_line(data.message),
+                     { code = data.code })
+  end
+  local tt = data.token_type
+  if not SUBJECT_TOKEN_TYPES[tt] then
+    return exec_fail("the response's token_type is missing or unknown")
+  end
+  local exp = data.expiration_time
+  if exp ~= nil and exp ~= util.json_null then
+    if type(exp) ~= "number" then return exec_fail("expiration_time is not a number") end
+    if exp <= now then return exec_fail("the response has expired", { expired = true }) end
+  elseif self.credential_source.output_file then
+    return exec_fail("the response needs expiration_time when an output_file is configured")
+  end
+  local field = tt == "urn:ietf:params:oauth:token-type:saml2" and "saml_response" or "id_token"
+  local tok = data[field]
+  if type(tok) ~= "string" or tok == "" then
+    return exec_fail("the response has no " .. field)
+  end
+  return tok
+end
+
+local function read_output_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local text = f:read(_M.MAX_SUBJECT_TOKEN + 1)
+  f:close()
+  if not text or #text > _M.MAX_SUBJECT_TOKEN then return nil end
+  return json_decode(text)
+end
+
+local function executable_token(self)
+  local s = self.credential_source
+  if util.is_ngx and ngx.get_phase() ~= "init" then -- luacheck: ignore ngx
+    return exec_fail("not allowed inside nginx workers (it would block the worker);"
+      .. " use a file or url source, or fetch the token in init_by_lua")
+  end
+  if self._getenv(_M.ALLOW_EXECUTABLES_VAR) ~= "1" then
+    return exec_fail("not allowed: set " .. _M.ALLOW_EXECUTABLES_VAR .. "=1")
+  end
+  local now = self._clock()
+  if s.output_file then
+    -- A cached response still valid serves; anything else (absent,
+    -- unreadable, expired, unsuccessful) runs the program.
+    local cached = read_output_file(s.output_file)
+    if cached ~= nil then
+      local tok = exec_response(self, cached, now)
+      if tok then return tok end
+    end
+  end
+  local env = {
+    "GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=" .. self.audience,
+    "GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE=" .. self.subject_token_type,
+    "GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE=0",
+  }
+  if self.service_account_email then
+    env[#env + 1] = "GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL=" .. self.service_account_email
+  end
+  if s.output_file then env[#env + 1] = "GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE=" .. s.output_file end
+  local words = {}
+  for i, e in ipairs(env) do words[i] = shell_quote(e) end
+  for _, a in ipairs(s.argv) do words[#words + 1] = shell_quote(a) end
+  local errfile = os.tmpname()
+  -- coreutils' timeout runs the program in a process group of its own and
+  -- at the timeout sends KILL to the whole group (itself included): the
+  -- program and anything it started are gone, and nothing holds the pipe
+  -- open. The shell then reports 137 (128 + KILL).
+  local cmd = "timeout -s KILL " .. format("%.3f", s.timeout) .. " env " .. concat(words, " ")
+    .. " </dev/null 2>" .. shell_quote(errfile) .. "; echo \"\n__gauth_status=$?\""
+  local p = io.popen(cmd, "r")
+  if not p then
+    os.remove(errfile)
+    return exec_fail("cannot start the command")
+  end
+  local out = p:read("*a") or ""
+  p:close()
+  local errtext = util.read_file(errfile) or ""
+  os.remove(errfile)
+  local body, status = match(out, "^(.*)\n__gauth_status=(%d+)%s*$")
+  status = tonumber(status)
+  if not status then return exec_fail("cannot read the command's status") end
+  body = gsub(body, "\n$", "")
+  if status == 124 or status == 137 then
+    return exec_fail(format("timed out after %d ms (killed)", floor(s.timeout * 1000 + 0.5)),
+                     { timeout = true })
+  end
+  if status == 126 or status == 127 then
+    return exec_fail("cannot run " .. s.argv[1] .. ": " .. one_line(errtext ~= "" and errtext
+      or (status == 127 and "not found" or "not executable")), { exit_status = status })
+  end
+  if status ~= 0 then
+    local why = errtext ~= "" and errtext or body
+    local data = json_decode(body)
+    if type(data) == "table" and type(data.message) == "string" then why = data.message end
+    return exec_fail("exited " .. status .. ": " .. one_line(why), { exit_status = status })
+  end
+  local data
+  if body == "" and s.output_file then
+    data = read_output_file(s.output_file)
+  else
+    data = json_decode(body)
+  end
+  return exec_response(self, data, self._clock())
+end
+
+--- The subject token of the configured source (a new one each call).
+-- @return token | nil, msg, err
+function _M:subject_token()
+  local kind = self.source_kind
+  local tok, err
+  if kind == "file" then
+    tok, err = file_token(self.credential_source)
+  elseif kind == "executable" then
+    tok, err = executable_token(self)
+  else
+    local http
+    http, err = oauth.transport(self._shared, MODULE)
+    if http then
+      if kind == "url" then
+        tok, err = url_token(self, http, self.credential_source)
+      else
+        self._aws_region = self._shared.aws_region
+        tok, err = aws_token(self, http)
+      end
+    end
+  end
+  if not tok then return errors.ret(errors.of(err)) end
+  return tok
+end
+
+-- ------------------------------------------------------------------------
+-- The exchange
+-- ------------------------------------------------------------------------
+
+local function b64(s) return core.b64_encode(s) end
+
+--- The `x-goog-api-client` value Google's libraries send to STS (for
+-- Google's metrics: which source, impersonation, lifetime).
+function _M:api_client_header()
+  return "gauth/" .. _M._VERSION .. " google-byoid-sdk source/" .. self.source_kind
+    .. " sa-impersonation/" .. (self._for_impersonation and "true" or "false")
+    .. " config-lifetime/" .. (self._lifetime_set and "true" or "false")
+end
+
+local function sts_once(self, http, subject, remaining)
+  local uri = self.token_url
+  local timeout, terr = oauth.attempt_timeout(self, http, remaining, MODULE, uri)
+  if terr then return nil, terr end
+  local scopes = self.scopes or { _M.CLOUD_PLATFORM }
+  local form = {
+    { "grant_type", _M.GRANT_TYPE },
+    { "audience", self.audience },
+    { "scope", concat(scopes, " ") },
+    { "requested_token_type", _M.REQUESTED_TOKEN_TYPE },
+    { "subject_token", subject },
+    { "subject_token_type", self.subject_token_type },
+  }
+  -- With client authentication the client id names the user project.
+  if self.workforce_pool_user_project and not self.client_id then
+    form[#form + 1] = { "options", cjson.encode({ userProject = self.workforce_pool_user_project }) }
+  end
+  local headers = { ["content-type"] = "application/x-www-form-urlencoded",
+                    accept = "application/json",
+                    ["x-goog-api-client"] = self:api_client_header() }
+  if self.client_id then
+    headers.authorization = "Basic " .. b64(self.client_id .. ":" .. (self._shared.client_secret or ""))
+  end
+  local res, err = oauth.post(http, MODULE, uri, headers, util.form_encode(form),
+                              timeout, _M.MAX_RESPONSE)
+  if not res then
+    local e = errors.of(err)
+    e.module, e.step = MODULE, "STS"
+    return nil, e
+  end
+  local now = self._clock()
+  if res.status ~= 200 then
+    local fields = oauth.refusal(res, now, uri)
+    local msg = fields.error and (fields.error .. (fields.error_description
+      and (": " .. one_line(fields.error_description)) or ""))
+      or ("HTTP " .. tostring(res.status))
+    return nil, errors.new(MODULE, "STS", msg, fields)
+  end
+  local data = json_decode(res.body)
+  if type(data) ~= "table" then
+    return nil, errors.new(MODULE, "STS", "the answer is not a JSON object",
+                           { status = 200, retryable = false, uri = uri })
+  end
+  local entry, eerr = oauth.access_entry(data, now, MODULE, uri)
+  if not entry then
+    eerr.step = "STS"
+    return nil, eerr
+  end
+  return entry
+end
+
+--- Get a new token: the subject token, the STS exchange and, with
+-- impersonation, `generateAccessToken` (used by `token()`; call that
+-- instead: it caches).
+-- @return entry | nil, err
+function _M:fetch_token()
+  if self._impersonated then
+    -- The STS token first (cached on its own), so that its failure comes
+    -- back as it is: "STS: invalid_grant: ...", not inside an IAM error.
+    local tok, _, serr = self._sts:token()
+    if not tok then return nil, serr end
+    local e, err = self._impersonated:fetch_token()
+    if e then return e end
+    err = errors.of(err)
+    local wrapped = errors.new(MODULE, "impersonation", tostring(err.message), err)
+    wrapped.module, wrapped.step, wrapped.cause = MODULE, "impersonation", err
+    return nil, wrapped
+  end
+  local http, terr = oauth.transport(self._shared, MODULE)
+  if not http then return nil, terr end
+  local subject, _, serr = self:subject_token()
+  if not subject then return nil, serr end
+  return retry.call(function(_, remaining)
+    return sts_once(self, http, subject, remaining)
+  end, self._retry)
+end
+
+--- Same as `token()` but in the public error shape: `nil, msg, err`.
+function _M:token()
+  local tok, exp = credentials.base.token(self)
+  if not tok then return errors.ret(errors.of(exp)) end
+  return tok, exp
+end
+
+--- Authorise a request (see `gauth.credentials`): `nil, msg, err` on failure.
+function _M:apply(headers)
+  if headers ~= nil and type(headers) ~= "table" then
+    error("gauth.external_account: apply: headers must be a table", 2)
+  end
+  local tok, msg, err = self:token()
+  if not tok then return nil, msg, err end
+  return credentials.base.apply(self, headers)
+end
+
+function _M:cache_key_parts()
+  local s = self.credential_source
+  return {
+    audience = self.audience, subject_token_type = self.subject_token_type,
+    token_url = self.token_url, source = describe_source(s),
+    headers = s.headers, format = s.format,
+    impersonation = self.service_account_impersonation_url or nil,
+    lifetime = self.service_account_impersonation_url and self.lifetime or nil,
+    client_id = self.client_id, user_project = self.workforce_pool_user_project,
+    scopes = credentials.sorted(self.scopes),
+  }
+end
+
+--- False: the STS exchange asks for cloud-platform when no scopes are given.
+function _M:requires_scopes()  -- luacheck: no unused args
+  return false
+end
+
+function _M:describe()
+  local parts = { "audience " .. self.audience, describe_source(self.credential_source) }
+  if self.service_account_email then parts[#parts + 1] = "as " .. self.service_account_email end
+  credentials.describe_scopes(parts, self.scopes)
+  return concat(parts, ", ")
+end
+
+--- A copy asking for other scopes (nil: cloud-platform).
+function _M:with_scopes(scopes)
+  local o = self:copy()
+  o.scopes = credentials.normalise_scopes(scopes, MODULE)
+  if o._impersonated then
+    o._impersonated = o._impersonated:with_scopes(o.scopes or { _M.CLOUD_PLATFORM })
+  end
+  return o
+end
+
+--- The project id: `GOOGLE_CLOUD_PROJECT` is the caller's business (ADC);
+-- here, what the configuration knows without the network: none (a
+-- project number is in `project_number`). Returns nil.
+function _M:get_project_id()  -- luacheck: no unused args
+  return nil
+end
+
+return _M

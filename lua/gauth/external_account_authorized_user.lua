@@ -1,0 +1,270 @@
+--- Workforce identity federation for people: a refresh token of a
+-- workforce pool's user (what `gcloud auth application-default login
+-- --login-config=...` writes, `"type": "external_account_authorized_user"`),
+-- traded at STS's `oauthtoken` endpoint for access tokens with the client's
+-- id and secret in HTTP Basic authentication.
+--
+--     local eau = require "gauth.external_account_authorized_user"
+--     local creds = assert(eau.from_file(path))
+--
+-- Fields read: `audience`, `client_id`, `client_secret`, `refresh_token`
+-- (required), `token_url` (default `https://sts.<universe_domain>/v1/oauthtoken`),
+-- `token_info_url`, `revoke_url`, `quota_project_id`, `universe_domain`.
+-- The refresh token and the client secret go only to those URLs (https, or
+-- http to a loopback host) and never into an error or `tostring`.
+--
+-- Errors: `nil, msg, err`, module "external_account_authorized_user";
+-- steps "key file" (`field`), "token request", "token response" (`status`,
+-- `error`, `error_description`, `retryable`), "revoke", "token info".
+-- @module gauth.external_account_authorized_user
+
+local credentials = require "gauth.credentials"
+local oauth = require "gauth.oauth"
+local errors = require "gauth.errors"
+local retry = require "gauth.retry"
+local util = require "gauth.util"
+local core = require "gauth.core"
+local cjson = require "cjson.safe"
+
+local type = type
+local ipairs = ipairs
+local error = error
+local tostring = tostring
+local setmetatable = setmetatable
+local gsub = string.gsub
+local find = string.find
+
+local MODULE = "external_account_authorized_user"
+local _M = credentials.extend({ _VERSION = "0.1.0", kind = MODULE })
+local mt = credentials.metatable(_M)
+
+_M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/oauthtoken"
+_M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
+_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
+             jitter = true, deadline = 60 }
+_M.MAX_RESPONSE = 256 * 1024
+
+local function key_error(source, field, message)
+  return credentials.key_error(MODULE, source, field, message)
+end
+
+local function parse(info, source)
+  if info.type ~= MODULE then
+    return nil, credentials.key_type_error(MODULE, source, info.type, MODULE)
+  end
+  local c = {}
+  for _, f in ipairs({ "client_id", "client_secret", "refresh_token" }) do
+    local v, err = credentials.key_field(MODULE, info, source, f, true)
+    if not v then return nil, err end
+    c[f] = v
+  end
+  for _, f in ipairs({ "audience", "token_url", "token_info_url", "revoke_url",
+                       "quota_project_id", "universe_domain" }) do
+    local v, err = credentials.key_field(MODULE, info, source, f, false)
+    if v == nil then return nil, err end
+    c[f] = v or nil
+  end
+  c.universe_domain = c.universe_domain or _M.DEFAULT_UNIVERSE_DOMAIN
+  if not find(c.universe_domain, "^[%w.-]+$") then
+    return nil, key_error(source, "universe_domain", "is not a domain name")
+  end
+  c.token_url = c.token_url or gsub(_M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)
+  for _, f in ipairs({ "token_url", "token_info_url", "revoke_url" }) do
+    if c[f] then
+      local ok, err = oauth.check_url(c[f], MODULE, "key file", "a refresh token")
+      if not ok then return nil, key_error(source, f, err.message) end
+    end
+  end
+  return c
+end
+
+local function build(c, source, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("gauth." .. MODULE .. ": opts must be a table", 3)
+  end
+  opts = opts or {}
+  credentials.check_opts(opts, MODULE, 4, "http", "ca_file", "timeout")
+  local policy = retry.policy(_M.RETRY, opts.retry)
+  if not policy then error("gauth." .. MODULE .. ": retry must be a table or false", 3) end
+  local self = setmetatable({
+    audience = c.audience, client_id = c.client_id, token_url = c.token_url,
+    token_info_url = c.token_info_url, revoke_url = c.revoke_url,
+    universe_domain = c.universe_domain, file = source,
+    _account = core.b64url_encode(core.sha256(c.client_id .. "\0" .. c.refresh_token)),
+    _retry = policy, _timeout = opts.timeout,
+    _shared = { client_secret = c.client_secret, refresh_token = c.refresh_token,
+                http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+  }, mt)
+  credentials.init(self, { cache = opts.cache, now = opts.now, shared_dict = opts.shared_dict,
+                           quota_project = opts.quota_project or c.quota_project_id })
+  return self
+end
+
+--- Credentials from a decoded `external_account_authorized_user` file, or
+-- its JSON text.
+-- @param info table or JSON string
+-- @tparam[opt] table opts `quota_project`, `http`, `ca_file`, `timeout`,
+--   `retry`, `cache`, `shared_dict`, `now`
+-- @return credentials | nil, msg, err
+function _M.from_info(info, opts)
+  local source = "external account authorized user info"
+  local err
+  info, err = credentials.decode_info(MODULE, info, source)
+  if not info then return errors.ret(err) end
+  local c
+  c, err = parse(info, source)
+  if not c then return errors.ret(err) end
+  return build(c, source, opts)
+end
+
+--- Credentials from an `external_account_authorized_user` file.
+-- @tparam string path
+-- @tparam[opt] table opts as for `from_info`
+-- @return credentials | nil, msg, err
+function _M.from_file(path, opts)
+  if type(path) ~= "string" then
+    error("gauth." .. MODULE .. ": from_file: path must be a string", 2)
+  end
+  local info, err = credentials.read_key_file(MODULE, path)
+  if not info then return errors.ret(err) end
+  local c
+  c, err = parse(info, path)
+  if not c then return errors.ret(err) end
+  return build(c, path, opts)
+end
+
+local function basic(self)
+  return "Basic " .. core.b64_encode(self.client_id .. ":" .. self._shared.client_secret)
+end
+
+local function post_form(self, http, url, form, timeout)
+  return oauth.post(http, MODULE, url, {
+    ["content-type"] = "application/x-www-form-urlencoded", accept = "application/json",
+    authorization = basic(self),
+  }, util.form_encode(form), timeout, _M.MAX_RESPONSE)
+end
+
+local function refresh_once(self, http, remaining)
+  local uri = self.token_url
+  local timeout, terr = oauth.attempt_timeout(self, http, remaining, MODULE, uri)
+  if terr then return nil, terr end
+  local res, err = post_form(self, http, uri, {
+    { "grant_type", "refresh_token" },
+    { "refresh_token", self._shared.refresh_token },
+  }, timeout)
+  if not res then return nil, err end
+  local now = self._clock()
+  if res.status ~= 200 then
+    local fields = oauth.refusal(res, now, uri)
+    return nil, errors.new(MODULE, "token response", oauth.refusal_message("refresh", fields), fields)
+  end
+  local data
+  data, err = oauth.decode(res, MODULE, uri)
+  if not data then return nil, err end
+  local entry
+  entry, err = oauth.access_entry(data, now, MODULE, uri)
+  if not entry then return nil, err end
+  if type(data.refresh_token) == "string" and data.refresh_token ~= "" then
+    self._shared.refresh_token = data.refresh_token
+  end
+  return entry
+end
+
+--- Get a new access token with the refresh token (used by `token()`).
+-- @return entry | nil, err
+function _M:fetch_token()
+  local http, terr = oauth.transport(self._shared, MODULE)
+  if not http then return nil, terr end
+  return retry.call(function(_, remaining)
+    return refresh_once(self, http, remaining)
+  end, self._retry)
+end
+
+--- A valid access token (cached): `nil, msg, err` on failure.
+function _M:token()
+  local tok, exp = credentials.base.token(self)
+  if not tok then return errors.ret(errors.of(exp)) end
+  return tok, exp
+end
+
+--- Authorise a request: `nil, msg, err` on failure.
+function _M:apply(headers)
+  if headers ~= nil and type(headers) ~= "table" then
+    error("gauth." .. MODULE .. ": apply: headers must be a table", 2)
+  end
+  local tok, msg, err = self:token()
+  if not tok then return nil, msg, err end
+  return credentials.base.apply(self, headers)
+end
+
+local function one_call(self, step, url, token)
+  if not url then
+    return errors.fail(MODULE, step, "the file has no " .. (step == "revoke" and "revoke_url" or "token_info_url"))
+  end
+  local http, terr = oauth.transport(self._shared, MODULE)
+  if not http then return errors.ret(terr) end
+  local res, err = post_form(self, http, url, { { "token", token } }, self._timeout)
+  if not res then
+    local e = errors.of(err)
+    e.step = step
+    return errors.ret(e)
+  end
+  if res.status ~= 200 then
+    local fields = oauth.refusal(res, self._clock(), url)
+    local msg = "HTTP " .. tostring(res.status)
+    if fields.error then
+      msg = fields.error .. (fields.error_description and (": " .. fields.error_description) or "")
+    end
+    return errors.fail(MODULE, step, msg, fields)
+  end
+  return res
+end
+
+--- Revoke the refresh token (or `token`) at `revoke_url`; the cached
+-- access token is dropped.
+-- @tparam[opt] string token default the refresh token
+-- @return true | nil, msg, err
+function _M:revoke(token)
+  if token ~= nil and type(token) ~= "string" then
+    error("gauth." .. MODULE .. ": revoke: token must be a string", 2)
+  end
+  local res, msg, err = one_call(self, "revoke", self.revoke_url, token or self._shared.refresh_token)
+  if not res then return nil, msg, err end
+  self:invalidate()
+  return true
+end
+
+--- What STS says of a token (RFC 7662 introspection at `token_info_url`).
+-- @tparam[opt] string token default the current access token
+-- @return the decoded answer (`active`, `exp`, `username`, ...) | nil, msg, err
+function _M:token_info(token)
+  if token == nil then
+    local tok, msg, err = self:token()
+    if not tok then return nil, msg, err end
+    token = tok
+  elseif type(token) ~= "string" then
+    error("gauth." .. MODULE .. ": token_info: token must be a string", 2)
+  end
+  local res, msg, err = one_call(self, "token info", self.token_info_url, token)
+  if not res then return nil, msg, err end
+  local data = cjson.decode(res.body)
+  if type(data) ~= "table" then
+    return errors.fail(MODULE, "token info", "the answer is not a JSON object", { status = 200 })
+  end
+  return data
+end
+
+function _M:cache_key_parts()
+  return { account = self._account, token_url = self.token_url }
+end
+
+--- False: the refresh token carries the scopes the user consented to.
+function _M:requires_scopes()  -- luacheck: no unused args
+  return false
+end
+
+function _M:describe()
+  return "client " .. self.client_id .. (self.audience and (", audience " .. self.audience) or "")
+end
+
+return _M
