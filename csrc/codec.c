@@ -72,39 +72,36 @@ static int decode_char(unsigned char c, int url)
 
 /* Strict decoding: only the alphabet, no white space, and for base64url no
  * padding; the unused low bits of the last character must be zero so that
- * every byte string has exactly one encoding. */
-static int b64_decode(lua_State *L, int url)
+ * every byte string has exactly one encoding. Checks everything before it
+ * pushes, so a refusal leaves the stack untouched. */
+static const char *b64_check(const unsigned char *s, size_t n, int url,
+                             char *msg, size_t cap)
 {
-    size_t n, i, full;
-    const unsigned char *s =
-        (const unsigned char *)luaL_checklstring(L, 1, &n);
-    const char *what = url ? "base64url decode" : "base64 decode";
-    luaL_Buffer b;
-    char out[3];
-
-    if (!url) {
-        if (n % 4 != 0)
-            return gauth_error(L, what, "length is not a multiple of 4");
-        if (n > 0 && s[n - 1] == '=') n--;
-        if (n > 0 && s[n - 1] == '=') n--;
-    }
+    size_t i;
     for (i = 0; i < n; i++) {
         if (decode_char(s[i], url) < 0) {
-            char msg[64];
-            snprintf(msg, sizeof msg, "invalid character at offset %u",
-                     (unsigned)i);
-            return gauth_error(L, what, msg);
+            snprintf(msg, cap, "invalid character at offset %u", (unsigned)i);
+            return msg;
         }
     }
     if (n % 4 == 1)
-        return gauth_error(L, what, "truncated input");
+        return "truncated input";
     if (n % 4 == 2 && (decode_char(s[n - 1], url) & 15) != 0)
-        return gauth_error(L, what, "non-zero trailing bits");
+        return "non-zero trailing bits";
     if (n % 4 == 3 && (decode_char(s[n - 1], url) & 3) != 0)
-        return gauth_error(L, what, "non-zero trailing bits");
+        return "non-zero trailing bits";
+    return NULL;
+}
+
+/* Decodes checked text into a luaL_Buffer (no C memory held if Lua raises
+ * for want of memory). */
+static void b64_push(lua_State *L, const unsigned char *s, size_t n, int url)
+{
+    luaL_Buffer b;
+    char out[3];
+    size_t i, full = n - n % 4;
 
     luaL_buffinit(L, &b);
-    full = n - n % 4;
     for (i = 0; i < full; i += 4) {
         unsigned v = (unsigned)decode_char(s[i], url) << 18 |
                      (unsigned)decode_char(s[i + 1], url) << 12 |
@@ -125,6 +122,67 @@ static int b64_decode(lua_State *L, int url)
         luaL_addlstring(&b, out, n % 4 == 3 ? 2 : 1);
     }
     luaL_pushresult(&b);
+}
+
+const char *gauth_b64url_push(lua_State *L, const char *s, size_t n,
+                              char *msg, size_t cap)
+{
+    const char *why = b64_check((const unsigned char *)s, n, 1, msg, cap);
+    if (why == NULL)
+        b64_push(L, (const unsigned char *)s, n, 1);
+    return why;
+}
+
+size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
+                       size_t cap)
+{
+    char msg[8];
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i, o = 0, full = n - n % 4;
+
+    if (b64_check(u, n, 1, msg, sizeof msg) != NULL ||
+        (n / 4) * 3 + (n % 4 ? n % 4 - 1 : 0) > cap)
+        return (size_t)-1;
+    for (i = 0; i < full; i += 4) {
+        unsigned v = (unsigned)decode_char(u[i], 1) << 18 |
+                     (unsigned)decode_char(u[i + 1], 1) << 12 |
+                     (unsigned)decode_char(u[i + 2], 1) << 6 |
+                     (unsigned)decode_char(u[i + 3], 1);
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8 & 255);
+        out[o++] = (unsigned char)(v & 255);
+    }
+    if (n % 4 >= 2) {
+        unsigned v = (unsigned)decode_char(u[i], 1) << 18 |
+                     (unsigned)decode_char(u[i + 1], 1) << 12;
+        if (n % 4 == 3)
+            v |= (unsigned)decode_char(u[i + 2], 1) << 6;
+        out[o++] = (unsigned char)(v >> 16);
+        if (n % 4 == 3)
+            out[o++] = (unsigned char)(v >> 8 & 255);
+    }
+    return o;
+}
+
+static int b64_decode(lua_State *L, int url)
+{
+    size_t n;
+    const unsigned char *s =
+        (const unsigned char *)luaL_checklstring(L, 1, &n);
+    const char *what = url ? "base64url decode" : "base64 decode";
+    const char *why;
+    char msg[64];
+
+    if (!url) {
+        if (n % 4 != 0)
+            return gauth_error(L, what, "length is not a multiple of 4");
+        if (n > 0 && s[n - 1] == '=') n--;
+        if (n > 0 && s[n - 1] == '=') n--;
+    }
+    why = b64_check(s, n, url, msg, sizeof msg);
+    if (why != NULL)
+        return gauth_error(L, what, why);
+    b64_push(L, s, n, url);
     return 1;
 }
 
@@ -332,11 +390,95 @@ static int l_sleep(lua_State *L)
     return 0;
 }
 
+/* Bounds of jws_split: Google's ID tokens are 1-2 KiB; anything far
+ * larger is refused before any decoding, so garbage costs one length
+ * check. */
+#define JWS_MAX_TOKEN 65536
+#define JWS_MAX_HEADER 4096
+#define JWS_MAX_SIG 1400 /* base64url of 1024 bytes: an 8192-bit RSA sig */
+
+static int jws_malformed(lua_State *L, char *msg)
+{
+    return gauth_error(L, "jws", msg);
+}
+
+static int jws_segment(lua_State *L, const char *s, size_t n,
+                       const char *what, char *msg, size_t cap)
+{
+    char why[64];
+    const char *w = gauth_b64url_push(L, s, n, why, sizeof why);
+    if (w != NULL) {
+        snprintf(msg, cap, "malformed: bad base64url in %s (%s)", what, w);
+        return 0;
+    }
+    return 1;
+}
+
+/***
+ * Split a compact JWS (`header.payload.signature`) and decode its segments,
+ * with bounded work: at most 64 KiB of token, 4 KiB of header, and a
+ * signature no longer than an 8192-bit RSA one.
+ * @function jws_split
+ * @tparam string token
+ * @return header JSON text, payload JSON text, signature bytes, and the
+ * length of the signed part (`header.payload`); or nil and a message that
+ * starts with "malformed: " and never quotes the token
+ */
+static int l_jws_split(lua_State *L)
+{
+    size_t n, i, dots = 0, d1 = 0, d2 = 0;
+    const char *t = luaL_checklstring(L, 1, &n);
+    char msg[160];
+
+    if (n > JWS_MAX_TOKEN) {
+        snprintf(msg, sizeof msg, "malformed: token of %lu bytes (limit %d)",
+                 (unsigned long)n, JWS_MAX_TOKEN);
+        return jws_malformed(L, msg);
+    }
+    for (i = 0; i < n; i++) {
+        if (t[i] == '.') {
+            if (dots == 0) d1 = i;
+            else if (dots == 1) d2 = i;
+            dots++;
+        }
+    }
+    if (dots != 2) {
+        snprintf(msg, sizeof msg, "malformed: %lu segment%s (a JWS has 3)",
+                 (unsigned long)(dots + 1), dots == 0 ? "" : "s");
+        return jws_malformed(L, msg);
+    }
+    if (d1 > JWS_MAX_HEADER) {
+        snprintf(msg, sizeof msg, "malformed: header of %lu bytes (limit %d)",
+                 (unsigned long)d1, JWS_MAX_HEADER);
+        return jws_malformed(L, msg);
+    }
+    if (n - d2 - 1 > JWS_MAX_SIG) {
+        snprintf(msg, sizeof msg,
+                 "malformed: signature of %lu bytes (limit %d)",
+                 (unsigned long)(n - d2 - 1), JWS_MAX_SIG);
+        return jws_malformed(L, msg);
+    }
+    if (!jws_segment(L, t, d1, "header", msg, sizeof msg))
+        return jws_malformed(L, msg);
+    if (!jws_segment(L, t + d1 + 1, d2 - d1 - 1, "payload", msg, sizeof msg)) {
+        lua_pop(L, 1);
+        return jws_malformed(L, msg);
+    }
+    if (!jws_segment(L, t + d2 + 1, n - d2 - 1, "signature", msg,
+                     sizeof msg)) {
+        lua_pop(L, 2);
+        return jws_malformed(L, msg);
+    }
+    lua_pushinteger(L, (lua_Integer)d2);
+    return 4;
+}
+
 static const luaL_Reg codec_funcs[] = {
     {"b64url_encode", l_b64url_encode},
     {"b64url_decode", l_b64url_decode},
     {"b64_encode", l_b64_encode},
     {"b64_decode", l_b64_decode},
+    {"jws_split", l_jws_split},
     {"sha256", l_sha256},
     {"sha256_hex", l_sha256_hex},
     {"hmac_sha256", l_hmac_sha256},

@@ -26,6 +26,16 @@ void gauth_http_open(lua_State *L);
  * holds nothing. Returns 2 for `return gauth_ssl_error(...)`. */
 int gauth_ssl_error(lua_State *L, const char *step, const char *fallback);
 
+/* Strict base64url (no padding, zero trailing bits). gauth_b64url_push
+ * pushes the decoded bytes and returns NULL, or pushes nothing and returns
+ * why not (a static string or `msg`). gauth_b64url_to decodes into `out`
+ * and returns the length, or (size_t)-1 when the text is not base64url or
+ * does not fit in `cap`. */
+const char *gauth_b64url_push(lua_State *L, const char *s, size_t n,
+                              char *msg, size_t cap);
+size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
+                       size_t cap);
+
 /* Pushes nil and "gauth.core: <step>: <detail>". Returns 2. */
 int gauth_error(lua_State *L, const char *step, const char *detail);
 

@@ -38,6 +38,9 @@ typedef struct {
      * signature (provider fetches, key checks) costs a few percent of an
      * RSA-2048 signature; this is how `openssl speed` signs too. */
     EVP_PKEY_CTX *sign_ctx;
+    /* The same for verification: a verifier checks every request's token
+     * against a handful of keys, so the context is made once per key. */
+    EVP_PKEY_CTX *verify_ctx;
     int is_private;
     int kind; /* KIND_RSA or KIND_EC */
 } gauth_key;
@@ -276,6 +279,153 @@ static int l_load_public_der(lua_State *L)
     return push_key(L, k, pkey, 0, "load public key");
 }
 
+/* DER, just enough to wrap JWK numbers into a SubjectPublicKeyInfo. Each
+ * put_* writes at `p` and returns the bytes written; callers size the
+ * buffer for the largest input they accept. */
+static size_t der_len_size(size_t n)
+{
+    return n < 128 ? 1 : n < 256 ? 2 : 3;
+}
+
+static size_t put_header(unsigned char *p, int tag, size_t n)
+{
+    p[0] = (unsigned char)tag;
+    if (n < 128) {
+        p[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n < 256) {
+        p[1] = 0x81;
+        p[2] = (unsigned char)n;
+        return 3;
+    }
+    p[1] = 0x82;
+    p[2] = (unsigned char)(n >> 8);
+    p[3] = (unsigned char)(n & 255);
+    return 4;
+}
+
+/* An unsigned big-endian number as a DER INTEGER (leading zeros dropped, a
+ * zero byte added when the top bit is set). `n` > 0. */
+static size_t put_uint(unsigned char *p, const unsigned char *v, size_t n)
+{
+    size_t body, h;
+    while (n > 1 && v[0] == 0) {
+        v++;
+        n--;
+    }
+    body = n + (v[0] & 0x80 ? 1 : 0);
+    h = put_header(p, 0x02, body);
+    if (v[0] & 0x80)
+        p[h++] = 0;
+    memcpy(p + h, v, n);
+    return h + n;
+}
+
+static size_t uint_size(const unsigned char *v, size_t n)
+{
+    size_t body;
+    while (n > 1 && v[0] == 0) {
+        v++;
+        n--;
+    }
+    body = n + (v[0] & 0x80 ? 1 : 0);
+    return 1 + der_len_size(body) + body;
+}
+
+static const unsigned char RSA_ALG_ID[] = {
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01,
+    0x01, 0x05, 0x00
+};
+
+#define JWK_MAX_N (MAX_RSA_BITS / 8)
+#define JWK_MAX_E 16
+
+/* SubjectPublicKeyInfo of an RSA key from its modulus and exponent. */
+static size_t rsa_spki(unsigned char *out, const unsigned char *n, size_t nn,
+                       const unsigned char *e, size_t ne)
+{
+    size_t seq = uint_size(n, nn) + uint_size(e, ne);
+    size_t bits = 1 + 1 + der_len_size(seq) + seq;
+    size_t body = sizeof RSA_ALG_ID + 1 + der_len_size(bits) + bits;
+    size_t o = put_header(out, 0x30, body);
+    memcpy(out + o, RSA_ALG_ID, sizeof RSA_ALG_ID);
+    o += sizeof RSA_ALG_ID;
+    o += put_header(out + o, 0x03, bits);
+    out[o++] = 0; /* no unused bits */
+    o += put_header(out + o, 0x30, seq);
+    o += put_uint(out + o, n, nn);
+    o += put_uint(out + o, e, ne);
+    return o;
+}
+
+/***
+ * Load a public key from JWK parameters (RFC 7518 section 6), each given
+ * as its base64url text: `("RSA", n, e)` or `("EC", x, y, crv)` with `crv`
+ * "P-256". The key must pass the same checks as a PEM one.
+ * @function load_jwk
+ * @tparam string kty "RSA" or "EC"
+ * @tparam string a `n` or `x`
+ * @tparam string b `e` or `y`
+ * @tparam[opt] string crv for EC: "P-256"
+ * @return a `gauth.Key`, or nil and an error message
+ */
+static int l_load_jwk(lua_State *L)
+{
+    const char *kty = luaL_checkstring(L, 1);
+    size_t na, nb, la, lb, len;
+    const char *a = luaL_checklstring(L, 2, &na);
+    const char *b = luaL_checklstring(L, 3, &nb);
+    const char *crv = luaL_optstring(L, 4, NULL);
+    const char *step = "load jwk";
+    unsigned char pa[JWK_MAX_N], pb[JWK_MAX_N];
+    unsigned char spki[JWK_MAX_N + JWK_MAX_E + 64];
+    const unsigned char *p = spki;
+    gauth_key *k;
+    EVP_PKEY *pkey;
+
+    if (strcmp(kty, "RSA") == 0) {
+        la = gauth_b64url_to(a, na, pa, JWK_MAX_N);
+        if (la == (size_t)-1 || la == 0)
+            return gauth_error(L, step, "n is not base64url of at most "
+                                        "1024 bytes");
+        lb = gauth_b64url_to(b, nb, pb, JWK_MAX_E);
+        if (lb == (size_t)-1 || lb == 0)
+            return gauth_error(L, step, "e is not base64url of at most "
+                                        "16 bytes");
+        len = rsa_spki(spki, pa, la, pb, lb);
+    } else if (strcmp(kty, "EC") == 0) {
+        if (crv == NULL || strcmp(crv, "P-256") != 0)
+            return gauth_error(L, step, "EC key is not on curve P-256 "
+                                        "(ES256 needs P-256)");
+        la = gauth_b64url_to(a, na, pa, 32);
+        lb = gauth_b64url_to(b, nb, pb, 32);
+        if (la != 32 || lb != 32)
+            return gauth_error(L, step, "x and y must be base64url of 32 "
+                                        "bytes each");
+        memcpy(spki, P256_SPKI_PREFIX, sizeof P256_SPKI_PREFIX);
+        len = sizeof P256_SPKI_PREFIX;
+        spki[len++] = 4; /* uncompressed point */
+        memcpy(spki + len, pa, 32);
+        memcpy(spki + len + 32, pb, 32);
+        len += 64;
+    } else {
+        return gauth_error(L, step, "unsupported kty (RSA or EC)");
+    }
+    k = key_new(L);
+    ERR_clear_error();
+    pkey = d2i_PUBKEY(NULL, &p, (long)len);
+    if (pkey == NULL) {
+        /* OpenSSL only says "decode error" here; say what it means. */
+        ERR_clear_error();
+        return gauth_error(L, step, kty[0] == 'E'
+            ? "not a valid public key (the point is not on P-256)"
+            : "not a valid public key");
+    }
+    ERR_clear_error();
+    return push_key(L, k, pkey, 0, step);
+}
+
 static int alg_kind(const char *alg)
 {
     if (strcmp(alg, "RS256") == 0) return KIND_RSA;
@@ -386,6 +536,8 @@ static int l_key_sign(lua_State *L)
  * @tparam string alg
  * @tparam string data
  * @tparam string signature
+ * @tparam[opt] integer len verify only the first `len` bytes of `data`
+ * (the signed part of a token, without copying it out)
  * @return true or false; nil and an error message when the algorithm does
  * not fit the key
  */
@@ -397,10 +549,14 @@ static int l_key_verify(lua_State *L)
     const char *data = luaL_checklstring(L, 3, &n);
     const unsigned char *sig =
         (const unsigned char *)luaL_checklstring(L, 4, &slen);
+    lua_Integer len = luaL_optinteger(L, 5, (lua_Integer)n);
     unsigned char der[ES256_SIG_BYTES + 16];
-    EVP_MD_CTX *ctx;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
     int kind = alg_kind(alg), rc;
 
+    luaL_argcheck(L, len >= 0 && (size_t)len <= n, 5,
+                  "length outside the data");
     if (kind == 0)
         return gauth_error(L, "verify", "unsupported algorithm (RS256, ES256)");
     if (kind != k->kind)
@@ -416,15 +572,27 @@ static int l_key_verify(lua_State *L)
             return gauth_ssl_error(L, "verify", "cannot encode signature");
         sig = der;
         slen = (size_t)dlen;
+    } else if (slen != (size_t)EVP_PKEY_size(k->pkey)) {
+        /* PKCS#1 v1.5 signatures are exactly the modulus' length. */
+        lua_pushboolean(L, 0);
+        return 1;
     }
     ERR_clear_error();
-    ctx = EVP_MD_CTX_new();
-    if (ctx == NULL)
-        return gauth_ssl_error(L, "verify", "out of memory");
-    rc = EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, k->pkey);
-    if (rc == 1)
-        rc = EVP_DigestVerify(ctx, sig, slen, (const unsigned char *)data, n);
-    EVP_MD_CTX_free(ctx);
+    if (k->verify_ctx == NULL) {
+        EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new(k->pkey, NULL);
+        if (pctx == NULL || EVP_PKEY_verify_init(pctx) != 1 ||
+            (kind == KIND_RSA &&
+             EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1) ||
+            EVP_PKEY_CTX_set_signature_md(pctx, EVP_sha256()) != 1) {
+            EVP_PKEY_CTX_free(pctx);
+            return gauth_ssl_error(L, "verify",
+                                   "cannot make a verification context");
+        }
+        k->verify_ctx = pctx;
+    }
+    if (EVP_Digest(data, (size_t)len, md, &mdlen, EVP_sha256(), NULL) != 1)
+        return gauth_ssl_error(L, "verify", "digest failed");
+    rc = EVP_PKEY_verify(k->verify_ctx, sig, slen, md, mdlen);
     /* A bad signature is an answer, not an error: drop OpenSSL's notes. */
     ERR_clear_error();
     lua_pushboolean(L, rc == 1);
@@ -504,6 +672,10 @@ static int l_key_close(lua_State *L)
         EVP_PKEY_CTX_free(k->sign_ctx);
         k->sign_ctx = NULL;
     }
+    if (k->verify_ctx != NULL) {
+        EVP_PKEY_CTX_free(k->verify_ctx);
+        k->verify_ctx = NULL;
+    }
     if (k->pkey != NULL) {
         EVP_PKEY_free(k->pkey);
         k->pkey = NULL;
@@ -551,6 +723,7 @@ static const luaL_Reg pkey_funcs[] = {
     {"load_private_key", l_load_private_key},
     {"load_public_key", l_load_public_key},
     {"load_public_der", l_load_public_der},
+    {"load_jwk", l_load_jwk},
     {"is_key", l_is_key},
     {NULL, NULL}
 };

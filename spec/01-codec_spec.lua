@@ -171,3 +171,40 @@ for h in json.load(open(sys.argv[1])):
     assert.has_error(function() core.sleep("x") end, "bad argument #1 to 'sleep' (number expected, got string)")
   end)
 end)
+
+describe("gauth.core.jws_split", function()
+  local enc = core.b64url_encode
+
+  it("splits a compact JWS into decoded segments and the signed length", function()
+    local t = enc('{"alg":"RS256"}') .. "." .. enc('{"a":1}') .. "." .. enc("\0sig\255")
+    local h, p, s, n = core.jws_split(t)
+    assert.are.equal('{"alg":"RS256"}', h)
+    assert.are.equal('{"a":1}', p)
+    assert.are.equal("\0sig\255", s)
+    assert.are.equal(#enc('{"alg":"RS256"}') + 1 + #enc('{"a":1}'), n)
+    local _, _, s2 = core.jws_split(enc("{}") .. "." .. enc("{}") .. ".")
+    assert.are.equal("", s2)
+  end)
+
+  it("names what is malformed and never quotes the token", function()
+    local secret = "c2VjcmV0c2VjcmV0"
+    local cases = {
+      { secret, "malformed: 1 segment %(a JWS has 3%)" },
+      { secret .. "." .. secret, "malformed: 2 segments" },
+      { "a.b.c.d", "malformed: 4 segments" },
+      { secret .. "!.e30.e30", "malformed: bad base64url in header %(invalid character at offset 16%)" },
+      { "e30.e3\0.e30", "malformed: bad base64url in payload" },
+      { "e30.e30.A", "malformed: bad base64url in signature %(truncated input%)" },
+      { ("A"):rep(5000) .. ".e30.e30", "malformed: header of 5000 bytes %(limit 4096%)" },
+      { "e30.e30." .. ("A"):rep(2000), "malformed: signature of 2000 bytes" },
+      { "e30." .. ("A"):rep(1024 * 1024) .. ".e30", "malformed: token of 1048584 bytes %(limit 65536%)" },
+    }
+    for _, c in ipairs(cases) do
+      local h, err = core.jws_split(c[1])
+      assert.is_nil(h)
+      assert.matches("^gauth.core: jws: " .. c[2], err)
+      assert.is_nil(err:find(secret, 1, true))
+    end
+    assert.has_error(function() core.jws_split(nil) end)
+  end)
+end)

@@ -282,3 +282,86 @@ describe("gauth.core keys", function()
     assert.are.equal(read(dir .. "/ec_pub.pem"), pem)
   end)
 end)
+
+-- JWK parameters -> keys, judged by PyJWT's own JWK export and the openssl
+-- CLI's signatures.
+describe("gauth.core.load_jwk", function()
+  local rsa, ec, rsa_jwk, ec_jwk
+  local function jwk_of(pub_path)
+    local ok, out = helpers.sh("/usr/bin/python3 -c " .. helpers.shell_quote([[
+import sys, json
+from jwt.algorithms import RSAAlgorithm, ECAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+k = serialization.load_pem_public_key(open(sys.argv[1], 'rb').read())
+alg = ECAlgorithm if isinstance(k, ec.EllipticCurvePublicKey) else RSAAlgorithm
+print(alg.to_jwk(k))]]) .. " " .. helpers.shell_quote(pub_path))
+    assert(ok, out)
+    return assert(helpers.json_decode(out))
+  end
+  lazy_setup(function()
+    rsa = helpers.make_rsa_key()
+    ec = helpers.make_ec_key()
+    rsa_jwk, ec_jwk = jwk_of(rsa.public_path), jwk_of(ec.public_path)
+  end)
+
+  local function openssl_sig(key, data)
+    local input = helpers.tmpname("data")
+    helpers.write_file(input, data)
+    local sig = helpers.tmpname("sig")
+    helpers.sh("openssl dgst -sha256 -sign " .. helpers.shell_quote(key.path)
+      .. " -out " .. sig .. " " .. input)
+    return assert(helpers.read_file(sig))
+  end
+
+  it("loads RSA n/e and verifies an openssl RS256 signature", function()
+    local k = assert(core.load_jwk("RSA", rsa_jwk.n, rsa_jwk.e))
+    assert.are.equal("RSA", k:type())
+    assert.are.equal(2048, k:bits())
+    assert.is_false(k:is_private())
+    assert.are.equal(core.load_public_key(rsa.public_pem):public_pem(), k:public_pem())
+    local sig = openssl_sig(rsa, "signed part")
+    assert.is_true(k:verify("RS256", "signed part", sig))
+    assert.is_false(k:verify("RS256", "signed parT", sig))
+    -- a prefix of the data, as id_token passes the token itself
+    assert.is_true(k:verify("RS256", "signed part.sig", sig, #"signed part"))
+    assert.is_false(k:verify("RS256", "signed part.sig", sig, #"signed par"))
+    assert.has_error(function() k:verify("RS256", "x", sig, 2) end)
+  end)
+
+  it("loads EC P-256 x/y and verifies a JOSE ES256 signature", function()
+    local k = assert(core.load_jwk("EC", ec_jwk.x, ec_jwk.y, "P-256"))
+    assert.are.equal("EC", k:type())
+    assert.are.equal(core.load_public_key(ec.public_pem):public_pem(), k:public_pem())
+    -- openssl makes DER; PyJWT's token carries JOSE r||s
+    local token = helpers.pyjwt_encode({ a = 1 }, ec.private_pem)
+    local h, p, s = token:match("^([^.]+)%.([^.]+)%.([^.]+)$")
+    local sig = core.b64url_decode(s)
+    assert.are.equal(64, #sig)
+    assert.is_true(k:verify("ES256", h .. "." .. p, sig))
+    assert.is_false(k:verify("ES256", h .. "." .. p .. "x", sig))
+    local v, err = k:verify("RS256", "x", sig)
+    assert.is_nil(v)
+    assert.matches("algorithm does not match the key type", err)
+  end)
+
+  it("refuses bad parameters with a message, never a key", function()
+    local cases = {
+      { { "RSA", "AQAB", "AQAB" }, "shorter than 2048 bits" },
+      { { "RSA", "!!!", "AQAB" }, "n is not base64url" },
+      { { "RSA", rsa_jwk.n, "" }, "e is not base64url" },
+      { { "RSA", ("A"):rep(2000), "AQAB" }, "n is not base64url of at most 1024 bytes" },
+      { { "EC", ec_jwk.x, ec_jwk.y, "P-384" }, "not on curve P%-256" },
+      { { "EC", ec_jwk.x, ec_jwk.y }, "not on curve P%-256" },
+      { { "EC", ec_jwk.x, ec_jwk.x, "P-256" }, "not a valid public key" },
+      { { "EC", ec_jwk.x, "AAAA", "P-256" }, "x and y must be base64url of 32 bytes" },
+      { { "oct", "AAAA", "AAAA" }, "unsupported kty" },
+    }
+    for _, c in ipairs(cases) do
+      local k, err = core.load_jwk((table.unpack or unpack)(c[1]))
+      assert.is_nil(k)
+      assert.matches("^gauth.core: load jwk: .*" .. c[2], err)
+    end
+    assert.has_error(function() core.load_jwk("RSA", nil, "AQAB") end)
+  end)
+end)

@@ -12,7 +12,7 @@ mkdir -p "$out/keys"
 }
 export GAUTH_FUZZ_KEYS="$(pwd)/$out/keys"
 SRC="csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c"
-for t in pem b64 verify; do
+for t in pem b64 verify jwk jws; do
   bin=$out/fuzz_$t
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -D_POSIX_C_SOURCE=200809L -I/usr/include/lua5.4 -Icsrc \
@@ -21,6 +21,8 @@ for t in pem b64 verify; do
   case $t in
     pem) cp "$out/keys/"*.pem "$out/$t/corpus/" ;;
     b64) printf 'Zm9vYmFy' > "$out/$t/corpus/seed" ;;
+    jwk) printf '\000AQAB.AQAB' > "$out/$t/corpus/seed" ;;
+    jws) printf 'eyJhbGciOiJSUzI1NiJ9.e30.c2ln' > "$out/$t/corpus/seed" ;;
   esac
   echo "== fuzz_$t for ${secs}s"
   ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$secs" -max_len=4096 \

@@ -11,8 +11,6 @@ local type = type
 local pairs = pairs
 local ipairs = ipairs
 local tostring = tostring
-local char = string.char
-local byte = string.byte
 local find = string.find
 local sub = string.sub
 local b64url_encode = core.b64url_encode
@@ -55,62 +53,31 @@ function _M.load_public_key(pem)
   return key
 end
 
--- DER, just enough to wrap JWK numbers into a SubjectPublicKeyInfo.
-local function der_len(n)
-  if n < 128 then return char(n) end
-  if n < 256 then return char(0x81, n) end
-  if n < 65536 then return char(0x82, (n - n % 256) / 256, n % 256) end
-  error("DER too long")
-end
-
-local function der(tag, body)
-  return char(tag) .. der_len(#body) .. body
-end
-
-local function der_uint(bytes)
-  local i = 1
-  while i < #bytes and byte(bytes, i) == 0 do i = i + 1 end
-  bytes = sub(bytes, i)
-  if byte(bytes, 1) >= 0x80 then bytes = "\0" .. bytes end
-  return der(0x02, bytes)
-end
-
-local RSA_ALG_ID = "\48\13\6\9\42\134\72\134\247\13\1\1\1\5\0"
-local P256_PREFIX = "\48\89\48\19\6\7\42\134\72\206\61\2\1\6\8\42\134\72\206"
-                 .. "\61\3\1\7\3\66\0"
-
 --- Turn one JWK (RSA or EC P-256 public key) into a key object.
+-- The parameters are decoded and checked in C (`gauth.core.load_jwk`).
 -- @tparam table jwk
 -- @return a key object, or nil and an error
 function _M.jwk_to_key(jwk)
   if type(jwk) ~= "table" then
     error("gauth.jwt: jwk_to_key: jwk must be a table", 2)
   end
-  local function field(name)
-    local v = jwk[name]
-    if type(v) ~= "string" then return nil end
-    local bytes = b64url_decode(v)
-    if not bytes or bytes == "" then return nil end
-    return bytes
-  end
-  local spki
-  if jwk.kty == "RSA" then
-    local n, e = field("n"), field("e")
-    if not n or not e then return fail("jwk", "RSA JWK needs n and e") end
-    if #n > 1024 then return fail("jwk", "RSA modulus too long") end
-    spki = der(0x30, RSA_ALG_ID ..
-      der(0x03, "\0" .. der(0x30, der_uint(n) .. der_uint(e))))
-  elseif jwk.kty == "EC" then
-    if jwk.crv ~= "P-256" then return fail("jwk", "EC JWK must be on P-256") end
-    local x, y = field("x"), field("y")
-    if not x or not y or #x ~= 32 or #y ~= 32 then
-      return fail("jwk", "EC JWK needs 32-byte x and y")
+  local kty = jwk.kty
+  local a, b
+  if kty == "RSA" then
+    a, b = jwk.n, jwk.e
+    if type(a) ~= "string" or type(b) ~= "string" then
+      return fail("jwk", "RSA JWK needs n and e")
     end
-    spki = P256_PREFIX .. "\4" .. x .. y
+  elseif kty == "EC" then
+    if jwk.crv ~= "P-256" then return fail("jwk", "EC JWK must be on P-256") end
+    a, b = jwk.x, jwk.y
+    if type(a) ~= "string" or type(b) ~= "string" then
+      return fail("jwk", "EC JWK needs x and y")
+    end
   else
-    return fail("jwk", "unsupported kty " .. tostring(jwk.kty))
+    return fail("jwk", "unsupported kty " .. tostring(kty))
   end
-  local key, err = core.load_public_der(spki)
+  local key, err = core.load_jwk(kty, a, b, jwk.crv)
   if not key then return wrap("jwk", err) end
   return key
 end
