@@ -59,6 +59,7 @@ build = {
     ["gauth.errors"] = "lua/gauth/errors.lua",
     ["gauth.http"] = "lua/gauth/http.lua",
     ["gauth.iam"] = "lua/gauth/iam.lua",
+    ["gauth.id_token"] = "lua/gauth/id_token.lua",
     ["gauth.impersonated"] = "lua/gauth/impersonated.lua",
     ["gauth.jwt"] = "lua/gauth/jwt.lua",
     ["gauth.media"] = "lua/gauth/media.lua",
