@@ -55,19 +55,24 @@ static void b64_encode(lua_State *L, const unsigned char *s, size_t n,
     luaL_pushresult(&b);
 }
 
-static int decode_char(unsigned char c, int url)
+/* Decoding tables (-1: not in the alphabet), filled when the module opens:
+ * a lookup per character instead of a chain of range tests. */
+static signed char DEC_URL[256], DEC_STD[256];
+
+static void dec_init(void)
 {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (url) {
-        if (c == '-') return 62;
-        if (c == '_') return 63;
-    } else {
-        if (c == '+') return 62;
-        if (c == '/') return 63;
+    int i;
+    memset(DEC_URL, -1, sizeof DEC_URL);
+    memset(DEC_STD, -1, sizeof DEC_STD);
+    for (i = 0; i < 64; i++) {
+        DEC_URL[(unsigned char)B64URL[i]] = (signed char)i;
+        DEC_STD[(unsigned char)B64STD[i]] = (signed char)i;
     }
-    return -1;
+}
+
+static inline int decode_char(unsigned char c, int url)
+{
+    return url ? DEC_URL[c] : DEC_STD[c];
 }
 
 /* Strict decoding: only the alphabet, no white space, and for base64url no
@@ -94,12 +99,13 @@ static const char *b64_check(const unsigned char *s, size_t n, int url,
 }
 
 /* Decodes checked text into a luaL_Buffer (no C memory held if Lua raises
- * for want of memory). */
+ * for want of memory), a stack chunk at a time: adding three bytes per
+ * call costs more than the decoding. */
 static void b64_push(lua_State *L, const unsigned char *s, size_t n, int url)
 {
     luaL_Buffer b;
-    char out[3];
-    size_t i, full = n - n % 4;
+    unsigned char out[768];
+    size_t i, o = 0, full = n - n % 4;
 
     luaL_buffinit(L, &b);
     for (i = 0; i < full; i += 4) {
@@ -107,20 +113,25 @@ static void b64_push(lua_State *L, const unsigned char *s, size_t n, int url)
                      (unsigned)decode_char(s[i + 1], url) << 12 |
                      (unsigned)decode_char(s[i + 2], url) << 6 |
                      (unsigned)decode_char(s[i + 3], url);
-        out[0] = (char)(v >> 16);
-        out[1] = (char)(v >> 8 & 255);
-        out[2] = (char)(v & 255);
-        luaL_addlstring(&b, out, 3);
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8 & 255);
+        out[o++] = (unsigned char)(v & 255);
+        if (o == sizeof out) {
+            luaL_addlstring(&b, (const char *)out, o);
+            o = 0;
+        }
     }
     if (n % 4 >= 2) {
         unsigned v = (unsigned)decode_char(s[i], url) << 18 |
                      (unsigned)decode_char(s[i + 1], url) << 12;
         if (n % 4 == 3)
             v |= (unsigned)decode_char(s[i + 2], url) << 6;
-        out[0] = (char)(v >> 16);
-        out[1] = (char)(v >> 8 & 255);
-        luaL_addlstring(&b, out, n % 4 == 3 ? 2 : 1);
+        out[o++] = (unsigned char)(v >> 16);
+        if (n % 4 == 3)
+            out[o++] = (unsigned char)(v >> 8 & 255);
     }
+    if (o > 0)
+        luaL_addlstring(&b, (const char *)out, o);
     luaL_pushresult(&b);
 }
 
@@ -492,5 +503,6 @@ static const luaL_Reg codec_funcs[] = {
 
 void gauth_codec_open(lua_State *L)
 {
+    dec_init();
     gauth_setfuncs(L, codec_funcs, 0);
 }

@@ -85,6 +85,12 @@ _M.IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key-jwk"
 _M.GOOGLE_ISSUERS = { "accounts.google.com", "https://accounts.google.com" }
 --- Issuer of IAP's assertions.
 _M.IAP_ISSUER = "https://cloud.google.com/iap"
+--- The same as a list, as `issuers` takes it.
+_M.IAP_ISSUERS = { _M.IAP_ISSUER }
+--- `algorithms` for IAP: ES256 only.
+_M.ES256_ONLY = { ES256 = true }
+--- The shared dict key sets live in under nginx.
+_M.DEFAULT_DICT = "gauth"
 --- Issuer prefix of Firebase ID tokens (the project id follows).
 _M.FIREBASE_ISSUER_PREFIX = "https://securetoken.google.com/"
 
@@ -246,7 +252,7 @@ function _M.new_cache(opts)
     fetches = 0,
   }, cache_mt)
   if util.is_ngx and opts.shared_dict ~= false then
-    local name = opts.shared_dict or "gauth"
+    local name = opts.shared_dict or _M.DEFAULT_DICT
     local dict = ngx.shared[name]
     if not dict then
       return fail("keys", "keys", "no lua_shared_dict named " .. tostring(name)
@@ -285,9 +291,11 @@ local function fetch(self, url)
   return res.body or "", _M.max_age(h["cache-control"])
 end
 
--- Shared dict keys, per URL.
+-- Shared dict keys, per URL: the body, its stamp, the attempt marker
+-- ("busy" while a worker fetches, then "done" for the rest of the
+-- interval) and the last failure.
 local function dkeys(url)
-  return "ks|" .. url, "ks#|" .. url, "ksl|" .. url, "ksa|" .. url, "kse|" .. url
+  return "ks|" .. url, "ks#|" .. url, "ksa|" .. url, "kse|" .. url
 end
 
 -- Under nginx: pick up what another worker stored, when it is newer than
@@ -307,11 +315,12 @@ local function load_shared(self, url, m)
   return m
 end
 
--- May this caller fetch `url` now? Once per interval, across workers.
+-- May this caller fetch `url` now? Once per interval, across workers: the
+-- marker is taken atomically and says "busy" until the fetch ends.
 local function claim(self, url, t)
   if self.dict then
-    local _, _, _, kattempt = dkeys(url)
-    return (self.dict:add(kattempt, t, self.refetch_interval))
+    local _, _, kattempt = dkeys(url)
+    return (self.dict:add(kattempt, "busy", self.refetch_interval))
   end
   local last = self.attempts[url]
   if last and t - last < self.refetch_interval and t >= last then return false end
@@ -325,7 +334,7 @@ local function store(self, url, body, age, t)
   if not set then return nil, msg, err end
   m.set = set
   if self.dict then
-    local kbody, kstamp, _, _, kerr = dkeys(url)
+    local kbody, kstamp, _, kerr = dkeys(url)
     local ttl = m.stale_until - t
     local raw = cjson.encode({ body = body, expires = m.expires,
                                stale_until = m.stale_until })
@@ -343,26 +352,27 @@ end
 local function remember_failure(self, url, why)
   self.last_error[url] = why
   if self.dict then
-    local _, _, _, _, kerr = dkeys(url)
+    local _, _, _, kerr = dkeys(url)
     self.dict:set(kerr, why, self.refetch_interval)
   end
 end
 
 local function last_failure(self, url)
   if self.dict then
-    local _, _, _, _, kerr = dkeys(url)
+    local _, _, _, kerr = dkeys(url)
     return self.dict:get(kerr)
   end
   return self.last_error[url]
 end
 
--- Under nginx: another worker holds the fetch lock; wait (cosockets'
--- sleep) until it lets go, then read what it stored.
+-- Under nginx: another worker is fetching; wait (cosockets' sleep, the
+-- worker serves other requests meanwhile) until it is done, then read what
+-- it stored.
 local function wait_for_other(self, url, m)
   if not util.can_yield() then return m end
-  local _, _, klock = dkeys(url)
+  local _, _, kattempt = dkeys(url)
   local waited, delay = 0, 0.005
-  while self.dict:get(klock) and waited < self.timeout + 1 do
+  while self.dict:get(kattempt) == "busy" and waited < self.timeout + 1 do
     ngx.sleep(delay)
     waited = waited + delay
     if delay < 0.1 then delay = delay * 2 end
@@ -404,14 +414,6 @@ function KeyCache:get(url, kid)
       .. (why and (" (last " .. why .. ")") or " (a fetch is under way)"),
       { retryable = true })
   end
-  local unlock
-  if self.dict then
-    local _, _, klock = dkeys(url)
-    local ok = self.dict:add(klock, true, self.timeout + 5)
-    if ok then
-      unlock = function() self.dict:delete(klock) end
-    end
-  end
   local body, age = fetch(self, url)
   local stored, why = nil, age
   if body then
@@ -419,9 +421,18 @@ function KeyCache:get(url, kid)
     stored, _, err = store(self, url, body, age, t)
     if not stored then why = "fetch gave a bad key set: " .. err.message end
   end
-  if unlock then unlock() end
+  if not stored then remember_failure(self, url, why) end
+  if self.dict then
+    -- Done: the marker stays for the rest of the interval.
+    local _, _, kattempt = dkeys(url)
+    local left = self.refetch_interval - (self.clock() - t)
+    if left > 0.001 then
+      self.dict:set(kattempt, "done", left)
+    else
+      self.dict:delete(kattempt)
+    end
+  end
   if stored then return stored.set end
-  remember_failure(self, url, why)
   if usable then
     if util.is_ngx then
       ngx.log(ngx.WARN, "gauth: key set ", url, ": ", why,
@@ -486,6 +497,7 @@ end
 
 local function check_list(v, name)
   if type(v) == "string" then return end
+  if type(v) == "table" and type(v[1]) == "string" and v[2] == nil then return end
   if type(v) ~= "table" or #v == 0 then
     error("gauth.id_token: " .. name .. " must be a string or a non-empty list", 4)
   end
@@ -506,20 +518,18 @@ local function now_of(opts)
   return n
 end
 
-local function verify(token, opts, level)
+-- The one verification; the public functions give it their defaults as
+-- arguments (no option table copied per token: this runs per request).
+local function verify(token, opts, level, audience, issuers, url, allowed)
   if type(token) ~= "string" then
     error("gauth.id_token: token must be a string", level)
   end
-  if type(opts) ~= "table" then
-    error("gauth.id_token: opts must be a table (audience is required)", level)
-  end
-  local audience = opts.audience
   if audience == nil then
     error("gauth.id_token: opts.audience is required"
       .. " (audience = false skips the check)", level)
   end
   if audience ~= false then check_list(audience, "audience") end
-  if opts.issuers ~= nil then check_list(opts.issuers, "issuers") end
+  if issuers ~= nil and issuers ~= false then check_list(issuers, "issuers") end
 
   local htext, ptext, sig, signed_len = jws_split(token)
   if not htext then
@@ -533,7 +543,7 @@ local function verify(token, opts, level)
   if type(alg) ~= "string" then
     return fail("decode", "malformed", "malformed: header has no alg")
   end
-  local allowed = opts.algorithms or BOTH
+  allowed = allowed or BOTH
   if not ALG_KIND[alg] or not allowed[alg] then
     return fail("verify", "alg", "alg " .. shown(alg) .. " not allowed")
   end
@@ -552,7 +562,6 @@ local function verify(token, opts, level)
     cache, msg, err = _M.default_cache()
     if not cache then return nil, msg, err end
   end
-  local url = opts.certs_url or _M.OAUTH2_CERTS_URL
   local set, msg, err = cache:get(url, kid)
   if not set then return nil, msg, err end
 
@@ -619,8 +628,7 @@ local function verify(token, opts, level)
       return fail("claims", "aud", "audience mismatch")
     end
   end
-  if opts.issuers ~= nil and (type(claims.iss) ~= "string"
-      or not one_of(opts.issuers, claims.iss)) then
+  if issuers and (type(claims.iss) ~= "string" or not one_of(issuers, claims.iss)) then
     return fail("claims", "iss", "issuer mismatch")
   end
   return claims, header
@@ -636,19 +644,24 @@ end
 --   `default_cache()`), `algorithms` (set, e.g. `{ ES256 = true }`)
 -- @return claims, header | nil, msg, err (`err.check` names the check)
 function _M.verify(token, opts)
-  return verify(token, opts, 3)
+  if type(opts) ~= "table" then
+    error("gauth.id_token: opts must be a table (audience is required)", 2)
+  end
+  return verify(token, opts, 3, opts.audience, opts.issuers,
+                opts.certs_url or _M.OAUTH2_CERTS_URL, opts.algorithms)
 end
 
-local function with(opts, extra)
-  if opts ~= nil and type(opts) ~= "table" then
-    error("gauth.id_token: opts must be a table", 3)
-  end
-  local o = {}
-  for k, v in pairs(opts or {}) do o[k] = v end
-  for k, v in pairs(extra) do
-    if o[k] == nil then o[k] = v end
-  end
-  return o
+local NO_OPTS = {}
+
+local function opts_of(opts)
+  if opts == nil then return NO_OPTS end
+  if type(opts) ~= "table" then error("gauth.id_token: opts must be a table", 3) end
+  return opts
+end
+
+local function default(v, d)
+  if v == nil then return d end
+  return v
 end
 
 --- Verify an ID token issued by Google's OAuth 2.0 server (Sign-In users,
@@ -660,9 +673,9 @@ end
 -- @tparam[opt] table opts as for `verify`
 -- @return claims, header | nil, msg, err
 function _M.verify_oauth2_token(token, audience, opts)
-  local o = with(opts, { issuers = _M.GOOGLE_ISSUERS, certs_url = _M.OAUTH2_CERTS_URL })
-  o.audience = audience
-  return verify(token, o, 3)
+  opts = opts_of(opts)
+  return verify(token, opts, 3, audience, default(opts.issuers, _M.GOOGLE_ISSUERS),
+                opts.certs_url or _M.OAUTH2_CERTS_URL, opts.algorithms)
 end
 
 --- Verify Identity-Aware Proxy's `x-goog-iap-jwt-assertion`: ES256 only,
@@ -673,10 +686,9 @@ end
 -- @tparam[opt] table opts as for `verify`
 -- @return claims, header | nil, msg, err
 function _M.verify_iap(token, audience, opts)
-  local o = with(opts, { issuers = { _M.IAP_ISSUER }, certs_url = _M.IAP_CERTS_URL,
-                         algorithms = { ES256 = true } })
-  o.audience = audience
-  return verify(token, o, 3)
+  opts = opts_of(opts)
+  return verify(token, opts, 3, audience, default(opts.issuers, _M.IAP_ISSUERS),
+                opts.certs_url or _M.IAP_CERTS_URL, opts.algorithms or _M.ES256_ONLY)
 end
 
 --- Verify a Firebase Authentication ID token: audience the project id,
@@ -690,10 +702,10 @@ function _M.verify_firebase_token(token, project_id, opts)
   if type(project_id) ~= "string" or project_id == "" then
     error("gauth.id_token: verify_firebase_token: project_id must be a string", 2)
   end
-  local o = with(opts, { issuers = { _M.FIREBASE_ISSUER_PREFIX .. project_id },
-                         certs_url = _M.FIREBASE_CERTS_URL })
-  o.audience = project_id
-  local claims, header, err = verify(token, o, 3)
+  opts = opts_of(opts)
+  local claims, header, err = verify(token, opts, 3, project_id,
+    default(opts.issuers, { _M.FIREBASE_ISSUER_PREFIX .. project_id }),
+    opts.certs_url or _M.FIREBASE_CERTS_URL, opts.algorithms)
   if not claims then return nil, header, err end
   if type(claims.sub) ~= "string" or claims.sub == "" or #claims.sub > 128 then
     return fail("claims", "sub", "sub must be a non-empty string of at most 128 characters")
