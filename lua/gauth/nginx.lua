@@ -1,0 +1,198 @@
+--- Helpers for nginx (OpenResty / lua-nginx-module) handlers.
+--
+--     # nginx.conf, http {}
+--     lua_shared_dict gauth 1m;     # key sets (and tokens) for all workers
+--     lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;
+--
+--     location /push {
+--       access_by_lua_block {
+--         require("gauth.nginx").require_id_token{
+--           audience = "https://push.example.com/push",
+--           allowed_emails = { "pubsub-push@my-project.iam.gserviceaccount.com" },
+--         }
+--       }
+--       content_by_lua_block { ngx.say(ngx.ctx.gauth_claims.email) }
+--     }
+-- @module gauth.nginx
+
+local core = require "gauth.core"
+local id_token = require "gauth.id_token"
+local util = require "gauth.util"
+
+local ngx = ngx  -- luacheck: ignore
+local type = type
+local tostring = tostring
+local error = error
+local lower = string.lower
+local gsub = string.gsub
+local sub = string.sub
+local find = string.find
+local byte = string.byte
+local sha256 = core.sha256
+
+local _M = { _VERSION = "0.1.0" }
+
+--- Identity-Aware Proxy's header.
+_M.IAP_HEADER = "x-goog-iap-jwt-assertion"
+--- Verdicts kept per worker and key-set URL (LRU).
+_M.VERDICT_CACHE_SIZE = 4096
+
+local lrucache
+
+-- Per worker: key-set URL -> LRU of sha256(token) -> { claims, header, exp }.
+local verdicts = {}
+-- Header name -> ngx.var name ("http_x_goog_iap_jwt_assertion").
+local var_names = {}
+-- Shared dict name -> id_token key cache (this worker's view of it).
+local caches = {}
+
+local function verdict_cache(url)
+  local c = verdicts[url]
+  if not c then
+    lrucache = lrucache or require "resty.lrucache"
+    c = assert(lrucache.new(_M.VERDICT_CACHE_SIZE))
+    verdicts[url] = c
+  end
+  return c
+end
+
+local function key_cache(name)
+  local c = caches[name]
+  if c then return c end
+  if name == id_token.DEFAULT_DICT then
+    local msg
+    c, msg = id_token.default_cache()
+    if not c then return nil, msg end
+  else
+    local msg
+    c, msg = id_token.new_cache({ shared_dict = name })
+    if not c then return nil, msg end
+  end
+  caches[name] = c
+  return c
+end
+
+local function one_of(list, v)
+  if type(list) == "string" then return list == v end
+  for i = 1, #list do
+    if list[i] == v then return true end
+  end
+  return false
+end
+
+local function refuse(why)
+  -- Why, never the token: the message names the check only.
+  ngx.log(ngx.INFO, "gauth: require_id_token: ", why)
+  ngx.header["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+  return ngx.exit(401)
+end
+
+-- The checks that depend on the location, made on cached verdicts too.
+local function local_checks(claims, audience, issuers, emails)
+  if audience ~= false and not one_of(audience, claims.aud) then
+    return "gauth.id_token: claims: audience mismatch"
+  end
+  if issuers and not one_of(issuers, claims.iss) then
+    return "gauth.id_token: claims: issuer mismatch"
+  end
+  if emails then
+    if type(claims.email) ~= "string" or claims.email_verified ~= true then
+      return "gauth.nginx: claims: no verified email"
+    end
+    if not one_of(emails, claims.email) then
+      return "gauth.nginx: claims: email not allowed"
+    end
+  end
+  return nil
+end
+
+local BEARER = { [66] = true, [98] = true }  -- "B", "b"
+
+--- Let the request through only with a valid Google-signed token (access
+-- phase). On failure: 401 with `WWW-Authenticate: Bearer
+-- error="invalid_token"` and `ngx.exit` (why is logged at `info`, never
+-- the token). On success the claims go to `ngx.ctx.gauth_claims` and are
+-- returned. Verdicts are kept per worker (LRU of `VERDICT_CACHE_SIZE`,
+-- keyed by the token's SHA-256, never past `exp`); the location's checks
+-- (audience, issuers, emails) are made on every request.
+-- @tparam table opts `audience` (string or list; required, `false`
+--   skips it), `header` ("authorization", default: a Bearer token; or
+--   "x-goog-iap-jwt-assertion": IAP's keys, issuer and ES256),
+--   `certs_url`, `issuers` (default Google's for Authorization, IAP's for
+--   the IAP header; `false`: unchecked), `allowed_emails` (list: `email`
+--   must be one, with `email_verified`), `clock_skew`, `max_lifetime`,
+--   `shared_dict` (default "gauth")
+-- @return claims (or does not return)
+function _M.require_id_token(opts)
+  if type(opts) ~= "table" then
+    error("gauth.nginx: require_id_token needs a table of options", 2)
+  end
+  local audience = opts.audience
+  if audience == nil then
+    error("gauth.nginx: require_id_token: audience is required (false skips it)", 2)
+  end
+  local header = opts.header or "authorization"
+  local vname = var_names[header]
+  if not vname then
+    vname = "http_" .. gsub(lower(header), "-", "_")
+    var_names[header] = vname
+  end
+  local iap = vname == "http_x_goog_iap_jwt_assertion"
+  local certs_url = opts.certs_url or (iap and id_token.IAP_CERTS_URL
+                                        or id_token.OAUTH2_CERTS_URL)
+  local issuers = opts.issuers
+  if issuers == nil then
+    issuers = iap and id_token.IAP_ISSUERS or id_token.GOOGLE_ISSUERS
+  end
+  local emails = opts.allowed_emails
+
+  local value = ngx.var[vname]
+  if type(value) ~= "string" or value == "" then
+    return refuse("no " .. header .. " header")
+  end
+  local token = value
+  if not iap and vname == "http_authorization" then
+    -- "Bearer <token>", the scheme in any case
+    if not BEARER[byte(value, 1)] or lower(sub(value, 1, 7)) ~= "bearer " then
+      return refuse("Authorization is not a Bearer token")
+    end
+    token = sub(value, 8)
+    if find(token, " ", 1, true) then token = gsub(token, "^ +", "") end
+  end
+
+  local now = ngx.now()
+  local lru = verdict_cache(certs_url)
+  local hkey = sha256(token)
+  local v = lru:get(hkey)
+  if v and now <= v[3] then
+    local why = local_checks(v[1], audience, issuers, emails)
+    if why then return refuse(why) end
+    ngx.ctx.gauth_claims = v[1]
+    return v[1]
+  end
+
+  local cache, cerr = key_cache(opts.shared_dict or id_token.DEFAULT_DICT)
+  if not cache then return refuse(tostring(cerr)) end
+  local claims, msg = id_token.verify(token, {
+    audience = false, issuers = false, certs_url = certs_url, cache = cache,
+    clock_skew = opts.clock_skew, max_lifetime = opts.max_lifetime,
+    algorithms = iap and id_token.ES256_ONLY or nil, now = now,
+  })
+  if not claims then return refuse(msg) end
+  -- Kept until exp, never past it (skew only ever lets a token in later).
+  local ttl = claims.exp - now
+  if ttl > 0 then lru:set(hkey, { claims, nil, claims.exp }, ttl) end
+  local why = local_checks(claims, audience, issuers, emails)
+  if why then return refuse(why) end
+  ngx.ctx.gauth_claims = claims
+  return claims
+end
+
+if not util.is_ngx then
+  -- Loaded outside nginx (docs, the package spec): nothing to run.
+  _M.available = false
+else
+  _M.available = true
+end
+
+return _M

@@ -1,0 +1,192 @@
+-- gauth.nginx.require_id_token in a real nginx with 4 workers (LuaJIT, so
+-- this runs in the LuaJIT pass of spec/run.sh only): the key set fetched
+-- once for all workers from a loopback certificate server, 401 with
+-- WWW-Authenticate on every rejection (why logged at info, never the
+-- token), claims in ngx.ctx for later phases, IAP's header and keys.
+local helpers = require "helpers"
+local nginx = require "support.nginx"
+
+local LUAJIT_PASS = (os.getenv("GAUTH_LUA_VERSION") or (jit and "5.1" or "5.4")) == "5.1"
+local q = helpers.shell_quote
+local AUD = "https://push.example.com/push"
+local IAP_AUD = "/projects/123/global/backendServices/456"
+local EMAIL = "pusher@my-project.iam.gserviceaccount.com"
+
+if LUAJIT_PASS then
+describe("gauth.nginx.require_id_token", function()
+  local fake, srv, keys, tok
+
+  -- n concurrent requests with one header (curl CLI, all at once).
+  local function parallel(path, n, header)
+    local dir = helpers.tmpname("par")
+    os.execute("mkdir -p " .. q(dir))
+    local args = { "curl -s --parallel --parallel-immediate --parallel-max " .. n,
+                   "--max-time 60", "-H " .. q(header) }
+    for i = 1, n do
+      args[#args + 1] = q(srv.url .. path) .. " -o " .. q(dir .. "/" .. i)
+    end
+    local ok, out = helpers.sh(table.concat(args, " "))
+    assert(ok, out)
+    local bodies = {}
+    for i = 1, n do bodies[i] = helpers.read_file(dir .. "/" .. i) end
+    return bodies
+  end
+
+  lazy_setup(function()
+    fake = helpers.start_fake()
+    keys = { rsa = helpers.make_rsa_key{ cert = true }, ec = helpers.make_ec_key() }
+    local now = os.time()
+    local function c(over)
+      local t = { iss = "https://accounts.google.com", aud = AUD, sub = "1",
+                  email = EMAIL, email_verified = true, iat = now - 5, exp = now + 3600 }
+      for k, v in pairs(over or {}) do t[k] = v end
+      return t
+    end
+    local specs = {
+      valid = { key = "rsa", alg = "RS256", headers = { kid = "r1" }, claims = c() },
+      expired = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                  claims = c({ iat = now - 7200, exp = now - 3600 }) },
+      other_aud = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                    claims = c({ aud = "https://elsewhere.example" }) },
+      other_email = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                      claims = c({ email = "someone@example.com" }) },
+      forged = { key = "rsa", alg = "RS256", headers = { kid = "e1" }, claims = c() },
+      iap = { key = "ec", alg = "ES256", headers = { kid = "e1" },
+              claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD }) },
+      iap_rs = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                 claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD }) },
+    }
+    local names, list = {}, {}
+    for name, s in pairs(specs) do names[#names + 1] = name; list[#list + 1] = s end
+    local path = helpers.tmpname("idt", ".json")
+    helpers.write_file(path, helpers.json_encode({
+      keys = { rsa = keys.rsa.private_pem, ec = keys.ec.private_pem },
+      tokens = list, jwk = { "ec" } }))
+    local ok, out = helpers.sh("/usr/bin/python3 " .. q(helpers.support_dir
+      .. "/idtoken_tool.py") .. " " .. q(path))
+    assert(ok, out)
+    out = assert(helpers.json_decode(out))
+    tok = {}
+    for i, name in ipairs(names) do tok[name] = out.tokens[i] end
+    local jwk = out.jwk.ec
+    jwk.kid, jwk.alg, jwk.use = "e1", "ES256", "sig"
+    -- One answer each: a second fetch would get a 404 and show.
+    fake:script("/certs/pem", { status = 200, body = { r1 = keys.rsa.cert_pem },
+      headers = { ["Cache-Control"] = "public, max-age=3600" } })
+    fake:script("/certs/iap", { status = 200, body = { keys = { jwk } },
+      headers = { ["Cache-Control"] = "public, max-age=3600" } })
+    local base = "https://localhost:" .. fake.port
+    local err
+    srv, err = nginx.start({
+      workers = 4,
+      listen_opts = "reuseport",
+      trusted_ca = helpers.certs().ca_file,
+      http = "lua_shared_dict gauth 1m;",
+      server = ([[
+        location = /push {
+          access_by_lua_block {
+            local c = require("gauth.nginx").require_id_token{
+              audience = %q, certs_url = %q, allowed_emails = { %q } }
+            ngx.ctx.returned = c == ngx.ctx.gauth_claims
+          }
+          content_by_lua_block {
+            ngx.say(require("cjson").encode({ pid = ngx.worker.pid(),
+              email = ngx.ctx.gauth_claims.email, returned = ngx.ctx.returned }))
+          }
+        }
+        location = /other {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = "https://other.example",
+              certs_url = %q }
+          }
+          content_by_lua_block { ngx.say("other") }
+        }
+        location = /iap {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q,
+              header = "x-goog-iap-jwt-assertion", certs_url = %q }
+          }
+          content_by_lua_block { ngx.say(ngx.ctx.gauth_claims.iss) }
+        }
+      ]]):format(AUD, base .. "/certs/pem", EMAIL, base .. "/certs/pem",
+                 IAP_AUD, base .. "/certs/iap"),
+    })
+    assert(srv, err)
+  end)
+
+  lazy_teardown(function()
+    if srv then srv:stop() end
+    if fake then fake:stop() end
+  end)
+
+  it("lets valid tokens in on every worker, the key set fetched once for all", function()
+    local bodies = parallel("/push", 48, "Authorization: Bearer " .. tok.valid)
+    local pids = {}
+    for _, b in ipairs(bodies) do
+      local v = assert(helpers.json_decode(b or ""), tostring(b))
+      assert.are.equal(EMAIL, v.email)
+      assert.is_true(v.returned)
+      pids[v.pid] = true
+    end
+    local n = 0
+    for _ in pairs(pids) do n = n + 1 end
+    assert.is_true(n >= 2, "answers came from " .. n .. " worker(s)")
+    assert.are.equal(1, #fake:requests("/certs/pem"))
+    -- the scheme in any case
+    local status, body = srv:get("/push", { headers = { Authorization = "bearer " .. tok.valid } })
+    assert.are.equal(200, status)
+    assert.matches(EMAIL, body, 1, true)
+  end)
+
+  it("answers 401 with WWW-Authenticate, logs why at info and never the token", function()
+    local cases = {
+      { nil, "no authorization header" },
+      { "Basic dXNlcjpwYXNz", "Authorization is not a Bearer token" },
+      { "Bearer " .. tok.expired, "gauth%.id_token: claims: expired 36%d%d s ago" },
+      { "Bearer " .. tok.other_aud, "gauth%.id_token: claims: audience mismatch" },
+      { "Bearer " .. tok.other_email, "gauth%.nginx: claims: email not allowed" },
+      { "Bearer " .. tok.forged, "gauth%.id_token: verify: unknown kid e1" },
+      { "Bearer a.b", "gauth%.id_token: decode: malformed: 2 segments" },
+    }
+    for _, c in ipairs(cases) do
+      local mark = #srv:log()
+      local status, body, headers = srv:get("/push", { headers = { Authorization = c[1] } })
+      assert.are.equal(401, status, c[2])
+      assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+      assert.is_nil(body:find(EMAIL, 1, true))
+      local log = srv:log_since(mark)
+      assert.matches("[info]", log, 1, true)
+      assert.matches("gauth: require_id_token: " .. c[2], log)
+      if c[1] then
+        local token = c[1]:gsub("^%S+ ", "")
+        assert.is_nil(log:find(token, 1, true))
+        assert.is_nil(log:find(token:sub(-16), 1, true))
+      end
+    end
+    -- rejections fetch no more than the one early refetch an unknown kid
+    -- may make per interval
+    assert.is_true(#fake:requests("/certs/pem") <= 2)
+  end)
+
+  it("checks each location's audience on verdicts it has cached", function()
+    assert.are.equal(200, (srv:get("/push", { headers = { Authorization = "Bearer " .. tok.valid } })))
+    local status, _, headers = srv:get("/other", { headers = { Authorization = "Bearer " .. tok.valid } })
+    assert.are.equal(401, status)
+    assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+  end)
+
+  it("takes IAP's header with IAP's issuer and ES256 keys", function()
+    local status, body = srv:get("/iap", { headers = { ["X-Goog-IAP-JWT-Assertion"] = tok.iap } })
+    assert.are.equal(200, status, body)
+    assert.are.equal("https://cloud.google.com/iap\n", body)
+    local mark = #srv:log()
+    status = srv:get("/iap", { headers = { ["X-Goog-IAP-JWT-Assertion"] = tok.iap_rs } })
+    assert.are.equal(401, status)
+    assert.matches("verify: alg RS256 not allowed", srv:log_since(mark), 1, true)
+    -- an Authorization header is not IAP's
+    status = srv:get("/iap", { headers = { Authorization = "Bearer " .. tok.iap } })
+    assert.are.equal(401, status)
+    assert.are.equal(1, #fake:requests("/certs/iap"))
+  end)
+end)
+end
