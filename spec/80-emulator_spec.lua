@@ -432,6 +432,23 @@ describe("gauth.emulator", function()
       assert.truthy(jwt.decode(r.json.id_token, { keys = pem }))
     end)
 
+    it("serves its certificates in both formats, with a max-age, for gauth.id_token", function()
+      local id_token = require "gauth.id_token"
+      local r = exchange(assertion({ scope = false, target_audience = "https://svc.example" }))
+      assert.are.equal(200, r.status, r.body)
+      for _, path in ipairs({ "/oauth2/v1/certs", "/oauth2/v3/certs" }) do
+        local o = { certs_url = emu.url .. path, cache = assert(id_token.new_cache()) }
+        local claims = assert(id_token.verify_oauth2_token(r.json.id_token, "https://svc.example", o))
+        assert.are.equal(key.client_email, claims.email)
+        local v, msg, err = id_token.verify_oauth2_token(r.json.id_token, "https://other.example", o)
+        assert.is_nil(v)
+        assert.are.equal("gauth.id_token: claims: audience mismatch", msg)
+        assert.are.equal("aud", err.check)
+        local res = http("GET", emu.url .. path)
+        assert.are.equal(3600, id_token.max_age(res.headers["cache-control"]))
+      end
+    end)
+
     it("refuses a subject not allowed for delegation", function()
       local e = assert(emulator.start{ keys = { key }, subjects = { "boss@example.com" } })
       local now = os.time()

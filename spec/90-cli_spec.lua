@@ -339,6 +339,58 @@ describe("gauth command", function()
     end)
   end)
 
+  describe("verify", function()
+    it("prints the claims of a valid ID token; exit 1 and which check failed otherwise", function()
+      local code, tok, err = gauth({ "token", "--key-file", key_file, "--id-token",
+                                     "--audience", "https://service.example/" })
+      assert.are.equal(0, code, err)
+      tok = tok:gsub("\n$", "")
+      local certs = emu.url .. "/oauth2/v1/certs"
+      local out
+      -- a subprocess, the token as an argument
+      code, out, err = gauth({ "verify", "--audience", "https://service.example/",
+                               "--certs-url", certs, tok })
+      assert.are.equal(0, code, err)
+      assert.are.equal("", err)
+      local claims = assert(cjson.decode(out))
+      assert.are.equal("https://service.example/", claims.aud)
+      assert.matches("^gauth%-emulator@", claims.email)
+      -- in-process, from stdin ("-"), with the JWK Set and a "Bearer " prefix
+      code, out, err = run({ "verify", "--audience", "https://service.example/",
+                             "--certs-url", emu.url .. "/oauth2/v3/certs", "-" },
+                           "Bearer " .. tok .. "\n")
+      assert.are.equal(0, code, err)
+      assert.are.equal(claims.sub, assert(cjson.decode(out)).sub)
+      -- refusals: one line naming the check, never the token
+      local cases = {
+        { { "--audience", "https://other.example/", tok }, "gauth.id_token: claims: audience mismatch" },
+        { { "--audience", "a", "--iap", tok }, "gauth.id_token: verify: alg RS256 not allowed" },
+        { { "--audience", "a", "x.y" }, "gauth.id_token: decode: malformed: 2 segments (a JWS has 3)" },
+      }
+      for _, c in ipairs(cases) do
+        local argv = { "verify", "--certs-url", certs }
+        for _, a in ipairs(c[1]) do argv[#argv + 1] = a end
+        code, out, err = run(argv)
+        assert.are.equal(1, code)
+        assert.are.equal("", out)
+        assert.are.equal("gauth: " .. c[2] .. "\n", err)
+        assert.is_nil(err:find(tok:sub(-20), 1, true))
+      end
+      -- no --audience: checked otherwise, and said so
+      code, out, err = run({ "verify", "--certs-url", certs, tok })
+      assert.are.equal(0, code)
+      assert.matches("the audience is not checked", err)
+      assert.are.equal("https://service.example/", assert(cjson.decode(out)).aud)
+      -- usage
+      code, out, err = run({ "verify", tok, tok })
+      assert.are.equal(2, code)
+      assert.are.equal("", out)
+      one_line(err)
+      code = run({ "verify", "--subject", "x", tok })
+      assert.are.equal(2, code)
+    end)
+  end)
+
   describe("call", function()
     it("prints the JSON response of instances.list (subprocess)", function()
       local code, out, err = gauth(call_args("sqladmin", "v1beta4", "instances.list",

@@ -8,6 +8,7 @@
 --                [--cache-dir D] [--key-file F] [--scopes a,b] [--subject S]
 --     gauth sign-url gs://BUCKET/OBJECT [--method M] [--expires T] [--header K:V]
 --     gauth discovery fetch API VERSION [--cache-dir D] [--discovery-url URL]
+--     gauth verify [--audience A] [--iap] [--certs-url URL] [TOKEN|-]
 --
 -- `bin/gauth` is `os.exit(require("gauth.cli").main(arg))`; `main` returns
 -- the exit code instead of exiting so that it can also run in-process
@@ -92,6 +93,14 @@ usage: gauth [--ca-file F] <command> [options]
       Fetch a Discovery document into the cache (for machines that must not
       fetch at run time); prints where.
 
+  gauth verify [--audience AUD] [--iap] [--certs-url URL] [TOKEN|-]
+      Verify a Google-signed ID token (from stdin when TOKEN is - or
+      missing) and print its claims; exit 1 and say which check failed when
+      it is not valid. Without --audience the audience is not checked (said
+      on stderr). --iap: an IAP assertion (IAP's keys and issuer, ES256);
+      otherwise Google's OAuth 2.0 keys and issuers. --certs-url: another
+      key set (PEM certificates by kid, or a JWK Set), e.g. the emulator's.
+
   --ca-file F     trust this PEM CA bundle instead of the system's
   -h, --help      this text
   --version       print the version
@@ -151,6 +160,8 @@ local OPTIONS = {
   ["--method"] = { value = true, field = "method" },
   ["--expires"] = { value = true, field = "expires" },
   ["--header"] = { value = true, field = "header", list = true },
+  ["--iap"] = { field = "iap" },
+  ["--certs-url"] = { value = true, field = "certs_url" },
   ["--help"] = { field = "help" },
   ["-h"] = { field = "help" },
   ["--version"] = { field = "version" },
@@ -167,6 +178,7 @@ local ALLOWED = {
   discovery = { cache_dir = true, discovery_url = true },
   ["sign-url"] = { key_file = true, method = true, expires = true, header = true,
                    api_endpoint = true },
+  verify = { audience = true, iap = true, certs_url = true },
 }
 
 -- argv -> options table, positional arguments. Options may come anywhere
@@ -831,10 +843,37 @@ local function cmd_discovery(opts, pos, ios)
 end
 
 -- -------------------------------------------------------------------------
+-- gauth verify
+
+local function cmd_verify(opts, pos, ios)
+  if #pos > 1 then usage("gauth verify takes one token, got " .. #pos .. " arguments") end
+  local token = pos[1]
+  if token == nil or token == "-" then
+    token = ios.stdin:read("*a")
+    if not token then usage("cannot read the token from stdin") end
+  end
+  -- a token pasted with its line break or a "Bearer " in front
+  token = gsub(gsub(token, "^%s*[Bb]earer%s+", ""), "^%s*(.-)%s*$", "%1")
+  local id_token = require "gauth.id_token"
+  local audience = opts.audience or false
+  if not audience then ios.err:write("gauth: note: the audience is not checked (no --audience)\n") end
+  local vopts = { certs_url = opts.certs_url }
+  local claims, msg
+  if opts.iap then
+    claims, msg = id_token.verify_iap(token, audience, vopts)
+  else
+    claims, msg = id_token.verify_oauth2_token(token, audience, vopts)
+  end
+  if not claims then failed(msg) end
+  ios.out:write(_M.pretty_json(claims), "\n")
+  return 0
+end
+
+-- -------------------------------------------------------------------------
 -- main
 
 local COMMANDS = { token = cmd_token, call = cmd_call, discovery = cmd_discovery,
-                   ["sign-url"] = cmd_sign_url }
+                   ["sign-url"] = cmd_sign_url, verify = cmd_verify }
 
 local function run(argv, ios)
   local out = ios.out

@@ -836,14 +836,17 @@ end
 function _M.certs(self, req, entry, v1)
   entry.endpoint = "certs"
   if req.method ~= "GET" then return method_not_allowed("GET") end
+  -- Google's certificate endpoints say how long to keep the set; verifiers
+  -- (gauth.id_token) honour it.
+  local cc = { ["Cache-Control"] = "public, max-age=3600, must-revalidate, no-transform" }
   if v1 then
     local cert, err = self:signer_cert()
     if not cert then error(err) end
-    return reply_json(200, { [self._signer.kid] = cert })
+    return reply_json(200, { [self._signer.kid] = cert }, cc)
   end
   local s, err = self:signer()
   if not s then error(err) end
-  return reply_json(200, { keys = { s.jwk } })
+  return reply_json(200, { keys = { s.jwk } }, cc)
 end
 
 function _M.tokeninfo(self, req, entry)
