@@ -29,7 +29,9 @@ failures=0
 echo "== RS256 signing (issue 2)"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rsa.pem" 2>/dev/null
 secs=${BENCH_SECONDS:-1}
-openssl speed -seconds $((secs * 3)) rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { print "openssl_speed_rsa2048_sign", $6, "sign/s" }' | tee -a "$dir/all.txt" | sed 's/^/  /'
+openssl speed -seconds $((secs * 3)) rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ {
+  print "openssl_speed_rsa2048_sign", $6, "sign/s"; print "openssl_speed_rsa2048_verify", $7, "verify/s" }' |
+  tee -a "$dir/all.txt" | sed 's/^/  /'
 for lua in lua5.4 luajit; do run $lua bench/jwt_bench.lua "$dir/rsa.pem"; done
 ratio "RS256 JWT/s (5.4) / openssl speed" jwt_sign_loaded_lua5.4 openssl_speed_rsa2048_sign ">= 0.95"
 ratio "RS256 JWT/s (LuaJIT) / openssl speed" jwt_sign_loaded_luajit openssl_speed_rsa2048_sign ">= 0.95"
@@ -42,6 +44,18 @@ for lua in lua5.4 luajit; do
   ratio "signed URLs/s RSA ($lua) / Node storage" "sign_url_rsa_$lua" sign_url_rsa_node ""
   ratio "signed URLs/s HMAC ($lua) / Node storage (RSA)" "sign_url_hmac_$lua" sign_url_rsa_node ""
 done
+
+echo "== ID-token verification (issue 14)"
+# CPU time on both sides (openssl speed counts user time): different tokens,
+# one key held by the key cache; PyJWT with the key parsed once.
+openssl req -x509 -new -key "$dir/rsa.pem" -subj /CN=bench -days 2 -out "$dir/cert.pem" 2>/dev/null
+run $PY bench/verify_ref.py "$dir/rsa.pem" "$dir/cert.pem" "$dir/idt"
+for lua in lua5.4 luajit; do run $lua bench/verify_bench.lua "$dir/idt"; done
+for lua in lua5.4 luajit; do
+  ratio "RS256 verify/s ($lua) / openssl speed verify" "verify_rs256_$lua" openssl_speed_rsa2048_verify ">= 0.8"
+  ratio "  ($lua) / PyJWT" "verify_rs256_$lua" verify_pyjwt ""
+done
+run sh bench/verify_nginx_bench.sh "$dir/idt"
 
 eval "$(sh bench/nginx_fixed.sh start "$dir/nginx")"
 echo "== token refresh (issue 3) against nginx at $NGINX_URL"

@@ -1,0 +1,119 @@
+#!/bin/sh
+# ID-token verification in nginx (issue 14): requests/s through a location
+# guarded by gauth.nginx.require_id_token (access phase) against the same
+# location without it, with wrk at the same concurrency, in alternating
+# rounds (best of each). Every request carries the same Bearer token (a
+# Google ID token signed by bench/verify_ref.py; the key set is served by
+# the same nginx on loopback, fetched once for all workers).
+#
+#   sh bench/verify_nginx_bench.sh DIR      (DIR from bench/verify_ref.py)
+#
+# Prints: verify_nginx_plain_rps, verify_nginx_gauth_rps,
+# verify_nginx_ratio (goal >= 0.9), verify_nginx_key_fetches (goal 1).
+# BENCH_SECONDS (per round, default 2), BENCH_ROUNDS (default 5),
+# BENCH_CONNECTIONS (default 64), BENCH_WORKERS (default: CPUs).
+set -eu
+cd "$(dirname "$0")/.."
+root=$(pwd -P)
+src=$(cd "$1" && pwd -P)
+secs=${BENCH_SECONDS:-2}
+rounds=${BENCH_ROUNDS:-5}
+conns=${BENCH_CONNECTIONS:-64}
+workers=${BENCH_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+for tool in nginx wrk luajit; do
+  command -v $tool >/dev/null || { echo "verify_nginx_bench: $tool is not installed" >&2; exit 1; }
+done
+unset LUA_PATH LUA_CPATH LUA_INIT
+dir=$(mktemp -d /tmp/gauth-vbench.XXXXXX)
+cleanup() {
+  if [ -f "$dir/nginx.pid" ]; then
+    pid=$(cat "$dir/nginx.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+port=$(luajit -e 'local s = require("socket").bind("127.0.0.1", 0)
+  local _, p = s:getsockname(); s:close(); print(p)')
+cdir=$(ls -d /usr/lib/*/lua/5.1 2>/dev/null | head -1)
+ndk=$(sed -n 's/^load_module \([^;]*\);.*/\1/p' /usr/share/nginx/modules-available/mod-http-ndk.conf)
+lua=$(sed -n 's/^load_module \([^;]*\);.*/\1/p' /usr/share/nginx/modules-available/mod-http-lua.conf)
+case $ndk in /*) ;; *) ndk=/usr/share/nginx/$ndk ;; esac
+case $lua in /*) ;; *) lua=/usr/share/nginx/$lua ;; esac
+user_line=""
+[ "$(id -u)" = 0 ] && user_line="user root;"
+mkdir -p "$dir/logs" "$dir/www"
+cp "$src/certs.json" "$dir/www/certs.json"
+token=$(head -1 "$src/tokens.txt")
+
+cat >"$dir/nginx.conf" <<EOF2
+load_module $ndk;
+load_module $lua;
+$user_line
+worker_processes $workers;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  lua_package_path "$root/lua/?.lua;$root/lua/?/init.lua;/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua";
+  lua_package_cpath "$root/build/5.1/?.so;$cdir/?.so";
+  lua_shared_dict gauth 1m;
+  server {
+    listen 127.0.0.1:$port;
+    location = /certs.json {
+      access_log $dir/logs/certs.log;
+      root $dir/www;
+      default_type application/json;
+      add_header Cache-Control "public, max-age=3600";
+    }
+    # The same content in both; only the access phase differs.
+    location = /plain {
+      content_by_lua_block { ngx.say("ok") }
+    }
+    location = /verified {
+      access_by_lua_block {
+        require("gauth.nginx").require_id_token{
+          audience = "https://bench.example.run.app",
+          certs_url = "http://127.0.0.1:$port/certs.json" }
+      }
+      content_by_lua_block { ngx.say("ok") }
+    }
+  }
+}
+EOF2
+
+nginx -p "$dir" -c "$dir/nginx.conf"
+i=0
+until curl -s -o /dev/null "http://127.0.0.1:$port/plain"; do
+  sleep 0.05; i=$((i + 1))
+  [ $i -gt 100 ] && { echo "verify_nginx_bench: nginx did not start" >&2; cat "$dir/logs/error.log" >&2; exit 1; }
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/verified")
+[ "$status" = 200 ] || { echo "verify_nginx_bench: /verified answered $status" >&2; tail -5 "$dir/logs/error.log" >&2; exit 1; }
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer x$token" "http://127.0.0.1:$port/verified")
+[ "$status" = 401 ] || { echo "verify_nginx_bench: a bad token got $status" >&2; exit 1; }
+
+rps() { # location seconds
+  wrk -t 2 -c "$conns" -d "${2}s" -H "Authorization: Bearer $token" "http://127.0.0.1:$port/$1" 2>&1 |
+    awk '/^Requests\/sec:/ { print $2 } /Non-2xx/ { print "non2xx", $NF > "/dev/stderr" }'
+}
+rps verified 1 >/dev/null
+rps plain 1 >/dev/null
+best_plain=0; best_gauth=0
+r=0
+while [ $r -lt "$rounds" ]; do
+  p=$(rps plain "$secs"); g=$(rps verified "$secs")
+  best_plain=$(awk -v a="$best_plain" -v b="$p" 'BEGIN { print (b > a) ? b : a }')
+  best_gauth=$(awk -v a="$best_gauth" -v b="$g" 'BEGIN { print (b > a) ? b : a }')
+  r=$((r + 1))
+done
+fetches=$(wc -l <"$dir/logs/certs.log" | tr -d ' ')
+echo "verify_nginx_plain_rps $best_plain req/s"
+echo "verify_nginx_gauth_rps $best_gauth req/s"
+awk -v g="$best_gauth" -v f="$best_plain" 'BEGIN {
+  printf "verify_nginx_ratio %.3f (goal >= 0.9)\n", (f > 0) ? g / f : 0 }'
+echo "verify_nginx_key_fetches $fetches (goal 1)"
