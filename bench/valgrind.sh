@@ -17,6 +17,13 @@ local rsa_pem, ec_pem = read(dir .. "/rsa.pem"), read(dir .. "/ec.pem")
 local rsa, ec = assert(core.load_private_key(rsa_pem)), assert(core.load_private_key(ec_pem))
 local ec_pub = assert(core.load_public_key(ec:public_pem()))
 local rsa_pub = assert(core.load_public_key(rsa_pem))
+-- the EC key's x/y and the RSA modulus as JWK parameters, read from the
+-- DER public key (uncompressed point at the end; modulus after its header)
+local function b64(s) return core.b64url_encode(s) end
+local ec_der = core.b64url_decode((ec:public_pem():gsub("%-%-%-%-%-[^%-]+%-%-%-%-%-", ""):gsub("%s", ""):gsub("%+", "-"):gsub("/", "_"):gsub("=", "")))
+local pt = ec_der:sub(-64)
+x_b64, y_b64 = b64(pt:sub(1, 32)), b64(pt:sub(33, 64))
+rsa_n = b64(string.rep("\xc3", 256))
 for i = 1, 10000 do
   local data = "round " .. i
   local sig = assert(ec:sign("ES256", data))
@@ -45,6 +52,26 @@ for i = 1, 10000 do
       assert(st == nil and msg ~= nil)
     end
     h:close()
+  end
+  if i % 50 == 0 then
+    -- ID-token verification paths: JWK loading (good and bad), a bounded
+    -- JWS split, and verify over a prefix of the token
+    local tok = core.b64url_encode('{"alg":"ES256"}') .. "." .. core.b64url_encode('{"i":' .. i .. '}')
+    local jws = tok .. "." .. core.b64url_encode(assert(ec:sign("ES256", tok)))
+    local h, p, s, n = assert(core.jws_split(jws))
+    assert(h and p and n == #tok)
+    assert(ec_pub:verify("ES256", jws, s, n))
+    assert(not ec_pub:verify("ES256", jws, s, n - 1))
+    assert(not core.jws_split(tok))
+    assert(not core.jws_split(tok .. ".!!"))
+    assert(not core.jws_split(string.rep("a", 70000) .. ".b.c"))
+    local k = assert(core.load_jwk("EC", x_b64, y_b64, "P-256"))
+    assert(k:verify("ES256", jws, s, n)); k:close(); k:close()
+    assert(not core.load_jwk("EC", x_b64, x_b64, "P-256"))
+    assert(not core.load_jwk("EC", "AAAA", y_b64, "P-256"))
+    assert(core.load_jwk("RSA", rsa_n, "AQAB"))
+    assert(not core.load_jwk("RSA", "", "AQAB"))
+    assert(not core.load_jwk("OKP", "x", "y"))
   end
   if i % 1000 == 0 then collectgarbage() end
 end
