@@ -258,6 +258,21 @@ typedef struct {
 
 enum { HB_NONE = 0, HB_NAME, HB_TYPE, HB_VALUE };
 
+/* Can `v` be sent as a header value? RFC 9110 (5.5): a field value is
+ * visible characters, obs-text, spaces and tabs; CR, LF and NUL would let
+ * it inject headers or cut it short, the other controls are invalid too.
+ * The same rule as gauth.util.header_value_ok in Lua. */
+static int bad_value(const char *v, size_t len)
+{
+    size_t i;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 1;
+    }
+    return 0;
+}
+
 /* One "name: value" line of the walk: compared with the kept list, or (when
  * `build`) appended to h->hdrs. The value's string is at the top of the
  * stack. Returns 0 when out of memory. */
@@ -268,8 +283,7 @@ static int walk_line(lua_State *L, gauth_http *h, hwalk *w, int build,
     const char *v = lua_tolstring(L, -1, &vlen);
 
     w->nlines++;
-    if (memchr(v, '\r', vlen) != NULL || memchr(v, '\n', vlen) != NULL ||
-        memchr(v, '\0', vlen) != NULL)
+    if (bad_value(v, vlen))
         return -1;
     if (build) {
         /* The line is made as a Lua string (a memory error raises and
@@ -333,9 +347,16 @@ static int walk_headers(lua_State *L, gauth_http *h, int t, hwalk *w, int build)
         }
         if (name_is(name, nlen, "accept-encoding")) {
             /* libcurl sends it, and decodes what comes back. */
-            if (vt == LUA_TSTRING)
-                w->accept_enc = lua_tostring(L, -1);  /* the table holds it */
-            else if (vt != LUA_TBOOLEAN || lua_toboolean(L, -1)) {
+            if (vt == LUA_TSTRING) {
+                size_t alen;
+                const char *a = lua_tolstring(L, -1, &alen);
+                if (bad_value(a, alen)) {
+                    lua_pop(L, 1);
+                    w->bad = HB_VALUE;
+                    return 1;
+                }
+                w->accept_enc = a;  /* the table holds it */
+            } else if (vt != LUA_TBOOLEAN || lua_toboolean(L, -1)) {
                 lua_pop(L, 1);
                 w->bad = HB_TYPE;
                 return 1;
@@ -888,7 +909,7 @@ static const char *const methods[] = {
  *   accept-encoding is taken as `opts.accept_encoding`, content-length is
  *   libcurl's): checked here, and a problem is returned, not raised, as
  *   nil, the key, nil, "header_name" | "header_type" | "header_value" (a
- *   value with CR, LF or NUL)
+ *   value with CR, LF, NUL or another control character; accept-encoding's too)
  * @tparam[opt] string body request body (binary safe)
  * @tparam[opt] table opts `timeout`, `connect_timeout` (seconds),
  *   `max_body` (bytes), `ca_file`, `noproxy` (hosts never proxied,
@@ -965,8 +986,8 @@ static int l_perform(lua_State *L)
                 luaL_error(L, "gauth.core: http: headers[%d] must be a string", i);
             s = lua_tolstring(L, -1, &len);
             /* CR/LF would let a value inject headers; NUL would cut it. */
-            if (strlen(s) != len || strpbrk(s, "\r\n") != NULL)
-                luaL_error(L, "gauth.core: http: headers[%d] contains CR, LF or NUL", i);
+            if (bad_value(s, len))
+                luaL_error(L, "gauth.core: http: headers[%d] contains CR, LF, NUL or another control character", i);
             if (memchr(s, ':', len) == NULL)
                 luaL_error(L, "gauth.core: http: headers[%d] is not \"name: value\"", i);
             if (has_prefix_ci(s, len, "content-type:"))

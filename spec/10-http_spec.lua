@@ -718,6 +718,42 @@ describe("gauth.transport.curl", function()
       assert.equal(1, #fake:requests("/direct"))
     end)
 
+    it("never sends 127.0.0.2, ::1 or localhost through a proxy (a logging proxy gets nothing)", function()
+      -- The proxy is a raw listener that logs what it receives (and answers
+      -- 200): a loopback request that went through it would be logged there.
+      local proxy = helpers.start_raw_listener()
+      local targets = { helpers.start_raw_listener({ host = "127.0.0.2" }),
+                        helpers.start_raw_listener({ host = "::1" }),
+                        helpers.start_raw_listener({ host = "127.0.0.1" }) }
+      local urls = { targets[1].url .. "/two", targets[2].url .. "/six",
+                     "http://localhost:" .. targets[3].port .. "/name",
+                     -- a host that is not loopback: through the proxy (so the
+                     -- proxy is honoured at all), never resolved
+                     "http://gauth-proxied.invalid/far" }
+      local code = ([[
+        package.path = %q; package.cpath = %q
+        local t = require("gauth.transport.curl").new({ timeout = 10 })
+        for _, u in ipairs({ %q, %q, %q, %q }) do
+          local res, err = t:request({ url = u })
+          io.write(res and res.status or tostring(err), "\n")
+        end
+      ]]):format(package.path, package.cpath, urls[1], urls[2], urls[3], urls[4])
+      local p = proxy.url
+      local q = helpers.shell_quote
+      local ok, out = helpers.sh("env -u no_proxy -u NO_PROXY http_proxy=" .. p
+        .. " https_proxy=" .. p .. " HTTP_PROXY=" .. p .. " HTTPS_PROXY=" .. p
+        .. " ALL_PROXY=" .. p .. " " .. lua_interpreter() .. " -e " .. q(code))
+      local got = proxy:request_lines()
+      local direct = {}
+      for i, l in ipairs(targets) do direct[i] = l:request_lines(); l:stop() end
+      proxy:stop()
+      assert.is_true(ok, out)
+      assert.equal("200\n200\n200\n200\n", out)
+      assert.same({ "GET http://gauth-proxied.invalid/far HTTP/1.1" }, got)
+      assert.same({ { "GET /two HTTP/1.1" }, { "GET /six HTTP/1.1" }, { "GET /name HTTP/1.1" } },
+                  direct)
+    end)
+
     it("enforces max_body on a declared and on a decoded length", function()
       fake:script("/big", { status = 200, body = string.rep("a", 5000) })
       local res, err = t:request({ url = fake.url .. "/big", max_body = 1000 })
@@ -799,13 +835,30 @@ describe("gauth.transport.curl", function()
       assert.is_nil(res)
       assert.is_true(errors.is(err))
       assert.is_false(err.retryable)
-      assert.equal("gauth.http: request: header authorization has a value with CR, LF or NUL",
-                   tostring(err))
+      assert.equal("gauth.http: request: header authorization has a value with CR, LF, NUL or"
+                   .. " another control character", tostring(err))
       res, err = t:request({ url = fake.url .. "/", headers = { ["x-list"] = { "ok", "a\0b" } } })
       assert.is_nil(res)
-      assert.equal("gauth.http: request: header x-list has a value with CR, LF or NUL",
-                   tostring(err))
+      assert.equal("gauth.http: request: header x-list has a value with CR, LF, NUL or"
+                   .. " another control character", tostring(err))
       assert.same({}, fake:requests())
+    end)
+
+    it("refuses an accept-encoding value with CR/LF (libcurl would send it as it is), sending nothing", function()
+      for _, v in ipairs({ "gzip\r\nx-injected: 1", "gzip\0", "gzip\1" }) do
+        local res, e2, e3 = t:request({ url = fake.url .. "/ae", headers = { ["accept-encoding"] = v } })
+        assert.is_nil(res)
+        local err = errors.of(e2, e3)
+        assert.equal(tostring(err), tostring(e2))
+        assert.equal("gauth.http: request: header accept-encoding has a value with CR, LF, NUL or"
+                     .. " another control character", tostring(err))
+        assert.is_false(err.retryable)
+        assert.equal("accept-encoding", err.header)
+      end
+      assert.same({}, fake:requests())
+      -- a tab is a valid header character
+      local res = t:request({ url = fake.url .. "/ae", headers = { ["accept-encoding"] = "gzip,\tdeflate" } })
+      assert.equal(404, res.status)
     end)
 
     it("passes streaming options through", function()

@@ -336,6 +336,49 @@ describe("gauth.discovery against the fake over HTTPS", function()
       assert.equals(4, #fake:requests(LIST_PATH))
     end)
 
+    it("never sends credentials over plain http to a remote rootUrl (a planted document)", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      local doc = cjson.decode(text)
+      doc.rootUrl = "http://attacker.example/"
+      -- anything that would leave loopback raises here, before a socket
+      local guard = helpers.loopback_guard()
+      local function refused(opts, media)
+        opts.http = guard
+        opts.sleep = sleep
+        local svc = assert(discovery.build_from_document(cjson.encode(doc), opts))
+        local req = svc:instances():list({ project = PROJECT })
+        local res, e2, e3 = req:execute({ num_retries = 2 })
+        assert.is_nil(res)
+        local err = errors.of(e2, e3)
+        assert.equals(tostring(err), tostring(e2))
+        assert.equals("gauth.discovery: sql.instances.list: refusing to send credentials to"
+                      .. " attacker.example over http (https is required except for a loopback"
+                      .. " host) [http://attacker.example/sql/v1beta4/projects/" .. PROJECT
+                      .. "/instances?" .. (opts.api_key and "key=REDACTED&" or "") .. "alt=json]",
+                      tostring(err))
+        assert.equals("discovery", err.module)
+        assert.equals("insecure_url", err.reason)
+        assert.is_false(err.retryable)
+        assert.is_nil(tostring(err):find("KEY-42", 1, true))
+        return svc, media
+      end
+      local c = creds()
+      refused({ credentials = c })
+      refused({ api_key = "SECRET-API-KEY-42" })
+      -- the token was never even asked for
+      assert.equals(0, #token_requests())
+      assert.same({}, slept)
+      -- plain http to a loopback host is allowed (emulators, tests)
+      doc.rootUrl = "http://127.0.0.1:" .. closed_port() .. "/"
+      local svc = assert(discovery.build_from_document(cjson.encode(doc), { credentials = c,
+        http = guard, sleep = sleep }))
+      local res, e2, e3 = svc:instances():list({ project = PROJECT }):execute({ num_retries = 0 })
+      assert.is_nil(res)
+      assert.is_true(errors.of(e2, e3).retryable, tostring(e2))  -- connection refused: it was sent
+      assert.equals(1, #token_requests())
+    end)
+
     it("returns the credentials' failure without calling the API", function()
       local sql = service("sqladmin.v1beta4.json")
       if not sql then return end
@@ -681,6 +724,86 @@ describe("gauth.discovery against the fake over HTTPS", function()
       assert.equals("discovery", err.module)
       assert.equals(7, err.curl_code)
       assert.same({}, cache_files())
+    end)
+
+    it("keeps the disk cache in a 0700 folder, files 0600, the API key in no file name", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      fake:script(DOC_PATH, { { status = 200, body = text } })
+      dir = dir .. "/a/b"  -- parents made too
+      assert(discovery.build("sqladmin", "v1beta4", opts({ api_key = "SECRET-API-KEY-42" })))
+      assert.equals("SECRET-API-KEY-42", helpers.parse_form(fake:requests(DOC_PATH)[1].query).key)
+      local core = require "gauth.core"
+      local kind, mode = core.file_stat(dir)
+      assert.equals("dir", kind)
+      assert.equals(tonumber("700", 8), mode)
+      local files = cache_files()
+      assert.equals(1, #files)
+      assert.is_nil(files[1]:find("SECRET", 1, true))
+      assert.is_nil(files[1]:find("key", 1, true))
+      kind, mode = core.file_stat(files[1])
+      assert.equals("file", kind)
+      assert.equals(tonumber("600", 8), mode)
+    end)
+
+    it("ignores, with a warning, cache files and folders of another user or writable by others", function()
+      local text = shared_doc("sqladmin.v1beta4.json")
+      if not text then return end
+      local responses = {}
+      for i = 1, 5 do responses[i] = { status = 200, body = text } end
+      fake:script(DOC_PATH, responses)
+      -- a planted document: its rootUrl sends tokens to another host
+      local planted = cjson.decode(text)
+      planted.rootUrl = "http://attacker.example/"
+      local planted_text = "gauth-discovery-cache 1 " .. os.time() .. "\n" .. cjson.encode(planted)
+      assert(discovery.build("sqladmin", "v1beta4", opts()))
+      local file = cache_files()[1]
+      local real_list = cjson.decode(text).rootUrl .. LIST_PATH:sub(2) .. "?alt=json"
+      local warnings = {}
+      local real_stderr = io.stderr
+      io.stderr = { write = function(_, ...)  -- luacheck: ignore
+        warnings[#warnings + 1] = table.concat({ ... })
+      end }
+      local ok, err = pcall(function()
+        local function build_again()
+          discovery.clear_cache()
+          local o = opts()
+          o.api_endpoint = nil  -- the document's rootUrl says where requests go
+          local svc = assert(discovery.build("sqladmin", "v1beta4", o))
+          return svc:instances():list({ project = PROJECT }).uri
+        end
+        -- another user's file
+        helpers.write_file(file, planted_text)
+        assert(os.execute("chown 65534 " .. q(file)))
+        assert.equals(real_list, build_again())
+        assert.equals(2, #fake:requests(DOC_PATH))
+        -- our own file, but writable by others
+        assert(os.execute("chown 0 " .. q(file) .. " && chmod 0666 " .. q(file)))
+        helpers.write_file(file, planted_text)
+        assert.equals(real_list, build_again())
+        assert.equals(3, #fake:requests(DOC_PATH))
+        -- a folder writable by its group: neither read nor written
+        assert(os.execute("chmod 0600 " .. q(file) .. " && chmod 0770 " .. q(dir)))
+        helpers.write_file(file, planted_text)
+        assert.equals(real_list, build_again())
+        assert.equals(4, #fake:requests(DOC_PATH))
+        assert.equals(planted_text, helpers.read_file(file))
+        -- made ours alone again: the file is read (the planted rootUrl is
+        -- then what credentials are refused for: see the execute specs)
+        assert(os.execute("chmod 0700 " .. q(dir)))
+        assert.equals("http://attacker.example/sql/v1beta4/projects/" .. PROJECT .. "/instances?alt=json",
+                      build_again())
+        assert.equals(4, #fake:requests(DOC_PATH))
+      end)
+      io.stderr = real_stderr  -- luacheck: ignore
+      assert(ok, err)
+      local all = table.concat(warnings, "\n")
+      assert.matches("gauth.discovery: not using the disk cache " .. file
+                     .. ": owned by another user (uid 65534)", all, 1, true)
+      assert.matches("gauth.discovery: not using the disk cache " .. file
+                     .. ": writable by its group or by others", all, 1, true)
+      assert.matches("gauth.discovery: not using the disk cache " .. dir
+                     .. ": writable by its group or by others", all, 1, true)
     end)
 
     it("with cache = false fetches every time and writes nothing", function()

@@ -296,6 +296,55 @@ describe("gauth.media", function()
       assert.equal(0, #srv:requests())
     end)
 
+    it("refuse a MIME type with CR/LF (header injection into the media part), sending nothing", function()
+      local evil = "text/plain\r\nX-Injected: 1\r\n\r\nbody"
+      local function refused(step, what, m, msg, err)
+        assert.is_nil(m)
+        assert.equal("gauth.media: " .. step .. ": " .. what .. " has CR, LF, NUL or another"
+                     .. " control character (not a valid header value)", msg)
+        assert.equal("media", err.module)
+        assert.equal(step, err.step)
+        assert.equal("bad_mime_type", err.reason)
+        assert.is_false(err.retryable)
+        assert.is_nil(msg:find("Injected", 1, true))
+      end
+      refused("media_string", "mime_type", media.media_string("x", { mime_type = evil }))
+      refused("media_file", "mime_type",
+              media.media_file(write("x.txt", "hi"), { mime_type = "text/plain\0" }))
+      refused("drive.files.create", "media_mime_type", drive:files():create{
+        body = { name = "x" }, media_body = write("x.txt", "hi"), media_mime_type = evil })
+      -- a media object whose type was changed after it was made
+      local m = media.media_string("x", { mime_type = "text/plain" })
+      m.mime_type = evil
+      refused("drive.files.create", "the media's mime_type",
+              drive:files():create{ body = { name = "x" }, media_body = m })
+      m.resumable = true
+      refused("drive.files.create", "the media's mime_type",
+              drive:files():create{ media_body = m })
+      assert.equal(0, #srv:requests())
+    end)
+
+    it("refuse to send credentials over plain http to a remote host (a planted rootUrl)", function()
+      -- anything that would leave loopback raises in the guard, before a socket
+      local svc = assert(discovery.build_from_document(DRIVE, {
+        api_endpoint = "http://attacker.example/drive/v3/", http = helpers.loopback_guard(),
+        credentials = creds }))
+      for _, resumable in ipairs({ false, true }) do
+        local req = assert(svc:files():create{ body = { name = "x" },
+          media_body = media.media_string("x", { mime_type = "text/plain", resumable = resumable }) })
+        local res, e2, e3 = req:execute()
+        assert.is_nil(res)
+        local err = require("gauth.errors").of(e2, e3)
+        assert.equal(tostring(err), tostring(e2))
+        assert.matches("^gauth%.media: drive%.files%.create: refusing to send credentials to"
+                       .. " attacker%.example over http %(https is required except for a loopback host%)",
+                       tostring(err))
+        assert.equal("insecure_url", err.reason)
+        assert.is_false(err.retryable)
+      end
+      assert.equal(0, #srv:requests())
+    end)
+
     it("refuse media larger than maxSize, before sending anything", function()
       local d = cjson.decode(DRIVE)
       d.resources.files.methods.create.mediaUpload.maxSize = "1KB"

@@ -236,6 +236,36 @@ describe("gauth.batch", function()
     assert.equal(1, #delays)
   end)
 
+  it("refuses a part whose Content-Type or other header has CR/LF (injection), sending nothing", function()
+    objects("a")
+    local called = false
+    local b = drive:new_batch_http_request{ callback = function() called = true end }
+    local upd = drive:files():update{ fileId = "a", body = { name = "x" } }
+    upd.headers["content-type"] = "application/json\r\nX-Injected: 1\r\n\r\n{}"
+    assert(b:add(upd, nil, "evil"))
+    local ok, msg, err = b:execute()
+    assert.is_nil(ok)
+    assert.equal("gauth.batch: execute: request evil: header content-type has a value with"
+                 .. " CR, LF, NUL or another control character", msg)
+    assert.equal("batch", err.module)
+    assert.equal("execute", err.step)
+    assert.equal("evil", err.request_id)
+    assert.equal("content-type", err.header)
+    assert.is_false(err.retryable)
+    -- any other header of a part, NUL and other controls included
+    b = drive:new_batch_http_request{ callback = function() called = true end }
+    local get = drive:files():get{ fileId = "a" }
+    get.headers["x-extra"] = "a\0b"
+    assert(b:add(get, nil, "nul"))
+    ok, msg, err = b:execute()
+    assert.is_nil(ok)
+    assert.equal("gauth.batch: execute: request nul: header x-extra has a value with"
+                 .. " CR, LF, NUL or another control character", msg)
+    assert.equal("x-extra", err.header)
+    assert.is_false(called)
+    assert.equal(0, #srv:requests())
+  end)
+
   it("holds at most 1000 requests; the 1001st is refused with nil, err", function()
     local b = drive:new_batch_http_request()
     for i = 1, 1000 do

@@ -23,6 +23,7 @@
 -- cannot be batched.
 -- @module gauth.batch
 
+local util = require "gauth.util"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
 local media = require "gauth.media"
@@ -163,7 +164,11 @@ local function part_headers(req)
   return h
 end
 
+local header_value_ok = util.header_value_ok
+local BAD_VALUE = "has a value with CR, LF, NUL or another control character"
+
 -- One `application/http` part (googleapiclient's _serialize_request).
+-- @return the part | nil, what is wrong[, the header at fault]
 local function serialize(req, content_id)
   local h, err = part_headers(req)
   if not h then return nil, err end
@@ -184,15 +189,18 @@ local function serialize(req, content_id)
   }
   local body = req.body
   if body ~= nil and h["content-type"] then
-    out[#out + 1] = "Content-Type: " .. h["content-type"] .. "\r\n"
+    local v = tostring(h["content-type"])
+    if not header_value_ok(v) then return nil, BAD_VALUE, "content-type" end
+    out[#out + 1] = "Content-Type: " .. v .. "\r\n"
   end
   for _, k in ipairs(names) do
     local v = h[k]
     if type(v) == "table" then v = concat(v, ", ") end
     v = tostring(v)
-    if find(v, "[\r\n]") or find(k, "[\r\n:]") then
-      return nil, "header " .. k .. " has a value with CR or LF"
+    if find(k, "[^!#$%%&'*+.^_`|~%w-]") then
+      return nil, "header name " .. k .. " is not an HTTP token", k
     end
+    if not header_value_ok(v) then return nil, BAD_VALUE, k end
     out[#out + 1] = k .. ": " .. v .. "\r\n"
   end
   out[#out + 1] = "Host: " .. host .. "\r\n"
@@ -315,10 +323,18 @@ function _M:_send(ids, answers, opts, http)
     -- Python's urllib.parse.quote does ("/" kept)
     local cid = base_id .. " + " .. quote(id)
     by_cid[cid] = id
-    local part, err = serialize(self.requests[id], cid)
+    local part, err, header = serialize(self.requests[id], cid)
     if not part then
       if errors.is(err) then
         return nil, errors.wrap("batch", "execute", err, { request_id = id })
+      end
+      if header then
+        -- A line break in a part's header would add headers (or a body)
+        -- to the part: refused before anything is sent, naming the
+        -- header, never the value.
+        local what = err == BAD_VALUE and ("header " .. header .. " " .. err) or err
+        return errors.fail("batch", "execute", "request " .. id .. ": " .. what,
+                           { request_id = id, header = header, retryable = false })
       end
       return fail("execute", "request " .. id .. ": " .. tostring(err), { request_id = id })
     end
@@ -435,8 +451,8 @@ function _M:execute(opts)
     if not http then return nil, errors.wrap("batch", "execute", err) end
   end
   local answers = {}
-  local ok, err = self:_send(self.order, answers, opts, http)
-  if not ok then return nil, err end
+  local ok, err, e3 = self:_send(self.order, answers, opts, http)
+  if not ok then return nil, err, e3 end
 
   -- Parts answering 401: drop each credentials' token once, then send
   -- those parts again (googleapiclient's refresh-and-resend).
@@ -456,8 +472,8 @@ function _M:execute(opts)
   end
   if #redo > 0 then
     local again = {}
-    ok, err = self:_send(redo, again, opts, http)
-    if not ok then return nil, err end
+    ok, err, e3 = self:_send(redo, again, opts, http)
+    if not ok then return nil, err, e3 end
     for _, id in ipairs(redo) do answers[id] = again[id] end
   end
 

@@ -30,11 +30,13 @@
 -- @module gauth.discovery
 
 local cjson_safe = require "cjson.safe"
+local core = require "gauth.core"
 local errors = require "gauth.errors"
 local util = require "gauth.util"
 local nonblocking_phase = util.nonblocking_phase
 local phase_refusal = util.phase_refusal
 local regex = require "gauth.discovery.regex"
+local check_credentials_url = util.check_credentials_url
 
 local type = type
 local next = next
@@ -48,6 +50,7 @@ local rawget = rawget
 local rawset = rawset
 local require = require
 local byte = string.byte
+local gmatch = string.gmatch
 local sub = string.sub
 local gsub = string.gsub
 local find = string.find
@@ -1126,6 +1129,12 @@ local function attempt(self, spec, http, timeout, remaining, refreshed)
   local body = rawget(self, "body")
   local own = rawget(self, "headers")
   local h = own and copy(own) or make_headers(spec, body ~= nil)
+  if creds or svc.api_key then
+    -- Never a token or key in clear text to a remote host, whatever the
+    -- document's rootUrl (a planted or tampered document, say).
+    local ok, err = check_credentials_url(rawget(self, "uri"), "discovery", spec.id)
+    if not ok then return nil, err, refreshed end
+  end
   if creds then
     local ok, err = creds:apply(h)
     if not ok then
@@ -1538,6 +1547,9 @@ local function default_cache_dir()
   return nil
 end
 
+-- The file of `url`'s document in `dir`. `url` is the Discovery URL
+-- without the API key (the caller leaves it out): a key never appears in a
+-- file name.
 local function cache_file(dir, url)
   local name = gsub(url, "[^%w.-]", function(c) return format("_%02X", byte(c)) end)
   if #name > 200 then
@@ -1548,25 +1560,71 @@ local function cache_file(dir, url)
   return dir .. "/" .. name .. ".json"
 end
 
-local function mkdir_p(dir)
-  local ok, lfs = pcall(require, "lfs")
-  if ok and type(lfs) == "table" and lfs.mkdir then
-    local path = sub(dir, 1, 1) == "/" and "" or "."
-    for part in string.gmatch(dir, "[^/]+") do
-      path = path .. "/" .. part
-      lfs.mkdir(path)
-    end
-    return
+local PRIVATE_DIR, PRIVATE_FILE = 448, 384  -- 0700, 0600
+
+local warned = {}
+
+-- Say once (per path and reason) why a cache file or folder is not used.
+local function warn(path, why)
+  local k = path .. "\0" .. why
+  if warned[k] then return end
+  warned[k] = true
+  local msg = "gauth.discovery: not using the disk cache " .. path .. ": " .. why
+  if util.is_ngx then
+    ngx.log(ngx.WARN, msg)  -- luacheck: ignore ngx
+  else
+    io.stderr:write(msg, "\n")
   end
-  os.execute("mkdir -p '" .. gsub(dir, "'", "'\\''") .. "' 2>/dev/null")
+end
+
+-- Is the cache folder or file at `path` ours alone to write? Anyone else
+-- who could write it could plant a document (a rootUrl of their choosing).
+-- @return kind's mode bits when it is (a number) | false (it exists and is
+--   not: warned) | nil (it does not exist)
+local function trusted(path, kind)
+  local k, mode, uid, me = core.file_stat(path)
+  if not k then return nil end
+  if k ~= kind then
+    warn(path, "not a " .. (kind == "dir" and "directory" or "regular file"))
+    return false
+  end
+  if uid ~= me then
+    warn(path, "owned by another user (uid " .. uid .. ")")
+    return false
+  end
+  -- the group's and the others' write bits (0020, 0002)
+  if floor(mode / 16) % 2 == 1 or floor(mode / 2) % 2 == 1 then
+    warn(path, "writable by its group or by others")
+    return false
+  end
+  return mode
+end
+
+-- The cache folder, made 0700 where missing (parents too); an existing one
+-- of ours that others may read is made 0700. nil when it cannot be trusted.
+local function private_dir(dir)
+  local mode = trusted(dir, "dir")
+  if mode == nil then
+    local path = sub(dir, 1, 1) == "/" and "" or "."
+    for part in gmatch(dir, "[^/]+") do
+      path = path .. "/" .. part
+      core.mkdir(path, PRIVATE_DIR)
+    end
+    mode = trusted(dir, "dir")
+  end
+  if not mode then return nil end
+  if mode % 512 ~= PRIVATE_DIR then core.chmod(dir, PRIVATE_DIR) end
+  return true
 end
 
 local function now()
   return os.time()
 end
 
--- The cached text of `url`, or nil when absent, stale or unreadable.
-local function read_cache(path, max_age)
+-- The cached text in `path` (in `dir`), or nil when absent, stale,
+-- unreadable, or not to be trusted (see `trusted`).
+local function read_cache(dir, path, max_age)
+  if not trusted(dir, "dir") or not trusted(path, "file") then return nil end
   local f = io.open(path, "rb")
   if not f then return nil end
   local data = f:read("*a")
@@ -1579,11 +1637,13 @@ local function read_cache(path, max_age)
 end
 
 local function write_cache(dir, path, text)
-  mkdir_p(dir)
+  if not private_dir(dir) then return end
   local tmp = format("%s.tmp.%s%d", path, gsub(tostring({}), "[^%w]", ""), math.random(1e9))
   local f = io.open(tmp, "wb")
   if not f then return end
-  local ok = f:write(CACHE_MAGIC, tostring(now()), "\n", text)
+  -- 0600 before anything is written: whatever the umask, the file is
+  -- trusted when read back
+  local ok = core.chmod(tmp, PRIVATE_FILE) and f:write(CACHE_MAGIC, tostring(now()), "\n", text)
   ok = f:close() and ok
   if not ok or not os.rename(tmp, path) then
     os.remove(tmp)
@@ -1638,6 +1698,7 @@ function _M.build(api, version, opts)
 
   for i = 1, #templates do
     local url = expand_discovery_url(templates[i], api, version)
+    local file_url = url
     if opts.api_key then
       url = url .. (find(url, "?", 1, true) and "&" or "?") .. "key=" .. quote_plus(opts.api_key)
     end
@@ -1653,8 +1714,8 @@ function _M.build(api, version, opts)
     if shared == nil and use_cache and util.is_ngx then
       shared = require("gauth.discovery.shdict_cache").default()
     end
-    local path = not shared and dir and cache_file(dir, url)
-    local text = path and read_cache(path, max_age)
+    local path = not shared and dir and cache_file(dir, file_url)
+    local text = path and read_cache(dir, path, max_age)
     local doc = text and json_decode(text)
     local from_disk = type(doc) == "table" and doc.rootUrl ~= nil
     if shared then

@@ -96,6 +96,17 @@ local function fail(step, message, fields)
 end
 
 local redact = errors.redact_uri
+local header_value_ok = util.header_value_ok
+
+-- A MIME type goes into a header line (Content-Type, X-Upload-Content-Type)
+-- or a multipart part's MIME header: a line break in it would add headers
+-- or a body there. Refused as `nil, msg, err`, naming the option, never
+-- the value; nothing is sent.
+local function bad_mime_type(step, what)
+  return errors.fail("media", step, what .. " has CR, LF, NUL or another control character"
+                     .. " (not a valid header value)",
+                     { reason = "bad_mime_type", retryable = false })
+end
 _M._redact = redact
 
 local function random_hex(n)
@@ -200,12 +211,16 @@ end
 --   `chunk_size` (bytes per resumable chunk: a multiple of 256 KiB, or -1
 --   for one chunk; default 100 MiB), `resumable` (true / false; default:
 --   when the file is larger than `RESUMABLE_THRESHOLD`)
--- @return media | nil, err (the file cannot be opened)
+-- @return media | nil, err (the file cannot be opened) | nil, msg, err
+--   (a mime_type with CR, LF, NUL or another control character)
 function _M.media_file(path, opts)
   if type(path) ~= "string" or path == "" then
     error("gauth.media: media_file: path must be a non-empty string", 2)
   end
   opts = check_media_opts(opts, "media_file")
+  if opts.mime_type and not header_value_ok(opts.mime_type) then
+    return bad_mime_type("media_file", "mime_type")
+  end
   local f, ferr = io_open(path, "rb")
   if not f then
     return fail("media_file", "cannot open the file: " .. tostring(ferr), { file = path })
@@ -228,12 +243,16 @@ end
 -- @tparam string data
 -- @tparam[opt] table opts `mime_type` (default `application/octet-stream`),
 --   `chunk_size`, `resumable` as for `media_file`
--- @return media
+-- @return media | nil, msg, err (a mime_type with CR, LF, NUL or another
+--   control character: it would inject MIME headers)
 function _M.media_string(data, opts)
   if type(data) ~= "string" then
     error("gauth.media: media_string: data must be a string", 2)
   end
   opts = check_media_opts(opts, "media_string")
+  if opts.mime_type and not header_value_ok(opts.mime_type) then
+    return bad_mime_type("media_string", "mime_type")
+  end
   return setmetatable({
     data = data, size = #data,
     mime_type = opts.mime_type or "application/octet-stream",
@@ -349,6 +368,11 @@ end
 -- @return res | nil, err (transport failures, wrapped)
 local function send(svc, step, treq, base_headers, extra, http)
   local creds = svc.credentials
+  if creds or svc.api_key then
+    -- https or loopback only, whatever the document's rootUrl says
+    local ok, err = util.check_credentials_url(treq.url, "media", step)
+    if not ok then return nil, err end
+  end
   local refreshed = false
   while true do
     local h = {}
@@ -469,6 +493,9 @@ function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
     if mt ~= nil and type(mt) ~= "string" then
       error("gauth.media: " .. step .. ": media_mime_type must be a string", level)
     end
+    if mt ~= nil and not header_value_ok(mt) then
+      return bad_mime_type(step, "media_mime_type")
+    end
     if mt == nil then
       -- googleapiclient: a path's type is guessed, and unknown is an error
       mt = _M.guess_type(media_body)
@@ -477,9 +504,10 @@ function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
                     ": give media_mime_type", { file = media_body, reason = "unknown_mime_type" })
       end
     end
-    local err
-    media, err = _M.media_file(media_body, { mime_type = mt })
+    local e2, e3
+    media, e2, e3 = _M.media_file(media_body, { mime_type = mt })
     if not media then
+      local err = errors.of(e2, e3)
       err.step = step
       return nil, err
     end
@@ -490,6 +518,10 @@ function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
           .. " (gauth.media.media_file / media_string)", level)
   end
 
+  -- A media object's type may have been set by hand after it was made.
+  if type(media.mime_type) ~= "string" or not header_value_ok(media.mime_type) then
+    return bad_mime_type(step, "the media's mime_type")
+  end
   local mu = type(mdesc.mediaUpload) == "table" and mdesc.mediaUpload or {}
   if not _M.accepts(mu.accept, media.mime_type) then
     return fail(step, format("media type %s is not accepted by the method (accept: %s)",
@@ -904,8 +936,8 @@ function _M.wrap_builder(build, mdesc)
     -- googleapiclient ignores media_mime_type without media_body
     if mb == nil then return req end
     -- Not a tail call: the level of its errors counts this frame.
-    local up, err = _M.upload_request(req, mdesc, mb, mt, 2)
-    return up, err
+    local up, err, e3 = _M.upload_request(req, mdesc, mb, mt, 2)
+    return up, err, e3
   end
 end
 

@@ -13,6 +13,7 @@ local setmetatable = setmetatable
 local byte = string.byte
 local format = string.format
 local gsub = string.gsub
+local find = string.find
 local io_open = io.open
 local os_getenv = os.getenv
 
@@ -217,11 +218,45 @@ function _M.read_file(path)
   return data
 end
 
+--- Can `v` be written as a header or MIME header value? RFC 9110 (5.5):
+-- visible characters, obs-text, spaces and tabs. CR and LF would end the
+-- line and let the value inject headers (or a body), NUL would cut it
+-- short; the other control characters are not valid either. The one rule
+-- for every header gauth writes (both transports, multipart and batch
+-- parts; `csrc/http.c` applies the same one).
+-- @tparam string v
+-- @treturn boolean
+function _M.header_value_ok(v)
+  return not find(v, "[%z\1-\8\10-\31\127]")
+end
+
 --- Is the host of an URL a loopback address?
 function _M.is_loopback_host(host)
   host = host:lower()
   return host == "localhost" or host == "[::1]" or host == "::1"
       or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
+end
+
+--- May credentials (a bearer token, an API key) go to `url`? Only over
+-- https, or over plain http to a loopback host (local emulators, tests);
+-- whatever a Discovery document's rootUrl or a caller says.
+-- @tparam string url
+-- @tparam string module the module of the error, e.g. "discovery"
+-- @tparam string step its step, e.g. the method id
+-- @return true | nil, err (`gauth.errors`, `reason` = "insecure_url",
+--   `retryable` = false, `uri` redacted)
+function _M.check_credentials_url(url, module, step)
+  if find(url, "^https://") then return true end
+  local scheme, host = _M.parse_url(url)
+  if scheme == "https" or (scheme == "http" and _M.is_loopback_host(host)) then
+    return true
+  end
+  local errors = require "gauth.errors"
+  return nil, errors.new(module, step, "refusing to send credentials to "
+    .. tostring(host or scheme or "this URL") .. " over "
+    .. tostring(scheme or "a non-http(s) URL")
+    .. " (https is required except for a loopback host)",
+    { reason = "insecure_url", retryable = false, uri = errors.redact_uri(url) })
 end
 
 --- Split an URL into scheme, host, port (number or nil), path-and-query.

@@ -116,12 +116,14 @@ function _M.header_name(name, module, level)
   return lname
 end
 
---- The error for a header value holding CR, LF or NUL (which would let a
--- value, a token from a server say, inject headers). It names the header,
--- never the value.
+--- The error for a header value that cannot be sent (CR, LF, NUL or
+-- another control character: see `gauth.util.header_value_ok`; CR/LF would
+-- let a value, a token from a server say, inject headers). It names the
+-- header, never the value.
 -- @return nil, err
 function _M.bad_header_value(name)
-  return fail("header " .. name .. " has a value with CR, LF or NUL", { retryable = false })
+  return fail("header " .. name .. " has a value with CR, LF, NUL or another control character",
+              { retryable = false, header = name })
 end
 
 return _M

@@ -27,6 +27,9 @@ local type = type
 local tostring = tostring
 local setmetatable = setmetatable
 local error = error
+local lower = string.lower
+local match = string.match
+local find = string.find
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -71,6 +74,46 @@ do
   end
 end
 _M.NOPROXY = NOPROXY
+
+-- NO_PROXY matches names, not address ranges (127.0.0.2 is not 127.0.0.1;
+-- libcurl compares "::1" with the URL's "[::1]" its own way): whether a
+-- request goes direct is decided here, per URL, and "*" then turns the
+-- proxy off for it. Loopback (all of 127.0.0.0/8, ::1, localhost and its
+-- subdomains) and the metadata server (GCE_METADATA_HOST too) are direct.
+local DIRECT = { localhost = true, ["localhost."] = true, ["[::1]"] = true,
+                 ["[0:0:0:0:0:0:0:1]"] = true, ["169.254.169.254"] = true,
+                 ["metadata.google.internal"] = true, ["metadata.google.internal."] = true }
+do
+  local mh = os.getenv("GCE_METADATA_HOST")
+  if mh and mh ~= "" then
+    DIRECT[lower((match(mh, "^(%[[^%]]*%])") or match(mh, "^[^:]*")))] = true
+  end
+end
+
+local function is_direct(host)
+  host = lower(host)
+  return DIRECT[host] == true or find(host, "^127%.%d+%.%d+%.%d+$") ~= nil
+      or find(host, "%.localhost%.?$") ~= nil
+end
+
+-- authority -> the noproxy option for it (bounded: authorities repeat).
+local noproxy_of, noproxy_count = {}, 0
+
+local function noproxy_for(url)
+  local authority = match(url, "^%a[%w+.-]*://([^/?#]*)")
+  if not authority then return NOPROXY end
+  local np = noproxy_of[authority]
+  if np then return np end
+  local hostport = match(authority, "@([^@]*)$") or authority
+  local host = match(hostport, "^(%[[^%]]*%])") or match(hostport, "^[^:]*")
+  np = is_direct(host) and "*" or NOPROXY
+  if noproxy_count < 256 then
+    noproxy_of[authority] = np
+    noproxy_count = noproxy_count + 1
+  end
+  return np
+end
+_M.noproxy_for = noproxy_for
 
 --- Make a transport.
 -- @tparam[opt] table opts `ca_file` (PEM bundle to trust instead of the
@@ -151,6 +194,7 @@ function _M:request(req)
   copts.upload_offset = req.upload_offset
   copts.upload_length = req.upload_length
   copts.download_file = req.download_file
+  copts.noproxy = noproxy_for(url)
 
   -- The header table goes to C as it is (copts.header_map): it is walked
   -- there, checked, and compared with the lines of the last request, which

@@ -42,6 +42,7 @@ local tonumber = tonumber
 local setmetatable = setmetatable
 local error = error
 local find = string.find
+local header_value_ok = util.header_value_ok
 local lower = string.lower
 local match = string.match
 local gmatch = string.gmatch
@@ -378,7 +379,8 @@ local function build_request(method, target, host_header, headers, body_len)
             end
             -- A CR or LF would let a value (a token from a server, say)
             -- inject headers; the message names the header, never the value.
-            if find(v, "[\r\n%z]") then
+            -- (The one rule for every header: util.header_value_ok.)
+            if not header_value_ok(v) then
               return nil, name
             end
             out[n + 1], out[n + 2], out[n + 3], out[n + 4] = name, ": ", v, "\r\n"
