@@ -171,7 +171,6 @@ for h in json.load(open(sys.argv[1])):
     assert.has_error(function() core.sleep("x") end, "bad argument #1 to 'sleep' (number expected, got string)")
   end)
   it("file_stat, mkdir and chmod: a path's kind, mode and owner; a private folder", function()
-    local helpers = require "helpers"
     local dir = helpers.tmpname("core-fs")
     local ok, msg = core.mkdir(dir, tonumber("700", 8))
     assert.is_true(ok)

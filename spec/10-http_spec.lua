@@ -181,7 +181,7 @@ describe("gauth.core Http", function()
       "bad argument #3 to 'perform' (table expected, got string)")
     assert.has_error(function() h:perform("GET", u, { 42 }) end, "gauth.core: http: headers[1] must be a string")
     assert.has_error(function() h:perform("GET", u, { "x: a\r\ny: b" }) end,
-      "gauth.core: http: headers[1] contains CR, LF or NUL")
+      "gauth.core: http: headers[1] contains CR, LF, NUL or another control character")
     assert.has_error(function() h:perform("GET", u, { "no colon" }) end,
       "gauth.core: http: headers[1] is not \"name: value\"")
     assert.has_error(function() h:perform("POST", u, nil, {}) end,
