@@ -1,6 +1,12 @@
 -- gauth.errors: the one error object, and Google's HTTP error shapes.
 local errors = require "gauth.errors"
 local cjson = require "cjson"
+local helpers = require "helpers"
+
+local function res(status, body, headers, reason)
+  return { status = status, body = type(body) == "table" and cjson.encode(body) or body,
+           headers = headers or {}, reason = reason }
+end
 
 describe("gauth.errors", function()
   it("makes an object whose fields are API and which prints as one line", function()
@@ -72,10 +78,6 @@ describe("gauth.errors", function()
   end)
 
   describe("from_response", function()
-    local function res(status, body, headers, reason)
-      return { status = status, body = type(body) == "table" and cjson.encode(body) or body,
-               headers = headers or {}, reason = reason }
-    end
 
     it("reads Google's error shape", function()
       local e = errors.from_response("discovery", "x.get", res(403, { error = {
@@ -92,19 +94,86 @@ describe("gauth.errors", function()
       assert.matches("Quota\\n", e.body, 1, true)
     end)
 
-    it("takes error.status when there is no reason, and refuses to retry other 403s", function()
+    it("keeps error.status in google_status, apart from reason, and refuses to retry other 403s", function()
       local e = errors.from_response("m", "s", res(403, { error = { message = "no",
-        status = "PERMISSION_DENIED" } }))
-      assert.are.equal("PERMISSION_DENIED", e.reason)
+        status = "PERMISSION_DENIED" } }, nil, "Forbidden"))
+      assert.are.equal("PERMISSION_DENIED", e.google_status)
+      assert.is_nil(e.reason)
+      assert.are.equal("Forbidden", e.http_reason)
+      assert.is_nil(e.oauth_error)
       assert.is_false(e.retryable)
+      assert.are.equal("gauth.m: s: no (HTTP 403 PERMISSION_DENIED)", tostring(e))
+      local both = errors.from_response("m", "s", res(403, { error = { message = "q",
+        status = "PERMISSION_DENIED", errors = { { reason = "userRateLimitExceeded" } } } }))
+      assert.are.equal("userRateLimitExceeded", both.reason)
+      assert.are.equal("PERMISSION_DENIED", both.google_status)
+      assert.is_true(both.retryable)
     end)
 
-    it("reads the OAuth shape", function()
+    it("reads the OAuth shape into oauth_error and error_description", function()
       local e = errors.from_response("m", "s", res(400, { error = "invalid_grant",
-        error_description = "Invalid JWT Signature." }))
-      assert.are.equal("invalid_grant", e.reason)
+        error_description = "Invalid JWT Signature." }, nil, "Bad Request"))
+      assert.are.equal("invalid_grant", e.oauth_error)
+      assert.are.equal("Invalid JWT Signature.", e.error_description)
+      assert.is_nil(e.reason)
+      assert.is_nil(e.google_status)
+      assert.are.equal("Bad Request", e.http_reason)
       assert.are.equal("Invalid JWT Signature.", e.message)
       assert.is_false(e.retryable)
+      local _, msg, err = errors.fail_response("m", "s", res(503, { error = "temporarily_unavailable" }))
+      helpers.assert_failure(msg, err, "m", "s")
+      assert.are.equal("temporarily_unavailable", err.oauth_error)
+      assert.is_true(err.retryable)
+    end)
+  end)
+
+  describe("classify: the one retry rule", function()
+    -- { fields, retryable, why }
+    local cases = {
+      { { status = 408 }, true, "request timeout" },
+      { { status = 429 }, true, "too many requests" },
+      { { status = 500 }, true, "5xx" },
+      { { status = 501 }, true, "every 5xx, 501 included (googleapiclient, gaxios)" },
+      { { status = 502 }, true, "5xx" },
+      { { status = 503 }, true, "5xx" },
+      { { status = 504 }, true, "5xx" },
+      { { status = 599 }, true, "5xx" },
+      { { status = 200 }, false, "success" },
+      { { status = 400 }, false, "client error" },
+      { { status = 401 }, false, "401: refreshing is not retrying" },
+      { { status = 404 }, false, "not found" },
+      { { status = 409 }, false, "conflict" },
+      { { status = 403 }, false, "403 without a reason" },
+      { { status = 403, reason = "forbidden" }, false, "403 other reason" },
+      { { status = 403, reason = "rateLimitExceeded" }, true, "403 rate limit" },
+      { { status = 403, reason = "userRateLimitExceeded" }, true, "403 user rate limit" },
+      { { status = 403, google_status = "RESOURCE_EXHAUSTED" }, false, "google_status alone" },
+      { { status = 400, oauth_error = "invalid_grant" }, false, "final OAuth error" },
+      { { status = 503, oauth_error = "invalid_grant" }, false, "final OAuth error beats 5xx" },
+      { { status = 500, oauth_error = "invalid_client" }, false, "final OAuth error beats 5xx" },
+      { { status = 400, oauth_error = "server_error" }, true, "OAuth try-again error" },
+      { { status = 400, oauth_error = "temporarily_unavailable" }, true, "OAuth try-again error" },
+      { { status = 400, oauth_error = "x", error_description = "internal_failure" }, true,
+        "OAuth try-again description" },
+      { { status = 400, oauth_error = "invalid_target" }, false, "other OAuth error" },
+      { { retryable = true, kind = "connect" }, true, "no answer: the transport's word" },
+      { { retryable = false, kind = "tls_verify" }, false, "no answer: the transport's word" },
+      { {}, false, "nothing known" },
+      { { status = 404, retryable = true }, false, "a status decides, not a stale flag" },
+    }
+    for i, c in ipairs(cases) do
+      it("case " .. i .. ": " .. c[3], function()
+        assert.are.equal(c[2], errors.classify(c[1]))
+      end)
+    end
+
+    it("is what every HTTP-answer error of gauth carries", function()
+      for _, c in ipairs(cases) do
+        if c[1].status and not c[1].oauth_error and not c[1].reason then
+          local e = errors.from_response("m", "s", res(c[1].status, ""))
+          assert.are.equal(c[2], e.retryable, c[1].status)
+        end
+      end
     end)
 
     it("falls back to the status line for a body that is not JSON", function()

@@ -2,6 +2,7 @@
 -- (nothing here needs the network or real time).
 local retry = require "gauth.retry"
 local errors = require "gauth.errors"
+local helpers = require "helpers"
 
 -- A fake clock: sleep advances it; every call is recorded.
 local function clock(start)
@@ -44,9 +45,10 @@ describe("gauth.retry.call", function()
 
   it("caps the delay at max_delay and honours initial and multiplier", function()
     local c = clock()
-    local _, err = retry.call(function() return nil, transient() end,
+    local _, msg, err = retry.call(function() return nil, transient() end,
       { attempts = 6, initial = 0.5, multiplier = 3, max_delay = 5,
         jitter = false, sleep = c.sleep, now = c.now })
+    helpers.assert_failure(msg, err)
     assert.same({ 0.5, 1.5, 4.5, 5, 5 }, c.slept)
     assert.equal(6, err.attempts)
   end)
@@ -86,10 +88,11 @@ describe("gauth.retry.call", function()
 
   it("returns the last error after the attempts, noting it", function()
     local c = clock()
-    local res, err = retry.call(function(attempt)
+    local res, msg, err = retry.call(function(attempt)
       return nil, transient({ status = 503, attempt_no = attempt })
     end, { sleep = c.sleep, now = c.now, jitter = false })
     assert.is_nil(res)
+    helpers.assert_failure(msg, err)
     assert.is_true(errors.is(err))
     assert.equal(3, err.attempt_no)         -- the last one, fields kept
     assert.equal(3, err.attempts)
@@ -104,11 +107,12 @@ describe("gauth.retry.call", function()
     local calls = 0
     local original = errors.new("service_account", "token exchange",
                                 "invalid_grant", { status = 400 })
-    local res, err = retry.call(function(attempt)
+    local res, msg, err = retry.call(function(attempt)
       calls = attempt
       return nil, original
     end, { sleep = c.sleep, now = c.now })
     assert.is_nil(res)
+    helpers.assert_failure(msg, err)
     assert.equal(original, err)             -- untouched, the same object
     assert.equal(1, calls)
     assert.same({}, c.slept)
@@ -116,11 +120,12 @@ describe("gauth.retry.call", function()
 
   it("stops at a non-retryable error that follows retryable ones", function()
     local c = clock()
-    local res, err = retry.call(function(attempt)
+    local res, msg, err = retry.call(function(attempt)
       if attempt == 1 then return nil, transient() end
       return nil, errors.new("http", "request", "forbidden", { status = 403 })
     end, { attempts = 5, sleep = c.sleep, now = c.now, jitter = false })
     assert.is_nil(res)
+    helpers.assert_failure(msg, err)
     assert.equal(403, err.status)
     assert.equal(2, err.attempts)
     assert.same({ 1 }, c.slept)
@@ -141,10 +146,11 @@ describe("gauth.retry.call", function()
 
   it("notes a plain string error when it gives up", function()
     local c = clock()
-    local res, err = retry.call(function() return nil, "boom" end,
+    local res, err, none = retry.call(function() return nil, "boom" end,
       { attempts = 2, sleep = c.sleep, now = c.now, jitter = false,
         retryable = function() return true end })
     assert.is_nil(res)
+    assert.is_nil(none)  -- not a gauth error: passed on as it came
     assert.equal("boom (gave up after 2 attempts)", err)
   end)
 
@@ -162,11 +168,12 @@ describe("gauth.retry.call", function()
   it("without a deadline, gives up on a Retry-After longer than max_delay", function()
     local c = clock()
     local calls = 0
-    local res, err = retry.call(function(attempt)
+    local res, msg, err = retry.call(function(attempt)
       calls = attempt
       return nil, transient({ retry_after = 3600 })
     end, { sleep = c.sleep, now = c.now })
     assert.is_nil(res)
+    helpers.assert_failure(msg, err)
     assert.equal(1, calls)
     assert.same({}, c.slept)
     assert.matches("Retry-After 3600s is longer than max_delay 32s", err.message, 1, true)
@@ -175,7 +182,7 @@ describe("gauth.retry.call", function()
   it("never sleeps past the deadline", function()
     local c = clock()
     local calls = 0
-    local res, err = retry.call(function(attempt)
+    local res, msg, err = retry.call(function(attempt)
       calls = attempt
       c.t = c.t + 2                        -- each attempt takes 2 s
       return nil, transient()
@@ -184,6 +191,7 @@ describe("gauth.retry.call", function()
     -- t=0 +2 (try 1) +1 sleep, +2 (try 2) +2 sleep, +2 (try 3) = 9;
     -- the next delay (4 s) would end at 13 > 10.
     assert.is_nil(res)
+    helpers.assert_failure(msg, err)
     assert.equal(3, calls)
     assert.same({ 1, 2 }, c.slept)
     assert.equal(3, err.attempts)
@@ -194,11 +202,12 @@ describe("gauth.retry.call", function()
   it("refuses a Retry-After that would pass the deadline", function()
     local c = clock()
     local calls = 0
-    local res, err = retry.call(function(attempt)
+    local res, msg, err = retry.call(function(attempt)
       calls = attempt
       return nil, transient({ retry_after = 30 })
     end, { attempts = 5, deadline = 20, sleep = c.sleep, now = c.now })
     assert.is_nil(res)
+    helpers.assert_failure(msg, err)
     assert.equal(1, calls)
     assert.same({}, c.slept)
     assert.matches("deadline", err.message, 1, true)
@@ -240,8 +249,9 @@ describe("gauth.retry.call", function()
 
   it("turns nil, nil from fn into an error", function()
     local c = clock()
-    local res, err = retry.call(function() end, { sleep = c.sleep, now = c.now })
+    local res, msg, err = retry.call(function() end, { sleep = c.sleep, now = c.now })
     assert.is_nil(res)
+    helpers.assert_failure(msg, err)
     assert.is_true(errors.is(err))
     assert.equal("retry", err.module)
   end)
@@ -319,14 +329,14 @@ describe("gauth.retry.parse_retry_after", function()
 end)
 
 describe("gauth.retry.is_retryable_status", function()
-  it("is true for 408, 429, 500, 502, 503, 504", function()
-    for _, s in ipairs({ 408, 429, 500, 502, 503, 504 }) do
+  it("is true for 408, 429 and every 5xx (gauth.errors.classify)", function()
+    for _, s in ipairs({ 408, 429, 500, 501, 502, 503, 504, 505, 599 }) do
       assert.is_true(retry.is_retryable_status(s), s)
     end
   end)
 
-  it("is false for success, client errors and 501", function()
-    for _, s in ipairs({ 200, 204, 308, 400, 401, 403, 404, 409, 501, 505 }) do
+  it("is false for success, redirects and the other client errors", function()
+    for _, s in ipairs({ 200, 204, 308, 400, 401, 403, 404, 409, 600 }) do
       assert.is_false(retry.is_retryable_status(s), s)
     end
     assert.is_false(retry.is_retryable_status(nil))

@@ -576,7 +576,7 @@ describe("gauth.discovery", function()
     it("takes error.status as the reason when there is no errors list", function()
       local it_ = svc_with({ { status = 400, body = '{"error":{"message":"bad","status":"INVALID_ARGUMENT"}}' } })
       local _, err = it_:list({ project = "p" }):execute()
-      assert.equals("INVALID_ARGUMENT", err.reason)
+      assert.equals("INVALID_ARGUMENT", err.google_status)
       assert.equals("bad", err.message)
     end)
 

@@ -284,14 +284,14 @@ describe("gauth.media", function()
       assert.is_nil(req)
       assert.equal("media", err.module)
       assert.equal("drive.files.create", err.step)
-      assert.equal("unacceptable_mime_type", err.reason)
+      assert.equal("unacceptable_mime_type", err.kind)
       assert.equal("gauth.media: drive.files.create: media type text/plain is not accepted by the method"
                    .. " (accept: image/*, application/pdf)",
                    tostring(err))
       -- a path, its type given or guessed
       req, err = svc:files():create{ media_body = write("x.txt", "hi") }
       assert.is_nil(req)
-      assert.equal("unacceptable_mime_type", err.reason)
+      assert.equal("unacceptable_mime_type", err.kind)
       assert.truthy(svc:files():create{ media_body = write("x.txt", "hi"), media_mime_type = "image/gif" })
       assert.equal(0, #srv:requests())
     end)
@@ -353,7 +353,7 @@ describe("gauth.media", function()
       local req, err = svc:files():create{ media_body = media.media_string(("x"):rep(1025)) }
       assert.is_nil(req)
       assert.equal("media", err.module)
-      assert.equal("media_too_large", err.reason)
+      assert.equal("media_too_large", err.kind)
       assert.equal(1025, err.size)
       assert.equal(1024, err.max_size)
       assert.equal("gauth.media: drive.files.create: media of 1025 bytes is larger than the method's maxSize 1KB",
@@ -368,7 +368,7 @@ describe("gauth.media", function()
       assert.matches("cannot open the file: /nonexistent/f.txt", err.message)
       req, err = drive:files():create{ media_body = write("noext", "x") }
       assert.is_nil(req)
-      assert.equal("unknown_mime_type", err.reason)
+      assert.equal("unknown_mime_type", err.kind)
       assert.has_error(function() drive:files():create{ media_body = 42 } end,
         "gauth.media: drive.files.create: media_body must be a file path or a media object"
         .. " (gauth.media.media_file / media_string)")

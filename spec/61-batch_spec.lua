@@ -275,7 +275,7 @@ describe("gauth.batch", function()
     assert.is_nil(ok)
     assert.equal("batch", err.module)
     assert.equal("add", err.step)
-    assert.equal("too_many_parts", err.reason)
+    assert.equal("too_many_parts", err.kind)
     assert.equal("gauth.batch: add: a batch holds at most 1000 requests (Google's limit); start another batch",
                  tostring(err))
     assert.equal(1000, b:count())

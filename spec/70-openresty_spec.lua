@@ -498,3 +498,53 @@ describe("OpenResty", function()
     end)
   end)
 end)
+
+-- Errors survive `assert` inside nginx: the second value of a failure is
+-- the message string (lua-nginx-module prints a raised table as "unknown
+-- error"/"unknown reason"). nginx runs LuaJIT: once, in the LuaJIT pass.
+if LUAJIT_PASS then
+  describe("OpenResty: errors that survive assert", function()
+    it("assert(from_file('/missing.json')) in init_by_lua: nginx does not start,"
+       .. " error.log has the real message", function()
+      local srv, err = nginx.start({
+        workers = 1,
+        http = [[
+          init_by_lua_block {
+            local creds = assert(require("gauth.service_account").from_file("/missing.json"))
+          }
+        ]],
+      })
+      if srv then srv:stop() end
+      assert.is_nil(srv)
+      assert.matches("init_by_lua error", err, 1, true)
+      assert.matches("gauth.service_account: key file: cannot read key file /missing.json",
+                     err, 1, true)
+      assert.not_matches("unknown error", err, 1, true)
+    end)
+
+    it("assert(creds:token()) in a content handler logs the real message", function()
+      local port = helpers.closed_port()
+      local path = helpers.make_service_account_file({
+        token_uri = "http://127.0.0.1:" .. port .. "/token" })
+      local srv = assert(nginx.start({
+        workers = 1,
+        server = ([[
+          location = /t {
+            content_by_lua_block {
+              local sa = require "gauth.service_account"
+              local creds = assert(sa.from_file(%q, { scopes = { "s" }, retry = false }))
+              ngx.say(assert(creds:token()))
+            }
+          }
+        ]]):format(path),
+      }))
+      finally(function() srv:stop() end)
+      local status = srv:get("/t")
+      assert.equal(500, status)
+      local log = srv:log()
+      assert.matches("gauth.service_account: token request: ", log, 1, true)
+      assert.not_matches("unknown reason", log, 1, true)
+      assert.not_matches("unknown error", log, 1, true)
+    end)
+  end)
+end

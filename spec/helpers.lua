@@ -964,6 +964,22 @@ function helpers.assert_gauth_error(err, module, step)
   if step then check.equal(step, err.step) end
 end
 
+--- Assert gauth's public failure shape, `nil, msg, err`, past the nil:
+-- `msg` is the string "gauth.<module>: <step>: <detail>" that
+-- `tostring(err)` gives, `err` a gauth error object (of `module` at
+-- `step` when given). Returns `err`, for its fields.
+function helpers.assert_failure(msg, err, module, step)
+  local check = require "luassert"
+  check.is_string(msg, "the message is not a string: " .. tostring(msg))
+  check.truthy(require("gauth.errors").is(err), "not a gauth error: " .. tostring(err))
+  check.equal(tostring(err), msg)
+  local prefix = "gauth." .. tostring(err.module) .. ": " .. tostring(err.step) .. ": "
+  check.equal(prefix, msg:sub(1, #prefix))
+  if module then check.equal(module, err.module) end
+  if step then check.equal(step, err.step) end
+  return err
+end
+
 --- A transport for `gauth.http.set_default` that sends what goes to a
 -- loopback host and fails the spec on anything else, so that a request
 -- meant for the fake never leaves the machine.

@@ -138,15 +138,15 @@ end
 local function type_of(info, source)
   local t = info.type
   if t == nil or t == util.json_null then
-    return nil, errors.new("adc", "key file", source .. ': no "type" field'
+    return errors.fail("adc", "key file", source .. ': no "type" field'
       .. " (is this a credentials file?)", { file = source, field = "type" })
   end
   if type(t) ~= "string" then
-    return nil, errors.new("adc", "key file", source .. ': "type" is not a string',
+    return errors.fail("adc", "key file", source .. ': "type" is not a string',
                            { file = source, field = "type" })
   end
   if not _M.TYPES[t] then
-    return nil, errors.new("adc", "key file", source .. ': credentials of type "'
+    return errors.fail("adc", "key file", source .. ': credentials of type "'
       .. sub(t, 1, 60) .. '" are not supported yet (supported: service_account,'
       .. " authorized_user, impersonated_service_account, external_account,"
       .. " external_account_authorized_user)",
@@ -157,9 +157,8 @@ end
 
 local function load(t, how, arg, source, opts)
   local mod = require(_M.TYPES[t])
-  local creds, e2, e3 = mod[how](arg, typed_opts(t, opts))
-  -- Modules return nil, err or (converted ones) nil, msg, err.
-  if not creds then return nil, rewrap(errors.of(e2, e3), { file = source, type = t }) end
+  local creds, err = errors.pair(mod[how](arg, typed_opts(t, opts)))
+  if not creds then return errors.ret(rewrap(err, { file = source, type = t })) end
   local project
   if t == "service_account" then project = creds.project_id end
   return creds, project
@@ -177,10 +176,10 @@ function _M.from_file(path, opts)
     error("gauth.adc: from_file: path must be a string", 2)
   end
   opts = check_opts(opts, "from_file")
-  local info, err = credentials.read_key_file("adc", path)
-  if not info then return nil, err end
-  local t, terr = type_of(info, path)
-  if not t then return nil, terr end
+  local info, err = errors.pair(credentials.read_key_file("adc", path))
+  if not info then return errors.ret(err) end
+  local t, terr = errors.pair(type_of(info, path))
+  if not t then return errors.ret(terr) end
   return load(t, "from_file", path, path, opts)
 end
 
@@ -188,21 +187,21 @@ end
 -- JSON text), of any supported type.
 -- @param info table or JSON string
 -- @tparam[opt] table opts as for `from_file`
--- @return credentials, project_id | nil, err
+-- @return credentials, project_id | nil, message, err
 function _M.from_info(info, opts)
   local source = "credentials info"
   opts = check_opts(opts, "from_info")
   if type(info) == "string" then
     local v = cjson.decode(info)
     if type(v) ~= "table" then
-      return nil, errors.new("adc", "key file", source .. ": not a JSON object")
+      return errors.fail("adc", "key file", source .. ": not a JSON object")
     end
     info = v
   elseif type(info) ~= "table" then
     error("gauth.adc: from_info: info must be a table or a JSON string", 2)
   end
-  local t, terr = type_of(info, source)
-  if not t then return nil, terr end
+  local t, terr = errors.pair(type_of(info, source))
+  if not t then return errors.ret(terr) end
   return load(t, "from_info", info, source, opts)
 end
 
@@ -213,7 +212,7 @@ end
 --- gcloud's configuration folder: `CLOUDSDK_CONFIG`, else
 -- `$HOME/.config/gcloud`.
 -- @tparam[opt] table opts `env`
--- @return path | nil, err (neither variable is set)
+-- @return path | nil, message, err (neither variable is set)
 function _M.config_dir(opts)
   opts = check_opts(opts, "config_dir")
   local getenv = metadata.getenv_for(opts)
@@ -221,18 +220,18 @@ function _M.config_dir(opts)
   if dir then return dir end
   local home = getenv("HOME")
   if not home then
-    return nil, errors.new("adc", "gcloud", "neither CLOUDSDK_CONFIG nor HOME is set")
+    return errors.fail("adc", "gcloud", "neither CLOUDSDK_CONFIG nor HOME is set")
   end
   return (home:gsub("/+$", "")) .. "/.config/gcloud"
 end
 
 --- Path of gcloud's credentials file (whether it exists or not).
 -- @tparam[opt] table opts `env`
--- @return path | nil, err
+-- @return path | nil, message, err
 function _M.well_known_file(opts)
   opts = check_opts(opts, "well_known_file")
-  local dir, err = _M.config_dir(opts)
-  if not dir then return nil, err end
+  local dir, err = errors.pair(_M.config_dir(opts))
+  if not dir then return errors.ret(err) end
   return (dir:gsub("/+$", "")) .. "/" .. _M.WELL_KNOWN_FILE
 end
 
@@ -319,10 +318,10 @@ function _M.default(opts)
   -- 1. GOOGLE_APPLICATION_CREDENTIALS: set means "use this file".
   local path = getenv("GOOGLE_APPLICATION_CREDENTIALS")
   if path then
-    local creds, project = _M.from_file(path, o)
+    local creds, project, e3 = _M.from_file(path, o)
     if not creds then
-      local err = project
-      return nil, errors.new("adc", STEP_ENV, "GOOGLE_APPLICATION_CREDENTIALS is set to "
+      local err = errors.of(project, e3)
+      return errors.fail("adc", STEP_ENV, "GOOGLE_APPLICATION_CREDENTIALS is set to "
         .. path .. ", which cannot be used: " .. reason_of(err),
         { file = path, cause = err, type = err.type, unsupported = err.unsupported })
     end
@@ -331,7 +330,7 @@ function _M.default(opts)
   tried[#tried + 1] = { step = STEP_ENV, reason = "not set" }
 
   -- 2. gcloud's file.
-  local wk, werr = _M.well_known_file({ env = getenv })
+  local wk, werr = errors.pair(_M.well_known_file({ env = getenv }))
   if not wk then
     tried[#tried + 1] = { step = STEP_GCLOUD, reason = reason_of(werr) }
   else
@@ -345,12 +344,12 @@ function _M.default(opts)
         tried[#tried + 1] = { step = STEP_GCLOUD, reason = "cannot read " .. tostring(rerr) }
       end
     else
-      local creds, project = _M.from_file(wk, o)
+      local creds, project, e3 = _M.from_file(wk, o)
       if creds then
         project = explicit_project or project or gcloud_project(getenv)
         return creds, project, STEP_GCLOUD
       end
-      tried[#tried + 1] = { step = STEP_GCLOUD, reason = reason_of(project) }
+      tried[#tried + 1] = { step = STEP_GCLOUD, reason = reason_of(errors.of(project, e3)) }
     end
   end
 
@@ -358,7 +357,7 @@ function _M.default(opts)
   local ae = require "gauth.app_engine"
   local on_gae = ae.is_app_engine({ env = getenv })
   if on_gae then
-    local creds, cerr = ae.credentials(o)
+    local creds, cerr = errors.pair(ae.credentials(o))
     if creds then
       local project = explicit_project or ae.project_id(o)
       return creds, project, STEP_GAE
@@ -371,9 +370,9 @@ function _M.default(opts)
 
   -- 4. The metadata server.
   local ce = require "gauth.compute_engine"
-  local here, merr = ce.is_available({ env = getenv, http = opts.http })
+  local here, merr = errors.pair(ce.is_available({ env = getenv, http = opts.http }))
   if here then
-    local creds, cerr = ce.credentials(o)
+    local creds, cerr = errors.pair(ce.credentials(o))
     if creds then
       -- A failure to read the project id does not make the credentials
       -- unusable: the project stays unknown (nil).
@@ -385,7 +384,7 @@ function _M.default(opts)
     tried[#tried + 1] = { step = STEP_GCE, reason = reason_of(merr) }
   end
 
-  return nil, nothing_found(tried)
+  return errors.ret(nothing_found(tried))
 end
 
 return _M

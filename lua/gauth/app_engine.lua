@@ -45,26 +45,27 @@ end
 
 --- Is this App Engine?
 -- @tparam[opt] table opts `env` (see `gauth.metadata.getenv_for`)
--- @return true | false, err (saying which variables were looked at)
+-- @return true | false, message, err (saying which variables were looked at)
 function _M.is_app_engine(opts)
   check_opts(opts, "is_app_engine")
   local getenv = metadata.getenv_for(opts)
   for _, name in ipairs(_M.VARS) do
     if getenv(name) then return true end
   end
-  return false, not_here()
+  local e = not_here()
+  return false, tostring(e), e
 end
 
 --- App Engine credentials (tokens from the metadata server).
 -- @tparam[opt] table opts `scopes`, `service_account`, `quota_project`,
 --   `host`, `env`, `http`, `timeout`, `retry`, `cache`, `now`: as for
 --   `gauth.compute_engine.credentials`
--- @return credentials | nil, err (outside App Engine: an error pointing to
+-- @return credentials | nil, message, err (outside App Engine: an error pointing to
 --   `gauth.default()`)
 function _M.credentials(opts)
   check_opts(opts, "credentials")
-  local ok, err = _M.is_app_engine(opts)
-  if not ok then return nil, err end
+  local ok, err = errors.pair(_M.is_app_engine(opts))
+  if not ok then return errors.ret(err) end
   return compute_engine._new(opts, "app_engine")
 end
 
@@ -74,11 +75,11 @@ end
 -- the metadata server's.
 -- @tparam[opt] table opts `env`, and `host`, `http`, `timeout`, `retry` for
 --   the metadata server
--- @return project id | nil, err
+-- @return project id | nil, message, err
 function _M.project_id(opts)
   check_opts(opts, "project_id")
-  local ok, err = _M.is_app_engine(opts)
-  if not ok then return nil, err end
+  local ok, err = errors.pair(_M.is_app_engine(opts))
+  if not ok then return errors.ret(err) end
   local getenv = metadata.getenv_for(opts)
   local app = getenv("GAE_APPLICATION")
   if app then

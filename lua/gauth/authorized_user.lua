@@ -24,6 +24,7 @@
 -- @module gauth.authorized_user
 
 local credentials = require "gauth.credentials"
+local errors = require "gauth.errors"
 local oauth = require "gauth.oauth"
 local retry = require "gauth.retry"
 local util = require "gauth.util"
@@ -54,7 +55,7 @@ local normalise_scopes = credentials.normalise_scopes
 
 --- Check that a token URI may carry a refresh token: https, or http to a
 -- loopback host. Nothing is sent otherwise.
--- @return true | nil, err
+-- @return true | nil, message, err
 function _M.check_token_uri(uri)
   return oauth.check_url(uri, "authorized_user", "token_uri", "a refresh token")
 end
@@ -66,17 +67,17 @@ end
 local function parse_info(info, source)
   local t = info.type
   if t ~= nil and t ~= "authorized_user" then
-    return nil, credentials.key_type_error("authorized_user", source, t, "authorized_user")
+    return errors.ret(credentials.key_type_error("authorized_user", source, t, "authorized_user"))
   end
   local parts = {}
   for _, f in ipairs({ "client_id", "client_secret", "refresh_token" }) do
-    local v, err = credentials.key_field("authorized_user", info, source, f, true)
-    if not v then return nil, err end
+    local v, err = errors.pair(credentials.key_field("authorized_user", info, source, f, true))
+    if not v then return errors.ret(err) end
     parts[f] = v
   end
   for _, f in ipairs({ "token_uri", "quota_project_id" }) do
-    local v, err = credentials.key_field("authorized_user", info, source, f, false)
-    if v == nil then return nil, err end
+    local v, err = errors.pair(credentials.key_field("authorized_user", info, source, f, false))
+    if v == nil then return errors.ret(err) end
     parts[f] = v or nil
   end
   return parts
@@ -92,8 +93,8 @@ local function build(parts, source, opts)
     arg_error("token_uri must be a non-empty string")
   end
   token_uri = token_uri or parts.token_uri or _M.DEFAULT_TOKEN_URI
-  local ok, err = _M.check_token_uri(token_uri)
-  if not ok then return nil, err end
+  local ok, err = errors.pair(_M.check_token_uri(token_uri))
+  if not ok then return errors.ret(err) end
   credentials.check_opts(opts, "authorized_user", 4, "http", "ca_file", "timeout")
   local policy = retry.policy(_M.RETRY, opts.retry)
   if not policy then arg_error("retry must be a table or false") end
@@ -125,32 +126,32 @@ end
 --   file's), `quota_project` (overrides the file's `quota_project_id`),
 --   `http`, `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false),
 --   `cache`, `now`
--- @return credentials | nil, err
+-- @return credentials | nil, message, err
 function _M.from_info(info, opts)
   local source = "authorized user info"
   local err
-  info, err = credentials.decode_info("authorized_user", info, source)
-  if not info then return nil, err end
+  info, err = errors.pair(credentials.decode_info("authorized_user", info, source))
+  if not info then return errors.ret(err) end
   local parts
-  parts, err = parse_info(info, source)
-  if not parts then return nil, err end
+  parts, err = errors.pair(parse_info(info, source))
+  if not parts then return errors.ret(err) end
   return build(parts, source, opts)
 end
 
 --- Credentials from an authorized-user file.
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
--- @return credentials | nil, err (naming the file and the field at fault,
+-- @return credentials | nil, message, err (naming the file and the field at fault,
 --   never a secret)
 function _M.from_file(path, opts)
   if type(path) ~= "string" then
     error("gauth.authorized_user: from_file: path must be a string", 2)
   end
-  local info, err = credentials.read_key_file("authorized_user", path)
-  if not info then return nil, err end
+  local info, err = errors.pair(credentials.read_key_file("authorized_user", path))
+  if not info then return errors.ret(err) end
   local parts
-  parts, err = parse_info(info, path)
-  if not parts then return nil, err end
+  parts, err = errors.pair(parse_info(info, path))
+  if not parts then return errors.ret(err) end
   return build(parts, path, opts)
 end
 
@@ -161,20 +162,20 @@ end
 local function parse_response(self, res, now)
   local uri = self.token_uri
   if res.status ~= 200 then
-    local fields = oauth.refusal(res, now, uri)
-    local msg = oauth.refusal_message("refresh", fields)
-    if fields.error == "invalid_grant" then
+    local fields, detail = oauth.refusal(res, now, uri)
+    local msg = oauth.refusal_message("refresh", fields, detail)
+    if fields.oauth_error == "invalid_grant" then
       msg = msg .. " (run `gcloud auth application-default login` again"
         .. " if these are gcloud's credentials)"
     end
     return fail("token response", msg, fields)
   end
   -- A 200 body holds tokens: it never goes into an error.
-  local data, err = oauth.decode(res, "authorized_user", uri)
-  if not data then return nil, err end
+  local data, err = errors.pair(oauth.decode(res, "authorized_user", uri))
+  if not data then return errors.ret(err) end
   local entry
-  entry, err = oauth.access_entry(data, now, "authorized_user", uri)
-  if not entry then return nil, err end
+  entry, err = errors.pair(oauth.access_entry(data, now, "authorized_user", uri))
+  if not entry then return errors.ret(err) end
   local rt = data.refresh_token
   if type(rt) == "string" and rt ~= "" then
     -- Rotated: the old one may stop working.
@@ -185,10 +186,10 @@ end
 
 local function refresh_once(self, http, remaining)
   local uri = self.token_uri
-  local ok, uerr = _M.check_token_uri(uri)
-  if not ok then return nil, uerr end
-  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "authorized_user", uri)
-  if terr then return nil, terr end
+  local ok, uerr = errors.pair(_M.check_token_uri(uri))
+  if not ok then return errors.ret(uerr) end
+  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "authorized_user", uri))
+  if terr then return errors.ret(terr) end
   local shared = self._shared
   local form = {
     { "grant_type", "refresh_token" },
@@ -197,18 +198,18 @@ local function refresh_once(self, http, remaining)
     { "refresh_token", shared.refresh_token },
   }
   if self.scopes then form[#form + 1] = { "scope", concat(self.scopes, " ") } end
-  local res, err = oauth.post(http, "authorized_user", uri, oauth.FORM_HEADERS,
-                              util.form_encode(form), timeout, _M.MAX_RESPONSE)
-  if not res then return nil, err end
+  local res, err = errors.pair(oauth.post(http, "authorized_user", uri, oauth.FORM_HEADERS,
+                              util.form_encode(form), timeout, _M.MAX_RESPONSE))
+  if not res then return errors.ret(err) end
   return parse_response(self, res, self._clock())
 end
 
 --- Get a new access token with the refresh token (used by `token()`;
 -- call that instead: it caches).
--- @return entry `{ access_token=, expires_at=, id_token=, scope= }` | nil, err
+-- @return entry `{ access_token=, expires_at=, id_token=, scope= }` | nil, message, err
 function _M:fetch_token()
-  local http, terr = oauth.transport(self._shared, "authorized_user")
-  if not http then return nil, terr end
+  local http, terr = errors.pair(oauth.transport(self._shared, "authorized_user"))
+  if not http then return errors.ret(terr) end
   return retry.call(function(_, remaining)
     return refresh_once(self, http, remaining)
   end, self._retry)

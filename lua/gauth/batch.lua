@@ -124,7 +124,7 @@ function _M:add(req, callback, request_id)
   if #self.order >= _M.MAX_PARTS then
     return fail("add", format("a batch holds at most %d requests (Google's limit);"
                               .. " start another batch", _M.MAX_PARTS),
-                { reason = "too_many_parts", retryable = false })
+                { kind = "too_many_parts", retryable = false })
   end
   if request_id == nil then
     local n = self.last_auto_id
@@ -158,7 +158,7 @@ local function part_headers(req)
   h["host"] = nil
   local creds = req._spec.svc.credentials
   if creds then
-    local ok, err = creds:apply(h)
+    local ok, err = errors.pair(creds:apply(h))
     if not ok then return nil, err end
   end
   return h
@@ -362,7 +362,7 @@ function _M:_send(ids, answers, opts, http)
   if n == nil then n = 0 end
   local uri = self.batch_uri
   local treq = { method = "POST", url = uri, body = body, timeout = opts.timeout or svc.timeout }
-  local res, err = retry.call(function()
+  local res, err = errors.pair(retry.call(function()
     local r, e = media._send(svc, "execute", treq, base,
                              { ["content-type"] = 'multipart/mixed; boundary="' .. boundary .. '"' },
                              http)
@@ -374,7 +374,7 @@ function _M:_send(ids, answers, opts, http)
       return nil, media._http_error("batch", "execute", uri, r)
     end
     return r
-  end, { attempts = n + 1, sleep = opts.sleep or svc.sleep, random = opts.random })
+  end, { attempts = n + 1, sleep = opts.sleep or svc.sleep, random = opts.random }))
   if not res then return nil, err end
 
   local ctype = res.headers["content-type"] or ""

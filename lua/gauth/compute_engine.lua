@@ -44,7 +44,7 @@ local arg_error = credentials.arg_error
 local normalise_scopes = credentials.normalise_scopes
 
 local function fail(self, step, message, fields)
-  return nil, errors.new(self._module, step, message, fields)
+  return errors.fail(self._module, step, message, fields)
 end
 
 local function trim(s)
@@ -90,8 +90,8 @@ function _M._new(opts, kind, mode)
       arg_error(kind, "target_audience is for id_token_credentials")
     end
   end
-  local host, err = metadata.host({ host = opts.host, env = opts.env, _module = kind })
-  if not host then return nil, err end
+  local host, err = errors.pair(metadata.host({ host = opts.host, env = opts.env, _module = kind }))
+  if not host then return errors.ret(err) end
   local policy = metadata.retry_policy(opts.retry)
   if opts.iam_endpoint ~= nil and (type(opts.iam_endpoint) ~= "string" or opts.iam_endpoint == "") then
     arg_error(kind, "iam_endpoint must be a non-empty string")
@@ -130,7 +130,7 @@ end
 --   `GCE_METADATA_HOST`), `env` (see `gauth.metadata.getenv_for`), `http`
 --   (a transport), `timeout` (seconds per read), `retry` (fields over
 --   `RETRY`, or false), `cache`, `now` (see `gauth.credentials.init`)
--- @return credentials | nil, err (a malformed `GCE_METADATA_HOST`)
+-- @return credentials | nil, message, err (a malformed `GCE_METADATA_HOST`)
 function _M.credentials(opts)
   return _M._new(opts, "compute_engine")
 end
@@ -143,7 +143,7 @@ end
 --   details; or "standard"), `licenses` (boolean, with "full"), and
 --   `service_account`, `host`, `env`, `http`, `timeout`, `retry`, `cache`,
 --   `now` as for `credentials`
--- @return credentials | nil, err
+-- @return credentials | nil, message, err
 function _M.id_token_credentials(opts)
   if type(opts) ~= "table" then
     error("gauth.compute_engine: id_token_credentials: opts with target_audience required", 2)
@@ -153,7 +153,7 @@ end
 
 --- Is a metadata server there? (`gauth.metadata.is_available`: a short
 -- ping, `NO_GCE_CHECK`, the answer kept for the process.)
--- @return true | false, err
+-- @return true | false, message, err
 function _M.is_available(opts)
   local o = {}
   if opts ~= nil then
@@ -166,7 +166,7 @@ end
 
 --- The project id of this machine, from the metadata server.
 -- @tparam[opt] table opts as for `gauth.metadata.get`
--- @return project id | nil, err
+-- @return project id | nil, message, err
 function _M.project_id(opts)
   local o = {}
   if opts ~= nil then
@@ -194,8 +194,8 @@ end
 local function fetch_access(self)
   local query
   if self.scopes then query = { scopes = concat(self.scopes, ",") } end
-  local data, err = metadata.get(account_path(self, "token"), read_opts(self, query, true))
-  if not data then return nil, err end
+  local data, err = errors.pair(metadata.get(account_path(self, "token"), read_opts(self, query, true)))
+  if not data then return errors.ret(err) end
   local tok = data.access_token
   if type(tok) ~= "string" or tok == "" then
     return fail(self, "metadata response", "no access_token in the metadata server's answer",
@@ -217,8 +217,8 @@ local function fetch_id(self)
   local query = { audience = self.target_audience }
   if self.format == "full" then query.format = "full" end
   if self.licenses then query.licenses = "TRUE" end
-  local body, err = metadata.get(account_path(self, "identity"), read_opts(self, query, false))
-  if not body then return nil, err end
+  local body, err = errors.pair(metadata.get(account_path(self, "identity"), read_opts(self, query, false)))
+  if not body then return errors.ret(err) end
   -- The metadata server just issued it to us.
   local entry = credentials.id_token_entry(trim(body), self._clock())
   if not entry then
@@ -230,7 +230,7 @@ end
 
 --- Get a new token from the metadata server (used by `token()`; call
 -- that instead: it caches).
--- @return entry `{ access_token=, expires_at= }` | nil, err
+-- @return entry `{ access_token=, expires_at= }` | nil, message, err
 function _M:fetch_token()
   if self.mode == "id_token" then return fetch_id(self) end
   return fetch_access(self)
@@ -245,12 +245,12 @@ end
 
 --- The email of the service account (asked of the metadata server once
 -- when the object was made with "default").
--- @return email | nil, err
+-- @return email | nil, message, err
 function _M:email()
   local shared = self._shared
   if shared.email then return shared.email end
-  local v, err = metadata.get(account_path(self, "email"), read_opts(self))
-  if not v then return nil, err end
+  local v, err = errors.pair(metadata.get(account_path(self, "email"), read_opts(self)))
+  if not v then return errors.ret(err) end
   v = trim(v)
   if v == "" then
     return fail(self, "metadata response", "the service account's email is empty",

@@ -185,7 +185,7 @@ function _M.init(self, opts)
 end
 
 --- Subclasses implement this: get a new token from the source.
--- @return `{ access_token = , expires_at = , ... }` | nil, err
+-- @return `{ access_token = , expires_at = , ... }` | nil, message, err
 function base:fetch_token()
   error("gauth.credentials: " .. tostring(self.kind) .. " does not implement fetch_token", 2)
 end
@@ -221,7 +221,7 @@ local function refresh(self)
                                   self._clock)
   if not e then
     self._entry = nil
-    return nil, errors.of(msg, err)
+    return errors.ret(errors.of(msg, err, "token_cache", "fetch"))
   end
   self._entry = e
   return e.access_token, e.expires_at
@@ -229,7 +229,7 @@ end
 
 --- A valid access token: the cached one, or a new one when the cached one
 -- is within the refresh window of its expiry (or there is none).
--- @return access_token, expires_at (epoch seconds) | nil, err
+-- @return access_token, expires_at (epoch seconds) | nil, message, err
 function base:token()
   -- The hot path: one field read, one clock read, one comparison.
   local e = self._entry
@@ -243,15 +243,15 @@ end
 -- with a quota project, `x-goog-user-project`. Header names are lower-case,
 -- as gauth's transports expect.
 -- @tparam[opt] table headers modified in place (a new table when nil)
--- @return headers | nil, err
+-- @return headers | nil, message, err
 function base:apply(headers)
   if headers == nil then
     headers = {}
   elseif type(headers) ~= "table" then
     error("gauth.credentials: apply: headers must be a table", 2)
   end
-  local tok, err = self:token()
-  if not tok then return nil, err end
+  local tok, msg, err = self:token()
+  if not tok then return nil, msg, err end
   -- The same token goes out call after call: its header value is made
   -- once per token.
   local bearer = self._bearer
@@ -338,8 +338,8 @@ end
 -- For the credentials modules --------------------------------------------
 
 --- The error helpers of a credentials module, made once when it loads.
--- `fail(step, message, fields)` returns `nil` and a `gauth.errors` object
--- of `module`; `arg_error(message)` raises "gauth.<module>: <message>"
+-- `fail(step, message, fields)` returns `nil, message, err` (a
+-- `gauth.errors` object of `module`); `arg_error(message)` raises "gauth.<module>: <message>"
 -- for a bad argument, at level 4: past `arg_error`, the helper that
 -- checks and the public function that was given the argument, so that the
 -- position is its caller's.
@@ -348,7 +348,7 @@ end
 function _M.error_helpers(module)
   local prefix = "gauth." .. module .. ": "
   local function fail(step, message, fields)
-    return nil, errors.new(module, step, message, fields)
+    return errors.fail(module, step, message, fields)
   end
   local function arg_error(message)
     error(prefix .. message, 4)
@@ -535,15 +535,15 @@ end
 
 --- A string field of a key file's content.
 -- @return the value; false when it is absent (or JSON null) and not
---   `required` | nil, err when it is missing or not a non-empty string
+--   `required` | nil, message, err when it is missing or not a non-empty string
 function _M.key_field(module, info, source, field, required)
   local v = info[field]
   if v == nil or v == util.json_null then
-    if required then return nil, key_error(module, source, field, "missing") end
+    if required then return errors.ret(key_error(module, source, field, "missing")) end
     return false
   end
   if type(v) ~= "string" or v == "" then
-    return nil, key_error(module, source, field, "must be a non-empty string")
+    return errors.ret(key_error(module, source, field, "must be a non-empty string"))
   end
   return v
 end
@@ -551,11 +551,11 @@ end
 --- `from_info`'s argument as a table: a table as it is, JSON text
 -- decoded. Raises "gauth.<module>: from_info: ..." for anything else, at
 -- the caller of `from_info`.
--- @return table | nil, err (text that is not a JSON object)
+-- @return table | nil, message, err (text that is not a JSON object)
 function _M.decode_info(module, info, source)
   if type(info) == "string" then
     local v = json_decode(info)
-    if type(v) ~= "table" then return nil, key_error(module, source, nil, "not a JSON object") end
+    if type(v) ~= "table" then return errors.ret(key_error(module, source, nil, "not a JSON object")) end
     return v
   elseif type(info) ~= "table" then
     error("gauth." .. module .. ": from_info: info must be a table or a JSON string", 3)
@@ -575,12 +575,12 @@ local FILE_TEXTS = { unreadable = "cannot read ", too_large = "too large for a c
 -- @tparam string path
 -- @tparam[opt] table texts the words of the errors: `unreadable` (before
 --   io.open's message, which starts with the path), `too_large`, `not_json`
--- @return the decoded JSON object | nil, err ("key file", field `file`;
+-- @return the decoded JSON object | nil, message, err ("key file", field `file`;
 --   `too_large` = true for a file over the cap)
 function _M.read_key_file(module, path, texts)
   texts = texts or FILE_TEXTS
   local function too_large()
-    return nil, key_error(module, path, nil, texts.too_large, { too_large = true })
+    return errors.ret(key_error(module, path, nil, texts.too_large, { too_large = true }))
   end
   local f, err = io_open(path, "rb")
   local data
@@ -606,11 +606,11 @@ function _M.read_key_file(module, path, texts)
     f:close()
   end
   if not data then
-    return nil, errors.new(module, "key file", texts.unreadable .. tostring(err), { file = path })
+    return errors.fail(module, "key file", texts.unreadable .. tostring(err), { file = path })
   end
   if #data > _M.MAX_KEY_FILE then return too_large() end
   local info = json_decode(data)
-  if type(info) ~= "table" then return nil, key_error(module, path, nil, texts.not_json) end
+  if type(info) ~= "table" then return errors.ret(key_error(module, path, nil, texts.not_json)) end
   return info
 end
 

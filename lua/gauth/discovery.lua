@@ -1136,7 +1136,7 @@ local function attempt(self, spec, http, timeout, remaining, refreshed)
     if not ok then return nil, err, refreshed end
   end
   if creds then
-    local ok, err = creds:apply(h)
+    local ok, err = errors.pair(creds:apply(h))
     if not ok then
       return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")) }),
              refreshed
@@ -1249,7 +1249,7 @@ function request:execute(opts)
     end
     first_err = err
   end
-  return with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
+  return errors.pair(with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed))
 end
 
 --- Download what the request answers (a `_media` variant's bytes) into a

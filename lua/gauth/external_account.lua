@@ -139,7 +139,7 @@ local function check_source_url(url, what, source, field)
 end
 
 local function check_google_url(url, source, field, what)
-  local ok, err = oauth.check_url(url, MODULE, "key file", what)
+  local ok, err = errors.pair(oauth.check_url(url, MODULE, "key file", what))
   if not ok then
     return nil, key_error(source, field, err.message)
   end
@@ -216,37 +216,37 @@ local function parse_source(cs, source)
     end
     local s = { kind = "aws" }
     local v
-    v, err = opt_string(cs, "regional_cred_verification_url", source, "credential_source.")
-    if v == nil then return nil, err end
+    v, err = errors.pair(opt_string(cs, "regional_cred_verification_url", source, "credential_source."))
+    if v == nil then return errors.ret(err) end
     s.verification_url = v or _M.AWS_VERIFICATION_URL
     for _, f in ipairs({ "region_url", "url", "imdsv2_session_token_url" }) do
-      v, err = opt_string(cs, f, source, "credential_source.")
-      if v == nil then return nil, err end
+      v, err = errors.pair(opt_string(cs, f, source, "credential_source."))
+      if v == nil then return errors.ret(err) end
       if v then
-        local ok, uerr = check_source_url(v, "AWS metadata requests", source, "credential_source." .. f)
-        if not ok then return nil, uerr end
+        local ok, uerr = errors.pair(check_source_url(v, "AWS metadata requests", source, "credential_source." .. f))
+        if not ok then return errors.ret(uerr) end
       end
       s[f] = v or nil
     end
-    local ok, uerr = check_google_url(gsub(s.verification_url, "{region}", "us-east-1"),
-      source, "credential_source.regional_cred_verification_url", "a signed request")
-    if not ok then return nil, uerr end
+    local ok, uerr = errors.pair(check_google_url(gsub(s.verification_url, "{region}", "us-east-1"),
+      source, "credential_source.regional_cred_verification_url", "a signed request"))
+    if not ok then return errors.ret(uerr) end
     return s
   elseif cs.file ~= nil then
     if type(cs.file) ~= "string" or cs.file == "" then
       return nil, key_error(source, "credential_source.file", "must be a non-empty string")
     end
     local f
-    f, err = parse_format(cs, source)
-    if not f then return nil, err end
+    f, err = errors.pair(parse_format(cs, source))
+    if not f then return errors.ret(err) end
     return { kind = "file", file = cs.file, format = f }
   elseif cs.url ~= nil then
     if type(cs.url) ~= "string" or cs.url == "" then
       return nil, key_error(source, "credential_source.url", "must be a non-empty string")
     end
-    local ok, uerr = check_source_url(cs.url, "the subject token request", source,
-                                      "credential_source.url")
-    if not ok then return nil, uerr end
+    local ok, uerr = errors.pair(check_source_url(cs.url, "the subject token request", source,
+                                      "credential_source.url"))
+    if not ok then return errors.ret(uerr) end
     local headers = {}
     if cs.headers ~= nil and cs.headers ~= util.json_null then
       if type(cs.headers) ~= "table" then
@@ -262,8 +262,8 @@ local function parse_source(cs, source)
       end
     end
     local f
-    f, err = parse_format(cs, source)
-    if not f then return nil, err end
+    f, err = errors.pair(parse_format(cs, source))
+    if not f then return errors.ret(err) end
     return { kind = "url", url = cs.url, headers = headers, format = f }
   end
   local ex = cs.executable
@@ -284,8 +284,8 @@ local function parse_source(cs, source)
       "must be a number from " .. _M.EXECUTABLE_TIMEOUT_MIN .. " to " .. _M.EXECUTABLE_TIMEOUT_MAX)
   end
   local out
-  out, err = opt_string(ex, "output_file", source, "credential_source.executable.")
-  if out == nil then return nil, err end
+  out, err = errors.pair(opt_string(ex, "output_file", source, "credential_source.executable."))
+  if out == nil then return errors.ret(err) end
   local argv = _M.split_command(command)
   if not argv or #argv == 0 then
     return nil, key_error(source, "credential_source.executable.command",
@@ -349,15 +349,15 @@ local function parse(info, source)
   local c = {}
   local v, err
   for _, f in ipairs({ "audience", "subject_token_type" }) do
-    v, err = credentials.key_field(MODULE, info, source, f, true)
-    if not v then return nil, err end
+    v, err = errors.pair(credentials.key_field(MODULE, info, source, f, true))
+    if not v then return errors.ret(err) end
     c[f] = v
   end
   for _, f in ipairs({ "token_url", "service_account_impersonation_url", "client_id",
                        "client_secret", "quota_project_id", "workforce_pool_user_project",
                        "universe_domain", "token_info_url" }) do
-    v, err = credentials.key_field(MODULE, info, source, f, false)
-    if v == nil then return nil, err end
+    v, err = errors.pair(credentials.key_field(MODULE, info, source, f, false))
+    if v == nil then return errors.ret(err) end
     c[f] = v or nil
   end
   c.universe_domain = c.universe_domain or _M.DEFAULT_UNIVERSE_DOMAIN
@@ -366,8 +366,8 @@ local function parse(info, source)
   end
   c.token_url = c.token_url or gsub(_M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)
   local ok
-  ok, err = check_google_url(c.token_url, source, "token_url", "a subject token")
-  if not ok then return nil, err end
+  ok, err = errors.pair(check_google_url(c.token_url, source, "token_url", "a subject token"))
+  if not ok then return errors.ret(err) end
   if c.client_secret and not c.client_id then
     return nil, key_error(source, "client_secret", "given without client_id")
   end
@@ -382,8 +382,8 @@ local function parse(info, source)
       return nil, key_error(source, "service_account_impersonation_url",
         "does not end in /serviceAccounts/<email>:generateAccessToken")
     end
-    ok, err = check_google_url(url, source, "service_account_impersonation_url", "a token")
-    if not ok then return nil, err end
+    ok, err = errors.pair(check_google_url(url, source, "service_account_impersonation_url", "a token"))
+    if not ok then return errors.ret(err) end
     c.target_principal = target
   end
   local imp = info.service_account_impersonation
@@ -403,7 +403,7 @@ local function parse(info, source)
     end
   end
   c.source, err = parse_source(info.credential_source, source)
-  if not c.source then return nil, err end
+  if not c.source then return errors.ret(err) end
   return c
 end
 
@@ -457,13 +457,13 @@ local function build(c, source, opts)
     local sts = self:copy({ service_account_impersonation_url = false,
                             target_principal = false, scopes = { _M.CLOUD_PLATFORM } })
     sts._for_impersonation = true
-    local imp, err = require("gauth.impersonated").credentials({
+    local imp, err = errors.pair(require("gauth.impersonated").credentials({
       source = sts, target_principal = self.target_principal,
       impersonation_url = c.service_account_impersonation_url,
       scopes = self.scopes or { _M.CLOUD_PLATFORM }, lifetime = c.lifetime,
       env = opts.env, http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
       retry = opts.retry, cache = opts.cache, now = opts.now,
-    })
+    }))
     if not imp then return errors.ret(errors.of(err)) end
     self._sts = sts
     self._impersonated = imp
@@ -484,10 +484,10 @@ end
 function _M.from_info(info, opts)
   local source = "external account info"
   local err
-  info, err = credentials.decode_info(MODULE, info, source)
+  info, err = errors.pair(credentials.decode_info(MODULE, info, source))
   if not info then return errors.ret(err) end
   local c
-  c, err = parse(info, source)
+  c, err = errors.pair(parse(info, source))
   if not c then return errors.ret(err) end
   return build(c, source, opts)
 end
@@ -500,10 +500,10 @@ function _M.from_file(path, opts)
   if type(path) ~= "string" then
     error("gauth.external_account: from_file: path must be a string", 2)
   end
-  local info, err = credentials.read_key_file(MODULE, path)
+  local info, err = errors.pair(credentials.read_key_file(MODULE, path))
   if not info then return errors.ret(err) end
   local c
-  c, err = parse(info, path)
+  c, err = errors.pair(parse(info, path))
   if not c then return errors.ret(err) end
   return build(c, path, opts)
 end
@@ -515,7 +515,7 @@ end
 local function source_fail(where, message, fields)
   fields = fields or {}
   fields.retryable = false
-  return nil, errors.new(MODULE, "subject token", "reading subject token from " .. where
+  return errors.fail(MODULE, "subject token", "reading subject token from " .. where
     .. ": " .. message, fields)
 end
 
@@ -566,7 +566,7 @@ end
 local function url_token(self, http, s)
   local uri = errors.redact_uri(s.url)
   local where = "url " .. uri
-  local res, err = get(http, s.url, s.headers, self._timeout, _M.MAX_SUBJECT_TOKEN)
+  local res, err = errors.pair(get(http, s.url, s.headers, self._timeout, _M.MAX_SUBJECT_TOKEN))
   if not res then
     local e = errors.of(err)
     return source_fail(where, tostring(e.message), { source = "url", uri = uri })
@@ -584,7 +584,7 @@ end
 local function aws_fail(message, fields)
   fields = fields or {}
   fields.retryable = false
-  return nil, errors.new(MODULE, "AWS", message, fields)
+  return errors.fail(MODULE, "AWS", message, fields)
 end
 
 local function aws_get(self, http, url, what, token, method)
@@ -594,7 +594,7 @@ local function aws_get(self, http, url, what, token, method)
   elseif token then
     headers["x-aws-ec2-metadata-token"] = token
   end
-  local res, err = get(http, url, headers, self._timeout, 64 * 1024, method)
+  local res, err = errors.pair(get(http, url, headers, self._timeout, 64 * 1024, method))
   if not res then
     return aws_fail(what .. ": " .. tostring(errors.of(err).message), { uri = url })
   end
@@ -614,14 +614,14 @@ local function aws_token(self, http)
   local imds
   if (not region or not env_keys) and s.imdsv2_session_token_url then
     local err
-    imds, err = aws_get(self, http, s.imdsv2_session_token_url,
-                        "IMDSv2 session token", nil, "PUT")
-    if not imds then return nil, err end
+    imds, err = errors.pair(aws_get(self, http, s.imdsv2_session_token_url,
+                        "IMDSv2 session token", nil, "PUT"))
+    if not imds then return errors.ret(err) end
   end
   if not region then
     if not s.region_url then return aws_fail("region not found") end
-    local zone, err = aws_get(self, http, s.region_url, "region", imds)
-    if not zone then return nil, err end
+    local zone, err = errors.pair(aws_get(self, http, s.region_url, "region", imds))
+    if not zone then return errors.ret(err) end
     -- An availability zone ("us-east-2b"): the region is all but the
     -- last letter.
     zone = gsub(zone, "%s+$", "")
@@ -631,14 +631,14 @@ local function aws_token(self, http)
   end
   if not env_keys then
     if not s.url then return aws_fail("credentials not found") end
-    local role, err = aws_get(self, http, s.url, "role name", imds)
-    if not role then return nil, err end
+    local role, err = errors.pair(aws_get(self, http, s.url, "role name", imds))
+    if not role then return errors.ret(err) end
     role = gsub(role, "%s+$", "")
     if role == "" or find(role, "[/%s?#]") then return aws_fail("role name: not a role name") end
     local body
-    body, err = aws_get(self, http, (gsub(s.url, "/+$", "")) .. "/" .. role,
-                        "credentials of role " .. role, imds)
-    if not body then return nil, err end
+    body, err = errors.pair(aws_get(self, http, (gsub(s.url, "/+$", "")) .. "/" .. role,
+                        "credentials of role " .. role, imds))
+    if not body then return errors.ret(err) end
     local data = json_decode(body)
     if type(data) ~= "table" or type(data.AccessKeyId) ~= "string"
         or type(data.SecretAccessKey) ~= "string" then
@@ -679,7 +679,7 @@ end
 local function exec_fail(message, fields)
   fields = fields or {}
   fields.retryable = false
-  return nil, errors.new(MODULE, "executable", message, fields)
+  return errors.fail(MODULE, "executable", message, fields)
 end
 
 local function shell_quote(s)
@@ -819,18 +819,18 @@ function _M:subject_token()
   local kind = self.source_kind
   local tok, err
   if kind == "file" then
-    tok, err = file_token(self.credential_source)
+    tok, err = errors.pair(file_token(self.credential_source))
   elseif kind == "executable" then
-    tok, err = executable_token(self)
+    tok, err = errors.pair(executable_token(self))
   else
     local http
-    http, err = oauth.transport(self._shared, MODULE)
+    http, err = errors.pair(oauth.transport(self._shared, MODULE))
     if http then
       if kind == "url" then
-        tok, err = url_token(self, http, self.credential_source)
+        tok, err = errors.pair(url_token(self, http, self.credential_source))
       else
         self._aws_region = self._shared.aws_region
-        tok, err = aws_token(self, http)
+        tok, err = errors.pair(aws_token(self, http))
       end
     end
   end
@@ -854,8 +854,8 @@ end
 
 local function sts_once(self, http, subject, remaining)
   local uri = self.token_url
-  local timeout, terr = oauth.attempt_timeout(self, http, remaining, MODULE, uri)
-  if terr then return nil, terr end
+  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, MODULE, uri))
+  if terr then return errors.ret(terr) end
   local scopes = self.scopes or { _M.CLOUD_PLATFORM }
   local form = {
     { "grant_type", _M.GRANT_TYPE },
@@ -875,30 +875,30 @@ local function sts_once(self, http, subject, remaining)
   if self.client_id then
     headers.authorization = "Basic " .. b64(self.client_id .. ":" .. (self._shared.client_secret or ""))
   end
-  local res, err = oauth.post(http, MODULE, uri, headers, util.form_encode(form),
-                              timeout, _M.MAX_RESPONSE)
+  local res, err = errors.pair(oauth.post(http, MODULE, uri, headers, util.form_encode(form),
+                              timeout, _M.MAX_RESPONSE))
   if not res then
     local e = errors.of(err)
     e.module, e.step = MODULE, "STS"
-    return nil, e
+    return errors.ret(e)
   end
   local now = self._clock()
   if res.status ~= 200 then
     local fields = oauth.refusal(res, now, uri)
-    local msg = fields.error and (fields.error .. (fields.error_description
+    local msg = fields.oauth_error and (fields.oauth_error .. (fields.error_description
       and (": " .. one_line(fields.error_description)) or ""))
       or ("HTTP " .. tostring(res.status))
-    return nil, errors.new(MODULE, "STS", msg, fields)
+    return errors.fail(MODULE, "STS", msg, fields)
   end
   local data = json_decode(res.body)
   if type(data) ~= "table" then
-    return nil, errors.new(MODULE, "STS", "the answer is not a JSON object",
+    return errors.fail(MODULE, "STS", "the answer is not a JSON object",
                            { status = 200, retryable = false, uri = uri })
   end
-  local entry, eerr = oauth.access_entry(data, now, MODULE, uri)
+  local entry, eerr = errors.pair(oauth.access_entry(data, now, MODULE, uri))
   if not entry then
     eerr.step = "STS"
-    return nil, eerr
+    return errors.ret(eerr)
   end
   return entry
 end
@@ -912,18 +912,18 @@ function _M:fetch_token()
     -- The STS token first (cached on its own), so that its failure comes
     -- back as it is: "STS: invalid_grant: ...", not inside an IAM error.
     local tok, _, serr = self._sts:token()
-    if not tok then return nil, serr end
-    local e, err = self._impersonated:fetch_token()
+    if not tok then return errors.ret(serr) end
+    local e, err = errors.pair(self._impersonated:fetch_token())
     if e then return e end
     err = errors.of(err)
     local wrapped = errors.new(MODULE, "impersonation", tostring(err.message), err)
     wrapped.module, wrapped.step, wrapped.cause = MODULE, "impersonation", err
     return nil, wrapped
   end
-  local http, terr = oauth.transport(self._shared, MODULE)
-  if not http then return nil, terr end
+  local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
+  if not http then return errors.ret(terr) end
   local subject, _, serr = self:subject_token()
-  if not subject then return nil, serr end
+  if not subject then return errors.ret(serr) end
   return retry.call(function(_, remaining)
     return sts_once(self, http, subject, remaining)
   end, self._retry)

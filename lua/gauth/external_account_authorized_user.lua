@@ -54,14 +54,14 @@ local function parse(info, source)
   end
   local c = {}
   for _, f in ipairs({ "client_id", "client_secret", "refresh_token" }) do
-    local v, err = credentials.key_field(MODULE, info, source, f, true)
-    if not v then return nil, err end
+    local v, err = errors.pair(credentials.key_field(MODULE, info, source, f, true))
+    if not v then return errors.ret(err) end
     c[f] = v
   end
   for _, f in ipairs({ "audience", "token_url", "token_info_url", "revoke_url",
                        "quota_project_id", "universe_domain" }) do
-    local v, err = credentials.key_field(MODULE, info, source, f, false)
-    if v == nil then return nil, err end
+    local v, err = errors.pair(credentials.key_field(MODULE, info, source, f, false))
+    if v == nil then return errors.ret(err) end
     c[f] = v or nil
   end
   c.universe_domain = c.universe_domain or _M.DEFAULT_UNIVERSE_DOMAIN
@@ -71,7 +71,7 @@ local function parse(info, source)
   c.token_url = c.token_url or gsub(_M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)
   for _, f in ipairs({ "token_url", "token_info_url", "revoke_url" }) do
     if c[f] then
-      local ok, err = oauth.check_url(c[f], MODULE, "key file", "a refresh token")
+      local ok, err = errors.pair(oauth.check_url(c[f], MODULE, "key file", "a refresh token"))
       if not ok then return nil, key_error(source, f, err.message) end
     end
   end
@@ -109,10 +109,10 @@ end
 function _M.from_info(info, opts)
   local source = "external account authorized user info"
   local err
-  info, err = credentials.decode_info(MODULE, info, source)
+  info, err = errors.pair(credentials.decode_info(MODULE, info, source))
   if not info then return errors.ret(err) end
   local c
-  c, err = parse(info, source)
+  c, err = errors.pair(parse(info, source))
   if not c then return errors.ret(err) end
   return build(c, source, opts)
 end
@@ -125,10 +125,10 @@ function _M.from_file(path, opts)
   if type(path) ~= "string" then
     error("gauth." .. MODULE .. ": from_file: path must be a string", 2)
   end
-  local info, err = credentials.read_key_file(MODULE, path)
+  local info, err = errors.pair(credentials.read_key_file(MODULE, path))
   if not info then return errors.ret(err) end
   local c
-  c, err = parse(info, path)
+  c, err = errors.pair(parse(info, path))
   if not c then return errors.ret(err) end
   return build(c, path, opts)
 end
@@ -146,24 +146,24 @@ end
 
 local function refresh_once(self, http, remaining)
   local uri = self.token_url
-  local timeout, terr = oauth.attempt_timeout(self, http, remaining, MODULE, uri)
-  if terr then return nil, terr end
-  local res, err = post_form(self, http, uri, {
+  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, MODULE, uri))
+  if terr then return errors.ret(terr) end
+  local res, err = errors.pair(post_form(self, http, uri, {
     { "grant_type", "refresh_token" },
     { "refresh_token", self._shared.refresh_token },
-  }, timeout)
-  if not res then return nil, err end
+  }, timeout))
+  if not res then return errors.ret(err) end
   local now = self._clock()
   if res.status ~= 200 then
     local fields = oauth.refusal(res, now, uri)
-    return nil, errors.new(MODULE, "token response", oauth.refusal_message("refresh", fields), fields)
+    return errors.fail(MODULE, "token response", oauth.refusal_message("refresh", fields), fields)
   end
   local data
-  data, err = oauth.decode(res, MODULE, uri)
-  if not data then return nil, err end
+  data, err = errors.pair(oauth.decode(res, MODULE, uri))
+  if not data then return errors.ret(err) end
   local entry
-  entry, err = oauth.access_entry(data, now, MODULE, uri)
-  if not entry then return nil, err end
+  entry, err = errors.pair(oauth.access_entry(data, now, MODULE, uri))
+  if not entry then return errors.ret(err) end
   if type(data.refresh_token) == "string" and data.refresh_token ~= "" then
     self._shared.refresh_token = data.refresh_token
   end
@@ -173,8 +173,8 @@ end
 --- Get a new access token with the refresh token (used by `token()`).
 -- @return entry | nil, err
 function _M:fetch_token()
-  local http, terr = oauth.transport(self._shared, MODULE)
-  if not http then return nil, terr end
+  local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
+  if not http then return errors.ret(terr) end
   return retry.call(function(_, remaining)
     return refresh_once(self, http, remaining)
   end, self._retry)
@@ -201,9 +201,9 @@ local function one_call(self, step, url, token)
   if not url then
     return errors.fail(MODULE, step, "the file has no " .. (step == "revoke" and "revoke_url" or "token_info_url"))
   end
-  local http, terr = oauth.transport(self._shared, MODULE)
+  local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
   if not http then return errors.ret(terr) end
-  local res, err = post_form(self, http, url, { { "token", token } }, self._timeout)
+  local res, err = errors.pair(post_form(self, http, url, { { "token", token } }, self._timeout))
   if not res then
     local e = errors.of(err)
     e.step = step
@@ -212,8 +212,8 @@ local function one_call(self, step, url, token)
   if res.status ~= 200 then
     local fields = oauth.refusal(res, self._clock(), url)
     local msg = "HTTP " .. tostring(res.status)
-    if fields.error then
-      msg = fields.error .. (fields.error_description and (": " .. fields.error_description) or "")
+    if fields.oauth_error then
+      msg = fields.oauth_error .. (fields.error_description and (": " .. fields.error_description) or "")
     end
     return errors.fail(MODULE, step, msg, fields)
   end

@@ -112,7 +112,7 @@ end
 
 --- Check that an endpoint may receive the source's token: https, or http
 -- to a loopback host.
--- @return true | nil, err
+-- @return true | nil, message, err
 function _M.check_endpoint(url)
   return oauth.check_url(url, "impersonated", "endpoint", "a token")
 end
@@ -133,7 +133,7 @@ end
 --   URL, as in key files; below the two others), `env`, `quota_project`,
 --   `http`, `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false),
 --   `cache`, `now`
--- @return credentials | nil, err (an endpoint that would get the token in
+-- @return credentials | nil, message, err (an endpoint that would get the token in
 --   clear text)
 function _M.credentials(opts)
   if type(opts) ~= "table" then
@@ -166,8 +166,8 @@ function _M.credentials(opts)
   else
     url = opts.impersonation_url or endpoint_url(_M.DEFAULT_IAM_ENDPOINT, target)
   end
-  local ok, err = _M.check_endpoint(url)
-  if not ok then return nil, err end
+  local ok, err = errors.pair(_M.check_endpoint(url))
+  if not ok then return errors.ret(err) end
   local self = setmetatable({
     source = source,
     target_principal = target,
@@ -204,25 +204,25 @@ local function from_parsed(info, source, opts)
   opts = opts or {}
   local t = info.type
   if t ~= nil and t ~= "impersonated_service_account" then
-    return nil, credentials.key_type_error("impersonated", source, t, "impersonated_service_account")
+    return errors.ret(credentials.key_type_error("impersonated", source, t, "impersonated_service_account"))
   end
   local url = info.service_account_impersonation_url
   if type(url) ~= "string" or url == "" then
-    return nil, key_error(source, "service_account_impersonation_url", "missing or not a string")
+    return errors.ret(key_error(source, "service_account_impersonation_url", "missing or not a string"))
   end
   local target = match(url, "/serviceAccounts/([^/:]+):generateAccessToken$")
   if not target or not valid_principal(target) then
-    return nil, key_error(source, "service_account_impersonation_url",
-      "does not end in /serviceAccounts/<email>:generateAccessToken")
+    return errors.ret(key_error(source, "service_account_impersonation_url",
+      "does not end in /serviceAccounts/<email>:generateAccessToken"))
   end
   local delegates = info.delegates
   if delegates ~= nil and delegates ~= util.json_null then
     if type(delegates) ~= "table" then
-      return nil, key_error(source, "delegates", "must be an array of strings")
+      return errors.ret(key_error(source, "delegates", "must be an array of strings"))
     end
     for i, v in ipairs(delegates) do
       if type(v) ~= "string" or v == "" or (not find(v, "/", 1, true) and not valid_principal(v)) then
-        return nil, key_error(source, "delegates", "entry " .. i .. " is not a service account")
+        return errors.ret(key_error(source, "delegates", "entry " .. i .. " is not a service account"))
       end
     end
   else
@@ -230,29 +230,29 @@ local function from_parsed(info, source, opts)
   end
   local qp = info.quota_project_id
   if qp ~= nil and qp ~= util.json_null and (type(qp) ~= "string" or qp == "") then
-    return nil, key_error(source, "quota_project_id", "must be a non-empty string")
+    return errors.ret(key_error(source, "quota_project_id", "must be a non-empty string"))
   end
   if qp == util.json_null then qp = nil end
   local src = info.source_credentials
   if type(src) ~= "table" then
-    return nil, key_error(source, "source_credentials", "missing or not an object")
+    return errors.ret(key_error(source, "source_credentials", "missing or not an object"))
   end
   local st = src.type
   local creds, err
   if st == "service_account" then
-    creds, err = require("gauth.service_account").from_info(src,
-      source_opts(opts, copy_list(_M.DEFAULT_SCOPES)))
+    creds, err = errors.pair(require("gauth.service_account").from_info(src,
+      source_opts(opts, copy_list(_M.DEFAULT_SCOPES))))
   elseif st == "authorized_user" then
-    creds, err = require("gauth.authorized_user").from_info(src, source_opts(opts))
+    creds, err = errors.pair(require("gauth.authorized_user").from_info(src, source_opts(opts)))
   else
     local shown = type(st) == "string" and ('"' .. sub(st, 1, 40) .. '"') or "missing"
-    return nil, key_error(source, "source_credentials",
+    return errors.ret(key_error(source, "source_credentials",
       "source credentials of type " .. shown .. " are not supported yet"
       .. ' (supported: "service_account", "authorized_user")',
-      { type = type(st) == "string" and st or nil, unsupported = true })
+      { type = type(st) == "string" and st or nil, unsupported = true }))
   end
   if not creds then
-    return nil, errors.wrap("impersonated", "key file", err,
+    return errors.fail_with("impersonated", "key file", err,
       { file = source, field = "source_credentials",
         message = source .. ": field source_credentials: " .. tostring(err.message) })
   end
@@ -273,25 +273,25 @@ end
 --   `quota_project` (over the file's `quota_project_id`), `http`,
 --   `ca_file`, `timeout`, `retry`, `cache`, `now` (the transport and test
 --   options go to the source credentials too)
--- @return credentials | nil, err
+-- @return credentials | nil, message, err
 function _M.from_info(info, opts)
   local source = "impersonated service account info"
   local err
-  info, err = credentials.decode_info("impersonated", info, source)
-  if not info then return nil, err end
+  info, err = errors.pair(credentials.decode_info("impersonated", info, source))
+  if not info then return errors.ret(err) end
   return from_parsed(info, source, opts)
 end
 
 --- Credentials from an `impersonated_service_account` file.
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
--- @return credentials | nil, err
+-- @return credentials | nil, message, err
 function _M.from_file(path, opts)
   if type(path) ~= "string" then
     error("gauth.impersonated: from_file: path must be a string", 2)
   end
-  local info, err = credentials.read_key_file("impersonated", path)
-  if not info then return nil, err end
+  local info, err = errors.pair(credentials.read_key_file("impersonated", path))
+  if not info then return errors.ret(err) end
   return from_parsed(info, path, opts)
 end
 
@@ -321,47 +321,40 @@ function _M.parse_rfc3339(s)
 end
 
 local function api_error(self, res, now, attempt)
-  local status = res.status
+  -- Google's API error shape: status, reason, google_status, details and
+  -- retryable by the one rule (gauth.errors.classify).
+  local e = errors.from_response("impersonated", "token response", res, self.url, now)
   local data = type(res.body) == "string" and cjson.decode(res.body) or nil
-  local e = type(data) == "table" and type(data.error) == "table" and data.error or nil
-  local msg = "IAM Credentials refused generateAccessToken for " .. self.target_principal
-  local reason = res.reason
-  if e then
-    if type(e.status) == "string" then reason = e.status end
-    if type(e.message) == "string" then msg = msg .. ": " .. e.message end
-  end
-  local retryable = retry.is_retryable_status(status)
-  if status == 401 and attempt == 1 then
+  local ge = type(data) == "table" and type(data.error) == "table" and data.error or nil
+  e.message = "IAM Credentials refused generateAccessToken for " .. self.target_principal
+              .. (ge and type(ge.message) == "string" and (": " .. e.message) or "")
+  if e.status == 401 and attempt == 1 then
     -- The source's token may have been revoked or expired early: drop it
     -- and try once more with a new one.
     if type(self.source.invalidate) == "function" then self.source:invalidate() end
-    retryable = true
+    e.retryable = true
   end
-  return fail("token response", msg, {
-    status = status, reason = reason, retryable = retryable, uri = self.url,
-    details = e and e.details or nil,
-    retry_after = retry.parse_retry_after(res.headers and res.headers["retry-after"], now),
-  })
+  return errors.ret(e)
 end
 
 local function once(self, http, attempt, remaining)
   local url = self.url
-  local ok, uerr = _M.check_endpoint(url)
-  if not ok then return nil, uerr end
-  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "impersonated", url)
-  if terr then return nil, terr end
-  local tok, serr = self.source:token()
+  local ok, uerr = errors.pair(_M.check_endpoint(url))
+  if not ok then return errors.ret(uerr) end
+  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "impersonated", url))
+  if terr then return errors.ret(terr) end
+  local tok, serr = errors.pair(self.source:token())
   if not tok then
     -- The source retried already: retrying here would multiply attempts.
-    return nil, errors.wrap("impersonated", "source credentials", serr, { retryable = false })
+    return errors.fail_with("impersonated", "source credentials", serr, { retryable = false })
   end
   local body = { scope = self.scopes, lifetime = format("%ds", self.lifetime) }
   if self.delegates then body.delegates = self.delegates end
-  local res, err = oauth.post(http, "impersonated", url,
+  local res, err = errors.pair(oauth.post(http, "impersonated", url,
     { authorization = "Bearer " .. tok,
       ["content-type"] = "application/json", accept = "application/json" },
-    cjson.encode(body), timeout, _M.MAX_RESPONSE)
-  if not res then return nil, err end
+    cjson.encode(body), timeout, _M.MAX_RESPONSE))
+  if not res then return errors.ret(err) end
   local now = self._clock()
   if res.status ~= 200 then return api_error(self, res, now, attempt) end
   -- A 200 body holds a token: it never goes into an error.
@@ -390,10 +383,10 @@ end
 
 --- Get a new token for the target (used by `token()`; call that instead:
 -- it caches).
--- @return entry `{ access_token=, expires_at= }` | nil, err
+-- @return entry `{ access_token=, expires_at= }` | nil, message, err
 function _M:fetch_token()
-  local http, terr = oauth.transport(self._shared, "impersonated")
-  if not http then return nil, terr end
+  local http, terr = errors.pair(oauth.transport(self._shared, "impersonated"))
+  if not http then return errors.ret(terr) end
   return retry.call(function(attempt, remaining)
     return once(self, http, attempt, remaining)
   end, self._retry)

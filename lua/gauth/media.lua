@@ -379,7 +379,7 @@ local function send(svc, step, treq, base_headers, extra, http)
     for k, v in pairs(base_headers) do h[k] = v end
     if extra then for k, v in pairs(extra) do h[k] = v end end
     if creds then
-      local ok, err = creds:apply(h)
+      local ok, err = errors.pair(creds:apply(h))
       if not ok then
         return nil, errors.wrap("media", step, err, { uri = redact(treq.url) })
       end
@@ -501,7 +501,7 @@ function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
       mt = _M.guess_type(media_body)
       if not mt then
         return fail(step, "cannot tell the MIME type of " .. media_body ..
-                    ": give media_mime_type", { file = media_body, reason = "unknown_mime_type" })
+                    ": give media_mime_type", { file = media_body, kind = "unknown_mime_type" })
       end
     end
     local e2, e3
@@ -526,13 +526,13 @@ function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
   if not _M.accepts(mu.accept, media.mime_type) then
     return fail(step, format("media type %s is not accepted by the method (accept: %s)",
                              media.mime_type, concat(mu.accept, ", ")),
-                { reason = "unacceptable_mime_type", mime_type = media.mime_type })
+                { kind = "unacceptable_mime_type", mime_type = media.mime_type })
   end
   local max = _M.parse_max_size(mu.maxSize or "")
   if max > 0 and media.size > max then
     return fail(step, format("media of %d bytes is larger than the method's maxSize %s",
                              media.size, tostring(mu.maxSize)),
-                { reason = "media_too_large", size = media.size, max_size = max })
+                { kind = "media_too_large", size = media.size, max_size = max })
   end
 
   -- The expanded path and query of the method, under the upload root.
@@ -671,8 +671,8 @@ local function send_whole(up, opts)
     end
     return decode("media", step, spec, up.uri, res)
   end
-  local v, err = retry.call(attempt, { attempts = n + 1, sleep = sleeper(opts, svc),
-                                       random = opts.random, deadline = opts.deadline })
+  local v, err = errors.pair(retry.call(attempt, { attempts = n + 1, sleep = sleeper(opts, svc),
+                                       random = opts.random, deadline = opts.deadline }))
   if tmp then os_remove(tmp) end
   if v == nil then return nil, err end
   up.resumable_progress = media.size

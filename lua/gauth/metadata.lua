@@ -121,7 +121,7 @@ local function valid_host(h)
 end
 
 local function bad_host(module, var, value)
-  return nil, errors.new(module or "metadata", "metadata host",
+  return errors.fail(module or "metadata", "metadata host",
     var .. " is not a host[:port]: " .. sub(tostring(value), 1, 80))
 end
 
@@ -129,7 +129,7 @@ end
 -- `GCE_METADATA_HOST`, else `GCE_METADATA_ROOT`, else
 -- `metadata.google.internal`.
 -- @tparam[opt] table opts `host`, `env`
--- @return host | nil, err (a malformed value)
+-- @return host | nil, message, err (a malformed value)
 function _M.host(opts)
   local h = opts and opts.host
   local var = "opts.host"
@@ -149,10 +149,10 @@ function _M.host(opts)
 end
 
 --- The root URL of reads: `http://<host>/computeMetadata/v1/`.
--- @return url | nil, err
+-- @return url | nil, message, err
 function _M.root(opts)
-  local h, err = _M.host(opts)
-  if not h then return nil, err end
+  local h, err = errors.pair(_M.host(opts))
+  if not h then return errors.ret(err) end
   return "http://" .. h .. "/computeMetadata/v1/"
 end
 
@@ -168,8 +168,8 @@ local function transport(opts)
     end
     return http
   end
-  local t, err = require("gauth.http").default()
-  if not t then return nil, err end
+  local t, err = errors.pair(require("gauth.http").default())
+  if not t then return errors.ret(err) end
   return t
 end
 
@@ -202,21 +202,21 @@ local function snippet(body)
 end
 
 local function once(module, url, http, timeout, want_json)
-  local res, err = http:request({
+  local res, err = errors.pair(http:request({
     method = "GET", url = url, headers = FLAVOR_HEADERS,
     timeout = timeout, max_body = _M.MAX_RESPONSE, follow_redirects = false,
-  })
+  }))
   if not res then
-    return nil, errors.wrap(module, "metadata request", err, { uri = url })
+    return errors.fail_with(module, "metadata request", err, { uri = url })
   end
   local status = res.status
   local flavor = res.headers and res.headers["metadata-flavor"]
   if flavor ~= "Google" then
     -- Not the metadata server (a proxy, a portal): nothing it says counts,
     -- not even its status.
-    return nil, errors.new(module, "metadata response",
+    return errors.fail(module, "metadata response",
       "the answer has no Metadata-Flavor: Google header: not the metadata server",
-      { status = status, reason = res.reason, retryable = false, uri = url })
+      { status = status, http_reason = res.reason, retryable = false, uri = url })
   end
   if status ~= 200 then
     local msg = "the metadata server refused the request"
@@ -225,9 +225,9 @@ local function once(module, url, http, timeout, want_json)
     end
     local body = snippet(res.body)
     if body and body ~= "" then msg = msg .. ": " .. body end
-    return nil, errors.new(module, "metadata response", msg, {
-      status = status, reason = res.reason, uri = url, body = body,
-      retryable = retry.is_retryable_status(status),
+    return errors.fail(module, "metadata response", msg, {
+      status = status, http_reason = res.reason, uri = url, body = body,
+      retryable = errors.classify({ status = status }),
       retry_after = retry.parse_retry_after(res.headers["retry-after"]),
     })
   end
@@ -236,7 +236,7 @@ local function once(module, url, http, timeout, want_json)
     -- A 200 body may hold a token: it never goes into an error.
     local v = cjson.decode(body)
     if type(v) ~= "table" then
-      return nil, errors.new(module, "metadata response",
+      return errors.fail(module, "metadata response",
         "the answer is not a JSON object", { status = status, retryable = false, uri = url })
     end
     return v
@@ -251,7 +251,7 @@ end
 --   `json` (decode the answer; it must be a JSON object), `host`, `env`,
 --   `http` (a transport; default `gauth.http.default()`), `timeout`
 --   (seconds per attempt, default `TIMEOUT`), `retry` (see `RETRY`)
--- @return the value (string, or table with `json`) | nil, err
+-- @return the value (string, or table with `json`) | nil, message, err
 function _M.get(path, opts)
   if type(path) ~= "string" or path == "" or sub(path, 1, 1) == "/" then
     error("gauth.metadata: get: path must be a non-empty relative path", 2)
@@ -261,11 +261,11 @@ function _M.get(path, opts)
   end
   opts = opts or {}
   local module = opts._module or "metadata"
-  local root, err = _M.root(opts)
-  if not root then return nil, err end
+  local root, err = errors.pair(_M.root(opts))
+  if not root then return errors.ret(err) end
   local url = root .. path .. query_string(opts.query)
-  local http, terr = transport(opts)
-  if not http then return nil, errors.wrap(module, "metadata request", terr) end
+  local http, terr = errors.pair(transport(opts))
+  if not http then return errors.fail_with(module, "metadata request", terr) end
   local timeout = opts.timeout or _M.TIMEOUT
   if type(timeout) ~= "number" or timeout <= 0 then
     error("gauth.metadata: get: timeout must be a positive number", 2)
@@ -276,7 +276,7 @@ function _M.get(path, opts)
     local t = timeout
     if remaining and remaining < t then
       if remaining < 0.05 then
-        return nil, errors.new(module, "metadata request",
+        return errors.fail(module, "metadata request",
           "no time left before the deadline", { retryable = false, uri = url })
       end
       t = remaining
@@ -287,13 +287,13 @@ end
 
 --- The project id of this machine (`project/project-id`).
 -- @tparam[opt] table opts as for `get`
--- @return project id | nil, err
+-- @return project id | nil, message, err
 function _M.project_id(opts)
-  local v, err = _M.get("project/project-id", opts)
-  if not v then return nil, err end
+  local v, err = errors.pair(_M.get("project/project-id", opts))
+  if not v then return errors.ret(err) end
   v = v:gsub("^%s+", ""):gsub("%s+$", "")
   if v == "" then
-    return nil, errors.new(opts and opts._module or "metadata", "metadata response",
+    return errors.fail(opts and opts._module or "metadata", "metadata response",
       "the project id is empty", { retryable = false })
   end
   return v
@@ -328,6 +328,11 @@ local function ping_timeout(opts, getenv)
   return _M.DEFAULT_PING_TIMEOUT
 end
 
+-- `false, message, err`: the answer "no", in the shape of a failure.
+local function no_server(err)
+  return false, tostring(err), err
+end
+
 --- Is a metadata server there? One short GET of `http://<address>/` with
 -- `Metadata-Flavor: Google`; true when it answers 200 with that header.
 -- The address is `GCE_METADATA_HOST` (or `GCE_METADATA_ROOT`) when set,
@@ -336,8 +341,8 @@ end
 -- `reset`.
 -- @tparam[opt] table opts `env`, `http`, `timeout` (seconds; default
 --   `GCE_METADATA_TIMEOUT`, else `DEFAULT_PING_TIMEOUT`)
--- @return true | false, err (why not: a `gauth.errors` object, step
---   "detection")
+-- @return true | false, message, err (why not: a `gauth.errors` object,
+--   step "detection")
 function _M.is_available(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("gauth.metadata: is_available: opts must be a table", 2)
@@ -346,8 +351,8 @@ function _M.is_available(opts)
   local module = opts and opts._module or "metadata"
   local no = getenv("NO_GCE_CHECK")
   if no and lower(no) == "true" then
-    return false, errors.new(module, "detection",
-      "NO_GCE_CHECK=true: the metadata server is not looked for")
+    return no_server(errors.new(module, "detection",
+      "NO_GCE_CHECK=true: the metadata server is not looked for"))
   end
   local target, var = getenv("GCE_METADATA_HOST"), "GCE_METADATA_HOST"
   if not target then
@@ -358,25 +363,28 @@ function _M.is_available(opts)
   end
   target = target or _M.DEFAULT_IP
   if not valid_host(target) then
-    local _, err = bad_host(module, var, target)
+    local _, err = errors.pair(bad_host(module, var, target))
     err.step = "detection"
-    return false, err
+    return no_server(err)
   end
   local url = "http://" .. target .. "/"
   local known = detected[url]
-  if known then return known.ok, known.err end
+  if known then
+    if known.ok then return true end
+    return no_server(known.err)
+  end
 
   local timeout = ping_timeout(opts, getenv)
-  local http, terr = transport(opts)
+  local http, terr = errors.pair(transport(opts))
   local ok, err = false, nil
   if not http then
     err = errors.wrap(module, "detection", terr)
   else
-    local res, rerr = http:request({
+    local res, rerr = errors.pair(http:request({
       method = "GET", url = url, headers = FLAVOR_HEADERS,
       timeout = timeout, connect_timeout = timeout,
       max_body = 64 * 1024, follow_redirects = false,
-    })
+    }))
     if not res then
       err = errors.new(module, "detection", "no metadata server at " .. target
         .. " (" .. tostring(errors.is(rerr) and rerr.message or rerr) .. ")",
@@ -384,7 +392,7 @@ function _M.is_available(opts)
     elseif res.status ~= 200 then
       err = errors.new(module, "detection", target
         .. " answered, but not as a metadata server", { status = res.status,
-        reason = res.reason, uri = url })
+        http_reason = res.reason, uri = url })
     elseif res.headers["metadata-flavor"] ~= "Google" then
       err = errors.new(module, "detection", target
         .. " answered without Metadata-Flavor: Google: not a metadata server",
@@ -395,7 +403,7 @@ function _M.is_available(opts)
   end
   detected[url] = { ok = ok, err = err }
   if ok then return true end
-  return false, err
+  return no_server(err)
 end
 
 return _M

@@ -6,18 +6,19 @@
 -- One attempt, as `gauth.service_account` and `gauth.authorized_user`
 -- make it inside `gauth.retry.call`:
 --
---     local ok, err = oauth.check_url(uri, module, "token_uri", "an assertion")
---     local timeout, terr = oauth.attempt_timeout(self, http, remaining, module, uri)
---     local res, rerr = oauth.post(http, module, uri, oauth.FORM_HEADERS, body,
---                                  timeout, max_body)
+--     local ok, msg, err = oauth.check_url(uri, module, "token_uri", "an assertion")
+--     local timeout, tmsg, terr = oauth.attempt_timeout(self, http, remaining, module, uri)
+--     local res, rmsg, rerr = oauth.post(http, module, uri, oauth.FORM_HEADERS, body,
+--                                        timeout, max_body)
 --     if res.status ~= 200 then
---       local fields = oauth.refusal(res, now, uri)
---       return nil, errors.new(module, "token response",
---                              oauth.refusal_message("request", fields), fields)
+--       local fields, detail = oauth.refusal(res, now, uri)
+--       return errors.fail(module, "token response",
+--                          oauth.refusal_message("request", fields, detail), fields)
 --     end
---     local data, derr = oauth.decode(res, module, uri)
+--     local data, dmsg, derr = oauth.decode(res, module, uri)
 --     return oauth.access_entry(data, now, module, uri)
 --
+-- Every function fails with `nil, message, err` (`gauth.errors`).
 -- Every error keeps the calling module's name (`module`) and the steps the
 -- modules document: "token request" (transport failures, no time left),
 -- "token response" (the answer). A 200 body holds a token: nothing of it
@@ -34,9 +35,9 @@ local type = type
 local tostring = tostring
 local require = require
 local sub = string.sub
-local lower = string.lower
 local json_decode = cjson.decode
-local is_retryable_status = retry.is_retryable_status
+local classify = errors.classify
+local gsub = string.gsub
 local parse_retry_after = retry.parse_retry_after
 local lifetime = credentials.lifetime
 
@@ -49,16 +50,6 @@ _M.FORM_HEADERS = {
   accept = "application/json",
 }
 
---- OAuth errors that say "try again" (google-auth retries these too).
-_M.RETRYABLE_ERRORS = { internal_failure = true, server_error = true,
-                        temporarily_unavailable = true }
-
---- OAuth errors that no retry can fix, whatever the status.
-_M.FINAL_ERRORS = { invalid_grant = true, invalid_scope = true,
-                    invalid_client = true, unauthorized_client = true,
-                    invalid_request = true, unsupported_grant_type = true,
-                    access_denied = true }
-local RETRYABLE_ERRORS, FINAL_ERRORS = _M.RETRYABLE_ERRORS, _M.FINAL_ERRORS
 
 --- Check that an URL may receive a secret: https, or http to a loopback
 -- host (tests, local emulators). Nothing is sent otherwise.
@@ -66,21 +57,21 @@ local RETRYABLE_ERRORS, FINAL_ERRORS = _M.RETRYABLE_ERRORS, _M.FINAL_ERRORS
 -- @tparam string module the module named in the error
 -- @tparam string step e.g. "token_uri", "endpoint"
 -- @tparam string what the secret, for the message: "an assertion", ...
--- @return true | nil, err
+-- @return true | nil, message, err
 function _M.check_url(url, module, step, what)
   local scheme, host = util.parse_url(url)
   if not scheme then
-    return nil, errors.new(module, step, "not an absolute http(s) URL: "
+    return errors.fail(module, step, "not an absolute http(s) URL: "
       .. sub(tostring(url), 1, 200))
   end
   if scheme == "https" then return true end
   if scheme == "http" then
     if util.is_loopback_host(host) then return true end
-    return nil, errors.new(module, step, "refusing to send " .. what
+    return errors.fail(module, step, "refusing to send " .. what
       .. " in clear text to " .. host .. " (https is required except for a loopback host)",
       { uri = url })
   end
-  return nil, errors.new(module, step, "unsupported scheme " .. scheme, { uri = url })
+  return errors.fail(module, step, "unsupported scheme " .. scheme, { uri = url })
 end
 
 --- The transport of credentials whose `_shared` table (kept by every copy
@@ -90,15 +81,17 @@ end
 -- `gauth.http.set_default()` applies to existing credentials).
 -- @tparam table shared
 -- @tparam string module the module named in the error
--- @return transport | nil, err
+-- @return transport | nil, message, err
 function _M.transport(shared, module)
   local http = shared.http
   if http then return http end
   if shared.ca_file or shared.timeout then
-    local err
-    http, err = require("gauth.http").new({ ca_file = shared.ca_file,
-                                            timeout = shared.timeout })
-    if not http then return nil, errors.wrap(module, "token request", err) end
+    local e2, e3
+    http, e2, e3 = require("gauth.http").new({ ca_file = shared.ca_file,
+                                               timeout = shared.timeout })
+    if not http then
+      return errors.fail_with(module, "token request", errors.of(e2, e3, "http", "new"))
+    end
     shared.http = http
     return http
   end
@@ -113,13 +106,13 @@ end
 -- @param remaining seconds left (nil: no deadline)
 -- @tparam string module
 -- @tparam string uri for the error
--- @return timeout (nil without a deadline) | nil, err when too little time
+-- @return timeout (nil without a deadline) | nil, message, err when too little time
 --   is left for an attempt
 function _M.attempt_timeout(self, http, remaining, module, uri)
   local timeout = remaining
   if timeout then
     if timeout < 0.05 then
-      return nil, errors.new(module, "token request", "no time left before the deadline",
+      return errors.fail(module, "token request", "no time left before the deadline",
                              { retryable = false, uri = uri })
     end
     local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
@@ -130,81 +123,87 @@ end
 
 --- POST `body` to `url`: no redirects (a secret never follows one), the
 -- answer capped at `max_body` bytes.
--- @return res | nil, err (the transport's, as a "token request" error of
+-- @return res | nil, message, err (the transport's, as a "token request" error of
 --   `module` with `uri`; an answer over `max_body` is not retryable)
 function _M.post(http, module, url, headers, body, timeout, max_body)
-  local res, err = http:request({
+  local res, e2, e3 = http:request({
     method = "POST", url = url, headers = headers, body = body,
     timeout = timeout, max_body = max_body, follow_redirects = false,
   })
   if not res then
+    local err = errors.of(e2, e3, "http", "request")
     local fields = { uri = url }
-    if type(err) == "table" and err.too_large then fields.retryable = false end
-    return nil, errors.wrap(module, "token request", err, fields)
+    if err.too_large or err.kind == "too_large" then fields.retryable = false end
+    return errors.fail_with(module, "token request", err, fields)
   end
   return res
 end
 
 --- What a token endpoint's refusal (an answer other than 200) says, as the
--- fields of an error: `status`, `reason`, `error` and `error_description`
--- (OAuth's `{ error=, error_description= }`, or Google's API error shape
--- `{ error = { status=, message= } }` seen from some front ends),
--- `retryable` (never for an error no retry fixes; else for a retryable
--- status, or an `error` or `error_description` that names a "try again"
--- error), `retry_after`, `uri`. One rule for every grant: google-auth's
+-- fields of an error: `status`, `http_reason`, `oauth_error` and
+-- `error_description` (OAuth's `{ error=, error_description= }`), or for
+-- Google's API error shape `{ error = { status=, message= } }` seen from
+-- some front ends `google_status` and `reason`; `retryable` (the one rule,
+-- `gauth.errors.classify`: one rule for every grant, as google-auth's
 -- token-endpoint request retries the JWT-bearer and the refresh-token
--- grants alike.
+-- grants alike), `retry_after`, `uri`.
 -- @tparam table res the answer
 -- @tparam number now for a Retry-After date
 -- @tparam string uri
--- @return fields (a new table)
+-- @return fields (a new table), the detail for the message (Google's
+--   message when the answer had the API shape) or nil
 function _M.refusal(res, now, uri)
   local status, body = res.status, res.body
   local data = type(body) == "string" and json_decode(body) or nil
-  local oerr, desc
-  if type(data) == "table" then
-    if type(data.error) == "string" then
-      oerr = data.error
-      desc = type(data.error_description) == "string" and data.error_description or nil
-    elseif type(data.error) == "table" then
-      local e = data.error
-      oerr = type(e.status) == "string" and lower(e.status) or nil
-      desc = type(e.message) == "string" and e.message or nil
-    end
-  end
-  local retryable
-  if oerr and FINAL_ERRORS[oerr] then
-    retryable = false
-  else
-    retryable = is_retryable_status(status) or
-                (oerr ~= nil and RETRYABLE_ERRORS[oerr] == true) or
-                (desc ~= nil and RETRYABLE_ERRORS[desc] == true) or false
-  end
-  return {
-    status = status, reason = res.reason, error = oerr, error_description = desc,
-    retryable = retryable, uri = uri,
+  local fields = {
+    status = status, uri = uri,
+    http_reason = type(res.reason) == "string" and res.reason ~= "" and res.reason or nil,
     retry_after = parse_retry_after(res.headers and res.headers["retry-after"], now),
   }
+  local detail
+  if type(data) == "table" then
+    if type(data.error) == "string" then
+      fields.oauth_error = data.error
+      fields.error_description = type(data.error_description) == "string"
+                                 and data.error_description or nil
+    elseif type(data.error) == "table" then
+      local e = data.error
+      fields.google_status = type(e.status) == "string" and e.status or nil
+      local first = type(e.errors) == "table" and e.errors[1]
+      if type(first) == "table" and type(first.reason) == "string" then
+        fields.reason = first.reason
+      end
+      detail = type(e.message) == "string" and e.message or nil
+    end
+  end
+  fields.retryable = classify(fields)
+  return fields, detail
 end
 
 --- The message of a refusal: "the token endpoint refused the <what>",
 -- then the OAuth error and its description when there are.
 -- @tparam string what "request", "refresh"
 -- @tparam table fields from `refusal`
+-- @tparam[opt] string detail `refusal`'s second value
 -- @return string
-function _M.refusal_message(what, fields)
+function _M.refusal_message(what, fields, detail)
   local msg = "the token endpoint refused the " .. what
-  local oerr, desc = fields.error, fields.error_description
-  if oerr then msg = msg .. ": " .. oerr .. (desc and (": " .. desc) or "") end
-  return msg
+  local oerr, desc = fields.oauth_error, fields.error_description
+  if oerr then
+    msg = msg .. ": " .. oerr .. (desc and (": " .. desc) or "")
+  elseif fields.google_status or detail then
+    msg = msg .. ": " .. (fields.google_status or "")
+        .. ((fields.google_status and detail) and ": " or "") .. (detail or "")
+  end
+  return (gsub(msg, "%s*[\r\n]+%s*", " "))
 end
 
 --- The JSON object of a 200 answer.
--- @return table | nil, err ("token response")
+-- @return table | nil, message, err ("token response")
 function _M.decode(res, module, uri)
   local data = json_decode(res.body)
   if type(data) ~= "table" then
-    return nil, errors.new(module, "token response",
+    return errors.fail(module, "token response",
       "the token endpoint's answer is not a JSON object",
       { status = res.status, retryable = false, uri = uri })
   end
@@ -214,17 +213,17 @@ end
 --- The cache entry of a decoded access-token answer: `access_token`,
 -- `expires_at` (`now` + `expires_in`, 3600 s when absent), and the
 -- `id_token`, `token_type` and `scope` that came with it.
--- @return entry | nil, err ("token response")
+-- @return entry | nil, message, err ("token response")
 function _M.access_entry(data, now, module, uri)
   local tok = data.access_token
   if type(tok) ~= "string" or tok == "" then
-    return nil, errors.new(module, "token response",
+    return errors.fail(module, "token response",
       "no access_token in the token endpoint's answer",
       { status = 200, retryable = false, uri = uri })
   end
   local life = lifetime(data.expires_in)
   if not life then
-    return nil, errors.new(module, "token response", "expires_in is not a positive number",
+    return errors.fail(module, "token response", "expires_in is not a positive number",
                            { status = 200, retryable = false, uri = uri })
   end
   return {

@@ -65,12 +65,12 @@ function _M.policy(base, overrides)
   return p
 end
 
-local RETRYABLE_STATUS = { [408] = true, [429] = true, [500] = true,
-                           [502] = true, [503] = true, [504] = true }
+local classify = errors.classify
 
---- Is an HTTP status worth retrying? (408, 429, 500, 502, 503, 504)
+--- Is an HTTP status worth retrying by itself? (408, 429, every 5xx: the
+-- status part of `gauth.errors.classify`, the one rule.)
 function _M.is_retryable_status(status)
-  return RETRYABLE_STATUS[status] == true
+  return classify({ status = status })
 end
 
 local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6,
@@ -202,6 +202,13 @@ local function give_up(err, attempts, note)
   return err
 end
 
+-- The public shape of the last error: `nil, message, err` for a gauth
+-- error; what `fn` gave otherwise (a string, another value).
+local function out(err)
+  if errors.is(err) then return errors.ret(err) end
+  return nil, err
+end
+
 local function default_retryable(err)
   return type(err) == "table" and err.retryable == true
 end
@@ -217,9 +224,10 @@ end
 --   (`gauth.util.now`), `random` (`math.random`), `retryable(err)` (default:
 --   `err.retryable == true`), `on_retry(attempt, err, delay)` (called before
 --   each sleep: logging)
--- @return what `fn` returned on success | nil, the last err (a copy noting
---   why retrying stopped, with `attempts`, when more than one attempt ran
---   or a retry was refused)
+-- @return what `fn` returned on success | nil, message, err: the last
+--   error (a copy noting why retrying stopped, with `attempts`, when more
+--   than one attempt ran or a retry was refused). `fn` may fail with
+--   `nil, message, err` or `nil, err`.
 function _M.call(fn, policy)
   if type(fn) ~= "function" then
     error("gauth.retry: fn must be a function", 2)
@@ -247,10 +255,11 @@ function _M.call(fn, policy)
       remaining = deadline - now()
       if remaining < 0 then remaining = 0 end
     end
-    local res, err = fn(attempt, remaining)
+    local res, err, e3 = fn(attempt, remaining)
     if res ~= nil then
-      return res, err
+      return res, err, e3
     end
+    if errors.is(e3) then err = e3 end
     if err == nil then
       err = errors.new("retry", "call", "the function returned neither a result nor an error")
     end
@@ -261,13 +270,13 @@ function _M.call(fn, policy)
     end
     if not retryable(err) then
       if attempt > 1 then
-        return nil, give_up(err, attempt,
-                            format("not retryable, attempt %d", attempt))
+        return out(give_up(err, attempt,
+                           format("not retryable, attempt %d", attempt)))
       end
-      return nil, err
+      return out(err)
     end
     if attempt >= attempts then
-      return nil, give_up(err, attempt, format("gave up after %d attempts", attempt))
+      return out(give_up(err, attempt, format("gave up after %d attempts", attempt)))
     end
 
     local ra = type(err) == "table" and tonumber(err.retry_after) or nil
@@ -275,9 +284,9 @@ function _M.call(fn, policy)
     if ra and ra >= 0 then
       delay = ra
       if not deadline and ra > max_delay then
-        return nil, give_up(err, attempt, format(
+        return out(give_up(err, attempt, format(
           "attempt %d; not retried: Retry-After %gs is longer than max_delay %gs",
-          attempt, ra, max_delay))
+          attempt, ra, max_delay)))
       end
     else
       delay = _M.backoff(attempt, policy)
@@ -285,9 +294,9 @@ function _M.call(fn, policy)
     if deadline then
       local left = deadline - now()
       if delay > left then
-        return nil, give_up(err, attempt, format(
+        return out(give_up(err, attempt, format(
           "attempt %d; not retried: the next attempt in %.3gs would pass the deadline (%.3gs left)",
-          attempt, delay, left > 0 and left or 0))
+          attempt, delay, left > 0 and left or 0)))
       end
     end
     if policy.on_retry then

@@ -120,7 +120,7 @@ end
 
 --- Check that a token URI may carry an assertion: https, or http to a
 -- loopback host (tests, local emulators). Nothing is sent otherwise.
--- @return true | nil, err
+-- @return true | nil, message, err
 function _M.check_token_uri(uri)
   return oauth.check_url(uri, "service_account", "token_uri", "an assertion")
 end
@@ -151,28 +151,28 @@ local function parse_info(info, source)
   local t = info.type
   if t ~= "service_account" then
     if t == nil then
-      return nil, key_error(source, "type", 'missing (expected "service_account")')
+      return errors.ret(key_error(source, "type", 'missing (expected "service_account")'))
     end
-    return nil, credentials.key_type_error("service_account", source, t, "service_account")
+    return errors.ret(credentials.key_type_error("service_account", source, t, "service_account"))
   end
-  local email, err = str("client_email", true)
-  if not email then return nil, err end
+  local email, err = errors.pair(str("client_email", true))
+  if not email then return errors.ret(err) end
   local pem
-  pem, err = str("private_key", true)
-  if not pem then return nil, err end
+  pem, err = errors.pair(str("private_key", true))
+  if not pem then return errors.ret(err) end
   local kid
-  kid, err = str("private_key_id", false)
-  if kid == nil then return nil, err end
+  kid, err = errors.pair(str("private_key_id", false))
+  if kid == nil then return errors.ret(err) end
   local token_uri
-  token_uri, err = str("token_uri", false)
-  if token_uri == nil then return nil, err end
+  token_uri, err = errors.pair(str("token_uri", false))
+  if token_uri == nil then return errors.ret(err) end
   local project
-  project, err = str("project_id", false)
-  if project == nil then return nil, err end
-  local key, kerr = jwt.load_key(pem)
+  project, err = errors.pair(str("project_id", false))
+  if project == nil then return errors.ret(err) end
+  local key, kerr = errors.pair(jwt.load_key(pem))
   if not key then
     -- kerr comes from gauth.core/OpenSSL and describes, never quotes, the key.
-    return nil, key_error(source, "private_key", tostring(kerr.message or kerr))
+    return errors.ret(key_error(source, "private_key", tostring(kerr.message or kerr)))
   end
   return {
     service_account_email = email,
@@ -194,8 +194,8 @@ local function build(parts, source, opts, mode)
   opts = opts or {}
   local token_uri = opt_string(opts.token_uri, "token_uri") or parts.token_uri
                     or _M.DEFAULT_TOKEN_URI
-  local ok, err = _M.check_token_uri(token_uri)
-  if not ok then return nil, err end
+  local ok, err = errors.pair(_M.check_token_uri(token_uri))
+  if not ok then return errors.ret(err) end
 
   local subject = opt_string(opts.subject, "subject")
   local audience = opt_string(opts.audience, "audience")
@@ -259,15 +259,15 @@ end
 --   and `timeout` (make a transport of its own for these credentials),
 --   `retry` (fields overriding `RETRY`, or false for one attempt), `cache`,
 --   `now` (see `gauth.credentials.init`)
--- @return credentials | nil, err
+-- @return credentials | nil, message, err
 function _M.from_info(info, opts)
   local source = "service account info"
   local err
-  info, err = credentials.decode_info("service_account", info, source)
-  if not info then return nil, err end
+  info, err = errors.pair(credentials.decode_info("service_account", info, source))
+  if not info then return errors.ret(err) end
   local parts
-  parts, err = parse_info(info, source)
-  if not parts then return nil, err end
+  parts, err = errors.pair(parse_info(info, source))
+  if not parts then return errors.ret(err) end
   return build(parts, source, opts, "exchange")
 end
 
@@ -276,22 +276,22 @@ local FILE_TEXTS = { unreadable = "cannot read key file ", too_large = "too larg
                      not_json = "not a JSON object (is this a service account key file?)" }
 
 local function load_file(path)
-  local info, err = credentials.read_key_file("service_account", path, FILE_TEXTS)
-  if not info then return nil, err end
+  local info, err = errors.pair(credentials.read_key_file("service_account", path, FILE_TEXTS))
+  if not info then return errors.ret(err) end
   return parse_info(info, path)
 end
 
 --- Credentials from a key file (as downloaded from the Cloud console).
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
--- @return credentials | nil, err (naming the file and the field at fault,
+-- @return credentials | nil, message, err (naming the file and the field at fault,
 --   never the key)
 function _M.from_file(path, opts)
   if type(path) ~= "string" then
     error("gauth.service_account: from_file: path must be a string", 2)
   end
-  local parts, err = load_file(path)
-  if not parts then return nil, err end
+  local parts, err = errors.pair(load_file(path))
+  if not parts then return errors.ret(err) end
   return build(parts, path, opts, "exchange")
 end
 
@@ -302,7 +302,7 @@ end
 -- @tparam table opts `target_audience` (required), and `token_uri`,
 --   `claims`, `http`, `ca_file`, `timeout`, `retry`, `cache`, `now` as for
 --   `from_info`
--- @return credentials | nil, err
+-- @return credentials | nil, message, err
 function _M.id_token_credentials(info_or_path, opts)
   if type(opts) ~= "table" then
     error("gauth.service_account: id_token_credentials: opts with target_audience required", 2)
@@ -315,16 +315,16 @@ function _M.id_token_credentials(info_or_path, opts)
       (type(info_or_path) == "string" and find(info_or_path, "^%s*{")) then
     source = "service account info"
     local info
-    info, err = credentials.decode_info("service_account", info_or_path, source)
-    if not info then return nil, err end
-    parts, err = parse_info(info, source)
+    info, err = errors.pair(credentials.decode_info("service_account", info_or_path, source))
+    if not info then return errors.ret(err) end
+    parts, err = errors.pair(parse_info(info, source))
   elseif type(info_or_path) == "string" then
     source = info_or_path
-    parts, err = load_file(info_or_path)
+    parts, err = errors.pair(load_file(info_or_path))
   else
     error("gauth.service_account: id_token_credentials: need a path, a table or JSON text", 2)
   end
-  if not parts then return nil, err end
+  if not parts then return errors.ret(err) end
   return build(parts, source, opts, "id_token")
 end
 
@@ -344,8 +344,8 @@ local function issued_at(self)
 end
 
 local function sign(self, claims)
-  local tok, err = jwt_encode(claims, self._signing_key, self._jwt_opts)
-  if not tok then return nil, errors.wrap("service_account", "assertion", err) end
+  local tok, err = errors.pair(jwt_encode(claims, self._signing_key, self._jwt_opts))
+  if not tok then return errors.fail_with("service_account", "assertion", err) end
   return tok
 end
 
@@ -380,7 +380,7 @@ end
 -- an EC key), header kid = `private_key_id`; claims iss, scope, aud =
 -- token_uri, iat, exp = iat + 3600, sub when a subject is set,
 -- target_audience for ID token credentials, plus `claims`.
--- @return assertion | nil, err
+-- @return assertion | nil, message, err
 function _M:assertion()
   return sign(self, grant_claims(self, issued_at(self)))
 end
@@ -403,16 +403,16 @@ end
 local function parse_response(self, res, now)
   local uri = self.token_uri
   if res.status ~= 200 then
-    local fields = oauth.refusal(res, now, uri)
-    if fields.error == "invalid_grant" and is_time_window(fields.error_description) then
+    local fields, detail = oauth.refusal(res, now, uri)
+    if fields.oauth_error == "invalid_grant" and is_time_window(fields.error_description) then
       local date = retry.parse_http_date(res.headers and res.headers.date)
       if date then fields.clock_skew = date - now end
     end
-    return fail("token response", oauth.refusal_message("request", fields), fields)
+    return fail("token response", oauth.refusal_message("request", fields, detail), fields)
   end
   -- A 200 body may hold a token: it never goes into an error.
-  local data, err = oauth.decode(res, "service_account", uri)
-  if not data then return nil, err end
+  local data, err = errors.pair(oauth.decode(res, "service_account", uri))
+  if not data then return errors.ret(err) end
   if self.mode == "id_token" then
     local idt = data.id_token
     if type(idt) ~= "string" or idt == "" then
@@ -432,28 +432,28 @@ end
 
 local function exchange_once(self, http, remaining)
   local uri = self.token_uri
-  local ok, uerr = _M.check_token_uri(uri)
-  if not ok then return nil, uerr end
-  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "service_account", uri)
-  if terr then return nil, terr end
-  local assertion, aerr = sign(self, grant_claims(self, issued_at(self)))
-  if not assertion then return nil, aerr end
-  local res, err = oauth.post(http, "service_account", uri, oauth.FORM_HEADERS,
-                              GRANT_PREFIX .. assertion, timeout, _M.MAX_RESPONSE)
-  if not res then return nil, err end
+  local ok, uerr = errors.pair(_M.check_token_uri(uri))
+  if not ok then return errors.ret(uerr) end
+  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "service_account", uri))
+  if terr then return errors.ret(terr) end
+  local assertion, aerr = errors.pair(sign(self, grant_claims(self, issued_at(self))))
+  if not assertion then return errors.ret(aerr) end
+  local res, err = errors.pair(oauth.post(http, "service_account", uri, oauth.FORM_HEADERS,
+                              GRANT_PREFIX .. assertion, timeout, _M.MAX_RESPONSE))
+  if not res then return errors.ret(err) end
   return parse_response(self, res, self._clock())
 end
 
 local function exchange(self)
-  local http, terr = oauth.transport(self._shared, "service_account")
-  if not http then return nil, terr end
+  local http, terr = errors.pair(oauth.transport(self._shared, "service_account"))
+  if not http then return errors.ret(terr) end
   local policy = self._retry
   local clock = self._clock
   local started = clock()
   local fn = function(_, remaining)
     return exchange_once(self, http, remaining)
   end
-  local entry, err = retry.call(fn, policy)
+  local entry, err = errors.pair(retry.call(fn, policy))
   if entry then return entry end
   -- Clock skew: the endpoint refused the assertion's time window and said
   -- (in its Date header) what time it is there. Retry once on its clock;
@@ -466,12 +466,12 @@ local function exchange(self)
       local p = retry.policy(policy)
       if p.deadline then
         p.deadline = p.deadline - (clock() - started)
-        if p.deadline <= 0 then return nil, err end
+        if p.deadline <= 0 then return errors.ret(err) end
       end
       return retry.call(fn, p)
     end
   end
-  return nil, err
+  return errors.ret(err)
 end
 
 local function self_signed(self)
@@ -488,15 +488,15 @@ local function self_signed(self)
   end
   claims.iat = iat
   claims.exp = iat + _M.LIFETIME
-  local tok, err = sign(self, claims)
-  if not tok then return nil, err end
+  local tok, err = errors.pair(sign(self, claims))
+  if not tok then return errors.ret(err) end
   -- Expiry on our clock (iat may be on the endpoint's).
   return { access_token = tok, expires_at = self._clock() + _M.LIFETIME }
 end
 
 --- Get a new token from the source (used by `token()`; call that instead:
 -- it caches).
--- @return entry `{ access_token=, expires_at=, id_token= }` | nil, err
+-- @return entry `{ access_token=, expires_at=, id_token= }` | nil, message, err
 function _M:fetch_token()
   if self.mode == "jwt" then
     return self_signed(self)

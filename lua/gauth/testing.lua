@@ -396,7 +396,7 @@ function mock_credentials:token()
   local err = self.error
   if err then
     if not errors.is(err) then err = errors.new("testing", "token", err) end
-    return nil, err
+    return errors.ret(err)
   end
   local i = self.index
   if i > #self.tokens then i = #self.tokens end
@@ -412,8 +412,8 @@ function mock_credentials:apply(headers)
   elseif type(headers) ~= "table" then
     error("gauth.testing: apply: headers must be a table", 2)
   end
-  local tok, err = self:token()
-  if not tok then return nil, err end
+  local tok, msg, err = self:token()
+  if not tok then return nil, msg, err end
   headers.authorization = "Bearer " .. tok
   if self.quota_project then headers["x-goog-user-project"] = self.quota_project end
   return headers

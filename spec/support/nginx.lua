@@ -63,11 +63,14 @@ local function sh_quote(s)
 end
 
 local function run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+  -- The exit status is printed by the shell: LuaJIT's popen close() does
+  -- not give it.
+  local p = io.popen("{ " .. cmd .. "; } 2>&1; echo \"gauth-rc=$?\"")
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  if type(ok) == "number" then code = ok; ok = code == 0 end  -- Lua 5.1
-  return ok == true, out, code
+  p:close()
+  local code = tonumber(out:match("gauth%-rc=(%d+)%s*$"))
+  out = out:gsub("gauth%-rc=%d+%s*$", "")
+  return code == 0, out, code
 end
 
 -- The .so a Debian modules-available/*.conf loads (relative to nginx's

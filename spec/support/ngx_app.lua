@@ -58,9 +58,9 @@ function _M.token()
   local args = ngx.req.get_uri_args()
   local c = get_creds(args)
   local t0 = now()
-  local tok, exp = c:token()
+  local tok, exp, err = c:token()
   if not tok then
-    return reply(500, { err = tostring(exp), retryable = exp and exp.retryable,
+    return reply(500, { err = exp, retryable = err and err.retryable,
                         elapsed = now() - t0, pid = ngx.worker.pid() })
   end
   reply(200, { token = tok, expires_at = exp, pid = ngx.worker.pid(),
@@ -117,9 +117,9 @@ end
 function _M.log_phase()
   local args = ngx.req.get_uri_args()
   local c = get_creds(args)
-  local tok, err = c:token()
+  local tok, msg, err = c:token()
   ngx.shared.results:set("log " .. (args.scope or "default"),
-    cjson.encode(tok and { token = tok } or { err = tostring(err),
+    cjson.encode(tok and { token = tok } or { err = msg,
                                               retryable = err and err.retryable }))
 end
 

@@ -54,7 +54,7 @@ function _M.new(opts)
   local name = opts.shared_dict or _M.DEFAULT_DICT
   -- The token store over the same dict checks nginx and the dict, and
   -- gives the lock for single-flight fetches.
-  local locker, err = shdict_store.new({ shared_dict = name })
+  local locker, _, err = shdict_store.new({ shared_dict = name })
   if not locker then
     return nil, errors.new("discovery", "shared dict", err.message)
   end

@@ -101,11 +101,11 @@ function _M.new(opts)
     error("gauth.token_cache.shdict: shared_dict must be a string", 2)
   end
   if not util.is_ngx then
-    return nil, errors.new("token_cache", "shared dict", "not running inside nginx")
+    return errors.fail("token_cache", "shared dict", "not running inside nginx")
   end
   local dict = ngx.shared[name]
   if not dict then
-    return nil, errors.new("token_cache", "shared dict",
+    return errors.fail("token_cache", "shared dict",
       "no lua_shared_dict named " .. name .. " in nginx.conf")
   end
   return setmetatable({
@@ -353,8 +353,8 @@ function _M.cache(name, opts)
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
   o.shared_dict = name
-  local store, err = _M.new(o)
-  if not store then return nil, err end
+  local store, msg, err = _M.new(o)
+  if not store then return nil, msg, err end
   c = setmetatable(token_cache.new({ store = store }), cache_mt)
   caches[name] = c
   return c
@@ -364,10 +364,10 @@ end
 -- (`gauth.token_cache.set_default`): credentials made afterwards use it.
 -- @tparam[opt] string name default "gauth"
 -- @tparam[opt] table opts as for `cache`
--- @return cache | nil, err
+-- @return cache | nil, msg, err
 function _M.install(name, opts)
-  local c, err = _M.cache(name, opts)
-  if not c then return nil, err end
+  local c, msg, err = _M.cache(name, opts)
+  if not c then return nil, msg, err end
   token_cache.set_default(c)
   return c
 end
