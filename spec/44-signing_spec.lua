@@ -193,7 +193,7 @@ describe("signing", function()
       assert.equal(403, err.status)
       assert.equal(email, err.account)
       assert.equal("iam.serviceAccounts.signBlob", err.permission)
-      assert.equal("PERMISSION_DENIED", err.reason)
+      assert.equal("PERMISSION_DENIED", err.google_status)
       assert.is_false(err.retryable)
       assert.equal(1, #iam_requests("signBlob"))
       -- The same through storage: the error names them too.

@@ -291,8 +291,8 @@ end
 -- answer for "default", asked once).
 -- @return email | nil, msg, err
 function _M:signer_email()
-  local v, err = self:email()
-  if not v then return errors.ret(errors.of(err)) end
+  local v, msg, err = self:email()
+  if not v then return nil, msg, err end
   return v
 end
 

@@ -21,8 +21,8 @@
 -- Errors (`nil, msg, err`, module "iam"): step "options" (the account's
 -- email could not be learnt: the source's error is `cause`), "endpoint",
 -- "source credentials", "request" (transport), "response" (the API's
--- refusal: `status`, `reason`, `account`, `permission`, `method`,
--- `retryable`, `retry_after`). A 403 or 404 says which account and which
+-- refusal: `status`, `google_status`, `reason`, `http_reason`, `details`,
+-- `account`, `permission`, `method`, `retryable`, `retry_after`). A 403 or 404 says which account and which
 -- permission (`iam.serviceAccounts.signBlob`, ...) it is about. 5xx, 429
 -- and transport failures are retried (`RETRY`); a 401 once, with a new
 -- source token. No signature, token or signed payload is ever in an error.
@@ -184,7 +184,6 @@ local function refusal(self, method, email, res, attempt)
   local data = type(res.body) == "string" and cjson.decode(res.body) or nil
   local e = type(data) == "table" and type(data.error) == "table" and data.error or nil
   local permission = _M.PERMISSIONS[method]
-  local reason = e and type(e.status) == "string" and e.status or res.reason
   local msg
   if status == 403 then
     msg = "permission " .. permission .. " denied on service account " .. email
@@ -198,33 +197,32 @@ local function refusal(self, method, email, res, attempt)
   if e and type(e.message) == "string" then
     msg = msg .. ": " .. gsub(e.message, "%s*[\r\n]+%s*", " ")
   end
-  local retryable = retry.is_retryable_status(status)
+  -- Google's error fields (status, reason, google_status, http_reason,
+  -- details) and retryable by the one rule (gauth.errors.classify).
+  local err = errors.from_response("iam", "response", res, nil, self._clock())
+  err.message, err.body = msg, nil
+  err.account, err.permission, err.method = email, permission, method
   if status == 401 and attempt == 1 then
     -- The source's token may have been revoked or expired early: a new one
     -- once.
     if type(self.source.invalidate) == "function" then self.source:invalidate() end
-    retryable = true
+    err.retryable = true
   end
-  return errors.new("iam", "response", msg, {
-    status = status, reason = reason, account = email, permission = permission,
-    method = method, retryable = retryable, details = e and e.details or nil,
-    retry_after = retry.parse_retry_after(res.headers and res.headers["retry-after"],
-                                          self._clock()),
-  })
+  return err
 end
 
 -- One POST of `method` with the JSON `body`; the decoded answer.
 local function once(self, http, url, email, method, body, attempt, remaining)
-  local timeout, terr = oauth.attempt_timeout(self, http, remaining, "iam", url)
+  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "iam", url))
   if terr then return nil, terr end
   local tok, m, x = self.source:token()
   if not tok then
     -- The source retried already: retrying here would multiply attempts.
     return nil, errors.wrap("iam", "source credentials", errors.of(m, x), { retryable = false })
   end
-  local res, err = oauth.post(http, "iam", url,
+  local res, err = errors.pair(oauth.post(http, "iam", url,
     { authorization = "Bearer " .. tok, ["content-type"] = "application/json",
-      accept = "application/json" }, body, timeout, _M.MAX_RESPONSE)
+      accept = "application/json" }, body, timeout, _M.MAX_RESPONSE))
   if not res then
     err.step = "request"
     return nil, err
@@ -249,16 +247,16 @@ function _M:call(method, req)
   base, m, x = self:endpoint()
   if not base then return nil, m, x end
   local url = base .. "/v1/projects/-/serviceAccounts/" .. email .. ":" .. method
-  local ok, uerr = oauth.check_url(url, "iam", "endpoint", "a token")
-  if not ok then return errors.ret(uerr) end
-  local http, herr = oauth.transport(self._shared, "iam")
-  if not http then return errors.ret(errors.of(herr)) end
+  local ok, umsg, uerr = oauth.check_url(url, "iam", "endpoint", "a token")
+  if not ok then return nil, umsg, uerr end
+  local http, hmsg, herr = oauth.transport(self._shared, "iam")
+  if not http then return errors.ret(errors.of(hmsg, herr)) end
   if self.delegates then req.delegates = self.delegates end
   local body = cjson.encode(req)
-  local data, err = retry.call(function(attempt, remaining)
+  local data, dmsg, derr = retry.call(function(attempt, remaining)
     return once(self, http, url, email, method, body, attempt, remaining)
   end, self._retry)
-  if not data then return errors.ret(err) end
+  if not data then return errors.ret(errors.of(dmsg, derr)) end
   return data
 end
 

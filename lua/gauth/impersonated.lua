@@ -525,7 +525,7 @@ end
 
 function IdTokens:fetch_token()
   local tok, m, x = self.target:fetch_id_token(self.audience, self.include_email)
-  if not tok then return nil, errors.of(m, x) end
+  if not tok then return errors.ret(errors.of(m, x)) end
   local entry = credentials.id_token_entry(tok, self._clock())
   if not entry then
     return fail("token response", "generateIdToken gave no JWT with an exp claim",

@@ -534,7 +534,7 @@ function _M:sign_jwt(claims)
   if type(claims) ~= "table" then
     error("gauth.service_account: sign_jwt: claims must be a table", 2)
   end
-  local tok, err = jwt_encode(claims, self._signing_key, self._jwt_opts)
+  local tok, err = errors.pair(jwt_encode(claims, self._signing_key, self._jwt_opts))
   if not tok then
     return errors.ret(errors.wrap("service_account", "signing", err, { retryable = false }))
   end
