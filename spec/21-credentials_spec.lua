@@ -4,6 +4,7 @@
 local credentials = require "gauth.credentials"
 local token_cache = require "gauth.token_cache"
 local errors = require "gauth.errors"
+local helpers = require "helpers"
 
 -- The tiny type: opts.life (seconds), opts.fail (error to return),
 -- opts.scopes (part of the cache key).
@@ -75,11 +76,13 @@ describe("gauth.credentials", function()
     it("returns nil and the fetch error, and caches nothing", function()
       local e = errors.new("test", "fetch", "nope", { retryable = false })
       local c = make({ fail = e })
-      local tok, err = c:token()
+      local tok, msg, err = c:token()
       assert.is_nil(tok)
+      helpers.assert_failure(msg, err)
       assert.equal(e, err)
-      tok, err = c:token()
+      tok, msg, err = c:token()
       assert.is_nil(tok)
+      helpers.assert_failure(msg, err)
       assert.equal(e, err)
       assert.equal(2, c.calls.n)
     end)
@@ -106,21 +109,24 @@ describe("gauth.credentials", function()
 
     it("refuses an entry without access_token", function()
       local c = make({ result = function() return { expires_at = clock.t + 60 } end })
-      local tok, err = c:token()
+      local tok, msg, err = c:token()
       assert.is_nil(tok)
+      helpers.assert_failure(msg, err)
       assert.truthy(errors.is(err))
       assert.matches("no access token", err.message)
     end)
 
     it("refuses an entry without expiry, or already expired", function()
       local c = make({ result = function() return { access_token = "x" } end })
-      local tok, err = c:token()
+      local tok, msg, err = c:token()
       assert.is_nil(tok)
+      helpers.assert_failure(msg, err)
       assert.matches("no expiry", err.message)
       c = make({ scopes = { "b" }, result = function()
         return { access_token = "x", expires_at = clock.t - 1 } end })
-      tok, err = c:token()
+      tok, msg, err = c:token()
       assert.is_nil(tok)
+      helpers.assert_failure(msg, err)
       assert.matches("already expired", err.message)
     end)
 
@@ -178,8 +184,9 @@ describe("gauth.credentials", function()
     it("returns nil and the error when no token can be had", function()
       local e = errors.new("test", "fetch", "down")
       local h = {}
-      local res, err = make({ fail = e }):apply(h)
+      local res, msg, err = make({ fail = e }):apply(h)
       assert.is_nil(res)
+      helpers.assert_failure(msg, err)
       assert.equal(e, err)
       assert.is_nil(h.authorization)
     end)
