@@ -60,16 +60,17 @@ local FIELDS = { "grant_type", "resource", "audience", "scope", "requested_token
                  "options" }
 
 local function once(o, http, body, headers, module, remaining)
-  local timeout, terr = oauth.attempt_timeout(o, http, remaining, module, o.url)
+  local timeout, terr = errors.pair(oauth.attempt_timeout(o, http, remaining, module, o.url))
   if terr then return nil, terr end
-  local res, err = oauth.post(http, module, o.url, headers, body, timeout, _M.MAX_RESPONSE)
+  local res, err = errors.pair(oauth.post(http, module, o.url, headers, body, timeout,
+                                          _M.MAX_RESPONSE))
   if not res then return nil, err end
   local now = o.now and o.now() or util.now()
   if res.status ~= 200 then
     local fields = oauth.refusal(res, now, o.url)
     local msg = "the STS endpoint refused the token exchange"
-    if fields.error then
-      msg = msg .. ": " .. fields.error
+    if fields.oauth_error then
+      msg = msg .. ": " .. fields.oauth_error
       if fields.error_description then msg = msg .. ": " .. fields.error_description end
     end
     return nil, errors.new(module, "token response", msg, fields)
@@ -102,8 +103,8 @@ function _M.exchange(opts)
       error("gauth.sts: exchange: opts." .. k .. " must be a non-empty string", 2)
     end
   end
-  local ok, uerr = oauth.check_url(opts.url, module, "endpoint", "a token")
-  if not ok then return errors.ret(uerr) end
+  local ok, umsg, uerr = oauth.check_url(opts.url, module, "endpoint", "a token")
+  if not ok then return nil, umsg, uerr end
   local values = {
     grant_type = opts.grant_type or _M.GRANT_TYPE, resource = opts.resource,
     audience = opts.audience, requested_token_type = opts.requested_token_type,
@@ -133,16 +134,16 @@ function _M.exchange(opts)
   if not policy then error("gauth.sts: exchange: opts.retry must be a table or false", 2) end
   local http = opts.http
   if not http then
-    local herr
-    http, herr = oauth.transport({ ca_file = opts.ca_file, timeout = opts.timeout }, module)
-    if not http then return errors.ret(errors.of(herr)) end
+    local hmsg, herr
+    http, hmsg, herr = oauth.transport({ ca_file = opts.ca_file, timeout = opts.timeout }, module)
+    if not http then return errors.ret(errors.of(hmsg, herr)) end
   end
   local body = util.form_encode(list)
   local o = { url = opts.url, now = opts.now, _timeout = opts.timeout }
-  local data, err = retry.call(function(_, remaining)
+  local data, dmsg, derr = retry.call(function(_, remaining)
     return once(o, http, body, headers, module, remaining)
   end, policy)
-  if not data then return errors.ret(err) end
+  if not data then return errors.ret(errors.of(dmsg, derr)) end
   return data
 end
 
