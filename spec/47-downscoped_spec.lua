@@ -203,10 +203,11 @@ describe("gauth.downscoped", function()
     assert.equal("downscoped", err.module)
     assert.equal("token response", err.step)
     assert.equal(400, err.status)
-    assert.equal("invalid_grant", err.error)
+    assert.equal("invalid_grant", err.oauth_error)
+    assert.equal("Bad Request", err.http_reason)
     assert.is_false(err.retryable)
     assert.equal("gauth.downscoped: token response: the STS endpoint refused the token exchange: "
-      .. "invalid_grant: The subject token is invalid. (HTTP 400 Bad Request) [" .. fake.url .. "/v1/token]",
+      .. "invalid_grant: The subject token is invalid. (HTTP 400 invalid_grant) [" .. fake.url .. "/v1/token]",
       tostring(err))
     assert.is_nil(tostring(err):find(subject, 1, true))
   end)

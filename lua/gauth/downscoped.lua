@@ -194,8 +194,8 @@ function _M:fetch_token()
     return nil, errors.wrap("downscoped", "source credentials", cause, { retryable = false })
   end
   local source_exp = m
-  local http, herr = require("gauth.oauth").transport(self._shared, "downscoped")
-  if not http then return nil, errors.of(herr) end
+  local http, hmsg, herr = require("gauth.oauth").transport(self._shared, "downscoped")
+  if not http then return nil, errors.of(hmsg, herr) end
   local data, dm, dx = sts.exchange({
     url = self.token_url, module = "downscoped", http = http, timeout = self._timeout,
     retry = self._retry, now = self._clock,
