@@ -250,7 +250,7 @@ describe("gauth.downscoped", function()
         ca_file = ca, retry = false })
       assert.is_nil(v)
       assert.equal("gauth.sts: token response: the STS endpoint refused the token exchange: "
-        .. "invalid_grant: The subject token is invalid. (HTTP 400 Bad Request) [" .. fake.url .. "/v1/token]",
+        .. "invalid_grant: The subject token is invalid. (HTTP 400 invalid_grant) [" .. fake.url .. "/v1/token]",
         msg)
       assert.equal("sts", err.module)
       assert.equal(400, err.status)
