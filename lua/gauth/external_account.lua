@@ -931,8 +931,8 @@ end
 
 --- Same as `token()` but in the public error shape: `nil, msg, err`.
 function _M:token()
-  local tok, exp = credentials.base.token(self)
-  if not tok then return errors.ret(errors.of(exp)) end
+  local tok, exp, err = credentials.base.token(self)
+  if not tok then return errors.ret(errors.of(exp, err)) end
   return tok, exp
 end
 

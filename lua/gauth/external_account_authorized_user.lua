@@ -182,8 +182,8 @@ end
 
 --- A valid access token (cached): `nil, msg, err` on failure.
 function _M:token()
-  local tok, exp = credentials.base.token(self)
-  if not tok then return errors.ret(errors.of(exp)) end
+  local tok, exp, err = credentials.base.token(self)
+  if not tok then return errors.ret(errors.of(exp, err)) end
   return tok, exp
 end
 
