@@ -105,7 +105,7 @@ describe("gauth.external_account_authorized_user", function()
     local ok, rmsg, rerr = c:revoke()
     assert.is_nil(ok)
     assert.equal("gauth.external_account_authorized_user: revoke: invalid_request: Invalid token."
-      .. " (HTTP 400 Bad Request) [" .. fake.url .. "/v1/revoke]", rmsg)
+      .. " (HTTP 400 invalid_request) [" .. fake.url .. "/v1/revoke]", rmsg)
     is_error(rerr, "external_account_authorized_user", "revoke")
     local tok, tmsg = c:token()
     assert.is_nil(tok)

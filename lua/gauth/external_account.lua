@@ -402,7 +402,7 @@ local function parse(info, source)
       c.lifetime_set = true
     end
   end
-  c.source, err = parse_source(info.credential_source, source)
+  c.source, err = errors.pair(parse_source(info.credential_source, source))
   if not c.source then return errors.ret(err) end
   return c
 end
