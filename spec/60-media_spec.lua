@@ -94,8 +94,9 @@ describe("gauth.media", function()
     end)
 
     it("media_file returns nil, err for a missing file", function()
-      local m, err = media.media_file("/nonexistent/x.bin")
+      local m, msg, err = media.media_file("/nonexistent/x.bin")
       assert.is_nil(m)
+      helpers.assert_failure(msg, err)
       assert.equal("media", err.module)
       assert.equal("media_file", err.step)
       assert.matches("No such file", err.message)
@@ -280,8 +281,9 @@ describe("gauth.media", function()
       local d = cjson.decode(DRIVE)
       d.resources.files.methods.create.mediaUpload.accept = { "image/*", "application/pdf" }
       local svc = build(d)
-      local req, err = svc:files():create{ media_body = media.media_string("x", { mime_type = "text/plain" }) }
+      local req, msg, err = svc:files():create{ media_body = media.media_string("x", { mime_type = "text/plain" }) }
       assert.is_nil(req)
+      helpers.assert_failure(msg, err)
       assert.equal("media", err.module)
       assert.equal("drive.files.create", err.step)
       assert.equal("unacceptable_mime_type", err.kind)
@@ -289,8 +291,9 @@ describe("gauth.media", function()
                    .. " (accept: image/*, application/pdf)",
                    tostring(err))
       -- a path, its type given or guessed
-      req, err = svc:files():create{ media_body = write("x.txt", "hi") }
+      req, msg, err = svc:files():create{ media_body = write("x.txt", "hi") }
       assert.is_nil(req)
+      helpers.assert_failure(msg, err)
       assert.equal("unacceptable_mime_type", err.kind)
       assert.truthy(svc:files():create{ media_body = write("x.txt", "hi"), media_mime_type = "image/gif" })
       assert.equal(0, #srv:requests())
@@ -304,7 +307,7 @@ describe("gauth.media", function()
                      .. " control character (not a valid header value)", msg)
         assert.equal("media", err.module)
         assert.equal(step, err.step)
-        assert.equal("bad_mime_type", err.reason)
+        assert.equal("bad_mime_type", err.kind)
         assert.is_false(err.retryable)
         assert.is_nil(msg:find("Injected", 1, true))
       end
@@ -339,7 +342,7 @@ describe("gauth.media", function()
         assert.matches("^gauth%.media: drive%.files%.create: refusing to send credentials to"
                        .. " attacker%.example over http %(https is required except for a loopback host%)",
                        tostring(err))
-        assert.equal("insecure_url", err.reason)
+        assert.equal("insecure_url", err.kind)
         assert.is_false(err.retryable)
       end
       assert.equal(0, #srv:requests())
@@ -350,8 +353,9 @@ describe("gauth.media", function()
       d.resources.files.methods.create.mediaUpload.maxSize = "1KB"
       local svc = build(d)
       assert.truthy(svc:files():create{ media_body = media.media_string(("x"):rep(1024)) })
-      local req, err = svc:files():create{ media_body = media.media_string(("x"):rep(1025)) }
+      local req, msg, err = svc:files():create{ media_body = media.media_string(("x"):rep(1025)) }
       assert.is_nil(req)
+      helpers.assert_failure(msg, err)
       assert.equal("media", err.module)
       assert.equal("media_too_large", err.kind)
       assert.equal(1025, err.size)
@@ -362,12 +366,14 @@ describe("gauth.media", function()
     end)
 
     it("return nil, err for a missing file or a path of unknown type; raise on a bad media_body", function()
-      local req, err = drive:files():create{ media_body = "/nonexistent/f.txt" }
+      local req, msg, err = drive:files():create{ media_body = "/nonexistent/f.txt" }
       assert.is_nil(req)
+      helpers.assert_failure(msg, err)
       assert.equal("drive.files.create", err.step)
       assert.matches("cannot open the file: /nonexistent/f.txt", err.message)
-      req, err = drive:files():create{ media_body = write("noext", "x") }
+      req, msg, err = drive:files():create{ media_body = write("noext", "x") }
       assert.is_nil(req)
+      helpers.assert_failure(msg, err)
       assert.equal("unknown_mime_type", err.kind)
       assert.has_error(function() drive:files():create{ media_body = 42 } end,
         "gauth.media: drive.files.create: media_body must be a file path or a media object"
@@ -467,8 +473,9 @@ describe("gauth.media", function()
     it("return nil, err for a server 4xx, sent once (POST is not retried)", function()
       srv:inject{ { on = "simple", status = 403 } }
       local req = assert(drive:files():create{ media_body = media.media_string("x") })
-      local res, err = req:execute()
+      local res, msg, err = req:execute()
       assert.is_nil(res)
+      helpers.assert_failure(msg, err)
       assert.equal("media", err.module)
       assert.equal("drive.files.create", err.step)
       assert.equal(403, err.status)
@@ -625,8 +632,9 @@ describe("gauth.media", function()
       srv:inject{ { on = "chunk", status = 503, times = 10 } }
       delays = {}
       local req = resumable_req(data)
-      local res, err = req:execute{ sleep = no_sleep(delays), num_retries = 2 }
+      local res, msg, err = req:execute{ sleep = no_sleep(delays), num_retries = 2 }
       assert.is_nil(res)
+      helpers.assert_failure(msg, err)
       assert.equal("media", err.module)
       assert.equal(503, err.status)
       assert.is_true(err.retryable)
@@ -642,8 +650,9 @@ describe("gauth.media", function()
       local req = resumable_req(data)
       assert(req:next_chunk())
       srv:inject{ { on = "chunk", status = 404 } }
-      local s, err = req:next_chunk()
+      local s, msg, err = req:next_chunk()
       assert.is_nil(s)
+      helpers.assert_failure(msg, err)
       assert.equal(404, err.status)
       assert.is_true(err.session_lost)
       assert.is_false(err.retryable)
@@ -684,8 +693,9 @@ describe("gauth.media", function()
     it("give up (not loop) when the server keeps answering 308 without taking anything", function()
       srv:inject{ { on = "query", status = 308, json = {}, times = 10 } }
       local delays = {}
-      local res, err = resumable_req(""):execute{ num_retries = 2, sleep = no_sleep(delays) }
+      local res, msg, err = resumable_req(""):execute{ num_retries = 2, sleep = no_sleep(delays) }
       assert.is_nil(res)
+      helpers.assert_failure(msg, err)
       assert.equal("media", err.module)
       assert.is_true(err.retryable)
       assert.matches("the server kept none of the chunk", err.message)
@@ -798,8 +808,9 @@ describe("gauth.media", function()
 
     it("return nil, err for a 404; retry a 503", function()
       local out = helpers.tmpname("dl")
-      local n, err = drive:files():get_media{ fileId = "missing" }:download(out)
+      local n, msg, err = drive:files():get_media{ fileId = "missing" }:download(out)
       assert.is_nil(n)
+      helpers.assert_failure(msg, err)
       assert.equal("media", err.module)
       assert.equal("drive.files.get", err.step)
       assert.equal(404, err.status)

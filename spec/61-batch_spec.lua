@@ -79,11 +79,11 @@ describe("gauth.batch", function()
   it("sends one multipart/mixed request whose parts Python's email package reads", function()
     objects("a", "b")
     local got = {}
-    local b = drive:new_batch_http_request{ callback = function(id, resp, err)
-      got[#got + 1] = { "batch", id, resp, err }
+    local b = drive:new_batch_http_request{ callback = function(id, resp, msg, err)
+      got[#got + 1] = { "batch", id, resp, err, msg }
     end }
-    assert(b:add(drive:files():get{ fileId = "a", fields = "id,name" }, function(id, resp, err)
-      got[#got + 1] = { "own", id, resp, err }
+    assert(b:add(drive:files():get{ fileId = "a", fields = "id,name" }, function(id, resp, msg, err)
+      got[#got + 1] = { "own", id, resp, err, msg }
     end))
     assert(b:add(drive:files():update{ fileId = "b", body = { name = "renamed", starred = true } },
                  nil, "upd/b x"))
@@ -129,6 +129,8 @@ describe("gauth.batch", function()
     assert.equal("2", got[4][2])
     assert.is_nil(got[4][3])
     local err = got[4][4]
+    helpers.assert_failure(got[4][5], err)
+    assert.is_nil(got[1][5])
     assert.equal("batch", err.module)
     assert.equal("drive.files.get", err.step)
     assert.equal(404, err.status)
@@ -156,8 +158,8 @@ describe("gauth.batch", function()
     local gcs = build(STORAGE, gcs_creds, "/storage/v1/")
     srv:config{ reject_tokens = { "bad-1" } }
     local results = {}
-    local b = drive:new_batch_http_request{ callback = function(id, resp, err)
-      results[id] = resp and resp.id or tostring(err)
+    local b = drive:new_batch_http_request{ callback = function(id, resp, msg)
+      results[id] = resp and resp.id or msg
     end }
     b:add(drive:files():get{ fileId = "a" }, nil, "d-a")
     b:add(gcs:objects():get{ bucket = "bkt", object = "b" }, nil, "g-b")
@@ -183,13 +185,15 @@ describe("gauth.batch", function()
     srv:config{ reject_tokens = { "bad-1", "bad-2" } }
     local outcome = {}
     local b = drive:new_batch_http_request()
-    b:add(gcs:objects():get{ bucket = "bkt", object = "b" }, function(id, resp, err) outcome = { id, resp, err } end)
+    b:add(gcs:objects():get{ bucket = "bkt", object = "b" },
+          function(id, resp, msg, err) outcome = { id, resp, msg, err } end)
     assert(b:execute())
     assert.equal("1", outcome[1])
     assert.is_nil(outcome[2])
-    assert.equal(401, outcome[3].status)
-    assert.equal("authError", outcome[3].reason)
-    assert.is_false(outcome[3].retryable)
+    helpers.assert_failure(outcome[3], outcome[4], "batch", "storage.objects.get")
+    assert.equal(401, outcome[4].status)
+    assert.equal("authError", outcome[4].reason)
+    assert.is_false(outcome[4].retryable)
     local r = srv:requests{ kind = "batch" }
     assert.equal(2, #r)  -- resent once, not more
     assert.equal("Bearer bad-2", r[2].batch[1].req_headers.authorization)
@@ -220,8 +224,9 @@ describe("gauth.batch", function()
     local called = false
     local b = drive:new_batch_http_request{ callback = function() called = true end }
     b:add(drive:files():get{ fileId = "a" })
-    local ok, err = b:execute()
+    local ok, msg, err = b:execute()
     assert.is_nil(ok)
+    helpers.assert_failure(msg, err)
     assert.equal("batch", err.module)
     assert.equal("execute", err.step)
     assert.equal(400, err.status)
@@ -271,8 +276,9 @@ describe("gauth.batch", function()
     for i = 1, 1000 do
       assert.is_true(b:add(drive:files():get{ fileId = "f" .. i }))
     end
-    local ok, err = b:add(drive:files():get{ fileId = "f1001" })
+    local ok, msg, err = b:add(drive:files():get{ fileId = "f1001" })
     assert.is_nil(ok)
+    helpers.assert_failure(msg, err)
     assert.equal("batch", err.module)
     assert.equal("add", err.step)
     assert.equal("too_many_parts", err.kind)
@@ -327,9 +333,14 @@ describe("gauth.batch", function()
     end)
 
     it("reports a body without delimiters or without the closing one", function()
-      assert.same({ nil, "no multipart delimiter found" }, { batch.split_multipart("nothing", "b1") })
-      assert.same({ nil, "the multipart body ends without its closing delimiter" },
-                  { batch.split_multipart("--b1\r\none\r\n--b1\r\ntwo", "b1") })
+      local v, msg, err = batch.split_multipart("nothing", "b1")
+      assert.is_nil(v)
+      helpers.assert_failure(msg, err, "batch", "multipart")
+      assert.equal("no multipart delimiter found", err.message)
+      v, msg, err = batch.split_multipart("--b1\r\none\r\n--b1\r\ntwo", "b1")
+      assert.is_nil(v)
+      helpers.assert_failure(msg, err, "batch", "multipart")
+      assert.equal("the multipart body ends without its closing delimiter", err.message)
     end)
   end)
 end)

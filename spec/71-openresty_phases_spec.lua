@@ -122,7 +122,8 @@ describe("OpenResty: nothing blocks a worker", function()
     assert.matches("ngx.timer.at", o.msg, 1, true)
     assert.equal(module, o.err.module)
     assert.is_true(o.err.retryable)
-    assert.equal("phase", o.err.reason)
+    assert.equal("phase", o.err.kind)
+    assert.is_nil(o.err.reason)
     assert.equal(phase, o.err.phase)
   end
 

@@ -286,35 +286,41 @@ describe("gauth.emulator", function()
     end)
 
     it("refuses to bind anything but loopback", function()
-      local e, err = emulator.start{ host = "0.0.0.0" }
+      local e, msg, err = emulator.start{ host = "0.0.0.0" }
       assert.is_nil(e)
+      helpers.assert_failure(msg, err)
       assert.matches("loopback only", tostring(err))
       assert.are.equal("emulator", err.module)
-      local srv, err2 = emulator.new{ host = "10.1.2.3" }
+      local srv, msg_err2, err2 = emulator.new{ host = "10.1.2.3" }
       assert.is_nil(srv)
+      helpers.assert_failure(msg_err2, err2)
       assert.matches("loopback only", tostring(err2))
     end)
 
     it("reports a key it cannot read, without starting anything", function()
       local bad = dir .. "/bad.json"
       write(bad, '{"type":"service_account","client_email":"x@y","private_key":"not a key"}')
-      local e, err = emulator.start{ key_file = bad }
+      local e, msg, err = emulator.start{ key_file = bad }
       assert.is_nil(e)
+      helpers.assert_failure(msg, err)
       assert.matches("cannot read private_key", tostring(err))
-      local e2, err2 = emulator.start{ key_file = dir .. "/missing.json" }
+      local e2, msg_err2, err2 = emulator.start{ key_file = dir .. "/missing.json" }
       assert.is_nil(e2)
+      helpers.assert_failure(msg_err2, err2)
       assert.matches("key_file", tostring(err2))
     end)
 
     it("reports a child that cannot start", function()
-      local e, err = emulator.start{ lua = dir .. "/no-such-lua", timeout = 5 }
+      local e, msg, err = emulator.start{ lua = dir .. "/no-such-lua", timeout = 5 }
       assert.is_nil(e)
+      helpers.assert_failure(msg, err)
       assert.matches("exited", tostring(err))
     end)
 
     it("reports an occupied port", function()
-      local e, err = emulator.start{ port = emu.port, timeout = 5 }
+      local e, msg, err = emulator.start{ port = emu.port, timeout = 5 }
       assert.is_nil(e)
+      helpers.assert_failure(msg, err)
       assert.matches("bind", tostring(err))
     end)
 
@@ -968,8 +974,9 @@ describe("gauth.emulator", function()
       p:close()
       assert.are.equal("600", mode)
       assert.are.same(k, cjson.decode(read(path)))
-      local ok, err = emulator.write_key_file(dir .. "/no/such/dir/k.json", k)
+      local ok, msg, err = emulator.write_key_file(dir .. "/no/such/dir/k.json", k)
       assert.is_nil(ok)
+      helpers.assert_failure(msg, err)
       assert.matches("write key file", tostring(err))
     end)
 

@@ -71,16 +71,19 @@ describe("gauth.testing", function()
 
     it("fails like a transport with error = ...", function()
       local t = testing.http_mock{ error = "connection refused" }
-      local res, err = t:request{ url = "https://example.com/" }
+      local res, msg, err = t:request{ url = "https://example.com/" }
       assert.is_nil(res)
+      helpers.assert_failure(msg, err)
       assert.is_true(errors.is(err))
       assert.are.equal("gauth.testing: request: connection refused", tostring(err))
       assert.is_true(err.retryable)
       assert.are.equal(1, #t.requests)
       local own = errors.new("transport", "connect", "refused", { retryable = false })
-      local _, err2 = testing.http_mock{ error = own }:request{ url = "u://x" }
+      local _, msg_err2, err2 = testing.http_mock{ error = own }:request{ url = "u://x" }
+      helpers.assert_failure(msg_err2, err2)
       assert.are.equal(own, err2)
-      local _, err3 = testing.http_mock{ error = "x", retryable = false }:request{ url = "u://x" }
+      local _, msg3, err3 = testing.http_mock{ error = "x", retryable = false }:request{ url = "u://x" }
+      helpers.assert_failure(msg3, err3, "testing", "request")
       assert.is_false(err3.retryable)
     end)
 
@@ -229,8 +232,9 @@ describe("gauth.testing", function()
                                             errors = { { reason = "instanceDoesNotExist" } } } } },
       }
       local svc = service(t, testing.credentials())
-      local resp, err = svc:instances():get({ project = PROJECT, instance = "x" }):execute()
+      local resp, msg, err = svc:instances():get({ project = PROJECT, instance = "x" }):execute()
       assert.is_nil(resp)
+      helpers.assert_failure(msg, err)
       assert.are.equal(404, err.status)
       assert.are.equal("instanceDoesNotExist", err.reason)
       assert.are.equal("no such instance", err.message)
@@ -297,16 +301,19 @@ describe("gauth.testing", function()
 
     it("fails with error = ...: token and apply return nil, err", function()
       local c = testing.credentials{ error = "no token for you" }
-      local tok, err = c:token()
+      local tok, msg, err = c:token()
       assert.is_nil(tok)
+      helpers.assert_failure(msg, err)
       assert.are.equal("gauth.testing: token: no token for you", tostring(err))
-      local h, err2 = c:apply({})
+      local h, msg_err2, err2 = c:apply({})
       assert.is_nil(h)
+      helpers.assert_failure(msg_err2, err2)
       assert.are.equal("gauth.testing: token: no token for you", tostring(err2))
       -- discovery reports it as the call's failure
       local t = testing.http_mock()
-      local resp, err3 = service(t, c):instances():list({ project = PROJECT }):execute()
+      local resp, msg3, err3 = service(t, c):instances():list({ project = PROJECT }):execute()
       assert.is_nil(resp)
+      helpers.assert_failure(msg3, err3, "discovery")
       assert.matches("no token for you", tostring(err3))
       assert.are.equal(0, #t.requests)
     end)

@@ -63,10 +63,10 @@ local last_token, last_value
 -- also replaces whatever Authorization the client sent). Setting a variable
 -- costs a quarter of `ngx.req.set_header`: this runs on every request.
 function _M.authorize()
-  local tok, err = creds:token()
+  local tok, msg = creds:token()
   if not tok then
     -- Never the token or the key in a log; the error holds neither.
-    ngx.log(ngx.ERR, "gauth: no token: ", tostring(err))
+    ngx.log(ngx.ERR, "gauth: no token: ", msg)
     return ngx.exit(ngx.HTTP_SERVICE_UNAVAILABLE)
   end
   if tok ~= last_token then
@@ -85,24 +85,26 @@ end
 --- content_by_lua*: the project's Cloud SQL instances, as JSON.
 function _M.list_sql_instances()
   if not sqladmin then
-    local svc, err = discovery.build("sqladmin", "v1beta4", service_opts)
+    local svc, msg = discovery.build("sqladmin", "v1beta4", service_opts)
     if not svc then
-      ngx.log(ngx.ERR, "gauth: sqladmin: ", tostring(err))
+      ngx.log(ngx.ERR, "gauth: sqladmin: ", msg)
       return reply(502, { error = "cannot build the sqladmin client" })
     end
     sqladmin = svc
   end
   local out = {}
-  for page, err in sqladmin:instances():list({ project = project }):pages() do
-    if not page then
-      ngx.log(ngx.ERR, "gauth: instances.list: ", tostring(err))
-      return reply(err.status == 404 and 404 or 502,
-                   { error = err.message or "instances.list failed" })
-    end
+  local req = sqladmin:instances():list({ project = project })
+  for page in req:pages() do
     for _, inst in ipairs(page.items or {}) do
       out[#out + 1] = { name = inst.name, state = inst.state,
                         databaseVersion = inst.databaseVersion, region = inst.region }
     end
+  end
+  local err = req.last_error  -- the failure that ended the pages, if any
+  if err then
+    ngx.log(ngx.ERR, "gauth: instances.list: ", req.last_message)
+    return reply(err.status == 404 and 404 or 502,
+                 { error = err.message or "instances.list failed" })
   end
   return reply(200, { project = project, instances = out })
 end

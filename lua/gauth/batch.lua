@@ -1,10 +1,10 @@
 --- Batch requests: many calls of a discovery service in one HTTP request,
 -- as Google's Python client (googleapiclient 1.7.12) makes them.
 --
---     local batch = drive:new_batch_http_request{ callback = function(id, resp, err) ... end }
+--     local batch = drive:new_batch_http_request{ callback = function(id, resp, msg, err) ... end }
 --     batch:add(drive:files():get{ fileId = "a" })
---     batch:add(drive:files():delete{ fileId = "b" }, function(id, resp, err) ... end, "del-b")
---     local ok, err = batch:execute()
+--     batch:add(drive:files():delete{ fileId = "b" }, function(id, resp, msg, err) ... end, "del-b")
+--     local ok, msg, err = batch:execute()
 --
 -- One `multipart/mixed` POST goes to the API's own batch endpoint,
 -- `rootUrl .. batchPath` of its Discovery document (googleapiclient's
@@ -13,9 +13,11 @@
 -- `Content-ID`; the answer is split per part and each part decoded as
 -- `execute()` would decode it. For every request, in the order added, its
 -- own callback then the batch's are called with `(request_id, response,
--- err)`: `response` the decoded answer (nil on error), `err` a
+-- msg, err)`, the shape of `execute()`'s results: `response` the decoded
+-- answer, or nil with `msg` the error's message string and `err` the
 -- `gauth.errors` object (module "batch", step the method id, with
--- `status`, `reason`, `body`) for a non-2xx part or an undecodable one.
+-- `status`, `reason`, `google_status`, `body`, `request_id`) for a non-2xx
+-- part or an undecodable one.
 -- Parts that answer 401 are sent again, in a second batch, once the
 -- credentials' token has been dropped (refreshed at the next use).
 --
@@ -54,7 +56,7 @@ _M.MAX_PARTS = 1000
 local redact = media._redact
 
 local function fail(step, message, fields)
-  return nil, errors.new("batch", step, message, fields)
+  return errors.fail("batch", step, message, fields)
 end
 
 local function check_callback(cb, what, level)
@@ -66,7 +68,7 @@ end
 --- Make a batch for a service (what `service:new_batch_http_request()`
 -- calls).
 -- @param svc the service's internal table (of gauth.discovery)
--- @tparam[opt] table opts `callback` (function(request_id, response,
+-- @tparam[opt] table opts `callback` (function(request_id, response, msg,
 --   err), called for every request), `batch_uri` (instead of the
 --   document's), `http` (a transport)
 -- @return the batch
@@ -102,11 +104,11 @@ end
 
 --- Add a request.
 -- @param req a request of gauth.discovery (not a media upload)
--- @tparam[opt] function callback `(request_id, response, err)` for this
+-- @tparam[opt] function callback `(request_id, response, msg, err)` for this
 --   request
 -- @tparam[opt] string request_id unique in the batch (default "1", "2",
 --   ... skipping ids taken)
--- @return true | nil, err (the batch already holds `MAX_PARTS` requests)
+-- @return true | nil, msg, err (the batch already holds `MAX_PARTS` requests)
 function _M:add(req, callback, request_id)
   if getmetatable(self) ~= mt then
     error("gauth.batch: add: call it with a colon (batch:add(req))", 2)
@@ -238,7 +240,7 @@ end
 --- Split a multipart body into its parts (RFC 2046): each delimiter is
 -- "--boundary" at the start of a line; the line break before it belongs to
 -- it.
--- @return array of part texts | nil, message
+-- @return array of part texts | nil, msg, err (step "multipart")
 function _M.split_multipart(body, boundary)
   local delim = "--" .. boundary
   local parts = {}
@@ -265,8 +267,8 @@ function _M.split_multipart(body, boundary)
     end
     pos = e + 1
   end
-  if #parts == 0 then return nil, "no multipart delimiter found" end
-  return nil, "the multipart body ends without its closing delimiter"
+  if #parts == 0 then return fail("multipart", "no multipart delimiter found") end
+  return fail("multipart", "the multipart body ends without its closing delimiter")
 end
 
 -- An `application/http` answer: { status, reason, headers, body }.
@@ -312,7 +314,7 @@ end
 -- Executing.
 
 -- Send one batch of `ids`; fills `answers[id] = res` (a parsed part).
--- @return true | nil, err
+-- @return true | nil, msg, err
 function _M:_send(ids, answers, opts, http)
   local svc = self.svc
   local base_id = media._random_hex(16)
@@ -326,7 +328,7 @@ function _M:_send(ids, answers, opts, http)
     local part, err, header = serialize(self.requests[id], cid)
     if not part then
       if errors.is(err) then
-        return nil, errors.wrap("batch", "execute", err, { request_id = id })
+        return errors.fail_with("batch", "execute", err, { request_id = id })
       end
       if header then
         -- A line break in a part's header would add headers (or a body)
@@ -363,19 +365,19 @@ function _M:_send(ids, answers, opts, http)
   local uri = self.batch_uri
   local treq = { method = "POST", url = uri, body = body, timeout = opts.timeout or svc.timeout }
   local res, err = errors.pair(retry.call(function()
-    local r, e = media._send(svc, "execute", treq, base,
+    local r, e = errors.pair(media._send(svc, "execute", treq, base,
                              { ["content-type"] = 'multipart/mixed; boundary="' .. boundary .. '"' },
-                             http)
+                             http))
     if not r then
       e.module = "batch"
-      return nil, e
+      return errors.ret(e)
     end
     if r.status < 200 or r.status >= 300 then
-      return nil, media._http_error("batch", "execute", uri, r)
+      return errors.ret(media._http_error("batch", "execute", uri, r))
     end
     return r
   end, { attempts = n + 1, sleep = opts.sleep or svc.sleep, random = opts.random }))
-  if not res then return nil, err end
+  if not res then return errors.ret(err) end
 
   local ctype = res.headers["content-type"] or ""
   local rb = match(ctype, '[Bb][Oo][Uu][Nn][Dd][Aa][Rr][Yy]="([^"]+)"')
@@ -384,9 +386,9 @@ function _M:_send(ids, answers, opts, http)
     return fail("execute", "the answer is not multipart/mixed (Content-Type: " .. ctype .. ")",
                 { status = res.status, body = res.body, uri = redact(uri) })
   end
-  local texts, serr = _M.split_multipart(res.body or "", rb)
+  local texts, serr = errors.pair(_M.split_multipart(res.body or "", rb))
   if not texts then
-    return fail("execute", "malformed multipart answer: " .. serr,
+    return fail("execute", "malformed multipart answer: " .. serr.message,
                 { status = res.status, body = res.body, uri = redact(uri) })
   end
   for i, text in ipairs(texts) do
@@ -410,19 +412,19 @@ local function outcome(req, id, res)
   local spec = req._spec
   local step = spec.id
   if res == nil then
-    return nil, errors.new("batch", step, "the batch answer has no part for this request",
+    return errors.fail("batch", step, "the batch answer has no part for this request",
                            { request_id = id, uri = redact(req.uri) })
   end
   if res.malformed then
-    return nil, errors.new("batch", step, "the answer's part is not an HTTP response",
+    return errors.fail("batch", step, "the answer's part is not an HTTP response",
                            { request_id = id, body = res.body, uri = redact(req.uri) })
   end
   if res.status < 200 or res.status >= 300 then
     local e = media._http_error("batch", step, req.uri, res)
     e.request_id = id
-    return nil, e
+    return errors.ret(e)
   end
-  local v, err = media._decode("batch", step, spec, req.uri, res)
+  local v, err = errors.pair(media._decode("batch", step, spec, req.uri, res))
   if v == nil and err then err.request_id = id end
   return v, err
 end
@@ -432,7 +434,7 @@ end
 -- @tparam[opt] table opts `http` (a transport), `timeout`, `num_retries`
 --   (retries of the batch POST on 5xx/429/transport errors; default none,
 --   as googleapiclient), `sleep`, `random`
--- @return true | nil, err (the batch itself failed: transport, non-2xx,
+-- @return true | nil, msg, err (the batch itself failed: transport, non-2xx,
 --   or an answer that is not multipart; no callback is called then)
 function _M:execute(opts)
   if getmetatable(self) ~= mt then
@@ -446,13 +448,13 @@ function _M:execute(opts)
   if #self.order == 0 then return true end
   local http = opts.http or self.http or self.svc.http
   if not http then
-    local err
-    http, err = require("gauth.http").default()
-    if not http then return nil, errors.wrap("batch", "execute", err) end
+    local e2, e3
+    http, e2, e3 = require("gauth.http").default()
+    if not http then return errors.fail_with("batch", "execute", errors.of(e2, e3)) end
   end
   local answers = {}
   local ok, err, e3 = self:_send(self.order, answers, opts, http)
-  if not ok then return nil, err, e3 end
+  if not ok then return errors.ret(errors.of(err, e3, "batch", "execute")) end
 
   -- Parts answering 401: drop each credentials' token once, then send
   -- those parts again (googleapiclient's refresh-and-resend).
@@ -473,16 +475,18 @@ function _M:execute(opts)
   if #redo > 0 then
     local again = {}
     ok, err, e3 = self:_send(redo, again, opts, http)
-    if not ok then return nil, err, e3 end
+    if not ok then return errors.ret(errors.of(err, e3, "batch", "execute")) end
     for _, id in ipairs(redo) do answers[id] = again[id] end
   end
 
   for _, id in ipairs(self.order) do
     local req = self.requests[id]
-    local resp, perr = outcome(req, id, answers[id])
+    local resp, perr = errors.pair(outcome(req, id, answers[id]))
+    -- the callbacks get what execute() would return: resp, or nil, msg, err
+    local pmsg = perr and tostring(perr)
     local cb = self.callbacks[id]
-    if cb then cb(id, resp, perr) end
-    if self.callback then self.callback(id, resp, perr) end
+    if cb then cb(id, resp, pmsg, perr) end
+    if self.callback then self.callback(id, resp, pmsg, perr) end
   end
   return true
 end

@@ -699,9 +699,9 @@ local function cmd_call(opts, pos, ios)
       die(2, concat(path, ".") .. " takes no media upload (--media is for methods that do)")
     end
     media = need_media()
-    local ok, m, merr = pcall(media.media_file, opts.media, { mime_type = opts.media_type })
+    local ok, m, mmsg, merr = pcall(media.media_file, opts.media, { mime_type = opts.media_type })
     if not ok then usage(strip_position(m)) end
-    if not m then die(2, "--media: " .. tostring(merr.message or merr)) end
+    if not m then die(2, "--media: " .. tostring(merr and merr.message or mmsg)) end
     params.media_body = m
   end
 
@@ -808,7 +808,7 @@ end
 -- A transport that never answers: proves a document comes from the cache.
 local offline = {
   request = function()
-    return nil, errors.new("cli", "offline", "no network in this check")
+    return errors.fail("cli", "offline", "no network in this check")
   end,
 }
 

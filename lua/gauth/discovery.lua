@@ -5,8 +5,8 @@
 --     local compute = assert(discovery.build("compute", "v1", { credentials = creds }))
 --     local req = compute:instances():list({ project = "p", zone = "z" })
 --     -- req.method, req.uri, req.headers, req.body can be looked at here
---     local resp, err = req:execute()
---     for page, err in req:pages() do ... end   -- page is false on error
+--     local resp, msg, err = req:execute()   -- msg a string, err its object
+--     for page in req:pages() do ... end     -- then req.last_error, if any
 --
 -- Resources and methods are reached with colons, by the names of the
 -- document or by googleapiclient's names (`import_`); a name that is a Lua
@@ -1122,7 +1122,8 @@ local retry_call  -- gauth.retry's call, loaded when first needed
 -- the method's constants), credentials, the transport, the answer decoded.
 -- A 401 drops the credentials' token and is tried again at once, once per
 -- execute(): `refreshed` says whether that happened already, and comes
--- back as the third result.
+-- back as the third result. Internal: fails with `nil, err` (the object),
+-- `execute` gives the public shape.
 local function attempt(self, spec, http, timeout, remaining, refreshed)
   local svc = spec.svc
   local creds = svc.credentials
@@ -1132,7 +1133,7 @@ local function attempt(self, spec, http, timeout, remaining, refreshed)
   if creds or svc.api_key then
     -- Never a token or key in clear text to a remote host, whatever the
     -- document's rootUrl (a planted or tampered document, say).
-    local ok, err = check_credentials_url(rawget(self, "uri"), "discovery", spec.id)
+    local ok, _, err = check_credentials_url(rawget(self, "uri"), "discovery", spec.id)
     if not ok then return nil, err, refreshed end
   end
   if creds then
@@ -1143,10 +1144,10 @@ local function attempt(self, spec, http, timeout, remaining, refreshed)
     end
   end
   if remaining and (not timeout or remaining < timeout) then timeout = remaining end
-  local res, err = http:request({
+  local res, err = errors.pair(http:request({
     method = rawget(self, "method") or spec.http_method, url = rawget(self, "uri"),
     headers = h, body = body, timeout = timeout,
-  })
+  }))
   if not res then
     return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")) }),
            refreshed
@@ -1177,7 +1178,7 @@ end
 local function with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
   if not retry_call then retry_call = require("gauth.retry").call end
   return retry_call(function(a, remaining)
-    if a == 1 and first_err then return nil, first_err end
+    if a == 1 and first_err then return errors.ret(first_err) end
     local res, err
     res, err, refreshed = attempt(self, spec, http, timeout, remaining, refreshed)
     return res, err
@@ -1199,10 +1200,11 @@ end
 --   (function() -> [0, 1), for tests), `http` (a transport for this call)
 -- @return the decoded JSON response (an empty table for an empty 2xx body;
 --   the body text for `_media` methods and methods without a response
---   schema) | nil, err (`gauth.errors`, module "discovery", step the method
---   id, with `status`, `reason`, `message`, `details`, `body`, `uri`; after
---   retries also `attempts`). Inside nginx, in a phase without cosockets:
---   `nil, msg, err` at once (`retryable`, `reason` "phase", `phase`).
+--   schema) | nil, msg, err (`gauth.errors`, module "discovery", step the
+--   method id, with `status`, `reason`, `google_status`, `message`,
+--   `details`, `body`, `uri`; after retries also `attempts`). Inside nginx,
+--   in a phase without cosockets: `nil, msg, err` at once (`retryable`,
+--   `kind` "phase", `phase`).
 function request:execute(opts)
   local spec = self._spec
   local svc = spec.svc
@@ -1211,7 +1213,7 @@ function request:execute(opts)
   local phase = nonblocking_phase()
   if phase then
     return errors.fail("discovery", spec.id, "cannot send a request: " .. phase_refusal(phase),
-                       { retryable = true, reason = "phase", phase = phase,
+                       { retryable = true, kind = "phase", phase = phase,
                          uri = redact(rawget(self, "uri")) })
   end
   local http, n, timeout, deadline
@@ -1232,8 +1234,8 @@ function request:execute(opts)
   end
   if not http then
     local err
-    http, err = require("gauth.http").default()
-    if not http then return nil, errors.wrap("discovery", spec.id, err) end
+    http, err = errors.pair(require("gauth.http").default())
+    if not http then return errors.fail_with("discovery", spec.id, err) end
   end
   if n == nil then n = spec.idempotent and DEFAULT_RETRIES or 0 end
 
@@ -1244,40 +1246,53 @@ function request:execute(opts)
   if deadline == nil or n == 0 then
     local res, err
     res, err, refreshed = attempt(self, spec, http, timeout, deadline, false)
-    if res ~= nil or n == 0 or type(err) ~= "table" or err.retryable ~= true then
-      return res, err
+    if res ~= nil then return res end
+    if n == 0 or not errors.is(err) or err.retryable ~= true then
+      return errors.ret(err, "discovery", spec.id)
     end
     first_err = err
   end
-  return errors.pair(with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed))
+  return with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
 end
 
 --- Download what the request answers (a `_media` variant's bytes) into a
 -- file, in ranged requests: see `gauth.media.download`.
 -- @param dest a path or an open file
 -- @tparam[opt] table opts `chunk_size`, `progress`, `resume`, ...
--- @return bytes, total | nil, err
+-- @return bytes, total | nil, msg, err
 function request:download(dest, opts)
   return require("gauth.media").download(self, dest, opts)
 end
 
 --- Iterate over the pages of a paged method:
--- `for page, err in req:pages() do ... end`. The request itself gives the
--- first page; each page's next-page token makes the next request. On a
--- failure the iterator gives `false, err` once, then stops.
+--
+--     for page in req:pages() do ... end
+--     if req.last_error then ... end   -- the failure that ended it, if any
+--
+-- The request itself gives the first page; each page's next-page token
+-- makes the next request. The loop body only ever gets pages: a failure
+-- ends the iteration, and leaves its message in `req.last_message` and
+-- its `gauth.errors` object in `req.last_error` (both cleared when
+-- `pages()` is called; nil when every page came).
 -- @tparam[opt] table opts as for `execute`
+-- @return the iterator
 function request:pages(opts)
   local spec = self._spec
   if not spec.page then
     error(format("gauth.discovery: %s: pages: the method has no page token", spec.id), 2)
   end
+  local first = self
+  rawset(first, "last_error", nil)
+  rawset(first, "last_message", nil)
   local req, last = self, nil
   return function()
     if not req then return nil end
-    local resp, err = req:execute(opts)
+    local resp, msg, err = req:execute(opts)
     if resp == nil then
       req = nil
-      return false, err
+      rawset(first, "last_message", msg)
+      rawset(first, "last_error", err)
+      return nil
     end
     local tok = type(resp) == "table" and resp[spec.page.next_name]
     if tok ~= nil and tok == last then
@@ -1449,7 +1464,7 @@ end
 
 local function new_service(doc, opts)
   if type(doc.rootUrl) ~= "string" then
-    return nil, errors.new("discovery", "build", "not a Discovery document (no rootUrl)")
+    return errors.fail("discovery", "build", "not a Discovery document (no rootUrl)")
   end
   local base = join_base(doc.rootUrl, type(doc.servicePath) == "string" and doc.servicePath or "")
   local universe = opts.universe_domain
@@ -1508,13 +1523,13 @@ end
 --   `GOOGLE_CLOUD_UNIVERSE_DOMAIN` or googleapis.com), `quota_project`
 --   (`x-goog-user-project`), `user_agent` (added after gauth's), `api_key`
 --   (`?key=`), `num_retries`, `timeout`, `sleep` (defaults for `execute`)
--- @return the service (its root resource) | nil, err
+-- @return the service (its root resource) | nil, msg, err
 function _M.build_from_document(doc, opts)
   opts = check_opts(opts, "build_from_document")
   if type(doc) == "string" then
     local d = json_decode(doc)
     if type(d) ~= "table" then
-      return nil, errors.new("discovery", "build", "malformed JSON document")
+      return errors.fail("discovery", "build", "malformed JSON document")
     end
     doc = d
   elseif type(doc) ~= "table" then
@@ -1651,17 +1666,17 @@ local function write_cache(dir, path, text)
 end
 
 local function fetch(http, url, opts)
-  local res, err = http:request({
+  local res, err = errors.pair(http:request({
     method = "GET", url = url, timeout = opts.timeout or 30,
     headers = { accept = "application/json", ["accept-encoding"] = GZIP,
                 ["user-agent"] = USER_AGENT },
-  })
+  }))
   if not res then
-    return nil, errors.wrap("discovery", "fetch", err, { uri = redact(url) })
+    return errors.fail_with("discovery", "fetch", err, { uri = redact(url) })
   end
   if res.status == 404 then return false end
   if res.status < 200 or res.status >= 300 then
-    return nil, errors.new("discovery", "fetch", "HTTP " .. tostring(res.status),
+    return errors.fail("discovery", "fetch", "HTTP " .. tostring(res.status),
                            { status = res.status, body = res.body, uri = redact(url) })
   end
   return res.body
@@ -1677,7 +1692,7 @@ end
 --   `cache` (false: neither cache), `cache_dir` (default
 --   `$XDG_CACHE_HOME/gauth/discovery` or `~/.cache/gauth/discovery`),
 --   `cache_max_age` (seconds, default one day)
--- @return the service | nil, err
+-- @return the service | nil, msg, err
 function _M.build(api, version, opts)
   if type(api) ~= "string" or api == "" then
     error("gauth.discovery: build: api must be a non-empty string", 2)
@@ -1721,14 +1736,14 @@ function _M.build(api, version, opts)
     if shared then
       if not http then
         local err
-        http, err = require("gauth.http").default()
-        if not http then return nil, errors.wrap("discovery", "fetch", err) end
+        http, err = errors.pair(require("gauth.http").default())
+        if not http then return errors.fail_with("discovery", "fetch", err) end
       end
-      local d, err = shared:fetch(url, function() return fetch(http, url, opts) end, max_age)
-      if d == nil then return nil, err end
+      local d, err = errors.pair(shared:fetch(url, function() return fetch(http, url, opts) end, max_age))
+      if d == nil then return errors.ret(err) end
       if d and type(d.rootUrl) ~= "string" then
         shared:delete(url)
-        return nil, errors.new("discovery", "fetch", "the answer is not a Discovery document",
+        return errors.fail("discovery", "fetch", "the answer is not a Discovery document",
                                { uri = redact(url) })
       end
       doc = d or nil  -- false: 404, the next URL
@@ -1736,15 +1751,15 @@ function _M.build(api, version, opts)
       -- absent, stale or corrupt: fetch
       if not http then
         local err
-        http, err = require("gauth.http").default()
-        if not http then return nil, errors.wrap("discovery", "fetch", err) end
+        http, err = errors.pair(require("gauth.http").default())
+        if not http then return errors.fail_with("discovery", "fetch", err) end
       end
-      local body, err = fetch(http, url, opts)
-      if body == nil then return nil, err end
+      local body, err = errors.pair(fetch(http, url, opts))
+      if body == nil then return errors.ret(err) end
       if body then
         doc = json_decode(body)
         if type(doc) ~= "table" or type(doc.rootUrl) ~= "string" then
-          return nil, errors.new("discovery", "fetch", "the answer is not a Discovery document",
+          return errors.fail("discovery", "fetch", "the answer is not a Discovery document",
                                  { uri = redact(url) })
         end
         if path then write_cache(dir, path, body) end
@@ -1757,7 +1772,7 @@ function _M.build(api, version, opts)
       return new_service(doc, opts)
     end
   end
-  return nil, errors.new("discovery", "build", format("unknown API or version: %s %s", api, version),
+  return errors.fail("discovery", "build", format("unknown API or version: %s %s", api, version),
                          { status = 404 })
 end
 

@@ -186,30 +186,30 @@ end
 
 --- Exchange the source's token for a downscoped one (used by `token()`;
 -- call that instead: it caches).
--- @return entry | nil, err
+-- @return entry | nil, msg, err
 function _M:fetch_token()
   local tok, m, x = self.source:token()
   if not tok then
     local cause = errors.of(m, x)
-    return nil, errors.wrap("downscoped", "source credentials", cause, { retryable = false })
+    return errors.fail_with("downscoped", "source credentials", cause, { retryable = false })
   end
   local source_exp = m
   local http, hmsg, herr = require("gauth.oauth").transport(self._shared, "downscoped")
-  if not http then return nil, errors.of(hmsg, herr) end
+  if not http then return errors.ret(errors.of(hmsg, herr)) end
   local data, dm, dx = sts.exchange({
     url = self.token_url, module = "downscoped", http = http, timeout = self._timeout,
     retry = self._retry, now = self._clock,
     subject_token = tok, subject_token_type = sts.ACCESS_TOKEN_TYPE,
     requested_token_type = sts.ACCESS_TOKEN_TYPE, options = self.access_boundary,
   })
-  if not data then return nil, errors.of(dm, dx) end
+  if not data then return errors.ret(errors.of(dm, dx)) end
   local now = self._clock()
   local expires_at
   if data.expires_in ~= nil then
     local life = credentials.lifetime(data.expires_in)
     if not life then
-      return nil, errors.new("downscoped", "token response", "expires_in is not a positive number",
-                             { retryable = false, uri = self.token_url })
+      return errors.fail("downscoped", "token response", "expires_in is not a positive number",
+                         { retryable = false, uri = self.token_url })
     end
     expires_at = now + life
   elseif type(source_exp) == "number" then

@@ -47,7 +47,7 @@ local mt = { __index = _M }
 _M.DEFAULT_PROJECT = google.DEFAULT_PROJECT
 
 local function fail(step, message, fields)
-  return nil, errors.new("emulator", step, message, fields)
+  return errors.fail("emulator", step, message, fields)
 end
 
 local function shell_quote(s)
@@ -106,7 +106,7 @@ end
 -- `name` (the account's name, default "gauth-emulator"), `client_email`,
 -- `token_uri` (default Google's; set it to an emulator's `token_uri`),
 -- `bits` (default 2048)
--- @return the key as a table, or nil and an error
+-- @return the key as a table | nil, msg, err
 function _M.make_key(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("gauth.emulator: make_key: opts must be a table", 2) end
@@ -135,7 +135,7 @@ end
 --- Write a key table as a JSON key file readable by its owner only.
 -- @tparam string path
 -- @tparam table key
--- @return true, or nil and an error
+-- @return true | nil, msg, err
 function _M.write_key_file(path, key)
   if type(path) ~= "string" or type(key) ~= "table" then
     error("gauth.emulator: write_key_file: path and key table required", 2)
@@ -155,7 +155,7 @@ end
 -- `start` (child process) or `serve` (foreground) instead.
 -- @tparam table config the options of `start`
 -- @return server object with `url`, `port`, `token_uri`, `step(timeout)`,
--- `run()`, `close()`, `requests()`; or nil and an error
+-- `run()`, `close()`, `requests()` | nil, msg, err
 function _M.new(config)
   config = config or {}
   if type(config) ~= "table" then error("gauth.emulator: new: config must be a table", 2) end
@@ -183,10 +183,10 @@ function _M.new(config)
       .. ":" .. server.port,
   }, mt)
   if config.new_key_file then
-    local key, kerr = _M.make_key{ project = state.project, token_uri = state.token_uri }
-    if not key then server:close() return nil, kerr end
-    local ok, werr = _M.write_key_file(config.new_key_file, key)
-    if not ok then server:close() return nil, werr end
+    local key, kerr = errors.pair(_M.make_key{ project = state.project, token_uri = state.token_uri })
+    if not key then server:close() return errors.ret(kerr) end
+    local ok, werr = errors.pair(_M.write_key_file(config.new_key_file, key))
+    if not ok then server:close() return errors.ret(werr) end
     local accounts, nerr = google.normalize_accounts({ keys = { key } })
     if accounts then accounts, nerr = state:add_accounts(accounts) end
     if not accounts then server:close() return fail("configure", nerr) end
@@ -225,7 +225,7 @@ end
 -- `{"url":..,"port":..}` once it accepts connections), `print_url` (print
 -- the URL on stdout), `parent_pid`/`parent_start` (exit when that process
 -- is gone, removing `log_file`)
--- @return only on failure: nil and an error
+-- @return only on failure: nil, msg, err
 function _M.serve(config)
   config = config or {}
   if type(config) ~= "table" then error("gauth.emulator: serve: config must be a table", 2) end
@@ -241,8 +241,8 @@ function _M.serve(config)
     end
     config = file_cfg
   end
-  local srv, err = _M.new(config)
-  if not srv then return nil, err end
+  local srv, err = errors.pair(_M.new(config))
+  if not srv then return errors.ret(err) end
   if config.ready_file then
     local me = proc_stat("self")
     local tmp = config.ready_file .. ".tmp"
@@ -359,7 +359,7 @@ end
 -- `pid`, `key_file` (with `new_key_file`), `log_file`, and functions
 -- `stop()`, `requests()` (the trace: method, path, status, endpoint, and
 -- for the token endpoint the grant type and the assertion's claims; never
--- a token), `clear_requests()`; or nil and an error
+-- a token), `clear_requests()` | nil, msg, err
 function _M.start(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("gauth.emulator: start: opts must be a table", 2) end
@@ -484,7 +484,7 @@ function _M.start(opts)
   end
 
   --- The trace of what the emulator served, oldest first.
-  -- @return array of entries, or nil and an error
+  -- @return array of entries | nil, msg, err
   function h.requests()
     local status, body = control(host, port, "GET", "/_emulator/requests")
     if status ~= 200 then

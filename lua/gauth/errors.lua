@@ -19,7 +19,7 @@
 --   (RFC 6749 5.2: "invalid_grant", and its description)
 -- * `http_reason`: the HTTP reason phrase ("Not Found")
 -- * `kind`: gauth's own name for the failure where no HTTP answer says it
---   ("connect", "timeout", "tls", "too_large", "phase", ...)
+--   ("connect", "timeout", "tls", "tls_verify", "read", "max_body", "phase", ...)
 -- * `uri` (queries with secrets redacted), `body`, `attempts`, `cause`
 -- @module gauth.errors
 

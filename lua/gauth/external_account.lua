@@ -906,7 +906,7 @@ end
 --- Get a new token: the subject token, the STS exchange and, with
 -- impersonation, `generateAccessToken` (used by `token()`; call that
 -- instead: it caches).
--- @return entry | nil, err
+-- @return entry | nil, msg, err
 function _M:fetch_token()
   if self._impersonated then
     -- The STS token first (cached on its own), so that its failure comes
@@ -918,7 +918,7 @@ function _M:fetch_token()
     err = errors.of(err)
     local wrapped = errors.new(MODULE, "impersonation", tostring(err.message), err)
     wrapped.module, wrapped.step, wrapped.cause = MODULE, "impersonation", err
-    return nil, wrapped
+    return errors.ret(wrapped)
   end
   local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
   if not http then return errors.ret(terr) end

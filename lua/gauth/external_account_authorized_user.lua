@@ -171,7 +171,7 @@ local function refresh_once(self, http, remaining)
 end
 
 --- Get a new access token with the refresh token (used by `token()`).
--- @return entry | nil, err
+-- @return entry | nil, msg, err
 function _M:fetch_token()
   local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
   if not http then return errors.ret(terr) end

@@ -5,7 +5,7 @@
 -- over `gauth.transport.ngx` (cosockets, non-blocking) when the current
 -- phase can yield. Nothing blocks a worker: in phases without cosockets
 -- (set_by_lua, header/body filters, log, balancer, init_worker, ...) a
--- request fails at once with a retryable error (`reason` "phase", `phase`)
+-- request fails at once with a retryable error (`kind` "phase", `phase`)
 -- that names the phase and the way out (a timer, another phase). Only
 -- `init_by_lua` (the master, before any worker exists) uses libcurl: it
 -- may block. The choice is made per request, not when the transport is
@@ -38,8 +38,9 @@ function auto:request(req)
     t = self.ngx_t
     if not t then
       -- Loaded lazily: it exists only where lua-resty-core does.
-      t, err = require("gauth.transport.ngx").new(self.opts)
-      if not t then return nil, err end
+      local msg
+      t, msg, err = require("gauth.transport.ngx").new(self.opts)
+      if not t then return nil, msg, err end
       self.ngx_t = t
     end
     return t:request(req)
@@ -47,7 +48,7 @@ function auto:request(req)
   local phase = util.nonblocking_phase()
   if phase then
     return errors.fail("http", "request", "cannot send a request: " .. util.phase_refusal(phase),
-                       { retryable = true, reason = "phase", phase = phase })
+                       { retryable = true, kind = "phase", phase = phase })
   end
   -- init_by_lua: the master, before the workers; blocking is allowed.
   t = self.curl_t
@@ -58,8 +59,9 @@ function auto:request(req)
     t = nil
   end
   if not t then
-    t, err = new_curl(self.opts)
-    if not t then return nil, err end
+    local msg
+    t, msg, err = new_curl(self.opts)
+    if not t then return nil, msg, err end
     self.curl_t, self.curl_pid = t, pid
   end
   return t:request(req)
@@ -78,7 +80,7 @@ auto_mt.__tostring = function() return "gauth.http (nginx)" end
 --- Make the transport for this environment.
 -- @tparam[opt] table opts transport options: `ca_file`, `timeout`,
 --   `connect_timeout`, `max_body` (see `gauth.transport.curl`)
--- @return transport | nil, err
+-- @return transport | nil, msg, err
 function _M.new(opts)
   if util.is_ngx then
     if opts ~= nil and type(opts) ~= "table" then
@@ -94,11 +96,11 @@ local shared
 --- The process-wide transport (per worker under nginx), made at first use,
 -- for modules given no `opts.http`. Keeping one means one kept-alive
 -- connection pool for every credentials object and service in the process.
--- @return transport | nil, err
+-- @return transport | nil, msg, err
 function _M.default()
   if not shared then
-    local t, err = _M.new()
-    if not t then return nil, err end
+    local t, msg, err = _M.new()
+    if not t then return nil, msg, err end
     shared = t
   end
   return shared

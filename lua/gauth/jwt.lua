@@ -21,17 +21,18 @@ local json_decode = cjson.decode
 
 local _M = { _VERSION = "0.1.0" }
 
+-- Every failure below is `nil, msg, err` (see gauth.errors).
 local function fail(step, message)
-  return nil, errors.new("jwt", step, message)
+  return errors.fail("jwt", step, message)
 end
 
 local function wrap(step, err)
-  return nil, errors.wrap("jwt", step, err)
+  return errors.fail_with("jwt", step, err)
 end
 
 --- Parse a PEM private key (RSA PKCS#1/PKCS#8 or EC P-256) for signing.
 -- @tparam string pem
--- @return a key object, or nil and an error
+-- @return a key object | nil, msg, err
 function _M.load_key(pem)
   if type(pem) ~= "string" then
     error("gauth.jwt: load_key: pem must be a string", 2)
@@ -43,7 +44,7 @@ end
 
 --- Parse a PEM public key or certificate for verification.
 -- @tparam string pem
--- @return a key object, or nil and an error
+-- @return a key object | nil, msg, err
 function _M.load_public_key(pem)
   if type(pem) ~= "string" then
     error("gauth.jwt: load_public_key: pem must be a string", 2)
@@ -56,7 +57,7 @@ end
 --- Turn one JWK (RSA or EC P-256 public key) into a key object.
 -- The parameters are decoded and checked in C (`gauth.core.load_jwk`).
 -- @tparam table jwk
--- @return a key object, or nil and an error
+-- @return a key object | nil, msg, err
 function _M.jwk_to_key(jwk)
   if type(jwk) ~= "table" then
     error("gauth.jwt: jwk_to_key: jwk must be a table", 2)
@@ -108,7 +109,7 @@ end
 -- @tparam table claims JSON-encodable claims
 -- @param key a key from `load_key`, or a PEM string (parsed on every call)
 -- @tparam[opt] table opts `alg` ("RS256" default, or "ES256"), `kid`
--- @return the token, or nil and an error
+-- @return the token | nil, msg, err
 function _M.encode(claims, key, opts)
   if type(claims) ~= "table" then
     error("gauth.jwt: encode: claims must be a table", 2)
@@ -145,8 +146,8 @@ local function normalise_keys(keys)
       if not key then return wrap("load public key", err) end
       k = key
     elseif type(k) == "table" and k.kty then
-      local key, err = _M.jwk_to_key(k)
-      if not key then return nil, err end
+      local key, err = errors.pair(_M.jwk_to_key(k))
+      if not key then return errors.ret(err) end
       kid = kid or k.kid
       k = key
     elseif not is_key(k) then
@@ -156,14 +157,14 @@ local function normalise_keys(keys)
     return true
   end
   if type(keys) == "string" or is_key(keys) then
-    local ok, err = add(nil, keys)
-    if not ok then return nil, err end
+    local ok, err = errors.pair(add(nil, keys))
+    if not ok then return errors.ret(err) end
   elseif type(keys) == "table" then
     if type(keys.keys) == "table" then keys = keys.keys end
     if keys.kty then keys = { keys } end
     for k, v in pairs(keys) do
-      local ok, err = add(type(k) == "string" and k or nil, v)
-      if not ok then return nil, err end
+      local ok, err = errors.pair(add(type(k) == "string" and k or nil, v))
+      if not ok then return errors.ret(err) end
     end
   else
     error("gauth.jwt: decode: opts.keys is required", 3)
@@ -197,7 +198,7 @@ end
 -- them, or a table keyed by kid), `algorithms` (allowed; default both),
 -- `leeway` (seconds, default 0), `audience` (string or array; required
 -- match when given), `issuer`, `now` (seconds, for tests)
--- @return claims, header; or nil and an error
+-- @return claims, header | nil, msg, err
 function _M.decode(token, opts)
   if type(token) ~= "string" then
     error("gauth.jwt: decode: token must be a string", 2)
@@ -226,8 +227,8 @@ function _M.decode(token, opts)
     return fail("verify", "algorithm " .. alg .. " is not allowed here")
   end
 
-  local keys, kerr = normalise_keys(opts.keys)
-  if not keys then return nil, kerr end
+  local keys, kerr = errors.pair(normalise_keys(opts.keys))
+  if not keys then return errors.ret(kerr) end
   local input = sub(token, 1, d2 - 1)
   local verified, tried = false, 0
   for _, entry in ipairs(keys) do

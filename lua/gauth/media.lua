@@ -92,7 +92,7 @@ local COPY_BLOCK = 1024 * 1024
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true }
 
 local function fail(step, message, fields)
-  return nil, errors.new("media", step, message, fields)
+  return errors.fail("media", step, message, fields)
 end
 
 local redact = errors.redact_uri
@@ -105,7 +105,7 @@ local header_value_ok = util.header_value_ok
 local function bad_mime_type(step, what)
   return errors.fail("media", step, what .. " has CR, LF, NUL or another control character"
                      .. " (not a valid header value)",
-                     { reason = "bad_mime_type", retryable = false })
+                     { kind = "bad_mime_type", retryable = false })
 end
 _M._redact = redact
 
@@ -211,8 +211,8 @@ end
 --   `chunk_size` (bytes per resumable chunk: a multiple of 256 KiB, or -1
 --   for one chunk; default 100 MiB), `resumable` (true / false; default:
 --   when the file is larger than `RESUMABLE_THRESHOLD`)
--- @return media | nil, err (the file cannot be opened) | nil, msg, err
---   (a mime_type with CR, LF, NUL or another control character)
+-- @return media | nil, msg, err (the file cannot be opened, or a mime_type
+--   with CR, LF, NUL or another control character)
 function _M.media_file(path, opts)
   if type(path) ~= "string" or path == "" then
     error("gauth.media: media_file: path must be a non-empty string", 2)
@@ -276,7 +276,7 @@ end
 function media_methods:read(offset, len)
   if self.data then return sub(self.data, offset + 1, offset + len) end
   local f, err = io_open(self.path, "rb")
-  if not f then return nil, err end
+  if not f then return errors.fail("media", "read", tostring(err), { file = self.path }) end
   f:seek("set", offset)
   local s = f:read(len) or ""
   f:close()
@@ -348,7 +348,7 @@ function _M._decode(module, step, spec, uri, res)
   if body == "" or res.status == 204 then return {} end
   local v = util.json_decode(body)
   if v == nil then
-    return nil, errors.new(module, step, "malformed JSON response",
+    return errors.fail(module, step, "malformed JSON response",
                            { status = res.status, body = body, uri = redact(uri) })
   end
   local svc = spec.svc
@@ -365,13 +365,13 @@ end
 
 -- Send one request with the service's credentials (a 401 drops the token
 -- and is tried once more at once, as execute() does).
--- @return res | nil, err (transport failures, wrapped)
+-- @return res | nil, msg, err (transport failures, wrapped)
 local function send(svc, step, treq, base_headers, extra, http)
   local creds = svc.credentials
   if creds or svc.api_key then
     -- https or loopback only, whatever the document's rootUrl says
-    local ok, err = util.check_credentials_url(treq.url, "media", step)
-    if not ok then return nil, err end
+    local ok, msg, err = util.check_credentials_url(treq.url, "media", step)
+    if not ok then return nil, msg, err end
   end
   local refreshed = false
   while true do
@@ -381,13 +381,13 @@ local function send(svc, step, treq, base_headers, extra, http)
     if creds then
       local ok, err = errors.pair(creds:apply(h))
       if not ok then
-        return nil, errors.wrap("media", step, err, { uri = redact(treq.url) })
+        return errors.fail_with("media", step, err, { uri = redact(treq.url) })
       end
     end
     treq.headers = h
-    local res, err = http:request(treq)
+    local res, err = errors.pair(http:request(treq))
     if not res then
-      return nil, errors.wrap("media", step, err, { uri = redact(treq.url) })
+      return errors.fail_with("media", step, err, { uri = redact(treq.url) })
     end
     if res.status == 401 and creds and creds.invalidate and not refreshed then
       refreshed = true
@@ -481,7 +481,7 @@ end
 
 -- Make the upload request for a built discovery request `req` of a method
 -- with `mediaUpload` (`mdesc`), given `media_body` and `media_mime_type`.
--- @return upload request | nil, err
+-- @return upload request | nil, msg, err
 function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
   level = (level or 1) + 1
   local spec = rawget(req, "_spec") or req._spec
@@ -509,7 +509,7 @@ function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
     if not media then
       local err = errors.of(e2, e3)
       err.step = step
-      return nil, err
+      return errors.ret(err)
     end
   elseif _M.is_media(media_body) then
     media = media_body
@@ -601,7 +601,7 @@ local function multipart_body(up)
   if media.data or media.size <= _M.MULTIPART_MEMORY_MAX then
     local data, err = media.data
     if not data then
-      data, err = media:read(0, media.size)
+      data, err = errors.pair(media:read(0, media.size))
       if not data or #data ~= media.size then
         return nil, nil, "reading " .. media.path .. ": " .. tostring(err or "file changed size"), ctype
       end
@@ -640,8 +640,8 @@ local function send_whole(up, opts)
   local svc, spec = up._svc, up._spec
   local step = spec.id
   local media = up.media
-  local http, herr = transport_of(svc, opts)
-  if not http then return nil, errors.wrap("media", step, herr) end
+  local http, herr = errors.pair(transport_of(svc, opts))
+  if not http then return errors.fail_with("media", step, herr) end
   local treq = { method = up.method, url = up.uri,
                  timeout = timeout_for(opts, svc, media.size) }
   local extra, tmp
@@ -664,17 +664,17 @@ local function send_whole(up, opts)
   if n == nil then n = IDEMPOTENT[up.method] and _M.DEFAULT_RETRIES or 0 end
 
   local function attempt()
-    local res, err = send(svc, step, treq, base, extra, http)
-    if not res then return nil, err end
+    local res, err = errors.pair(send(svc, step, treq, base, extra, http))
+    if not res then return errors.ret(err) end
     if res.status < 200 or res.status >= 300 then
-      return nil, http_error("media", step, up.uri, res)
+      return errors.ret(http_error("media", step, up.uri, res))
     end
     return decode("media", step, spec, up.uri, res)
   end
   local v, err = errors.pair(retry.call(attempt, { attempts = n + 1, sleep = sleeper(opts, svc),
                                        random = opts.random, deadline = opts.deadline }))
   if tmp then os_remove(tmp) end
-  if v == nil then return nil, err end
+  if v == nil then return errors.ret(err) end
   up.resumable_progress = media.size
   up.response = v
   if opts.progress then opts.progress(media.size, media.size) end
@@ -682,12 +682,12 @@ local function send_whole(up, opts)
 end
 
 -- Resumable: an answer to a chunk or to a status query.
--- @return true when done (up.response set) | false to go on | nil, err
+-- @return true when done (up.response set) | false to go on | nil, msg, err
 local function take_answer(up, res, step)
   local st = res.status
   if st == 200 or st == 201 then
-    local v, err = decode("media", step, up._spec, up.uri, res)
-    if v == nil then return nil, err end
+    local v, err = errors.pair(decode("media", step, up._spec, up.uri, res))
+    if v == nil then return errors.ret(err) end
     up.resumable_progress = up.media.size
     up.response = v
     up._in_error = false
@@ -715,10 +715,10 @@ local function take_answer(up, res, step)
                 .. "); the next call starts a new one"
     e.retryable = false
     e.session_lost = true
-    return nil, e
+    return errors.ret(e)
   end
   up._in_error = true
-  return nil, http_error("media", step, up.uri, res)
+  return errors.ret(http_error("media", step, up.uri, res))
 end
 
 -- Resumable: open the session.
@@ -729,8 +729,8 @@ local function start_session(up, http, base, opts)
   if up.body ~= nil then extra["content-type"] = "application/json" end
   local treq = { method = up.method, url = up.uri, body = up.body,
                  timeout = timeout_for(opts, svc, 0) }
-  local res, err = send(svc, step, treq, base, extra, http)
-  if not res then return nil, err end
+  local res, err = errors.pair(send(svc, step, treq, base, extra, http))
+  if not res then return errors.ret(err) end
   local loc = res.headers.location
   if res.status >= 200 and res.status < 300 and loc and loc ~= "" then
     if not find(loc, "^%a[%w+.-]*://") then
@@ -745,7 +745,7 @@ local function start_session(up, http, base, opts)
     return fail(step, "the server opened no upload session (no Location header)",
                 { status = res.status, body = res.body, uri = redact(up.uri), retryable = false })
   end
-  return nil, http_error("media", step, up.uri, res)
+  return errors.ret(http_error("media", step, up.uri, res))
 end
 
 -- Resumable: ask the server how much it has ("bytes */size").
@@ -753,9 +753,9 @@ local function query_session(up, http, base, opts)
   local svc, step = up._svc, up._spec.id
   local treq = { method = "PUT", url = up.resumable_uri, body = "",
                  timeout = timeout_for(opts, svc, 0) }
-  local res, err = send(svc, step, treq, base,
-                        { ["content-range"] = "bytes */" .. up.media.size }, http)
-  if not res then return nil, err end
+  local res, err = errors.pair(send(svc, step, treq, base,
+                        { ["content-range"] = "bytes */" .. up.media.size }, http))
+  if not res then return errors.ret(err) end
   return take_answer(up, res, step)
 end
 
@@ -780,12 +780,12 @@ local function send_chunk(up, http, base, opts)
       treq.upload_file, treq.upload_offset, treq.upload_length = media.path, from, len
     end
   end
-  local res, err = send(svc, step, treq, base, { ["content-range"] = range }, http)
+  local res, err = errors.pair(send(svc, step, treq, base, { ["content-range"] = range }, http))
   if not res then
     up._in_error = true
-    return nil, err
+    return errors.ret(err)
   end
-  local done, aerr = take_answer(up, res, step)
+  local done, aerr = errors.pair(take_answer(up, res, step))
   if aerr and (res.status == 400 or res.status == 416) then
     -- Maybe a stale offset: libcurl silently sends a request again on a
     -- new connection when a kept-alive one dies before any answer, so a
@@ -809,7 +809,7 @@ end
 --   last progress; default 3), `timeout` (seconds per request; default 60
 --   + 1 per MiB sent), `http`, `sleep`, `random`
 -- @return status `{ bytes =, total =, done = }`, and the decoded response
---   once the upload is complete (nil before) | nil, err
+--   once the upload is complete (nil before) | nil, msg, err
 function upload:next_chunk(opts)
   if getmetatable(self) ~= upload_mt then
     error("gauth.media: next_chunk: call it with a colon (req:next_chunk())", 2)
@@ -821,8 +821,8 @@ function upload:next_chunk(opts)
   opts = check_run_opts(opts, "next_chunk")
   if self.response ~= nil then return status_of(self, true), self.response end
   local svc = self._svc
-  local http, herr = transport_of(svc, opts)
-  if not http then return nil, errors.wrap("media", self._spec.id, herr) end
+  local http, herr = errors.pair(transport_of(svc, opts))
+  if not http then return errors.fail_with("media", self._spec.id, herr) end
   local base = base_headers_of(self)
   local n = opts.num_retries
   if n == nil then n = _M.DEFAULT_RETRIES end
@@ -833,30 +833,30 @@ function upload:next_chunk(opts)
   while true do
     local done, err
     if not self.resumable_uri then
-      done, err = start_session(self, http, base, opts)
+      done, err = errors.pair(start_session(self, http, base, opts))
       if done then
-        done, err = send_chunk(self, http, base, opts)
+        done, err = errors.pair(send_chunk(self, http, base, opts))
       end
     elseif self._in_error then
-      done, err = query_session(self, http, base, opts)
+      done, err = errors.pair(query_session(self, http, base, opts))
       if done == false then
-        done, err = send_chunk(self, http, base, opts)
+        done, err = errors.pair(send_chunk(self, http, base, opts))
       end
     else
-      done, err = send_chunk(self, http, base, opts)
+      done, err = errors.pair(send_chunk(self, http, base, opts))
     end
     if done == nil and err and err.chunk_from and not checked then
       -- A refused chunk: ask where the server stands; an offset other
       -- than the chunk's explains the refusal, and the upload goes on.
       checked = true
-      local qdone, qerr = query_session(self, http, base, opts)
+      local qdone, qerr = errors.pair(query_session(self, http, base, opts))
       if qdone then
         done, err = true, nil
       elseif qdone == false and self.resumable_progress ~= err.chunk_from then
         done, err = false, nil
         if self.resumable_progress <= started then
           -- nothing gained yet: send the right chunk now
-          done, err = send_chunk(self, http, base, opts)
+          done, err = errors.pair(send_chunk(self, http, base, opts))
         end
       elseif qdone == nil then
         err = qerr
@@ -871,7 +871,7 @@ function upload:next_chunk(opts)
     if done == false then
       -- A 308 that took nothing: the server wants the chunk again.
       err = errors.new("media", self._spec.id, "the server kept none of the chunk",
-                       { retryable = true, uri = redact(self.uri) })
+                       { retryable = true, kind = "no_progress", uri = redact(self.uri) })
       self._in_error = true
     end
     if not retryable(err) or failures >= n then
@@ -879,7 +879,7 @@ function upload:next_chunk(opts)
         err = errors.new(err.module, err.step, tostring(err.message) ..
                          format(" (gave up after %d attempts)", failures + 1), err)
       end
-      return nil, err
+      return errors.ret(err)
     end
     failures = failures + 1
     sleep(delay_for(failures, err, opts))
@@ -894,7 +894,7 @@ end
 --   `execute` of discovery; resumable: per chunk since the last progress,
 --   default 3), `timeout`, `deadline` (simple/multipart), `http`, `sleep`,
 --   `random`
--- @return the decoded response | nil, err (`gauth.errors`, module "media",
+-- @return the decoded response | nil, msg, err (`gauth.errors`, module "media",
 --   step the method id, with `status`, `reason`, `retryable`, `uri`)
 function upload:execute(opts)
   if getmetatable(self) ~= upload_mt then
@@ -905,8 +905,8 @@ function upload:execute(opts)
   if not self.resumable then return send_whole(self, opts) end
   local progress = opts.progress
   while true do
-    local status, res = self:next_chunk(opts)
-    if not status then return nil, res end
+    local status, res, err = self:next_chunk(opts)
+    if not status then return nil, res, err end
     if progress then progress(status.bytes, status.total) end
     if res ~= nil then return res end
   end
@@ -996,7 +996,7 @@ end
 --   default 3), `timeout` (seconds per request; default 60 + 1 per MiB of
 --   chunk), `http`, `sleep`, `random`
 -- @return bytes in the file (from the object), total size (nil when the
---   server never said) | nil, err (with `bytes`: what arrived)
+--   server never said) | nil, msg, err (with `bytes`: what arrived)
 function _M.download(req, dest, opts)
   local spec = type(req) == "table" and req._spec
   if type(spec) ~= "table" or type(spec.svc) ~= "table" then
@@ -1020,8 +1020,8 @@ function _M.download(req, dest, opts)
     error("gauth.media: download: resume needs a path", 2)
   end
   local svc, step, uri = spec.svc, spec.id, req.uri
-  local http, herr = transport_of(svc, opts)
-  if not http then return nil, errors.wrap("media", step, herr) end
+  local http, herr = errors.pair(transport_of(svc, opts))
+  if not http then return errors.fail_with("media", step, herr) end
 
   -- Raw bytes: no Accept-Encoding, so that ranges count what is stored.
   local base = {}
@@ -1045,11 +1045,17 @@ function _M.download(req, dest, opts)
       f:close()
     end
   end
-  local function finish(ok, a, b)
+  -- finish(true, bytes, total) | finish(false, nil, err) | finish(false,
+  -- fail(...)) (nil, msg, err): the public shape, with `bytes` on the error
+  local function finish(ok, a, b, c)
     if handle then os_remove(land) end
     if ok then return a, b end
-    if errors.is(b) then b.bytes = progress end
-    return nil, b
+    local e = errors.is(c) and c or b
+    if errors.is(e) then
+      e.bytes = progress
+      return errors.ret(e)
+    end
+    return errors.fail("media", step, tostring(e), { bytes = progress })
   end
   -- Move what landed in the temporary file to the caller's file, at the
   -- object offset `at`.
@@ -1058,7 +1064,7 @@ function _M.download(req, dest, opts)
     local n = file_size(land) or 0
     if n == 0 then return true end
     handle:seek("set", start_pos + at)
-    local ok, err = copy_range(land, 0, n, handle)
+    local ok, err = errors.pair(copy_range(land, 0, n, handle))
     local f = io_open(land, "wb"); if f then f:close() end
     if not ok then
       return fail(step, "writing to the file failed: " .. tostring(err), { retryable = false })
@@ -1079,14 +1085,14 @@ function _M.download(req, dest, opts)
     extra.range = format("bytes=%d-%d", first, last)
     treq.timeout = timeout_for(opts, svc, last - first + 1)
     local before = handle and 0 or (file_size(land) or 0)
-    local res, err = send(svc, step, treq, base, extra, http)
+    local res, err = errors.pair(send(svc, step, treq, base, extra, http))
     local written = (file_size(land) or 0) - before
     local done = false
     if not res then
       -- What arrived before the failure stays: resume after it, at once
       -- (the connection broke, the server did not refuse).
       if written > 0 then
-        local ok, derr = deliver(first)
+        local ok, derr = errors.pair(deliver(first))
         if not ok then return finish(false, nil, derr) end
         progress = progress + written
         failures = 0
@@ -1109,12 +1115,12 @@ function _M.download(req, dest, opts)
         end
         -- An earlier start: the bytes before `first` came twice.
         if not handle then
-          local ok, serr = splice(land, a, first)
+          local ok, serr = errors.pair(splice(land, a, first))
           if not ok then return finish(false, fail(step, "rewriting " .. land .. ": " .. tostring(serr))) end
         end
         first = a
       end
-      local ok, derr = deliver(first)
+      local ok, derr = errors.pair(deliver(first))
       if not ok then return finish(false, nil, derr) end
       progress = first + written
       total = tonumber(t) or total
@@ -1129,15 +1135,16 @@ function _M.download(req, dest, opts)
       elseif not done then
         -- a 206 without a byte would have us ask for ever
         err = errors.new("media", step, "a 206 answer carried no bytes",
-                         { status = 206, retryable = true, uri = redact(uri) })
+                         { status = 206, retryable = true, kind = "no_progress",
+                           uri = redact(uri) })
       end
     elseif res.status >= 200 and res.status < 300 then
       -- The whole object (the server ignored Range).
       if first > 0 and not handle then
-        local ok, serr = splice(land, 0, first)
+        local ok, serr = errors.pair(splice(land, 0, first))
         if not ok then return finish(false, fail(step, "rewriting " .. land .. ": " .. tostring(serr))) end
       end
-      local ok, derr = deliver(0)
+      local ok, derr = errors.pair(deliver(0))
       if not ok then return finish(false, nil, derr) end
       progress = written
       total = written

@@ -265,8 +265,8 @@ function _M.call(fn, policy)
     end
     -- A phase of nginx that cannot make requests will not be able to in a
     -- moment either, and cannot sleep: the caller's way out is elsewhere.
-    if type(err) == "table" and err.reason == "phase" then
-      return nil, err
+    if type(err) == "table" and err.kind == "phase" then
+      return out(err)
     end
     if not retryable(err) then
       if attempt > 1 then

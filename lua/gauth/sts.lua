@@ -21,7 +21,7 @@
 --
 -- Errors: `nil, msg, err`, module "sts" (or `opts.module`): step "endpoint",
 -- "token request" (transport), "token response" (the endpoint's refusal:
--- `status`, `error`, `error_description`, `retryable`, `retry_after`).
+-- `status`, `oauth_error`, `error_description`, `http_reason`, `retryable`, `retry_after`).
 -- No token is ever in an error.
 -- @module gauth.sts
 

@@ -164,7 +164,7 @@ local function respond(e, req)
     if not errors.is(err) then
       err = errors.new("testing", "request", err, { retryable = e.retryable })
     end
-    return nil, err
+    return errors.ret(err)
   end
   local body = e.body
   if ECHO[body] then
@@ -344,7 +344,7 @@ end
 --- Answer a request (the transport interface: see ARCHITECTURE.md).
 -- Records a copy of it in `requests` (and `last_request`) first.
 -- @tparam table req `{ method=, url=, headers=, body=, ... }`
--- @return `{ status=, reason=, headers=, body= }` | nil, err; raises when
+-- @return `{ status=, reason=, headers=, body= }` | nil, msg, err; raises when
 -- a sequence has no response left
 function mock_transport:request(req)
   check_request(req)
@@ -390,7 +390,7 @@ end
 -- @field scopes what `with_scopes` was given (on the copy it made)
 
 --- The current token.
--- @return token, expires_at | nil, err
+-- @return token, expires_at | nil, msg, err
 function mock_credentials:token()
   self.token_calls = self.token_calls + 1
   local err = self.error
@@ -405,7 +405,7 @@ end
 
 --- Set `authorization` (and `x-goog-user-project`) as real credentials do.
 -- @tparam[opt] table headers changed in place (a new table when nil)
--- @return headers | nil, err
+-- @return headers | nil, msg, err
 function mock_credentials:apply(headers)
   if headers == nil then
     headers = {}

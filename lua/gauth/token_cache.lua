@@ -278,14 +278,14 @@ end
 
 --- The error of a phase where nginx has no cosockets and there is no
 -- valid token to serve (`nil, msg, err`; retryable, with `phase` and
--- `reason` "phase").
+-- `kind` "phase").
 -- @tparam string phase
 -- @tparam boolean scheduled whether a refresh was scheduled in a timer
 function _M.phase_error(phase, scheduled)
   return errors.fail("token_cache", "refresh", "no valid token cached, and "
     .. util.phase_refusal(phase)
     .. (scheduled and "; a refresh was scheduled in a timer: try again shortly" or ""),
-    { retryable = true, phase = phase, reason = "phase" })
+    { retryable = true, phase = phase, kind = "phase" })
 end
 
 -- The fetch itself, under the store's lock: the one place where `fetch`

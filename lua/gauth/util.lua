@@ -243,7 +243,7 @@ end
 -- @tparam string url
 -- @tparam string module the module of the error, e.g. "discovery"
 -- @tparam string step its step, e.g. the method id
--- @return true | nil, err (`gauth.errors`, `reason` = "insecure_url",
+-- @return true | nil, msg, err (`gauth.errors`, `kind` = "insecure_url",
 --   `retryable` = false, `uri` redacted)
 function _M.check_credentials_url(url, module, step)
   if find(url, "^https://") then return true end
@@ -252,11 +252,11 @@ function _M.check_credentials_url(url, module, step)
     return true
   end
   local errors = require "gauth.errors"
-  return nil, errors.new(module, step, "refusing to send credentials to "
+  return errors.fail(module, step, "refusing to send credentials to "
     .. tostring(host or scheme or "this URL") .. " over "
     .. tostring(scheme or "a non-http(s) URL")
     .. " (https is required except for a loopback host)",
-    { reason = "insecure_url", retryable = false, uri = errors.redact_uri(url) })
+    { kind = "insecure_url", retryable = false, uri = errors.redact_uri(url) })
 end
 
 --- Split an URL into scheme, host, port (number or nil), path-and-query.

@@ -225,13 +225,13 @@ function _M.discovery_doc()
   local args = ngx.req.get_uri_args()
   local discovery = require "gauth.discovery"
   discovery.clear_cache()  -- this worker's memory: the dict must serve
-  local svc, err = discovery.build(args.api, args.version, {
+  local svc, msg, err = discovery.build(args.api, args.version, {
     discovery_url = "http://127.0.0.1:" .. ngx.var.server_port
       .. "/fake_discovery/{api}.{apiVersion}.json",
     cache_dir = "/nonexistent/gauth-discovery-cache",
   })
   if not svc then
-    return reply(err.status == 404 and 404 or 500, { err = tostring(err) })
+    return reply(err.status == 404 and 404 or 500, { err = msg })
   end
   local doc = discovery.document(svc)
   reply(200, { name = doc.name, version = doc.version, title = doc.title })

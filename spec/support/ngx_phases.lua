@@ -78,7 +78,7 @@ local function outcome(v, second, third)
     local e = errors.of(second, third)
     o.msg = tostring(second)
     o.err = { module = e.module, step = e.step, retryable = e.retryable,
-              reason = e.reason, phase = e.phase }
+              kind = e.kind, reason = e.reason, phase = e.phase }
   end
   return o
 end

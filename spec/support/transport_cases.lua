@@ -7,7 +7,8 @@
 -- only builds plain data from `ctx`, the servers' URLs); `check(r, ctx,
 -- fake)` (in busted) where `r[i]` is the normalised result of request i:
 -- `{ res = {status, reason, headers, body, new_connections} | nil,
---    err = {message, retryable, too_large, reason} | nil, raised = message
+--    err = {message, shape_ok (nil, msg, err with tostring(err) == msg),
+--    retryable, too_large, kind, module} | nil, raised = message
 --    (when request raised) | nil, elapsed = s }`,
 -- and `untrusted_fake` is the fake behind `ctx.untrusted`.
 --
@@ -40,7 +41,7 @@ function _M.run(t, reqs, clock)
   local out = {}
   for i, req in ipairs(reqs) do
     local t0 = clock()
-    local ok, res, err = pcall(t.request, t, req)
+    local ok, res, msg, err = pcall(t.request, t, req)
     local r = { elapsed = clock() - t0, via = ngx and "ngx" or "curl" }  -- luacheck: ignore ngx
     if not ok then
       r.raised = tostring(res)
@@ -49,8 +50,12 @@ function _M.run(t, reqs, clock)
                 body = res.body, new_connections = res.new_connections,
                 written = res.written }
     else
-      r.err = { message = tostring(err), retryable = err and err.retryable,
-                too_large = err and err.too_large, reason = err and err.reason,
+      -- the public shape: nil, msg (a string), err (its object)
+      r.err = { message = tostring(msg),
+                shape_ok = type(msg) == "string" and type(err) == "table"
+                           and tostring(err) == msg,
+                retryable = err and err.retryable,
+                too_large = err and err.too_large, kind = err and err.kind,
                 module = err and err.module }
     end
     out[i] = r
@@ -61,8 +66,22 @@ end
 local cases, ngx_only = {}, {}
 _M.cases, _M.ngx_only = cases, ngx_only
 
-local function case(t) cases[#cases + 1] = t; cases[t.name] = t end
-local function ngx_case(t) ngx_only[#ngx_only + 1] = t; cases[t.name] = t end
+-- Every failure a case sees must have the shape nil, msg, err.
+local function shaped(t)
+  local check = t.check
+  t.check = function(r, ...)
+    for i, x in ipairs(r) do
+      if x.err then
+        assert.is_true(x.err.shape_ok, "request " .. i .. " failed without nil, msg, err: "
+                       .. tostring(x.err.message))
+      end
+    end
+    return check(r, ...)
+  end
+  return t
+end
+local function case(t) t = shaped(t); cases[#cases + 1] = t; cases[t.name] = t end
+local function ngx_case(t) t = shaped(t); ngx_only[#ngx_only + 1] = t; cases[t.name] = t end
 
 local function write(path, data)
   local f = assert(io.open(path, "wb"))
@@ -230,6 +249,8 @@ case {
     for i = 1, 2 do
       assert.is_nil(r[i].res)
       assert.is_true(r[i].err.too_large)
+      assert.equal("max_body", r[i].err.kind)
+      assert.is_true(r[i].err.shape_ok)
       assert.is_false(r[i].err.retryable)
       assert.matches("max_body", r[i].err.message)
     end
@@ -245,6 +266,8 @@ case {
   check = function(r, _, fake)
     assert.is_nil(r[1].res)
     assert.is_true(r[1].err.retryable)
+    assert.equal("timeout", r[1].err.kind)
+    assert.is_true(r[1].err.shape_ok)
     assert.matches("[Tt]ime", r[1].err.message)
     -- the server had the request and held it; the client gave up (a hang
     -- guard of ten times the timeout, not a window)
@@ -283,6 +306,7 @@ case {
     for i, part in ipairs({ "head", "body" }) do
       assert.is_nil(r[i].res, part)
       assert.is_true(r[i].err.retryable, part)
+      assert.equal("timeout", r[i].err.kind, part)
       assert.equal("http", r[i].err.module)
       assert.matches("[Tt]ime", r[i].err.message)
       -- The request ended: the server saw the connection go away before
@@ -298,6 +322,8 @@ case {
   check = function(r)
     assert.is_nil(r[1].res)
     assert.is_true(r[1].err.retryable)
+    assert.equal("connect", r[1].err.kind)
+    assert.is_true(r[1].err.shape_ok)
     assert.equal("http", r[1].err.module)
   end,
 }
@@ -317,6 +343,7 @@ case {
     for i = 1, 2 do
       assert.is_nil(r[i].res)
       assert.is_true(r[i].err.retryable, r[i].err.message)
+      assert.equal("read", r[i].err.kind, r[i].err.message)
     end
   end,
 }
@@ -328,6 +355,7 @@ case {
   check = function(r, _, _, untrusted_fake)
     assert.is_nil(r[1].res)
     assert.is_false(r[1].err.retryable)
+    assert.equal("tls_verify", r[1].err.kind)
     assert.matches("[Cc]ertificate", r[1].err.message)
     assert.equal(0, #untrusted_fake:requests())
   end,
@@ -371,6 +399,8 @@ case {
   check = function(r, _, fake)
     assert.is_nil(r[1].res)
     assert.is_false(r[1].err.retryable)
+    assert.equal("header_value", r[1].err.kind)
+    assert.is_true(r[1].err.shape_ok)
     assert.matches("x%-evil", r[1].err.message)
     assert.is_nil(r[1].err.message:find("injected", 1, true))
     if fake then assert.equal(0, #fake:requests("/c/inject")) end
@@ -560,7 +590,7 @@ ngx_case {
   check = function(r)
     assert.is_nil(r[1].res)
     assert.is_false(r[1].err.retryable)
-    assert.equal("header_size", r[1].err.reason)
+    assert.equal("header_size", r[1].err.kind)
   end,
 }
 

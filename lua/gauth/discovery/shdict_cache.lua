@@ -45,7 +45,7 @@ local seq = 0
 --- Make a cache.
 -- @tparam[opt] table opts `shared_dict` (default "gauth_discovery"),
 --   `lock_timeout` (s a worker waits for another's fetch, default 60)
--- @return cache | nil, err
+-- @return cache | nil, msg, err
 function _M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("gauth.discovery.shdict_cache: opts must be a table", 2)
@@ -56,7 +56,7 @@ function _M.new(opts)
   -- gives the lock for single-flight fetches.
   local locker, _, err = shdict_store.new({ shared_dict = name })
   if not locker then
-    return nil, errors.new("discovery", "shared dict", err.message)
+    return errors.fail("discovery", "shared dict", err.message)
   end
   return setmetatable({
     dict = locker.dict, name = name, locker = locker,
@@ -95,7 +95,7 @@ end
 
 --- Store the JSON text of `url` for `ttl` seconds (and `doc`, its decoded
 -- table, for this worker).
--- @return true | nil, err
+-- @return true | nil, msg, err
 function _M:set(url, text, ttl, doc)
   ttl = ttl or _M.DEFAULT_TTL
   local dict = self.dict
@@ -103,7 +103,7 @@ function _M:set(url, text, ttl, doc)
   if not ok then
     ngx.log(ngx.WARN, "gauth: lua_shared_dict ", self.name, ": cannot keep the ",
             "Discovery document ", url, " (", #text, " bytes): ", err)
-    return nil, err
+    return errors.fail("discovery", "shared dict", "cannot keep " .. url .. ": " .. tostring(err))
   end
   seq = seq + 1
   local stamp = ngx.worker.pid() .. ":" .. seq .. ":" .. #text
@@ -111,7 +111,7 @@ function _M:set(url, text, ttl, doc)
   ok, err = dict:safe_set("m|" .. url, stamp, ttl)
   if not ok then
     dict:delete("d|" .. url)
-    return nil, err
+    return errors.fail("discovery", "shared dict", "cannot keep " .. url .. ": " .. tostring(err))
   end
   if doc then self.memo[url] = { stamp, doc } end
   return true
@@ -130,7 +130,7 @@ end
 -- @tparam function fetcher `fetcher()` -> JSON text | false (not found) |
 --   nil, err
 -- @tparam[opt] number ttl seconds (default one day)
--- @return doc table | false (fetcher said not found) | nil, err
+-- @return doc table | false (fetcher said not found) | nil, msg, err
 function _M:fetch(url, fetcher, ttl)
   if type(url) ~= "string" or type(fetcher) ~= "function" then
     error("gauth.discovery.shdict_cache: fetch(url, fetcher[, ttl])", 2)
@@ -145,7 +145,7 @@ function _M:fetch(url, fetcher, ttl)
     if unlock then unlock() end
     return doc
   end
-  local ok, text, err = pcall(fetcher)
+  local ok, text, err, e3 = pcall(fetcher)
   if not ok then
     if unlock then unlock() end
     error(text, 0)
@@ -153,12 +153,12 @@ function _M:fetch(url, fetcher, ttl)
   if type(text) ~= "string" then
     if unlock then unlock() end
     if text == false then return false end
-    return nil, err
+    return errors.ret(errors.of(err, e3, "discovery", "fetch"))
   end
   doc = json_decode(text)
   if type(doc) ~= "table" then
     if unlock then unlock() end
-    return nil, errors.new("discovery", "fetch", "malformed JSON document")
+    return errors.fail("discovery", "fetch", "malformed JSON document")
   end
   self:set(url, text, ttl, doc)
   if unlock then unlock() end

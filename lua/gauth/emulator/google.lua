@@ -722,7 +722,8 @@ function _M.verify_account_jwt(self, token)
   if find(token, "=", 1, true) then
     verified, err = decode_padded(token, acct.keys)
   else
-    verified, err = jwt.decode(token, { keys = acct.keys,
+    local _
+    verified, _, err = jwt.decode(token, { keys = acct.keys,
       algorithms = { "RS256", "ES256" }, leeway = 1e12 })
   end
   if not verified then

@@ -90,7 +90,7 @@ local lock_seq = 0
 --   `retry_min`/`retry_max` (backoff of failed background refreshes, s,
 --   default 1 and 30), `expiry_margin` (s before expiry a token stops being
 --   served, default 1)
--- @return store | nil, err
+-- @return store | nil, msg, err
 function _M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("gauth.token_cache.shdict: opts must be a table", 2)
@@ -345,7 +345,7 @@ local caches = {}
 -- and worker, so that credentials sharing it share its state).
 -- @tparam[opt] string name default "gauth"
 -- @tparam[opt] table opts as for `new` (used when the cache is made)
--- @return cache | nil, err
+-- @return cache | nil, msg, err
 function _M.cache(name, opts)
   name = name or _M.DEFAULT_DICT
   local c = caches[name]

@@ -49,12 +49,13 @@ function _M.check_bytes(v, name, module, level)
 end
 local check_bytes = _M.check_bytes
 
---- The error of a request that failed: module "http", step "request".
+--- The error of a request that failed: module "http", step "request",
+-- as the transports pass it between their own functions (their public
+-- `request` returns `errors.ret(err)`: `nil, msg, err`).
 -- @return nil, err
 function _M.fail(message, fields)
   return nil, errors.new("http", "request", message, fields)
 end
-local fail = _M.fail
 
 --- Check what every transport's `request(req)` checks first: `req` is a
 -- table; `method` (default GET) one of `METHODS`; `url` a string; `body`
@@ -120,10 +121,11 @@ end
 -- another control character: see `gauth.util.header_value_ok`; CR/LF would
 -- let a value, a token from a server say, inject headers). It names the
 -- header, never the value.
--- @return nil, err
+-- @return nil, msg, err
 function _M.bad_header_value(name)
-  return fail("header " .. name .. " has a value with CR, LF, NUL or another control character",
-              { retryable = false, header = name })
+  return errors.fail("http", "request", "header " .. name
+                     .. " has a value with CR, LF, NUL or another control character",
+                     { retryable = false, header = name, kind = "header_value" })
 end
 
 return _M

@@ -42,7 +42,6 @@ local MODULE = "gauth.transport.curl"
 local check_request = common.check_request
 local check_seconds = common.check_seconds
 local check_bytes = common.check_bytes
-local fail = common.fail
 
 -- libcurl codes after which a new attempt may well succeed: the request
 -- did not get an answer because of the network or the peer, not because
@@ -56,6 +55,23 @@ local RETRYABLE = { [5] = true, [6] = true, [7] = true, [16] = true,
                     [55] = true, [56] = true, [92] = true }
 
 _M.RETRYABLE_CURL_CODES = RETRYABLE
+
+-- The error's `kind` for a libcurl code, in the words the cosocket
+-- transport uses for the same failures (one vocabulary for both; the code
+-- itself stays in `curl_code`).
+local KINDS = {
+  [1] = "url", [3] = "url",
+  [5] = "connect", [6] = "connect", [7] = "connect",
+  [28] = "timeout",
+  [35] = "tls", [58] = "tls", [59] = "tls", [66] = "tls", [83] = "tls",
+  [51] = "tls_verify", [60] = "tls_verify", [77] = "tls_verify", [90] = "tls_verify",
+  [91] = "tls_verify",
+  [47] = "redirect",
+  [55] = "send",
+  [16] = "read", [18] = "read", [52] = "read", [56] = "read", [92] = "read",
+  [26] = "file", [23] = "write",
+}
+_M.CURL_KINDS = KINDS
 
 -- libcurl honours http_proxy/https_proxy; loopback and the metadata server
 -- must never go through a proxy (a token or an assertion would leave the
@@ -119,7 +135,7 @@ _M.noproxy_for = noproxy_for
 -- @tparam[opt] table opts `ca_file` (PEM bundle to trust instead of the
 --   system store), `timeout` (s, default 30), `connect_timeout` (s,
 --   default 10), `max_body` (bytes, default 64 MiB)
--- @return transport | nil, err
+-- @return transport | nil, msg, err
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -133,7 +149,7 @@ function _M.new(opts)
   check_bytes(opts.max_body, "max_body", MODULE, 3)
   local h, err = core.http_new()
   if not h then
-    return nil, errors.wrap("http", "init", err)
+    return errors.fail_with("http", "init", err)
   end
   return setmetatable({
     h = h,
@@ -175,8 +191,8 @@ end
 --   then has no `content-encoding`/`content-length` headers and
 --   `res.decoded` names the coding that was removed.
 -- @return res `{ status=, reason=, headers=, body=, new_connections=,
---   written= }` | nil, err (`gauth.errors`, module "http", step "request",
---   with `retryable` and `curl_code`)
+--   written= }` | nil, msg, err (`gauth.errors`, module "http", step
+--   "request", with `retryable`, `curl_code` and `kind`)
 function _M:request(req)
   local method, url, body, headers = check_request(req, MODULE)
   local h = self.h
@@ -215,9 +231,9 @@ function _M:request(req)
       error("gauth.transport.curl: bad value for header " .. tostring(rheaders), 2)
     end
     local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
-                     reason = reason }
+                     kind = reason or KINDS[code] or "other" }
     if reason == "max_body" then fields.too_large = true end
-    return fail((rheaders:gsub("^gauth%.core: http: ", "")), fields)
+    return errors.fail("http", "request", (rheaders:gsub("^gauth%.core: http: ", "")), fields)
   end
 
   return { status = status, reason = phrase, headers = rheaders, body = rbody,

@@ -107,7 +107,7 @@ local warned_ca_file = false
 --   (connections kept per pool and worker, default 32). `ca_file` is
 --   accepted for compatibility with the curl transport and ignored: the
 --   trust store is `lua_ssl_trusted_certificate`.
--- @return transport | nil, err
+-- @return transport | nil, msg, err
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -119,7 +119,7 @@ function _M.new(opts)
   check_bytes(opts.max_body, "max_body", MODULE, 3)
   check_bytes(opts.pool_size, "pool_size", MODULE, 3)
   if not util.is_ngx or type(ngx.socket) ~= "table" then
-    return nil, errors.new("http", "init",
+    return errors.fail("http", "init",
       "gauth.transport.ngx runs only inside nginx (lua-nginx-module)")
   end
   if opts.ca_file ~= nil and not warned_ca_file then
@@ -250,7 +250,7 @@ local parse_head = _M.parse_head
 
 local function too_large(max)
   return fail("response body larger than max_body (" .. max .. " bytes)",
-              { retryable = false, reason = "max_body", too_large = true })
+              { retryable = false, kind = "max_body", too_large = true })
 end
 
 -- Body sink: memory (capped at max_body) or a file (download_file, 2xx).
@@ -261,7 +261,7 @@ local function sink_add(s, data)
     local ok, err = s.file:write(data)
     if not ok then
       return fail("writing the download file: " .. tostring(err),
-                  { retryable = false, reason = "write" })
+                  { retryable = false, kind = "write" })
     end
     s.written = s.written + #data
     return true
@@ -278,7 +278,7 @@ local function body_error(err, what)
   err = tostring(err)
   return fail("reading the " .. what .. ": " .. err,
               { retryable = socket_retryable(err),
-                reason = find(err, "timeout", 1, true) and "timeout" or "read" })
+                kind = find(err, "timeout", 1, true) and "timeout" or "read" })
 end
 
 -- Read `len` bytes of the body into the sink, a buffer at a time.
@@ -303,7 +303,7 @@ local function read_chunked(c, s)
     local hex = match(line, "^[ \t]*(%x+)[ \t]*$") or match(line, "^[ \t]*(%x+)[ \t]*;")
     local size = hex and #hex <= 15 and tonumber(hex, 16)
     if not size then
-      return fail("bad chunk size line", { retryable = false, reason = "read" })
+      return fail("bad chunk size line", { retryable = false, kind = "read" })
     end
     if size == 0 then break end
     if not s.file and s.len + size > s.max then return too_large(s.max) end
@@ -312,7 +312,7 @@ local function read_chunked(c, s)
     local crlf, cerr = read_exactly(c, 2)
     if not crlf then return body_error(cerr, "body") end
     if crlf ~= "\r\n" then
-      return fail("bad chunk terminator", { retryable = false, reason = "read" })
+      return fail("bad chunk terminator", { retryable = false, kind = "read" })
     end
   end
   -- Trailers (ignored), up to the empty line.
@@ -412,7 +412,7 @@ local function connect(u, deadline, connect_timeout)
   local sock = tcp()
   local cms = left_ms(deadline)
   if not cms then
-    return fail("timeout before connecting", { retryable = true, reason = "timeout" })
+    return fail("timeout before connecting", { retryable = true, kind = "timeout" })
   end
   local ct = math_floor(connect_timeout * 1000)
   if ct >= 1 and ct < cms then cms = ct end
@@ -423,7 +423,7 @@ local function connect(u, deadline, connect_timeout)
     if find(tostring(err), "no resolver", 1, true) then
       msg = msg .. " (add a `resolver` directive to nginx.conf)"
     end
-    return fail(msg, { retryable = socket_retryable(err), reason = "connect" })
+    return fail(msg, { retryable = socket_retryable(err), kind = "connect" })
   end
   local reused = (sock:getreusedtimes() or 0) > 0
   if u.https and not reused then
@@ -448,7 +448,7 @@ local function connect(u, deadline, connect_timeout)
         end
       end
       return fail(msg, { retryable = not verify and socket_retryable(herr),
-                         reason = verify and "tls_verify" or "tls" })
+                         kind = verify and "tls_verify" or "tls" })
     end
   end
   return { sock = sock, deadline = deadline, reused = reused, bytes_in = 0, buf = "" }
@@ -592,7 +592,7 @@ local function exchange(self, method, u, head, body, req, deadline,
       if not upload then
         sock:close()
         return fail("upload file: " .. tostring(up_len),
-                    { retryable = false, reason = "file" })
+                    { retryable = false, kind = "file" })
       end
     end
     local ok, serr, why = send_request(c, head, body, upload, up_len)
@@ -613,19 +613,19 @@ local function exchange(self, method, u, head, body, req, deadline,
       if not ok then
         sock:close()
         if why == "read" then
-          return fail(tostring(serr), { retryable = false, reason = "read" })
+          return fail(tostring(serr), { retryable = false, kind = "read" })
         end
         return fail("sending the request: " .. tostring(serr),
-                    { retryable = socket_retryable(serr), reason = "send" })
+                    { retryable = socket_retryable(serr), kind = "send" })
       end
       if not raw then
         sock:close()
         if rerr == "too long" then
           return fail("response header larger than " .. _M.MAX_HEADER_BYTES .. " bytes",
-                      { retryable = false, reason = "header_size" })
+                      { retryable = false, kind = "header_size" })
         end
         if rerr == "closed" and c.bytes_in == 0 then
-          return fail("empty reply from server", { retryable = true, reason = "read" })
+          return fail("empty reply from server", { retryable = true, kind = "read" })
         end
         return body_error(rerr, "response header")
       end
@@ -642,7 +642,7 @@ local function exchange(self, method, u, head, body, req, deadline,
       if not status then
         sock:close()
         return fail("malformed response (not HTTP/1.x)",
-                    { retryable = false, reason = "read" })
+                    { retryable = false, kind = "read" })
       end
 
       local to_file = req.download_file and status >= 200 and status < 300
@@ -652,7 +652,7 @@ local function exchange(self, method, u, head, body, req, deadline,
         if not f then
           sock:close()
           return fail("download file: " .. tostring(ferr),
-                      { retryable = false, reason = "file" })
+                      { retryable = false, kind = "file" })
         end
         s.file = f
       end
@@ -674,7 +674,7 @@ local function exchange(self, method, u, head, body, req, deadline,
           if v ~= n1 then n1 = nil break end
         end
         if not n1 or #n1 > 15 then
-          rok, berr = fail("bad Content-Length", { retryable = false, reason = "read" })
+          rok, berr = fail("bad Content-Length", { retryable = false, kind = "read" })
         else
           rok, berr = read_length(c, s, tonumber(n1))
         end
@@ -714,8 +714,8 @@ end
 --   (a 2xx body is appended to it; `res.body` is then "" and `res.written`
 --   counts the bytes).
 -- @return res `{ status=, reason=, headers=, body=, new_connections=,
---   written= }` | nil, err (`gauth.errors`, module "http", step "request",
---   with `retryable` and `reason`: "connect", "tls", "tls_verify", "send",
+--   written= }` | nil, msg, err (`gauth.errors`, module "http", step
+--   "request", with `retryable` and `kind`: "connect", "tls", "tls_verify", "send",
 --   "read", "timeout", "max_body", "header_size", "redirect", "file",
 --   "phase")
 function _M:request(req)
@@ -724,8 +724,8 @@ function _M:request(req)
     error("gauth.transport.ngx: upload_file must be a path, and excludes body", 2)
   end
   if not util.can_yield() then
-    return fail("cosockets are not available in the " .. tostring(ngx.get_phase())
-                .. " phase", { retryable = false, reason = "phase" })
+    return errors.fail("http", "request", "cosockets are not available in the " .. tostring(ngx.get_phase())
+                .. " phase", { retryable = false, kind = "phase" })
   end
 
   local timeout = req.timeout or self.timeout
@@ -741,13 +741,13 @@ function _M:request(req)
   while true do
     local u, path = target_of(url, self.pool_size)
     if not u then
-      return fail("unsupported or malformed URL", { retryable = false, reason = "url" })
+      return errors.fail("http", "request", "unsupported or malformed URL", { retryable = false, kind = "url" })
     end
     local body_len
     if req.upload_file and body == nil then
       local f, len = open_upload(req)
       if not f then
-        return fail("upload file: " .. tostring(len), { retryable = false, reason = "file" })
+        return errors.fail("http", "request", "upload file: " .. tostring(len), { retryable = false, kind = "file" })
       end
       f:close()
       body_len = len
@@ -760,7 +760,7 @@ function _M:request(req)
     if not head then return common.bad_header_value(bad) end
     local res, err = exchange(self, method, u, head, body, req, deadline,
                               connect_timeout, max_body)
-    if not res then return nil, err end
+    if not res then return errors.ret(err) end
     new_conns = new_conns + res.new_connections
     local loc = res.headers.location
     if not (follow and REDIRECTS[res.status] and loc) then
@@ -769,17 +769,17 @@ function _M:request(req)
     end
     redirects = redirects + 1
     if redirects > _M.MAX_REDIRECTS then
-      return fail("more than " .. _M.MAX_REDIRECTS .. " redirects",
-                  { retryable = false, reason = "redirect" })
+      return errors.fail("http", "request", "more than " .. _M.MAX_REDIRECTS .. " redirects",
+                  { retryable = false, kind = "redirect" })
     end
     local next_url = resolve_location(u, path, loc)
     local ns, nh, np = util.parse_url(next_url)
     if not ns or (ns ~= "http" and ns ~= "https") then
-      return fail("redirect to an unsupported URL", { retryable = false, reason = "redirect" })
+      return errors.fail("http", "request", "redirect to an unsupported URL", { retryable = false, kind = "redirect" })
     end
     if u.https and ns ~= "https" then
-      return fail("redirect from https to http refused",
-                  { retryable = false, reason = "redirect" })
+      return errors.fail("http", "request", "redirect from https to http refused",
+                  { retryable = false, kind = "redirect" })
     end
     -- As libcurl: 303 becomes GET; so do 301/302 after a POST.
     if (res.status == 303 and method ~= "HEAD")
