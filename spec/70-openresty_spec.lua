@@ -516,10 +516,48 @@ if LUAJIT_PASS then
       })
       if srv then srv:stop() end
       assert.is_nil(srv)
+      -- the very line the README's "Errors" section shows
+      local readme = helpers.read_file(nginx.root .. "/README.md")
+      assert.truthy(readme:find('local creds = assert(require("gauth.service_account").from_file("/missing.json"))',
+                                1, true))
       assert.matches("init_by_lua error", err, 1, true)
       assert.matches("gauth.service_account: key file: cannot read key file /missing.json",
                      err, 1, true)
       assert.not_matches("unknown error", err, 1, true)
+    end)
+
+    it("assert(from_file('/missing.json')) in a content handler: 500, error.log has the real"
+       .. " message, and the call itself returns nil, msg, err", function()
+      local srv = assert(nginx.start({
+        workers = 1,
+        server = [[
+          location = /assert {
+            content_by_lua_block {
+              local creds = assert(require("gauth.service_account").from_file("/missing.json"))
+              ngx.say("not reached ", tostring(creds))
+            }
+          }
+          location = /shape {
+            content_by_lua_block {
+              local v, msg, err = require("gauth.service_account").from_file("/missing.json")
+              ngx.say(type(v), "|", type(msg), "|", tostring(msg == tostring(err)), "|",
+                      tostring(err.module), "|", tostring(err.step), "|", tostring(err.file))
+            }
+          }
+        ]],
+      }))
+      finally(function() srv:stop() end)
+      local status, body = srv:get("/assert")
+      assert.equal(500, status)
+      assert.is_nil(body:find("not reached", 1, true))
+      local log = srv:log()
+      assert.matches("gauth.service_account: key file: cannot read key file /missing.json",
+                     log, 1, true)
+      assert.not_matches("unknown reason", log, 1, true)
+      assert.not_matches("unknown error", log, 1, true)
+      status, body = srv:get("/shape")
+      assert.equal(200, status)
+      assert.equal("nil|string|true|service_account|key file|/missing.json\n", body)
     end)
 
     it("assert(creds:token()) in a content handler logs the real message", function()
