@@ -32,7 +32,7 @@ CURL_LIBS ?= -lcurl
 
 VARIANT ?=
 BUILD = build/$(LUA_VERSION)$(VARIANT)
-SRCS = csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c
+SRCS = csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c csrc/aead.c
 HDRS = csrc/compat.h csrc/gauth.h
 OBJS = $(SRCS:csrc/%.c=$(BUILD)/obj/%.o)
 CORE = $(BUILD)/gauth/core.so
@@ -44,7 +44,8 @@ DEB_PKGS = gcc make pkg-config openssl curl ca-certificates gzip \
   python3 python3-jwt python3-cryptography python3-googleapi python3-botocore \
   python3-google-auth python3-httplib2 python3-google-auth-httplib2 iproute2 \
   nginx-light libnginx-mod-http-lua lua-resty-core wrk valgrind \
-  lua-ldoc lua-markdown lua-check cppcheck clang libclang-rt-14-dev
+  lua-ldoc lua-markdown lua-check cppcheck clang libclang-rt-14-dev \
+  redis-server lua-nginx-redis
 
 .PHONY: all both deps node-judges test check asan valgrind fuzz bench demo docs install clean
 

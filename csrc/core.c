@@ -69,5 +69,6 @@ GAUTH_EXPORT int luaopen_gauth_core(lua_State *L)
     gauth_codec_open(L);
     gauth_pkey_open(L);
     gauth_http_open(L);
+    gauth_aead_open(L);
     return 1;
 }

@@ -20,6 +20,7 @@ GAUTH_EXPORT int luaopen_gauth_core(lua_State *L);
 void gauth_pkey_open(lua_State *L);
 void gauth_codec_open(lua_State *L);
 void gauth_http_open(lua_State *L);
+void gauth_aead_open(lua_State *L);
 
 /* Pushes nil and "gauth.core: <step>: <detail>", the detail taken from the
  * OpenSSL error queue (which is left empty) or from `fallback` when the queue

@@ -11,8 +11,8 @@ mkdir -p "$out/keys"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null | openssl pkey -pubout -out "$out/keys/ES256.pem"
 }
 export GAUTH_FUZZ_KEYS="$(pwd)/$out/keys"
-SRC="csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c"
-for t in pem b64 verify jwk jws; do
+SRC="csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c csrc/aead.c"
+for t in pem b64 verify jwk jws aead; do
   bin=$out/fuzz_$t
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -D_POSIX_C_SOURCE=200809L -I/usr/include/lua5.4 -Icsrc \
@@ -23,6 +23,7 @@ for t in pem b64 verify jwk jws; do
     b64) printf 'Zm9vYmFy' > "$out/$t/corpus/seed" ;;
     jwk) printf '\000AQAB.AQAB' > "$out/$t/corpus/seed" ;;
     jws) printf 'eyJhbGciOiJSUzI1NiJ9.e30.c2ln' > "$out/$t/corpus/seed" ;;
+    aead) printf '\001t|svc:0123456789abcdef0123456789abcdef\000nonce-nonce-ciphertext-tag-tag-tag' > "$out/$t/corpus/seed" ;;
   esac
   echo "== fuzz_$t for ${secs}s"
   ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$secs" -max_len=4096 \
