@@ -560,6 +560,52 @@ if LUAJIT_PASS then
       assert.equal("nil|string|true|service_account|key file|/missing.json\n", body)
     end)
 
+    -- The README's nginx snippet, verbatim but for the key file's path and
+    -- the proxy_pass (no request leaves loopback).
+    local function readme_snippet()
+      local readme = helpers.read_file(nginx.root .. "/README.md")
+      local block = readme:match("### OpenResty.-```nginx\n(.-)```")
+      assert.truthy(block, "the README's nginx snippet")
+      local init = block:match("init_by_lua_block %b{}")
+      local access = block:match("access_by_lua_block %b{}")
+      assert.truthy(init and access)
+      assert.truthy(init:find('assert(require("gauth.service_account").from_file("/etc/gauth/sa.json",', 1, true))
+      assert.truthy(access:find("assert(creds:token())", 1, true))
+      return init, access
+    end
+
+    it("the README's init_by_lua_block with a missing key file: error.log has the real message", function()
+      local init = readme_snippet()
+      local srv, err = nginx.start({
+        workers = 1,
+        http = (init:gsub("/etc/gauth/sa%.json", "/missing.json")),
+      })
+      if srv then srv:stop() end
+      assert.is_nil(srv)
+      assert.matches("init_by_lua error", err, 1, true)
+      assert.matches("gauth.service_account: key file: cannot read key file /missing.json", err, 1, true)
+      assert.not_matches("unknown error", err, 1, true)
+    end)
+
+    it("the README's access_by_lua_block with a dead token endpoint: 500, the real message logged", function()
+      local init, access = readme_snippet()
+      local path = helpers.make_service_account_file({
+        token_uri = "http://127.0.0.1:" .. helpers.closed_port() .. "/token" })
+      local srv = assert(nginx.start({
+        workers = 1,
+        http = (init:gsub("/etc/gauth/sa%.json", path)),
+        server = "location /google/ { " .. access .. " content_by_lua_block { ngx.say('upstream') } }",
+      }))
+      finally(function() srv:stop() end)
+      local status, body = srv:get("/google/x")
+      assert.equal(500, status)
+      assert.is_nil(body:find("upstream", 1, true))
+      local log = srv:log()
+      assert.matches("gauth.service_account: token request: ", log, 1, true)
+      assert.not_matches("unknown reason", log, 1, true)
+      assert.not_matches("unknown error", log, 1, true)
+    end)
+
     it("assert(creds:token()) in a content handler logs the real message", function()
       local port = helpers.closed_port()
       local path = helpers.make_service_account_file({
