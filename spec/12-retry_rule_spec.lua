@@ -1,7 +1,8 @@
 -- One retry rule (gauth.errors.classify) in every retry loop: the same
 -- scripted answers of a loopback HTTPS fake get the same decision from a
 -- service account's token request, an STS exchange, an IAM signBlob and
--- a Discovery execute(): a 501 is retried (the token path did not retry it before), a
+-- a Discovery execute(), and (against the upload fake) a media upload and
+-- a batch POST: a 501 is retried (the token path did not retry it before), a
 -- 429 with Retry-After waits exactly what the server asked (the sleeps are
 -- recorded, not slept), an invalid_grant is never retried even with a 503,
 -- a 404 is not retried. Each failure is asserted as nil, msg, err.
@@ -151,4 +152,76 @@ describe("one retry rule in every loop", function()
       end)
     end)
   end
+
+  describe("media upload and batch POST (the upload fake)", function()
+    local fake_upload = require "support.fake_upload"
+    local media = require "gauth.media"
+    local testing = require "gauth.testing"
+    local STORAGE = helpers.discovery_doc("storage.v1.json")
+    local DRIVE = helpers.discovery_doc("drive.v3.json")
+    local srv, http
+
+    lazy_setup(function()
+      srv = fake_upload.start{ tls = true }
+      http = srv:transport()
+    end)
+
+    lazy_teardown(function() if srv then srv:stop() end end)
+
+    before_each(function() srv:reset() end)
+
+    local function upload()
+      local svc = assert(discovery.build_from_document(STORAGE, { api_endpoint = srv.url .. "/storage/v1/",
+        http = http, credentials = testing.credentials{ token = "tok" } }))
+      local req = assert(svc:objects():insert{ bucket = "b", name = "o1",
+        media_body = media.media_string("payload", { mime_type = "text/plain" }) })
+      return req:execute{ num_retries = 2, sleep = record, random = function() return 0 end }
+    end
+
+    local function batch_post()
+      srv:put_object{ id = "a", data = "data of a", mimeType = "text/plain", name = "name-a" }
+      local drive = assert(discovery.build_from_document(DRIVE, { api_endpoint = srv.url .. "/drive/v3/",
+        http = http, credentials = testing.credentials{ token = "tok" } }))
+      local b = drive:new_batch_http_request()
+      b:add(drive:files():get{ fileId = "a" })
+      return b:execute{ num_retries = 2, sleep = record, random = function() return 0 end }
+    end
+
+    for _, loop in ipairs({ { "media upload", "simple", upload, "media" },
+                            { "batch POST", "batch", batch_post, "batch" } }) do
+      local name, on, run, module = loop[1], loop[2], loop[3], loop[4]
+      it(name .. ": 501 retried, 429 Retry-After waited, invalid_grant and 404 not retried", function()
+        srv:inject{ { on = on, status = 501 } }
+        assert.truthy(run())
+        assert.equal(1, #sleeps)
+        assert.equal(2, #srv:requests{ kind = on })
+
+        srv:reset(); helpers.clear(sleeps)
+        srv:inject{ { on = on, status = 429, headers = { ["Retry-After"] = "7" } } }
+        assert.truthy(run())
+        assert.same({ 7 }, sleeps)
+
+        srv:reset(); helpers.clear(sleeps)
+        srv:inject{ { on = on, status = 503, json = { error = "invalid_grant",
+                                                      error_description = "gone" } } }
+        local v, msg, err = run()
+        assert.is_nil(v)
+        helpers.assert_failure(msg, err, module)
+        assert.equal("invalid_grant", err.oauth_error)
+        assert.is_false(err.retryable)
+        assert.equal(0, #sleeps)
+        assert.equal(1, #srv:requests{ kind = on })
+
+        srv:reset(); helpers.clear(sleeps)
+        srv:inject{ { on = on, status = 404 } }
+        v, msg, err = run()
+        assert.is_nil(v)
+        helpers.assert_failure(msg, err, module)
+        assert.equal(404, err.status)
+        assert.is_false(err.retryable)
+        assert.equal(0, #sleeps)
+        assert.equal(1, #srv:requests{ kind = on })
+      end)
+    end
+  end)
 end)
