@@ -66,9 +66,10 @@ describe("gauth.token_cache bounds", function()
     local cache = token_cache.new({ max_entries = 1000 })
     for i = 1, 20000 do
       local c = new_aud("bad-" .. i, { fail = true, cache = cache })
-      local tok, err = c:token()
+      local tok, msg, err = c:token()
       assert.is_nil(tok)
-      assert.equal("gauth.aud_test: fetch: refused bad-" .. i, tostring(err))
+      assert.equal("gauth.aud_test: fetch: refused bad-" .. i, msg)
+      assert.equal(msg, tostring(err))
     end
     collectgarbage()
     assert.is_true(cache.failures:count() <= 1000, cache.failures:count() .. " memos")
