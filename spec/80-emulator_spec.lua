@@ -317,6 +317,36 @@ describe("gauth.emulator", function()
       assert.matches("exited", tostring(err))
     end)
 
+    it("restarts on the same port at once (SO_REUSEADDR before bind)", function()
+      local e = assert(emulator.start{ port = 0 })
+      local port = e.port
+      -- The server closes this connection first: its side lingers in
+      -- TIME_WAIT, which refuses a bind without SO_REUSEADDR.
+      assert.are.same({}, assert(e.requests()))
+      assert.is_true(e.stop())
+      local e2, err = emulator.start{ port = port, timeout = 5 }
+      assert.is_nil(err)
+      assert.are.equal(port, e2.port)
+      assert.are.same({}, assert(e2.requests()))
+      assert.is_true(e2.stop())
+      -- In process too.
+      local srv = assert(emulator.new{ port = 0 })
+      port = srv.port
+      local c = socket.tcp()
+      c:settimeout(5)
+      assert(c:connect("127.0.0.1", port))
+      c:send("GET /discovery/v1/apis HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      for _ = 1, 10 do srv:step(0.05) end
+      local status = read_response(c)
+      c:close()
+      assert.are.equal(200, status)
+      srv:close()
+      local srv2, err2 = emulator.new{ port = port }
+      assert.is_nil(err2)
+      assert.are.equal(port, srv2.port)
+      srv2:close()
+    end)
+
     it("reports an occupied port", function()
       local e, msg, err = emulator.start{ port = emu.port, timeout = 5 }
       assert.is_nil(e)

@@ -114,11 +114,19 @@ function _M.new(opts)
     if not socket.tcp6 then return nil, "no IPv6 support in luasocket" end
     sock, err = socket.tcp6()
   else
-    sock, err = socket.tcp()
+    -- tcp4, not tcp: LuaSocket 3's tcp() makes no descriptor before bind,
+    -- so an option set on it is lost (setsockopt fails on fd -1).
+    sock, err = (socket.tcp4 or socket.tcp)()
   end
   if not sock then return nil, "socket: " .. tostring(err) end
-  sock:setoption("reuseaddr", true)
+  -- Before bind: a restart finds the port free at once even while the
+  -- last run's closed connections linger in TIME_WAIT.
   local ok
+  ok, err = sock:setoption("reuseaddr", true)
+  if not ok then
+    sock:close()
+    return nil, "setsockopt SO_REUSEADDR: " .. tostring(err)
+  end
   ok, err = sock:bind(host, port)
   if not ok then
     sock:close()
