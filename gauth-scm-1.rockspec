@@ -64,6 +64,7 @@ build = {
     ["gauth.jwt"] = "lua/gauth/jwt.lua",
     ["gauth.media"] = "lua/gauth/media.lua",
     ["gauth.metadata"] = "lua/gauth/metadata.lua",
+    ["gauth.metrics"] = "lua/gauth/metrics.lua",
     ["gauth.nginx"] = "lua/gauth/nginx.lua",
     ["gauth.oauth"] = "lua/gauth/oauth.lua",
     ["gauth.retry"] = "lua/gauth/retry.lua",

@@ -437,6 +437,33 @@ describe("gauth.transport.curl", function()
       assert.equal("gauth.transport.curl: closed", tostring(tr))
     end)
 
+    it("trusts the CA in GAUTH_CA_FILE when no ca_file is given (one CA for both transports)", function()
+      fake:script("/envca", { status = 200, body = "trusted" })
+      local code = ([[
+        package.path = %q; package.cpath = %q
+        local t = require("gauth.transport.curl").new({ timeout = 10 })
+        local res, err = t:request({ url = %q })
+        if res then io.write("status ", res.status, " ", res.body)
+        else io.write("error ", tostring(err.reason), " ", tostring(err)) end
+      ]]):format(package.path, package.cpath, fake.url .. "/envca")
+      local function run(env)
+        local p = io.popen(env .. " " .. helpers.shell_quote(lua_interpreter()) .. " -e "
+                           .. helpers.shell_quote(code) .. " 2>&1")
+        local out = p:read("*a")
+        p:close()
+        return out
+      end
+      assert.equal("status 200 trusted",
+        run("env -u SSL_CERT_FILE -u CURL_CA_BUNDLE GAUTH_CA_FILE=" .. helpers.shell_quote(certs.ca_file)))
+      -- Without it (and an empty one is unset): the system store, which does
+      -- not know the test CA; the wording both transports share.
+      local out = run("env -u SSL_CERT_FILE -u CURL_CA_BUNDLE GAUTH_CA_FILE=")
+      assert.matches("^error tls_verify gauth%.http: request: TLS: the certificate of "
+        .. "127%.0%.0%.1:%d+ is not trusted", out)
+      assert.matches("GAUTH_CA_FILE (or ca_file) for libcurl", out, 1, true)
+      assert.equal(1, #fake:requests("/envca"))
+    end)
+
     it("raises on bad options", function()
       assert.has_error(function() curl.new("x") end, "gauth.transport.curl: opts must be a table")
       assert.has_error(function() curl.new({ timeout = -1 }) end,

@@ -279,6 +279,63 @@ describe("gauth.retry.call", function()
   end)
 end)
 
+describe("gauth.retry.within (one deadline for a whole call)", function()
+
+  it("sets a deadline for everything fn does, returns fn's results, then clears it", function()
+    assert.is_nil(retry.deadline())
+    local seen
+    local a, b = retry.within(5, function(x)
+      seen = retry.deadline()
+      return x, "second"
+    end, "first")
+    assert.equal("first", a)
+    assert.equal("second", b)
+    assert.is_number(seen)
+    local left = seen - require("gauth.util").now()
+    assert.is_true(left > 0 and left <= 5)
+    assert.is_nil(retry.deadline())
+    -- An inner within cannot extend an outer one.
+    retry.within(1, function()
+      local outer = retry.deadline()
+      retry.within(100, function() assert.equal(outer, retry.deadline()) end)
+    end)
+  end)
+
+  it("passes a failure through (nil, msg, err), and bounds retry.call inside", function()
+    local calls = 0
+    local v, msg, err = retry.within(0.2, function()
+      return retry.call(function()
+        calls = calls + 1
+        return nil, errors.new("test", "step", "still failing", { retryable = true })
+      end, { attempts = 10, initial = 1, jitter = false, sleep = function() end })
+    end)
+    assert.is_nil(v)
+    -- retry.call gives the error object back (its own shape).
+    local e = errors.of(msg, err)
+    assert.equal("test", e.module)
+    assert.matches("would pass the deadline", tostring(e))
+    assert.equal(1, calls)
+    assert.is_nil(retry.deadline())
+  end)
+
+  it("clears the deadline when fn raises, and raises on bad arguments", function()
+    assert.has_error(function() retry.within(1, function() error("boom", 0) end) end, "boom")
+    assert.is_nil(retry.deadline())
+    assert.has_error(function() retry.within("1", function() end) end)
+  end)
+
+  it("call does not retry a token failure (token_failed) by default", function()
+    local calls = 0
+    local v, err = retry.call(function()
+      calls = calls + 1
+      return nil, errors.new("discovery", "x", "no token", { retryable = true, token_failed = true })
+    end, { attempts = 4, sleep = function() error("slept") end })
+    assert.is_nil(v)
+    assert.is_true(err.token_failed)
+    assert.equal(1, calls)
+  end)
+end)
+
 describe("gauth.retry.parse_retry_after", function()
   local now = retry._epoch(2015, 10, 21, 7, 28, 0)
 

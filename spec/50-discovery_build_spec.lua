@@ -778,6 +778,23 @@ describe("gauth.discovery", function()
       f:close()
     end)
 
+    it("discovery_url: a placeholder other than {api} and {apiVersion} is an error, nothing fetched", function()
+      local http = fake_http({ { body = doc_text } })
+      local s, msg, err = discovery.build("toy", "v1", { http = http, cache = false,
+        discovery_url = "https://discovery.test/{api}/{version}/rest" })
+      assert.is_nil(s)
+      assert.equals("gauth.discovery: discovery_url: unknown placeholder {version} in "
+        .. "https://discovery.test/{api}/{version}/rest (known: {api}, {apiVersion})", msg)
+      assert.equals("discovery", err.module)
+      assert.equals("discovery_url", err.step)
+      assert.equals(0, #http.calls)
+      -- A template with no placeholder at all is one fixed document URL.
+      http = fake_http({ { body = doc_text } })
+      assert(discovery.build("toy", "v1", { http = http, cache = false,
+        discovery_url = "https://discovery.test/toy.json" }))
+      assert.equals("https://discovery.test/toy.json", http.calls[1].url)
+    end)
+
     it("tries the next URL after a 404 and reports an unknown API when all say 404", function()
       local http = fake_http({ { status = 404 }, { body = doc_text } })
       assert(discovery.build("toy", "v1", { http = http, cache = false,

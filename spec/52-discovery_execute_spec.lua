@@ -579,6 +579,121 @@ describe("gauth.discovery against the fake over HTTPS", function()
     end)
   end)
 
+  describe("Google down (issue 18 item 4)", function()
+    it("a token failure is not retried by execute's retry loop", function()
+      local sql = service("sqladmin.v1beta4.json", { credentials = creds({
+        retry = { attempts = 2, initial = 0.01, max_delay = 0.01, jitter = false } }) })
+      local down = {}
+      for i = 1, 10 do down[i] = { status = 503, body = google_error(503, "UNAVAILABLE", "down") } end
+      fake:script("/token", down)
+      local resp, msg, err = sql:instances():list({ project = PROJECT }):execute({ num_retries = 3 })
+      assert.is_nil(resp)
+      local e = errors.of(msg, err)
+      assert.matches("^gauth%.discovery: sql%.instances%.list: ", tostring(msg))
+      assert.equals("discovery", e.module)
+      assert.is_true(e.token_failed)
+      assert.equals(503, e.status)
+      -- The exchange's own two attempts; the API loop slept and retried nothing.
+      assert.equals(2, #token_requests())
+      assert.equals(0, #fake:requests(LIST_PATH))
+      assert.same({}, slept)
+    end)
+
+    it("one deadline covers the token fetch too", function()
+      local sql = service("sqladmin.v1beta4.json")
+      -- The token endpoint answers after 3 s; the call may take 0.5 s in all.
+      fake:script("/token", { { delay = 3 } })
+      local resp, msg, err = sql:instances():list({ project = PROJECT })
+        :execute({ deadline = 0.5, num_retries = 3 })
+      assert.is_nil(resp)
+      local e = errors.of(msg, err)
+      assert.matches("^gauth%.discovery: sql%.instances%.list: ", tostring(msg))
+      assert.is_true(e.token_failed)
+      assert.matches("deadline", tostring(msg))
+      assert.equals(1, #token_requests())
+      assert.equals(0, #fake:requests(LIST_PATH))
+      assert.is_nil(require("gauth.retry").deadline())
+    end)
+  end)
+
+  describe("metrics and hooks (issue 18 item 7)", function()
+    local metrics = require "gauth.metrics"
+    local gauth = require "gauth"
+
+    after_each(function() metrics.off() end)
+
+    it("gauth.on: events for refresh, failure and retry; counters in Prometheus text", function()
+      local events = {}
+      for _, ev in ipairs({ "refresh", "failure", "retry" }) do
+        local ok, msg, err = gauth.on(ev, function(d) events[#events + 1] = { ev, d } end)
+        assert.is_true(ok)
+        assert.is_nil(msg)
+        assert.is_nil(err)
+      end
+      local c = creds({ scopes = { "https://www.googleapis.com/auth/test.metrics" },
+        retry = { attempts = 2, initial = 0.01, max_delay = 0.01, jitter = false } })
+      local label = tostring(c)
+      local sql = service("sqladmin.v1beta4.json", { credentials = c })
+      fake:script("/token", { { status = 503, body = google_error(503, "UNAVAILABLE", "down") },
+                              { status = 503, body = google_error(503, "UNAVAILABLE", "down") } })
+      assert.is_nil(sql:instances():list({ project = PROJECT }):execute())
+      fake:script(LIST_PATH, { { status = 500, body = google_error(500, "INTERNAL", "oops") },
+                               { status = 200, body = { kind = "sql#instancesList" } } })
+      assert.equals("sql#instancesList",
+        sql:instances():list({ project = PROJECT }):execute({ random = half }).kind)
+      assert.equals("sql#instancesList",
+        (function() fake:script(LIST_PATH, { { status = 200, body = { kind = "sql#instancesList" } } })
+          return sql:instances():list({ project = PROJECT }):execute().kind end)())
+      local kinds = {}
+      for _, e in ipairs(events) do kinds[#kinds + 1] = e[1] end
+      -- token: retry, failure; next call: refresh; API: retry
+      assert.same({ "retry", "failure", "refresh", "retry" }, kinds)
+      assert.equals(label, events[2][2].credential)
+      assert.matches("HTTP 503", events[2][2].message, 1, true)
+      assert.equals(label, events[3][2].credential)
+      assert.equals("discovery", events[4][2].module)
+      assert.equals(1, events[4][2].attempt)
+      -- No secret in what the hooks saw.
+      for _, e in ipairs(events) do
+        assert.is_nil(tostring(e[2].message):find("BEGIN PRIVATE KEY", 1, true))
+      end
+
+      local text = metrics.prometheus()
+      local function value(name, labels)
+        for line in text:gmatch("[^\n]+") do
+          local n, l, v = line:match("^([%w_]+){(.-)} (%S+)$")
+          if n == name and l == labels then return tonumber(v) end
+        end
+      end
+      local cl = 'credential="' .. label .. '",key="' .. c:cache_key():sub(-8) .. '"'
+      assert.equals(2, value("gauth_token_exchanges_total", cl))
+      assert.equals(1, value("gauth_token_failures_total", cl))
+      -- token() calls: a failure, then an exchange (misses); then a hit.
+      assert.equals(2, value("gauth_cache_misses_total", cl))
+      assert.is_true(value("gauth_cache_hits_total", cl) >= 1)
+      assert.is_true(value("gauth_token_refresh_seconds_total", cl) > 0)
+      local host = fake.url:match("^https://([^/]+)")
+      assert.is_true(value("gauth_api_requests_total",
+        'host="' .. host .. '",status="500"') >= 1)
+      assert.is_true(value("gauth_api_requests_total",
+        'host="' .. host .. '",status="200"') >= 2)
+      assert.is_true(value("gauth_api_retries_total", 'host="' .. host .. '"') >= 1)
+      assert.matches("# TYPE gauth_token_exchanges_total counter", text, 1, true)
+      local errline = text:match("gauth_token_last_error_timestamp_seconds{" .. cl:gsub("%p", "%%%0")
+                                 .. ',error="([^\n]*)"} %d+')
+      assert.matches("HTTP 503", errline, 1, true)
+    end)
+
+    it("gauth.on refuses an unknown event (nil, msg, err) and raises without a function", function()
+      local ok, msg, err = gauth.on("refreshed", function() end)
+      assert.is_nil(ok)
+      assert.equals("gauth.metrics: on: unknown event refreshed (known: failure, refresh, retry)", msg)
+      assert.equals("metrics", err.module)
+      assert.equals("on", err.step)
+      assert.has_error(function() gauth.on("refresh", "not a function") end)
+    end)
+  end)
+
   describe("build()", function()
     local dir
     local TEMPLATE_PATH = "/discovery/v1/apis/{api}/{apiVersion}/rest"

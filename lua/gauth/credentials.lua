@@ -41,6 +41,7 @@ local core = require "gauth.core"
 local util = require "gauth.util"
 local errors = require "gauth.errors"
 local token_cache = require "gauth.token_cache"
+local metrics = require "gauth.metrics"
 
 local type = type
 local pairs = pairs
@@ -181,6 +182,12 @@ function _M.init(self, opts)
   self._clock = clock or DEFAULT_CLOCK
   self._entry = nil
   self._key = nil
+  -- A store shared by processes (nginx workers) has a generation counter
+  -- that an invalidation anywhere raises: the fast path checks it.
+  local store = self._cache.store
+  self._gstore = type(store) == "table" and type(store.generation) == "function"
+    and store or nil
+  self._gen = nil
   return self
 end
 
@@ -214,16 +221,53 @@ function base:cache_key()
   return k
 end
 
+-- The name of this object in log lines and metrics: tostring (never a
+-- secret), made once.
+local function label_of(self)
+  local l = self._label
+  if not l then
+    l = tostring_creds(self)
+    self._label = l
+    self._mkeys = metrics.keys_of(l, self._key or self:cache_key())
+  end
+  return l
+end
+_M.label = label_of
+
+local monotonic = core.monotonic
+
 local function refresh(self)
   local cache = self._cache
-  local e, msg, err = cache:fetch(self._key or self:cache_key(),
-                                  function() return self:fetch_token() end,
-                                  self._clock)
+  local key = self._key or self:cache_key()
+  local label = label_of(self)
+  local mkeys = self._mkeys
+  local gstore = self._gstore
+  -- Read before the fetch (an invalidation made meanwhile is seen next
+  -- time), kept after it (callers meanwhile must not take the old entry
+  -- for current).
+  local gen = gstore and gstore:generation()
+  local before = cache.store and cache.store:get(key)
+  local e, msg, err = cache:fetch(key, function()
+    local t0 = monotonic()
+    local v, m2, m3 = self:fetch_token()
+    local dt = monotonic() - t0
+    if v then
+      metrics.exchange(label, mkeys, dt)
+    else
+      metrics.exchange(label, mkeys, dt, m2 ~= nil and tostring(m2) or "no token",
+                       errors.is(m3) and m3 or m2)
+    end
+    return v, m2, m3
+  end, self._clock, label)
   if not e then
     self._entry = nil
+    metrics.miss(mkeys)
     return errors.ret(errors.of(msg, err, "token_cache", "fetch"))
   end
-  self._entry = e
+  -- Served what was in the store (fresh, or still valid while a timer
+  -- refreshes it): a hit; else this call waited for an exchange.
+  if e == before then metrics.hit(mkeys) else metrics.miss(mkeys) end
+  self._entry, self._gen = e, gen
   return e.access_token, e.expires_at
 end
 
@@ -231,10 +275,16 @@ end
 -- is within the refresh window of its expiry (or there is none).
 -- @return access_token, expires_at (epoch seconds) | nil, message, err
 function base:token()
-  -- The hot path: one field read, one clock read, one comparison.
+  -- The hot path: one field read, one clock read, one comparison (and
+  -- under nginx with a shared dict one dict read: has any worker
+  -- invalidated since?), one counter.
   local e = self._entry
   if e and self._clock() < e.refresh_at then
-    return e.access_token, e.expires_at
+    local g = self._gstore
+    if not g or g:generation() == self._gen then
+      metrics.hit(self._mkeys)
+      return e.access_token, e.expires_at
+    end
   end
   return refresh(self)
 end
@@ -287,7 +337,7 @@ function base:copy(changes)
   if changes then
     for k, v in pairs(changes) do o[k] = v end
   end
-  o._entry, o._key = nil, nil
+  o._entry, o._key, o._label, o._mkeys, o._gen = nil, nil, nil, nil, nil
   return setmetatable(o, getmetatable(self))
 end
 

@@ -33,6 +33,7 @@ local cjson_safe = require "cjson.safe"
 local core = require "gauth.core"
 local errors = require "gauth.errors"
 local util = require "gauth.util"
+local metrics = require "gauth.metrics"
 local nonblocking_phase = util.nonblocking_phase
 local phase_refusal = util.phase_refusal
 local regex = require "gauth.discovery.regex"
@@ -1116,7 +1117,7 @@ local function copy(t)
   return o
 end
 
-local retry_call  -- gauth.retry's call, loaded when first needed
+local retry_call, within  -- gauth.retry's, loaded when first needed
 
 -- One attempt: headers (the request's own when it has some, else made from
 -- the method's constants), credentials, the transport, the answer decoded.
@@ -1139,20 +1140,27 @@ local function attempt(self, spec, http, timeout, remaining, refreshed)
   if creds then
     local ok, err = errors.pair(creds:apply(h))
     if not ok then
-      return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")) }),
+      -- No token: the API was not asked. The credentials retried already
+      -- (and under nginx the failure is remembered for all workers): the
+      -- retry loop below does not try again (`token_failed`).
+      return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")),
+                                                           token_failed = true }),
              refreshed
     end
   end
   if remaining and (not timeout or remaining < timeout) then timeout = remaining end
+  local uri = rawget(self, "uri")
   local res, err = errors.pair(http:request({
-    method = rawget(self, "method") or spec.http_method, url = rawget(self, "uri"),
+    method = rawget(self, "method") or spec.http_method, url = uri,
     headers = h, body = body, timeout = timeout,
   }))
   if not res then
-    return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")) }),
+    metrics.api_request(metrics.host_of(uri), "error")
+    return nil, errors.wrap("discovery", spec.id, err, { uri = redact(uri) }),
            refreshed
   end
   local status = res.status
+  metrics.api_request(metrics.host_of(uri), status)
   if status >= 200 and status < 300 then
     local text = res.body or ""
     if spec.raw then return text, nil, refreshed end
@@ -1185,7 +1193,29 @@ local function with_retries(self, spec, http, n, timeout, deadline, opts, first_
   end, {
     attempts = n + 1, deadline = deadline, sleep = opts and opts.sleep or spec.svc.sleep,
     random = opts and opts.random,
+    on_retry = function()
+      metrics.api_retry(metrics.host_of(rawget(self, "uri")))
+    end,
   })
+end
+
+-- The attempts of execute(): the first, then the retry loop.
+local function run(self, spec, http, n, timeout, deadline, opts)
+  -- The first attempt is made here, outside the retry loop: most calls
+  -- need no other. (No closure is made in this function: under LuaJIT a
+  -- function that makes one cannot be compiled through its returns.)
+  local first_err, refreshed
+  if deadline == nil or n == 0 then
+    local res, err
+    res, err, refreshed = attempt(self, spec, http, timeout, deadline, false)
+    if res ~= nil then return res end
+    -- A token failure is not retried here (`token_failed`, see attempt).
+    if n == 0 or not errors.is(err) or err.retryable ~= true or err.token_failed then
+      return errors.ret(err, "discovery", spec.id)
+    end
+    first_err = err
+  end
+  return with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
 end
 
 --- Send the request, with retries, and decode the response.
@@ -1196,7 +1226,7 @@ end
 -- and is tried once more at once.
 -- @tparam[opt] table opts `num_retries` (retries after the first attempt;
 --   for any method), `timeout` (seconds per attempt), `deadline` (seconds
---   for all attempts), `sleep` (function(seconds), for tests), `random`
+--   for all attempts and the token fetch), `sleep` (function(seconds), for tests), `random`
 --   (function() -> [0, 1), for tests), `http` (a transport for this call)
 -- @return the decoded JSON response (an empty table for an empty 2xx body;
 --   the body text for `_media` methods and methods without a response
@@ -1238,21 +1268,12 @@ function request:execute(opts)
     if not http then return errors.fail_with("discovery", spec.id, err) end
   end
   if n == nil then n = spec.idempotent and DEFAULT_RETRIES or 0 end
-
-  -- The first attempt is made here, outside the retry loop: most calls
-  -- need no other. (No closure is made in this function: under LuaJIT a
-  -- function that makes one cannot be compiled through its returns.)
-  local first_err, refreshed
-  if deadline == nil or n == 0 then
-    local res, err
-    res, err, refreshed = attempt(self, spec, http, timeout, deadline, false)
-    if res ~= nil then return res end
-    if n == 0 or not errors.is(err) or err.retryable ~= true then
-      return errors.ret(err, "discovery", spec.id)
-    end
-    first_err = err
+  if deadline then
+    -- One deadline for everything, the token fetch included.
+    if not within then within = require("gauth.retry").within end
+    return within(deadline, run, self, spec, http, n, timeout, deadline, opts)
   end
-  return with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
+  return run(self, spec, http, n, timeout, deadline, opts)
 end
 
 --- Download what the request answers (a `_media` variant's bytes) into a
@@ -1545,13 +1566,20 @@ local MAX_AGE = 86400
 local CACHE_MAGIC = "gauth-discovery-cache 1 "
 local memory_cache = {}
 
+-- A template's `{api}` and `{apiVersion}` filled in; any other `{...}` is
+-- an error (a typo such as `{version}` would otherwise become "" and ask
+-- for the wrong document). @return url | nil, the unknown placeholder
 local function expand_discovery_url(template, api, version)
+  local bad
   local function v(name)
     if name == "api" then return quote(api) end
     if name == "apiVersion" then return quote(version) end
+    bad = bad or name
     return ""
   end
-  return (gsub(template, "{([%w_]+)}", v))
+  local url = gsub(template, "{([^{}]*)}", v)
+  if bad then return nil, bad end
+  return url
 end
 
 local function default_cache_dir()
@@ -1688,7 +1716,8 @@ end
 -- @tparam string version e.g. "v1beta4"
 -- @tparam[opt] table opts as for `build_from_document`, and
 --   `discovery_url` (a template with `{api}` and `{apiVersion}`, or a list
---   of them tried in turn while they answer 404; default Google's two),
+--   of them tried in turn while they answer 404; default Google's two; any
+--   other `{...}` is an error, step "discovery_url"),
 --   `cache` (false: neither cache), `cache_dir` (default
 --   `$XDG_CACHE_HOME/gauth/discovery` or `~/.cache/gauth/discovery`),
 --   `cache_max_age` (seconds, default one day)
@@ -1712,7 +1741,11 @@ function _M.build(api, version, opts)
   local http = opts.http
 
   for i = 1, #templates do
-    local url = expand_discovery_url(templates[i], api, version)
+    local url, bad = expand_discovery_url(templates[i], api, version)
+    if not url then
+      return errors.fail("discovery", "discovery_url", "unknown placeholder {" .. bad
+        .. "} in " .. redact(templates[i]) .. " (known: {api}, {apiVersion})")
+    end
     local file_url = url
     if opts.api_key then
       url = url .. (find(url, "?", 1, true) and "&" or "?") .. "key=" .. quote_plus(opts.api_key)

@@ -18,6 +18,7 @@ local SUBMODULES = {
   app_engine = true, authorized_user = true, impersonated = true,
   discovery = true, emulator = true, testing = true, adc = true,
   metadata = true, media = true, batch = true, token_cache = true,
+  metrics = true,
 }
 
 setmetatable(_M, {
@@ -39,6 +40,19 @@ setmetatable(_M, {
 -- tried
 function _M.default(opts)
   return require("gauth.adc").default(opts)
+end
+
+--- Call `fn(data)` on every `event` in this process (an nginx worker):
+-- "refresh" (a token exchange succeeded: `credential`, `seconds`),
+-- "failure" (one failed: `credential`, `seconds`, `message`, `err`),
+-- "retry" (a request is about to be tried again: `module`, `step`,
+-- `attempt`, `delay`, `message`, `err`). `credential` is `tostring(creds)`:
+-- never a secret. See `gauth.metrics`.
+-- @tparam string event
+-- @tparam function fn
+-- @return true | nil, msg, err (unknown event)
+function _M.on(event, fn)
+  return require("gauth.metrics").on(event, fn)
 end
 
 return _M

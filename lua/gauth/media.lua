@@ -44,6 +44,7 @@
 -- @module gauth.media
 
 local errors = require "gauth.errors"
+local metrics = require "gauth.metrics"
 local util = require "gauth.util"
 local retry = require "gauth.retry"
 local core = require "gauth.core"
@@ -381,14 +382,18 @@ local function send(svc, step, treq, base_headers, extra, http)
     if creds then
       local ok, err = errors.pair(creds:apply(h))
       if not ok then
-        return errors.fail_with("media", step, err, { uri = redact(treq.url) })
+        -- Not retried by the loops above (see discovery's execute).
+        return errors.fail_with("media", step, err, { uri = redact(treq.url),
+                                                      token_failed = true })
       end
     end
     treq.headers = h
     local res, err = errors.pair(http:request(treq))
     if not res then
+      metrics.api_request(metrics.host_of(treq.url), "error")
       return errors.fail_with("media", step, err, { uri = redact(treq.url) })
     end
+    metrics.api_request(metrics.host_of(treq.url), res.status)
     if res.status == 401 and creds and creds.invalidate and not refreshed then
       refreshed = true
       creds:invalidate()
@@ -671,8 +676,15 @@ local function send_whole(up, opts)
     end
     return decode("media", step, spec, up.uri, res)
   end
-  local v, err = errors.pair(retry.call(attempt, { attempts = n + 1, sleep = sleeper(opts, svc),
-                                       random = opts.random, deadline = opts.deadline }))
+  local policy = { attempts = n + 1, sleep = sleeper(opts, svc),
+                  random = opts.random, deadline = opts.deadline }
+  local v, err
+  if opts.deadline then
+    -- One deadline for everything, the token fetch included.
+    v, err = errors.pair(retry.within(opts.deadline, retry.call, attempt, policy))
+  else
+    v, err = errors.pair(retry.call(attempt, policy))
+  end
   if tmp then os_remove(tmp) end
   if v == nil then return errors.ret(err) end
   up.resumable_progress = media.size
@@ -797,7 +809,7 @@ local function send_chunk(up, http, base, opts)
 end
 
 local function retryable(err)
-  return type(err) == "table" and err.retryable == true
+  return type(err) == "table" and err.retryable == true and not err.token_failed
 end
 
 --- One step of a resumable upload: opens the session when there is none,

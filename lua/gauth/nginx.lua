@@ -13,6 +13,11 @@
 --       }
 --       content_by_lua_block { ngx.say(ngx.ctx.gauth_claims.email) }
 --     }
+--
+--     location = /metrics {      # Prometheus
+--       allow 127.0.0.1; deny all;
+--       content_by_lua_block { ngx.print(require("gauth.nginx").metrics()) }
+--     }
 -- @module gauth.nginx
 
 local core = require "gauth.core"
@@ -193,6 +198,17 @@ if not util.is_ngx then
   _M.available = false
 else
   _M.available = true
+end
+
+--- The counters of every worker (token exchanges, failures, cache hits and
+-- misses, refresh time and last error per credential; API requests by
+-- host and status, retries by host) in Prometheus text format, for a
+-- `content_by_lua` location. They live in the `lua_shared_dict gauth` (or
+-- the dict given to `gauth.token_cache.shdict.install`); without it, this
+-- worker's only. See `gauth.metrics`.
+-- @return string
+function _M.metrics()
+  return require("gauth.metrics").prometheus()
 end
 
 return _M

@@ -39,6 +39,8 @@ local min = math.min
 local lower = string.lower
 local match = string.match
 local format = string.format
+local pcall = pcall
+local setmetatable = setmetatable
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -209,8 +211,48 @@ local function out(err)
   return nil, err
 end
 
+-- A failure to get a token is not retried by an API call's retry loop:
+-- the credentials' own request has retried it already, and under nginx
+-- the failure is remembered for all workers (`token_failed`).
 local function default_retryable(err)
-  return type(err) == "table" and err.retryable == true
+  return type(err) == "table" and err.retryable == true and not err.token_failed
+end
+
+-- ------------------------------------------------------------------------
+-- One deadline for a whole call (issue 18): `within` sets it for the
+-- running coroutine (each nginx request has its own; plain Lua has one),
+-- and every `call` under it, and the token cache's waits, end by then.
+
+local running = coroutine.running
+local MAIN = {}  -- LuaJIT's main thread has no coroutine object
+local deadlines = setmetatable({}, { __mode = "k" })
+local emit  -- gauth.metrics's, loaded when first needed
+
+--- The deadline (epoch seconds, on `gauth.util.now`'s clock) set by
+-- `within` for the running coroutine, or nil.
+function _M.deadline()
+  return deadlines[running() or MAIN]
+end
+
+local function finish(co, prev, ok, ...)
+  deadlines[co] = prev
+  if not ok then error((...), 0) end
+  return ...
+end
+
+--- Call `fn(...)` with a deadline `seconds` from now for everything it
+-- does (an earlier deadline already set stays).
+-- @tparam number seconds
+-- @tparam function fn
+-- @return what `fn` returned
+function _M.within(seconds, fn, ...)
+  if type(seconds) ~= "number" then error("gauth.retry: within: seconds must be a number", 2) end
+  local co = running() or MAIN
+  local prev = deadlines[co]
+  local d = require("gauth.util").now() + seconds
+  if prev and prev < d then d = prev end
+  deadlines[co] = d
+  return finish(co, prev, pcall(fn, ...))
 end
 
 --- Call `fn` until it succeeds, fails for good, runs out of attempts or
@@ -246,6 +288,9 @@ function _M.call(fn, policy)
   local max_delay = policy.max_delay or D.max_delay
   local retryable = policy.retryable or default_retryable
   local deadline = policy.deadline and now() + policy.deadline
+  -- The deadline of `within` (on util.now's clock: not with a test clock).
+  local outer = not policy.now and deadlines[running() or MAIN]
+  if outer and (not deadline or outer < deadline) then deadline = outer end
 
   local attempt = 0
   while true do
@@ -302,6 +347,11 @@ function _M.call(fn, policy)
     if policy.on_retry then
       policy.on_retry(attempt, err, delay)
     end
+    -- gauth.on("retry", fn) hooks.
+    if not emit then emit = require("gauth.metrics").emit end
+    emit("retry", { module = type(err) == "table" and err.module or nil,
+                    step = type(err) == "table" and err.step or nil,
+                    attempt = attempt, delay = delay, message = tostring(err), err = err })
     sleep(delay)
   end
 end

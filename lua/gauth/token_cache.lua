@@ -31,8 +31,17 @@
 --    again. A store of one process may return a no-op function at once:
 --    within a process (an nginx worker) the cache itself lets one fetch
 --    per key run at a time.
---  * optionally `store:schedule(key, refresh)`: run `refresh()` in the
---    background (a shared store does it once for all its processes).
+--  * optionally `store:schedule(key, refresh, label)`: run `refresh()` in
+--    the background (a shared store does it once for all its processes);
+--    `label` names the credential in log lines.
+--  * optionally `store:failure(key)` -> error object | nil and
+--    `store:remember_failure(key, err)`: a negative cache. A failed fetch
+--    is remembered (for every process sharing the store) and, while it is,
+--    callers with no valid token get it back at once instead of asking the
+--    token endpoint again.
+--  * optionally `store:generation()` -> number: a counter that `delete`
+--    raises, so that credentials objects holding an entry on their fast
+--    path notice an `invalidate` made in another process.
 --
 -- ## Inside nginx
 --
@@ -98,6 +107,27 @@ end
 local nonblocking_phase = util.nonblocking_phase
 local can_yield = util.can_yield
 local real_now = util.now
+
+local retry_deadline = require("gauth.retry").deadline
+
+-- How long a caller may wait for a fetch: the cache's lock timeout, or
+-- less when a deadline (`gauth.retry.within`: an execute() with
+-- `deadline`) ends sooner. nil when that deadline has passed.
+local function wait_budget(self)
+  local d = retry_deadline()
+  local t = self.lock_timeout
+  if d then
+    local left = d - real_now()
+    if left <= 0 then return nil end
+    if left < t then t = left end
+  end
+  return t
+end
+
+local function deadline_error(what)
+  return errors.fail("token_cache", "deadline", "the deadline passed while " .. what,
+                     { retryable = true, kind = "deadline" })
+end
 
 -- ------------------------------------------------------------------------
 -- The default store: a table in this process (per worker under nginx).
@@ -295,7 +325,9 @@ local function locked_fetch(self, key, fetch, clock)
   local store = self.store
   local failures = self.failures
   local before = failures:get(key)
-  local unlock, lerr = store:lock(key, self.lock_timeout)
+  local budget = wait_budget(self)
+  if not budget then return deadline_error("waiting for the token") end
+  local unlock, lerr = store:lock(key, budget)
   if not unlock then
     return errors.fail("token_cache", "lock", tostring(lerr), { retryable = true })
   end
@@ -310,6 +342,16 @@ local function locked_fetch(self, key, fetch, clock)
   if f and f ~= before then
     unlock()
     return errors.ret(f.err)
+  end
+  -- Another process's fetch failed a moment ago: its failure stands for
+  -- a while (the negative cache) rather than a new request to an endpoint
+  -- that is down.
+  if store.failure then
+    local ferr = store:failure(key)
+    if ferr then
+      unlock()
+      return errors.ret(ferr)
+    end
   end
 
   -- pcall so that a raising fetch (a bug) cannot leave the key locked.
@@ -327,6 +369,7 @@ local function locked_fetch(self, key, fetch, clock)
       err = errors.of(e2, e3, "token_cache", "fetch")
     end
     failures:set(key, { err = err })
+    if store.remember_failure then store:remember_failure(key, err) end
     unlock()
     return errors.ret(err)
   end
@@ -387,8 +430,13 @@ local function flight_fetch(self, key, fetch, clock)
       end
       flights[key] = flight
       flight.waiters = 1
-      local ok, werr = sema:wait(self.lock_timeout)
+      local budget = wait_budget(self)
+      local ok, werr = sema:wait(budget or 0)
       if not ok then
+        flight.waiters = flight.waiters - 1
+        if budget and budget < self.lock_timeout then
+          return deadline_error("waiting for the token fetch")
+        end
         return errors.fail("token_cache", "lock", "waiting for the token fetch: "
           .. tostring(werr) .. " after " .. tostring(self.lock_timeout) .. " s",
           { retryable = true })
@@ -396,8 +444,13 @@ local function flight_fetch(self, key, fetch, clock)
     end
   else
     flight.waiters = flight.waiters + 1
-    local ok, werr = flight.sema:wait(self.lock_timeout)
+    local budget = wait_budget(self)
+    local ok, werr = flight.sema:wait(budget or 0)
     if not ok then
+      flight.waiters = flight.waiters - 1
+      if budget == nil or budget < self.lock_timeout then
+        return deadline_error("waiting for another request's fetch of this token")
+      end
       return errors.fail("token_cache", "lock", "waiting for another request's fetch of"
         .. " this token: " .. tostring(werr) .. " after " .. tostring(self.lock_timeout)
         .. " s", { retryable = true })
@@ -436,10 +489,10 @@ end
 -- schedules for every worker at once (`store:schedule`); other stores per
 -- worker.
 -- @return true if a refresh is under way
-function _M:schedule(key, fetch, clock)
+function _M:schedule(key, fetch, clock, label)
   local store = self.store
   if store.schedule then
-    return store:schedule(key, function() return _M.fetch(self, key, fetch, clock) end)
+    return store:schedule(key, function() return _M.fetch(self, key, fetch, clock) end, label)
   end
   if not timer_at or get_phase() == "init" then return false end
   local state = self.scheduled:get(key)
@@ -473,16 +526,22 @@ end
 -- @tparam function fetch `fetch()` -> entry (with `access_token`,
 --   `expires_at`) | nil, err
 -- @tparam function clock returns epoch seconds
+-- @tparam[opt] string label names the credential in log lines
 -- @return entry | nil, msg, err
-function _M:fetch(key, fetch, clock)
+function _M:fetch(key, fetch, clock, label)
   local store = self.store
   local e = store:get(key)
   local now = clock()
   if e and now < (e.refresh_at or 0) then return e end
+  -- A recent failure, remembered for every process: told at once.
+  if store.failure then
+    local ferr = store:failure(key)
+    if ferr then return errors.ret(ferr) end
+  end
   if timer_at then
     local phase = nonblocking_phase()
     if phase then
-      local scheduled = self:schedule(key, fetch, clock)
+      local scheduled = self:schedule(key, fetch, clock, label)
       if e and type(e.expires_at) == "number" and now < e.expires_at - _M.EXPIRY_MARGIN then
         return e
       end

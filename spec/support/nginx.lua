@@ -146,7 +146,10 @@ end
 --   main server), `trusted_ca` (PEM file for lua_ssl_trusted_certificate),
 --   `log_level` (default "info"), `env` (names for `env` directives),
 --   `port` (default: a free one), `listen_opts` (e.g. "reuseport"),
---   `package_path` (entries put before gauth's in lua_package_path)
+--   `package_path` (entries put before gauth's in lua_package_path),
+--   `package_cpath` (the same for lua_package_cpath),
+--   `setenv` (table name -> value: nginx's environment; with `env` to
+--   let Lua see them)
 -- @return srv | nil, err
 function _M.start(opts)
   opts = opts or {}
@@ -186,7 +189,8 @@ function _M.start(opts)
   add(("  lua_package_path '%s%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;"
        .. "/usr/share/lua/5.1/?.lua;/usr/share/lua/5.1/?/init.lua';")
       :format(opts.package_path and (opts.package_path .. ";") or "", root, root, root))
-  add(("  lua_package_cpath '%s/build/5.1/?.so;%s/?.so';"):format(root, lua51_cdir()))
+  add(("  lua_package_cpath '%s%s/build/5.1/?.so;%s/?.so';"):format(
+      opts.package_cpath and (opts.package_cpath .. ";") or "", root, lua51_cdir()))
   if opts.trusted_ca then
     add("  lua_ssl_trusted_certificate " .. opts.trusted_ca .. ";")
     add("  lua_ssl_verify_depth 3;")
@@ -200,8 +204,12 @@ function _M.start(opts)
   local conf = prefix .. "/nginx.conf"
   write_file(conf, table.concat(lines, "\n") .. "\n")
 
+  local setenv = {}
+  for k, v in pairs(opts.setenv or {}) do setenv[#setenv + 1] = k .. "=" .. sh_quote(v) end
+  table.sort(setenv)
   local cmd = "env -u LUA_PATH -u LUA_CPATH -u LUA_INIT -u LUA_PATH_5_4 "
-    .. "-u LUA_CPATH_5_4 -u LUA_INIT_5_4 nginx -p " .. sh_quote(prefix)
+    .. "-u LUA_CPATH_5_4 -u LUA_INIT_5_4 " .. table.concat(setenv, " ")
+    .. " nginx -p " .. sh_quote(prefix)
     .. " -c " .. sh_quote(conf)
   local started, out = run(cmd)
   if not started then

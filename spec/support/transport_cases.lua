@@ -355,8 +355,12 @@ case {
   check = function(r, _, _, untrusted_fake)
     assert.is_nil(r[1].res)
     assert.is_false(r[1].err.retryable)
+    -- One wording on every transport (issue 18 item 6).
     assert.equal("tls_verify", r[1].err.kind)
-    assert.matches("[Cc]ertificate", r[1].err.message)
+    assert.matches("TLS: the certificate of localhost:%d+ is not trusted %(", r[1].err.message)
+    assert.matches("; give its CA to both transports, the same PEM file: GAUTH_CA_FILE "
+      .. "(or ca_file) for libcurl (plain Lua, init_by_lua) and lua_ssl_trusted_certificate "
+      .. "for nginx workers", r[1].err.message, 1, true)
     assert.equal(0, #untrusted_fake:requests())
   end,
 }

@@ -38,6 +38,18 @@
 --   once (`phase` set) rather than a blocked worker. `init_by_lua*` (the
 --   master, before any request; no timers there) fetches inline, blocking:
 --   nothing is waiting on it.
+-- * **Google down** (the negative cache). A failed refresh is remembered
+--   under `n|<cache key>` for `negative_ttl` seconds (default 5), or for the
+--   endpoint's `Retry-After` when it gave one, bounded to 1 ..
+--   `negative_ttl_max` (default 30). Meanwhile a caller with no valid token,
+--   in any worker, gets that failure back at once (`remembered = true`,
+--   `retry_after` = seconds left, `negative_ttl`), and nobody asks the
+--   token endpoint: a burst makes one refresh per interval for all
+--   workers, not one per request. A token that is still valid keeps being
+--   served meanwhile (see refresh ahead).
+-- * **Invalidation** (`creds:invalidate()`) deletes the entry and raises
+--   the generation counter `g|` that every credentials object checks on
+--   its fast path: every worker drops the refused token at its next call.
 -- * **A dict of another name** is not found by `gauth.token_cache.default`:
 --   it warns once in the error log (`warn_no_dict`) and keeps tokens per
 --   worker.
@@ -61,6 +73,8 @@ local setmetatable = setmetatable
 local json_encode = cjson.encode
 local json_decode = cjson.decode
 local math_min = math.min
+local math_max = math.max
+local tonumber = tonumber
 local can_yield = util.can_yield
 
 local _M = { _VERSION = "0.1.0" }
@@ -84,12 +98,24 @@ end
 
 local lock_seq = 0
 
+--- Seconds a failed refresh is remembered for all workers by default.
+_M.NEGATIVE_TTL = 5
+--- Bounds of a remembered failure's life taken from `Retry-After` (s).
+_M.NEGATIVE_TTL_MIN = 1
+_M.NEGATIVE_TTL_MAX = 30
+
+-- The generation counter's key (one for the dict: invalidations are rare,
+-- and after one each worker re-reads its entries once).
+local GEN_KEY = "g|generation"
+
 --- Make a store.
 -- @tparam[opt] table opts `shared_dict` (name, default "gauth"),
 --   `lock_exptime` (s a lock outlives a dead holder, default 60),
 --   `retry_min`/`retry_max` (backoff of failed background refreshes, s,
 --   default 1 and 30), `expiry_margin` (s before expiry a token stops being
---   served, default 1)
+--   served, default 1), `negative_ttl` (s a failed refresh is remembered
+--   for all workers, default `NEGATIVE_TTL`; 0: never), `negative_ttl_max`
+--   (upper bound of a `Retry-After`, default `NEGATIVE_TTL_MAX`)
 -- @return store | nil, msg, err
 function _M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then
@@ -115,6 +141,8 @@ function _M.new(opts)
     retry_min = opts.retry_min or 1,
     retry_max = opts.retry_max or 30,
     expiry_margin = opts.expiry_margin or 1,
+    negative_ttl = opts.negative_ttl or _M.NEGATIVE_TTL,
+    negative_ttl_max = opts.negative_ttl_max or _M.NEGATIVE_TTL_MAX,
     -- Per worker: key -> { raw text, decoded entry }, and prefixed keys
     -- (made once: the hot path concatenates nothing); bounded, as one per
     -- credential would grow for ever.
@@ -179,6 +207,60 @@ end
 function _M:delete(key)
   self.dict:delete(tkey(self, key))
   self.memo:delete(key)
+  -- Every worker's credentials objects re-read the store at their next call.
+  self.dict:incr(GEN_KEY, 1, 0)
+end
+
+--- The generation counter: raised by every `delete` (an invalidation) in
+-- any worker.
+-- @return number
+function _M:generation()
+  return self.dict:get(GEN_KEY) or 0
+end
+
+-- The fields of a failure that are kept (plain data; never a body, which
+-- may be long, nor anything secret: errors carry none).
+local FAILURE_FIELDS = { "module", "step", "message", "status", "reason", "error",
+  "error_description", "oauth_error", "google_status", "http_reason", "kind",
+  "retryable", "uri" }
+
+--- Remember a failed refresh of `key` for all workers (the negative
+-- cache): for `negative_ttl` seconds, or the `Retry-After` it carried
+-- within 1 .. `negative_ttl_max`.
+function _M:remember_failure(key, err)
+  local ttl = self.negative_ttl
+  if type(ttl) ~= "number" or ttl <= 0 or type(err) ~= "table" then return end
+  local ra = tonumber(err.retry_after)
+  if ra then
+    ttl = math_max(_M.NEGATIVE_TTL_MIN, math_min(ra, self.negative_ttl_max))
+  end
+  local rec = { at = now(), ttl = ttl }
+  for _, f in ipairs(FAILURE_FIELDS) do
+    local v = err[f]
+    local t = type(v)
+    if t == "string" or t == "number" or t == "boolean" then rec[f] = v end
+  end
+  local raw = json_encode(rec)
+  if raw then self.dict:set("n|" .. key, raw, ttl) end
+end
+
+--- The remembered failure of `key`, or nil: the error object as it was
+-- (module, step, status, retryable, ...), its message saying it was
+-- remembered, with `remembered = true`, `retry_after` (seconds until the
+-- next attempt may be made) and `negative_ttl`.
+function _M:failure(key)
+  local raw = self.dict:get("n|" .. key)
+  if raw == nil then return nil end
+  local rec = json_decode(raw)
+  if type(rec) ~= "table" then return nil end
+  local left = (tonumber(rec.at) or 0) + (tonumber(rec.ttl) or 0) - now()
+  if left <= 0 then return nil end
+  local fields = {}
+  for _, f in ipairs(FAILURE_FIELDS) do fields[f] = rec[f] end
+  fields.remembered, fields.retry_after, fields.negative_ttl = true, left, rec.ttl
+  return errors.new(rec.module or "token_cache", rec.step or "refresh",
+    tostring(rec.message) .. (" (remembered for all workers: no new attempt for %.1f s)")
+      :format(left), fields)
 end
 
 --- Take the cross-worker lock for `key`, waiting up to `timeout` seconds
@@ -221,7 +303,7 @@ function _M:lock(key, timeout)
 end
 
 -- The background refresh (a timer callback).
-local function background(premature, self, key, refresh)
+local function background(premature, self, key, refresh, label)
   local dict = self.dict
   local bkey, fkey = "b|" .. key, "f|" .. key
   if premature then
@@ -233,8 +315,8 @@ local function background(premature, self, key, refresh)
     local failed = dict:get(fkey)
     if failed then
       dict:delete(fkey)
-      log(NOTICE, "gauth: background token refresh succeeded after ",
-          failed, " failure(s)")
+      log(NOTICE, "gauth: background token refresh", label and (" for " .. label) or "",
+          " succeeded after ", failed, " failure(s)")
     end
     dict:delete(bkey)
     return
@@ -243,10 +325,11 @@ local function background(premature, self, key, refresh)
   local n = dict:incr(fkey, 1, 0, 3600) or 1
   if n == 1 then
     log(ERR, "gauth: background token refresh failed (the cached token ",
-        "is used until it expires; retrying with backoff): ", tostring(err))
+        "is used until it expires; retrying with backoff): ", tostring(err),
+        label and (" [" .. label .. "]") or "")
   else
-    log(DEBUG, "gauth: background token refresh failed again (", n, "): ",
-        tostring(err))
+    log(DEBUG, "gauth: background token refresh", label and (" for " .. label) or "",
+        " failed again (", n, "): ", tostring(err))
   end
   -- The flag stays for the backoff: nobody schedules another refresh
   -- before it expires.
@@ -257,13 +340,13 @@ end
 --- Start a background refresh of `key` unless one is running (in any
 -- worker) or backing off.
 -- @return true if scheduled
-function _M:schedule(key, refresh)
+function _M:schedule(key, refresh, label)
   if get_phase() == "init" then return false end  -- no timers in the master
   local dict = self.dict
   local bkey = "b|" .. key
   -- Longer than a refresh can take: the timer deletes it when done.
   if not dict:add(bkey, 0, self.lock_exptime + 30) then return false end
-  local ok, err = timer_at(0, background, self, key, refresh)
+  local ok, err = timer_at(0, background, self, key, refresh, label)
   if not ok then
     dict:delete(bkey)
     log(ERR, "gauth: cannot schedule a background token refresh: ", tostring(err))
@@ -280,14 +363,14 @@ end
 -- @tparam number t now (epoch seconds)
 -- @return the entry to serve now | nil, msg, err (no valid token and the
 --   phase cannot fetch) | nil (fetch now)
-function _M:refresh_ahead(key, e, refresh, t)
+function _M:refresh_ahead(key, e, refresh, t, label)
   if e and type(e.expires_at) == "number" and t < e.expires_at - self.expiry_margin then
-    self:schedule(key, refresh)
+    self:schedule(key, refresh, label)
     return e
   end
   local phase = util.nonblocking_phase()
   if not phase then return nil end
-  return token_cache.phase_error(phase, self:schedule(key, refresh))
+  return token_cache.phase_error(phase, self:schedule(key, refresh, label))
 end
 
 --- Say once, in the error log, that nginx.conf has no dict named "gauth"
@@ -324,17 +407,17 @@ end
 local base_fetch = token_cache.fetch
 
 -- token_cache's fetch with the refresh-ahead step in front of it.
-local function fetch(self, key, fetch_fn, clock)
+local function fetch(self, key, fetch_fn, clock, label)
   local store = self.store
   local e = store:get(key)
   local t = clock()
   if e and t < (e.refresh_at or 0) then return e end
   local served, msg, err = store:refresh_ahead(key, e, function()
-    return base_fetch(self, key, fetch_fn, clock)
-  end, t)
+    return base_fetch(self, key, fetch_fn, clock, label)
+  end, t, label)
   if served then return served end
   if msg then return nil, msg, err end
-  return base_fetch(self, key, fetch_fn, clock)
+  return base_fetch(self, key, fetch_fn, clock, label)
 end
 
 local cache_mt = { __index = setmetatable({ fetch = fetch }, { __index = token_cache }) }
@@ -369,6 +452,8 @@ function _M.install(name, opts)
   local c, msg, err = _M.cache(name, opts)
   if not c then return nil, msg, err end
   token_cache.set_default(c)
+  -- The counters (gauth.nginx.metrics) go to the same dict.
+  require("gauth.metrics").use_dict(c.store.name)
   return c
 end
 

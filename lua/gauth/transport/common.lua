@@ -57,6 +57,31 @@ function _M.fail(message, fields)
   return nil, errors.new("http", "request", message, fields)
 end
 
+--- The environment variable naming the PEM file of CAs that libcurl
+-- trusts (plain Lua and `init_by_lua`); nginx workers trust
+-- `lua_ssl_trusted_certificate`, which must name the same file.
+_M.CA_FILE_ENV = "GAUTH_CA_FILE"
+
+--- `GAUTH_CA_FILE` when set and not empty, else nil.
+function _M.env_ca_file()
+  local v = os.getenv(_M.CA_FILE_ENV)
+  if v == nil or v == "" then return nil end
+  return v
+end
+
+--- The one error of a server certificate that does not verify, worded
+-- alike on every transport (`kind` "tls_verify", not retryable).
+-- @tparam string hostport "host:port"
+-- @tparam string detail what the TLS library said
+-- @return nil, err
+function _M.tls_untrusted(hostport, detail)
+  return fail("TLS: the certificate of " .. hostport .. " is not trusted ("
+    .. tostring(detail) .. "); give its CA to both transports, the same PEM"
+    .. " file: GAUTH_CA_FILE (or ca_file) for libcurl (plain Lua, init_by_lua)"
+    .. " and lua_ssl_trusted_certificate for nginx workers",
+    { retryable = false, kind = "tls_verify" })
+end
+
 --- Check what every transport's `request(req)` checks first: `req` is a
 -- table; `method` (default GET) one of `METHODS`; `url` a string; `body`
 -- nil or a string; `headers` nil or a table; `timeout` and

@@ -12,8 +12,10 @@
 -- Defaults: `timeout` 30 s (whole request), `connect_timeout` 10 s,
 -- `max_body` 64 MiB (in memory; Google's JSON answers are far smaller and
 -- media goes to files), redirects not followed. TLS is always verified; the
--- CA bundle is `opts.ca_file`, else `SSL_CERT_FILE`, else `CURL_CA_BUNDLE`,
--- else the system store. Proxies come from libcurl's usual environment
+-- CA bundle is `opts.ca_file`, else `GAUTH_CA_FILE` (the one way to give
+-- a CA to both transports: nginx workers' `lua_ssl_trusted_certificate`
+-- names the same file), else `SSL_CERT_FILE`, else `CURL_CA_BUNDLE`, else
+-- the system store. Proxies come from libcurl's usual environment
 -- variables (`https_proxy`, `no_proxy`, ...).
 --
 -- A transport object is not re-entrant: one request at a time (it blocks).
@@ -153,7 +155,7 @@ function _M.new(opts)
   end
   return setmetatable({
     h = h,
-    ca_file = opts.ca_file,
+    ca_file = opts.ca_file or common.env_ca_file(),
     timeout = opts.timeout or _M.DEFAULT_TIMEOUT,
     connect_timeout = opts.connect_timeout or _M.DEFAULT_CONNECT_TIMEOUT,
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
@@ -230,10 +232,17 @@ function _M:request(req)
     elseif reason == "header_type" then
       error("gauth.transport.curl: bad value for header " .. tostring(rheaders), 2)
     end
+    local msg = (rheaders:gsub("^gauth%.core: http: ", ""))
+    if code == 60 or code == 51 then
+      -- CURLE_PEER_FAILED_VERIFICATION: worded as the cosocket transport does.
+      local _, err = common.tls_untrusted(url:match("^%a+://([^/?#]+)") or url, msg)
+      err.curl_code = code
+      return errors.ret(err)
+    end
     local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
                      kind = reason or KINDS[code] or "other" }
     if reason == "max_body" then fields.too_large = true end
-    return errors.fail("http", "request", (rheaders:gsub("^gauth%.core: http: ", "")), fields)
+    return errors.fail("http", "request", msg, fields)
   end
 
   return { status = status, reason = phrase, headers = rheaders, body = rbody,

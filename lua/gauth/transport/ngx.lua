@@ -71,10 +71,10 @@ local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true,
                     [308] = true }
 local READ_CHUNK = 65536
 
-local tcp, now, update_time, ngx_log, WARN
+local tcp, now, update_time, ngx_log, WARN, NOTICE
 if util.is_ngx then
   tcp, now, update_time = ngx.socket.tcp, ngx.now, ngx.update_time
-  ngx_log, WARN = ngx.log, ngx.WARN
+  ngx_log, WARN, NOTICE = ngx.log, ngx.WARN, ngx.NOTICE
 end
 
 local MODULE = "gauth.transport.ngx"
@@ -82,6 +82,7 @@ local check_request = common.check_request
 local check_seconds = common.check_seconds
 local check_bytes = common.check_bytes
 local fail = common.fail
+local tls_untrusted = common.tls_untrusted
 local HEADER_NAMES = common.HEADER_NAMES
 local header_name = common.header_name
 
@@ -99,6 +100,7 @@ local function socket_retryable(err)
 end
 
 local warned_ca_file = false
+local checked_env_ca = false
 
 --- Make a transport.
 -- @tparam[opt] table opts `timeout` (s, default 30), `connect_timeout` (s,
@@ -126,6 +128,25 @@ function _M.new(opts)
     warned_ca_file = true
     ngx_log(WARN, "gauth.transport.ngx: opts.ca_file is not used by cosockets;",
             " TLS is verified against lua_ssl_trusted_certificate")
+  end
+  if not checked_env_ca then
+    -- GAUTH_CA_FILE (visible here with `env GAUTH_CA_FILE;`) is libcurl's;
+    -- cosockets can only trust lua_ssl_trusted_certificate: say so once
+    -- per worker, and whether the file can be read at all.
+    checked_env_ca = true
+    local ca = common.env_ca_file()
+    if ca then
+      local f = io.open(ca, "rb")
+      if f then
+        f:close()
+        ngx_log(NOTICE, "gauth: GAUTH_CA_FILE=", ca, " is what libcurl trusts",
+                " (init_by_lua); cosockets trust lua_ssl_trusted_certificate,",
+                " which must name the same file")
+      else
+        ngx_log(WARN, "gauth: GAUTH_CA_FILE=", ca, " cannot be read: libcurl",
+                " (init_by_lua) will fail to verify any server")
+      end
+    end
   end
   return setmetatable({
     timeout = opts.timeout or _M.DEFAULT_TIMEOUT,
@@ -443,8 +464,9 @@ local function connect(u, deadline, connect_timeout)
       if verify then
         if is_ip_literal(u.host) then
           msg = msg .. " (nginx verifies host names only: use the server's name)"
-        elseif find(herr, "issuer", 1, true) or find(herr, "self", 1, true) then
-          msg = msg .. " (is the CA in lua_ssl_trusted_certificate?)"
+        else
+          -- Worded as the libcurl transport does.
+          return tls_untrusted(u.host .. ":" .. u.port, herr)
         end
       end
       return fail(msg, { retryable = not verify and socket_retryable(herr),
