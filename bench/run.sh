@@ -93,6 +93,10 @@ if [ -x bench/execute_bench.sh ] || [ -f bench/execute_bench.sh ]; then
   done
 fi
 [ -f bench/openresty_bench.sh ] && { echo "== OpenResty (issue 7)"; run sh bench/openresty_bench.sh; }
+echo "== OpenResty with the token endpoint down (issue 18): p50/p99 beside nginx without gauth"
+run sh bench/openresty_down_bench.sh
+ratio "p99 stale token served (down) / no gauth" openresty_down_stale_p99_ms openresty_down_fixed_p99_ms ""
+ratio "p99 expired, failing fast (down) / no gauth" openresty_down_expired_p99_ms openresty_down_fixed_p99_ms ""
 [ -f bench/media_bench.sh ] && { echo "== media (issue 6)"; run sh bench/media_bench.sh; }
 echo "== keyless credentials (issue 13): cold gauth token, identity-pool file config"
 run sh bench/external_account_bench.sh
