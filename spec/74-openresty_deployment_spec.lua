@@ -108,6 +108,28 @@ describe("OpenResty deployment (README, run)", function()
     check_install(tree .. "/share/lua/5.1", tree .. "/lib/lua/5.1")
   end)
 
+  it("the tree's gauth and gauth-emulator commands run after `eval \"$(luarocks --tree T path)\"`", function()
+    local tree = dir .. "/tree54"
+    local root = helpers.shell_quote(nginx.root)
+    local ok, out = sh("cd " .. root .. " && luarocks --lua-version 5.4 --tree "
+      .. helpers.shell_quote(tree) .. " make --deps-mode=none gauth-scm-1.rockspec")
+    assert.is_true(ok, out)
+    local env = "unset LUA_PATH LUA_CPATH LUA_PATH_5_4 LUA_CPATH_5_4; eval \"$(luarocks --lua-version 5.4 --tree "
+      .. helpers.shell_quote(tree) .. " path)\"; "
+    ok, out = sh(env .. "gauth-emulator --help")
+    assert.is_true(ok, out)
+    assert.matches("^usage: gauth%-emulator", out)
+    -- A token from the emulator, with the tree's gauth command.
+    ok, out = sh(env .. "gauth token --key-file " .. helpers.shell_quote(emu.key_file))
+    assert.is_true(ok, out)
+    assert.matches("^%S+\n$", out)
+    -- Without the eval the wrapper cannot find the modules: say so in the README.
+    out = select(2, sh("unset LUA_PATH LUA_CPATH LUA_PATH_5_4 LUA_CPATH_5_4; "
+      .. helpers.shell_quote(tree .. "/bin/gauth") .. " --help 2>&1; echo \"exit $?\""))
+    assert.matches("exit 1\n$", out)
+    assert.matches("module 'gauth.cli' not found", out, 1, true)
+  end)
+
   it("make install PREFIX=...: the same two lines with that prefix", function()
     local prefix = dir .. "/prefix"
     local ok, out = sh("make -C " .. helpers.shell_quote(nginx.root) .. " install LUA=luajit PREFIX="

@@ -1226,8 +1226,9 @@ end
 -- and is tried once more at once.
 -- @tparam[opt] table opts `num_retries` (retries after the first attempt;
 --   for any method), `timeout` (seconds per attempt), `deadline` (seconds
---   for all attempts and the token fetch), `sleep` (function(seconds), for tests), `random`
---   (function() -> [0, 1), for tests), `http` (a transport for this call)
+--   for all attempts and the token fetch), `sleep` (function(seconds), for
+--   tests), `random` (function() -> [0, 1), for tests), `http` (a
+--   transport for this call)
 -- @return the decoded JSON response (an empty table for an empty 2xx body;
 --   the body text for `_media` methods and methods without a response
 --   schema) | nil, msg, err (`gauth.errors`, module "discovery", step the

@@ -155,11 +155,12 @@ _M.emit = emit
 
 --- A token handed out from the cache (`n` of them).
 function _M.hit(keys, n)
-  incr(keys.hits, n)
+  if keys then incr(keys.hits, n) end
 end
 
+--- A token() call that waited for an exchange, or failed.
 function _M.miss(keys)
-  incr(keys.misses)
+  if keys then incr(keys.misses) end
 end
 
 --- A token exchange ended after `seconds`: `err` nil on success.

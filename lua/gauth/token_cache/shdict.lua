@@ -361,6 +361,7 @@ end
 -- @param e the store's entry or nil
 -- @tparam function refresh does the locked fetch; returns entry | nil, err
 -- @tparam number t now (epoch seconds)
+-- @tparam[opt] string label names the credential in log lines
 -- @return the entry to serve now | nil, msg, err (no valid token and the
 --   phase cannot fetch) | nil (fetch now)
 function _M:refresh_ahead(key, e, refresh, t, label)
