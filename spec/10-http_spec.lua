@@ -442,9 +442,9 @@ describe("gauth.transport.curl", function()
       local code = ([[
         package.path = %q; package.cpath = %q
         local t = require("gauth.transport.curl").new({ timeout = 10 })
-        local res, err = t:request({ url = %q })
+        local res, msg, err = t:request({ url = %q })
         if res then io.write("status ", res.status, " ", res.body)
-        else io.write("error ", tostring(err.reason), " ", tostring(err)) end
+        else io.write("error ", tostring(err.kind), " ", msg) end
       ]]):format(package.path, package.cpath, fake.url .. "/envca")
       local function run(env)
         local p = io.popen(env .. " " .. helpers.shell_quote(lua_interpreter()) .. " -e "

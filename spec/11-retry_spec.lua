@@ -326,11 +326,12 @@ describe("gauth.retry.within (one deadline for a whole call)", function()
 
   it("call does not retry a token failure (token_failed) by default", function()
     local calls = 0
-    local v, err = retry.call(function()
+    local v, msg, err = retry.call(function()
       calls = calls + 1
       return nil, errors.new("discovery", "x", "no token", { retryable = true, token_failed = true })
     end, { attempts = 4, sleep = function() error("slept") end })
     assert.is_nil(v)
+    assert.equal("gauth.discovery: x: no token", msg)
     assert.is_true(err.token_failed)
     assert.equal(1, calls)
   end)

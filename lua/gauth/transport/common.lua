@@ -75,7 +75,7 @@ end
 -- @tparam string detail what the TLS library said
 -- @return nil, err
 function _M.tls_untrusted(hostport, detail)
-  return fail("TLS: the certificate of " .. hostport .. " is not trusted ("
+  return _M.fail("TLS: the certificate of " .. hostport .. " is not trusted ("
     .. tostring(detail) .. "); give its CA to both transports, the same PEM"
     .. " file: GAUTH_CA_FILE (or ca_file) for libcurl (plain Lua, init_by_lua)"
     .. " and lua_ssl_trusted_certificate for nginx workers",
