@@ -346,6 +346,100 @@ describe("gauth.external_account", function()
     end)
   end)
 
+  describe("the token cache key (issue 17 item 2)", function()
+    it("binds the whole source: two configs differing only there never share a cached token", function()
+      local shared = token_cache.new()
+      local a, b = token_file(oidc({ sub = "tenant-a" })), token_file(oidc({ sub = "tenant-b" }))
+      local ca = assert(new(config({ credential_source = { file = a } }), { cache = shared }))
+      local cb = assert(new(config({ credential_source = { file = b } }), { cache = shared }))
+      assert.equal("fake-token-1", (ca:token()))
+      assert.equal("fake-token-2", (cb:token()))
+      local r = sts_requests()
+      assert.equal(2, #r)
+      assert.equal(helpers.read_file(b), r[2].form.subject_token)
+      -- The same configuration again does share (the key is not random).
+      local ca2 = assert(new(config({ credential_source = { file = a } }), { cache = shared }))
+      assert.equal("fake-token-1", (ca2:token()))
+      assert.equal(2, #sts_requests())
+      -- Two url sources differing only in a header value (a tenant's secret).
+      fake:config({ federation = federation({ served_token = { json = { value = oidc() } } }) })
+      local function url_cfg(h)
+        return config({ credential_source = { url = fake.url .. "/subject-token",
+          headers = { ["x-tenant-key"] = h }, format = { type = "json", subject_token_field_name = "value" } } })
+      end
+      local u1 = assert(new(url_cfg("k1"), { cache = shared }))
+      local u2 = assert(new(url_cfg("k2"), { cache = shared }))
+      assert.equal("fake-token-3", (u1:token()))
+      assert.equal("fake-token-4", (u2:token()))
+      assert.equal(2, #fake:requests("/subject-token"))
+      assert.equal("k2", fake:requests("/subject-token")[2].headers["x-tenant-key"])
+    end)
+
+    it("differs for every field that decides the token, and holds no secret", function()
+      local base = config()
+      local function key_of(info, opts)
+        return assert(new(info, opts)):cache_key()
+      end
+      local function with(patch)
+        local c = cjson.decode(cjson.encode(base))
+        for k, v in pairs(patch) do if v == false then c[k] = nil else c[k] = v end end
+        return c
+      end
+      local aws = { environment_id = "aws1", regional_cred_verification_url = ea.AWS_VERIFICATION_URL,
+                    region_url = "http://169.254.169.254/latest/meta-data/placement/availability-zone",
+                    url = "http://169.254.169.254/latest/meta-data/iam/security-credentials" }
+      local aws2 = { environment_id = "aws1", regional_cred_verification_url = ea.AWS_VERIFICATION_URL,
+                     region_url = aws.region_url,
+                     url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/other" }
+      local variants = {
+        { base },
+        { with({ audience = AUD .. "x" }) },
+        { with({ subject_token_type = "urn:ietf:params:oauth:token-type:id_token" }) },
+        { with({ credential_source = { file = "/var/run/token-b" } }) },
+        { with({ credential_source = { file = base.credential_source.file,
+                 format = { type = "json", subject_token_field_name = "t" } } }) },
+        { with({ credential_source = { url = "https://idp.test/token?key=a" } }) },
+        { with({ credential_source = { url = "https://idp.test/token?key=b" } }) },
+        { with({ credential_source = { url = "https://idp.test/token?key=b", headers = { A = "1" } } }) },
+        { with({ credential_source = { url = "https://idp.test/token?key=b", headers = { A = "2" } } }) },
+        { with({ credential_source = aws }) },
+        { with({ credential_source = aws2 }) },
+        { with({ credential_source = aws }), { env = { AWS_ACCESS_KEY_ID = "AKIA1", AWS_SECRET_ACCESS_KEY = "aws-secret-1",
+                                                        AWS_REGION = "us-east-1" } } },
+        { with({ credential_source = aws }), { env = { AWS_ACCESS_KEY_ID = "AKIA1", AWS_SECRET_ACCESS_KEY = "aws-secret-2",
+                                                        AWS_REGION = "us-east-1" } } },
+        { with({ credential_source = { executable = { command = "/bin/tok --tenant a" } } }) },
+        { with({ credential_source = { executable = { command = "/bin/tok --tenant b" } } }) },
+        { with({ credential_source = { executable = { command = "/bin/tok --tenant b",
+                 output_file = "/tmp/x" } } }) },
+        { with({ service_account_impersonation_url = fake.url .. IAM_PATH }) },
+        { with({ service_account_impersonation_url = fake.url .. IAM_PATH:gsub("fed%-sa", "other-sa") }) },
+        { with({ service_account_impersonation_url = fake.url .. IAM_PATH,
+                 service_account_impersonation = { token_lifetime_seconds = 1200 } }) },
+        { with({ token_url = fake.url .. "/other/v1/token" }) },
+        { with({ audience = WF_AUD, workforce_pool_user_project = "1" }) },
+        { with({ audience = WF_AUD, workforce_pool_user_project = "2" }) },
+        { with({ client_id = "c1", client_secret = "secret-1" }) },
+        { with({ client_id = "c1", client_secret = "secret-2" }) },
+        { with({ client_id = "c2", client_secret = "secret-2" }) },
+        { base, { scopes = { S1 } } },
+        { with({ token_url = false, universe_domain = "u1.test" }) },
+        { with({ token_url = "https://sts.u1.test/v1/token", universe_domain = "u2.test" }) },
+      }
+      local seen = {}
+      for i, v in ipairs(variants) do
+        local k = key_of(v[1], v[2])
+        assert.is_nil(seen[k], "variant " .. i .. " shares the key of variant " .. tostring(seen[k]))
+        seen[k] = i
+        for _, secret in ipairs({ "secret-1", "secret-2", "aws-secret-1", "aws-secret-2" }) do
+          assert.is_nil(k:find(secret, 1, true))
+        end
+      end
+      -- Equal configurations (scopes in another order) share it.
+      assert.equal(key_of(base, { scopes = { S1, CP } }), key_of(with({}), { scopes = { CP, S1 } }))
+    end)
+  end)
+
   describe("the aws source", function()
     local function aws_config(extra)
       local cs = { environment_id = "aws1",

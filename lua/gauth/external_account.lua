@@ -49,6 +49,7 @@ local metadata = require "gauth.metadata"
 local util = require "gauth.util"
 local core = require "gauth.core"
 local sigv4 = require "gauth.aws_sigv4"
+local sts = require "gauth.sts"
 local cjson = require "cjson.safe"
 
 local type = type
@@ -454,18 +455,18 @@ local function build(c, source, opts)
     -- The STS token serves only to impersonate: a copy without
     -- impersonation, scoped to cloud-platform (as Google's libraries ask
     -- it), whose tokens are cached on their own.
-    local sts = self:copy({ service_account_impersonation_url = false,
-                            target_principal = false, scopes = { _M.CLOUD_PLATFORM } })
-    sts._for_impersonation = true
+    local direct = self:copy({ service_account_impersonation_url = false,
+                               target_principal = false, scopes = { _M.CLOUD_PLATFORM } })
+    direct._for_impersonation = true
     local imp, err = errors.pair(require("gauth.impersonated").credentials({
-      source = sts, target_principal = self.target_principal,
+      source = direct, target_principal = self.target_principal,
       impersonation_url = c.service_account_impersonation_url,
       scopes = self.scopes or { _M.CLOUD_PLATFORM }, lifetime = c.lifetime,
       env = opts.env, http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
       retry = opts.retry, cache = opts.cache, now = opts.now,
     }))
     if not imp then return errors.ret(errors.of(err)) end
-    self._sts = sts
+    self._sts = direct
     self._impersonated = imp
   end
   return self
@@ -842,65 +843,12 @@ end
 -- The exchange
 -- ------------------------------------------------------------------------
 
-local function b64(s) return core.b64_encode(s) end
-
 --- The `x-goog-api-client` value Google's libraries send to STS (for
 -- Google's metrics: which source, impersonation, lifetime).
 function _M:api_client_header()
   return "gauth/" .. _M._VERSION .. " google-byoid-sdk source/" .. self.source_kind
     .. " sa-impersonation/" .. (self._for_impersonation and "true" or "false")
     .. " config-lifetime/" .. (self._lifetime_set and "true" or "false")
-end
-
-local function sts_once(self, http, subject, remaining)
-  local uri = self.token_url
-  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, MODULE, uri))
-  if terr then return errors.ret(terr) end
-  local scopes = self.scopes or { _M.CLOUD_PLATFORM }
-  local form = {
-    { "grant_type", _M.GRANT_TYPE },
-    { "audience", self.audience },
-    { "scope", concat(scopes, " ") },
-    { "requested_token_type", _M.REQUESTED_TOKEN_TYPE },
-    { "subject_token", subject },
-    { "subject_token_type", self.subject_token_type },
-  }
-  -- With client authentication the client id names the user project.
-  if self.workforce_pool_user_project and not self.client_id then
-    form[#form + 1] = { "options", cjson.encode({ userProject = self.workforce_pool_user_project }) }
-  end
-  local headers = { ["content-type"] = "application/x-www-form-urlencoded",
-                    accept = "application/json",
-                    ["x-goog-api-client"] = self:api_client_header() }
-  if self.client_id then
-    headers.authorization = "Basic " .. b64(self.client_id .. ":" .. (self._shared.client_secret or ""))
-  end
-  local res, err = errors.pair(oauth.post(http, MODULE, uri, headers, util.form_encode(form),
-                              timeout, _M.MAX_RESPONSE))
-  if not res then
-    local e = errors.of(err)
-    e.module, e.step = MODULE, "STS"
-    return errors.ret(e)
-  end
-  local now = self._clock()
-  if res.status ~= 200 then
-    local fields = oauth.refusal(res, now, uri)
-    local msg = fields.oauth_error and (fields.oauth_error .. (fields.error_description
-      and (": " .. one_line(fields.error_description)) or ""))
-      or ("HTTP " .. tostring(res.status))
-    return errors.fail(MODULE, "STS", msg, fields)
-  end
-  local data = json_decode(res.body)
-  if type(data) ~= "table" then
-    return errors.fail(MODULE, "STS", "the answer is not a JSON object",
-                           { status = 200, retryable = false, uri = uri })
-  end
-  local entry, eerr = errors.pair(oauth.access_entry(data, now, MODULE, uri))
-  if not entry then
-    eerr.step = "STS"
-    return errors.ret(eerr)
-  end
-  return entry
 end
 
 --- Get a new token: the subject token, the STS exchange and, with
@@ -924,9 +872,26 @@ function _M:fetch_token()
   if not http then return errors.ret(terr) end
   local subject, _, serr = self:subject_token()
   if not subject then return errors.ret(serr) end
-  return retry.call(function(_, remaining)
-    return sts_once(self, http, subject, remaining)
-  end, self._retry)
+  -- The one STS client (gauth.sts), with its one retry path: 5xx, 429 and
+  -- transport failures retried, invalid_grant never.
+  local data, m, x = sts.exchange({
+    url = self.token_url, module = MODULE, step = "STS",
+    http = http, timeout = self._timeout, retry = self._retry, now = self._clock,
+    audience = self.audience, scope = self.scopes or { _M.CLOUD_PLATFORM },
+    requested_token_type = _M.REQUESTED_TOKEN_TYPE,
+    subject_token = subject, subject_token_type = self.subject_token_type,
+    -- With client authentication the client id names the user project.
+    user_project = self.workforce_pool_user_project or nil,
+    client_id = self.client_id, client_secret = self._shared.client_secret,
+    headers = { ["x-goog-api-client"] = self:api_client_header() },
+  })
+  if not data then return errors.ret(errors.of(m, x)) end
+  local entry, eerr = errors.pair(oauth.access_entry(data, self._clock(), MODULE, self.token_url))
+  if not entry then
+    eerr.step = "STS"
+    return errors.ret(eerr)
+  end
+  return entry
 end
 
 --- Same as `token()` but in the public error shape: `nil, msg, err`.
@@ -946,15 +911,50 @@ function _M:apply(headers)
   return credentials.base.apply(self, headers)
 end
 
-function _M:cache_key_parts()
+-- What decides the subject token, for the cache key: the whole source
+-- (file path and format; full URL, headers and format; every AWS URL and
+-- the AWS identity taken from the environment; the whole command line,
+-- timeout and output file). Secrets (an URL's key, an AWS secret, header
+-- values) go in only as digests: the key is a digest anyway, but a part
+-- that is a secret's digest stays one if the key scheme ever changes.
+local function digest(v)
+  if type(v) ~= "string" then return nil end
+  return core.b64url_encode(core.sha256(v))
+end
+
+local function source_key(self)
   local s = self.credential_source
+  if s.kind == "file" then
+    return { kind = "file", file = s.file, format = s.format }
+  elseif s.kind == "url" then
+    local headers = {}
+    for k, v in pairs(s.headers) do headers[k] = digest(v) end
+    return { kind = "url", url = digest(s.url), headers = headers, format = s.format }
+  elseif s.kind == "aws" then
+    local getenv = self._getenv
+    return { kind = "aws", verification_url = s.verification_url, region_url = s.region_url,
+             url = s.url, imdsv2 = s.imdsv2_session_token_url,
+             region = getenv("AWS_REGION") or getenv("AWS_DEFAULT_REGION"),
+             access_key_id = getenv("AWS_ACCESS_KEY_ID"),
+             secret = digest(getenv("AWS_SECRET_ACCESS_KEY")),
+             session = digest(getenv("AWS_SESSION_TOKEN")) }
+  end
+  return { kind = "executable", argv = s.argv, timeout = s.timeout, output_file = s.output_file }
+end
+
+--- Everything that decides the token (issue 17): audience, subject token
+-- type, STS URL, the source (see above), the impersonation URL and
+-- lifetime, the client (id, and the secret's digest), the workforce user
+-- project, the universe and the scopes.
+function _M:cache_key_parts()
   return {
     audience = self.audience, subject_token_type = self.subject_token_type,
-    token_url = self.token_url, source = describe_source(s),
-    headers = s.headers, format = s.format,
+    token_url = self.token_url, source = source_key(self),
     impersonation = self.service_account_impersonation_url or nil,
     lifetime = self.service_account_impersonation_url and self.lifetime or nil,
-    client_id = self.client_id, user_project = self.workforce_pool_user_project,
+    client_id = self.client_id, client_secret = digest(self._shared.client_secret),
+    user_project = self.workforce_pool_user_project,
+    universe_domain = self.universe_domain,
     scopes = credentials.sorted(self.scopes),
   }
 end

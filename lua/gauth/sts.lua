@@ -19,9 +19,15 @@
 -- when `client_id` is given. Subject tokens go only over https, or http to
 -- a loopback host. 5xx, 429 and transport failures are retried.
 --
+-- This is the one STS client of gauth: downscoped credentials and external
+-- accounts (workload/workforce identity federation) both exchange here,
+-- retried by `gauth.retry` on 5xx, 429 and transport failures, never on an
+-- OAuth error no retry fixes (`invalid_grant`, `invalid_client`, ...).
+--
 -- Errors: `nil, msg, err`, module "sts" (or `opts.module`): step "endpoint",
 -- "token request" (transport), "token response" (the endpoint's refusal:
--- `status`, `oauth_error`, `error_description`, `http_reason`, `retryable`, `retry_after`).
+-- `status`, `oauth_error`, `error_description`, `http_reason`, `retryable`,
+-- `retry_after`), or `opts.step` for both of the last two.
 -- No token is ever in an error.
 -- @module gauth.sts
 
@@ -36,7 +42,10 @@ local type = type
 local pairs = pairs
 local ipairs = ipairs
 local error = error
+local tostring = tostring
 local concat = table.concat
+local gsub = string.gsub
+local sub = string.sub
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -59,26 +68,48 @@ local FIELDS = { "grant_type", "resource", "audience", "scope", "requested_token
                  "subject_token", "subject_token_type", "actor_token", "actor_token_type",
                  "options" }
 
+-- A description on one line, bounded: Google's may run over several.
+local function one_line(s)
+  s = gsub(gsub(s, "%s+", " "), "^ ", "")
+  s = gsub(s, " $", "")
+  if #s > 300 then s = sub(s, 1, 300) .. "..." end
+  return s
+end
+
 local function once(o, http, body, headers, module, remaining)
   local timeout, terr = errors.pair(oauth.attempt_timeout(o, http, remaining, module, o.url))
-  if terr then return nil, terr end
+  if terr then
+    if o.step then terr.step = o.step end
+    return nil, terr
+  end
   local res, err = errors.pair(oauth.post(http, module, o.url, headers, body, timeout,
                                           _M.MAX_RESPONSE))
-  if not res then return nil, err end
+  if not res then
+    if o.step then err.step = o.step end
+    return nil, err
+  end
   local now = o.now and o.now() or util.now()
   if res.status ~= 200 then
     local fields = oauth.refusal(res, now, o.url)
-    local msg = "the STS endpoint refused the token exchange"
-    if fields.oauth_error then
-      msg = msg .. ": " .. fields.oauth_error
-      if fields.error_description then msg = msg .. ": " .. fields.error_description end
+    local oerr, desc = fields.oauth_error, fields.error_description
+    local msg
+    if o.step then
+      -- The step already says where: the OAuth error, else the status.
+      msg = oerr and (oerr .. (desc and (": " .. one_line(desc)) or ""))
+        or ("HTTP " .. tostring(res.status))
+    else
+      msg = "the STS endpoint refused the token exchange"
+      if oerr then
+        msg = msg .. ": " .. oerr
+        if desc then msg = msg .. ": " .. one_line(desc) end
+      end
     end
-    return nil, errors.new(module, "token response", msg, fields)
+    return nil, errors.new(module, o.step or "token response", msg, fields)
   end
   local data = cjson.decode(res.body)
   if type(data) ~= "table" or type(data.access_token) ~= "string" or data.access_token == "" then
-    return nil, errors.new(module, "token response", "the answer has no access_token",
-                           { retryable = false, uri = o.url })
+    return nil, errors.new(module, o.step or "token response", "the answer has no access_token",
+                           { status = 200, retryable = false, uri = o.url })
   end
   return data
 end
@@ -88,11 +119,16 @@ end
 --   `subject_token_type` (both required), `grant_type` (default
 --   `GRANT_TYPE`), `requested_token_type`, `audience`, `resource`, `scope`
 --   (array or space-separated string), `actor_token`, `actor_token_type`,
---   `options` (a string: Google's JSON options, sent as it is), `client_id`
---   and `client_secret` (HTTP Basic client authentication), `headers`
---   (extra request headers), `http`, `timeout`, `retry` (fields over
---   `RETRY`, or false), `now` (clock function), `module` (the module
---   named in errors; default "sts")
+--   `options` (a string: Google's JSON options, sent as it is; or a table,
+--   encoded as JSON), `user_project` (a workforce pool's user project: put
+--   in `options` as `userProject` unless `client_id` is given, as Google's
+--   libraries do), `client_id` and `client_secret` (HTTP Basic client
+--   authentication of `client_id:client_secret`, as Google's libraries
+--   write it), `headers` (extra request headers), `http`, `timeout`,
+--   `retry` (fields over `RETRY`, or false), `now` (clock function),
+--   `module` (the module named in errors; default "sts"), `step` (the step
+--   named in every error instead of "token request"/"token response"; the
+--   refusal's message is then the OAuth error and its description alone)
 -- @return the decoded answer (`access_token`, `issued_token_type`,
 --   `token_type`, `expires_in`, ...) | nil, msg, err
 function _M.exchange(opts)
@@ -112,6 +148,18 @@ function _M.exchange(opts)
     actor_token = opts.actor_token, actor_token_type = opts.actor_token_type,
     options = opts.options,
   }
+  if type(values.options) == "table" then
+    values.options = cjson.encode(values.options)
+  end
+  if opts.user_project ~= nil and not opts.client_id then
+    if type(opts.user_project) ~= "string" or opts.user_project == "" then
+      error("gauth.sts: exchange: opts.user_project must be a non-empty string", 2)
+    end
+    if values.options then
+      error("gauth.sts: exchange: opts.user_project and opts.options together", 2)
+    end
+    values.options = cjson.encode({ userProject = opts.user_project })
+  end
   local scope = opts.scope
   if type(scope) == "table" then scope = concat(scope, " ") end
   values.scope = scope
@@ -126,8 +174,10 @@ function _M.exchange(opts)
   local headers = { ["content-type"] = "application/x-www-form-urlencoded",
                     accept = "application/json" }
   if opts.client_id then
+    -- As google-auth (Python and Node) write it: the id and secret as they
+    -- are, not form-encoded first.
     headers.authorization = "Basic " .. core.b64_encode(
-      util.url_encode(opts.client_id) .. ":" .. util.url_encode(opts.client_secret or ""))
+      opts.client_id .. ":" .. (opts.client_secret or ""))
   end
   for k, v in pairs(opts.headers or {}) do headers[k] = v end
   local policy = retry.policy(_M.RETRY, opts.retry)
@@ -139,7 +189,7 @@ function _M.exchange(opts)
     if not http then return errors.ret(errors.of(hmsg, herr)) end
   end
   local body = util.form_encode(list)
-  local o = { url = opts.url, now = opts.now, _timeout = opts.timeout }
+  local o = { url = opts.url, now = opts.now, _timeout = opts.timeout, step = opts.step }
   local data, dmsg, derr = retry.call(function(_, remaining)
     return once(o, http, body, headers, module, remaining)
   end, policy)
