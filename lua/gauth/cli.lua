@@ -417,30 +417,13 @@ local function load_key_file(path, opts)
   return creds
 end
 
--- ID token credentials for `audience`, as google-auth's fetch_id_token
--- finds them: from a service-account key file (--key-file, or the one ADC
--- found), or from the metadata server.
+-- ID token credentials for `audience` (gauth.id_token.credentials), from
+-- --key-file or what ADC finds: a service account key, impersonated
+-- credentials, an external account with impersonation, the metadata server.
 local function id_token_creds(opts)
-  local sa = require "gauth.service_account"
-  local creds, err
-  if opts.key_file then
-    creds, err = sa.id_token_credentials(opts.key_file, { target_audience = opts.audience })
-    if not creds then failed(err) end
-    return creds
-  end
-  local base = adc({})
-  if base.kind == "service_account" and type(base.source) == "string"
-      and base.source ~= "service account info" then
-    creds, err = sa.id_token_credentials(base.source, {
-      target_audience = opts.audience, token_uri = base.token_uri })
-  elseif base.kind == "compute_engine" or base.kind == "app_engine" then
-    creds, err = require("gauth.compute_engine").id_token_credentials({
-      target_audience = opts.audience })
-  else
-    die(1, "cannot make ID tokens from " .. tostring(base)
-      .. " (a service account key or the metadata server can); give --key-file")
-  end
-  if not creds then failed(err) end
+  local base = opts.key_file and load_key_file(opts.key_file) or adc({})
+  local creds, msg = require("gauth.id_token").credentials(base, { audience = opts.audience })
+  if not creds then die(1, msg) end
   return creds
 end
 

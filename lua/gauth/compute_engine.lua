@@ -260,6 +260,36 @@ function _M:email()
   return v
 end
 
+--- The universe domain of this machine: the metadata server's
+-- `universe/universe-domain` (404, or an empty answer: `googleapis.com`),
+-- read once for every copy; fills `creds.universe_domain`.
+-- @return the universe domain | nil, msg, err (the metadata server could
+--   not be read, or its answer is not a domain name)
+function _M:get_universe_domain()
+  local shared = self._shared
+  local v = shared.universe_domain
+  if v then
+    self.universe_domain = v
+    return v
+  end
+  local err
+  v, err = metadata.get("universe/universe-domain", read_opts(self))
+  if not v then
+    err = errors.of(err)
+    if err.status ~= 404 then return errors.ret(err) end
+    v = "googleapis.com"
+  end
+  v = trim(v)
+  if v == "" then v = "googleapis.com" end
+  if not find(v, "^[%w][%w.-]*$") or #v > 253 then
+    return errors.fail(self._module, "metadata response",
+      "the universe domain is not a domain name: " .. v:sub(1, 80), { retryable = false })
+  end
+  shared.universe_domain = v
+  self.universe_domain = v
+  return v
+end
+
 -- Signing through IAM Credentials ---------------------------------------
 
 -- The IAM client of the account, made once for all copies: asked with

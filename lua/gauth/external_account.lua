@@ -38,7 +38,13 @@
 -- Errors: `nil, msg, err`, module "external_account"; steps "key file"
 -- (a malformed configuration: `field` names the field), "subject token"
 -- (file and url sources: `source`), "AWS", "executable", "STS" (`status`,
--- `error`, `error_description`, `retryable`), "impersonation" (`cause`).
+-- `error`, `error_description`, `retryable`), "impersonation" (`cause`),
+-- "project id" (`get_project_id`), "signing" (no impersonation: no service
+-- account).
+--
+-- Signing (`sign_bytes`, `sign_jwt`, `fetch_id_token`) is done as the
+-- impersonated service account through IAM Credentials, at the host of
+-- `service_account_impersonation_url`, asked with the STS token.
 -- @module gauth.external_account
 
 local credentials = require "gauth.credentials"
@@ -421,6 +427,10 @@ local function build(c, source, opts)
   end
   opts = opts or {}
   credentials.check_opts(opts, MODULE, 4, "http", "ca_file", "timeout")
+  local crm = opts.cloud_resource_manager_url
+  if crm ~= nil and (type(crm) ~= "string" or crm == "") then
+    error("gauth.external_account: cloud_resource_manager_url must be a non-empty string", 3)
+  end
   local policy = retry.policy(_M.RETRY, opts.retry)
   if not policy then error("gauth.external_account: retry must be a table or false", 3) end
   local self = setmetatable({
@@ -443,6 +453,7 @@ local function build(c, source, opts)
     _getenv = metadata.getenv_for(opts),
     _retry = policy,
     _timeout = opts.timeout,
+    _crm_url = crm,
     _shared = { client_secret = c.client_secret, http = opts.http, ca_file = opts.ca_file,
                 timeout = opts.timeout },
   }, mt)
@@ -479,7 +490,9 @@ end
 --   default cloud-platform), `quota_project` (over the file's
 --   `quota_project_id`), `env` (table or function: the environment the
 --   AWS and executable sources read), `http`, `ca_file`, `timeout`,
---   `retry` (fields over `RETRY`, or false), `cache`, `shared_dict`, `now`
+--   `retry` (fields over `RETRY`, or false), `cache`, `shared_dict`, `now`,
+--   `cloud_resource_manager_url` (for `get_project_id`; default
+--   `https://cloudresourcemanager.<universe_domain>/v1/projects/`)
 -- @return credentials | nil, msg, err (step "key file", `field` naming
 --   the field at fault)
 function _M.from_info(info, opts)
@@ -981,11 +994,127 @@ function _M:with_scopes(scopes)
   return o
 end
 
---- The project id: `GOOGLE_CLOUD_PROJECT` is the caller's business (ADC);
--- here, what the configuration knows without the network: none (a
--- project number is in `project_number`). Returns nil.
-function _M:get_project_id()  -- luacheck: no unused args
-  return nil
+--- Cloud Resource Manager's project URL (the project number is
+-- appended), in the credentials' universe.
+_M.CLOUD_RESOURCE_MANAGER_URL = "https://cloudresourcemanager.{universe_domain}/v1/projects/"
+
+--- The project id, looked up as Google's libraries do: the project number
+-- of a workload pool's audience (or a workforce pool's user project) at
+-- Cloud Resource Manager (`GET <cloud_resource_manager_url><number>`,
+-- default `https://cloudresourcemanager.<universe_domain>/v1/projects/`)
+-- with these credentials' token (which needs
+-- `resourcemanager.projects.get`). The answer is kept (for every copy) and
+-- fills `creds.project_id`.
+-- @return project id | nil, msg, err (step "project id": no project
+--   number in the configuration, the token's failure as `cause`, the API's
+--   refusal with `status`)
+function _M:get_project_id()
+  local shared = self._shared
+  if shared.project_id then
+    self.project_id = shared.project_id
+    return shared.project_id
+  end
+  local number = self.project_number or self.workforce_pool_user_project
+  if not number then
+    return errors.fail(MODULE, "project id", "the configuration names no project number"
+      .. " (a workload pool audience //iam.googleapis.com/projects/<number>/...,"
+      .. " or workforce_pool_user_project)", { retryable = false })
+  end
+  local base = self._crm_url or gsub(_M.CLOUD_RESOURCE_MANAGER_URL, "{universe_domain}",
+                                     self.universe_domain)
+  local url = base .. util.url_encode(number)
+  local ok, uerr = oauth.check_url(url, MODULE, "project id", "a token")
+  if not ok then return errors.ret(uerr) end
+  local headers, m, x = self:apply({ accept = "application/json" })
+  if not headers then
+    local cause = errors.of(m, x)
+    return errors.fail(MODULE, "project id", "no token to ask Cloud Resource Manager: "
+      .. tostring(cause.step) .. ": " .. tostring(cause.message),
+      { cause = cause, retryable = cause.retryable })
+  end
+  local http, herr = oauth.transport(shared, MODULE)
+  if not http then return errors.ret(errors.of(herr)) end
+  local data, err = retry.call(function(_, remaining)
+    local timeout = remaining
+    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout) or nil
+    if cap and (not timeout or cap < timeout) then timeout = cap end
+    local res, rerr = get(http, url, headers, timeout, _M.MAX_RESPONSE)
+    if not res then return nil, errors.wrap(MODULE, "project id", rerr, { uri = url }) end
+    if res.status ~= 200 then
+      return nil, errors.from_response(MODULE, "project id", res, url)
+    end
+    local d = json_decode(res.body)
+    if type(d) ~= "table" or type(d.projectId) ~= "string" or d.projectId == "" then
+      return nil, errors.new(MODULE, "project id", "Cloud Resource Manager answered without a projectId",
+                             { status = 200, retryable = false, uri = url })
+    end
+    return d
+  end, self._retry)
+  if not data then return errors.ret(errors.of(err)) end
+  shared.project_id = data.projectId
+  self.project_id = data.projectId
+  return data.projectId
+end
+
+-- Signing ---------------------------------------------------------------
+
+local function no_signer()
+  return errors.fail(MODULE, "signing", "external account credentials without"
+    .. " service_account_impersonation_url have no service account to sign with"
+    .. " (no email): impersonate one, or sign with a service account's credentials",
+    { retryable = false })
+end
+
+--- The email of the impersonated service account (from
+-- `service_account_impersonation_url`).
+-- @return email | nil, msg, err (no impersonation: no email)
+function _M:signer_email()
+  if not self.service_account_email then return no_signer() end
+  return self.service_account_email
+end
+
+--- Sign bytes as the impersonated service account through IAM Credentials'
+-- `signBlob`, asked with the STS token (the federated identity needs
+-- `iam.serviceAccounts.signBlob` on the account, e.g. the Service Account
+-- Token Creator role it already has to impersonate), at the host of
+-- `service_account_impersonation_url` (the universe's IAM host).
+-- @tparam string bytes
+-- @return raw RSA-SHA256 signature bytes | nil, msg, err
+function _M:sign_bytes(bytes)
+  if type(bytes) ~= "string" then
+    error("gauth.external_account: sign_bytes: bytes must be a string", 2)
+  end
+  if not self._impersonated then return no_signer() end
+  return self._impersonated:sign_bytes(bytes)
+end
+
+--- A JWT of `claims` signed as the impersonated service account through
+-- IAM Credentials' `signJwt` (as `sign_bytes`).
+-- @tparam table claims
+-- @return the JWT | nil, msg, err
+function _M:sign_jwt(claims)
+  if type(claims) ~= "table" then
+    error("gauth.external_account: sign_jwt: claims must be a table", 2)
+  end
+  if not self._impersonated then return no_signer() end
+  return self._impersonated:sign_jwt(claims)
+end
+
+--- A Google-signed ID token of the impersonated service account for
+-- `audience` (IAM Credentials' `generateIdToken`); see
+-- `gauth.id_token.credentials` for cached ones.
+-- @tparam string audience
+-- @tparam[opt] boolean include_email
+-- @return the ID token | nil, msg, err (no impersonation: "id token")
+function _M:fetch_id_token(audience, include_email)
+  if type(audience) ~= "string" or audience == "" then
+    error("gauth.external_account: fetch_id_token: audience must be a non-empty string", 2)
+  end
+  if not self._impersonated then
+    return errors.fail(MODULE, "id token", "external account credentials give ID tokens"
+      .. " only with service_account_impersonation_url", { retryable = false })
+  end
+  return self._impersonated:fetch_id_token(audience, include_email)
 end
 
 return _M

@@ -191,6 +191,9 @@ def default_config():
         "sts_expires_in": 3600,
         # Workload identity federation: see fake_federation.py.
         "federation": {},
+        # Cloud Resource Manager (GET /v1/projects/<number>): project
+        # number -> project id; any valid token of this fake may read them.
+        "projects": {},
     }
 
 
@@ -661,6 +664,9 @@ class MainHandler(BaseHandler):
             return self.iam(urllib.parse.unquote(m.group(2)), m.group(3))
         if path in ("/tokeninfo", "/oauth2/v3/tokeninfo"):
             return self.tokeninfo()
+        m = re.match(r"^/v1/projects/([^/:]+)$", path)
+        if m and self.command == "GET":
+            return self.crm_project(urllib.parse.unquote(m.group(1)))
         if path == "/v1/token":
             return self.sts()
         if path == "/oauth2/v3/certs":
@@ -998,6 +1004,29 @@ class MainHandler(BaseHandler):
                 400, "INVALID_ARGUMENT", "Invalid payload."))
         return self.send_json(200, {"keyId": st.signer.kid,
                                     "signedJwt": st.signer.jwt(claims)})
+
+    # -- Cloud Resource Manager v1 projects.get ----------------------------
+
+    def crm_project(self, name):
+        st = self.server.state
+        auth = self.req_headers.get("authorization", "")
+        tok = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        info = st.token_info(tok) if tok else None
+        if not info or info.get("kind") == "id_token":
+            return self.send_json(401, google_error(
+                401, "UNAUTHENTICATED", MSG_UNAUTHENTICATED),
+                [("WWW-Authenticate", 'Bearer realm="https://accounts.google.com/"')])
+        projects = st.cfg("projects") or {}
+        pid = projects.get(name)
+        if pid is None:
+            # What Google answers for a project the caller cannot see.
+            return self.send_json(403, google_error(
+                403, "PERMISSION_DENIED",
+                "The caller does not have permission"))
+        return self.send_json(200, {
+            "projectNumber": name, "projectId": pid,
+            "lifecycleState": "ACTIVE", "name": pid,
+            "createTime": "2020-01-01T00:00:00.000Z"})
 
     # -- Security Token Service (token exchange, RFC 8693) --------------------
 
