@@ -212,6 +212,53 @@ describe("external accounts, signing and ID tokens on loopback", function()
     end)
   end)
 
+  describe("gauth.sts as the external accounts' client", function()
+    local sts = require "gauth.sts"
+    local function exchange(extra)
+      local o = { url = fake.url .. "/v1/token", subject_token = oidc(key),
+                  subject_token_type = JWT_TYPE, requested_token_type = sts.ACCESS_TOKEN_TYPE,
+                  audience = WF_AUD, scope = "https://www.googleapis.com/auth/cloud-platform",
+                  retry = false }
+      for k, v in pairs(extra) do o[k] = v end
+      return sts.exchange(o)
+    end
+
+    it("puts user_project in options (unless a client authenticates), encodes a table of options", function()
+      local data, msg, err = exchange({ user_project = "987" })
+      assert.is_nil(msg); assert.is_nil(err)
+      assert.equal("fake-token-1", data.access_token)
+      local r = fake:requests("/v1/token")
+      assert.same({ userProject = "987" }, cjson.decode(r[1].form.options))
+      assert.is_nil(r[1].headers.authorization)
+      fake:config({ federation = { oidc_public_pem = key.public_pem, clients = { ["wf-client"] = "s+/=:x" } } })
+      assert(exchange({ user_project = "987", client_id = "wf-client", client_secret = "s+/=:x" }))
+      r = fake:requests("/v1/token")
+      assert.is_nil(r[2].form.options)
+      -- client_id:client_secret as Google's libraries write it (no form-encoding first).
+      assert.equal("Basic " .. core.b64_encode("wf-client:s+/=:x"), r[2].headers.authorization)
+      assert(exchange({ options = { userProject = "555" } }))
+      assert.same({ userProject = "555" }, cjson.decode(fake:requests("/v1/token")[3].form.options))
+      assert.has_error(function() exchange({ user_project = "1", options = "{}" }) end,
+        "gauth.sts: exchange: opts.user_project and opts.options together")
+    end)
+
+    it("names opts.step in its errors, with the OAuth error alone as the message", function()
+      local v, msg, err = exchange({ module = "external_account", step = "STS", subject_token = "garbage",
+                                   audience = AUD })
+      assert.is_nil(v)
+      assert.matches("^gauth%.external_account: STS: invalid_grant: ", msg)
+      is_error(err, "external_account", "STS")
+      assert.equal(400, err.status)
+      assert.equal(false, err.retryable)
+      fake:script("/v1/token", { status = 503, body = "down" })
+      v, msg, err = exchange({ module = "external_account", step = "STS", audience = AUD })
+      assert.is_nil(v)
+      assert.matches("^gauth%.external_account: STS: HTTP 503", msg)
+      is_error(err, "external_account", "STS")
+      assert.equal(true, err.retryable)
+    end)
+  end)
+
   describe("compute_engine get_universe_domain", function()
     local function gce(opts)
       opts = opts or {}

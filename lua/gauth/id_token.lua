@@ -813,7 +813,8 @@ end
 -- `identity?audience=...&format=full`).
 -- @param source credentials, or nil for Application Default Credentials
 -- @tparam table opts `audience` (required), `include_email` (boolean;
---   for generateIdToken), `cache`, `now`, and for ADC `env`
+--   for generateIdToken), `cache`, `now` (epoch seconds, or a function
+--   returning them), and for ADC `env`
 -- @return credentials | nil, msg, err (module "id_token", step
 --   "credentials": a source that cannot give ID tokens; ADC's failure as
 --   `cause`)
@@ -839,14 +840,22 @@ function _M.credentials(source, opts)
   if source.mode == "id_token" then
     return id_fail("the source already gives ID tokens (" .. tostring(source) .. ")")
   end
-  local inner, why = inner_of(source, opts.audience, opts.include_email or false, opts)
+  local now = opts.now
+  if type(now) == "number" then
+    local fixed = now
+    now = function() return fixed end
+  elseif now ~= nil and type(now) ~= "function" then
+    error("gauth.id_token: credentials: now must be a number or a function", 2)
+  end
+  local inner, why = inner_of(source, opts.audience, opts.include_email or false,
+                              { cache = opts.cache, now = now })
   if not inner then return id_fail(why) end
   local class = id_class()
   local self = setmetatable({ source = source, audience = opts.audience,
                               include_email = opts.include_email or false,
                               mode = "id_token", _inner = inner }, class._mt)
   require("gauth.credentials").init(self, {
-    cache = opts.cache or source._cache, now = opts.now or source._clock,
+    cache = opts.cache or source._cache, now = now or source._clock,
     quota_project = source.quota_project })
   return self
 end
