@@ -373,6 +373,20 @@ describe("gauth.external_account", function()
       assert.equal("fake-token-4", (u2:token()))
       assert.equal(2, #fake:requests("/subject-token"))
       assert.equal("k2", fake:requests("/subject-token")[2].headers["x-tenant-key"])
+      -- Two url sources differing only in a key in the query (which error
+      -- messages redact: the cache key must not).
+      local function key_cfg(k)
+        return config({ credential_source = { url = fake.url .. "/subject-token?key=" .. k,
+          format = { type = "json", subject_token_field_name = "value" } } })
+      end
+      local k1 = assert(new(key_cfg("tenant-1"), { cache = shared }))
+      local k2 = assert(new(key_cfg("tenant-2"), { cache = shared }))
+      assert.equal("fake-token-5", (k1:token()))
+      assert.equal("fake-token-6", (k2:token()))
+      local g = fake:requests("/subject-token")
+      assert.equal(4, #g)
+      assert.equal("key=tenant-2", g[4].query)
+      assert.equal(6, #sts_requests())
     end)
 
     it("differs for every field that decides the token, and holds no secret", function()
