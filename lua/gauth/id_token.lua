@@ -745,8 +745,8 @@ local function id_class()
   --- The ID token (cached, refreshed before its `exp`): token, expires_at
   -- | nil, msg, err.
   function IdCreds:token()
-    local tok, exp = credentials.base.token(self)
-    if not tok then return errors.ret(errors.of(exp)) end
+    local tok, exp, x = credentials.base.token(self)
+    if not tok then return errors.ret(errors.of(exp, x)) end
     return tok, exp
   end
 
