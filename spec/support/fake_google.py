@@ -71,6 +71,10 @@ every answer has a Date header shifted by clock_offset):
     "scope", "exp", "expires_in", "access_type"} or 400 invalid_token.
   GET /oauth2/v3/certs (JWKS) and /oauth2/v1/certs ({kid: cert PEM}): the
     fake's signing key.
+  GET /v1/projects/<number> (Cloud Resource Manager v1 projects.get) ->
+    {"projectNumber", "projectId", ...} for a number in the "projects"
+    setting; 403 PERMISSION_DENIED for any other; 401 without a token of
+    this fake.
   Anything else: 404 {"error": {"code": 404, "message": "...", "status":
     "NOT_FOUND"}}.
   Access tokens of every kind are "<access_token>-<n>", n = 1, 2, ... over
