@@ -272,10 +272,10 @@ function _M:get_universe_domain()
     self.universe_domain = v
     return v
   end
-  local err
-  v, err = metadata.get("universe/universe-domain", read_opts(self))
+  local m, x
+  v, m, x = metadata.get("universe/universe-domain", read_opts(self))
   if not v then
-    err = errors.of(err)
+    local err = errors.of(m, x)
     if err.status ~= 404 then return errors.ret(err) end
     v = "googleapis.com"
   end

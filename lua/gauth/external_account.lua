@@ -1023,8 +1023,8 @@ function _M:get_project_id()
   local base = self._crm_url or gsub(_M.CLOUD_RESOURCE_MANAGER_URL, "{universe_domain}",
                                      self.universe_domain)
   local url = base .. util.url_encode(number)
-  local ok, uerr = oauth.check_url(url, MODULE, "project id", "a token")
-  if not ok then return errors.ret(uerr) end
+  local ok, um, ux = oauth.check_url(url, MODULE, "project id", "a token")
+  if not ok then return errors.ret(errors.of(um, ux)) end
   local headers, m, x = self:apply({ accept = "application/json" })
   if not headers then
     local cause = errors.of(m, x)
@@ -1032,14 +1032,16 @@ function _M:get_project_id()
       .. tostring(cause.step) .. ": " .. tostring(cause.message),
       { cause = cause, retryable = cause.retryable })
   end
-  local http, herr = oauth.transport(shared, MODULE)
-  if not http then return errors.ret(errors.of(herr)) end
-  local data, err = retry.call(function(_, remaining)
+  local http, hm, hx = oauth.transport(shared, MODULE)
+  if not http then return errors.ret(errors.of(hm, hx)) end
+  local data, dm, dx = retry.call(function(_, remaining)
     local timeout = remaining
     local cap = self._timeout or (type(http.timeout) == "number" and http.timeout) or nil
     if cap and (not timeout or cap < timeout) then timeout = cap end
-    local res, rerr = get(http, url, headers, timeout, _M.MAX_RESPONSE)
-    if not res then return nil, errors.wrap(MODULE, "project id", rerr, { uri = url }) end
+    local res, rm, rx = get(http, url, headers, timeout, _M.MAX_RESPONSE)
+    if not res then
+      return nil, errors.wrap(MODULE, "project id", errors.of(rm, rx), { uri = url })
+    end
     if res.status ~= 200 then
       return nil, errors.from_response(MODULE, "project id", res, url)
     end
@@ -1050,7 +1052,7 @@ function _M:get_project_id()
     end
     return d
   end, self._retry)
-  if not data then return errors.ret(errors.of(err)) end
+  if not data then return errors.ret(errors.of(dm, dx)) end
   shared.project_id = data.projectId
   self.project_id = data.projectId
   return data.projectId

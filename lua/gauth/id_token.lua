@@ -730,7 +730,7 @@ local function id_class()
   -- their cache key (which binds the source's secret and the audience).
   function IdCreds:fetch_token()
     local e, m, x = self._inner:fetch_token()
-    if not e then return nil, errors.of(m, x) end
+    if not e then return errors.ret(errors.of(m, x)) end
     return e
   end
 
