@@ -74,6 +74,7 @@ build = {
     ["gauth.testing"] = "lua/gauth/testing.lua",
     ["gauth.token_cache"] = "lua/gauth/token_cache.lua",
     ["gauth.token_cache.shdict"] = "lua/gauth/token_cache/shdict.lua",
+    ["gauth.token_cache.redis"] = "lua/gauth/token_cache/redis.lua",
     ["gauth.transport.common"] = "lua/gauth/transport/common.lua",
     ["gauth.transport.curl"] = "lua/gauth/transport/curl.lua",
     ["gauth.transport.ngx"] = "lua/gauth/transport/ngx.lua",

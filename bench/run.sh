@@ -98,6 +98,10 @@ run sh bench/openresty_down_bench.sh
 ratio "p99 stale token served (down) / no gauth" openresty_down_stale_p99_ms openresty_down_fixed_p99_ms ""
 ratio "p99 expired, failing fast (down) / no gauth" openresty_down_expired_p99_ms openresty_down_fixed_p99_ms ""
 [ -f bench/media_bench.sh ] && { echo "== media (issue 6)"; run sh bench/media_bench.sh; }
+echo "== Redis fleet store (issue 16): 3 nginx x 2 workers, Redis store beside shared dict only"
+run luajit bench/redis_fleet_bench.lua
+ratio "warm req/s, Redis store / shared dict only" fleet_redis_warm_rps fleet_shdict_warm_rps ">= 0.9"
+ratio "cold exchanges, Redis store / shared dict only" fleet_redis_cold_exchanges fleet_shdict_cold_exchanges "1/3"
 echo "== keyless credentials (issue 13): cold gauth token, identity-pool file config"
 run sh bench/external_account_bench.sh
 for lua in lua5.4 luajit; do
