@@ -196,9 +196,10 @@ for h in json.load(open(sys.argv[1])):
     ok, msg = core.chmod(dir .. "/missing", 0)
     assert.is_nil(ok)
     assert.are.equal("gauth.core: chmod: No such file or directory", msg)
-    assert.has_error(function() core.mkdir(dir, -1) end)
-    assert.has_error(function() core.chmod(file, 1e6) end)
-    assert.has_error(function() core.file_stat() end)
+    assert.has_error(function() core.mkdir(dir, -1) end, "bad argument #2 to 'mkdir' (must be permission bits)")
+    assert.has_error(function() core.chmod(file, 1e6) end, "bad argument #2 to 'chmod' (must be permission bits)")
+    assert.has_error(function() core.file_stat() end,
+      "bad argument #1 to 'file_stat' (string expected, got no value)")
   end)
 end)
 
@@ -235,6 +236,7 @@ describe("gauth.core.jws_split", function()
       assert.matches("^gauth.core: jws: " .. c[2], err)
       assert.is_nil(err:find(secret, 1, true))
     end
-    assert.has_error(function() core.jws_split(nil) end)
+    assert.has_error(function() core.jws_split(nil) end,
+      "bad argument #1 to 'jws_split' (string expected, got nil)")
   end)
 end)

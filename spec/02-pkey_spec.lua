@@ -326,7 +326,8 @@ print(alg.to_jwk(k))]]) .. " " .. helpers.shell_quote(pub_path))
     -- a prefix of the data, as id_token passes the token itself
     assert.is_true(k:verify("RS256", "signed part.sig", sig, #"signed part"))
     assert.is_false(k:verify("RS256", "signed part.sig", sig, #"signed par"))
-    assert.has_error(function() k:verify("RS256", "x", sig, 2) end)
+    assert.has_error(function() k:verify("RS256", "x", sig, 2) end,
+      "bad argument #4 to 'verify' (length outside the data)")
   end)
 
   it("loads EC P-256 x/y and verifies a JOSE ES256 signature", function()
@@ -362,6 +363,7 @@ print(alg.to_jwk(k))]]) .. " " .. helpers.shell_quote(pub_path))
       assert.is_nil(k)
       assert.matches("^gauth.core: load jwk: .*" .. c[2], err)
     end
-    assert.has_error(function() core.load_jwk("RSA", nil, "AQAB") end)
+    assert.has_error(function() core.load_jwk("RSA", nil, "AQAB") end,
+      "bad argument #2 to 'load_jwk' (string expected, got nil)")
   end)
 end)

@@ -34,6 +34,37 @@ describe("lint", function()
     assert.is_not_nil(io.open(out_dir .. "/modules/gauth.service_account.html"))
   end)
 
+  run("no spec asserts a bare has_error (every raised error is named)", function()
+    local bare = require "support.bare_has_error"
+    local found = {}
+    for f in io.popen("ls " .. root .. "/spec/*_spec.lua"):lines() do
+      local fh = assert(io.open(f))
+      local text = fh:read("*a")
+      fh:close()
+      for _, line in ipairs(bare.scan(text)) do
+        found[#found + 1] = f:match("spec/.*$") .. ":" .. line
+      end
+    end
+    assert.same({}, found)
+  end)
+
+  run("the bare has_error check finds one (the check can fail)", function()
+    local bare = require "support.bare_has_error"
+    local text = table.concat({
+      'assert.has_error(function() f(1, 2) end)',
+      'assert.has_error(function() g("a)") end, "gauth.x: y")',
+      'assert.has_error(function()',
+      '  local a, b = h({ 1, 2 })',
+      'end,',
+      '  [[long message]])',
+      'assert.has_error(function() -- a comment, with ) in it',
+      '  k()',
+      'end)',
+      'local s = "assert.has_error(function() x() end)" -- assert.has_error(function() end)',
+    }, "\n")
+    assert.same({ 1, 7 }, bare.scan(text))
+  end)
+
   run("luacheck does report a real problem (the check can fail)", function()
     local path = helpers.tmpname("lint", ".lua")
     helpers.write_file(path, "local unused = 1\nx_global = 2\n")

@@ -308,8 +308,17 @@ describe("gauth.credentials", function()
     it("raises on bad options", function()
       assert.has_error(function() make({ quota_project = 1 }) end,
         "gauth.credentials: quota_project must be a non-empty string")
-      assert.has_error(function() make({ now = 5 }) end, "gauth.credentials: now must be a function")
+      assert.has_error(function() make({ now = "5" }) end,
+        "gauth.credentials: now must be a number or a function")
       assert.has_error(function() make({ cache = {} }) end, "gauth.credentials: cache must be a gauth.token_cache")
+    end)
+
+    it("takes now as a number (a standing clock) or a function", function()
+      local c = make({ now = 5 })
+      assert.equal(5, c._clock())
+      assert.equal(5, c._clock())
+      local d = make({ now = function() return 7 end })
+      assert.equal(7, d._clock())
     end)
 
     it("uses the process-wide cache by default", function()

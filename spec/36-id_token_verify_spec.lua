@@ -308,12 +308,16 @@ describe("gauth.id_token", function()
     end)
 
     it("raises for programming errors", function()
-      assert.has_error(function() id_token.verify(nil, { audience = AUD }) end)
-      assert.has_error(function() id_token.verify("a.b.c") end)
+      assert.has_error(function() id_token.verify(nil, { audience = AUD }) end,
+        "gauth.id_token: token must be a string")
+      assert.has_error(function() id_token.verify("a.b.c") end,
+        "gauth.id_token: opts must be a table (audience is required)")
       assert.has_error(function() id_token.verify("a.b.c", {}) end,
         "gauth.id_token: opts.audience is required (audience = false skips the check)")
-      assert.has_error(function() id_token.verify("a.b.c", { audience = 3 }) end)
-      assert.has_error(function() id_token.verify_firebase_token("a.b.c", nil) end)
+      assert.has_error(function() id_token.verify("a.b.c", { audience = 3 }) end,
+        "gauth.id_token: audience must be a string or a non-empty list")
+      assert.has_error(function() id_token.verify_firebase_token("a.b.c", nil) end,
+        "gauth.id_token: verify_firebase_token: project_id must be a string")
     end)
   end)
 

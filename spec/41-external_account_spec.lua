@@ -162,7 +162,7 @@ describe("gauth.external_account", function()
       assert.is_nil(c)
       assert.matches("^gauth%.external_account: key file: cannot read ", msg)
       is_error(err, "external_account", "key file")
-      assert.has_error(function() ea.from_file(42) end)
+      assert.has_error(function() ea.from_file(42) end, "gauth.external_account: from_file: path must be a string")
     end)
   end)
 

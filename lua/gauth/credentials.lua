@@ -173,9 +173,13 @@ function _M.init(self, opts)
     cache, err = require("gauth.token_cache.shdict").cache(dict)
     if not cache then error("gauth.credentials: " .. tostring(err), 3) end
   end
+  -- `now` is a number (a standing clock) or a function, as everywhere.
   local clock = opts.now
-  if clock ~= nil and type(clock) ~= "function" then
-    error("gauth.credentials: now must be a function", 3)
+  if type(clock) == "number" then
+    local t = clock
+    clock = function() return t end
+  elseif clock ~= nil and type(clock) ~= "function" then
+    error("gauth.credentials: now must be a number or a function", 3)
   end
   self.quota_project = qp
   self._cache = cache or token_cache.default()

@@ -495,15 +495,15 @@ local function one_of(list, v)
   return false
 end
 
-local function check_list(v, name)
+local function check_list(v, name, level)
   if type(v) == "string" then return end
   if type(v) == "table" and type(v[1]) == "string" and v[2] == nil then return end
   if type(v) ~= "table" or #v == 0 then
-    error("gauth.id_token: " .. name .. " must be a string or a non-empty list", 4)
+    error("gauth.id_token: " .. name .. " must be a string or a non-empty list", level)
   end
   for _, x in ipairs(v) do
     if type(x) ~= "string" then
-      error("gauth.id_token: " .. name .. " must hold strings", 4)
+      error("gauth.id_token: " .. name .. " must hold strings", level)
     end
   end
 end
@@ -528,8 +528,8 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
     error("gauth.id_token: opts.audience is required"
       .. " (audience = false skips the check)", level)
   end
-  if audience ~= false then check_list(audience, "audience") end
-  if issuers ~= nil and issuers ~= false then check_list(issuers, "issuers") end
+  if audience ~= false then check_list(audience, "audience", level + 1) end
+  if issuers ~= nil and issuers ~= false then check_list(issuers, "issuers", level + 1) end
 
   local htext, ptext, sig, signed_len = jws_split(token)
   if not htext then
@@ -647,7 +647,7 @@ function _M.verify(token, opts)
   if type(opts) ~= "table" then
     error("gauth.id_token: opts must be a table (audience is required)", 2)
   end
-  return verify(token, opts, 3, opts.audience, opts.issuers,
+  return verify(token, opts, 2, opts.audience, opts.issuers,
                 opts.certs_url or _M.OAUTH2_CERTS_URL, opts.algorithms)
 end
 
@@ -674,7 +674,7 @@ end
 -- @return claims, header | nil, msg, err
 function _M.verify_oauth2_token(token, audience, opts)
   opts = opts_of(opts)
-  return verify(token, opts, 3, audience, default(opts.issuers, _M.GOOGLE_ISSUERS),
+  return verify(token, opts, 2, audience, default(opts.issuers, _M.GOOGLE_ISSUERS),
                 opts.certs_url or _M.OAUTH2_CERTS_URL, opts.algorithms)
 end
 
@@ -687,7 +687,7 @@ end
 -- @return claims, header | nil, msg, err
 function _M.verify_iap(token, audience, opts)
   opts = opts_of(opts)
-  return verify(token, opts, 3, audience, default(opts.issuers, _M.IAP_ISSUERS),
+  return verify(token, opts, 2, audience, default(opts.issuers, _M.IAP_ISSUERS),
                 opts.certs_url or _M.IAP_CERTS_URL, opts.algorithms or _M.ES256_ONLY)
 end
 
