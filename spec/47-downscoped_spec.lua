@@ -114,6 +114,30 @@ describe("gauth.downscoped", function()
     assert.is_true(#proxy.connects() >= 1)
   end)
 
+  it("a non-gauth source never gets the token of a collected source at the same address", function()
+    -- Each user's source is a plain table, dropped and collected before
+    -- the next user comes, so Lua reuses its address: keyed by tostring,
+    -- user i+1 would be handed user i's downscoped token.
+    local cache = token_cache.new()
+    local users, wrong = 30, {}
+    local au_src = source()
+    for i = 1, users do
+      -- a subject token of this user's own, minted by the fake
+      au_src:invalidate()
+      local subject, sub_exp = assert(au_src:token())
+      local src = { token = function() return subject, sub_exp end }
+      local c = assert(new(src, { cache = cache }))
+      local tok = assert(c:token())
+      local minted = fake:tokens()[tok]
+      if not (minted and minted.subject == subject) then wrong[#wrong + 1] = i end
+      src, c = nil, nil  -- luacheck: ignore
+      collectgarbage("collect")
+      collectgarbage("collect")
+    end
+    assert.same({}, wrong)
+    assert.equal(users, #exchanges())
+  end)
+
   it("refuses the boundaries google-auth refuses, and more, naming the rule and field", function()
     local eleven = {}
     for i = 1, 11 do eleven[i] = RULES[2] end

@@ -668,4 +668,36 @@ function _M.read_key_file(module, path, texts)
   return info
 end
 
+-- Token sources that are not gauth credentials have no cache key: each
+-- object gets an id of its own, never used again. Never its address
+-- (`tostring`): Lua reuses an address once the object is collected, and a
+-- new user's source would find the tokens minted for the old one. Weak
+-- keys, so that the table does not keep sources alive; the nonce (made
+-- again in a forked process, such as each nginx worker) keeps the ids of
+-- two processes sharing a dict apart.
+local source_ids = setmetatable({}, { __mode = "k" })
+local id_count, id_nonce, id_pid = 0, nil, nil
+
+local function current_pid()
+  if util.is_ngx then return ngx.worker.pid() end  -- luacheck: ignore ngx
+  return nil
+end
+
+--- The cache identity of a token source that is not a gauth credential
+-- (impersonated and downscoped sources): a fresh id per object.
+-- @param src any table with a `token` method
+-- @treturn string
+function _M.source_id(src)
+  local id = source_ids[src]
+  if id then return id end
+  local pid = current_pid()
+  if not id_nonce or pid ~= id_pid then
+    id_nonce, id_pid = core.b64url_encode(core.random_bytes(16)), pid
+  end
+  id_count = id_count + 1
+  id = id_nonce .. ":" .. id_count
+  source_ids[src] = id
+  return id
+end
+
 return _M

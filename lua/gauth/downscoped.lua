@@ -223,7 +223,7 @@ end
 
 function _M:cache_key_parts()
   local src = self.source
-  local sk = type(src.cache_key) == "function" and src:cache_key() or tostring(src)
+  local sk = type(src.cache_key) == "function" and src:cache_key() or credentials.source_id(src)
   return { source = sk, boundary = self.access_boundary, url = self.token_url }
 end
 

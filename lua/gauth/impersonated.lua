@@ -392,40 +392,12 @@ function _M:fetch_token()
   end, self._retry)
 end
 
--- Token sources that are not gauth credentials have no cache key: each
--- object gets an id of its own, never used again. Never its address
--- (`tostring`): Lua reuses an address once the object is collected, and a
--- new user's source would find the tokens minted for the old one. Weak
--- keys, so that the table does not keep sources alive; the nonce (made
--- again in a forked process, such as each nginx worker) keeps the ids of
--- two processes sharing a dict apart.
-local source_ids = setmetatable({}, { __mode = "k" })
-local id_count, id_nonce, id_pid = 0, nil, nil
-
-local function current_pid()
-  if util.is_ngx then return ngx.worker.pid() end  -- luacheck: ignore ngx
-  return nil
-end
-
-local function source_id(src)
-  local id = source_ids[src]
-  if id then return id end
-  local pid = current_pid()
-  if not id_nonce or pid ~= id_pid then
-    id_nonce, id_pid = core.b64url_encode(core.random_bytes(16)), pid
-  end
-  id_count = id_count + 1
-  id = id_nonce .. ":" .. id_count
-  source_ids[src] = id
-  return id
-end
-
 function _M:cache_key_parts()
   local scopes = credentials.sorted(self.scopes)
   local src = self.source
   -- gauth credentials have a cache key (which binds their secret); any
   -- other token source has an id of its own (see source_id).
-  local sk = type(src.cache_key) == "function" and src:cache_key() or source_id(src)
+  local sk = type(src.cache_key) == "function" and src:cache_key() or credentials.source_id(src)
   return { source = sk, target = self.target_principal,
            scopes = scopes, delegates = self.delegates, lifetime = self.lifetime,
            url = self.url }
