@@ -97,7 +97,7 @@ SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 # The specs under ASan+UBSan: an instrumented core.so per ABI, loaded by a
 # small `lua` linked with the sanitizer runtime (no LD_PRELOAD, so curl,
 # openssl and python started by the specs run as usual).
-asan: deps
+asan: deps node-judges
 	@$(MAKE) --no-print-directory both VARIANT=-asan CFLAGS="-O1 -g $(SAN_FLAGS)" >/dev/null
 	@mkdir -p build/asan
 	$(CC) -O1 -g $(SAN_FLAGS) -I/usr/include/lua5.4 -o build/asan/lua5.4 spec/support/asan_lua.c -llua5.4
