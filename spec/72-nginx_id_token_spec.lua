@@ -53,6 +53,8 @@ describe("gauth.nginx.require_id_token", function()
       forged = { key = "rsa", alg = "RS256", headers = { kid = "e1" }, claims = c() },
       iap = { key = "ec", alg = "ES256", headers = { kid = "e1" },
               claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD }) },
+      short = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                claims = c({ exp = now + 600 }) },
       iap_rs = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
                  claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD }) },
     }
@@ -81,7 +83,7 @@ describe("gauth.nginx.require_id_token", function()
       workers = 4,
       listen_opts = "reuseport",
       trusted_ca = helpers.certs().ca_file,
-      http = "lua_shared_dict gauth 1m;",
+      http = "lua_shared_dict gauth 1m; lua_shared_dict test_clock 64k;",
       server = ([[
         location = /push {
           access_by_lua_block {
@@ -101,6 +103,33 @@ describe("gauth.nginx.require_id_token", function()
           }
           content_by_lua_block { ngx.say("other") }
         }
+        location = /clocked {
+          # the same guard on a clock the spec moves (shared by all workers)
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q,
+              now = function() return ngx.now() + (ngx.shared.test_clock:get("ahead") or 0) end }
+          }
+          content_by_lua_block { ngx.say("in") }
+        }
+        location = /clock {
+          content_by_lua_block {
+            ngx.shared.test_clock:set("ahead", tonumber(ngx.var.arg_ahead))
+            ngx.say("ok")
+          }
+        }
+        location = /down {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q,
+              certs_url = %q .. ngx.var.arg_how }
+          }
+          content_by_lua_block { ngx.say("let in") }
+        }
+        location = /badnow {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q, now = "soon" }
+          }
+          content_by_lua_block { ngx.say("let in") }
+        }
         location = /iap {
           access_by_lua_block {
             require("gauth.nginx").require_id_token{ audience = %q,
@@ -109,6 +138,8 @@ describe("gauth.nginx.require_id_token", function()
           content_by_lua_block { ngx.say(ngx.ctx.gauth_claims.iss) }
         }
       ]]):format(AUD, base .. "/certs/pem", EMAIL, base .. "/certs/pem",
+                 AUD, base .. "/certs/pem", AUD, base .. "/certs/",
+                 AUD, base .. "/certs/pem",
                  IAP_AUD, base .. "/certs/iap"),
     })
     assert(srv, err)
@@ -173,6 +204,57 @@ describe("gauth.nginx.require_id_token", function()
     local status, _, headers = srv:get("/other", { headers = { Authorization = "Bearer " .. tok.valid } })
     assert.are.equal(401, status)
     assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+  end)
+
+  it("never lets a cached verdict outlive the token's exp", function()
+    local h = { headers = { Authorization = "Bearer " .. tok.short } }
+    assert.are.equal(200, (srv:get("/clock?ahead=0")))
+    -- once per worker at least: every worker now holds the verdict
+    for _ = 1, 12 do assert.are.equal(200, (srv:get("/clocked", h))) end
+    -- 700 s on: the verdicts are still in every LRU (their real-time TTL
+    -- is 600 s), but exp has passed on the guard's clock
+    assert.are.equal(200, (srv:get("/clock?ahead=700")))
+    for _ = 1, 12 do
+      local mark = #srv:log()
+      local status, _, headers = srv:get("/clocked", h)
+      assert.are.equal(401, status)
+      assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+      assert.matches("gauth: require_id_token: gauth%.id_token: claims: expired 10%d s ago",
+                     srv:log_since(mark))
+    end
+    assert.are.equal(200, (srv:get("/clock?ahead=0")))
+    assert.are.equal(200, (srv:get("/clocked", h)))
+  end)
+
+  it("refuses a bad now option as a programming error (500, not a 401 or a pass)", function()
+    local mark = #srv:log()
+    local status, body = srv:get("/badnow", { headers = { Authorization = "Bearer " .. tok.valid } })
+    assert.are.equal(500, status)
+    assert.is_nil(body:find("let in", 1, true))
+    assert.matches("now must be a number or a function returning one", srv:log_since(mark), 1, true)
+  end)
+
+  it("lets nothing through when the key set cannot be had (500, garbage, empty, refused), and never hangs", function()
+    fake:script("/certs/e500", { status = 500, body = { error = "down" } })
+    fake:script("/certs/garbage", { status = 200, body_b64 = "PGh0bWw+bm90IGpzb24=",
+      headers = { ["Content-Type"] = "text/html" } })
+    fake:script("/certs/empty", { status = 200, body = {} })
+    local cases = {
+      { "e500", "gauth%.id_token: keys: key set unavailable: fetch answered HTTP 500" },
+      { "garbage", "gauth%.id_token: keys: key set unavailable: fetch gave a bad key set: key set is not a JSON object" },
+      { "empty", "gauth%.id_token: keys: key set unavailable: fetch gave a bad key set: key set is empty" },
+    }
+    for _, c in ipairs(cases) do
+      local mark = #srv:log()
+      local status, body, headers = srv:get("/down?how=" .. c[1],
+        { headers = { Authorization = "Bearer " .. tok.valid } })
+      assert.are.equal(401, status, c[1])
+      assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+      assert.is_nil(body:find("let in", 1, true))
+      local log = srv:log_since(mark)
+      assert.matches("gauth: require_id_token: " .. c[2], log)
+      assert.is_nil(log:find(tok.valid, 1, true))
+    end
   end)
 
   it("takes IAP's header with IAP's issuer and ES256 keys", function()

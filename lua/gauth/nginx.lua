@@ -126,7 +126,9 @@ local BEARER = { [66] = true, [98] = true }  -- "B", "b"
 --   `certs_url`, `issuers` (default Google's for Authorization, IAP's for
 --   the IAP header; `false`: unchecked), `allowed_emails` (list: `email`
 --   must be one, with `email_verified`), `clock_skew`, `max_lifetime`,
---   `shared_dict` (default "gauth")
+--   `shared_dict` (default "gauth"), `now` (epoch seconds, a number or a
+--   function returning one; default `ngx.now()`: the clock every check,
+--   cached verdicts included, is made against)
 -- @return claims (or does not return)
 function _M.require_id_token(opts)
   if type(opts) ~= "table" then
@@ -165,7 +167,15 @@ function _M.require_id_token(opts)
     if find(token, " ", 1, true) then token = gsub(token, "^ +", "") end
   end
 
-  local now = ngx.now()
+  local now = opts.now
+  if now == nil then
+    now = ngx.now()
+  elseif type(now) == "function" then
+    now = now()
+  end
+  if type(now) ~= "number" then
+    error("gauth.nginx: require_id_token: now must be a number or a function returning one", 2)
+  end
   local lru = verdict_cache(certs_url)
   local hkey = sha256(token)
   local v = lru:get(hkey)
