@@ -241,8 +241,10 @@ describe("gauth.nginx.require_id_token", function()
     fake:script("/certs/empty", { status = 200, body = {} })
     local cases = {
       { "e500", "gauth%.id_token: keys: key set unavailable: fetch answered HTTP 500" },
-      { "garbage", "gauth%.id_token: keys: key set unavailable: fetch gave a bad key set: key set is not a JSON object" },
-      { "empty", "gauth%.id_token: keys: key set unavailable: fetch gave a bad key set: key set is empty" },
+      { "garbage", "gauth%.id_token: keys: key set unavailable: fetch gave a bad key set: "
+                   .. "key set is not a JSON object" },
+      { "empty", "gauth%.id_token: keys: key set unavailable: fetch gave a bad key set: "
+                 .. "key set is empty" },
     }
     for _, c in ipairs(cases) do
       local mark = #srv:log()
