@@ -97,7 +97,9 @@ print(json.dumps(res))
   end)
 
   it("raises on arguments of the wrong type", function()
-    assert.has_error(function() core.aead_seal(nil, "x") end)
-    assert.has_error(function() core.aead_open(string.rep("k", 32), {}) end)
+    assert.has_error(function() core.aead_seal(nil, "x") end,
+      "bad argument #1 to 'aead_seal' (string expected, got nil)")
+    assert.has_error(function() core.aead_open(string.rep("k", 32), {}) end,
+      "bad argument #2 to 'aead_open' (string expected, got table)")
   end)
 end)

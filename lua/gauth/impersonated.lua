@@ -28,7 +28,6 @@
 -- API's status name, `retryable`, `retry_after`).
 -- @module gauth.impersonated
 
-local core = require "gauth.core"
 local credentials = require "gauth.credentials"
 local oauth = require "gauth.oauth"
 local metadata = require "gauth.metadata"
