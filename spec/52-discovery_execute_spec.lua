@@ -690,7 +690,8 @@ describe("gauth.discovery against the fake over HTTPS", function()
       assert.equals("gauth.metrics: on: unknown event refreshed (known: failure, refresh, retry)", msg)
       assert.equals("metrics", err.module)
       assert.equals("on", err.step)
-      assert.has_error(function() gauth.on("refresh", "not a function") end)
+      assert.error_matches(function() gauth.on("refresh", "not a function") end,
+        "gauth.on: fn must be a function", 1, true)
     end)
   end)
 
