@@ -27,7 +27,8 @@ describe("gauth.token_cache.redis outside nginx", function()
       assert.equal("token_cache.redis", err.module)
       assert.equal("options", err.step)
     end
-    assert.has_error(function() redis_store.new({ port = "x" }) end)
+    assert.error_matches(function() redis_store.new({ port = "x" }) end,
+      "gauth.token_cache.redis: port must be a positive number", 1, true)
   end)
 
   it("parse_key: 32 raw bytes or 64 hex characters", function()
