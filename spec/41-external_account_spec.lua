@@ -16,6 +16,7 @@ local WF_AUD = "//iam.googleapis.com/locations/global/workforcePools/wpool/provi
 local AWS_AUD = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/pool/providers/aws"
 local JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 local AWS_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
+local SAML_TYPE = "urn:ietf:params:oauth:token-type:saml2"
 local TARGET = "fed-sa@proj.iam.gserviceaccount.com"
 local IAM_PATH = "/v1/projects/-/serviceAccounts/" .. TARGET .. ":generateAccessToken"
 local AWS_AK, AWS_SK, AWS_TOK = "AKIAEXAMPLEGAUTH01", "aws+secret/KEY0123456789abcdefghij", "aws-session-tok"
@@ -608,6 +609,79 @@ describe("gauth.external_account", function()
       assert.is_nil(tok)
       assert.equal("gauth.external_account: executable: unsupported response version 2", msg)
       assert.equal(0, #sts_requests())
+    end)
+
+    -- A versioned response as pluggable.py reads it; `exp` relative to now.
+    local function response(tt, field, tok, exp)
+      return cjson.encode({ version = 1, success = true, token_type = tt, [field] = tok,
+                            expiration_time = os.time() + exp })
+    end
+
+    it("sends a SAML response (token_type saml2, saml_response) to STS as a saml2 subject token", function()
+      local saml = "PHNhbWxwOlJlc3BvbnNlIElEPSJnYXV0aC1zYW1sLTEiLz4="
+      fake:config({ federation = federation({ subject_tokens = { saml } }) })
+      local p = script("saml.sh", "cat <<'EOF'\n" .. response(SAML_TYPE, "saml_response", saml, 3600)
+        .. "\nEOF\n")
+      local c = assert(new(config({ subject_token_type = SAML_TYPE,
+        credential_source = { executable = { command = p, timeout_millis = 5000 } } }), { env = ALLOW }))
+      local tok, exp = c:token()
+      assert.equal("fake-token-1", tok)
+      assert.is_number(exp)
+      local form = sts_requests()[1].form
+      assert.equal(SAML_TYPE, form.subject_token_type)
+      assert.equal(saml, form.subject_token)
+      -- A saml2 response whose token is under id_token is refused: SAML is
+      -- read from saml_response only.
+      local w = script("saml-wrong.sh", "cat <<'EOF'\n" .. response(SAML_TYPE, "id_token", saml, 3600)
+        .. "\nEOF\n")
+      local d = assert(new(config({ subject_token_type = SAML_TYPE,
+        credential_source = { executable = { command = w, timeout_millis = 5000 } } }), { env = ALLOW }))
+      local t2, msg, err = d:token()
+      assert.is_nil(t2)
+      assert.equal("gauth.external_account: executable: the response has no saml_response", msg)
+      helpers.assert_failure(msg, err, "external_account", "executable")
+      assert.is_false(err.retryable)
+      assert.equal(1, #sts_requests())
+    end)
+
+    it("refuses an expired response, and runs the program again over an expired output_file", function()
+      local t = oidc({ sub = "expired-run" })
+      local p = script("expired.sh", "echo '" .. response(JWT_TYPE, "id_token", t, -60) .. "'\n")
+      local c = assert(new(exec_config(p), { env = ALLOW }))
+      local tok, msg, err = c:token()
+      assert.is_nil(tok)
+      assert.equal("gauth.external_account: executable: the response has expired", msg)
+      helpers.assert_failure(msg, err, "external_account", "executable")
+      assert.is_true(err.expired)
+      assert.is_false(err.retryable)
+      assert.equal(0, #sts_requests())
+      -- output_file holds an expired response (with a token STS would take):
+      -- it is ignored, the program runs and its fresh token is exchanged.
+      local stale, fresh = oidc({ sub = "stale" }), oidc({ sub = "fresh" })
+      local out, count = dir .. "/expired-cache.json", dir .. "/expired-count"
+      helpers.write_file(out, response(JWT_TYPE, "id_token", stale, -60))
+      local r = script("fresh.sh", "echo x >> " .. q(count) .. "\necho '"
+        .. response(JWT_TYPE, "id_token", fresh, 3600) .. "'\n")
+      local d = assert(new(exec_config(r, { output_file = out }), { env = ALLOW }))
+      assert.equal("fake-token-1", (d:token()))
+      assert.equal("x\n", helpers.read_file(count))
+      assert.equal(fresh, sts_requests()[1].form.subject_token)
+    end)
+
+    it("tells the program the impersonated account in GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL", function()
+      local envfile = dir .. "/env-imp.txt"
+      local p = script("imp.sh", "env | grep '^GOOGLE_EXTERNAL_ACCOUNT_' | sort > " .. q(envfile) .. "\n"
+        .. "echo '" .. response(JWT_TYPE, "id_token", oidc(), 3600) .. "'\n")
+      local c = assert(new(config({ service_account_impersonation_url = fake.url .. IAM_PATH,
+        credential_source = { executable = { command = p, timeout_millis = 5000 } } }), { env = ALLOW }))
+      assert.equal("fake-token-2", (c:token()))
+      assert.equal(1, #fake:requests(IAM_PATH))
+      local env = helpers.read_file(envfile)
+      assert.matches("\nGOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL=" .. TARGET:gsub("%p", "%%%0") .. "\n", env)
+      -- Without impersonation the variable is not set.
+      local d = assert(new(exec_config(p), { env = ALLOW }))
+      assert.equal("fake-token-3", (d:token()))
+      assert.is_nil(helpers.read_file(envfile):find("IMPERSONATED_EMAIL", 1, true))
     end)
 
     it("kills a program that hangs at timeout_millis, with what it started", function()
