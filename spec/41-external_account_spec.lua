@@ -347,6 +347,37 @@ describe("gauth.external_account", function()
     end)
   end)
 
+  describe("with_scopes", function()
+    it("puts its scopes on the wire: STS's scope, or IAM's scope with impersonation", function()
+      local c = assert(new(config()))
+      local d = c:with_scopes({ S1 })
+      assert.equal("fake-token-1", (d:token()))
+      assert.equal("fake-token-2", (c:token()))  -- the original keeps its own token
+      local r = sts_requests()
+      assert.equal(2, #r)
+      assert.equal(S1, r[1].form.scope)
+      assert.equal(CP, r[2].form.scope)
+      -- Impersonation: STS is asked for cloud-platform, IAM for the scopes.
+      local i = assert(new(config({ service_account_impersonation_url = fake.url .. IAM_PATH })))
+      local j = i:with_scopes({ S1 })
+      assert.equal("fake-token-4", (j:token()))
+      assert.equal(CP, sts_requests()[3].form.scope)
+      local iam = fake:requests(IAM_PATH)
+      assert.equal(1, #iam)
+      assert.same({ S1 }, iam[1].json.scope)
+      -- IAM refusing the copy's scope: the copy fails, naming the step.
+      fake:script(IAM_PATH, { status = 403, body = { error = { code = 403,
+        message = "Scope not allowed", status = "PERMISSION_DENIED" } } })
+      local k = i:with_scopes({ S1, "https://www.googleapis.com/auth/gmail.send" })
+      local tok, msg, err = k:token()
+      assert.is_nil(tok)
+      assert.matches("^gauth%.external_account: impersonation: .*Scope not allowed", msg)
+      helpers.assert_failure(msg, err, "external_account", "impersonation")
+      assert.equal(403, err.status)
+      assert.same({ S1, "https://www.googleapis.com/auth/gmail.send" }, fake:requests(IAM_PATH)[2].json.scope)
+    end)
+  end)
+
   describe("the token cache key (issue 17 item 2)", function()
     it("binds the whole source: two configs differing only there never share a cached token", function()
       local shared = token_cache.new()
@@ -934,20 +965,21 @@ describe("external accounts through ADC and the gauth command", function()
     assert.equal("external_account", err.type)
   end)
 
+  local function sink()
+    local t = {}
+    local o = {}
+    function o.write(self, ...)
+      for i = 1, select("#", ...) do t[#t + 1] = tostring((select(i, ...))) end
+      return self
+    end
+    function o.flush() return true end
+    function o.text() return table.concat(t) end
+    return o
+  end
+
   it("gauth token --key-file prints the token of an external account configuration", function()
     local cli = require "gauth.cli"
     local ext = files()
-    local function sink()
-      local t = {}
-      local o = {}
-      function o.write(self, ...)
-        for i = 1, select("#", ...) do t[#t + 1] = tostring((select(i, ...))) end
-        return self
-      end
-      function o.flush() return true end
-      function o.text() return table.concat(t) end
-      return o
-    end
     local out, errs = sink(), sink()
     local code = cli.main({ "token", "--key-file", ext }, { stdout = out, stderr = errs })
     assert.equal(0, code, errs.text())
@@ -962,5 +994,29 @@ describe("external accounts through ADC and the gauth command", function()
     assert.equal(1, code)
     assert.equal("", out.text())
     assert.matches("reading subject token from file .*: no such file", errs.text())
+  end)
+
+  it("gauth token --key-file prints the token of an external_account_authorized_user file", function()
+    local cli = require "gauth.cli"
+    local _, user = files()
+    local out, errs = sink(), sink()
+    local code = cli.main({ "token", "--key-file", user }, { stdout = out, stderr = errs })
+    assert.equal(0, code, errs.text())
+    assert.equal("fake-token-1\n", out.text())
+    local r = fake:requests("/v1/oauthtoken")
+    assert.equal(1, #r)
+    assert.equal("wf-rt", r[1].form.refresh_token)
+    -- A refresh token the server does not know: exit 1, the refusal told.
+    local info = cjson.decode(helpers.read_file(user))
+    info.refresh_token = "wf-unknown"
+    local broken = helpers.tmpname("cli-eau", ".json")
+    helpers.write_file(broken, cjson.encode(info))
+    out, errs = sink(), sink()
+    code = cli.main({ "token", "--key-file", broken }, { stdout = out, stderr = errs })
+    assert.equal(1, code)
+    assert.equal("", out.text())
+    assert.equal("gauth: gauth.external_account_authorized_user: token response: the token endpoint refused"
+      .. " the refresh: invalid_grant: Token has been expired or revoked. (HTTP 400 invalid_grant) ["
+      .. fake.url .. "/v1/oauthtoken]\n", errs.text())
   end)
 end)

@@ -51,6 +51,18 @@ describe("gauth.external_account inside nginx", function()
         region_url = imds.url .. "/latest/meta-data/placement/availability-zone",
         url = imds.url .. "/latest/meta-data/iam/security-credentials",
         imdsv2_session_token_url = imds.url .. "/latest/api/token" } }))
+    -- The same sources under other cache keys (a header, an audience), for
+    -- the cold bursts below.
+    write_config("url_burst", with({ credential_source = { url = fake.url .. "/subject-token",
+      headers = { ["x-burst"] = "1" } } }))
+    write_config("aws_burst", with({ audience = AWS_AUD .. "-burst",
+      subject_token_type = "urn:ietf:params:aws:token-type:aws4_request",
+      credential_source = { environment_id = "aws1",
+        regional_cred_verification_url =
+          "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+        region_url = imds.url .. "/latest/meta-data/placement/availability-zone",
+        url = imds.url .. "/latest/meta-data/iam/security-credentials",
+        imdsv2_session_token_url = imds.url .. "/latest/api/token" } }))
     write_config("exec", with({ credential_source = { executable = { command = "/bin/true" } } }))
     fake:config({ federation = { oidc_public_pem = key.public_pem, aws_keys = { [AK] = SK },
                                  served_token = { text = subject } } })
@@ -94,20 +106,37 @@ describe("gauth.external_account inside nginx", function()
     return cjson.decode(body)
   end
 
-  it("file source: 20 concurrent cold requests on 2 workers make one STS exchange", function()
+  -- 20 concurrent cold requests for `which` on 2 workers (STS slowed down
+  -- so that they overlap): how many distinct tokens they got.
+  local function burst(which)
     fake:script("/v1/token", { delay = 0.5 })
-    local results = srv:parallel("/token?which=file", 20)
-    local tokens = {}
-    for _, x in ipairs(results) do
+    local tokens, n = {}, 0
+    for _, x in ipairs(srv:parallel("/token?which=" .. which, 20)) do
       assert.equal(200, x.status, x.body)
       local r = cjson.decode(x.body)
       assert.is_string(r.token, r.err)
+      if not tokens[r.token] then n = n + 1 end
       tokens[r.token] = true
     end
-    local n = 0
-    for _ in pairs(tokens) do n = n + 1 end
-    assert.equal(1, n)
+    return n
+  end
+
+  it("file source: 20 concurrent cold requests on 2 workers make one STS exchange", function()
+    assert.equal(1, burst("file"))
     assert.equal(1, #fake:requests("/v1/token"))
+  end)
+
+  it("url and aws sources: 20 concurrent cold requests on 2 workers make one exchange each", function()
+    local sts0, subj0, imds0 = #fake:requests("/v1/token"), #fake:requests("/subject-token"), #imds:requests()
+    assert.equal(1, burst("url_burst"))
+    assert.equal(sts0 + 1, #fake:requests("/v1/token"))
+    local subj = fake:requests("/subject-token")
+    assert.equal(subj0 + 1, #subj)
+    assert.equal("1", subj[#subj].headers["x-burst"])
+    assert.equal(1, burst("aws_burst"))
+    assert.equal(sts0 + 2, #fake:requests("/v1/token"))
+    -- One IMDS round: the session token (PUT), region, role, credentials.
+    assert.equal(imds0 + 4, #imds:requests())
   end)
 
   it("url source: fetched over cosockets, the worker answering others meanwhile", function()
@@ -142,8 +171,8 @@ describe("gauth.external_account inside nginx", function()
     assert.is_string(r.token, r.err)
     assert.is_false(r.curl_transport)
     local rs = imds:requests()
-    assert.equal("PUT", rs[1].method)
-    assert.equal(4, #rs)
+    assert.equal("PUT", rs[#rs - 3].method)
+    assert.equal(8, #rs)  -- the burst's round, then this one
   end)
 
   it("executable source: refused in a worker with a clear error", function()
