@@ -806,6 +806,40 @@ describe("gauth.media", function()
       assert.equal("HEADER:" .. data, helpers.read_file(out))
     end)
 
+    it("refuse to send credentials to an http:// host that is not loopback, before any connection", function()
+      -- "gauth-remote.localhost" is not a loopback name to gauth, yet libcurl
+      -- resolves every *.localhost name to loopback itself: a request that
+      -- got past the check would reach this listener (the control below).
+      local l = helpers.start_raw_listener()
+      local sent = {}
+      local real = assert(require("gauth.http").new())
+      local recording = { request = function(_, req)
+        sent[#sent + 1] = req.url
+        return real:request(req)
+      end }
+      local remote = "http://gauth-remote.localhost:" .. l.port .. "/drive/v3/"
+      local svc = assert(discovery.build_from_document(DRIVE, {
+        api_endpoint = remote, http = recording, credentials = creds }))
+      local out = helpers.tmpname("dl")
+      local n, msg, err = svc:files():get_media{ fileId = "obj-dl" }:download(out)
+      assert.is_nil(n)
+      assert.equal("gauth.media: drive.files.get: refusing to send credentials to gauth-remote.localhost"
+        .. " over http (https is required except for a loopback host) [http://gauth-remote.localhost:"
+      .. l.port .. "/drive/v3/files/obj-dl?alt=media]", msg)
+      helpers.assert_failure(msg, err, "media", "drive.files.get")
+      assert.equal("insecure_url", err.kind)
+      assert.is_false(err.retryable)
+      assert.same({}, sent)
+      assert.same({}, l:heads())
+      -- The control: without credentials the same download does go out,
+      -- and reaches the listener.
+      local open = assert(discovery.build_from_document(DRIVE, { api_endpoint = remote, http = recording }))
+      assert.equal(2, assert(open:files():get_media{ fileId = "obj-dl" }:download(out)))
+      assert.equal(1, #sent)
+      assert.equal("GET /drive/v3/files/obj-dl?alt=media HTTP/1.1", l:request_lines()[1])
+      l:stop()
+    end)
+
     it("return nil, err for a 404; retry a 503", function()
       local out = helpers.tmpname("dl")
       local n, msg, err = drive:files():get_media{ fileId = "missing" }:download(out)

@@ -271,6 +271,45 @@ describe("gauth.batch", function()
     assert.equal(0, #srv:requests())
   end)
 
+  it("refuses to send credentials to an http:// host that is not loopback, before any connection", function()
+    -- "gauth-remote.localhost" is not a loopback name to gauth, yet libcurl
+    -- resolves every *.localhost name to loopback itself: a batch that got
+    -- past the check would reach this listener (the control below).
+    local l = helpers.start_raw_listener()
+    local sent = {}
+    local real = assert(require("gauth.http").new())
+    local recording = { request = function(_, req)
+      sent[#sent + 1] = req.url
+      return real:request(req)
+    end }
+    local remote = "http://gauth-remote.localhost:" .. l.port .. "/drive/v3/"
+    local svc = assert(discovery.build_from_document(DRIVE, {
+      api_endpoint = remote, http = recording, credentials = creds }))
+    local called = false
+    local b = svc:new_batch_http_request{ callback = function() called = true end }
+    assert(b:add(svc:files():get{ fileId = "a" }))
+    local ok, msg, err = b:execute()
+    assert.is_nil(ok)
+    assert.equal("gauth.batch: execute: refusing to send credentials to gauth-remote.localhost"
+      .. " over http (https is required except for a loopback host) [http://gauth-remote.localhost:"
+      .. l.port .. "/batch/drive/v3]", msg)
+    helpers.assert_failure(msg, err, "batch", "execute")
+    assert.equal("insecure_url", err.kind)
+    assert.is_false(err.retryable)
+    assert.is_false(called)
+    assert.same({}, sent)
+    assert.same({}, l:heads())
+    -- The control: without credentials the same batch does go out, and
+    -- reaches the listener (whose "ok" is no multipart answer).
+    local open = assert(discovery.build_from_document(DRIVE, { api_endpoint = remote, http = recording }))
+    local o = open:new_batch_http_request()
+    assert(o:add(open:files():get{ fileId = "a" }))
+    assert.is_nil((o:execute()))
+    assert.equal(1, #sent)
+    assert.matches("^POST /batch/drive/v3 HTTP/1%.1$", l:request_lines()[1])
+    l:stop()
+  end)
+
   it("holds at most 1000 requests; the 1001st is refused with nil, err", function()
     local b = drive:new_batch_http_request()
     for i = 1, 1000 do
