@@ -113,6 +113,7 @@ describe("OpenResty operations", function()
         location = /set { content_by_lua_block { @APP@.set() } }
         location = /result { content_by_lua_block { @APP@.result() } }
         location = /token { content_by_lua_block { @APP@.token() } }
+        location = /bounds { content_by_lua_block { @APP@.bounds() } }
         location = /invalidate { content_by_lua_block { @APP@.invalidate() } }
         location = /execute { content_by_lua_block { @APP@.execute() } }
         location = /ca_check {
@@ -292,6 +293,18 @@ describe("OpenResty operations", function()
       -- Each worker says once where each transport's CA comes from.
       assert.truthy(srv:log():find("GAUTH_CA_FILE=" .. helpers.certs().ca_file
         .. " is what libcurl trusts (init_by_lua); cosockets trust lua_ssl_trusted_certificate", 1, true))
+    end)
+  end)
+
+  describe("per-worker bounds (issue 17 item 9)", function()
+    it("the shared-dict store's memo and tkeys, and the scheduled table, hold at most max_entries", function()
+      local b = get("/bounds?n=200")
+      assert.equal(200, b.served)
+      assert.equal(200, b.scheduled_calls)
+      -- util.lru keeps between half and all of its bound.
+      for _, k in ipairs({ "memo", "tkeys", "scheduled" }) do
+        assert.is_true(b[k] <= 10 and b[k] >= 5, k .. ": " .. tostring(b[k]))
+      end
     end)
   end)
 

@@ -161,6 +161,34 @@ function _M.result()
   ngx.say(v == nil and "null" or cjson.encode(v))
 end
 
+--- GET /bounds?n=: the per-worker tables stay at their bound (issue 17
+-- item 9). A shared-dict store of max_entries 10 is given n keys (set,
+-- then get: the decoded-entry memo and the prefixed keys fill), and a
+-- cache over a local store of max_entries 10 schedules n background
+-- refreshes (the `scheduled` table, which a shared-dict store leaves to
+-- the dict). Counted before this handler yields, so before any of those
+-- timers runs.
+function _M.bounds()
+  local n = tonumber(ngx.var.arg_n)
+  local store = assert(require("gauth.token_cache.shdict").new({ max_entries = 10 }))
+  local served = 0
+  for i = 1, n do
+    local key = "bounds|" .. i
+    store:set(key, { access_token = "b" .. i, expires_at = ngx.time() + 60 }, 60)
+    local e = store:get(key)
+    if e and e.access_token == "b" .. i then served = served + 1 end
+  end
+  local cache = require("gauth.token_cache").new({ max_entries = 10 })
+  local scheduled = 0
+  local clock = function() return ngx.time() end
+  for i = 1, n do
+    local fetch = function() return { access_token = "s" .. i, expires_at = ngx.time() + 60 } end
+    if cache:schedule("sched|" .. i, fetch, clock) then scheduled = scheduled + 1 end
+  end
+  reply(200, { served = served, memo = store.memo:count(), tkeys = store.tkeys:count(),
+               scheduled_calls = scheduled, scheduled = cache.scheduled:count() })
+end
+
 --- GET /token?name=: a token in the content phase.
 function _M.token()
   local c = get_creds(ngx.var.arg_name)
