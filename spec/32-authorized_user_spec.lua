@@ -200,6 +200,39 @@ describe("gauth.authorized_user", function()
       assert.equal("rotated", fake:requests("/token")[2].form.refresh_token)
     end)
 
+    it("never shares a cached token between files of one client with different refresh tokens", function()
+      -- Issue 17 item 2: the cache key binds the refresh token. One cache
+      -- for all, as a multi-tenant process has.
+      local cache = token_cache.new()
+      local RT2 = "1//gauth-test-refresh-token-of-another-user"
+      fake:config({ refresh_tokens = { [RT2] = { client_id = CLIENT, client_secret = SECRET } } })
+      local p2 = helpers.make_authorized_user_file({ refresh_token = RT2, extra = { token_uri = fake.token_uri } })
+      local a = assert(new({ cache = cache }))
+      local b = assert(new({ cache = cache }, p2))
+      assert.equal("fake-token-1", (a:token()))
+      assert.equal("fake-token-2", (b:token()))
+      assert.equal("fake-token-1", (a:token()))  -- each from the cache now
+      assert.equal("fake-token-2", (b:token()))
+      local rs = fake:requests("/token")
+      assert.equal(2, #rs)
+      assert.equal(RT2, rs[2].form.refresh_token)
+      -- A forged file: the same client, a refresh token the server does not
+      -- know. It gets the server's refusal, never a cached token.
+      local p3 = helpers.make_authorized_user_file({ refresh_token = "1//forged",
+        extra = { token_uri = fake.token_uri } })
+      local f = assert(new({ cache = cache }, p3))
+      local tok, msg, err = f:token()
+      assert.is_nil(tok)
+      assert.equal("gauth.authorized_user: token response: the token endpoint refused the refresh:"
+        .. " invalid_grant: Token has been expired or revoked. (run `gcloud auth application-default login`"
+        .. " again if these are gcloud's credentials) (HTTP 400 invalid_grant) [" .. fake.token_uri .. "]", msg)
+      helpers.assert_failure(msg, err, "authorized_user", "token response")
+      assert.equal("invalid_grant", err.oauth_error)
+      assert.is_false(err.retryable)
+      assert.is_nil(msg:find("forged", 1, true))
+      assert.equal(3, #fake:requests("/token"))
+    end)
+
     it("works over plain HTTP to loopback", function()
       local p = helpers.make_authorized_user_file({ extra = { token_uri = plain.token_uri } })
       local c = assert(au.from_file(p, { cache = token_cache.new() }))

@@ -145,6 +145,34 @@ describe("gauth.impersonated", function()
       assert.equal(users, #iam_requests())
     end)
 
+    it("never shares a token between service-account sources differing only in their private key", function()
+      -- Issue 17 item 2: a forged key file (same client_email and
+      -- private_key_id, another key) impersonating the same target on the
+      -- same cache gets no token. The sources keep their own caches: what
+      -- is tested is the impersonated credentials' key.
+      local sa = require "gauth.service_account"
+      local _, forged = helpers.make_service_account_file({ token_uri = fake.token_uri,
+        client_email = sa_info.client_email, private_key_id = sa_info.kid })
+      local real_src = assert(sa.from_file(sa_info.path, { scopes = { CP }, cache = token_cache.new() }))
+      local forged_src = assert(sa.from_file(forged.path, { scopes = { CP }, cache = token_cache.new(),
+                                                            retry = fast_retry() }))
+      local cache = token_cache.new()
+      local c = assert(new({ source = real_src, cache = cache }))
+      local tok = assert(c:token())
+      assert.equal(1, #iam_requests())
+      local d = assert(new({ source = forged_src, cache = cache }))
+      local t2, msg, err = d:token()
+      assert.is_nil(t2)
+      assert.equal("gauth.impersonated: source credentials: token response: the token endpoint refused"
+        .. " the request: invalid_grant: Invalid JWT Signature. (HTTP 400 invalid_grant) ["
+        .. fake.token_uri .. "]", msg)
+      helpers.assert_failure(msg, err, "impersonated", "source credentials")
+      assert.is_false(err.retryable)
+      assert.is_nil(msg:find(tok, 1, true))
+      assert.equal(1, #iam_requests())
+      assert.equal(tok, (c:token()))
+    end)
+
     it("answers from the cache, refreshes inside the window", function()
       local offset = 0
       local c = assert(new({ lifetime = 300, now = function() return socket.gettime() + offset end }))

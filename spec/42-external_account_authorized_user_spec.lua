@@ -68,6 +68,34 @@ describe("gauth.external_account_authorized_user", function()
     assert.is_nil(tostring(c):find("wf-secret", 1, true))
   end)
 
+  it("never shares a cached token between configs of one client with different refresh tokens", function()
+    -- Issue 17 item 2: the cache key binds the refresh token.
+    local cache = token_cache.new()
+    local RT2 = "wf-refresh-token-of-another-user"
+    fake:config({ refresh_tokens = { [RT2] = { client_id = "wf-client", client_secret = "wf-secret" } } })
+    local a = assert(new(info(), { cache = cache }))
+    local b = assert(new(info({ refresh_token = RT2 }), { cache = cache }))
+    assert.equal("fake-token-1", (a:token()))
+    assert.equal("fake-token-2", (b:token()))
+    assert.equal("fake-token-1", (a:token()))  -- each from the cache now
+    assert.equal("fake-token-2", (b:token()))
+    local r = fake:requests("/v1/oauthtoken")
+    assert.equal(2, #r)
+    assert.equal(RT2, r[2].form.refresh_token)
+    -- The same client with a refresh token the server does not know: the
+    -- server's refusal, never a cached token.
+    local f = assert(new(info({ refresh_token = "wf-forged" }), { cache = cache }))
+    local tok, msg, err = f:token()
+    assert.is_nil(tok)
+    assert.equal("gauth.external_account_authorized_user: token response: the token endpoint refused"
+      .. " the refresh: invalid_grant: Token has been expired or revoked. (HTTP 400 invalid_grant) ["
+      .. fake.url .. "/v1/oauthtoken]", msg)
+    helpers.assert_failure(msg, err, "external_account_authorized_user", "token response")
+    assert.equal("invalid_grant", err.oauth_error)
+    assert.is_nil(msg:find("wf-forged", 1, true))
+    assert.equal(3, #fake:requests("/v1/oauthtoken"))
+  end)
+
   it("defaults token_url to the universe's STS", function()
     local c = assert(new(info({ token_url = false, universe_domain = "u.example" })))
     assert.equal("https://sts.u.example/v1/oauthtoken", c.token_url)
