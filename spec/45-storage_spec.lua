@@ -48,6 +48,12 @@ local URL_CASES = {
   { name = "universe_domain", object = "u.txt", universe = "example-universe.net" },
   { name = "seven days", object = "long.txt", expires = 604800 },
   { name = "a leap day late at night", object = "leap.txt", now = LEAP, expires = 1 },
+  -- The scheme option: the host is signed, the scheme is not (Node says it
+  -- with an http:// cname or apiEndpoint).
+  { name = "scheme http, bucket-bound host name", object = "s.txt", style = "bucket_bound_hostname",
+    bbh = "cdn.example.com", scheme = "http", node_cname = "http://cdn.example.com" },
+  { name = "scheme http, path style", object = "p t.txt", scheme = "http",
+    node_api_endpoint = "http://storage.googleapis.com" },
 }
 
 local ACTIONS = { GET = "read", PUT = "write", DELETE = "delete", POST = "resumable" }
@@ -65,6 +71,7 @@ local function gauth_opts(c, signer)
     query = c.query and pairs_map(c.query), url_style = c.style,
     bucket_bound_hostname = c.bbh, api_endpoint = c.api_endpoint,
     universe_domain = c.universe, now = c.now or NOW, payload_sha256 = c.payload_sha256,
+    scheme = c.scheme,
   }
   for k, v in pairs(signer) do o[k] = v end
   return o
@@ -75,7 +82,7 @@ local function node_case(c)
     kind = "url", now = c.now or NOW, bucket = c.bucket or "gauth-judge-bucket",
     object = c.object, action = ACTIONS[c.method or "GET"], expires = c.expires or 900,
     headers = c.headers or {}, query = c.query or {}, virtual = c.style == "virtual_hosted",
-    cname = c.node_cname, api_endpoint = c.api_endpoint, universe = c.universe,
+    cname = c.node_cname, api_endpoint = c.node_api_endpoint or c.api_endpoint, universe = c.universe,
   }
 end
 
@@ -105,6 +112,7 @@ describe("gauth.storage", function()
       for i, c in ipairs(URL_CASES) do
         assert.is_nil(got[i].error, c.name .. ": node: " .. tostring(got[i].error))
         assert.equal(got[i].url, mine[i], c.name)
+        if c.scheme then assert.equal(c.scheme .. "://", mine[i]:sub(1, #c.scheme + 3), c.name) end
       end
     end)
 
@@ -296,6 +304,8 @@ describe("gauth.storage", function()
       { name = "x-ignore fields", object = "i.txt",
         fields = { { "cache-control", "no-cache" }, { "x-ignore-note", "not in the policy" } } },
       { name = "seven days", object = "w", expires = 604800 },
+      { name = "success_action_redirect", object = "r.txt",
+        fields = { { "success_action_redirect", "https://app.example.com/done?id=1&next=/a b" } } },
     }
 
     local function policy_opts(c, signer)

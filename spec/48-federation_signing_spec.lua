@@ -477,7 +477,7 @@ end)
 -- interpreter runs gauth with https_proxy pointing at the loopback CONNECT
 -- proxy, which tunnels exactly those three names to the fake (TLS with a
 -- certificate for them from the test CA) and refuses anything else.
-describe("an external account in a non-default universe", function()
+describe("a non-default universe: an external account, Compute Engine", function()
   local UNIVERSE = "example-universe.test"
   local HOSTS = { "sts." .. UNIVERSE, "iamcredentials." .. UNIVERSE, "cloudresourcemanager." .. UNIVERSE }
   local fake, proxy, key
@@ -554,6 +554,87 @@ io.write(cjson.encode(out))
     for _, cn in ipairs(proxy.connects()) do
       assert.is_false(cn.refused, "refused CONNECT " .. tostring(cn.target))
     end
+  end)
+
+  -- Compute Engine in that universe: the metadata server (plain http on
+  -- loopback, never proxied) says the universe; signBlob then goes to
+  -- iamcredentials.<universe> through the proxy. The metadata server hands
+  -- out a token the IAM fake issued, as Google's would be accepted there.
+  it("signs for Compute Engine at iamcredentials.<universe>, the universe read from the metadata server", function()
+    fake:reset()
+    local meta = helpers.start_fake({ tls = false })
+    local ok, perr = pcall(function()
+      local http = assert(require("gauth.http").new({ ca_file = helpers.certs().ca_file }))
+      local res = assert(http:request({ url = fake.url
+        .. "/computeMetadata/v1/instance/service-accounts/default/token",
+        headers = { ["metadata-flavor"] = "Google" } }))
+      http:close()
+      local issued = assert(cjson.decode(res.body)).access_token
+      local email = meta:get_config().service_account
+      meta:config({ metadata = { ["universe/universe-domain"] = UNIVERSE } })
+      meta:script("/computeMetadata/v1/instance/service-accounts/default/token",
+        { status = 200, body = { access_token = issued, expires_in = 3600, token_type = "Bearer" } })
+      local sign_path = "/v1/projects/-/serviceAccounts/" .. email .. ":signBlob"
+      -- The first call reaches the fake's signBlob ({} falls through), the second is refused.
+      fake:script(sign_path, { {}, { status = 403, body = { error = { code = 403,
+        status = "PERMISSION_DENIED", message = "Permission 'iam.serviceAccounts.signBlob' denied." } } } })
+      local script = helpers.tmpname("u-ce", ".lua")
+      helpers.write_file(script, [[
+local cjson = require "cjson"
+local core = require "gauth.core"
+local ce = require "gauth.compute_engine"
+local http = assert(require("gauth.http").new({ ca_file = arg[2] }))
+local c = assert(ce.credentials({ env = { GCE_METADATA_HOST = arg[3] }, http = http, retry = false }))
+local out = {}
+local sig, msg, err = c:sign_bytes("universe bytes")
+out.sig = sig and core.b64_encode(sig)
+out.universe = c.universe_domain
+sig, msg, err = c:sign_bytes("refused bytes")
+out.refused = { value = sig == nil and "nil" or "not nil", msg = msg, module = err and err.module,
+                step = err and err.step, status = err and err.status, permission = err and err.permission,
+                uri = err and err.uri }
+io.write(cjson.encode(out))
+]])
+      local cmd = "env -u no_proxy -u NO_PROXY -u HTTP_PROXY -u HTTPS_PROXY https_proxy=" .. q(proxy.url)
+        .. " LUA_PATH=" .. q(helpers.root .. "/lua/?.lua;" .. helpers.root .. "/lua/?/init.lua;;")
+        .. " LUA_CPATH=" .. q(os.getenv("GAUTH_BUILD") .. "/?.so;;")
+        .. " " .. q(os.getenv("GAUTH_LUA") or "lua5.4") .. " " .. q(script) .. " " .. q("unused")
+        .. " " .. q(helpers.certs().ca_file) .. " " .. q(meta.host_port) .. " 2>&1"
+      local p = io.popen(cmd)
+      local text = p:read("*a")
+      p:close()
+      local out = cjson.decode(text)
+      assert(type(out) == "table", text)
+      assert.equal(UNIVERSE, out.universe)
+      assert.is_string(out.sig, text)
+      assert.is_true(py_verify(fake:get_config().server_public_pem, "universe bytes", core.b64_decode(out.sig)))
+      local r = out.refused
+      assert.equal("nil", r.value)
+      assert.equal("gauth.iam: response: permission iam.serviceAccounts.signBlob denied on service account "
+        .. email .. " (the caller needs it, e.g. through roles/iam.serviceAccountTokenCreator): "
+        .. "Permission 'iam.serviceAccounts.signBlob' denied. (HTTP 403 PERMISSION_DENIED)", r.msg)
+      assert.equal("iam", r.module)
+      assert.equal(403, r.status)
+      assert.equal("iam.serviceAccounts.signBlob", r.permission)
+      -- What arrived: both signBlob calls at the universe's IAM host, with
+      -- the metadata server's token; nothing at googleapis.com.
+      local seen = {}
+      for _, rq in ipairs(fake:requests()) do
+        seen[#seen + 1] = rq.headers.host .. " " .. rq.method .. " " .. rq.path
+        if rq.path == sign_path then assert.equal("Bearer " .. issued, rq.headers.authorization) end
+      end
+      assert.same({
+        "127.0.0.1:" .. fake.port .. " GET /computeMetadata/v1/instance/service-accounts/default/token",
+        "iamcredentials." .. UNIVERSE .. " POST " .. sign_path,
+        "iamcredentials." .. UNIVERSE .. " POST " .. sign_path,
+      }, seen)
+      for _, cn in ipairs(proxy.connects()) do
+        assert.is_false(cn.refused, "refused CONNECT " .. tostring(cn.target))
+      end
+      assert.equal(1, #meta:requests("/computeMetadata/v1/universe/universe-domain"))
+    end)
+    meta:stop()
+    assert(ok, perr)
   end)
 end)
 
