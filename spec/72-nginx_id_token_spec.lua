@@ -57,6 +57,11 @@ describe("gauth.nginx.require_id_token", function()
                 claims = c({ exp = now + 600 }) },
       iap_rs = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
                  claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD }) },
+      other_iss = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                    claims = c({ iss = "https://issuer.example" }) },
+      -- tokens no worker has a verdict for yet (the stale-keys case)
+      stale_b = { key = "rsa", alg = "RS256", headers = { kid = "r1" }, claims = c({ sub = "2" }) },
+      stale_c = { key = "rsa", alg = "RS256", headers = { kid = "r1" }, claims = c({ sub = "3" }) },
     }
     local names, list = {}, {}
     for name, s in pairs(specs) do names[#names + 1] = name; list[#list + 1] = s end
@@ -83,7 +88,15 @@ describe("gauth.nginx.require_id_token", function()
       workers = 4,
       listen_opts = "reuseport",
       trusted_ca = helpers.certs().ca_file,
-      http = "lua_shared_dict gauth 1m; lua_shared_dict test_clock 64k;",
+      -- The key cache's clock runs `keys_ahead` seconds ahead (0 unless a
+      -- test moves it), and a failed key-set fetch may be tried again after
+      -- 1 s instead of 30: the stale-keys case sets both in motion.
+      http = [[lua_shared_dict gauth 1m; lua_shared_dict test_clock 64k;
+        init_worker_by_lua_block {
+          local id_token = require "gauth.id_token"
+          id_token.set_default_cache(assert(id_token.new_cache({ refetch_interval = 1,
+            now = function() return ngx.now() + (ngx.shared.test_clock:get("keys_ahead") or 0) end })))
+        }]],
       server = ([[
         location = /push {
           access_by_lua_block {
@@ -130,6 +143,25 @@ describe("gauth.nginx.require_id_token", function()
           }
           content_by_lua_block { ngx.say("let in") }
         }
+        location = /issuers {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q,
+              issuers = { "https://issuer.example" } }
+          }
+          content_by_lua_block { ngx.say(ngx.ctx.gauth_claims.iss) }
+        }
+        location = /stale {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q }
+          }
+          content_by_lua_block { ngx.say("in") }
+        }
+        location = /keys_clock {
+          content_by_lua_block {
+            ngx.shared.test_clock:set("keys_ahead", tonumber(ngx.var.arg_ahead))
+            ngx.say("ok")
+          }
+        }
         location = /iap {
           access_by_lua_block {
             require("gauth.nginx").require_id_token{ audience = %q,
@@ -140,6 +172,7 @@ describe("gauth.nginx.require_id_token", function()
       ]]):format(AUD, base .. "/certs/pem", EMAIL, base .. "/certs/pem",
                  AUD, base .. "/certs/pem", AUD, base .. "/certs/",
                  AUD, base .. "/certs/pem",
+                 AUD, base .. "/certs/pem", AUD, base .. "/certs/stale",
                  IAP_AUD, base .. "/certs/iap"),
     })
     assert(srv, err)
@@ -257,6 +290,57 @@ describe("gauth.nginx.require_id_token", function()
       assert.matches("gauth: require_id_token: " .. c[2], log)
       assert.is_nil(log:find(tok.valid, 1, true))
     end
+  end)
+
+  it("checks the issuers option: another issuer's token gets 401, the listed one gets in", function()
+    local status, body = srv:get("/issuers", { headers = { Authorization = "Bearer " .. tok.other_iss } })
+    assert.are.equal(200, status, body)
+    assert.are.equal("https://issuer.example\n", body)
+    -- Google's issuer is not in this location's list; the issuer listed
+    -- here is not Google's, which /push (the default list) wants.
+    for _, c in ipairs({ { "/issuers", tok.valid }, { "/push", tok.other_iss } }) do
+      local mark = #srv:log()
+      local st, b, headers = srv:get(c[1], { headers = { Authorization = "Bearer " .. c[2] } })
+      assert.are.equal(401, st, c[1])
+      assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+      assert.is_nil(b:find("issuer.example", 1, true))
+      local log = srv:log_since(mark)
+      assert.matches("gauth: require_id_token: gauth.id_token: claims: issuer mismatch", log, 1, true)
+      assert.is_nil(log:find(c[2], 1, true))
+    end
+  end)
+
+  it("serves the keys it holds while key-set fetches fail, until well past their age", function()
+    -- One answer (max-age 60): every later fetch gets the fake's 404.
+    fake:script("/certs/stale", { status = 200, body = { r1 = keys.rsa.cert_pem },
+      headers = { ["Cache-Control"] = "public, max-age=60" } })
+    local h = function(t) return { headers = { Authorization = "Bearer " .. t } } end
+    assert.are.equal(200, (srv:get("/stale", h(tok.valid))))
+    assert.are.equal(1, #fake:requests("/certs/stale"))
+    -- 120 s on for the key cache: the set is past its age. Past the 1 s
+    -- refetch interval (a state, not a window) a refetch may be tried.
+    assert.are.equal(200, (srv:get("/keys_clock?ahead=120")))
+    os.execute("sleep 1.2")
+    local mark = #srv:log()
+    for _, b in ipairs(parallel("/stale", 16, "Authorization: Bearer " .. tok.stale_b)) do
+      assert.are.equal("in\n", b)
+    end
+    local fetches = #fake:requests("/certs/stale")
+    assert.is_true(fetches >= 2, fetches .. " fetches")
+    local log = srv:log_since(mark)
+    assert.matches("gauth: key set https://localhost:" .. fake.port .. "/certs/stale: fetch answered HTTP 404;"
+      .. " the keys held keep serving", log, 1, true)
+    -- Six hours and more past their age the old keys serve no more: 401.
+    assert.are.equal(200, (srv:get("/keys_clock?ahead=" .. (60 + 6 * 3600 + 120))))
+    os.execute("sleep 1.2")
+    mark = #srv:log()
+    local status, body, headers = srv:get("/stale", h(tok.stale_c))
+    assert.are.equal(401, status)
+    assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+    assert.is_nil(body:find("in\n", 1, true))
+    assert.matches("gauth: require_id_token: gauth.id_token: keys: key set unavailable", srv:log_since(mark),
+                   1, true)
+    assert.are.equal(200, (srv:get("/keys_clock?ahead=0")))
   end)
 
   it("takes IAP's header with IAP's issuer and ES256 keys", function()

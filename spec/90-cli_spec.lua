@@ -389,6 +389,50 @@ describe("gauth command", function()
       code = run({ "verify", "--subject", "x", tok })
       assert.are.equal(2, code)
     end)
+    it("--iap: prints the claims of a valid IAP assertion (ES256, IAP's issuer, a JWK Set)", function()
+      local IAP_AUD = "/projects/123/global/backendServices/456"
+      local ec = helpers.make_ec_key()
+      local now = os.time()
+      local input = helpers.tmpname("iap-in", ".json")
+      helpers.write_file(input, cjson.encode({ keys = { ec = ec.private_pem }, jwk = { "ec" },
+        tokens = { { key = "ec", alg = "ES256", headers = { kid = "iap1" },
+          claims = { iss = "https://cloud.google.com/iap", aud = IAP_AUD, sub = "accounts.google.com:42",
+                     email = "user@example.com", iat = now - 5, exp = now + 600 } } } }))
+      local ok, text = helpers.sh("/usr/bin/python3 " .. q(helpers.support_dir .. "/idtoken_tool.py")
+        .. " " .. q(input))
+      assert(ok, text)
+      local made = assert(cjson.decode(text))
+      local tok, jwk = made.tokens[1], made.jwk.ec
+      jwk.kid, jwk.alg, jwk.use = "iap1", "ES256", "sig"
+      local fake = helpers.start_fake({ tls = false })
+      -- one answer per gauth process below
+      local answer = { status = 200, body = { keys = { jwk } },
+                       headers = { ["Cache-Control"] = "public, max-age=3600" } }
+      fake:script("/certs/iap", { answer, answer, answer })
+      local certs = fake.url .. "/certs/iap"
+      local code, out, err = gauth({ "verify", "--iap", "--audience", IAP_AUD, "--certs-url", certs, tok })
+      local requests = #fake:requests("/certs/iap")
+      -- refusals: another audience, and the same assertion without --iap
+      -- (Google's OAuth 2.0 issuers are not IAP's)
+      local c2, out2, err2 = gauth({ "verify", "--iap", "--audience", "/projects/123/other", "--certs-url",
+                                     certs, tok })
+      local c3, out3, err3 = gauth({ "verify", "--audience", IAP_AUD, "--certs-url", certs, tok })
+      fake:stop()
+      assert.are.equal(0, code, err)
+      assert.are.equal("", err)
+      local claims = assert(cjson.decode(out))
+      assert.are.equal("https://cloud.google.com/iap", claims.iss)
+      assert.are.equal(IAP_AUD, claims.aud)
+      assert.are.equal("user@example.com", claims.email)
+      assert.are.equal(1, requests)
+      assert.are.equal(1, c2)
+      assert.are.equal("", out2)
+      assert.are.equal("gauth: gauth.id_token: claims: audience mismatch\n", err2)
+      assert.are.equal(1, c3)
+      assert.are.equal("", out3)
+      assert.are.equal("gauth: gauth.id_token: claims: issuer mismatch\n", err3)
+      assert.is_nil((err2 .. err3):find(tok:sub(-20), 1, true))
+    end)
   end)
 
   describe("call", function()
