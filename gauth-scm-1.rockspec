@@ -38,6 +38,7 @@ build = {
     },
     ["gauth"] = "lua/gauth/init.lua",
     ["gauth.adc"] = "lua/gauth/adc.lua",
+    ["gauth.api_key"] = "lua/gauth/api_key.lua",
     ["gauth.app_engine"] = "lua/gauth/app_engine.lua",
     ["gauth.authorized_user"] = "lua/gauth/authorized_user.lua",
     ["gauth.aws_sigv4"] = "lua/gauth/aws_sigv4.lua",

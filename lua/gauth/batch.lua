@@ -158,8 +158,12 @@ local function part_headers(req)
   h["accept-encoding"] = nil
   h["content-length"] = nil
   h["host"] = nil
-  local creds = req._spec.svc.credentials
+  local svc = req._spec.svc
+  local creds = svc.credentials
   if creds then
+    -- Credentials of another universe are never sent (see discovery).
+    local uok, uerr = require("gauth.discovery")._check_universe(svc, "batch", "execute")
+    if not uok then return nil, uerr end
     local ok, err = errors.pair(creds:apply(h))
     if not ok then return nil, err end
   end

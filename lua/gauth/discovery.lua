@@ -1119,6 +1119,54 @@ end
 
 local retry_call, within  -- gauth.retry's, loaded when first needed
 
+-- The universe of credentials: their `universe_domain` field when it is
+-- known without the network; else `get_universe_domain()` (metadata-based
+-- credentials: one read, cached by them); else Google's default universe
+-- (as google-auth's base class says).
+-- @return domain | nil, err
+local function creds_universe(creds)
+  local ud = creds.universe_domain
+  if type(ud) == "string" and ud ~= "" then return ud end
+  if type(creds.get_universe_domain) == "function" then
+    local v, e2, e3 = creds:get_universe_domain()
+    if not v then return nil, errors.of(e2, e3) end
+    return v
+  end
+  return DEFAULT_UNIVERSE
+end
+
+--- Refuse to send credentials of one universe to a service of another
+-- (google-api-python-client 2.x's check, at the first request of each
+-- service object; a success is remembered). Without credentials there is
+-- nothing to check (an unauthenticated call, or `api_key` as `?key=`).
+-- Internal: used by execute, media and batch.
+-- @tparam table svc the service's shared state
+-- @tparam string module the module named in the error
+-- @tparam string step
+-- @return true | nil, err (`kind` "universe_mismatch", `service_universe`,
+--   `credentials_universe`; not retryable)
+function _M._check_universe(svc, module, step)
+  local creds = svc.credentials
+  if not creds or svc.universe_ok == creds then return true end
+  local cu, err = creds_universe(creds)
+  if not cu then
+    return nil, errors.wrap(module, step, err, { retryable = false,
+      message = "cannot learn the credentials' universe domain: " .. tostring(err and err.message) })
+  end
+  local su = svc.universe
+  if cu ~= su then
+    return nil, errors.new(module, step, "the service's universe domain (" .. su
+      .. ") does not match the universe domain of its credentials (" .. cu
+      .. "); nothing was sent (the service's universe is opts.universe_domain,"
+      .. " else GOOGLE_CLOUD_UNIVERSE_DOMAIN, else " .. DEFAULT_UNIVERSE .. ")",
+      { retryable = false, kind = "universe_mismatch", service_universe = su,
+        credentials_universe = cu })
+  end
+  svc.universe_ok = creds
+  return true
+end
+local check_universe = _M._check_universe
+
 -- One attempt: headers (the request's own when it has some, else made from
 -- the method's constants), credentials, the transport, the answer decoded.
 -- A 401 drops the credentials' token and is tried again at once, once per
@@ -1138,6 +1186,8 @@ local function attempt(self, spec, http, timeout, remaining, refreshed)
     if not ok then return nil, err, refreshed end
   end
   if creds then
+    local uok, uerr = check_universe(svc, "discovery", spec.id)
+    if not uok then return nil, uerr, refreshed end
     local ok, err = errors.pair(creds:apply(h))
     if not ok then
       -- No token: the API was not asked. The credentials retried already
@@ -1489,12 +1539,15 @@ local function new_service(doc, opts)
     return errors.fail("discovery", "build", "not a Discovery document (no rootUrl)")
   end
   local base = join_base(doc.rootUrl, type(doc.servicePath) == "string" and doc.servicePath or "")
+  -- googleapiclient's rule: the option, else the environment, else
+  -- Google's universe (an empty variable counts as unset).
   local universe = opts.universe_domain
   if not universe then
     local env = os.getenv("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
     if env and env ~= "" then universe = env end
   end
-  if universe and universe ~= DEFAULT_UNIVERSE then
+  universe = universe or DEFAULT_UNIVERSE
+  if universe ~= DEFAULT_UNIVERSE then
     base = gsub(base, "googleapis%.com", (gsub(universe, "%%", "%%%%")))
   end
   if opts.api_endpoint then base = opts.api_endpoint end
@@ -1523,6 +1576,7 @@ local function new_service(doc, opts)
     batch_path = doc.batchPath,
     http = opts.http,
     credentials = creds,
+    universe = universe,
     quota_project = opts.quota_project,
     user_agent = opts.user_agent and (USER_AGENT .. " " .. opts.user_agent) or USER_AGENT,
     num_retries = opts.num_retries,

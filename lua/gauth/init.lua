@@ -19,6 +19,7 @@ local SUBMODULES = {
   discovery = true, emulator = true, testing = true, adc = true,
   metadata = true, media = true, batch = true, token_cache = true,
   metrics = true,
+  api_key = true,
 }
 
 setmetatable(_M, {

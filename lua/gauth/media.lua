@@ -374,6 +374,11 @@ local function send(svc, step, treq, base_headers, extra, http)
     local ok, msg, err = util.check_credentials_url(treq.url, "media", step)
     if not ok then return nil, msg, err end
   end
+  if creds then
+    -- Credentials of another universe are never sent (see discovery).
+    local ok, err = require("gauth.discovery")._check_universe(svc, "media", step)
+    if not ok then return errors.ret(err) end
+  end
   local refreshed = false
   while true do
     local h = {}

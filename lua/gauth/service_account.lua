@@ -64,6 +64,13 @@ local mt = credentials.metatable(_M)
 --- Google's token endpoint, used when the key file names none.
 _M.DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 
+--- Google's own universe (AIP-4120): the one with a token exchange for
+-- service accounts.
+_M.DEFAULT_UNIVERSE = "googleapis.com"
+
+-- A universe domain: a DNS name (what key files of partner clouds hold).
+local UNIVERSE_PATTERN = "^[%w][%w-]*%.[%w.-]*[%w]$"
+
 --- Lifetime of assertions and self-signed JWTs (seconds): the most Google
 -- accepts.
 _M.LIFETIME = 3600
@@ -169,6 +176,12 @@ local function parse_info(info, source)
   local project
   project, err = errors.pair(str("project_id", false))
   if project == nil then return errors.ret(err) end
+  local universe
+  universe, err = errors.pair(str("universe_domain", false))
+  if universe == nil then return errors.ret(err) end
+  if universe and not find(universe, UNIVERSE_PATTERN) then
+    return errors.ret(key_error(source, "universe_domain", "not a domain name"))
+  end
   local key, kerr = errors.pair(jwt.load_key(pem))
   if not key then
     -- kerr comes from gauth.core/OpenSSL and describes, never quotes, the key.
@@ -179,6 +192,7 @@ local function parse_info(info, source)
     private_key_id = kid or nil,
     token_uri = token_uri or nil,
     project_id = project or nil,
+    universe_domain = universe or nil,
     key = key,
     -- What the cache key binds: a file with this email and key id but
     -- another key (a forgery uploaded to a multi-tenant gateway) must
@@ -198,6 +212,19 @@ local function build(parts, source, opts, mode)
   if not ok then return errors.ret(err) end
 
   local subject = opt_string(opts.subject, "subject")
+  local universe = opt_string(opts.universe_domain, "universe_domain")
+  if universe and not find(universe, UNIVERSE_PATTERN) then
+    arg_error("universe_domain must be a domain name")
+  end
+  universe = universe or parts.universe_domain or _M.DEFAULT_UNIVERSE
+  local other_universe = universe ~= _M.DEFAULT_UNIVERSE
+  if other_universe and subject and mode ~= "id_token" then
+    -- As google-auth: outside Google's universe there is no token
+    -- exchange, so no delegation (a self-signed JWT cannot carry a user).
+    return fail("subject", "domain-wide delegation (subject) is not supported outside "
+      .. _M.DEFAULT_UNIVERSE .. " (this key's universe is " .. universe .. ")",
+      { retryable = false, universe_domain = universe })
+  end
   local audience = opt_string(opts.audience, "audience")
   local jwt_access = opts.jwt_access
   if jwt_access ~= nil and type(jwt_access) ~= "boolean" then
@@ -208,7 +235,9 @@ local function build(parts, source, opts, mode)
     if not target then arg_error("id_token_credentials needs opts.target_audience") end
   else
     if target then arg_error("target_audience is for id_token_credentials") end
-    if jwt_access or audience then mode = "jwt" end
+    -- Outside Google's universe a service account always signs its own
+    -- JWTs (AIP-4120; google-auth's always_use_jwt_access).
+    if jwt_access or audience or other_universe then mode = "jwt" end
   end
   if mode == "jwt" and subject then
     arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
@@ -223,6 +252,7 @@ local function build(parts, source, opts, mode)
     project_id = parts.project_id,
     private_key_id = parts.private_key_id,
     token_uri = token_uri,
+    universe_domain = universe,
     scopes = normalise_scopes(opts.scopes, "service_account"),
     subject = subject,
     claims = claims,
@@ -578,6 +608,9 @@ function _M:describe()
   end
   credentials.describe_scopes(parts, self.scopes)
   if self.subject then parts[#parts + 1] = "subject " .. self.subject end
+  if self.universe_domain ~= _M.DEFAULT_UNIVERSE then
+    parts[#parts + 1] = "universe " .. self.universe_domain
+  end
   return concat(parts, ", ")
 end
 
@@ -599,6 +632,10 @@ end
 function _M:with_subject(subject)
   if subject ~= nil and (type(subject) ~= "string" or subject == "") then
     error("gauth.service_account: subject must be a non-empty string", 2)
+  end
+  if subject ~= nil and self.universe_domain ~= _M.DEFAULT_UNIVERSE and self.mode ~= "id_token" then
+    error("gauth.service_account: domain-wide delegation (subject) is not supported outside "
+      .. _M.DEFAULT_UNIVERSE .. " (this key's universe is " .. self.universe_domain .. ")", 2)
   end
   if subject ~= nil and self.mode ~= "exchange" then
     error("gauth.service_account: only token-exchange credentials can act for a subject", 2)

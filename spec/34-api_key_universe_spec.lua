@@ -1,0 +1,288 @@
+-- API keys as credentials (gauth.api_key) and the universe domain on the
+-- service side: a Discovery service refuses credentials of another
+-- universe (google-api-python-client 2.x's rule), GOOGLE_CLOUD_UNIVERSE_DOMAIN
+-- chooses the service's universe, and service accounts of another universe
+-- sign their own JWTs and refuse domain-wide delegation. Requests go to the
+-- fake Google over HTTPS on loopback; what it received is read back.
+
+local cjson = require "cjson"
+local helpers = require "helpers"
+local api_key = require "gauth.api_key"
+local discovery = require "gauth.discovery"
+local sa = require "gauth.service_account"
+local token_cache = require "gauth.token_cache"
+local curl = require "gauth.transport.curl"
+
+local KEY = "AIzaSyA-gauth-test-key_0123456789abcdef"
+local SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+-- A one-method Discovery document (rootUrl on googleapis.com; the
+-- requests go to the fake through api_endpoint).
+local function doc()
+  return {
+    kind = "discovery#restDescription", name = "toy", version = "v1", id = "toy:v1",
+    rootUrl = "https://toy.googleapis.com/", servicePath = "toy/v1/",
+    parameters = { key = { type = "string", location = "query" },
+                   alt = { type = "string", location = "query" } },
+    auth = { oauth2 = { scopes = { [SCOPE] = {} } } },
+    schemas = { Item = { id = "Item", type = "object", properties = { id = { type = "string" } } } },
+    resources = { items = { methods = { get = {
+      id = "toy.items.get", path = "items/{id}", httpMethod = "GET",
+      parameterOrder = { "id" }, response = { ["$ref"] = "Item" },
+      parameters = { id = { type = "string", location = "path", required = true } },
+    } } } },
+  }
+end
+
+describe("gauth.api_key", function()
+  describe("new", function()
+    it("makes credentials whose tostring never shows the key", function()
+      local c, msg, err = api_key.new(KEY)
+      assert.is_nil(msg)
+      assert.is_nil(err)
+      assert.equal("googleapis.com", c.universe_domain)
+      local s = tostring(c)
+      assert.matches("^gauth%.api_key ", s)
+      assert.is_nil(s:find(KEY, 1, true))
+      assert.is_nil(s:find(KEY:sub(-6), 1, true))
+      local u = assert(api_key.new(KEY, { universe_domain = "example.goog" }))
+      assert.equal("example.goog", u.universe_domain)
+    end)
+
+    it("refuses an empty key and one with a line break, never quoting it", function()
+      local c, msg, err = api_key.new("")
+      assert.is_nil(c)
+      helpers.assert_failure(msg, err, "api_key", "key")
+      assert.equal("gauth.api_key: key: the API key is empty", msg)
+      assert.is_false(err.retryable)
+      c, msg, err = api_key.new(KEY .. "\r\nx-evil: 1")
+      assert.is_nil(c)
+      helpers.assert_failure(msg, err, "api_key", "key")
+      assert.matches("control character", msg)
+      assert.is_nil(msg:find("AIza", 1, true))
+      assert.has_error(function() api_key.new(nil) end, "gauth.api_key: new: key must be a string")
+    end)
+  end)
+
+  describe("apply", function()
+    it("sets x-goog-api-key (and the quota project), never authorization", function()
+      local c = assert(api_key.new(KEY))
+      local h = c:apply({ accept = "application/json" })
+      assert.same({ accept = "application/json", ["x-goog-api-key"] = KEY }, h)
+      local q = c:with_quota_project("billing-project")
+      assert.same({ ["x-goog-api-key"] = KEY, ["x-goog-user-project"] = "billing-project" },
+                  q:apply())
+    end)
+
+    it("raises on headers that are not a table", function()
+      local c = assert(api_key.new(KEY))
+      assert.has_error(function() c:apply("x") end,
+                       "gauth.api_key: apply: headers must be a table")
+    end)
+  end)
+
+  describe("token and invalidate", function()
+    it("token fails: an API key is not an OAuth token", function()
+      local tok, msg, err = assert(api_key.new(KEY)):token()
+      assert.is_nil(tok)
+      helpers.assert_failure(msg, err, "api_key", "token")
+      assert.matches("API keys have no token", msg)
+      assert.is_false(err.retryable)
+      assert.is_nil(msg:find(KEY, 1, true))
+    end)
+
+    it("invalidate is a no-op that keeps the key", function()
+      local c = assert(api_key.new(KEY))
+      assert.is_true(c:invalidate())
+      assert.equal(KEY, c:apply()["x-goog-api-key"])
+    end)
+  end)
+
+  describe("with a Discovery service, on the wire", function()
+    local fake, http
+
+    lazy_setup(function()
+      fake = helpers.start_fake({ tls = true })
+      http = assert(curl.new({ ca_file = fake.ca_file, timeout = 10 }))
+    end)
+
+    lazy_teardown(function()
+      fake:stop()
+    end)
+
+    before_each(function() fake:reset() end)
+
+    it("sends the key in the header, not in the URL, and no token", function()
+      local svc = assert(discovery.build_from_document(doc(), {
+        credentials = api_key.new(KEY), http = http, api_endpoint = fake.url .. "/toy/v1/" }))
+      fake:script("/toy/v1/items/one", { { status = 200, body = { id = "one" } } })
+      local res, msg, err = svc:items():get({ id = "one" }):execute()
+      assert.is_nil(msg)
+      assert.is_nil(err)
+      assert.equal("one", res.id)
+      local got = fake:requests("/toy/v1/items/one")
+      assert.equal(1, #got)
+      assert.equal(KEY, got[1].headers["x-goog-api-key"])
+      assert.is_nil(got[1].headers.authorization)
+      assert.is_nil(got[1].query:find(KEY, 1, true))
+      assert.is_nil((got[1].query_params or {}).key)
+      assert.same({}, fake:requests("/token"))
+    end)
+
+    it("a 401 with a key is tried once more with the same key, then returned", function()
+      local svc = assert(discovery.build_from_document(doc(), {
+        credentials = api_key.new(KEY), http = http, api_endpoint = fake.url .. "/toy/v1/" }))
+      local denied = { status = 401, body = { error = { code = 401, status = "UNAUTHENTICATED",
+                                                         message = "API key not valid" } } }
+      fake:script("/toy/v1/items/two", { denied, denied })
+      local res, msg, err = svc:items():get({ id = "two" }):execute()
+      assert.is_nil(res)
+      helpers.assert_failure(msg, err, "discovery", "toy.items.get")
+      assert.equal(401, err.status)
+      assert.is_nil(msg:find(KEY, 1, true))
+      local got = fake:requests("/toy/v1/items/two")
+      assert.equal(2, #got)
+      assert.equal(KEY, got[2].headers["x-goog-api-key"])
+    end)
+
+    it("is never sent to a plain-http host that is not loopback", function()
+      local svc = assert(discovery.build_from_document(doc(), {
+        credentials = api_key.new(KEY), http = http,
+        api_endpoint = "http://gauth-not-loopback.invalid/toy/v1/" }))
+      local res, msg, err = svc:items():get({ id = "x" }):execute()
+      assert.is_nil(res)
+      helpers.assert_failure(msg, err, "discovery")
+      assert.matches("refusing to send credentials to gauth%-not%-loopback%.invalid over http", msg)
+      assert.is_nil(msg:find(KEY, 1, true))
+    end)
+  end)
+end)
+
+describe("the universe domain of a Discovery service", function()
+  local fake, http, key_path, key_info
+
+  lazy_setup(function()
+    fake = helpers.start_fake({ tls = true })
+    http = assert(curl.new({ ca_file = fake.ca_file, timeout = 10 }))
+    key_path, key_info = helpers.make_service_account_file({ token_uri = fake.token_uri,
+                                                             universe_domain = "example.goog" })
+  end)
+
+  lazy_teardown(function()
+    fake:stop()
+  end)
+
+  before_each(function()
+    fake:reset()
+    fake:config({ public_keys = { [key_info.kid] = key_info.public_pem } })
+  end)
+
+  local function service(creds, opts)
+    opts = opts or {}
+    opts.credentials, opts.http = creds, http
+    opts.api_endpoint = fake.url .. "/toy/v1/"
+    return assert(discovery.build_from_document(doc(), opts))
+  end
+
+  it("refuses to send credentials of another universe, naming both", function()
+    -- a key of googleapis.com, a service of example.goog
+    local creds = assert(api_key.new(KEY))
+    local svc = service(creds, { universe_domain = "example.goog" })
+    local res, msg, err = svc:items():get({ id = "u" }):execute()
+    assert.is_nil(res)
+    helpers.assert_failure(msg, err, "discovery", "toy.items.get")
+    assert.equal("universe_mismatch", err.kind)
+    assert.equal("example.goog", err.service_universe)
+    assert.equal("googleapis.com", err.credentials_universe)
+    assert.is_false(err.retryable)
+    assert.matches("%(example%.goog%)", msg)
+    assert.matches("%(googleapis%.com%)", msg)
+    assert.same({}, fake:requests("/toy/v1/items/u"))
+    -- and the other way round: a service account of example.goog, a
+    -- service of googleapis.com; no token is even made
+    local sa_creds = assert(sa.from_file(key_path, { scopes = SCOPE, cache = token_cache.new() }))
+    svc = service(sa_creds)
+    res, msg, err = svc:items():get({ id = "u" }):execute()
+    assert.is_nil(res)
+    helpers.assert_failure(msg, err, "discovery", "toy.items.get")
+    assert.equal("googleapis.com", err.service_universe)
+    assert.equal("example.goog", err.credentials_universe)
+    assert.same({}, fake:requests("/toy/v1/items/u"))
+  end)
+
+  it("sends when the universes match: a self-signed JWT, no token exchange", function()
+    local creds = assert(sa.from_file(key_path, { cache = token_cache.new() }))
+    assert.equal("example.goog", creds.universe_domain)
+    assert.equal("jwt", creds.mode)
+    local svc = service(creds, { universe_domain = "example.goog" })
+    fake:script("/toy/v1/items/ok", { { status = 200, body = { id = "ok" } } })
+    local res, msg = svc:items():get({ id = "ok" }):execute()
+    assert.is_nil(msg)
+    assert.equal("ok", res.id)
+    local got = fake:requests("/toy/v1/items/ok")
+    assert.equal(1, #got)
+    local jwt = got[1].headers.authorization:match("^Bearer (%S+)$")
+    -- PyJWT checks the signature with the key file's public key; the
+    -- service's scopes were applied (googleapiclient's rule) as `scope`
+    local claims = assert(helpers.pyjwt_verify(jwt, key_info.public_pem))
+    assert.equal(key_info.client_email, claims.iss)
+    assert.equal(key_info.client_email, claims.sub)
+    assert.equal(SCOPE, claims.scope)
+    assert.same({}, fake:requests("/token"))
+  end)
+
+  it("takes the service's universe from GOOGLE_CLOUD_UNIVERSE_DOMAIN", function()
+    local script = helpers.tmpname("universe-env", ".lua")
+    helpers.write_file(script, ([[
+      package.path = %q; package.cpath = %q
+      local discovery = require "gauth.discovery"
+      local api_key = require "gauth.api_key"
+      local doc = require("cjson").decode(%q)
+      local svc = assert(discovery.build_from_document(doc, { credentials = api_key.new("k"),
+        api_endpoint = "https://127.0.0.1:1/toy/v1/" }))
+      local res, msg, err = svc:items():get({ id = "e" }):execute()
+      io.write(tostring(err and err.service_universe), " ", tostring(err and err.kind), " ",
+               tostring(svc:items():get({ id = "e" }).uri))
+    ]]):format(package.path, package.cpath, cjson.encode(doc())))
+    local lua = os.getenv("GAUTH_LUA") or "lua5.4"
+    local q = helpers.shell_quote
+    local ok, out = helpers.sh("env GOOGLE_CLOUD_UNIVERSE_DOMAIN=env-universe.test "
+      .. q(lua) .. " " .. q(script))
+    assert.is_true(ok, out)
+    -- refused before any connection (port 1 would fail otherwise)
+    assert.equal("env-universe.test universe_mismatch https://127.0.0.1:1/toy/v1/items/e?alt=json", out)
+    -- without api_endpoint the universe also replaces googleapis.com in the URL
+    local s = assert(discovery.build_from_document(doc(), { universe_domain = "env-universe.test" }))
+    assert.equal("https://toy.env-universe.test/toy/v1/items/e?alt=json", s:items():get({ id = "e" }).uri)
+  end)
+end)
+
+describe("service accounts outside googleapis.com", function()
+  local key_path
+
+  lazy_setup(function()
+    key_path = helpers.make_service_account_file({ universe_domain = "example.goog",
+      token_uri = "https://oauth2.example.goog/token" })
+  end)
+
+  it("refuse domain-wide delegation with a clear error", function()
+    local c, msg, err = sa.from_file(key_path, { scopes = SCOPE, subject = "user@example.com" })
+    assert.is_nil(c)
+    helpers.assert_failure(msg, err, "service_account", "subject")
+    assert.equal("gauth.service_account: subject: domain-wide delegation (subject) is not"
+      .. " supported outside googleapis.com (this key's universe is example.goog)", msg)
+    assert.equal("example.goog", err.universe_domain)
+    local ok_creds = assert(sa.from_file(key_path, { scopes = SCOPE }))
+    assert.has_error(function() ok_creds:with_subject("user@example.com") end,
+      "gauth.service_account: domain-wide delegation (subject) is not supported outside"
+      .. " googleapis.com (this key's universe is example.goog)")
+  end)
+
+  it("refuse a universe_domain that is not a domain name, naming the field", function()
+    local bad = helpers.make_service_account_file({ universe_domain = "not a domain" })
+    local c, msg, err = sa.from_file(bad)
+    assert.is_nil(c)
+    helpers.assert_failure(msg, err, "service_account", "key file")
+    assert.matches("field universe_domain: not a domain name", msg)
+  end)
+end)
