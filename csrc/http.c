@@ -70,6 +70,7 @@ typedef struct {
     curl_off_t maxfs;       /* MAXFILESIZE_LARGE; 0: none (the default) */
     char *ca_file;          /* copies; NULL: not set */
     char *noproxy;
+    char *proxy;            /* may hold proxy credentials: freed with the rest */
     char *accept_enc;
 } gauth_setup;
 
@@ -159,6 +160,7 @@ static void setup_forget(gauth_setup *st)
 {
     free(st->ca_file);
     free(st->noproxy);
+    free(st->proxy);
     free(st->accept_enc);
     memset(st, 0, sizeof *st);
 }
@@ -913,7 +915,8 @@ static const char *const methods[] = {
  * @tparam[opt] string body request body (binary safe)
  * @tparam[opt] table opts `timeout`, `connect_timeout` (seconds),
  *   `max_body` (bytes), `ca_file`, `noproxy` (hosts never proxied,
- *   replacing NO_PROXY), `follow` (boolean), `accept_encoding`
+ *   replacing NO_PROXY), `proxy` (the proxy URL, "" for none: replaces
+ *   the environment's), `follow` (boolean), `accept_encoding`
  *   (the Accept-Encoding to send; the body is then decoded),
  *   `upload_file` + `upload_offset` + `upload_length` (stream the body
  *   from a file), `download_file` (append a 2xx body to a file),
@@ -936,7 +939,7 @@ static int l_perform(lua_State *L)
     int opts = 0, nh = 0, i, has_ctype = 0, has_expect = 0, has_body, sends_body;
     long timeout_ms, connect_ms;
     double max_body, up_off, up_len;
-    const char *ca_file, *accept_enc, *up_path, *down_path, *noproxy;
+    const char *ca_file, *accept_enc, *up_path, *down_path, *noproxy, *proxy;
     int follow, parse_head, map;
     hwalk w;
     curl_off_t in_len = 0;
@@ -1004,6 +1007,7 @@ static int l_perform(lua_State *L)
     ca_file = opt_string(L, opts, "ca_file");
     accept_enc = map ? w.accept_enc : opt_string(L, opts, "accept_encoding");
     noproxy = opt_string(L, opts, "noproxy");
+    proxy = opt_string(L, opts, "proxy");
     up_path = opt_string(L, opts, "upload_file");
     up_off = opt_size(L, opts, "upload_offset");
     up_len = opt_size(L, opts, "upload_length");
@@ -1119,7 +1123,8 @@ static int l_perform(lua_State *L)
     if (ks->valid && ks->midx == midx && ks->mode == mode &&
         ks->down == (h->out != NULL) && ks->https == https &&
         ks->follow == follow && str_same(ks->ca_file, ca_file) &&
-        str_same(ks->noproxy, noproxy) && str_same(ks->accept_enc, accept_enc)) {
+        str_same(ks->noproxy, noproxy) && str_same(ks->proxy, proxy) &&
+        str_same(ks->accept_enc, accept_enc)) {
         /* The same kind of request as the last one: its options stand,
          * only what differs is set again (all of these take 0 for
          * libcurl's default). */
@@ -1159,6 +1164,8 @@ static int l_perform(lua_State *L)
         }
         if (noproxy != NULL)
             curl_easy_setopt(c, CURLOPT_NOPROXY, noproxy);
+        if (proxy != NULL)
+            curl_easy_setopt(c, CURLOPT_PROXY, proxy);
         curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
@@ -1202,6 +1209,7 @@ static int l_perform(lua_State *L)
         /* Remembered only when all of it could be kept. */
         ks->valid = str_keep(&ks->ca_file, ca_file) &&
                     str_keep(&ks->noproxy, noproxy) &&
+                    str_keep(&ks->proxy, proxy) &&
                     str_keep(&ks->accept_enc, accept_enc);
         ks->midx = midx;
         ks->mode = mode;

@@ -181,6 +181,20 @@ function _M.init(self, opts)
   elseif clock ~= nil and type(clock) ~= "function" then
     error("gauth.credentials: now must be a number or a function", 3)
   end
+  -- The transport options every type passes on to the transport it makes
+  -- for its token requests (gauth.oauth.transport): a proxy URL (or false
+  -- for none) and the hosts that go direct.
+  local proxy, no_proxy = opts.proxy, opts.no_proxy
+  if proxy ~= nil and proxy ~= false and type(proxy) ~= "string" then
+    error("gauth.credentials: proxy must be a string (a proxy URL) or false", 3)
+  end
+  if no_proxy ~= nil and type(no_proxy) ~= "string" then
+    error("gauth.credentials: no_proxy must be a string", 3)
+  end
+  local shared = rawget(self, "_shared")
+  if type(shared) == "table" and (proxy ~= nil or no_proxy ~= nil) then
+    shared.proxy, shared.no_proxy = proxy, no_proxy
+  end
   self.quota_project = qp
   self._cache = cache or token_cache.default()
   self._clock = clock or DEFAULT_CLOCK

@@ -1520,7 +1520,24 @@ local function check_opts(opts, fname)
   end
   check_number(o.num_retries, "opts.num_retries", fname, 3)
   check_number(o.timeout, "opts.timeout", fname, 3)
+  if o.proxy ~= nil and o.proxy ~= false and type(o.proxy) ~= "string" then
+    error("gauth.discovery: " .. fname .. ": opts.proxy must be a string (a proxy URL) or false", 3)
+  end
+  if o.no_proxy ~= nil and type(o.no_proxy) ~= "string" then
+    error("gauth.discovery: " .. fname .. ": opts.no_proxy must be a string", 3)
+  end
   return o
+end
+
+-- `proxy` / `no_proxy` without `http`: a transport of the service's own
+-- (the document fetch and every request go through it).
+-- @return true | nil, msg, err (a proxy URL that does not parse)
+local function proxy_transport(o)
+  if o.http or (o.proxy == nil and o.no_proxy == nil) then return true end
+  local http, msg, err = require("gauth.http").new({ proxy = o.proxy, no_proxy = o.no_proxy })
+  if not http then return nil, msg, err end
+  o.http = http
+  return true
 end
 
 local function scopes_of(doc)
@@ -1598,10 +1615,14 @@ end
 --   rootUrl + servicePath), `universe_domain` (default
 --   `GOOGLE_CLOUD_UNIVERSE_DOMAIN` or googleapis.com), `quota_project`
 --   (`x-goog-user-project`), `user_agent` (added after gauth's), `api_key`
---   (`?key=`), `num_retries`, `timeout`, `sleep` (defaults for `execute`)
+--   (`?key=`), `num_retries`, `timeout`, `sleep` (defaults for `execute`),
+--   `proxy`, `no_proxy` (without `http`: a transport of its own with
+--   these, see `gauth.transport.curl`)
 -- @return the service (its root resource) | nil, msg, err
 function _M.build_from_document(doc, opts)
   opts = check_opts(opts, "build_from_document")
+  local pok, pmsg, perr = proxy_transport(opts)
+  if not pok then return nil, pmsg, perr end
   if type(doc) == "string" then
     local d = json_decode(doc)
     if type(d) ~= "table" then
@@ -1785,6 +1806,8 @@ function _M.build(api, version, opts)
     error("gauth.discovery: build: version must be a non-empty string", 2)
   end
   opts = check_opts(opts, "build")
+  local pok, pmsg, perr = proxy_transport(opts)
+  if not pok then return nil, pmsg, perr end
   local templates = opts.discovery_url or DISCOVERY_URLS
   if type(templates) == "string" then templates = { templates } end
   if type(templates) ~= "table" or #templates == 0 then

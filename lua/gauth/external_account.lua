@@ -474,6 +474,7 @@ local function build(c, source, opts)
       impersonation_url = c.service_account_impersonation_url,
       scopes = self.scopes or { _M.CLOUD_PLATFORM }, lifetime = c.lifetime,
       env = opts.env, http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
+      proxy = opts.proxy, no_proxy = opts.no_proxy,
       retry = opts.retry, cache = opts.cache, now = opts.now,
     }))
     if not imp then return errors.ret(errors.of(err)) end

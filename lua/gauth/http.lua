@@ -79,12 +79,19 @@ auto_mt.__tostring = function() return "gauth.http (nginx)" end
 
 --- Make the transport for this environment.
 -- @tparam[opt] table opts transport options: `ca_file`, `timeout`,
---   `connect_timeout`, `max_body` (see `gauth.transport.curl`)
--- @return transport | nil, msg, err
+--   `connect_timeout`, `max_body`, `proxy`, `no_proxy` (see
+--   `gauth.transport.curl`)
+-- @return transport | nil, msg, err (a `proxy` that does not parse)
 function _M.new(opts)
   if util.is_ngx then
     if opts ~= nil and type(opts) ~= "table" then
       error("gauth.http: opts must be a table", 2)
+    end
+    if opts and opts.proxy ~= nil then
+      -- Refused now, as the transports themselves would (they are made
+      -- at first use here).
+      local cfg, msg, err = require("gauth.transport.common").proxy_config(opts, "gauth.http")
+      if not cfg then return nil, msg, err end
     end
     return setmetatable({ opts = opts }, auto_mt)
   end

@@ -139,7 +139,8 @@ function _M.new(opts)
     _retry = policy,
     _clock = opts.now or require("gauth.util").now,
     _timeout = opts.timeout,
-    _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+    _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
+                proxy = opts.proxy, no_proxy = opts.no_proxy },
   }, mt)
 end
 

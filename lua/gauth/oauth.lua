@@ -75,7 +75,8 @@ function _M.check_url(url, module, step, what)
 end
 
 --- The transport of credentials whose `_shared` table (kept by every copy
--- of them) holds `http`, `ca_file` and `timeout` from their options: the
+-- of them) holds `http`, `ca_file`, `timeout`, `proxy` and `no_proxy`
+-- from their options: the
 -- given transport; else one of their own, made once, for their own CA
 -- bundle or timeout; else the process-wide one (not stored, so that
 -- `gauth.http.set_default()` applies to existing credentials).
@@ -85,10 +86,12 @@ end
 function _M.transport(shared, module)
   local http = shared.http
   if http then return http end
-  if shared.ca_file or shared.timeout then
+  if shared.ca_file or shared.timeout or shared.proxy ~= nil or shared.no_proxy then
     local e2, e3
     http, e2, e3 = require("gauth.http").new({ ca_file = shared.ca_file,
-                                               timeout = shared.timeout })
+                                               timeout = shared.timeout,
+                                               proxy = shared.proxy,
+                                               no_proxy = shared.no_proxy })
     if not http then
       return errors.fail_with(module, "token request", errors.of(e2, e3, "http", "new"))
     end

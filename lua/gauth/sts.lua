@@ -185,7 +185,8 @@ function _M.exchange(opts)
   local http = opts.http
   if not http then
     local hmsg, herr
-    http, hmsg, herr = oauth.transport({ ca_file = opts.ca_file, timeout = opts.timeout }, module)
+    http, hmsg, herr = oauth.transport({ ca_file = opts.ca_file, timeout = opts.timeout,
+                                         proxy = opts.proxy, no_proxy = opts.no_proxy }, module)
     if not http then return errors.ret(errors.of(hmsg, herr)) end
   end
   local body = util.form_encode(list)

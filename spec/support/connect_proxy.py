@@ -3,6 +3,8 @@
 routed host:port is tunnelled to a loopback address (where a fake serves
 a certificate for that name from the test CA); any other CONNECT, and any
 plain request, is refused and logged as a violation, which fails the spec.
+Each entry logs the Proxy-Authorization the client sent (test credentials
+only); --require-auth makes the proxy answer 407 without exactly that one.
 
   connect_proxy.py --ready-file F --log L --route sts.googleapis.com:443=127.0.0.1:PORT ...
 """
@@ -26,18 +28,27 @@ def log(path, entry):
 class Handler(socketserver.StreamRequestHandler):
     def handle(self):
         line = self.rfile.readline(8192).decode("latin-1").strip()
+        auth = None
         while True:
             h = self.rfile.readline(8192)
             if not h or h in (b"\r\n", b"\n"):
                 break
+            name, _, value = h.decode("latin-1").partition(":")
+            if name.strip().lower() == "proxy-authorization":
+                auth = value.strip()
         parts = line.split()
         target = parts[1] if len(parts) >= 2 else ""
         route = self.server.routes.get(target) if parts and parts[0] == "CONNECT" else None
         if route is None:
-            log(self.server.log, {"target": line, "refused": True})
+            log(self.server.log, {"target": line, "refused": True, "auth": auth})
             self.wfile.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             return
-        log(self.server.log, {"target": target, "refused": False})
+        if self.server.require_auth and auth != self.server.require_auth:
+            log(self.server.log, {"target": target, "refused": True, "auth": auth})
+            self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                             b"Proxy-Authenticate: Basic realm=\"gauth\"\r\nContent-Length: 0\r\n\r\n")
+            return
+        log(self.server.log, {"target": target, "refused": False, "auth": auth})
         host, port = route.rsplit(":", 1)
         up = socket.create_connection((host, int(port)), timeout=10)
         self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -68,9 +79,12 @@ def main():
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--log", required=True)
     ap.add_argument("--route", action="append", default=[])
+    ap.add_argument("--require-auth", default=None,
+                    help="answer 407 unless Proxy-Authorization is exactly this")
     a = ap.parse_args()
     srv = Server(("127.0.0.1", 0), Handler)
     srv.routes = dict(r.split("=", 1) for r in a.route)
+    srv.require_auth = a.require_auth
     srv.log = a.log
     open(a.log, "a").close()
     with open(a.ready_file + ".tmp", "w") as f:

@@ -133,15 +133,17 @@ local function spawn_ready(cmd, ready, log, what)
   return srv
 end
 
---- Start the CONNECT proxy: `routes` maps "host:port" to "127.0.0.1:port".
--- Returns { url, port, stop, connects() } where connects() lists the
--- CONNECTs seen ({ target, refused }).
-function J.start_connect_proxy(routes)
+--- Start the CONNECT proxy: `routes` maps "host:port" to "127.0.0.1:port";
+-- `opts.require_auth`: the Proxy-Authorization value it insists on (407
+-- otherwise). Returns { url, port, stop, connects() } where connects()
+-- lists the requests seen ({ target, refused, auth }).
+function J.start_connect_proxy(routes, opts)
   local ready = helpers.tmpname("proxy-ready", ".json")
   os.remove(ready)
   local plog = helpers.tmpname("proxy-connects", ".jsonl")
   local args = { "python3", q(J.support_dir .. "/connect_proxy.py"), "--ready-file", q(ready),
                  "--log", q(plog) }
+  if opts and opts.require_auth then args[#args + 1] = "--require-auth " .. q(opts.require_auth) end
   for from, to in pairs(routes) do args[#args + 1] = "--route " .. q(from .. "=" .. to) end
   local srv = spawn_ready(table.concat(args, " "), ready, helpers.tmpname("proxy-log", ".txt"),
                           "connect_proxy.py")

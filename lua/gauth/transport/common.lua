@@ -153,4 +153,274 @@ function _M.bad_header_value(name)
                      { retryable = false, header = name, kind = "header_value" })
 end
 
+-- ------------------------------------------------------------------------
+-- Proxies: one rule for both transports (libcurl gets the decision per
+-- request, never reads the environment itself).
+
+local sub, match, gsub, gmatch = string.sub, string.match, string.gsub, string.gmatch
+local tonumber = tonumber
+
+local function percent_decode(s)
+  return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function proxy_error(field, detail)
+  return errors.fail("http", "proxy", field .. ": " .. detail,
+                     { retryable = false, kind = "proxy", field = field })
+end
+
+--- Parse a proxy URL: `[http://][user:password@]host[:port][/]`. Only
+-- http proxies (the tunnel to an https target is made with CONNECT; TLS
+-- inside TLS is beyond cosockets). No port: 80, the scheme's (as Google's
+-- Python and Go libraries take it; curl's own default would be 1080).
+-- The message names `field` (`proxy`, `https_proxy`, ...), never the
+-- credentials.
+-- @tparam string value
+-- @tparam string field
+-- @return proxy `{ url, host, port, addr, hostport, auth, shown, key }` | nil, msg, err
+function _M.parse_proxy(value, field)
+  local v = match(value, "^%s*(.-)%s*$")
+  local scheme, rest = match(v, "^(%a[%w+.-]*)://(.*)$")
+  if scheme then
+    scheme = lower(scheme)
+    if scheme ~= "http" then
+      return proxy_error(field, "unsupported scheme " .. scheme
+        .. " (gauth speaks to http:// proxies, with CONNECT for https targets)")
+    end
+  else
+    rest = v
+  end
+  local authority, path = match(rest, "^([^/?#]*)(.*)$")
+  if path ~= "" and path ~= "/" then
+    return proxy_error(field, "a proxy URL has no path")
+  end
+  local userinfo, hostport = match(authority, "^(.*)@([^@]*)$")
+  if not userinfo then hostport = authority end
+  local host, port
+  if sub(hostport, 1, 1) == "[" then
+    host, port = match(hostport, "^(%[[%x:.]+%])(.*)$")
+    if not host then return proxy_error(field, "malformed IPv6 address") end
+  else
+    host, port = match(hostport, "^([^:]*)(.*)$")
+  end
+  if host == "" then return proxy_error(field, "the proxy URL has no host") end
+  if not find(host, "^%[") and not find(host, "^[%w][%w.-]*$") then
+    return proxy_error(field, "the proxy host is not a host name or an address")
+  end
+  if port == "" then
+    port = 80
+  else
+    port = tonumber(match(port, "^:(%d+)$"))
+    if not port or port < 1 or port > 65535 then
+      return proxy_error(field, "bad port")
+    end
+  end
+  host = lower(host)
+  local auth, key = nil, "http://" .. host .. ":" .. port
+  if userinfo then
+    local user, pass = match(userinfo, "^([^:]*):(.*)$")
+    if not user then user, pass = userinfo, "" end
+    auth = "Basic " .. require("gauth.core").b64_encode(percent_decode(user) .. ":"
+                                                         .. percent_decode(pass))
+    -- Pools and caches tell proxies apart by their credentials too, by
+    -- a digest (the password is not kept in a pool's name).
+    local core = require "gauth.core"
+    key = key .. " " .. core.b64url_encode(core.sha256(auth))
+  end
+  local addr = host
+  if sub(host, 1, 1) == "[" then
+    addr = sub(host, 2, -2)
+  elseif host == "localhost" then
+    addr = "127.0.0.1"
+  end
+  return {
+    -- for libcurl: the credentials as given (percent-encoded)
+    url = "http://" .. (userinfo and (userinfo .. "@") or "") .. host .. ":" .. port,
+    host = host, port = port, addr = addr, hostport = host .. ":" .. port,
+    auth = auth,
+    -- for messages and logs
+    shown = "http://" .. host .. ":" .. port,
+    key = key,
+  }
+end
+local parse_proxy = _M.parse_proxy
+
+-- Hosts that never go through a proxy: loopback (all of 127.0.0.0/8,
+-- ::1, localhost and its subdomains) and the metadata server (a token or
+-- an assertion would leave the machine, or the metadata answer would come
+-- from elsewhere).
+local DIRECT = { localhost = true, ["localhost."] = true, ["::1"] = true,
+                 ["0:0:0:0:0:0:0:1"] = true, ["169.254.169.254"] = true,
+                 ["metadata.google.internal"] = true, ["metadata.google.internal."] = true }
+do
+  for _, name in ipairs({ "GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP" }) do
+    local mh = os.getenv(name)
+    if mh and mh ~= "" then
+      mh = gsub(mh, "^%a+://", "")
+      local h = match(mh, "^%[([^%]]*)%]") or match(mh, "^[^:/]*")
+      if h and h ~= "" then DIRECT[lower(h)] = true end
+    end
+  end
+end
+
+--- Is `host` (a URL's host; IPv6 in brackets or not) never to be proxied?
+function _M.is_direct_host(host)
+  host = lower(host)
+  if sub(host, 1, 1) == "[" then host = sub(host, 2, -2) end
+  return DIRECT[host] == true or find(host, "^127%.%d+%.%d+%.%d+$") ~= nil
+      or find(host, "%.localhost%.?$") ~= nil
+end
+local is_direct_host = _M.is_direct_host
+
+local function ipv4(s)
+  local a, b, c, d = match(s, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then return nil end
+  a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+  if a > 255 or b > 255 or c > 255 or d > 255 then return nil end
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
+--- Parse a no_proxy list (comma or blank separated): "*" (everything),
+-- names (a leading "." or "*." optional: the name and its subdomains),
+-- IPv4 addresses and CIDR ranges, IPv6 addresses; ports are ignored.
+-- @return list (`all` set for "*")
+function _M.parse_no_proxy(s)
+  local list = {}
+  for e in gmatch(s or "", "[^,%s]+") do
+    e = lower(e)
+    if e == "*" then
+      list.all = true
+    else
+      e = gsub(e, "^%*%.", ".")
+      local v6 = match(e, "^%[([^%]]*)%]")
+      if v6 then
+        list[#list + 1] = { name = v6 }
+      elseif select(2, gsub(e, ":", "")) > 1 then
+        list[#list + 1] = { name = e }
+      else
+        e = gsub(e, ":%d+$", "")
+        local net, bits = match(e, "^([%d.]+)/(%d+)$")
+        local n = net and ipv4(net)
+        bits = tonumber(bits)
+        if n and bits <= 32 then
+          local size = 2 ^ (32 - bits)
+          list[#list + 1] = { from = n - n % size, size = size }
+        else
+          list[#list + 1] = { name = gsub(e, "^%.", ""), dot = true }
+        end
+      end
+    end
+  end
+  return list
+end
+local parse_no_proxy = _M.parse_no_proxy
+
+--- Does `host` match the no_proxy `list`?
+function _M.no_proxy_match(list, host)
+  if not list then return false end
+  if list.all then return true end
+  host = lower(host)
+  if sub(host, 1, 1) == "[" then host = sub(host, 2, -2) end
+  host = gsub(host, "%.$", "")
+  local n = ipv4(host)
+  for i = 1, #list do
+    local e = list[i]
+    if e.size then
+      if n and n >= e.from and n < e.from + e.size then return true end
+    elseif host == e.name then
+      return true
+    elseif e.dot and sub(host, -(#e.name + 1)) == "." .. e.name then
+      return true
+    end
+  end
+  return false
+end
+local no_proxy_match = _M.no_proxy_match
+
+local function env(name)
+  local v = os.getenv(name)
+  if v == nil or v == "" then return nil end
+  return v, name
+end
+
+--- The proxy settings of a transport, from its options and the
+-- environment. `opts.proxy`: a proxy URL for every request (the
+-- environment's proxies are then not read), or `false` (or "") for none;
+-- nil: `https_proxy`/`HTTPS_PROXY` for https URLs, `http_proxy` (lower
+-- case only, as libcurl: HTTP_PROXY can be set by a CGI request's Proxy
+-- header) for http URLs. `opts.no_proxy` (a no_proxy list) else
+-- `no_proxy`/`NO_PROXY` for the environment's proxies; with `opts.proxy`
+-- only `opts.no_proxy` applies (as Python's requests: an explicit proxy
+-- is not undone by the environment). Loopback and the metadata server are
+-- always direct. A bad `opts.proxy` fails here; a bad proxy variable fails
+-- the requests that would use it, naming the variable.
+-- @tparam table opts transport options
+-- @tparam string module the transport, for argument errors
+-- @return cfg | nil, msg, err
+function _M.proxy_config(opts, module)
+  local p, np = opts.proxy, opts.no_proxy
+  if p ~= nil and p ~= false and type(p) ~= "string" then
+    error(module .. ": proxy must be a string (a proxy URL) or false", 3)
+  end
+  if np ~= nil and type(np) ~= "string" then
+    error(module .. ": no_proxy must be a string", 3)
+  end
+  local cfg = { routes = {}, n_routes = 0 }
+  if p == false or p == "" then
+    cfg.none = true
+    return cfg
+  end
+  if p then
+    local parsed, msg, err = parse_proxy(p, "proxy")
+    if not parsed then return nil, msg, err end
+    cfg.explicit = parsed
+    cfg.no_proxy = np and parse_no_proxy(np)
+    return cfg
+  end
+  local function from_env(...)
+    local v, name
+    for i = 1, select("#", ...) do
+      v, name = env((select(i, ...)))
+      if v then break end
+    end
+    if not v then return nil end
+    local parsed, _, err = parse_proxy(v, name)
+    return parsed or err
+  end
+  cfg.https = from_env("https_proxy", "HTTPS_PROXY")
+  cfg.http = from_env("http_proxy")
+  if cfg.https == nil and cfg.http == nil then
+    cfg.none = true
+    return cfg
+  end
+  cfg.no_proxy = parse_no_proxy(np or env("no_proxy") or env("NO_PROXY"))
+  return cfg
+end
+
+--- The proxy for a request to `scheme://host`, or nil to go direct.
+-- @tparam table cfg from `proxy_config`
+-- @tparam string scheme "https" or "http"
+-- @tparam string host the URL's host (an IPv6 address in brackets)
+-- @return proxy | nil | nil, err (a proxy variable that does not parse)
+function _M.proxy_for(cfg, scheme, host)
+  if cfg.none then return nil end
+  local key = scheme .. " " .. host
+  local r = cfg.routes[key]
+  if r == nil then
+    if is_direct_host(host) or no_proxy_match(cfg.no_proxy, host) then
+      r = false
+    elseif cfg.explicit then
+      r = cfg.explicit
+    else
+      r = (scheme == "https" and cfg.https or cfg.http) or false
+    end
+    if cfg.n_routes >= 256 then cfg.routes, cfg.n_routes = {}, 0 end
+    cfg.routes[key] = r
+    cfg.n_routes = cfg.n_routes + 1
+  end
+  if not r then return nil end
+  if errors.is(r) then return nil, r end
+  return r
+end
+
 return _M

@@ -15,8 +15,9 @@
 -- CA bundle is `opts.ca_file`, else `GAUTH_CA_FILE` (the one way to give
 -- a CA to both transports: nginx workers' `lua_ssl_trusted_certificate`
 -- names the same file), else `SSL_CERT_FILE`, else `CURL_CA_BUNDLE`, else
--- the system store. Proxies come from libcurl's usual environment
--- variables (`https_proxy`, `no_proxy`, ...).
+-- the system store. Proxies: `opts.proxy` / `opts.no_proxy`, else
+-- `https_proxy`, `http_proxy`, `no_proxy` (see `gauth.transport.common`'s
+-- `proxy_config`); loopback and the metadata server never go through one.
 --
 -- A transport object is not re-entrant: one request at a time (it blocks).
 -- @module gauth.transport.curl
@@ -75,69 +76,20 @@ local KINDS = {
 }
 _M.CURL_KINDS = KINDS
 
--- libcurl honours http_proxy/https_proxy; loopback and the metadata server
--- must never go through a proxy (a token or an assertion would leave the
--- machine, or the metadata answer would come from somewhere else). Setting
--- CURLOPT_NOPROXY replaces NO_PROXY, so the user's list is kept in front.
-local NOPROXY
-do
-  local env = os.getenv("no_proxy") or os.getenv("NO_PROXY") or ""
-  local direct = "localhost,127.0.0.1,::1,169.254.169.254,metadata.google.internal"
-  if env == "*" then
-    NOPROXY = "*"
-  elseif env ~= "" then
-    NOPROXY = env .. "," .. direct
-  else
-    NOPROXY = direct
-  end
-end
-_M.NOPROXY = NOPROXY
-
--- NO_PROXY matches names, not address ranges (127.0.0.2 is not 127.0.0.1;
--- libcurl compares "::1" with the URL's "[::1]" its own way): whether a
--- request goes direct is decided here, per URL, and "*" then turns the
--- proxy off for it. Loopback (all of 127.0.0.0/8, ::1, localhost and its
--- subdomains) and the metadata server (GCE_METADATA_HOST too) are direct.
-local DIRECT = { localhost = true, ["localhost."] = true, ["[::1]"] = true,
-                 ["[0:0:0:0:0:0:0:1]"] = true, ["169.254.169.254"] = true,
-                 ["metadata.google.internal"] = true, ["metadata.google.internal."] = true }
-do
-  local mh = os.getenv("GCE_METADATA_HOST")
-  if mh and mh ~= "" then
-    DIRECT[lower((match(mh, "^(%[[^%]]*%])") or match(mh, "^[^:]*")))] = true
-  end
-end
-
-local function is_direct(host)
-  host = lower(host)
-  return DIRECT[host] == true or find(host, "^127%.%d+%.%d+%.%d+$") ~= nil
-      or find(host, "%.localhost%.?$") ~= nil
-end
-
--- authority -> the noproxy option for it (bounded: authorities repeat).
-local noproxy_of, noproxy_count = {}, 0
-
-local function noproxy_for(url)
-  local authority = match(url, "^%a[%w+.-]*://([^/?#]*)")
-  if not authority then return NOPROXY end
-  local np = noproxy_of[authority]
-  if np then return np end
-  local hostport = match(authority, "@([^@]*)$") or authority
-  local host = match(hostport, "^(%[[^%]]*%])") or match(hostport, "^[^:]*")
-  np = is_direct(host) and "*" or NOPROXY
-  if noproxy_count < 256 then
-    noproxy_of[authority] = np
-    noproxy_count = noproxy_count + 1
-  end
-  return np
-end
-_M.noproxy_for = noproxy_for
+-- Proxies: gauth decides per request (gauth.transport.common: the same
+-- rule as the cosocket transport) and gives libcurl the answer, the proxy
+-- URL or "" (none): libcurl's own reading of the environment never
+-- applies, nor its NO_PROXY (CURLOPT_NOPROXY is set to "" beside a proxy).
+local proxy_for = common.proxy_for
 
 --- Make a transport.
 -- @tparam[opt] table opts `ca_file` (PEM bundle to trust instead of the
 --   system store), `timeout` (s, default 30), `connect_timeout` (s,
---   default 10), `max_body` (bytes, default 64 MiB)
--- @return transport | nil, msg, err
+--   default 10), `max_body` (bytes, default 64 MiB), `proxy` (an
+--   `http://[user:password@]host[:port]` proxy for every request, or false
+--   for none; default: the environment's), `no_proxy` (hosts that go direct)
+-- @return transport | nil, msg, err (a `proxy` that does not parse: module
+--   "http", step "proxy", `field` "proxy")
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -149,6 +101,8 @@ function _M.new(opts)
   check_seconds(opts.timeout, "timeout", MODULE, 3)
   check_seconds(opts.connect_timeout, "connect_timeout", MODULE, 3)
   check_bytes(opts.max_body, "max_body", MODULE, 3)
+  local pcfg, pmsg, perr = common.proxy_config(opts, MODULE)
+  if not pcfg then return nil, pmsg, perr end
   local h, err = core.http_new()
   if not h then
     return errors.fail_with("http", "init", err)
@@ -159,10 +113,11 @@ function _M.new(opts)
     timeout = opts.timeout or _M.DEFAULT_TIMEOUT,
     connect_timeout = opts.connect_timeout or _M.DEFAULT_CONNECT_TIMEOUT,
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
+    proxy = pcfg,
     -- Reused for every request: one table less to allocate per call.
     -- (parse_headers: perform() gives the headers as a table; header_map:
     -- it takes them as one.)
-    copts = { parse_headers = true, header_map = true, noproxy = NOPROXY },
+    copts = { parse_headers = true, header_map = true, noproxy = "", proxy = "" },
   }, mt)
 end
 
@@ -212,7 +167,16 @@ function _M:request(req)
   copts.upload_offset = req.upload_offset
   copts.upload_length = req.upload_length
   copts.download_file = req.download_file
-  copts.noproxy = noproxy_for(url)
+  local proxy
+  local scheme, authority = match(url, "^(%a[%w+.-]*)://([^/?#]*)")
+  if scheme then
+    local hostport = match(authority, "@([^@]*)$") or authority
+    local host = match(hostport, "^(%[[^%]]*%])") or match(hostport, "^[^:]*")
+    local perr
+    proxy, perr = proxy_for(self.proxy, lower(scheme), host)
+    if perr then return errors.ret(perr) end
+  end
+  copts.proxy = proxy and proxy.url or ""
 
   -- The header table goes to C as it is (copts.header_map): it is walked
   -- there, checked, and compared with the lines of the last request, which
@@ -240,7 +204,13 @@ function _M:request(req)
       return errors.ret(err)
     end
     local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
-                     kind = reason or KINDS[code] or "other" }
+                     kind = reason or KINDS[code] or "other", proxy = proxy and proxy.shown }
+    if proxy and (code == 5 or (code == 56 and find(msg, "CONNECT", 1, true))) then
+      -- The proxy could not be found, or refused the tunnel (403, 407):
+      -- asking again will not change its mind.
+      fields.kind, fields.retryable = "proxy", code == 5
+      msg = msg .. " (proxy " .. proxy.shown .. ")"
+    end
     if reason == "max_body" then fields.too_large = true end
     return errors.fail("http", "request", msg, fields)
   end

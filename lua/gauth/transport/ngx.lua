@@ -23,7 +23,15 @@
 -- * An `accept-encoding` request header is not sent: the server then answers
 --   with an identity body, which is what a caller of the curl transport gets
 --   after libcurl's decoding (only `res.decoded` is missing).
--- * No proxy support (`https_proxy` is libcurl's business).
+-- * Proxies: `opts.proxy` / `opts.no_proxy`, else `https_proxy`,
+--   `http_proxy`, `no_proxy` read with os.getenv (nginx passes a variable
+--   to Lua only with an `env https_proxy;` line in nginx.conf). An https
+--   target is reached through a CONNECT tunnel, then TLS to the target's
+--   name (verified, as always); an http target by an absolute-form request
+--   to the proxy. Credentials in the proxy URL go as `Proxy-Authorization:
+--   Basic`, never into a message or a log line. Loopback and the metadata
+--   server never go through a proxy. A proxy's host name needs nginx's
+--   `resolver` as any other (an address does not).
 --
 -- Defaults as the curl transport: `timeout` 30 s (whole request, redirects
 -- included), `connect_timeout` 10 s, `max_body` 64 MiB, no redirects.
@@ -85,6 +93,7 @@ local fail = common.fail
 local tls_untrusted = common.tls_untrusted
 local HEADER_NAMES = common.HEADER_NAMES
 local header_name = common.header_name
+local proxy_for = common.proxy_for
 
 -- Socket errors after which a new attempt may succeed (the peer or the
 -- network, not the request): the counterpart of the curl transport's list.
@@ -106,10 +115,12 @@ local checked_env_ca = false
 -- @tparam[opt] table opts `timeout` (s, default 30), `connect_timeout` (s,
 --   default 10), `max_body` (bytes, default 64 MiB), `keepalive_timeout`
 --   (s an idle pooled connection is kept, default 60), `pool_size`
---   (connections kept per pool and worker, default 32). `ca_file` is
+--   (connections kept per pool and worker, default 32), `proxy`,
+--   `no_proxy` (as `gauth.transport.curl`). `ca_file` is
 --   accepted for compatibility with the curl transport and ignored: the
 --   trust store is `lua_ssl_trusted_certificate`.
--- @return transport | nil, msg, err
+-- @return transport | nil, msg, err (a `proxy` that does not parse: step
+--   "proxy", `field` "proxy")
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -120,6 +131,8 @@ function _M.new(opts)
   check_seconds(opts.keepalive_timeout, "keepalive_timeout", MODULE, 3)
   check_bytes(opts.max_body, "max_body", MODULE, 3)
   check_bytes(opts.pool_size, "pool_size", MODULE, 3)
+  local pcfg, pmsg, perr = common.proxy_config(opts, MODULE)
+  if not pcfg then return nil, pmsg, perr end
   if not util.is_ngx or type(ngx.socket) ~= "table" then
     return errors.fail("http", "init",
       "gauth.transport.ngx runs only inside nginx (lua-nginx-module)")
@@ -154,6 +167,7 @@ function _M.new(opts)
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
     keepalive_ms = (opts.keepalive_timeout or _M.DEFAULT_KEEPALIVE_TIMEOUT) * 1000,
     pool_size = opts.pool_size or _M.DEFAULT_POOL_SIZE,
+    proxy = pcfg,
   }, mt)
 end
 
@@ -368,7 +382,7 @@ local function read_to_close(c, s)
 end
 
 -- Request head and body, written as one array (no concatenation).
-local function build_request(method, target, host_header, headers, body_len)
+local function build_request(method, target, host_header, headers, body_len, extra)
   local out, n = { method, " ", target, " HTTP/1.1\r\n" }, 4
   local has_host = false
   if headers then
@@ -419,6 +433,10 @@ local function build_request(method, target, host_header, headers, body_len)
     out[n + 1], out[n + 2], out[n + 3] = "Content-Length: ", tostring(body_len), "\r\n"
     n = n + 3
   end
+  if extra then
+    out[n + 1] = extra
+    n = n + 1
+  end
   out[n + 1] = "\r\n"
   return out
 end
@@ -427,9 +445,59 @@ local function is_ip_literal(host)
   return sub(host, 1, 1) == "[" or match(host, "^%d+%.%d+%.%d+%.%d+$") ~= nil
 end
 
--- Connect (or take a pooled connection) and do the TLS handshake.
+-- The pool of connections through proxy `p` to origin `u`: a tunnel
+-- (after CONNECT and TLS) serves only its target; absolute-form requests
+-- to one proxy share its pool. Made once per route and worker.
+local routes, n_routes = {}, 0
+
+local function route_pool(u, p)
+  local key = p.key .. " " .. u.pool_opts.pool
+  local o = routes[key]
+  if o then return o end
+  o = { pool = u.https and ("tunnel " .. key) or ("proxy " .. p.key),
+        pool_size = u.pool_opts.pool_size }
+  if n_routes >= 256 then routes, n_routes = {}, 0 end
+  routes[key] = o
+  n_routes = n_routes + 1
+  return o
+end
+
+-- Open a CONNECT tunnel to `u` on a fresh connection to proxy `p`.
+-- @return true | nil, err
+local function tunnel(c, u, p)
+  local target = u.host .. ":" .. u.port
+  local ms = left_ms(c.deadline)
+  if not ms then return fail("timeout before CONNECT", { retryable = true, kind = "timeout" }) end
+  local sock = c.sock
+  sock:settimeouts(ms, ms, ms)
+  local ok, err = sock:send({ "CONNECT ", target, " HTTP/1.1\r\nHost: ", target, "\r\n",
+    p.auth and "Proxy-Authorization: " or "", p.auth or "", p.auth and "\r\n" or "", "\r\n" })
+  local head
+  if ok then head, err = read_until(c, "\r\n\r\n", _M.MAX_HEADER_BYTES) end
+  if not head then
+    return fail("proxy " .. p.shown .. ": CONNECT to " .. target .. ": " .. tostring(err),
+                { retryable = socket_retryable(err), kind = "proxy", proxy = p.shown })
+  end
+  local status, reason = parse_head(head)
+  if not status or status < 200 or status > 299 then
+    -- 403: the proxy's policy; 407: its credentials. Neither changes by
+    -- asking again; a 5xx of the proxy might.
+    return fail("proxy " .. p.shown .. " refused CONNECT to " .. target .. ": "
+      .. (status and (status .. " " .. tostring(reason)) or "malformed answer"),
+      { retryable = status ~= nil and status >= 500, kind = "proxy", proxy = p.shown,
+        proxy_status = status })
+  end
+  if c.buf ~= "" then
+    return fail("proxy " .. p.shown .. ": bytes after the CONNECT answer",
+                { retryable = false, kind = "proxy", proxy = p.shown })
+  end
+  return true
+end
+
+-- Connect (or take a pooled connection) and do the TLS handshake; through
+-- proxy `p` when given.
 -- @return c | nil, err
-local function connect(u, deadline, connect_timeout)
+local function connect(u, deadline, connect_timeout, p)
   local sock = tcp()
   local cms = left_ms(deadline)
   if not cms then
@@ -438,15 +506,30 @@ local function connect(u, deadline, connect_timeout)
   local ct = math_floor(connect_timeout * 1000)
   if ct >= 1 and ct < cms then cms = ct end
   sock:settimeouts(cms, cms, cms)
-  local ok, err = sock:connect(u.addr, u.port, u.pool_opts)
+  local ok, err
+  if p then
+    ok, err = sock:connect(p.addr, p.port, route_pool(u, p))
+  else
+    ok, err = sock:connect(u.addr, u.port, u.pool_opts)
+  end
   if not ok then
-    local msg = "connecting to " .. u.host .. ":" .. u.port .. ": " .. tostring(err)
+    local msg = "connecting to " .. (p and ("proxy " .. p.hostport) or (u.host .. ":" .. u.port))
+      .. ": " .. tostring(err)
     if find(tostring(err), "no resolver", 1, true) then
       msg = msg .. " (add a `resolver` directive to nginx.conf)"
     end
-    return fail(msg, { retryable = socket_retryable(err), kind = "connect" })
+    return fail(msg, { retryable = socket_retryable(err), kind = "connect",
+                       proxy = p and p.shown })
   end
   local reused = (sock:getreusedtimes() or 0) > 0
+  if p and u.https and not reused then
+    local tc = { sock = sock, deadline = deadline, bytes_in = 0, buf = "" }
+    local tok, terr = tunnel(tc, u, p)
+    if not tok then
+      sock:close()
+      return nil, terr
+    end
+  end
   if u.https and not reused then
     -- pcall: lua-resty-core 0.1.25 raises ("assertion failed!") instead of
     -- returning an error when a handshake that completed at once then
@@ -599,11 +682,11 @@ end
 -- One request/response exchange on one URL (no redirects).
 -- @return res | nil, err
 local function exchange(self, method, u, head, body, req, deadline,
-                        connect_timeout, max_body)
+                        connect_timeout, max_body, p)
   local attempts = 0
   while true do
     attempts = attempts + 1
-    local c, err = connect(u, deadline, connect_timeout)
+    local c, err = connect(u, deadline, connect_timeout, p)
     if not c then return nil, err end
     local sock = c.sock
 
@@ -778,10 +861,18 @@ function _M:request(req)
     elseif EMPTY_BODY[method] then
       body_len = 0
     end
-    local head, bad = build_request(method, path, u.host_header, headers, body_len)
+    local p, perr = proxy_for(self.proxy, u.scheme, u.host)
+    if perr then return errors.ret(perr) end
+    local target, extra = path, nil
+    if p and not u.https then
+      -- Plain http through a proxy: the absolute form (RFC 9112 3.2.2).
+      target = u.scheme .. "://" .. u.host_header .. path
+      extra = p.auth and ("Proxy-Authorization: " .. p.auth .. "\r\n")
+    end
+    local head, bad = build_request(method, target, u.host_header, headers, body_len, extra)
     if not head then return common.bad_header_value(bad) end
     local res, err = exchange(self, method, u, head, body, req, deadline,
-                              connect_timeout, max_body)
+                              connect_timeout, max_body, p)
     if not res then return errors.ret(err) end
     new_conns = new_conns + res.new_connections
     local loc = res.headers.location
