@@ -253,7 +253,8 @@ end
 --- Paths of the test PKI (made once per run by spec/support/mkcerts.sh):
 -- `dir, ca_file, ca_key, server_cert, server_key, other_ca_file,
 -- other_ca_key, other_server_cert, other_server_key, wronghost_cert,
--- wronghost_key`.
+-- wronghost_key, named_cert, named_key` (named: DNS:oauth2.gauth.test and
+-- DNS:api.gauth.test, for names resolved by `start_dns`).
 function helpers.certs()
   if S.certs then return S.certs end
   local dir = helpers.tmpdir() .. "/pki"
@@ -270,6 +271,8 @@ function helpers.certs()
     other_server_key = dir .. "/other-server.key",
     wronghost_cert = dir .. "/wronghost-server.pem",
     wronghost_key = dir .. "/wronghost-server.key",
+    named_cert = dir .. "/named-server.pem",
+    named_key = dir .. "/named-server.key",
   }
   return S.certs
 end
@@ -638,6 +641,62 @@ function Listener:stop()
   S.servers[self] = nil
   return kill_and_wait(self.pid, 5)
 end
+
+-- A tiny DNS server, for nginx's `resolver` ---------------------------------------
+
+local Dns = {}
+Dns.__index = Dns
+
+--- Start spec/support/tiny_dns.py on 127.0.0.1 (UDP, a free port): A
+-- records for `names` (a table name -> IPv4 loopback address), NXDOMAIN for
+-- any other name. `d.port`, `d.address` ("127.0.0.1:port", for nginx's
+-- `resolver`), `d:queries()` (what it was asked, oldest first: `{ name,
+-- qtype, rcode }`), `d:stop()`.
+function helpers.start_dns(names)
+  local base = helpers.tmpdir() .. "/dns-" .. next_seq()
+  local ready, log, err = base .. ".ready", base .. ".jsonl", base .. ".err"
+  local args = {}
+  for name, addr in pairs(names) do
+    assert(addr:match("^127%.%d+%.%d+%.%d+$"), "helpers.start_dns: loopback addresses only")
+    args[#args + 1] = "--name " .. q(name .. "=" .. addr)
+  end
+  local cmd = ("%s %s %s --ready-file %s --log-file %s%s >%s 2>&1 </dev/null & echo \"PID=$!\"")
+    :format(q(PYTHON), q(helpers.support_dir .. "/tiny_dns.py"), table.concat(args, " "),
+            q(ready), q(log), S.pid and (" --parent-pid " .. S.pid) or "", q(err))
+  local ok, out = sh(cmd)
+  local pid = ok and tonumber(out:match("PID=(%d+)"))
+  if not pid then error("helpers.start_dns: cannot spawn: " .. out, 2) end
+  local info
+  local deadline = socket.gettime() + START_TIMEOUT
+  while true do
+    local s = helpers.read_file(ready)
+    info = s and cjson.decode(s)
+    if info then break end
+    if proc_gone(pid) then error("helpers.start_dns: exited at start:\n" .. tail(err), 2) end
+    if socket.gettime() > deadline then
+      kill_and_wait(pid, 2)
+      error("helpers.start_dns: not ready:\n" .. tail(err), 2)
+    end
+    sleep(0.02)
+  end
+  local port = math.floor(info.port)
+  local d = setmetatable({ pid = pid, port = port, address = "127.0.0.1:" .. port,
+                           log_file = log }, Dns)
+  S.servers[d] = true
+  return d
+end
+
+function Dns:queries()
+  local out = {}
+  for line in (helpers.read_file(self.log_file) or ""):gmatch("[^\n]+") do
+    local r = assert(cjson.decode(line))
+    r.qtype, r.rcode = math.floor(r.qtype), math.floor(r.rcode)
+    out[#out + 1] = r
+  end
+  return out
+end
+
+Dns.stop = Listener.stop
 
 -- Keys and credential files ---------------------------------------------------
 

@@ -12,6 +12,9 @@
 #                                     other-ca.pem ("untrusted CA" tests)
 #   wronghost-server.pem, wronghost-server.key  signed by ca.pem but only for
 #                                     DNS:wrong.example ("hostname mismatch")
+#   named-server.pem, named-server.key  signed by ca.pem for DNS:*.gauth.test
+#                                     (names served by spec/support/tiny_dns.py
+#                                     through nginx's resolver)
 #
 # Idempotent: when every file is there, it does nothing. Files appear by
 # rename, under a lock, so concurrent runs never see half a PKI.
@@ -22,7 +25,8 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd -P)
 
 FILES="ca.pem ca.key server.pem server.key other-ca.pem other-ca.key
-other-server.pem other-server.key wronghost-server.pem wronghost-server.key"
+other-server.pem other-server.key wronghost-server.pem wronghost-server.key
+named-server.pem named-server.key"
 
 complete() {
   for f in $FILES; do
@@ -87,6 +91,7 @@ mkca other-ca "gauth unrelated test CA"
 mkleaf server ca localhost "$SAN"
 mkleaf other-server other-ca localhost "$SAN"
 mkleaf wronghost-server ca wrong.example "DNS:wrong.example"
+mkleaf named-server ca oauth2.gauth.test "DNS:oauth2.gauth.test,DNS:api.gauth.test"
 
 chmod 600 ./*.key
 for f in $FILES; do

@@ -25,12 +25,15 @@
 --   100 ms, up to the cache's lock timeout; the cache then finds the fresh
 --   entry and returns it without fetching.
 -- * **Refresh ahead.** A token past its refresh time (225 s before expiry)
---   but still valid is handed out at once while one `ngx.timer.at` timer,
---   for all workers (the flag `b|<cache key>`), fetches the next one. If
---   that fails the error is logged once (at `error` level; repeats at
---   `debug` until a refresh succeeds), the old token keeps serving until
---   it expires, and the timer is tried again after a backoff (1 s doubling,
---   at most 30 s).
+--   but still valid is handed out at once; the first caller to see that
+--   starts one `ngx.timer.at` timer for all workers (the flag `b|<cache
+--   key>`, taken with `dict:add`), which fetches the next one; callers
+--   meanwhile are handed the old token and start nothing. Nothing runs
+--   between calls. If the fetch fails the error is logged once (at `error`
+--   level; repeats at `debug` until a refresh succeeds), the old token
+--   keeps serving until `expiry_margin` (1 s) before it expires, and the
+--   flag stays for a backoff (1 s doubling, at most 30 s): the first call
+--   after it starts the next timer.
 -- * **Phases without cosockets** (`set_by_lua*`, header and body filters,
 --   `log_by_lua*`, `balancer_by_lua*`, `init_worker_by_lua*`): a valid token
 --   is served; one that is past its refresh time, or missing, is refreshed
