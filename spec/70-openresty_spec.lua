@@ -487,9 +487,8 @@ describe("OpenResty", function()
 
     it("nginx.conf is accepted by nginx -t (paths made local)", function()
       local text = assert(helpers.read_file(nginx.root .. "/examples/openresty/nginx.conf"))
+      -- Nothing is resolved at start (the upstream is a variable).
       text = text:gsub("/opt/gauth", nginx.root)
-                 -- no DNS here: the upstream name would not resolve
-                 :gsub("server storage%.googleapis%.com:443", "server 127.0.0.1:9")
       local dir = helpers.tmpname("example-nginx")
       assert(os.execute("mkdir -p " .. helpers.shell_quote(dir .. "/logs")))
       helpers.write_file(dir .. "/nginx.conf", text)

@@ -140,4 +140,71 @@ describe("OpenResty deployment (README, run)", function()
     assert.is_true((sh("test -x " .. helpers.shell_quote(prefix .. "/bin/gauth"))))
     assert.is_true((sh("test -x " .. helpers.shell_quote(prefix .. "/bin/gauth-emulator"))))
   end)
+
+  it("examples/openresty/nginx.conf as shipped runs against the emulator (GAUTH_EXAMPLE_* from env)", function()
+    local prefix = dir .. "/example"
+    assert(os.execute("mkdir -p " .. helpers.shell_quote(prefix .. "/logs")))
+    -- What its header tells a user: the clone's path for /opt/gauth, and
+    -- another port in the listen line; nothing else.
+    local port = nginx.free_port()
+    local text = assert(helpers.read_file(nginx.root .. "/examples/openresty/nginx.conf"))
+    local n_path, n_port
+    text, n_path = text:gsub("/opt/gauth", nginx.root)
+    text, n_port = text:gsub("listen 127%.0%.0%.1:8080;", "listen 127.0.0.1:" .. port .. ";")
+    assert.is_true(n_path >= 3)
+    assert.equal(1, n_port)
+    helpers.write_file(prefix .. "/nginx.conf", text)
+    local key_json = assert(helpers.read_file(emu.key_file))
+    local key = assert(cjson.decode(key_json))
+    assert(emu.clear_requests())
+    local srv = assert(nginx.start_file({
+      prefix = prefix, conf = prefix .. "/nginx.conf", port = port,
+      pid_file = prefix .. "/logs/nginx.pid",
+      setenv = { GOOGLE_APPLICATION_CREDENTIALS = emu.key_file,
+                 GAUTH_EXAMPLE_DISCOVERY_URL = emu.discovery_url,
+                 GAUTH_EXAMPLE_UPSTREAM = emu.url .. "/sql/v1beta4/" } }))
+    local ok, e = pcall(function()
+      -- The Discovery page: instances.list through the emulator's document.
+      local status, body = srv:get("/sql/instances")
+      assert.equal(200, status, body)
+      local listed = assert(cjson.decode(body))
+      assert.equal(emu.project, listed.project)
+      assert.is_true(#listed.instances > 0)
+      -- The proxy: the emulator's API answers the proxied request, which
+      -- carried the service account's token (it answers 401 without one).
+      status, body = srv:get("/google/projects/" .. emu.project .. "/instances?maxResults=100")
+      assert.equal(200, status, body)
+      local proxied = assert(cjson.decode(body))
+      assert.equal("sql#instancesList", proxied.kind)
+      local names = {}
+      for i, inst in ipairs(proxied.items) do names[i] = inst.name end
+      local expected = {}
+      for i, inst in ipairs(listed.instances) do expected[i] = inst.name end
+      assert.same(expected, names)
+      -- What the emulator served: one token (the dict gauth), a document,
+      -- and both API calls authenticated as the key's account.
+      local seen = {}
+      for _, r in ipairs(assert(emu.requests())) do
+        seen[r.endpoint] = (seen[r.endpoint] or 0) + 1
+        if r.endpoint == "sqladmin" then
+          assert.equal(200, r.status)
+          assert.equal("ok", r.auth)
+          assert.equal(key.client_email, r.principal)
+        end
+      end
+      assert.equal(1, seen.token)
+      assert.equal(1, seen.discovery)
+      assert.equal(2, seen.sqladmin)
+      -- The query string went through as the client sent it.
+      local last
+      for _, r in ipairs(assert(emu.requests())) do
+        if r.endpoint == "sqladmin" then last = r end
+      end
+      assert.equal("/sql/v1beta4/projects/" .. emu.project .. "/instances", last.path)
+    end)
+    local log = srv:log()
+    srv:stop()
+    assert(ok, e)
+    assert.is_nil(log:match("[^\n]*%[error%][^\n]*"))
+  end)
 end)

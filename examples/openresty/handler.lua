@@ -3,11 +3,12 @@
 -- nginx.conf beside it (and by bench/openresty_bench.sh).
 --
 --   init_by_lua_block    { require("handler").init() }
---   location /api/ {
+--   location /google/ {
+--     set_by_lua_block $gauth_upstream { return require("handler").upstream_url("/google/") }
 --     set $gauth_authorization "";
 --     access_by_lua_block { require("handler").authorize() }
 --     proxy_set_header Authorization $gauth_authorization;
---     proxy_pass ...;
+--     proxy_pass $gauth_upstream;
 --   }
 --   content_by_lua_block { require("handler").list_sql_instances() }
 --
@@ -32,14 +33,32 @@ local sqladmin  -- per worker, made at first use
 
 local CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
+-- Where /google/ proxies to: GAUTH_EXAMPLE_UPSTREAM, read in init().
+local DEFAULT_UPSTREAM = "https://storage.googleapis.com/storage/v1/"
+local upstream = DEFAULT_UPSTREAM
+
+local function getenv(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
 --- Read the service-account key (call from init_by_lua*). opts, all
 -- optional: `key_file` (default `GOOGLE_APPLICATION_CREDENTIALS`), `scopes`
 -- (default cloud-platform), `project` (default `GOOGLE_CLOUD_PROJECT`, else
--- the key's project), `shared_dict` (default "gauth"), and for a local
--- emulator: `discovery_url`, `api_endpoint`.
+-- the key's project), `shared_dict` (default "gauth"), `upstream` (the URL
+-- /google/ proxies to, ending in "/"; default `GAUTH_EXAMPLE_UPSTREAM`, else
+-- the Cloud Storage JSON API), and for a local emulator: `discovery_url`
+-- (default `GAUTH_EXAMPLE_DISCOVERY_URL`, else Google's), `api_endpoint`.
+-- nginx passes only the variables that nginx.conf names with `env`.
 function _M.init(opts)
   opts = opts or {}
-  local key_file = opts.key_file or os.getenv("GOOGLE_APPLICATION_CREDENTIALS")
+  upstream = opts.upstream or getenv("GAUTH_EXAMPLE_UPSTREAM") or DEFAULT_UPSTREAM
+  if not upstream:match("^https?://[^/]+/") then
+    error("handler.init: the upstream must be an http(s) URL ending in a path, not "
+          .. upstream)
+  end
+  local key_file = opts.key_file or getenv("GOOGLE_APPLICATION_CREDENTIALS")
   if not key_file then
     error("handler.init: no key file (set GOOGLE_APPLICATION_CREDENTIALS and `env` it)")
   end
@@ -49,9 +68,20 @@ function _M.init(opts)
   creds, err = sa.from_file(key_file, { scopes = opts.scopes or { CLOUD_PLATFORM },
                                         cache = cache })
   if not creds then error("handler.init: " .. tostring(err)) end
-  project = opts.project or os.getenv("GOOGLE_CLOUD_PROJECT") or creds.project_id
-  service_opts = { credentials = creds, discovery_url = opts.discovery_url,
+  project = opts.project or getenv("GOOGLE_CLOUD_PROJECT") or creds.project_id
+  service_opts = { credentials = creds,
+                   discovery_url = opts.discovery_url or getenv("GAUTH_EXAMPLE_DISCOVERY_URL"),
                    api_endpoint = opts.api_endpoint }
+end
+
+--- set_by_lua* (`set_by_lua_block $gauth_upstream { ... }`): the URL to
+-- proxy a request under `prefix` to: the upstream followed by the rest of
+-- the request's URI as the client sent it (still percent-encoded: object
+-- names with `%2F` stay one segment).
+function _M.upstream_url(prefix)
+  local uri = ngx.var.request_uri
+  if uri:sub(1, #prefix) ~= prefix then return upstream end
+  return upstream .. uri:sub(#prefix + 1)
 end
 
 -- The header value of the current token: one string per token, not one

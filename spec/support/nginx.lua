@@ -204,6 +204,19 @@ function _M.start(opts)
   local conf = prefix .. "/nginx.conf"
   write_file(conf, table.concat(lines, "\n") .. "\n")
 
+  return _M.start_file({ prefix = prefix, conf = conf, port = port, setenv = opts.setenv })
+end
+
+--- Start nginx from a configuration file of one's own (an example as
+-- shipped, say), the same way: LUA_PATH/LUA_CPATH unset, a watchdog.
+-- @tparam table opts `conf` (path), `prefix` (nginx's -p), `port` (where it
+--   listens: start waits for it), `setenv` (as for `start`), `pid_file`
+--   (default prefix/nginx.pid), `error_log` (default prefix/logs/error.log)
+-- @return srv | nil, err
+function _M.start_file(opts)
+  local prefix, conf, port = opts.prefix, opts.conf, opts.port
+  local pid_file = opts.pid_file or (prefix .. "/nginx.pid")
+  local error_log = opts.error_log or (prefix .. "/logs/error.log")
   local setenv = {}
   for k, v in pairs(opts.setenv or {}) do setenv[#setenv + 1] = k .. "=" .. sh_quote(v) end
   table.sort(setenv)
@@ -214,17 +227,17 @@ function _M.start(opts)
   local started, out = run(cmd)
   if not started then
     return nil, "nginx did not start: " .. out .. "\n" ..
-                (read_file(prefix .. "/logs/error.log") or "")
+                (read_file(error_log) or "")
   end
   local self = setmetatable({
     prefix = prefix, conf = conf, port = port,
     url = "http://127.0.0.1:" .. port,
-    error_log = prefix .. "/logs/error.log",
+    error_log = error_log,
   }, mt)
   -- daemon on: nginx has forked; the pid file is there once it listens.
   local deadline = socket.gettime() + 10
   while socket.gettime() < deadline do
-    local pid = tonumber(read_file(prefix .. "/nginx.pid") or "")
+    local pid = tonumber(read_file(pid_file) or "")
     if pid then
       self.pid = pid
       local c = socket.tcp()
