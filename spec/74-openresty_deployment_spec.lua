@@ -181,21 +181,24 @@ describe("OpenResty deployment (README, run)", function()
       local expected = {}
       for i, inst in ipairs(listed.instances) do expected[i] = inst.name end
       assert.same(expected, names)
+      -- The query string goes through too: the emulator checks maxResults.
+      status, body = srv:get("/google/projects/" .. emu.project .. "/instances?maxResults=x")
+      assert.equal(400, status, body)
+      assert.matches("Invalid value at 'max_results'", body, 1, true)
       -- What the emulator served: one token (the dict gauth), a document,
       -- and both API calls authenticated as the key's account.
       local seen = {}
       for _, r in ipairs(assert(emu.requests())) do
         seen[r.endpoint] = (seen[r.endpoint] or 0) + 1
         if r.endpoint == "sqladmin" then
-          assert.equal(200, r.status)
           assert.equal("ok", r.auth)
           assert.equal(key.client_email, r.principal)
         end
       end
       assert.equal(1, seen.token)
       assert.equal(1, seen.discovery)
-      assert.equal(2, seen.sqladmin)
-      -- The query string went through as the client sent it.
+      assert.equal(3, seen.sqladmin)
+      -- The proxied path: the upstream's, then the rest of the client's.
       local last
       for _, r in ipairs(assert(emu.requests())) do
         if r.endpoint == "sqladmin" then last = r end
