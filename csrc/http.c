@@ -72,6 +72,8 @@ typedef struct {
     char *noproxy;
     char *proxy;            /* may hold proxy credentials: freed with the rest */
     char *accept_enc;
+    char *ssl_cert;         /* client certificate (PEM file), mTLS */
+    char *ssl_key;          /* its private key (PEM file) */
 } gauth_setup;
 
 enum {
@@ -162,6 +164,8 @@ static void setup_forget(gauth_setup *st)
     free(st->noproxy);
     free(st->proxy);
     free(st->accept_enc);
+    free(st->ssl_cert);
+    free(st->ssl_key);
     memset(st, 0, sizeof *st);
 }
 
@@ -914,7 +918,8 @@ static const char *const methods[] = {
  *   value with CR, LF, NUL or another control character; accept-encoding's too)
  * @tparam[opt] string body request body (binary safe)
  * @tparam[opt] table opts `timeout`, `connect_timeout` (seconds),
- *   `max_body` (bytes), `ca_file`, `noproxy` (hosts never proxied,
+ *   `max_body` (bytes), `ca_file`, `ssl_cert` + `ssl_key` (client
+ *   certificate and key, PEM files, for mutual TLS), `noproxy` (hosts never proxied,
  *   replacing NO_PROXY), `proxy` (the proxy URL, "" for none: replaces
  *   the environment's), `follow` (boolean), `accept_encoding`
  *   (the Accept-Encoding to send; the body is then decoded),
@@ -940,6 +945,7 @@ static int l_perform(lua_State *L)
     long timeout_ms, connect_ms;
     double max_body, up_off, up_len;
     const char *ca_file, *accept_enc, *up_path, *down_path, *noproxy, *proxy;
+    const char *ssl_cert, *ssl_key;
     int follow, parse_head, map;
     hwalk w;
     curl_off_t in_len = 0;
@@ -1005,6 +1011,8 @@ static int l_perform(lua_State *L)
     connect_ms = opt_ms(L, opts, "connect_timeout");
     max_body = opt_size(L, opts, "max_body");
     ca_file = opt_string(L, opts, "ca_file");
+    ssl_cert = opt_string(L, opts, "ssl_cert");
+    ssl_key = opt_string(L, opts, "ssl_key");
     accept_enc = map ? w.accept_enc : opt_string(L, opts, "accept_encoding");
     noproxy = opt_string(L, opts, "noproxy");
     proxy = opt_string(L, opts, "proxy");
@@ -1015,6 +1023,8 @@ static int l_perform(lua_State *L)
     follow = opt_field(L, opts, "follow") != LUA_TNIL && lua_toboolean(L, -1);
     parse_head = opt_field(L, opts, "parse_headers") != LUA_TNIL && lua_toboolean(L, -1);
 
+    if ((ssl_cert == NULL) != (ssl_key == NULL))
+        luaL_error(L, "gauth.core: http: opts.ssl_cert and opts.ssl_key go together");
     if (up_path != NULL && body != NULL)
         luaL_error(L, "gauth.core: http: body and opts.upload_file are exclusive");
     if ((up_off >= 0 || up_len >= 0) && up_path == NULL)
@@ -1124,7 +1134,8 @@ static int l_perform(lua_State *L)
         ks->down == (h->out != NULL) && ks->https == https &&
         ks->follow == follow && str_same(ks->ca_file, ca_file) &&
         str_same(ks->noproxy, noproxy) && str_same(ks->proxy, proxy) &&
-        str_same(ks->accept_enc, accept_enc)) {
+        str_same(ks->accept_enc, accept_enc) &&
+        str_same(ks->ssl_cert, ssl_cert) && str_same(ks->ssl_key, ssl_key)) {
         /* The same kind of request as the last one: its options stand,
          * only what differs is set again (all of these take 0 for
          * libcurl's default). */
@@ -1166,6 +1177,16 @@ static int l_perform(lua_State *L)
             curl_easy_setopt(c, CURLOPT_NOPROXY, noproxy);
         if (proxy != NULL)
             curl_easy_setopt(c, CURLOPT_PROXY, proxy);
+        if (ssl_cert != NULL) {
+            /* Mutual TLS. libcurl keeps the client certificate in the
+             * connection's TLS configuration, so a kept-alive connection
+             * made without it (or with another) is never reused for this
+             * request, nor this one for theirs. */
+            curl_easy_setopt(c, CURLOPT_SSLCERT, ssl_cert);
+            curl_easy_setopt(c, CURLOPT_SSLCERTTYPE, "PEM");
+            curl_easy_setopt(c, CURLOPT_SSLKEY, ssl_key);
+            curl_easy_setopt(c, CURLOPT_SSLKEYTYPE, "PEM");
+        }
         curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
@@ -1210,7 +1231,9 @@ static int l_perform(lua_State *L)
         ks->valid = str_keep(&ks->ca_file, ca_file) &&
                     str_keep(&ks->noproxy, noproxy) &&
                     str_keep(&ks->proxy, proxy) &&
-                    str_keep(&ks->accept_enc, accept_enc);
+                    str_keep(&ks->accept_enc, accept_enc) &&
+                    str_keep(&ks->ssl_cert, ssl_cert) &&
+                    str_keep(&ks->ssl_key, ssl_key);
         ks->midx = midx;
         ks->mode = mode;
         ks->down = h->out != NULL;

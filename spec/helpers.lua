@@ -254,7 +254,9 @@ end
 -- `dir, ca_file, ca_key, server_cert, server_key, other_ca_file,
 -- other_ca_key, other_server_cert, other_server_key, wronghost_cert,
 -- wronghost_key, named_cert, named_key` (named: DNS:oauth2.gauth.test and
--- DNS:api.gauth.test, for names resolved by `start_dns`).
+-- DNS:api.gauth.test, for names resolved by `start_dns`), `client_cert,
+-- client_key` (clientAuth, signed by the CA), `other_client_cert,
+-- other_client_key` (signed by the other CA).
 function helpers.certs()
   if S.certs then return S.certs end
   local dir = helpers.tmpdir() .. "/pki"
@@ -273,6 +275,10 @@ function helpers.certs()
     wronghost_key = dir .. "/wronghost-server.key",
     named_cert = dir .. "/named-server.pem",
     named_key = dir .. "/named-server.key",
+    client_cert = dir .. "/client.pem",
+    client_key = dir .. "/client.key",
+    other_client_cert = dir .. "/other-client.pem",
+    other_client_key = dir .. "/other-client.key",
   }
   return S.certs
 end
@@ -337,7 +343,9 @@ end
 --   tls (default true), host ("127.0.0.1" or "::1"), port (default 0: free),
 --   untrusted (serve other-server.pem, signed by the unrelated CA),
 --   wronghost (serve a cert for wrong.example signed by the test CA),
---   cert_file/key_file (any other pair), config (table sent to :config()),
+--   cert_file/key_file (any other pair), client_ca (require a client
+--   certificate signed by this CA file: mutual TLS; records then carry
+--   client_subject), config (table sent to :config()),
 --   start_timeout (seconds, default 10).
 function helpers.start_fake(opts)
   opts = opts or {}
@@ -367,6 +375,10 @@ function helpers.start_fake(opts)
     end
     cert, key = opts.cert_file or cert, opts.key_file or key
     for _, a in ipairs({ "--cert", cert, "--key", key }) do args[#args + 1] = a end
+    if opts.client_ca then
+      args[#args + 1] = "--client-ca"
+      args[#args + 1] = opts.client_ca
+    end
   end
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = q(a) end

@@ -75,7 +75,23 @@ class FakeServer(socketserver.ThreadingMixIn, HTTPServer):
             if self.ssl_ctx is not None:
                 # The handshake is bounded; the handler sets its own timeout.
                 request.settimeout(10)
-                conn = self.ssl_ctx.wrap_socket(request, server_side=True)
+                conn = self.ssl_ctx.wrap_socket(
+                    request, server_side=True, do_handshake_on_connect=False)
+                try:
+                    conn.do_handshake()
+                except ssl.SSLError:
+                    if self.ssl_ctx.verify_mode == ssl.CERT_REQUIRED:
+                        # TLS 1.3 judges the client certificate after the
+                        # client has finished: OpenSSL has sent its alert;
+                        # the connection stays open until the client closes
+                        # it, so the client always reads that alert (and
+                        # never races a closed socket with its request).
+                        try:
+                            while socket.socket.recv(conn, 65536):
+                                pass
+                        except OSError:
+                            pass
+                    raise
                 conn.settimeout(None)
             self.RequestHandlerClass(conn, client_address, self)
         except self.quiet_errors:
@@ -152,22 +168,47 @@ def arg_parser(doc):
     ap.add_argument("--control-port", type=int, default=0)
     ap.add_argument("--cert")
     ap.add_argument("--key")
+    ap.add_argument("--client-ca",
+                    help="PEM CA file: require a client certificate it signed"
+                    " (mutual TLS); requests record its subject")
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--parent-pid", type=int, default=0,
                     help="exit when this process is gone")
     return ap
 
 
-def tls_context(cert, key):
+def tls_context(cert, key, client_ca=None):
     """A server context for --cert/--key (TLS 1.2+, ALPN http/1.1), or None
-    without --cert."""
+    without --cert. With client_ca, a client certificate signed by it is
+    required (CERT_REQUIRED)."""
     if not cert:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=client_ca)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def peer_cert(conn):
+    """(subject CN, DER bytes) of the client certificate of a TLS connection,
+    or (None, None)."""
+    try:
+        der = conn.getpeercert(binary_form=True)
+        info = conn.getpeercert()
+    except (AttributeError, ValueError, ssl.SSLError):
+        return None, None
+    if not der:
+        return None, None
+    cn = None
+    for rdn in (info or {}).get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                cn = v
+    return cn, der
 
 
 def url_of(host, srv):

@@ -117,7 +117,9 @@ input):
     {method, path, query (raw), headers (lower-case names; repeats joined by
     ", "), body (UTF-8, invalid bytes replaced), body_b64 (exact), time
     (epoch seconds, real clock), conn (connection number: same number, same
-    keep-alive connection)}. Requests are recorded before scripts play.
+    keep-alive connection); with --client-ca also client_subject (the client
+    certificate's CN) and client_cert_b64 (its DER)}. Requests are recorded
+    before scripts play.
   GET /tokens    {token: {kind, scope, iss/email/client_id, issued_at, ...}}
   POST /reset    config, scripts, records, tokens and the counter back to
     their start state.
@@ -149,7 +151,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fake_federation  # noqa: E402  (workload identity federation)
 from fake_common import (  # noqa: E402  (found through the line above)
     QUIET_ERRORS, STOP, FakeServer, QuietHandler, Recorder, arg_parser,
-    exit_now, iter_chunked, log_err, serve, tls_context, url_of)
+    exit_now, iter_chunked, log_err, serve, tls_context, url_of,
+    peer_cert)
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 STS_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -601,6 +604,12 @@ class MainHandler(BaseHandler):
             "body_b64": base64.b64encode(body).decode(),
             "time": time.time(), "conn": self.conn_id,
         }
+        cn, der = peer_cert(self.connection)
+        if der:
+            # Mutual TLS (--client-ca): who the client proved to be.
+            rec["client_subject"] = cn
+            rec["client_cert_b64"] = base64.b64encode(der).decode()
+        self.client_der = der
         st.record(rec)
         self.req_path, self.req_query = path, query
         self.req_headers, self.req_body = headers, body
@@ -1098,7 +1107,7 @@ def main():
 
     # The state needs the base URL, known once the port is bound.
     main_srv = FakeServer((args.host, args.port), MainHandler, None,
-                          tls_context(args.cert, args.key))
+                          tls_context(args.cert, args.key, args.client_ca))
     main_srv.state = State(url_of(args.host, main_srv), args.signing_key)
     ctl_srv = FakeServer(("127.0.0.1", args.control_port), ControlHandler,
                          main_srv.state)

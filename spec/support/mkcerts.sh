@@ -15,6 +15,11 @@
 #   named-server.pem, named-server.key  signed by ca.pem for DNS:*.gauth.test
 #                                     (names served by spec/support/tiny_dns.py
 #                                     through nginx's resolver)
+#   client.pem, client.key            CN=gauth test client, clientAuth,
+#                                     signed by ca.pem (mutual TLS)
+#   other-client.pem, other-client.key  CN=gauth stray client, signed by
+#                                     other-ca.pem (a client cert the
+#                                     server does not trust)
 #
 # Idempotent: when every file is there, it does nothing. Files appear by
 # rename, under a lock, so concurrent runs never see half a PKI.
@@ -26,7 +31,8 @@ out=$(cd "$out" && pwd -P)
 
 FILES="ca.pem ca.key server.pem server.key other-ca.pem other-ca.key
 other-server.pem other-server.key wronghost-server.pem wronghost-server.key
-named-server.pem named-server.key"
+named-server.pem named-server.key
+client.pem client.key other-client.pem other-client.key"
 
 complete() {
   for f in $FILES; do
@@ -69,12 +75,12 @@ mkca() {
     -addext "subjectKeyIdentifier=hash"
 }
 
-# mkleaf NAME CA CN SAN
+# mkleaf NAME CA CN SAN [EKU]
 mkleaf() {
   cat >"$1.ext" <<EOF
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
+extendedKeyUsage=${5:-serverAuth}
 subjectAltName=$4
 subjectKeyIdentifier=hash
 authorityKeyIdentifier=keyid,issuer
@@ -92,6 +98,8 @@ mkleaf server ca localhost "$SAN"
 mkleaf other-server other-ca localhost "$SAN"
 mkleaf wronghost-server ca wrong.example "DNS:wrong.example"
 mkleaf named-server ca oauth2.gauth.test "DNS:oauth2.gauth.test,DNS:api.gauth.test"
+mkleaf client ca "gauth test client" "URI:spiffe://gauth.test/client" clientAuth
+mkleaf other-client other-ca "gauth stray client" "URI:spiffe://stray.test/client" clientAuth
 
 chmod 600 ./*.key
 for f in $FILES; do

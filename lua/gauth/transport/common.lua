@@ -15,6 +15,7 @@ local tostring = tostring
 local error = error
 local find = string.find
 local lower = string.lower
+local ipairs = ipairs
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -80,6 +81,76 @@ function _M.tls_untrusted(hostport, detail)
     .. " file: GAUTH_CA_FILE (or ca_file) for libcurl (plain Lua, init_by_lua)"
     .. " and lua_ssl_trusted_certificate for nginx workers",
     { retryable = false, kind = "tls_verify" })
+end
+
+--- Read and check a client certificate and its key for mutual TLS
+-- (`opts.client_cert`, `opts.client_key`: paths of PEM files), as both
+-- transports take them. Both or neither; non-strings raise (at `level`).
+-- The files must be readable, the certificate file must hold a PEM
+-- certificate (a chain may follow it) and the key file one PEM private key
+-- (unencrypted), as Google's libraries require of `certificate_config.json`'s
+-- files. Nothing of the key's content ever reaches a message.
+-- @return nil (no client certificate) | cert_pem, key_pem | nil, msg, err
+--   (step "client_cert", `field` "client_cert" or "client_key", `kind` "config")
+function _M.read_client_cert(opts, module, level)
+  local cert, key = opts.client_cert, opts.client_key
+  if cert == nil and key == nil then return nil end
+  if (cert ~= nil and type(cert) ~= "string") or (key ~= nil and type(key) ~= "string") then
+    error(module .. ": client_cert and client_key must be paths (strings)", level + 1)
+  end
+  local function bad(field, detail)
+    return errors.fail("http", "client_cert", field .. ": " .. detail,
+                       { retryable = false, field = field, kind = "config" })
+  end
+  if cert == nil then return bad("client_cert", "missing (client_key is given)") end
+  if key == nil then return bad("client_key", "missing (client_cert is given)") end
+  local pems = {}
+  for i, pair in ipairs({ { "client_cert", cert }, { "client_key", key } }) do
+    local f, ferr = io.open(pair[2], "rb")
+    if not f then
+      return bad(pair[1], "cannot read " .. tostring(ferr))
+    end
+    local data = f:read("*a") or ""
+    f:close()
+    pems[i] = data
+  end
+  if not find(pems[1], "-----BEGIN CERTIFICATE-----", 1, true) then
+    return bad("client_cert", cert .. " holds no PEM certificate")
+  end
+  local k = pems[2]
+  local _, nkeys = k:gsub("%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-", "")
+  if nkeys ~= 1 then
+    return bad("client_key", key .. " must hold exactly one PEM private key")
+  end
+  if find(k, "ENCRYPTED", 1, true) then
+    return bad("client_key", key .. " is encrypted (a passphrase cannot be given)")
+  end
+  return pems[1], pems[2]
+end
+
+--- The error of a TLS connection that the server closed because of the
+-- client certificate (TLS alerts "certificate required", "unknown ca",
+-- "bad certificate", ...), worded alike on every transport: `kind`
+-- "tls_client_cert", not retryable.
+-- @tparam string hostport "host:port"
+-- @tparam string detail what the TLS library said
+-- @tparam boolean have_cert whether a client certificate was sent
+-- @return nil, err
+function _M.tls_client_refused(hostport, detail, have_cert)
+  return _M.fail("TLS: " .. hostport .. " refused the connection because of the client certificate ("
+    .. (have_cert and "the one given is not accepted" or "none was given: set client_cert and client_key,"
+        .. " or GOOGLE_API_USE_CLIENT_CERTIFICATE=true with certificate_config.json")
+    .. "; " .. tostring(detail) .. ")", { retryable = false, kind = "tls_client_cert" })
+end
+
+--- Whether what the TLS library said is a TLS alert about the client
+-- certificate.
+function _M.is_client_cert_alert(detail)
+  detail = lower(tostring(detail))
+  return find(detail, "alert certificate required", 1, true) ~= nil
+      or find(detail, "alert unknown ca", 1, true) ~= nil
+      or find(detail, "alert bad certificate", 1, true) ~= nil
+      or find(detail, "alert certificate unknown", 1, true) ~= nil
 end
 
 --- Check what every transport's `request(req)` checks first: `req` is a

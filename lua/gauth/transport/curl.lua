@@ -87,9 +87,13 @@ local proxy_for = common.proxy_for
 --   system store), `timeout` (s, default 30), `connect_timeout` (s,
 --   default 10), `max_body` (bytes, default 64 MiB), `proxy` (an
 --   `http://[user:password@]host[:port]` proxy for every request, or false
---   for none; default: the environment's), `no_proxy` (hosts that go direct)
+--   for none; default: the environment's), `no_proxy` (hosts that go direct),
+--   `client_cert` and `client_key` (paths of PEM files: the client
+--   certificate and its key, sent when a server asks for one: mutual TLS,
+--   Google's mTLS endpoints)
 -- @return transport | nil, msg, err (a `proxy` that does not parse: module
---   "http", step "proxy", `field` "proxy")
+--   "http", step "proxy", `field` "proxy"; a client certificate or key that
+--   cannot be read: step "client_cert", `field` naming the option)
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -103,6 +107,8 @@ function _M.new(opts)
   check_bytes(opts.max_body, "max_body", MODULE, 3)
   local pcfg, pmsg, perr = common.proxy_config(opts, MODULE)
   if not pcfg then return nil, pmsg, perr end
+  local cert_pem, key_pem, cerr = common.read_client_cert(opts, MODULE, 2)
+  if cert_pem == nil and key_pem ~= nil then return nil, key_pem, cerr end
   local h, err = core.http_new()
   if not h then
     return errors.fail_with("http", "init", err)
@@ -117,7 +123,10 @@ function _M.new(opts)
     -- Reused for every request: one table less to allocate per call.
     -- (parse_headers: perform() gives the headers as a table; header_map:
     -- it takes them as one.)
-    copts = { parse_headers = true, header_map = true, noproxy = "", proxy = "" },
+    copts = { parse_headers = true, header_map = true, noproxy = "", proxy = "",
+              ssl_cert = cert_pem and opts.client_cert or nil,
+              ssl_key = cert_pem and opts.client_key or nil },
+    client_cert = cert_pem and opts.client_cert or nil,
   }, mt)
 end
 
@@ -197,6 +206,14 @@ function _M:request(req)
       error("gauth.transport.curl: bad value for header " .. tostring(rheaders), 2)
     end
     local msg = (rheaders:gsub("^gauth%.core: http: ", ""))
+    if (code == 56 or code == 35 or code == 55) and common.is_client_cert_alert(msg) then
+      -- With TLS 1.3 the server judges the client certificate after the
+      -- handshake: its alert arrives when the answer is read.
+      local _, err = common.tls_client_refused(url:match("^%a+://([^/?#]+)") or url, msg,
+                                               self.client_cert ~= nil)
+      err.curl_code = code
+      return errors.ret(err)
+    end
     if code == 60 or code == 51 then
       -- CURLE_PEER_FAILED_VERIFICATION: worded as the cosocket transport does.
       local _, err = common.tls_untrusted(url:match("^%a+://([^/?#]+)") or url, msg)

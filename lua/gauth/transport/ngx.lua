@@ -118,7 +118,11 @@ local checked_env_ca = false
 --   (connections kept per pool and worker, default 32), `proxy`,
 --   `no_proxy` (as `gauth.transport.curl`). `ca_file` is
 --   accepted for compatibility with the curl transport and ignored: the
---   trust store is `lua_ssl_trusted_certificate`.
+--   trust store is `lua_ssl_trusted_certificate`. `client_cert` and
+--   `client_key` (paths of PEM files): the client certificate for mutual
+--   TLS, read and parsed here, once (`tcpsock:setclientcert`, lua-nginx-module
+--   0.10.23+ with lua-resty-core's `ngx.ssl`); connections made with it
+--   are pooled apart from the others.
 -- @return transport | nil, msg, err (a `proxy` that does not parse: step
 --   "proxy", `field` "proxy")
 function _M.new(opts)
@@ -136,6 +140,34 @@ function _M.new(opts)
   if not util.is_ngx or type(ngx.socket) ~= "table" then
     return errors.fail("http", "init",
       "gauth.transport.ngx runs only inside nginx (lua-nginx-module)")
+  end
+  local cert_pem, key_pem, cerr = common.read_client_cert(opts, MODULE, 2)
+  if cert_pem == nil and key_pem ~= nil then return nil, key_pem, cerr end
+  local client
+  if cert_pem then
+    local ok, ssl = pcall(require, "ngx.ssl")
+    local pok, probe = pcall(tcp)
+    if not ok or type(ssl.parse_pem_cert) ~= "function"
+        or (pok and type(probe.setclientcert) ~= "function") then
+      return errors.fail("http", "client_cert", "client_cert: this nginx cannot send a client"
+        .. " certificate from Lua (needs lua-nginx-module 0.10.23+ and lua-resty-core's"
+        .. " ngx.ssl with tcpsock:setclientcert)", { retryable = false, field = "client_cert",
+                                                    kind = "unsupported" })
+    end
+    local c, perr = ssl.parse_pem_cert(cert_pem)
+    if not c then
+      return errors.fail("http", "client_cert", "client_cert: " .. opts.client_cert
+        .. " cannot be parsed: " .. tostring(perr), { retryable = false, field = "client_cert", kind = "config" })
+    end
+    -- The parser's message may quote OpenSSL, never the key.
+    local k = ssl.parse_pem_priv_key(key_pem)
+    if not k then
+      return errors.fail("http", "client_cert", "client_key: " .. opts.client_key
+        .. " cannot be parsed as a private key", { retryable = false, field = "client_key", kind = "config" })
+    end
+    -- The pool tag keeps a connection made with this certificate for
+    -- transports with the same one: never handed to one without it.
+    client = { cert = c, key = k, tag = opts.client_cert .. "|" .. opts.client_key }
   end
   if opts.ca_file ~= nil and not warned_ca_file then
     warned_ca_file = true
@@ -168,6 +200,7 @@ function _M.new(opts)
     keepalive_ms = (opts.keepalive_timeout or _M.DEFAULT_KEEPALIVE_TIMEOUT) * 1000,
     pool_size = opts.pool_size or _M.DEFAULT_POOL_SIZE,
     proxy = pcfg,
+    client = client,
   }, mt)
 end
 
@@ -497,7 +530,7 @@ end
 -- Connect (or take a pooled connection) and do the TLS handshake; through
 -- proxy `p` when given.
 -- @return c | nil, err
-local function connect(u, deadline, connect_timeout, p)
+local function connect(u, deadline, connect_timeout, p, client)
   local sock = tcp()
   local cms = left_ms(deadline)
   if not cms then
@@ -531,6 +564,13 @@ local function connect(u, deadline, connect_timeout, p)
     end
   end
   if u.https and not reused then
+    if client then
+      local cok, cerr2 = sock:setclientcert(client.cert, client.key)
+      if not cok then
+        sock:close()
+        return fail("TLS client certificate: " .. tostring(cerr2), { retryable = false, kind = "tls" })
+      end
+    end
     -- pcall: lua-resty-core 0.1.25 raises ("assertion failed!") instead of
     -- returning an error when a handshake that completed at once then
     -- fails verification; nginx logs the reason.
@@ -552,6 +592,11 @@ local function connect(u, deadline, connect_timeout, p)
           return tls_untrusted(u.host .. ":" .. u.port, herr)
         end
       end
+      if client and not verify then
+        -- The server's alert (e.g. "unknown ca") is in nginx's error log only.
+        msg = msg .. " (a client certificate was sent: the server may have refused it;"
+          .. " nginx's error log has the TLS alert)"
+      end
       return fail(msg, { retryable = not verify and socket_retryable(herr),
                          kind = verify and "tls_verify" or "tls" })
     end
@@ -564,8 +609,8 @@ end
 -- neither parses the host nor builds these tables again.
 local origins, n_origins = {}, 0
 
-local function origin_of(origin, pool_size)
-  local key = pool_size .. " " .. origin
+local function origin_of(origin, pool_size, tag)
+  local key = pool_size .. " " .. origin .. (tag and " " .. tag or "")
   local o = origins[key]
   if o then return o end
   local scheme, host, port = util.parse_url(origin .. "/")
@@ -589,7 +634,7 @@ local function origin_of(origin, pool_size)
     host_header = port == default_port and host or (host .. ":" .. port),
     -- A pool per scheme/host/port: a plain connection is never handed out
     -- for https, nor one verified for another name.
-    pool_opts = { pool = scheme .. "://" .. lhost .. ":" .. port,
+    pool_opts = { pool = scheme .. "://" .. lhost .. ":" .. port .. (tag and https and " mtls " .. tag or ""),
                   pool_size = pool_size },
   }
   if n_origins >= 256 then origins, n_origins = {}, 0 end
@@ -600,10 +645,10 @@ end
 
 -- The origin and the request target of an URL.
 -- @return origin table, target | nil
-local function target_of(url, pool_size)
+local function target_of(url, pool_size, tag)
   local origin, path = match(url, "^(%a[%w+.-]*://[^/?#]*)(.*)$")
   if not origin then return nil end
-  local o = origin_of(origin, pool_size)
+  local o = origin_of(origin, pool_size, tag)
   if not o then return nil end
   local hash = find(path, "#", 1, true)
   if hash then path = sub(path, 1, hash - 1) end
@@ -686,7 +731,7 @@ local function exchange(self, method, u, head, body, req, deadline,
   local attempts = 0
   while true do
     attempts = attempts + 1
-    local c, err = connect(u, deadline, connect_timeout, p)
+    local c, err = connect(u, deadline, connect_timeout, p, self.client)
     if not c then return nil, err end
     local sock = c.sock
 
@@ -844,7 +889,8 @@ function _M:request(req)
   local new_conns = 0
 
   while true do
-    local u, path = target_of(url, self.pool_size)
+    local client = self.client
+    local u, path = target_of(url, self.pool_size, client and client.tag)
     if not u then
       return errors.fail("http", "request", "unsupported or malformed URL", { retryable = false, kind = "url" })
     end
