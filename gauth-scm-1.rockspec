@@ -66,6 +66,7 @@ build = {
     ["gauth.media"] = "lua/gauth/media.lua",
     ["gauth.metadata"] = "lua/gauth/metadata.lua",
     ["gauth.metrics"] = "lua/gauth/metrics.lua",
+    ["gauth.mtls"] = "lua/gauth/mtls.lua",
     ["gauth.nginx"] = "lua/gauth/nginx.lua",
     ["gauth.oauth"] = "lua/gauth/oauth.lua",
     ["gauth.retry"] = "lua/gauth/retry.lua",

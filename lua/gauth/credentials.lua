@@ -507,6 +507,10 @@ local OPTION_RULES = {
            function(v) return type(v) == "table" and type(v.request) == "function" end },
   ca_file = { "ca_file must be a string",
               function(v) return type(v) == "string" end },
+  client_cert = { "client_cert must be a path (string)",
+                  function(v) return type(v) == "string" end },
+  client_key = { "client_key must be a path (string)",
+                 function(v) return type(v) == "string" end },
   -- As written, NaN passes (as it always has).
   timeout = { "timeout must be a positive number",
               function(v) return not (type(v) ~= "number" or v <= 0) end },

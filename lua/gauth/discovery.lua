@@ -1501,7 +1501,8 @@ local function check_opts(opts, fname)
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
   for _, k in pairs({ "api_endpoint", "universe_domain", "quota_project",
-                      "user_agent", "api_key" }) do
+                      "user_agent", "api_key", "client_cert", "client_key",
+                      "certificate_config", "ca_file" }) do
     if o[k] ~= nil and (type(o[k]) ~= "string" or o[k] == "") then
       error("gauth.discovery: " .. fname .. ": opts." .. k .. " must be a non-empty string", 3)
     end
@@ -1537,6 +1538,7 @@ local function proxy_transport(o)
   local http, msg, err = require("gauth.http").new({ proxy = o.proxy, no_proxy = o.no_proxy })
   if not http then return nil, msg, err end
   o.http = http
+  o._proxy_http = true  -- ours: replaced by one with the client certificate when there is one
   return true
 end
 
@@ -1567,6 +1569,38 @@ local function new_service(doc, opts)
   if universe ~= DEFAULT_UNIVERSE then
     base = gsub(base, "googleapis%.com", (gsub(universe, "%%", "%%%%")))
   end
+  -- Certificate-based access, as google-api-python-client's discovery.build:
+  -- the client certificate (explicit, or the default one when
+  -- GOOGLE_API_USE_CLIENT_CERTIFICATE=true), then the endpoint by
+  -- GOOGLE_API_USE_MTLS_ENDPOINT when the document has an mtlsRootUrl.
+  local mtls = require "gauth.mtls"
+  local cert, cmsg, cerr = mtls.client_cert(opts)
+  if cert == nil then return nil, cmsg, cerr end
+  local root_url = doc.rootUrl
+  if not opts.api_endpoint and type(doc.mtlsRootUrl) == "string" then
+    local m_base = join_base(doc.mtlsRootUrl, type(doc.servicePath) == "string" and doc.servicePath or "")
+    local chosen, is_mtls, e3 = mtls.select_endpoint(base, m_base, cert and true or false, opts)
+    if not chosen then return nil, is_mtls, e3 end
+    if is_mtls then
+      if universe and universe ~= DEFAULT_UNIVERSE then
+        return errors.fail("discovery", "build", "mTLS is not supported in any universe other than "
+          .. DEFAULT_UNIVERSE .. " (universe_domain " .. universe .. ")",
+          { retryable = false, kind = "config", field = "GOOGLE_API_USE_MTLS_ENDPOINT" })
+      end
+      base, root_url = chosen, doc.mtlsRootUrl
+    end
+  end
+  local http = opts.http
+  if cert and (not http or opts._proxy_http) then
+    -- The service's own transport, with the certificate (both transports:
+    -- under nginx gauth.http hands it to the cosockets).
+    local e2, e3
+    http, e2, e3 = require("gauth.http").new({ client_cert = cert.client_cert,
+                                               client_key = cert.client_key,
+                                               ca_file = opts.ca_file,
+                                               proxy = opts.proxy, no_proxy = opts.no_proxy })
+    if not http then return errors.fail_with("discovery", "build", errors.of(e2, e3)) end
+  end
   if opts.api_endpoint then base = opts.api_endpoint end
   local creds = opts.credentials
   if creds and type(creds.with_scopes) == "function" then
@@ -1589,9 +1623,10 @@ local function new_service(doc, opts)
     schemas = type(doc.schemas) == "table" and doc.schemas or EMPTY,
     base = base,
     base_slash = sub(base, -1) == "/" and base or (base .. "/"),
-    root_url = doc.rootUrl,
+    root_url = root_url,
     batch_path = doc.batchPath,
-    http = opts.http,
+    http = http,
+    mtls = cert and true or false,
     credentials = creds,
     universe = universe,
     quota_project = opts.quota_project,
@@ -1617,7 +1652,15 @@ end
 --   (`x-goog-user-project`), `user_agent` (added after gauth's), `api_key`
 --   (`?key=`), `num_retries`, `timeout`, `sleep` (defaults for `execute`),
 --   `proxy`, `no_proxy` (without `http`: a transport of its own with
---   these, see `gauth.transport.curl`)
+--   these, see `gauth.transport.curl`);
+--   mutual TLS (see `gauth.mtls`): `client_cert` + `client_key` (paths),
+--   else the default certificate when `GOOGLE_API_USE_CLIENT_CERTIFICATE=true`
+--   (`certificate_config`: its configuration file in place of
+--   `GOOGLE_API_CERTIFICATE_CONFIG`), sent by a transport of the service's
+--   own (with `ca_file`, `proxy`, `no_proxy`) unless `http` is given; the document's
+--   `mtlsRootUrl` is used as `GOOGLE_API_USE_MTLS_ENDPOINT` says (never,
+--   auto: with a client certificate, always); `env` (a table or function)
+--   in place of the process environment for these variables
 -- @return the service (its root resource) | nil, msg, err
 function _M.build_from_document(doc, opts)
   opts = check_opts(opts, "build_from_document")

@@ -29,6 +29,15 @@
 -- * `executable`: `command` run only with
 --   `GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1`, never inside an nginx
 --   worker; killed at `timeout_millis`; `output_file` read first as a cache.
+-- * `certificate` (X.509, workload identity federation with certificates):
+--   `use_default_certificate_config = true` (`GOOGLE_API_CERTIFICATE_CONFIG`,
+--   else `~/.config/gcloud/certificate_config.json`) or
+--   `certificate_config_location`; optional `trust_chain_path` (PEM). The
+--   subject token is the JSON array of the base64 DER certificates, the
+--   leaf (the configuration's `cert_path`) first, then the trust chain; the
+--   exchange goes over mutual TLS with that certificate and key, to
+--   `https://sts.mtls.<universe_domain>/v1/token` unless `token_url` says
+--   otherwise (subject token type `urn:ietf:params:oauth:token-type:mtls`).
 --
 -- Secrets (subject tokens, AWS keys, the client secret, access tokens)
 -- never go into an error, a log line or `tostring`. Tokens are sent only
@@ -69,6 +78,8 @@ local setmetatable = setmetatable
 local find = string.find
 local sub = string.sub
 local gsub = string.gsub
+local gmatch = string.gmatch
+local byte = string.byte
 local match = string.match
 local lower = string.lower
 local format = string.format
@@ -87,6 +98,8 @@ _M.GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 _M.REQUESTED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 --- STS's endpoint when the configuration names none.
 _M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/token"
+--- STS over mutual TLS: the default of an X.509 (certificate) source.
+_M.DEFAULT_MTLS_TOKEN_URL = "https://sts.mtls.{universe_domain}/v1/token"
 _M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
 --- The scope of the STS token when none are given, and always when it
 -- only serves to impersonate a service account.
@@ -196,12 +209,13 @@ local function parse_source(cs, source)
   if cs.url ~= nil then kinds[#kinds + 1] = "url" end
   if cs.environment_id ~= nil then kinds[#kinds + 1] = "environment_id" end
   if cs.executable ~= nil then kinds[#kinds + 1] = "executable" end
+  if cs.certificate ~= nil then kinds[#kinds + 1] = "certificate" end
   if #kinds == 0 then
     local seen = {}
     for k in pairs(cs) do seen[#seen + 1] = tostring(k) end
     sort(seen)
     return nil, key_error(source, "credential_source", "no known source (file, url,"
-      .. " environment_id or executable)" .. (#seen > 0 and ("; has " .. concat(seen, ", ")) or ""))
+      .. " environment_id, executable or certificate)" .. (#seen > 0 and ("; has " .. concat(seen, ", ")) or ""))
   end
   -- An AWS source may carry an `url` (the role's credentials): that one
   -- is not a second source.
@@ -272,6 +286,38 @@ local function parse_source(cs, source)
     f, err = errors.pair(parse_format(cs, source))
     if not f then return errors.ret(err) end
     return { kind = "url", url = cs.url, headers = headers, format = f }
+  end
+  if cs.certificate ~= nil then
+    local c = cs.certificate
+    local P = "credential_source.certificate"
+    if type(c) ~= "table" then
+      return nil, key_error(source, P, "must be an object")
+    end
+    local use_default = c.use_default_certificate_config
+    -- gcloud has written it as the string "true" too.
+    if use_default == true or use_default == "true" then
+      use_default = true
+    elseif use_default == nil or use_default == util.json_null or use_default == false
+        or use_default == "false" then
+      use_default = false
+    else
+      return nil, key_error(source, P .. ".use_default_certificate_config", "must be true or false")
+    end
+    local loc, tc
+    loc, err = errors.pair(opt_string(c, "certificate_config_location", source, P .. "."))
+    if loc == nil then return errors.ret(err) end
+    tc, err = errors.pair(opt_string(c, "trust_chain_path", source, P .. "."))
+    if tc == nil then return errors.ret(err) end
+    loc, tc = loc or nil, tc or nil
+    if loc and use_default then
+      return nil, key_error(source, P .. ".certificate_config_location",
+        "cannot be given with use_default_certificate_config = true")
+    end
+    if not loc and not use_default then
+      return nil, key_error(source, P .. ".use_default_certificate_config",
+        "must be true when no certificate_config_location is given")
+    end
+    return { kind = "x509", config_location = loc, trust_chain_path = tc }
   end
   local ex = cs.executable
   if type(ex) ~= "table" then
@@ -371,7 +417,11 @@ local function parse(info, source)
   if not find(c.universe_domain, "^[%w.-]+$") then
     return nil, key_error(source, "universe_domain", "is not a domain name")
   end
-  c.token_url = c.token_url or gsub(_M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)
+  c.source, err = errors.pair(parse_source(info.credential_source, source))
+  if not c.source then return errors.ret(err) end
+  -- X.509 federation exchanges over mutual TLS, at STS's mTLS host.
+  c.token_url = c.token_url or gsub(c.source.kind == "x509" and _M.DEFAULT_MTLS_TOKEN_URL
+                                    or _M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)
   local ok
   ok, err = errors.pair(check_google_url(c.token_url, source, "token_url", "a subject token"))
   if not ok then return errors.ret(err) end
@@ -409,8 +459,6 @@ local function parse(info, source)
       c.lifetime_set = true
     end
   end
-  c.source, err = errors.pair(parse_source(info.credential_source, source))
-  if not c.source then return errors.ret(err) end
   return c
 end
 
@@ -418,6 +466,9 @@ local function describe_source(s)
   if s.kind == "file" then return "file " .. s.file end
   if s.kind == "url" then return "url " .. errors.redact_uri(s.url) end
   if s.kind == "aws" then return "aws" end
+  if s.kind == "x509" then
+    return "x509 certificate (" .. (s.config_location or "default certificate config") .. ")"
+  end
   return "executable " .. s.argv[1]
 end
 
@@ -426,7 +477,7 @@ local function build(c, source, opts)
     error("gauth.external_account: opts must be a table", 3)
   end
   opts = opts or {}
-  credentials.check_opts(opts, MODULE, 4, "http", "ca_file", "timeout")
+  credentials.check_opts(opts, MODULE, 4, "http", "ca_file", "timeout", "client_cert", "client_key")
   local crm = opts.cloud_resource_manager_url
   if crm ~= nil and (type(crm) ~= "string" or crm == "") then
     error("gauth.external_account: cloud_resource_manager_url must be a non-empty string", 3)
@@ -454,8 +505,9 @@ local function build(c, source, opts)
     _retry = policy,
     _timeout = opts.timeout,
     _crm_url = crm,
-    _shared = { client_secret = c.client_secret, http = opts.http, ca_file = opts.ca_file,
-                timeout = opts.timeout },
+    _shared = { client_cert = opts.client_cert, client_key = opts.client_key,
+                client_secret = c.client_secret, http = opts.http, ca_file = opts.ca_file,
+                timeout = opts.timeout, env = opts.env },
   }, mt)
   -- The project number of a workload pool's audience
   -- (//iam.googleapis.com/projects/<number>/locations/...).
@@ -828,6 +880,123 @@ local function executable_token(self)
   return exec_response(self, data, self._clock())
 end
 
+-- X.509 (certificate) source ------------------------------------------------
+
+local x509_token, x509_transport
+
+local function x509_fail(message, fields)
+  fields = fields or {}
+  fields.retryable = false
+  fields.source = "x509"
+  return errors.fail(MODULE, "certificate", message, fields)
+end
+
+-- The certificate and key paths of the configuration (read on every
+-- refresh: workload certificates rotate, and so may their paths).
+local function x509_paths(self)
+  local s = self.credential_source
+  local cfg, m, e = require("gauth.mtls").certificate_config(s.config_location,
+                                                              { env = self._shared.env })
+  if cfg == nil then
+    local err = errors.of(m, e)
+    return x509_fail(tostring(err.message), { field = err.field, path = err.path })
+  end
+  if not cfg then
+    return x509_fail("no certificate configuration: set GOOGLE_API_CERTIFICATE_CONFIG or write "
+                     .. require("gauth.mtls").DEFAULT_CONFIG_PATH, { field = "certificate_config" })
+  end
+  return cfg
+end
+
+-- The PEM certificates of a text, as standard base64 of their DER, in order.
+-- @return list | nil, index of the one that does not decode
+local function pem_certs_b64(text)
+  local out = {}
+  for body in gmatch(text, "%-%-%-%-%-BEGIN CERTIFICATE%-%-%-%-%-(.-)%-%-%-%-%-END CERTIFICATE%-%-%-%-%-") do
+    local b64 = gsub(body, "%s", "")
+    local der = b64 ~= "" and core.b64_decode(b64)
+    -- DER of a certificate: a SEQUENCE.
+    if not der or byte(der, 1) ~= 0x30 then return nil, #out + 1 end
+    out[#out + 1] = core.b64_encode(der)
+  end
+  return out
+end
+
+local function read_all(path)
+  local f, msg, code = io.open(path, "rb")
+  if not f then return nil, ERRNO[code] or gsub(tostring(msg), "^.-: ", "") end
+  local text = f:read(_M.MAX_SUBJECT_TOKEN + 1) or ""
+  f:close()
+  if #text > _M.MAX_SUBJECT_TOKEN then return nil, "larger than " .. _M.MAX_SUBJECT_TOKEN .. " bytes" end
+  return text
+end
+
+-- The subject token of an X.509 source: the JSON array of the base64 DER
+-- certificates, the leaf first, then the trust chain (a first chain entry
+-- equal to the leaf is not repeated; the leaf further down is an error),
+-- as Google's libraries send it.
+function x509_token(self)
+  local cfg, _, cerr = x509_paths(self)
+  if not cfg then return nil, cerr end
+  local text, rerr = read_all(cfg.cert_path)
+  if not text then
+    return x509_fail("certificate " .. cfg.cert_path .. ": " .. rerr, { field = "cert_path" })
+  end
+  local leaf = pem_certs_b64(text)
+  if not leaf or not leaf[1] then
+    return x509_fail("certificate " .. cfg.cert_path .. ": no PEM certificate", { field = "cert_path" })
+  end
+  local chain = { leaf[1] }
+  local path = self.credential_source.trust_chain_path
+  if path then
+    local t, terr = read_all(path)
+    if not t then
+      return x509_fail("trust chain " .. path .. ": " .. terr, { field = "trust_chain_path" })
+    end
+    local certs, bad = pem_certs_b64(t)
+    if not certs then
+      return x509_fail("trust chain " .. path .. ": certificate " .. bad .. " is not a PEM certificate",
+                       { field = "trust_chain_path" })
+    end
+    for i, c in ipairs(certs) do
+      if c == chain[1] then
+        if i > 1 then
+          return x509_fail("trust chain " .. path .. ": the leaf certificate must be at the top"
+                           .. " of the trust chain file", { field = "trust_chain_path" })
+        end
+      else
+        chain[#chain + 1] = c
+      end
+    end
+  end
+  local parts = {}
+  for i, c in ipairs(chain) do parts[i] = '"' .. c .. '"' end
+  -- Python's json.dumps spacing, byte for byte.
+  return "[" .. concat(parts, ", ") .. "]"
+end
+
+-- The mTLS transport of an X.509 source: one per certificate and key
+-- paths (kept while they stay the same), with the credentials' ca_file and
+-- timeout. The STS exchange always goes over it (an `http` option cannot
+-- hold the configuration's certificate); `http` serves the other requests.
+function x509_transport(self)
+  local cfg, _, cerr = x509_paths(self)
+  if not cfg then return nil, cerr end
+  local sh = self._shared
+  local key = cfg.cert_path .. "\n" .. cfg.key_path
+  if sh.mtls_http and sh.mtls_key == key then return sh.mtls_http end
+  local t, m, e = require("gauth.http").new({ client_cert = cfg.cert_path, client_key = cfg.key_path,
+                                               ca_file = sh.ca_file, timeout = sh.timeout,
+                                               proxy = sh.proxy, no_proxy = sh.no_proxy })
+  if not t then
+    local err = errors.of(m, e)
+    return x509_fail(cfg.path .. ": " .. tostring(err.message), { field = err.field })
+  end
+  if sh.mtls_http and sh.mtls_http.close then sh.mtls_http:close() end
+  sh.mtls_http, sh.mtls_key = t, key
+  return t
+end
+
 --- The subject token of the configured source (a new one each call).
 -- @return token | nil, msg, err
 function _M:subject_token()
@@ -835,6 +1004,8 @@ function _M:subject_token()
   local tok, err
   if kind == "file" then
     tok, err = errors.pair(file_token(self.credential_source))
+  elseif kind == "x509" then
+    tok, err = errors.pair(x509_token(self))
   elseif kind == "executable" then
     tok, err = errors.pair(executable_token(self))
   else
@@ -882,7 +1053,12 @@ function _M:fetch_token()
     wrapped.module, wrapped.step, wrapped.cause = MODULE, "impersonation", err
     return errors.ret(wrapped)
   end
-  local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
+  local http, terr
+  if self.source_kind == "x509" then
+    http, terr = errors.pair(x509_transport(self))
+  else
+    http, terr = errors.pair(oauth.transport(self._shared, MODULE))
+  end
   if not http then return errors.ret(terr) end
   local subject, _, serr = self:subject_token()
   if not subject then return errors.ret(serr) end
@@ -952,6 +1128,12 @@ local function source_key(self)
              access_key_id = getenv("AWS_ACCESS_KEY_ID"),
              secret = digest(getenv("AWS_SECRET_ACCESS_KEY")),
              session = digest(getenv("AWS_SESSION_TOKEN")) }
+  end
+  if s.kind == "x509" then
+    -- The default configuration is where the environment says.
+    return { kind = "x509", trust_chain = s.trust_chain_path,
+             config = s.config_location or self._getenv("GOOGLE_API_CERTIFICATE_CONFIG")
+                      or ("default " .. tostring(self._getenv("HOME"))) }
   end
   return { kind = "executable", argv = s.argv, timeout = s.timeout, output_file = s.output_file }
 end

@@ -79,7 +79,8 @@ auto_mt.__tostring = function() return "gauth.http (nginx)" end
 
 --- Make the transport for this environment.
 -- @tparam[opt] table opts transport options: `ca_file`, `timeout`,
---   `connect_timeout`, `max_body`, `proxy`, `no_proxy` (see
+--   `connect_timeout`, `max_body`, `proxy`, `no_proxy`, `client_cert` +
+--   `client_key` (PEM files: mutual TLS, on both transports) (see
 --   `gauth.transport.curl`)
 -- @return transport | nil, msg, err (a `proxy` that does not parse)
 function _M.new(opts)

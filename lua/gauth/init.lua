@@ -18,7 +18,7 @@ local SUBMODULES = {
   app_engine = true, authorized_user = true, impersonated = true,
   discovery = true, emulator = true, testing = true, adc = true,
   metadata = true, media = true, batch = true, token_cache = true,
-  metrics = true,
+  metrics = true, mtls = true,
   api_key = true,
 }
 

@@ -86,12 +86,16 @@ end
 function _M.transport(shared, module)
   local http = shared.http
   if http then return http end
-  if shared.ca_file or shared.timeout or shared.proxy ~= nil or shared.no_proxy then
+  if shared.ca_file or shared.timeout or shared.proxy ~= nil or shared.no_proxy
+      or shared.client_cert or shared.client_key then
     local e2, e3
+    -- client_cert/client_key: mutual TLS (an mTLS token endpoint).
     http, e2, e3 = require("gauth.http").new({ ca_file = shared.ca_file,
                                                timeout = shared.timeout,
                                                proxy = shared.proxy,
-                                               no_proxy = shared.no_proxy })
+                                               no_proxy = shared.no_proxy,
+                                               client_cert = shared.client_cert,
+                                               client_key = shared.client_key })
     if not http then
       return errors.fail_with(module, "token request", errors.of(e2, e3, "http", "new"))
     end

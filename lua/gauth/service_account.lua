@@ -243,7 +243,7 @@ local function build(parts, source, opts, mode)
     arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
   end
   local claims = copy_claims(opts.claims)
-  credentials.check_opts(opts, "service_account", 4, "http", "ca_file", "timeout")
+  credentials.check_opts(opts, "service_account", 4, "http", "ca_file", "timeout", "client_cert", "client_key")
   local policy = retry.policy(_M.RETRY, opts.retry)
   if not policy then arg_error("retry must be a table or false") end
 
@@ -271,7 +271,8 @@ local function build(parts, source, opts, mode)
     -- Shared by every copy made with the with_* modifiers: the transport
     -- (and its kept-alive connection) and the clock offset learnt from the
     -- endpoint.
-    _shared = { http = opts.http, ca_file = opts.ca_file,
+    _shared = { client_cert = opts.client_cert, client_key = opts.client_key,
+                http = opts.http, ca_file = opts.ca_file,
                 timeout = opts.timeout, skew = 0 },
   }, mt)
   credentials.init(self, opts)

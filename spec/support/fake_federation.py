@@ -8,6 +8,8 @@ Config setting "federation" (an object, replaced as a whole):
                     must be signed with (RS256/ES256); exp and iat checked.
   oidc_audience     when set, the subject token's aud must be it.
   subject_tokens    list of opaque subject tokens accepted (saml2, tests).
+  (mtls subject tokens: a JSON array of base64 DER certificates whose first
+  must be the connection's client certificate; run with --client-ca.)
   aws_keys          {access_key_id: secret}: AWS subject tokens must carry
                     a SigV4 signature by one of them, of a GetCallerIdentity
                     POST to https://sts.<region>.amazonaws.com, signed at
@@ -50,6 +52,7 @@ JWT_TYPES = ("urn:ietf:params:oauth:token-type:jwt",
              "urn:ietf:params:oauth:token-type:id_token")
 AWS_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
 SAML_TYPE = "urn:ietf:params:oauth:token-type:saml2"
+MTLS_TYPE = "urn:ietf:params:oauth:token-type:mtls"
 WORKLOAD = re.compile(r"^//iam\.googleapis\.com/projects/\d+/locations/global/"
                       r"workloadIdentityPools/[^/]+/providers/[^/]+$")
 WORKFORCE = re.compile(r"^//iam\.googleapis\.com/locations/[^/]+/"
@@ -138,6 +141,8 @@ def sts(h, fed):
         problem = check_oidc(fed, tok, st.now())
     elif stt == AWS_TYPE:
         problem = check_aws(fed, tok, aud, st.now())
+    elif stt == MTLS_TYPE:
+        problem = check_mtls(h, tok)
     elif stt == SAML_TYPE:
         problem = None if tok in (fed.get("subject_tokens") or []) else \
             "The SAML response is invalid."
@@ -151,6 +156,27 @@ def sts(h, fed):
     return h.send_json(200, {"access_token": new, "issued_token_type": ACCESS,
                              "token_type": "Bearer",
                              "expires_in": fed.get("expires_in", 3600)})
+
+
+def check_mtls(h, tok):
+    """X.509 federation: the subject token is a JSON array of base64 DER
+    certificates whose first is the client certificate of this very
+    connection (mutual TLS: the fake runs with --client-ca)."""
+    import base64
+    der = getattr(h, "client_der", None)
+    if not der:
+        return "mTLS subject tokens need a client certificate on the connection."
+    try:
+        chain = json.loads(tok)
+        if not isinstance(chain, list) or not chain or \
+                not all(isinstance(c, str) for c in chain):
+            raise ValueError
+        leaf = base64.b64decode(chain[0], validate=True)
+    except (ValueError, TypeError):
+        return "The mTLS subject token is not a JSON array of base64 certificates."
+    if leaf != der:
+        return "The leaf certificate is not the client certificate of the connection."
+    return None
 
 
 def check_oidc(fed, tok, now):
