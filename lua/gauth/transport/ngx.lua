@@ -154,10 +154,10 @@ function _M.new(opts)
         .. " ngx.ssl with tcpsock:setclientcert)", { retryable = false, field = "client_cert",
                                                     kind = "unsupported" })
     end
-    local c, perr = ssl.parse_pem_cert(cert_pem)
+    local c, cperr = ssl.parse_pem_cert(cert_pem)
     if not c then
       return errors.fail("http", "client_cert", "client_cert: " .. opts.client_cert
-        .. " cannot be parsed: " .. tostring(perr), { retryable = false, field = "client_cert", kind = "config" })
+        .. " cannot be parsed: " .. tostring(cperr), { retryable = false, field = "client_cert", kind = "config" })
     end
     -- The parser's message may quote OpenSSL, never the key.
     local k = ssl.parse_pem_priv_key(key_pem)
