@@ -109,6 +109,20 @@ describe("proxies (libcurl)", function()
       assert.same({}, fake:requests("/v1/denied"))
     end)
 
+    it("an unreachable proxy: a retryable connect failure naming it, never its password", function()
+      local port = helpers.closed_port()
+      local t = assert(curl.new({ timeout = 10,
+        proxy = "http://" .. USER .. ":" .. PASS_URL .. "@127.0.0.1:" .. port }))
+      local res, msg, err = t:request({ url = "https://" .. GOOGLE .. "/v1/nowhere" })
+      assert.is_nil(res)
+      helpers.assert_failure(msg, err, "http", "request")
+      assert.equal("connect", err.kind)
+      assert.is_true(err.retryable)
+      assert.equal("http://127.0.0.1:" .. port, err.proxy)
+      assert.matches("%(proxy http://127%.0%.0%.1:" .. port .. "%)$", msg)
+      assert.is_nil(msg:find("pr0xy", 1, true))
+    end)
+
     it("never sends loopback (127.0.0.0/8, ::1, localhost) through it", function()
       local from = #proxy.connects()
       local targets = { helpers.start_raw_listener({ host = "127.0.0.2" }),

@@ -231,6 +231,42 @@ describe("the universe domain of a Discovery service", function()
     assert.same({}, fake:requests("/token"))
   end)
 
+  it("asks metadata credentials for their universe (one read) before sending", function()
+    -- the metadata server (the fake over plain http) says example.goog
+    local md = helpers.start_fake({ tls = false })
+    local ce = require "gauth.compute_engine"
+    local plain = assert(curl.new({ timeout = 10 }))
+    md:config({ metadata = { ["universe/universe-domain"] = "example.goog" } })
+    local creds = assert(ce.credentials({ host = "127.0.0.1:" .. md.port, http = plain,
+                                          cache = token_cache.new() }))
+    local svc = service(creds)
+    local res, msg, err = svc:items():get({ id = "m" }):execute()
+    assert.is_nil(res)
+    helpers.assert_failure(msg, err, "discovery", "toy.items.get")
+    assert.equal("universe_mismatch", err.kind)
+    assert.equal("example.goog", err.credentials_universe)
+    assert.equal("googleapis.com", err.service_universe)
+    assert.same({}, fake:requests("/toy/v1/items/m"))
+    local reads = md:requests("/computeMetadata/v1/universe/universe-domain")
+    assert.equal(1, #reads)
+    -- no token was asked for either
+    assert.equal(0, #md:requests("/computeMetadata/v1/instance/service-accounts/default/token"))
+    -- a 404 there means googleapis.com: the same kind of service sends
+    md:config({ metadata = { ["universe/universe-domain"] = cjson.null } })
+    local creds2 = assert(ce.credentials({ host = "127.0.0.1:" .. md.port, http = plain,
+                                           cache = token_cache.new() }))
+    local svc2 = service(creds2)
+    fake:script("/toy/v1/items/m2", { { status = 200, body = { id = "m2" } } })
+    local res2, msg2 = svc2:items():get({ id = "m2" }):execute()
+    md:stop()
+    assert.is_nil(msg2)
+    assert.equal("m2", res2.id)
+    assert.equal("googleapis.com", creds2.universe_domain)
+    local got = fake:requests("/toy/v1/items/m2")
+    assert.equal(1, #got)
+    assert.matches("^Bearer ", got[1].headers.authorization)
+  end)
+
   it("takes the service's universe from GOOGLE_CLOUD_UNIVERSE_DOMAIN", function()
     local script = helpers.tmpname("universe-env", ".lua")
     helpers.write_file(script, ([[

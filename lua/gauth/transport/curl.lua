@@ -227,6 +227,8 @@ function _M:request(req)
       -- asking again will not change its mind.
       fields.kind, fields.retryable = "proxy", code == 5
       msg = msg .. " (proxy " .. proxy.shown .. ")"
+    elseif proxy and code == 7 then
+      msg = msg .. " (proxy " .. proxy.shown .. ")"
     end
     if reason == "max_body" then fields.too_large = true end
     return errors.fail("http", "request", msg, fields)
