@@ -101,6 +101,19 @@ function _M.invalidate(_)
   return true
 end
 
+--- google-auth's `valid`: a key is always valid (it has no expiry that
+-- gauth could know).
+-- @return true
+function _M.valid(_)
+  return true
+end
+
+--- google-auth's `expired`: a key never expires (as far as gauth knows).
+-- @return false
+function _M.expired(_)
+  return false
+end
+
 --- An API key is not an OAuth token.
 -- @return nil, msg, err (module "api_key", step "token", `retryable` false)
 function _M.token(_)

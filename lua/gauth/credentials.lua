@@ -13,9 +13,9 @@
 -- and, so that two objects asking for different tokens never share one,
 -- `cache_key_parts()` returning a table of everything that makes its
 -- tokens different (identity, scopes, subject, audience, claims). The base
--- gives the class `token`, `apply`, `invalidate`, `cache_key`, `copy`,
--- `with_quota_project` and a `__tostring` built on `describe()` that shows
--- no token or key.
+-- gives the class `token`, `apply`, `valid`, `expired`, `invalidate`,
+-- `cache_key`, `copy`, `with_quota_project` and a `__tostring` built on
+-- `describe()` that shows no token or key.
 --
 --     local credentials = require "gauth.credentials"
 --     local _M = credentials.extend({ _VERSION = "0.1.0", kind = "my_creds" })
@@ -305,6 +305,32 @@ function base:token()
     end
   end
   return refresh(self)
+end
+
+--- google-auth's `creds.expired`, as a method: true when this object's
+-- token is within the refresh window of its expiry or past it (google-auth's
+-- 3 min 45 s skew; a token that lives no longer than the window, which
+-- Google never issues, counts as expired after half its life, as `token()`
+-- refetches it then), or when another holder invalidated it (an nginx
+-- worker, through the shared dict). False when there is no token yet: as in
+-- google-auth, nothing is expired until a token was fetched. It never
+-- fetches: it says whether the next `token()` will.
+-- @return boolean
+function base:expired()
+  local e = self._entry
+  if not e then return false end
+  if self._clock() >= e.refresh_at then return true end
+  local g = self._gstore
+  return (g ~= nil and g:generation() ~= self._gen) and true or false
+end
+
+--- google-auth's `creds.valid`, as a method: this object holds a token
+-- and it is not `expired()` (`token()` will hand it out without a fetch).
+-- False before the first `token()`/`apply()` and after `invalidate()`.
+-- @return boolean
+function base:valid()
+  if not self._entry then return false end
+  return not self:expired()
 end
 
 --- Set the request headers that authorise a call: `authorization` and,
