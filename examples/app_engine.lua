@@ -18,7 +18,7 @@ local cjson = require "cjson"
 
 local SCOPES = { "https://www.googleapis.com/auth/sqlservice.admin" }
 
-local credentials, project = app_engine.credentials({ scopes = SCOPES })
+local credentials, project = app_engine.new({ scopes = SCOPES })
 if credentials then
   project = app_engine.project_id()
 else

@@ -21,7 +21,7 @@ if not compute_engine.is_available() then
   os.exit(1)
 end
 
-local credentials = assert(compute_engine.credentials())
+local credentials = assert(compute_engine.new())
 local PROJECT = arg[1] or assert(compute_engine.project_id())
 
 local sqladmin = assert(discovery.build("sqladmin",

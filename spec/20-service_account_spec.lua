@@ -733,10 +733,10 @@ describe("gauth.service_account", function()
   end)
 
   describe("self-signed JWT", function()
-    it("with an audience: signed locally, no request, cached", function()
+    it("with jwt_access and an audience: signed locally, no request, cached", function()
       local aud = "https://pubsub.googleapis.com/"
       local t0 = os.time()
-      local c = assert(new({ audience = aud, now = function() return t0 end }))
+      local c = assert(new({ jwt_access = true, audience = aud, now = function() return t0 end }))
       local tok, exp = c:token()
       assert.is_string(tok)
       local claims, header = helpers.pyjwt_verify(tok, info.public_pem, { audience = aud })
@@ -763,7 +763,7 @@ describe("gauth.service_account", function()
 
     it("is re-signed inside the refresh window", function()
       local offset = 0
-      local c = assert(new({ audience = "https://a.googleapis.com/",
+      local c = assert(new({ jwt_access = true, audience = "https://a.googleapis.com/",
                              now = function() return socket.gettime() + offset end }))
       local t1 = assert(c:token())
       offset = 3600 - 225 - 5
@@ -771,6 +771,23 @@ describe("gauth.service_account", function()
       offset = 3600 - 225 + 5
       local t2 = assert(c:token())
       assert.not_equal(t1, t2)
+    end)
+
+    it("is never switched on by an audience alone (DECISIONS): it must be asked for", function()
+      assert.error_matches(function() new({ audience = "https://pubsub.googleapis.com/" }) end,
+        "gauth.service_account: audience is the aud of a self-signed JWT: ask for one with"
+        .. " jwt_access = true (or use with_audience)", 1, true)
+      assert.error_matches(function() new({ audience = "https://a.googleapis.com/", jwt_access = false }) end,
+        "ask for one with jwt_access = true", 1, true)
+      -- The exchange stays the exchange; jwt_access = true is the JWT.
+      local c, msg, err = new({ scopes = { S1 } })
+      assert.equal("exchange", c.mode)
+      assert.is_nil(msg)
+      assert.is_nil(err)
+      assert.equal("jwt", assert(new({ jwt_access = true, audience = "https://a.googleapis.com/" })).mode)
+      -- Outside googleapis.com there is no exchange: a JWT in any case.
+      assert.equal("jwt", assert(new({ universe_domain = "example-universe.test",
+                                       audience = "https://a.example-universe.test/" })).mode)
     end)
 
     it("without audience or scopes: nil and an error", function()
@@ -883,7 +900,7 @@ describe("gauth.service_account", function()
     it("is true for the exchange without scopes only", function()
       assert.is_true(assert(new()):requires_scopes())
       assert.is_false(assert(new({ scopes = S1 })):requires_scopes())
-      assert.is_false(assert(new({ audience = "https://a.googleapis.com/" })):requires_scopes())
+      assert.is_false(assert(new({ jwt_access = true, audience = "https://a.googleapis.com/" })):requires_scopes())
       assert.is_true(assert(new({ jwt_access = true })):requires_scopes())
       local id = assert(sa.id_token_credentials(path, { target_audience = "https://x" }))
       assert.is_false(id:requires_scopes())

@@ -1,3 +1,5 @@
+-- The public shape every credentials type shares (issue 20, DECISIONS):
+-- the `new` constructors (old names as aliases), and
 -- creds:valid() and creds:expired() (google-auth's `valid` and `expired`)
 -- on every credentials family, each fetching its token from the fake on
 -- loopback (plain HTTP) with a scripted answer, on a clock the test moves:
@@ -16,6 +18,7 @@ local downscoped = require "gauth.downscoped"
 local id_token = require "gauth.id_token"
 local api_key = require "gauth.api_key"
 local metadata = require "gauth.metadata"
+local ae = require "gauth.app_engine"
 
 local TARGET = "target@proj.iam.gserviceaccount.com"
 local WINDOW = credentials.REFRESH_WINDOW
@@ -164,6 +167,43 @@ describe("creds:valid() and creds:expired()", function()
       end)
     end)
   end
+
+  describe("constructors (DECISIONS): new for the types without a file form", function()
+    it("compute_engine.new, app_engine.new, impersonated.new; the old names are the same functions", function()
+      assert.equal(ce.new, ce.credentials)
+      assert.equal(ae.new, ae.credentials)
+      assert.equal(imp.new, imp.credentials)
+      local c, msg, err = ce.new(opts({ host = fake.host_port, env = {} }))
+      assert.equal("compute_engine", c.kind)
+      assert.is_nil(msg)
+      assert.is_nil(err)
+      c, msg, err = ae.new(opts({ host = fake.host_port, env = { GAE_APPLICATION = "s~app" } }))
+      assert.equal("app_engine", c.kind)
+      assert.is_nil(msg)
+      assert.is_nil(err)
+      c, msg, err = imp.new(opts({ source = user(), target_principal = TARGET, iam_endpoint = fake.url }))
+      assert.equal("impersonated", c.kind)
+      assert.is_nil(msg)
+      assert.is_nil(err)
+    end)
+
+    it("new answers nil, msg, err for an expected failure and raises for a programming error", function()
+      local c, msg, err = ce.new(opts({ env = { GCE_METADATA_HOST = "x/y" } }))
+      assert.is_nil(c)
+      helpers.assert_failure(msg, err, "compute_engine")
+      c, msg, err = ae.new(opts({ env = {} }))
+      assert.is_nil(c)
+      helpers.assert_failure(msg, err, "app_engine")
+      c, msg, err = imp.new(opts({ source = user(), target_principal = TARGET,
+                                   iam_endpoint = "http://iam.example.com" }))
+      assert.is_nil(c)
+      helpers.assert_failure(msg, err, "impersonated", "endpoint")
+      assert.error_matches(function() imp.new() end,
+        "gauth.impersonated: new: opts with source and target_principal required", 1, true)
+      assert.error_matches(function() ae.new(3) end, "gauth.app_engine: new: opts must be a table", 1, true)
+      assert.error_matches(function() ce.new(3) end, "gauth.compute_engine: opts must be a table", 1, true)
+    end)
+  end)
 
   describe("api_key", function()
     it("is always valid and never expired (a key has no expiry), as google-auth's", function()

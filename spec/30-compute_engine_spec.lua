@@ -753,7 +753,7 @@ describe("gauth metadata server clients", function()
     end)
 
     it("raises on bad options", function()
-      assert.has_error(function() ae.credentials(3) end, "gauth.app_engine: credentials: opts must be a table")
+      assert.has_error(function() ae.credentials(3) end, "gauth.app_engine: new: opts must be a table")
       assert.has_error(function() ae.is_app_engine("x") end, "gauth.app_engine: is_app_engine: opts must be a table")
       assert.has_error(function() ae.project_id(true) end, "gauth.app_engine: project_id: opts must be a table")
     end)

@@ -280,7 +280,7 @@ describe("gauth.impersonated", function()
     it("raises on bad arguments", function()
       local src = source()
       assert.has_error(function() imp.credentials() end,
-        "gauth.impersonated: credentials: opts with source and target_principal required")
+        "gauth.impersonated: new: opts with source and target_principal required")
       assert.has_error(function() imp.credentials({ target_principal = TARGET }) end,
         "gauth.impersonated: opts.source must be credentials (with :token)")
       assert.has_error(function() imp.credentials({ source = src }) end,

@@ -358,7 +358,7 @@ function _M.default(opts)
   local ae = require "gauth.app_engine"
   local on_gae = ae.is_app_engine({ env = getenv })
   if on_gae then
-    local creds, cerr = errors.pair(ae.credentials(o))
+    local creds, cerr = errors.pair(ae.new(o))
     if creds then
       local project = explicit_project or ae.project_id(o)
       return creds, project, STEP_GAE
@@ -373,7 +373,7 @@ function _M.default(opts)
   local ce = require "gauth.compute_engine"
   local here, merr = errors.pair(ce.is_available({ env = getenv, http = opts.http }))
   if here then
-    local creds, cerr = errors.pair(ce.credentials(o))
+    local creds, cerr = errors.pair(ce.new(o))
     if creds then
       -- A failure to read the project id does not make the credentials
       -- unusable: the project stays unknown (nil).

@@ -3,7 +3,7 @@
 -- the metadata server, as on Compute Engine.
 --
 --     local ae = require "gauth.app_engine"
---     local creds, err = ae.credentials({ scopes = { SCOPE } })
+--     local creds, err = ae.new({ scopes = { SCOPE } })
 --     if not creds then
 --       -- not on App Engine: find the credentials of this environment
 --       creds = assert(require("gauth").default({ scopes = { SCOPE } }))
@@ -56,18 +56,23 @@ function _M.is_app_engine(opts)
   return false, tostring(e), e
 end
 
---- App Engine credentials (tokens from the metadata server).
+--- App Engine credentials (tokens from the metadata server):
+-- `app_engine.new(opts)`, or by its old name `credentials`.
 -- @tparam[opt] table opts `scopes`, `service_account`, `quota_project`,
 --   `host`, `env`, `http`, `timeout`, `retry`, `cache`, `now`: as for
---   `gauth.compute_engine.credentials`
+--   `gauth.compute_engine.new`
 -- @return credentials | nil, message, err (outside App Engine: an error pointing to
 --   `gauth.default()`)
-function _M.credentials(opts)
-  check_opts(opts, "credentials")
+function _M.new(opts)
+  check_opts(opts, "new")
   local ok, err = errors.pair(_M.is_app_engine(opts))
   if not ok then return errors.ret(err) end
   return compute_engine._new(opts, "app_engine")
 end
+
+--- The old name of `new` (DECISIONS, Constructors): kept as an alias
+-- until 1.0.
+_M.credentials = _M.new
 
 --- The project id of this App Engine application: `GAE_APPLICATION`
 -- without its region prefix ("s~my-app" -> "my-app"), else

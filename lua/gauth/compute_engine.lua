@@ -4,7 +4,7 @@
 -- all have a metadata server.
 --
 --     local ce = require "gauth.compute_engine"
---     local creds = assert(ce.credentials())
+--     local creds = assert(ce.new())
 --     local headers = assert(creds:apply({}))   -- authorization: Bearer ...
 --
 -- The token comes from
@@ -121,8 +121,9 @@ function _M._new(opts, kind, mode)
   return self
 end
 
---- Compute Engine credentials (nothing is asked of the metadata server
--- until the first `token()`).
+--- Compute Engine credentials: `compute_engine.new(opts)` (the old name
+-- `credentials` stays an alias); nothing is asked of the metadata server
+-- until the first `token()`.
 -- @tparam[opt] table opts `scopes` (array or space-separated string: sent
 --   as `?scopes=`; without, the token has the scopes the instance was
 --   given), `service_account` ("default" or an email of an account attached
@@ -131,9 +132,13 @@ end
 --   (a transport), `timeout` (seconds per read), `retry` (fields over
 --   `RETRY`, or false), `cache`, `now` (see `gauth.credentials.init`)
 -- @return credentials | nil, message, err (a malformed `GCE_METADATA_HOST`)
-function _M.credentials(opts)
+function _M.new(opts)
   return _M._new(opts, "compute_engine")
 end
+
+--- The old name of `new` (DECISIONS, Constructors): kept as an alias
+-- until 1.0.
+_M.credentials = _M.new
 
 --- ID token credentials: `token()` returns a Google-signed ID token for
 -- `opts.target_audience` (a Cloud Run URL, an IAP client id, ...), from

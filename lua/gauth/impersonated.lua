@@ -5,7 +5,7 @@
 -- delegates.
 --
 --     local imp = require "gauth.impersonated"
---     local creds = assert(imp.credentials({
+--     local creds = assert(imp.new({
 --       source = assert(gauth.default()),
 --       target_principal = "reader@my-project.iam.gserviceaccount.com",
 --       scopes = { "https://www.googleapis.com/auth/devstorage.read_only" },
@@ -121,7 +121,8 @@ local function endpoint_url(base, target)
   return base .. "/v1/projects/-/serviceAccounts/" .. target .. ":generateAccessToken"
 end
 
---- Impersonated credentials.
+--- Impersonated credentials: `impersonated.new{ source = , target_principal = }`
+-- (the old name `credentials` stays an alias).
 -- @tparam table opts `source` (credentials whose token may act as the
 --   target; required), `target_principal` (the target's email; required),
 --   `scopes` (array or space-separated string; default `DEFAULT_SCOPES`),
@@ -134,9 +135,9 @@ end
 --   `cache`, `now`
 -- @return credentials | nil, message, err (an endpoint that would get the token in
 --   clear text)
-function _M.credentials(opts)
+function _M.new(opts)
   if type(opts) ~= "table" then
-    error("gauth.impersonated: credentials: opts with source and target_principal required", 2)
+    error("gauth.impersonated: new: opts with source and target_principal required", 2)
   end
   local source = opts.source
   if type(source) ~= "table" or type(source.token) ~= "function" then
@@ -182,6 +183,10 @@ function _M.credentials(opts)
   credentials.init(self, opts)
   return self
 end
+
+--- The old name of `new` (DECISIONS, Constructors): kept as an alias
+-- until 1.0.
+_M.credentials = _M.new
 
 -- Key files --------------------------------------------------------------
 
@@ -255,7 +260,7 @@ local function from_parsed(info, source, opts)
       { file = source, field = "source_credentials",
         message = source .. ": field source_credentials: " .. tostring(err.message) })
   end
-  return _M.credentials({
+  return _M.new({
     source = creds, target_principal = target, impersonation_url = url,
     delegates = delegates, scopes = opts.scopes, lifetime = opts.lifetime,
     iam_endpoint = opts.iam_endpoint, env = opts.env,

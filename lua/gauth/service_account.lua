@@ -14,7 +14,8 @@
 -- * **exchange** (default): `token()` signs a grant assertion (RS256, kid =
 --   `private_key_id`, claims iss, scope, aud = token_uri, iat, exp = iat +
 --   3600, sub with `subject`) and trades it for an access token.
--- * **self-signed JWT** (`jwt_access = true` or `audience`): no exchange;
+-- * **self-signed JWT** (`jwt_access = true`, `with_audience`, or any key
+--   outside googleapis.com; `audience` alone is refused): no exchange;
 --   the token is a JWT signed with the key (iss = sub = the account's email,
 --   iat, exp = iat + 3600) that Google accepts as a bearer token for many
 --   APIs. Its audience: `opts.audience` when given, as `aud` (for an API,
@@ -235,9 +236,16 @@ local function build(parts, source, opts, mode)
     if not target then arg_error("id_token_credentials needs opts.target_audience") end
   else
     if target then arg_error("target_audience is for id_token_credentials") end
+    -- Self-signed JWTs are asked for, never switched on by an audience
+    -- alone (DECISIONS): an `audience` without `jwt_access = true` would
+    -- otherwise change how every token is made behind the caller's back.
     -- Outside Google's universe a service account always signs its own
     -- JWTs (AIP-4120; google-auth's always_use_jwt_access).
-    if jwt_access or audience or other_universe then mode = "jwt" end
+    if audience and not jwt_access and not other_universe then
+      arg_error("audience is the aud of a self-signed JWT: ask for one with jwt_access = true"
+        .. " (or use with_audience)")
+    end
+    if jwt_access or other_universe then mode = "jwt" end
   end
   if mode == "jwt" and subject then
     arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
@@ -285,8 +293,9 @@ end
 --   `subject` (user to act for: domain-wide delegation), `claims` (extra
 --   assertion claims; they may replace iss, aud, scope and sub, as in
 --   google-auth, but not iat/exp), `token_uri` (overrides the file's),
---   `quota_project`, `jwt_access` (boolean) / `audience` (self-signed JWT
---   mode), `http` (a transport; default `gauth.http.default()`), `ca_file`
+--   `quota_project`, `jwt_access` (boolean: self-signed JWT mode) and
+--   `audience` (its `aud`; only with `jwt_access = true` or outside
+--   googleapis.com: alone it raises), `http` (a transport; default `gauth.http.default()`), `ca_file`
 --   and `timeout` (make a transport of its own for these credentials),
 --   `retry` (fields overriding `RETRY`, or false for one attempt), `cache`,
 --   `now` (see `gauth.credentials.init`)
