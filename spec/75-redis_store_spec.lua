@@ -14,6 +14,7 @@ local q = helpers.shell_quote
 local HEX_KEY = string.rep("0123456789abcdef", 4)
 local ACL_USER, ACL_PASS = "gauth", "s3cret-acl-pass"
 local PREFIX = "fleet:"
+local AUD = "https://fleet.example.com/push"
 
 describe("gauth.token_cache.redis outside nginx", function()
   local redis_store = require "gauth.token_cache.redis"
@@ -29,6 +30,19 @@ describe("gauth.token_cache.redis outside nginx", function()
     end
     assert.error_matches(function() redis_store.new({ port = "x" }) end,
       "gauth.token_cache.redis: port must be a positive number", 1, true)
+  end)
+
+  it("the key-set and Discovery caches refuse a store that is not a Redis store", function()
+    local c, msg, err = require("gauth.id_token").new_cache({ store = {} })
+    assert.is_nil(c)
+    assert.equal("gauth.id_token: keys: store must be a gauth.token_cache.redis store or cache", msg)
+    assert.equal("keys", err.step)
+    c, msg, err = require("gauth.discovery.shdict_cache").new({ store = { get = print } })
+    assert.is_nil(c)
+    assert.equal("gauth.discovery: store: store must be a gauth.token_cache.redis store or cache", msg)
+    assert.equal("store", err.step)
+    -- store = false: the cache of this process, as without the option.
+    assert.truthy(require("gauth.id_token").new_cache({ store = false }))
   end)
 
   it("parse_key: 32 raw bytes or 64 hex characters", function()
@@ -49,7 +63,7 @@ end)
 
 if LUAJIT_PASS then
 describe("gauth.token_cache.redis in a fleet of nginx nodes", function()
-  local fake, sa_path, sa_info, certs, dir, rport
+  local fake, sa_path, sa_info, certs, dir, rport, id_tok, rsa
   local nodes = {}     -- the fleet: 3 nodes with the store
   local victim, wrong  -- a node killed mid-refresh; one with a wrong password
   local keys = {}      -- cred -> cache key
@@ -107,13 +121,15 @@ describe("gauth.token_cache.redis in a fleet of nginx nodes", function()
     for k, v in pairs(ropts) do
       parts[#parts + 1] = k .. " = " .. (type(v) == "string" and ("%q"):format(v) or tostring(v))
     end
-    local init = ('require("support.ngx_redis_app").init({ sa = %q, redis = { %s } })')
-      :format(sa_path, table.concat(parts, ", "))
+    local init = ('require("support.ngx_redis_app").init({ sa = %q, base = %q, audience = %q,'
+      .. ' redis = { %s } })'):format(sa_path, "https://localhost:" .. fake.port, AUD,
+      table.concat(parts, ", "))
     local app = 'require("support.ngx_redis_app")'
     local srv = assert(nginx.start({
       workers = workers or 2,
       trusted_ca = certs.ca_file,
-      http = "lua_shared_dict gauth 1m;\ninit_by_lua_block { " .. init .. " }",
+      http = "lua_shared_dict gauth 1m;\nlua_shared_dict gauth_discovery 1m;\n"
+        .. "init_by_lua_block { " .. init .. " }",
       server = ([[
         location = /tok { content_by_lua_block { @APP@.token() } }
         location = /refetch { content_by_lua_block { @APP@.refetch() } }
@@ -122,6 +138,12 @@ describe("gauth.token_cache.redis in a fleet of nginx nodes", function()
         location = /state { content_by_lua_block { @APP@.state() } }
         location = /check { content_by_lua_block { @APP@.check() } }
         location = /bad_install { content_by_lua_block { @APP@.bad_install() } }
+        location = /store_opts { content_by_lua_block { @APP@.store_opts() } }
+        location = /disc { content_by_lua_block { @APP@.disc() } }
+        location = /idt {
+          access_by_lua_block { @APP@.require_token() }
+          content_by_lua_block { @APP@.ok() }
+        }
         location = /log_phase {
           content_by_lua_block { ngx.say("ok") }
           log_by_lua_block { @APP@.log_phase() }
@@ -166,6 +188,51 @@ describe("gauth.token_cache.redis in a fleet of nginx nodes", function()
     return got, #want
   end
 
+  -- Every node `per` times at once, GET path (with an ID token when
+  -- `bearer`): the decoded replies.
+  local function burst_path(srvs, path, per, bearer)
+    local d = helpers.tmpname("burstp")
+    os.execute("mkdir -p " .. q(d))
+    local args = { "curl -s --parallel --parallel-immediate --parallel-max 200 --max-time 60" }
+    if bearer then args[#args + 1] = "-H " .. q("Authorization: Bearer " .. bearer) end
+    local n = 0
+    for _, srv in ipairs(srvs) do
+      for _ = 1, per do
+        n = n + 1
+        args[#args + 1] = q(srv.url .. path) .. " -o " .. q(d .. "/" .. n)
+      end
+    end
+    local ok, out = helpers.sh(table.concat(args, " "))
+    assert(ok, out)
+    local got = {}
+    for i = 1, n do
+      local body = helpers.read_file(d .. "/" .. i)
+      got[i] = cjson.decode(body or "")
+      assert(got[i], "request " .. i .. " of " .. path .. ": " .. tostring(body))
+    end
+    return got
+  end
+
+  -- The key set at `path` of the fake: `n` answers, then 404s.
+  local function script_certs(path, n)
+    local list = {}
+    for i = 1, n do
+      list[i] = { status = 200, body = { r1 = rsa.cert_pem },
+                  headers = { ["Cache-Control"] = "public, max-age=3600" } }
+    end
+    fake:script(path, list)
+  end
+
+  local function script_doc(api, n)
+    local list = {}
+    for i = 1, n do
+      list[i] = { status = 200, body = { kind = "discovery#restDescription", name = api,
+        version = "v1", rootUrl = "https://localhost:" .. fake.port .. "/",
+        servicePath = api .. "/v1/", resources = {} } }
+    end
+    fake:script("/disc/" .. api .. "/v1", list)
+  end
+
   local function only(set)
     local one, n = nil, 0
     for k in pairs(set) do one, n = k, n + 1 end
@@ -184,17 +251,40 @@ describe("gauth.token_cache.redis in a fleet of nginx nodes", function()
   end
 
   -- What a node with the key reads: judged by python3-cryptography.
-  local function open_with_python(value, redis_key)
+  local function open_raw(value, redis_key)
     local f = helpers.write_file(helpers.tmpname("sealed"), value)
     local ok, out = helpers.sh(helpers.python .. " -c " .. q([[
 import sys, json
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 v = open(sys.argv[1], "rb").read()
 assert v[0] == 1
-print(AESGCM(bytes.fromhex(sys.argv[2])).decrypt(v[1:13], v[13:], sys.argv[3].encode()).decode())
+sys.stdout.write(AESGCM(bytes.fromhex(sys.argv[2])).decrypt(v[1:13], v[13:], sys.argv[3].encode()).decode())
 ]]) .. " " .. q(f) .. " " .. HEX_KEY .. " " .. q(redis_key))
     assert(ok, out)
-    return assert(cjson.decode(out))
+    return out
+  end
+
+  local function open_with_python(value, redis_key)
+    return assert(cjson.decode(open_raw(value, redis_key)))
+  end
+
+  -- The one Redis key of a kind ("k" key sets, "d" documents) and its
+  -- document as python opens it: "<expires_at> <fetched_at>\n<text>".
+  local function sealed_doc(kind)
+    local list = {}
+    for k in redis_cli("KEYS '" .. PREFIX .. kind .. "|*'"):gmatch("[^\n]+") do
+      list[#list + 1] = k
+    end
+    assert.equal(1, #list)
+    local k = list[1]
+    assert.truthy(k:match("^fleet:" .. kind .. "|[%w_-]+$"), k)
+    local value = redis_cli("GET " .. q(k))
+    assert.equal(1, value:byte(1))
+    local plain = open_raw(value, k)
+    local exp, at, text = plain:match("^(%d+%.%d+) (%d+%.%d+)\n(.*)$")
+    assert.truthy(exp, plain:sub(1, 40))
+    assert.is_true(tonumber(exp) > tonumber(at))
+    return value, assert(cjson.decode(text))
   end
 
   local function wait_until(what, f)
@@ -212,6 +302,18 @@ print(AESGCM(bytes.fromhex(sys.argv[2])).decrypt(v[1:13], v[13:], sys.argv[3].en
       token_uri = "https://localhost:" .. fake.port .. "/token" })
     fake:config({ public_keys = { [sa_info.kid] = sa_info.public_pem },
                   token_uri = "https://localhost:" .. fake.port .. "/token" })
+    -- One ID token, signed by PyJWT with a key of the loopback key set.
+    rsa = helpers.make_rsa_key{ cert = true }
+    local now = os.time()
+    local path = helpers.tmpname("idt", ".json")
+    helpers.write_file(path, helpers.json_encode({ keys = { rsa = rsa.private_pem },
+      tokens = { { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+        claims = { iss = "https://accounts.google.com", aud = AUD, sub = "fleet-1",
+                   iat = now - 5, exp = now + 3600 } } } }))
+    local ok, out = helpers.sh("/usr/bin/python3 " .. q(helpers.support_dir
+      .. "/idtoken_tool.py") .. " " .. q(path))
+    assert(ok, out)
+    id_tok = assert(cjson.decode(out)).tokens[1]
     dir = helpers.tmpname("redis")
     os.execute("mkdir -p " .. q(dir))
     rport = nginx.free_port()
@@ -295,6 +397,52 @@ print(AESGCM(bytes.fromhex(sys.argv[2])).decrypt(v[1:13], v[13:], sys.argv[3].en
     assert.are_not.equal(oldb.token, rb.token)
   end)
 
+  it("ID-token key sets: one fetch for the fleet, sealed in Redis, the token accepted", function()
+    script_certs("/certs/fleet", 1)  -- a second fetch would get a 404
+    local got = burst_path(nodes, "/idt?certs=/certs/fleet", 8, id_tok)
+    assert.equal(24, #got)
+    for i, v in ipairs(got) do
+      assert.is_true(v.ok, "request " .. i)
+      assert.equal("fleet-1", v.sub)
+    end
+    assert.equal(1, #fake:requests("/certs/fleet"))
+    -- The set in Redis is not the JSON the certs server sent; python opens it.
+    local value, set = sealed_doc("k")
+    assert.is_nil(value:find("BEGIN CERTIFICATE", 1, true))
+    assert.equal(rsa.cert_pem, set.r1)
+  end)
+
+  it("Discovery documents: one fetch for the fleet, sealed in Redis", function()
+    script_doc("fleetapi", 1)
+    local got = burst_path(nodes, "/disc?api=fleetapi", 6)
+    assert.equal(18, #got)
+    for i, v in ipairs(got) do assert.equal("fleetapi", v.name, "request " .. i .. ": " .. tostring(v.err)) end
+    assert.equal(1, #fake:requests("/disc/fleetapi/v1"))
+    local value, doc = sealed_doc("d")
+    assert.is_nil(value:find("restDescription", 1, true))
+    assert.equal("fleetapi", doc.name)
+  end)
+
+  it("the store option of the key-set and Discovery caches: a store, or nil, msg, err", function()
+    local _, v = get_json(nodes[1], "/store_opts")
+    assert.is_true(v.good[1])
+    assert.is_true(v.good[2])
+    local want = {
+      { "gauth.id_token: keys: store must be a gauth.token_cache.redis store or cache",
+        "id_token", "keys" },
+      { "gauth.discovery: store: store must be a gauth.token_cache.redis store or cache",
+        "discovery", "store" },
+      { "gauth.discovery: store: store must be a gauth.token_cache.redis store or cache",
+        "discovery", "store" },
+    }
+    for i, w in ipairs(want) do
+      assert.is_false(v.bad[i].ok)
+      assert.equal(w[1], v.bad[i].msg)
+      assert.equal(w[2], v.bad[i].module)
+      assert.equal(w[3], v.bad[i].step)
+    end
+  end)
+
   it("invalidate() reaches Redis and every worker of every node, one exchange", function()
     local before = exchanges()
     local old = only(burst(nodes, { "g" }, 4).g)
@@ -354,6 +502,18 @@ print(AESGCM(bytes.fromhex(sys.argv[2])).decrypt(v[1:13], v[13:], sys.argv[3].en
     assert.equal(3, cs)
     burst(nodes, { "c" }, 4)
     assert.equal(before + 3, exchanges())
+    -- Key sets and Discovery documents: each node fetches its own (one
+    -- worker per node), and every request is served.
+    script_certs("/certs/down", 3)
+    script_doc("downapi", 3)
+    for i, v in ipairs(burst_path(nodes, "/idt?certs=/certs/down", 4, id_tok)) do
+      assert.is_true(v.ok, "request " .. i)
+    end
+    assert.equal(3, #fake:requests("/certs/down"))
+    for i, v in ipairs(burst_path(nodes, "/disc?api=downapi", 4)) do
+      assert.equal("downapi", v.name, "request " .. i .. ": " .. tostring(v.err))
+    end
+    assert.equal(3, #fake:requests("/disc/downapi/v1"))
     for i, srv in ipairs(nodes) do
       assert.equal(1, srv:log_count("gauth.token_cache.redis: connect: connection refused", marks[i]),
                    "one line on node " .. i)

@@ -1519,6 +1519,10 @@ local function check_opts(opts, fname)
     error("gauth.discovery: " .. fname .. ": opts.shared_cache must be a "
           .. "gauth.discovery.shdict_cache (or false)", 3)
   end
+  if o.store ~= nil and o.store ~= false and type(o.store) ~= "table" then
+    error("gauth.discovery: " .. fname .. ": opts.store must be a gauth.token_cache.redis "
+          .. "store or cache (or false)", 3)
+  end
   check_number(o.num_retries, "opts.num_retries", fname, 3)
   check_number(o.timeout, "opts.timeout", fname, 3)
   if o.proxy ~= nil and o.proxy ~= false and type(o.proxy) ~= "string" then
@@ -1829,6 +1833,24 @@ local function fetch(http, url, opts)
   return res.body
 end
 
+-- Under nginx, the shared cache over `store` (a Redis store or cache, or
+-- false: none), one per store and worker: over the "gauth_discovery" dict
+-- when nginx.conf has one.
+local store_caches = setmetatable({}, { __mode = "k" })
+local NO_STORE = {}
+local function store_cache(store)
+  local c = store_caches[store or NO_STORE]
+  if c then return c end
+  local sc = require "gauth.discovery.shdict_cache"
+  local has_dict = ngx.shared[sc.DEFAULT_DICT] ~= nil
+  if not store and not has_dict then return false end
+  local msg, err
+  c, msg, err = sc.new({ store = store, shared_dict = has_dict and sc.DEFAULT_DICT or false })
+  if not c then return nil, msg, err end
+  store_caches[store or NO_STORE] = c
+  return c
+end
+
 --- Make a service for an API: fetch its Discovery document (or take it
 -- from the caches) and build from it.
 -- @tparam string api e.g. "sqladmin"
@@ -1839,7 +1861,9 @@ end
 --   other `{...}` is an error, step "discovery_url"),
 --   `cache` (false: neither cache), `cache_dir` (default
 --   `$XDG_CACHE_HOME/gauth/discovery` or `~/.cache/gauth/discovery`),
---   `cache_max_age` (seconds, default one day)
+--   `cache_max_age` (seconds, default one day), `store` (under nginx: a
+--   `gauth.token_cache.redis` store or cache sharing documents across the
+--   fleet; default the one `install` made, if any; `false`: none)
 -- @return the service | nil, msg, err
 function _M.build(api, version, opts)
   if type(api) ~= "string" or api == "" then
@@ -1881,7 +1905,13 @@ function _M.build(api, version, opts)
     -- holds documents for every worker in place of the disk cache.
     local shared = use_cache and opts.shared_cache
     if shared == nil and use_cache and util.is_ngx then
-      shared = require("gauth.discovery.shdict_cache").default()
+      if opts.store ~= nil then
+        local msg, err
+        shared, msg, err = store_cache(opts.store)
+        if shared == nil then return nil, msg, err end
+      else
+        shared = require("gauth.discovery.shdict_cache").default()
+      end
     end
     local path = not shared and dir and cache_file(dir, file_url)
     local text = path and read_cache(dir, path, max_age)

@@ -41,7 +41,10 @@
 -- keep serving what they hold; each worker keeps its parsed keys and reads
 -- the dict only when they are past their age or miss a `kid`. In a phase
 -- that cannot yield no fetch is made: the keys held are used, or the token
--- is refused (retryable).
+-- is refused (retryable). With a Redis store (`store`, or the one
+-- `gauth.token_cache.redis.install` made) the worker that fetches asks
+-- Redis first, and one node of the fleet fetches for all (see
+-- `gauth.token_cache.redis`, "Key sets and Discovery documents").
 -- @module gauth.id_token
 
 local core = require "gauth.core"
@@ -233,14 +236,24 @@ end
 --   `timeout` (s per fetch, default 10), `shared_dict` (under nginx:
 --   name, default "gauth"; `false`: this worker only), `refetch_interval`
 --   (default 30 s), `stale_for` (default 6 h), `now` (number or function;
---   tests)
+--   tests), `store` (a `gauth.token_cache.redis` store or cache: one fetch
+--   of a key set for the whole fleet; default the one `install` made, if
+--   any; `false`: none)
 -- @return cache | nil, msg, err
 function _M.new_cache(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("gauth.id_token: new_cache: opts must be a table", 2)
   end
   opts = opts or {}
+  local st = opts.store
+  if st ~= nil and st ~= false then
+    st = require("gauth.token_cache.redis").store_of(st)
+    if not st then
+      return fail("keys", "keys", "store must be a gauth.token_cache.redis store or cache")
+    end
+  end
   local self = setmetatable({
+    store = st,
     http = opts.http,
     timeout = opts.timeout or _M.DEFAULT_TIMEOUT,
     refetch_interval = opts.refetch_interval or _M.REFETCH_INTERVAL,
@@ -271,7 +284,7 @@ local function transport(self)
 end
 
 -- One GET of the key set: body, max-age | nil, reason.
-local function fetch(self, url)
+local function fetch_here(self, url)
   local t, terr = transport(self)
   if not t then return nil, tostring(terr) end
   self.fetches = self.fetches + 1
@@ -289,6 +302,37 @@ local function fetch(self, url)
   end
   local h = res.headers or {}
   return res.body or "", _M.max_age(h["cache-control"])
+end
+
+-- The Redis store of the cache: its own, else the installed one.
+local function store_of(self)
+  local st = self.store
+  if st == nil then
+    local redis = package.loaded["gauth.token_cache.redis"]
+    st = redis and redis.installed
+  end
+  return st or nil
+end
+
+local function valid_set(body) return _M.parse_key_set(body) ~= nil end
+
+-- The key set through the fleet's store when there is one: what another
+-- node fetched (unless it lacks `kid` and was fetched more than
+-- refetch_interval ago: Google rotated keys), else one node's fetch.
+local function fetch(self, url, kid)
+  local st = store_of(self)
+  if not st then return fetch_here(self, url) end
+  local interval = self.refetch_interval
+  local body, age = st:shared_fetch("k", url, function() return fetch_here(self, url) end, {
+    wait = self.timeout + 1, valid = valid_set,
+    usable = function(text, at, t)
+      if kid == nil or t - at < interval then return true end
+      local set = _M.parse_key_set(text)
+      return set ~= nil and set.by_kid[kid] ~= nil
+    end,
+  })
+  if type(body) == "string" and type(age) == "number" and age < 1 then age = 1 end
+  return body, age
 end
 
 -- Shared dict keys, per URL: the body, its stamp, the attempt marker
@@ -414,7 +458,7 @@ function KeyCache:get(url, kid)
       .. (why and (" (last " .. why .. ")") or " (a fetch is under way)"),
       { retryable = true })
   end
-  local body, age = fetch(self, url)
+  local body, age = fetch(self, url, kid)
   local stored, why = nil, age
   if body then
     local _, err

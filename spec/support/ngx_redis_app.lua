@@ -12,7 +12,8 @@ local cfg = {}
 local cache, cache_msg
 
 --- In init_by_lua: `{ sa = path, redis = options of
--- gauth.token_cache.redis (nil: the shared dict only) }`.
+-- gauth.token_cache.redis (nil: the shared dict only), base = the fake's
+-- URL, audience = of the ID tokens }`.
 function _M.init(t)
   cfg = t
   if t.redis then
@@ -97,6 +98,48 @@ function _M.log_phase()
   c._entry = nil
   local tok = c:token()
   ngx.log(ngx.NOTICE, "log phase token: ", tok and "ok" or "none")
+end
+
+--- access_by_lua of GET /idt?certs=/path: require_id_token against the
+-- key set at the fake's `/path` (`cfg.base` .. path); content: `ok()`.
+function _M.require_token()
+  require("gauth.nginx").require_id_token{ audience = cfg.audience,
+    certs_url = cfg.base .. ngx.var.arg_certs }
+end
+
+--- content_by_lua after an access check: who answered.
+function _M.ok()
+  reply(200, { ok = true, pid = ngx.worker.pid(), sub = ngx.ctx.gauth_claims.sub })
+end
+
+--- GET /disc?api=N: gauth.discovery.build of N v1 from the fake
+-- (`cfg.base`/disc/N/v1), through the default caches.
+function _M.disc()
+  local api = ngx.var.arg_api
+  local svc, msg = require("gauth.discovery").build(api, "v1",
+    { discovery_url = cfg.base .. "/disc/{api}/{apiVersion}" })
+  if not svc then return reply(500, { err = msg }) end
+  reply(200, { name = require("gauth.discovery").document(svc).name, pid = ngx.worker.pid() })
+end
+
+--- GET /store_opts: the key-set and Discovery caches given this node's
+-- Redis cache (good), and stores that are not Redis stores (bad).
+function _M.store_opts()
+  local id_token = require "gauth.id_token"
+  local sc = require "gauth.discovery.shdict_cache"
+  local bad = {}
+  local function add(c, msg, err)
+    bad[#bad + 1] = { ok = c ~= nil, msg = msg, step = err and err.step,
+                      module = err and err.module }
+  end
+  add(id_token.new_cache({ store = ngx.shared.gauth }))
+  add(sc.new({ store = {} }))
+  add(require("gauth.discovery").build("x", "v1",
+    { store = { get = print }, discovery_url = cfg.base .. "/disc/{api}/{apiVersion}" }))
+  local c1 = id_token.new_cache({ store = cache })
+  local c2 = sc.new({ store = cache.store, shared_dict = false })
+  reply(200, { good = { c1 ~= nil and c1.store == cache.store,
+                        c2 ~= nil and c2.store == cache.store }, bad = bad })
 end
 
 --- GET /key?cred=N: the cache key (Redis keys are built from it).

@@ -65,6 +65,16 @@
 -- that counter; when it moved, the node drops the tokens of its dict and
 -- every worker drops its memory, so the next request takes the new token
 -- from Redis (or refreshes once for the fleet).
+--
+-- ## Key sets and Discovery documents
+--
+-- `store:shared_fetch(kind, url, fetcher)` gives `gauth.id_token`'s key-set
+-- cache and `gauth.discovery.shdict_cache` one fetch per document for the
+-- fleet: `<prefix>k|` / `<prefix>d|` and the SHA-256 of the URL hold
+-- `"<expires_at> <fetched_at>\n" .. body`, sealed as tokens are when
+-- `encryption_key` is set (public data, but a changed value must not make
+-- a node trust another key); the lock is `<prefix>l|k|…` / `l|d|…`.
+-- `install` makes the store their default (`_M.installed`).
 -- @module gauth.token_cache.redis
 
 local core = require "gauth.core"
@@ -85,6 +95,8 @@ local setmetatable = setmetatable
 local getmetatable = getmetatable
 local ipairs = ipairs
 local rawget = rawget
+local select = select
+local unpack = unpack or table.unpack  -- luacheck: ignore
 local byte, sub = string.byte, string.sub
 local floor = math.floor
 local math_min = math.min
@@ -348,18 +360,24 @@ local function rkey(self, key)
   return k
 end
 
-local function encode(self, k, entry)
-  local json = json_encode(entry)
-  if not json then return nil end
+-- The value to write under Redis key `k`: `text` sealed with the key as
+-- additional data when encryption_key is set, else `text`.
+local function seal(self, k, text)
   if self.key32 then
-    local sealed = core.aead_seal(self.key32, json, k)
+    local sealed = core.aead_seal(self.key32, text, k)
     return sealed and ("\1" .. sealed)
   end
-  return json
+  return text
 end
 
--- The entry of a Redis value, or nil (a miss) when it cannot be trusted.
-local function decode(self, k, raw)
+local function encode(self, k, entry)
+  local json = json_encode(entry)
+  return json and seal(self, k, json)
+end
+
+-- The text of a Redis value read under `k`, or nil (a miss, logged) when
+-- it cannot be trusted.
+local function unseal(self, k, raw)
   if type(raw) ~= "string" then return nil end
   local sealed = byte(raw, 1) == 1
   if self.key32 then
@@ -381,6 +399,13 @@ local function decode(self, k, raw)
       .. " encryption_key here: treated as a miss")
     return nil
   end
+  return raw
+end
+
+-- The entry of a Redis value, or nil (a miss) when it cannot be trusted.
+local function decode(self, k, raw)
+  raw = unseal(self, k, raw)
+  if not raw then return nil end
   local e = json_decode(raw)
   if type(e) ~= "table" or type(e.access_token) ~= "string"
     or type(e.expires_at) ~= "number" then
@@ -623,6 +648,117 @@ function _M:invalidate(key, token)
   end
 end
 
+-- Public documents: ID-token key sets and Discovery documents. --------
+
+-- The Redis key of a document: `<prefix><kind>|<SHA-256 of the URL>` (a
+-- URL may carry an API key; Redis keys never do).
+local function doc_key(self, kind, id)
+  return self.prefix .. kind .. "|" .. core.b64url_encode(core.sha256(id))
+end
+
+-- The document under `k`: text, expires_at, fetched_at | nil (a miss, a
+-- failure, or a value that cannot be trusted).
+local function doc_get(self, k)
+  local raw = call(self, function(red) return red:get(k) end)
+  local plain = unseal(self, k, raw)
+  if not plain then return nil end
+  local exp, at, from = plain:match("^(%d+%.?%d*) (%d+%.?%d*)\n()")
+  if not exp then return nil end
+  return sub(plain, from), tonumber(exp), tonumber(at)
+end
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+--- One fetch of a public document for the whole fleet: the document that
+-- Redis holds (sealed like tokens when encryption_key is set), else
+-- `fetcher()` in one node at a time under the Redis lock `<prefix>l|<kind>|…`
+-- (`SET NX PX` as for tokens) while the other nodes wait for its result.
+-- Redis down or failing, or a wait past `opts.wait`: `fetcher()` here.
+-- @tparam string kind "k" (key sets) or "d" (Discovery documents)
+-- @tparam string id the document's URL
+-- @tparam function fetcher `fetcher()` -> text, ttl (s; the text is then
+--   written to Redis for `ttl`) | anything else (returned as is)
+-- @tparam[opt] table opts `usable(text, fetched_at, now)` (may a document
+--   found in Redis be used? default: any), `valid(text)` (may a fetched
+--   one be written? default: any), `wait` (s, at most lock_wait)
+-- @return text, ttl left, fetched_at | what `fetcher()` returned
+function _M:shared_fetch(kind, id, fetcher, opts)
+  if type(kind) ~= "string" or type(id) ~= "string" or type(fetcher) ~= "function" then
+    error("gauth.token_cache.redis: shared_fetch(kind, id, fetcher[, opts])", 2)
+  end
+  opts = opts or {}
+  if not can_yield() or is_down(self) then return fetcher() end
+  local usable, valid = opts.usable, opts.valid
+  local k = doc_key(self, kind, id)
+  local function found()
+    local text, exp, at = doc_get(self, k)
+    local t = now()
+    if text and t < exp and (not usable or usable(text, at, t)) then
+      return text, exp - t, at
+    end
+  end
+  local text, left, at = found()
+  if text then return text, left, at end
+  local lk = self.prefix .. "l|" .. sub(k, #self.prefix + 1)
+  local token = core.hex_encode(core.random_bytes(16))
+  local ttl = self.lock_ttl_ms
+  local wait = self.lock_wait
+  if opts.wait and opts.wait < wait then wait = opts.wait end
+  local deadline = now() + wait
+  local delay = 0.005
+  while true do
+    local ok = call(self, function(red) return red:set(lk, token, "NX", "PX", ttl) end)
+    if ok == nil then return fetcher() end  -- Redis failed: fetch here
+    if ok == "OK" then
+      -- The holder before us may have written it since our read.
+      text, left, at = found()
+      if text then
+        call(self, function(red) return red:eval(CAD, 1, lk, token) end)
+        return text, left, at
+      end
+      local r = pack(pcall(fetcher))
+      if r[1] and type(r[2]) == "string" and type(r[3]) == "number" and r[3] > 0
+        and (not valid or valid(r[2])) then
+        local t = now()
+        local v = seal(self, k, ("%.3f %.3f\n"):format(t + r[3], t) .. r[2])
+        local ms = floor(r[3] * 1000)
+        if v and ms >= 1 then
+          call(self, function(red) return red:set(k, v, "PX", ms) end)
+        end
+      end
+      call(self, function(red) return red:eval(CAD, 1, lk, token) end)
+      if not r[1] then error(r[2], 0) end
+      return unpack(r, 2, r.n)
+    end
+    -- Another node fetches: wait for its document.
+    text, left, at = found()
+    if text then return text, left, at end
+    if now() >= deadline then
+      log(WARN, "gauth.", MOD, ": waited ", wait, " s for another node's fetch of ", id,
+          "; fetching here")
+      return fetcher()
+    end
+    sleep(delay)
+    delay = math_min(delay * 2, 0.1)
+  end
+end
+
+--- Drop the document `id` of `kind` from Redis (a document that turned
+-- out not to be one).
+function _M:delete_shared(kind, id)
+  if not can_yield() then return end
+  local k = doc_key(self, kind, id)
+  call(self, function(red) return red:del(k) end)
+end
+
+--- The Redis store of `v`: a store from `new`, or a cache from `cache` or
+-- `install` (its store); nil for anything else.
+function _M.store_of(v)
+  if getmetatable(v) == store_mt then return v end
+  if type(v) == "table" and getmetatable(rawget(v, "store")) == store_mt then return v.store end
+  return nil
+end
+
 --- Connect, authenticate, select the database and PING, ignoring the
 -- down mark: is Redis usable with these options? (Needs a phase with
 -- cosockets.)
@@ -697,6 +833,7 @@ function _M.install(opts)
   local c, msg, err = _M.cache(opts)
   if not c then return nil, msg, err end
   token_cache.set_default(c)
+  _M.installed = c.store
   return c
 end
 
