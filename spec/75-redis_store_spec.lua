@@ -153,8 +153,8 @@ describe("gauth.token_cache.redis in a fleet of nginx nodes", function()
     return srv
   end
 
-  local function get_json(srv, path)
-    local status, body = srv:get(path)
+  local function get_json(srv, path, opts)
+    local status, body = srv:get(path, opts)
     local v = cjson.decode(body or "")
     assert(v, "not JSON: " .. tostring(status) .. " " .. tostring(body))
     return status, v
@@ -409,6 +409,38 @@ sys.stdout.write(AESGCM(bytes.fromhex(sys.argv[2])).decrypt(v[1:13], v[13:], sys
     -- The set in Redis is not the JSON the certs server sent; python opens it.
     local value, set = sealed_doc("k")
     assert.is_nil(value:find("BEGIN CERTIFICATE", 1, true))
+    assert.equal(rsa.cert_pem, set.r1)
+  end)
+
+  it("a key set changed in Redis is a miss: the node fetches it again", function()
+    local function kkeys()
+      local set = {}
+      for key in redis_cli("KEYS '" .. PREFIX .. "k|*'"):gmatch("[^\n]+") do set[key] = true end
+      return set
+    end
+    local auth = { headers = { authorization = "Bearer " .. id_tok } }
+    script_certs("/certs/tamper", 2)
+    local had = kkeys()
+    local _, v = get_json(nodes[1], "/idt?certs=/certs/tamper", auth)
+    assert.is_true(v.ok)
+    assert.equal(1, #fake:requests("/certs/tamper"))
+    local k
+    for key in pairs(kkeys()) do if not had[key] then assert.is_nil(k) k = key end end
+    assert.truthy(k, "the new key set's Redis key")
+    local value = redis_cli("GET " .. q(k))
+    local i = 40
+    local bad = value:sub(1, i - 1) .. string.char((value:byte(i) + 1) % 256) .. value:sub(i + 1)
+    redis_cli("-x SET " .. q(k), helpers.write_file(helpers.tmpname("tampered"), bad))
+    redis_cli("PEXPIRE " .. q(k) .. " 600000")
+    local mark = #nodes[3]:log()
+    _, v = get_json(nodes[3], "/idt?certs=/certs/tamper", auth)
+    assert.is_true(v.ok)
+    assert.equal(2, #fake:requests("/certs/tamper"))
+    assert.equal(1, nodes[3]:log_count("aead_open: authentication failed for a value in Redis", mark))
+    -- Redis holds the set again, sealed anew.
+    local again = redis_cli("GET " .. q(k))
+    assert.are_not.equal(bad, again)
+    local set = cjson.decode(open_raw(again, k):match("^[%d%.]+ [%d%.]+\n(.*)$"))
     assert.equal(rsa.cert_pem, set.r1)
   end)
 

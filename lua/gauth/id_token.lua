@@ -324,7 +324,7 @@ local function fetch(self, url, kid)
   if not st then return fetch_here(self, url) end
   local interval = self.refetch_interval
   local body, age = st:shared_fetch("k", url, function() return fetch_here(self, url) end, {
-    wait = self.timeout + 1, valid = valid_set,
+    wait = self.timeout, valid = valid_set,
     usable = function(text, at, t)
       if kid == nil or t - at < interval then return true end
       local set = _M.parse_key_set(text)
@@ -416,7 +416,11 @@ local function wait_for_other(self, url, m)
   if not util.can_yield() then return m end
   local _, _, kattempt = dkeys(url)
   local waited, delay = 0, 0.005
-  while self.dict:get(kattempt) == "busy" and waited < self.timeout + 1 do
+  -- With a fleet store the fetcher may first wait (up to timeout) for
+  -- another node's fetch, then fetch itself.
+  local bound = self.timeout + 1
+  if store_of(self) then bound = 2 * self.timeout + 1 end
+  while self.dict:get(kattempt) == "busy" and waited < bound do
     ngx.sleep(delay)
     waited = waited + delay
     if delay < 0.1 then delay = delay * 2 end
