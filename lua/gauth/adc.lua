@@ -109,7 +109,7 @@ local function typed_opts(t, opts)
     o.scopes = opts.scopes
   elseif t == "external_account" then
     o.scopes = opts.scopes
-    o.env = opts.env
+    o.env = util.seam(opts, "env")
     o.shared_dict = opts.shared_dict
   elseif t == "external_account_authorized_user" then
     o.shared_dict = opts.shared_dict
@@ -117,7 +117,7 @@ local function typed_opts(t, opts)
     o.scopes = opts.scopes
     o.iam_endpoint = opts.iam_endpoint
     o.lifetime = opts.lifetime
-    o.env = opts.env
+    o.env = util.seam(opts, "env")
   end
   return o
 end

@@ -380,7 +380,8 @@ function _M:_send(ids, answers, opts, http)
       return errors.ret(media._http_error("batch", "execute", uri, r))
     end
     return r
-  end, { attempts = n + 1, sleep = opts.sleep or svc.sleep, random = opts.random }))
+  end, { attempts = n + 1, sleep = util.seam(opts, "sleep") or svc.sleep,
+         random = util.seam(opts, "random") }))
   if not res then return errors.ret(err) end
 
   local ctype = res.headers["content-type"] or ""

@@ -23,6 +23,7 @@
 local credentials = require "gauth.credentials"
 local metadata = require "gauth.metadata"
 local errors = require "gauth.errors"
+local util = require "gauth.util"
 
 local type = type
 local pairs = pairs
@@ -90,7 +91,8 @@ function _M._new(opts, kind, mode)
       arg_error(kind, "target_audience is for id_token_credentials")
     end
   end
-  local host, err = errors.pair(metadata.host({ host = opts.host, env = opts.env, _module = kind }))
+  local env = util.seam(opts, "env")
+  local host, err = errors.pair(metadata.host({ host = opts.host, env = env, _module = kind }))
   if not host then return errors.ret(err) end
   local policy = metadata.retry_policy(opts.retry)
   if opts.iam_endpoint ~= nil and (type(opts.iam_endpoint) ~= "string" or opts.iam_endpoint == "") then
@@ -111,7 +113,7 @@ function _M._new(opts, kind, mode)
     _retry = policy,
     _retry_opt = opts.retry,
     _iam_endpoint = opts.iam_endpoint,
-    _env = opts.env,
+    _env = env,
     -- Shared by every copy: what the server told about the account, and
     -- the IAM Credentials client that signs for it.
     _shared = { email = find(sa, "@", 1, true) and sa or nil },

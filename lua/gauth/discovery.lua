@@ -1241,8 +1241,8 @@ local function with_retries(self, spec, http, n, timeout, deadline, opts, first_
     res, err, refreshed = attempt(self, spec, http, timeout, remaining, refreshed)
     return res, err
   end, {
-    attempts = n + 1, deadline = deadline, sleep = opts and opts.sleep or spec.svc.sleep,
-    random = opts and opts.random,
+    attempts = n + 1, deadline = deadline, sleep = util.seam(opts, "sleep") or spec.svc.sleep,
+    random = util.seam(opts, "random"),
     on_retry = function()
       metrics.api_retry(metrics.host_of(rawget(self, "uri")))
     end,
@@ -1637,7 +1637,7 @@ local function new_service(doc, opts)
     user_agent = opts.user_agent and (USER_AGENT .. " " .. opts.user_agent) or USER_AGENT,
     num_retries = opts.num_retries,
     timeout = opts.timeout,
-    sleep = opts.sleep,
+    sleep = util.seam(opts, "sleep"),
     data_wrapper = data_wrapper,
   }
   -- googleapiclient's developerKey: sent as ?key= on every request

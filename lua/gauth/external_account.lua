@@ -507,7 +507,7 @@ local function build(c, source, opts)
     _crm_url = crm,
     _shared = { client_cert = opts.client_cert, client_key = opts.client_key,
                 client_secret = c.client_secret, http = opts.http, ca_file = opts.ca_file,
-                timeout = opts.timeout, env = opts.env },
+                timeout = opts.timeout, env = util.seam(opts, "env") },
   }, mt)
   -- The project number of a workload pool's audience
   -- (//iam.googleapis.com/projects/<number>/locations/...).
@@ -525,7 +525,8 @@ local function build(c, source, opts)
       source = direct, target_principal = self.target_principal,
       impersonation_url = c.service_account_impersonation_url,
       scopes = self.scopes or { _M.CLOUD_PLATFORM }, lifetime = c.lifetime,
-      env = opts.env, http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
+      env = util.seam(opts, "env"), http = opts.http, ca_file = opts.ca_file,
+      timeout = opts.timeout,
       proxy = opts.proxy, no_proxy = opts.no_proxy,
       retry = opts.retry, cache = opts.cache, now = opts.now,
     }))

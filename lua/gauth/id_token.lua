@@ -877,7 +877,7 @@ function _M.credentials(source, opts)
     error("gauth.id_token: credentials: source must be credentials or nil (ADC)", 2)
   end
   if source == nil then
-    local c, m, x = require("gauth.adc").default({ env = opts.env })
+    local c, m, x = require("gauth.adc").default({ env = util.seam(opts, "env") })
     if not c then
       local cause = errors.of(m, x)
       return id_fail("no Application Default Credentials: " .. tostring(cause.message),
@@ -920,7 +920,8 @@ function _M.fetch(audience, opts)
   if opts ~= nil and type(opts) ~= "table" then error("gauth.id_token: fetch: opts must be a table", 2) end
   opts = opts or NO_OPTS
   local c, m, x = _M.credentials(opts.source, { audience = audience,
-    include_email = opts.include_email, cache = opts.cache, now = opts.now, env = opts.env })
+    include_email = opts.include_email, cache = opts.cache, now = opts.now,
+    testing = { env = util.seam(opts, "env") } })
   if not c then return nil, m, x end
   return c:token()
 end

@@ -263,7 +263,7 @@ local function from_parsed(info, source, opts)
   return _M.new({
     source = creds, target_principal = target, impersonation_url = url,
     delegates = delegates, scopes = opts.scopes, lifetime = opts.lifetime,
-    iam_endpoint = opts.iam_endpoint, env = opts.env,
+    iam_endpoint = opts.iam_endpoint, env = util.seam(opts, "env"),
     quota_project = opts.quota_project or qp,
     http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
     retry = opts.retry, cache = opts.cache, now = opts.now,

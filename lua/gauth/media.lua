@@ -420,14 +420,14 @@ local function timeout_for(opts, svc, bytes)
 end
 
 local function sleeper(opts, svc)
-  return opts.sleep or svc.sleep or util.sleep
+  return util.seam(opts, "sleep") or svc.sleep or util.sleep
 end
 
 -- The delay before retry number `n` after `err`.
 local function delay_for(n, err, opts)
   local ra = type(err) == "table" and tonumber(err.retry_after)
   if ra and ra >= 0 then return ra end
-  return retry.backoff(n, { random = opts.random })
+  return retry.backoff(n, { random = util.seam(opts, "random") })
 end
 
 local function check_run_opts(opts, fname)
@@ -682,7 +682,7 @@ local function send_whole(up, opts)
     return decode("media", step, spec, up.uri, res)
   end
   local policy = { attempts = n + 1, sleep = sleeper(opts, svc),
-                  random = opts.random, deadline = opts.deadline }
+                  random = util.seam(opts, "random"), deadline = opts.deadline }
   local v, err
   if opts.deadline then
     -- One deadline for everything, the token fetch included.

@@ -86,13 +86,14 @@ function _M.getenv(name)
   return util.getenv(name)
 end
 
---- The environment lookup for `opts`: `opts.env` when given (a table of
--- variables, which then is the whole environment, or a function
--- `name -> value`), else `metadata.getenv` (looked up at each call).
+--- The environment lookup for `opts`: `opts.testing.env` (or the old
+-- top-level `opts.env`) when given (a table of variables, which then is
+-- the whole environment, or a function `name -> value`), else
+-- `metadata.getenv` (looked up at each call).
 -- @tparam[opt] table opts
 -- @return function(name) -> value | nil
 function _M.getenv_for(opts)
-  local env = opts and opts.env
+  local env = util.seam(opts, "env")
   if env == nil then
     return function(name) return _M.getenv(name) end
   end

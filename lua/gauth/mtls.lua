@@ -39,8 +39,7 @@ _M.DEFAULT_CONFIG_PATH = "~/.config/gcloud/certificate_config.json"
 local MAX_CONFIG_BYTES = 1024 * 1024
 
 local function getenv_of(opts)
-  return metadata.getenv_for({ env = opts and (opts.env or (type(opts.testing) == "table"
-                                                          and opts.testing.env or nil)) })
+  return metadata.getenv_for(opts)
 end
 
 local function bad(step, message, fields)

@@ -44,6 +44,10 @@ local setmetatable = setmetatable
 
 local _M = { _VERSION = "0.1.0" }
 
+-- A policy's test seams: under `policy.testing`, or (the old spelling,
+-- still accepted) at its top level.
+local SEAMS = { "sleep", "random", "now" }
+
 _M.DEFAULTS = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
                 jitter = true }
 
@@ -63,6 +67,15 @@ function _M.policy(base, overrides)
   elseif overrides ~= nil then
     if type(overrides) ~= "table" then return nil end
     for k, v in pairs(overrides) do p[k] = v end
+    -- The test seams grouped under `testing` (DECISIONS) over the old
+    -- top-level spelling, which stays accepted.
+    local t = overrides.testing
+    if type(t) == "table" then
+      for _, f in ipairs(SEAMS) do
+        if t[f] ~= nil then p[f] = t[f] end
+      end
+    end
+    p.testing = nil
   end
   return p
 end
@@ -159,7 +172,8 @@ function _M.backoff(n, policy, random)
   local jitter = policy.jitter
   if jitter == nil then jitter = D.jitter end
   if not jitter then return base end
-  random = random or policy.random or math.random
+  random = random or (type(policy.testing) == "table" and policy.testing.random)
+    or policy.random or math.random
   if jitter == "full" then
     return random() * base
   end
@@ -185,6 +199,15 @@ local function check_policy(p)
   for _, f in ipairs({ "sleep", "now", "random", "retryable", "on_retry" }) do
     if p[f] ~= nil and type(p[f]) ~= "function" then
       error("gauth.retry: policy." .. f .. " must be a function", 3)
+    end
+  end
+  local t = p.testing
+  if t ~= nil then
+    if type(t) ~= "table" then error("gauth.retry: policy.testing must be a table", 3) end
+    for _, f in ipairs(SEAMS) do
+      if t[f] ~= nil and type(t[f]) ~= "function" then
+        error("gauth.retry: policy.testing." .. f .. " must be a function", 3)
+      end
     end
   end
 end
@@ -262,8 +285,10 @@ end
 --   deadline (nil without one), for the caller's request timeout
 -- @tparam[opt] table policy `attempts` (3), `initial` (1 s), `multiplier`
 --   (2), `max_delay` (32 s), `jitter` (true = "equal", "full", false),
---   `deadline` (seconds from now), `sleep` (`gauth.util.sleep`), `now`
---   (`gauth.util.now`), `random` (`math.random`), `retryable(err)` (default:
+--   `deadline` (seconds from now), `testing` = { `sleep`
+--   (`gauth.util.sleep`), `now` (`gauth.util.now`), `random`
+--   (`math.random`) } (the test seams; the old spelling at the top level
+--   of the policy is still accepted), `retryable(err)` (default:
 --   `err.retryable == true`), `on_retry(attempt, err, delay)` (called before
 --   each sleep: logging)
 -- @return what `fn` returned on success | nil, message, err: the last
@@ -278,7 +303,10 @@ function _M.call(fn, policy)
   check_policy(policy)
   local D = _M.DEFAULTS
   local util
-  local now, sleep = policy.now, policy.sleep
+  local t = policy.testing
+  local test_now = t and t.now or policy.now
+  local now = test_now
+  local sleep = t and t.sleep or policy.sleep
   if not now or not sleep then
     util = require "gauth.util"
     now = now or util.now
@@ -289,7 +317,7 @@ function _M.call(fn, policy)
   local retryable = policy.retryable or default_retryable
   local deadline = policy.deadline and now() + policy.deadline
   -- The deadline of `within` (on util.now's clock: not with a test clock).
-  local outer = not policy.now and deadlines[running() or MAIN]
+  local outer = not test_now and deadlines[running() or MAIN]
   if outer and (not deadline or outer < deadline) then deadline = outer end
 
   local attempt = 0

@@ -61,6 +61,24 @@ function _M.phase_refusal(phase)
     .. " (ngx.timer.at) or in the rewrite, access or content phase"
 end
 
+--- A test seam of `opts` (`env`, `sleep`, `random`): `opts.testing[name]`,
+-- where DECISIONS groups them apart from the user's options, else the old
+-- top-level `opts[name]` (deprecated; accepted until 1.0). `now` is not a
+-- seam: it stays a top-level option.
+-- @tparam[opt] table opts
+-- @tparam string name
+-- @return the value | nil
+function _M.seam(opts, name)
+  if opts == nil then return nil end
+  local t = opts.testing
+  if t ~= nil then
+    if type(t) ~= "table" then error("gauth: opts.testing must be a table", 3) end
+    local v = t[name]
+    if v ~= nil then return v end
+  end
+  return opts[name]
+end
+
 --- Sleep `s` seconds without blocking nginx where that is possible. Inside
 -- an nginx worker in a phase that cannot yield it does not sleep at all
 -- (nothing there may block) and returns nil and the reason.

@@ -1,10 +1,10 @@
 -- The public shape every credentials type shares (issue 20, DECISIONS):
--- the `new` constructors (old names as aliases), and
--- creds:valid() and creds:expired() (google-auth's `valid` and `expired`)
--- on every credentials family, each fetching its token from the fake on
--- loopback (plain HTTP) with a scripted answer, on a clock the test moves:
--- no token yet, a fresh token, within the refresh window (3 min 45 s),
--- after invalidate(), and after a refused refresh.
+-- the `new` constructors (old names as aliases); the test seams under
+-- `opts.testing`; and creds:valid() / creds:expired() (google-auth's
+-- `valid` and `expired`) on every credentials family, each fetching its
+-- token from the fake on loopback (plain HTTP) with a scripted answer, on a
+-- clock the test moves: no token yet, a fresh token, within the refresh
+-- window (3 min 45 s), after invalidate(), and after a refused refresh.
 local helpers = require "helpers"
 local token_cache = require "gauth.token_cache"
 local credentials = require "gauth.credentials"
@@ -19,6 +19,10 @@ local id_token = require "gauth.id_token"
 local api_key = require "gauth.api_key"
 local metadata = require "gauth.metadata"
 local ae = require "gauth.app_engine"
+local util = require "gauth.util"
+local retry = require "gauth.retry"
+local testing = require "gauth.testing"
+local discovery = require "gauth.discovery"
 
 local TARGET = "target@proj.iam.gserviceaccount.com"
 local WINDOW = credentials.REFRESH_WINDOW
@@ -36,11 +40,15 @@ local function jwt(life)
   return url(h) .. "." .. url(p) .. ".c2ln"
 end
 
+local function errors_new()
+  return require("gauth.errors").new("test", "step", "try again", { retryable = true })
+end
+
 local function both(f)
   return { n = select("#", f()), f() }
 end
 
-describe("creds:valid() and creds:expired()", function()
+describe("the public API shape (issue 20)", function()
   local fake, clock, sa_info
 
   lazy_setup(function()
@@ -202,6 +210,80 @@ describe("creds:valid() and creds:expired()", function()
         "gauth.impersonated: new: opts with source and target_principal required", 1, true)
       assert.error_matches(function() ae.new(3) end, "gauth.app_engine: new: opts must be a table", 1, true)
       assert.error_matches(function() ce.new(3) end, "gauth.compute_engine: opts must be a table", 1, true)
+    end)
+  end)
+
+  describe("test seams under opts.testing (DECISIONS); the old top-level spelling still works", function()
+    it("util.seam: testing first, then the old spelling; testing must be a table", function()
+      local f1, f2 = function() end, function() end
+      assert.equal(f1, util.seam({ testing = { sleep = f1 }, sleep = f2 }, "sleep"))
+      assert.equal(f2, util.seam({ sleep = f2 }, "sleep"))
+      assert.equal(f2, util.seam({ testing = {}, sleep = f2 }, "sleep"))
+      assert.is_nil(util.seam(nil, "env"))
+      assert.is_nil(util.seam({}, "env"))
+      assert.error_matches(function() util.seam({ testing = 1 }, "env") end,
+        "gauth: opts.testing must be a table", 1, true)
+    end)
+
+    it("env: the constructors read testing.env (and env, deprecated)", function()
+      local bad = { GCE_METADATA_HOST = "x/y" }
+      for _, o in ipairs({ { testing = { env = bad } }, { env = bad } }) do
+        local c, msg, err = ce.new(o)
+        assert.is_nil(c)
+        helpers.assert_failure(msg, err, "compute_engine")
+      end
+      local c, msg, err = ae.new({ host = fake.host_port, testing = { env = { GAE_APPLICATION = "s~a" } } })
+      assert.equal("app_engine", c.kind)
+      assert.is_nil(msg)
+      assert.is_nil(err)
+      c, msg, err = ae.new({ testing = { env = {} } })
+      assert.is_nil(c)
+      helpers.assert_failure(msg, err, "app_engine")
+    end)
+
+    it("sleep and random: execute() and retry policies read testing's", function()
+      local doc = {
+        kind = "discovery#restDescription", name = "toy", version = "v1", id = "toy:v1",
+        rootUrl = "https://toy.googleapis.com/", servicePath = "toy/v1/",
+        schemas = { List = { type = "object", properties = { items = { type = "array" } } } },
+        resources = { items = { methods = { list = {
+          id = "toy.items.list", path = "items", httpMethod = "GET", response = { ["$ref"] = "List" } } } } },
+      }
+      local http = testing.http_sequence({ { status = 503 }, { status = 503 },
+        { status = 200, body = "{}", headers = { ["content-type"] = "application/json" } } })
+      local svc = assert(discovery.build_from_document(doc, { http = http }))
+      local slept = {}
+      local resp, msg, err = svc:items():list():execute({ testing = {
+        sleep = function(s) slept[#slept + 1] = s end, random = function() return 0.5 end } })
+      assert.same({}, resp)
+      assert.is_nil(msg)
+      assert.is_nil(err)
+      assert.same({ 0.75, 1.5 }, slept)
+      assert.equal(3, #http.requests)
+      -- A retry policy: testing = { sleep, random, now } lifted by policy().
+      local p = retry.policy(nil, { testing = { sleep = function(s) slept[#slept + 1] = s end,
+                                                random = function() return 0 end } })
+      assert.is_nil(p.testing)
+      slept = {}
+      local n = 0
+      local v, m2, e2 = retry.call(function()
+        n = n + 1
+        if n < 3 then return nil, errors_new() end
+        return "done"
+      end, p)
+      assert.equal("done", v)
+      assert.is_nil(m2)
+      assert.is_nil(e2)
+      assert.same({ 0.5, 1 }, slept)
+      slept = {}
+      v, m2, e2 = retry.call(function() return nil, errors_new() end,
+        { attempts = 2, testing = { sleep = function(s) slept[#slept + 1] = s end,
+                                    random = function() return 0 end } })
+      assert.is_nil(v)
+      helpers.assert_failure(m2, e2, "test", "step")
+      assert.same({ 0.5 }, slept)
+      assert.error_matches(function() retry.call(function() end, { testing = { sleep = 1 } }) end,
+        "gauth.retry: policy.testing.sleep must be a function", 1, true)
     end)
   end)
 
