@@ -140,6 +140,7 @@ describe("gauth.token_cache.redis in a fleet of nginx nodes", function()
         location = /bad_install { content_by_lua_block { @APP@.bad_install() } }
         location = /store_opts { content_by_lua_block { @APP@.store_opts() } }
         location = /disc { content_by_lua_block { @APP@.disc() } }
+        location = /disc_nodict { content_by_lua_block { @APP@.disc_nodict() } }
         location = /idt {
           access_by_lua_block { @APP@.require_token() }
           content_by_lua_block { @APP@.ok() }
@@ -453,6 +454,11 @@ sys.stdout.write(AESGCM(bytes.fromhex(sys.argv[2])).decrypt(v[1:13], v[13:], sys
     local value, doc = sealed_doc("d")
     assert.is_nil(value:find("restDescription", 1, true))
     assert.equal("fleetapi", doc.name)
+    -- Without a shared dict: 6 workers, each over Redis, one fetch.
+    script_doc("nodictapi", 1)
+    got = burst_path(nodes, "/disc_nodict?api=nodictapi", 6)
+    for i, v in ipairs(got) do assert.equal("nodictapi", v.name, "request " .. i .. ": " .. tostring(v.err)) end
+    assert.equal(1, #fake:requests("/disc/nodictapi/v1"))
   end)
 
   it("the store option of the key-set and Discovery caches: a store, or nil, msg, err", function()

@@ -122,6 +122,22 @@ function _M.disc()
   reply(200, { name = require("gauth.discovery").document(svc).name, pid = ngx.worker.pid() })
 end
 
+local nodict
+
+--- GET /disc_nodict?api=N: the same through a document cache without a
+-- shared dict (each worker over Redis).
+function _M.disc_nodict()
+  if not nodict then
+    nodict = assert(require("gauth.discovery.shdict_cache").new({ store = cache,
+                                                                  shared_dict = false }))
+  end
+  local api = ngx.var.arg_api
+  local svc, msg = require("gauth.discovery").build(api, "v1",
+    { discovery_url = cfg.base .. "/disc/{api}/{apiVersion}", shared_cache = nodict })
+  if not svc then return reply(500, { err = msg }) end
+  reply(200, { name = require("gauth.discovery").document(svc).name, pid = ngx.worker.pid() })
+end
+
 --- GET /store_opts: the key-set and Discovery caches given this node's
 -- Redis cache (good), and stores that are not Redis stores (bad).
 function _M.store_opts()
