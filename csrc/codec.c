@@ -85,12 +85,18 @@ static inline int decode_char(unsigned char c, int url)
 static const char *b64_check(const unsigned char *s, size_t n, int url,
                              char *msg, size_t cap)
 {
+    const signed char *dec = url ? DEC_URL : DEC_STD;
     size_t i;
-    for (i = 0; i < n; i++) {
-        if (decode_char(s[i], url) < 0) {
-            snprintf(msg, cap, "invalid character at offset %u", (unsigned)i);
-            return msg;
-        }
+    int any = 0;
+    /* One pass without a branch per character (a token's segments are
+     * checked on every request); the offending offset only on failure. */
+    for (i = 0; i < n; i++)
+        any |= dec[s[i]];
+    if (any < 0) {
+        for (i = 0; i < n && dec[s[i]] >= 0; i++)
+            ;
+        snprintf(msg, cap, "invalid character at offset %u", (unsigned)i);
+        return msg;
     }
     if (n % 4 == 1)
         return "truncated input";
@@ -147,16 +153,13 @@ const char *gauth_b64url_push(lua_State *L, const char *s, size_t n,
     return why;
 }
 
-size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
-                       size_t cap)
+/* Decodes base64url text that b64_check accepted into `out`, which holds
+ * at least n / 4 * 3 + 2 bytes; returns the length. */
+static size_t b64_decode_to(const unsigned char *u, size_t n,
+                            unsigned char *out)
 {
-    char msg[8];
-    const unsigned char *u = (const unsigned char *)s;
     size_t i, o = 0, full = n - n % 4;
 
-    if (b64_check(u, n, 1, msg, sizeof msg) != NULL ||
-        (n / 4) * 3 + (n % 4 ? n % 4 - 1 : 0) > cap)
-        return (size_t)-1;
     for (i = 0; i < full; i += 4) {
         unsigned v = (unsigned)decode_char(u[i], 1) << 18 |
                      (unsigned)decode_char(u[i + 1], 1) << 12 |
@@ -176,6 +179,18 @@ size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
             out[o++] = (unsigned char)(v >> 8 & 255);
     }
     return o;
+}
+
+size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
+                       size_t cap)
+{
+    char msg[8];
+    const unsigned char *u = (const unsigned char *)s;
+
+    if (b64_check(u, n, 1, msg, sizeof msg) != NULL ||
+        (n / 4) * 3 + (n % 4 ? n % 4 - 1 : 0) > cap)
+        return (size_t)-1;
+    return b64_decode_to(u, n, out);
 }
 
 static int b64_decode(lua_State *L, int url)
@@ -477,11 +492,58 @@ static int l_chmod(lua_State *L)
  * check. */
 #define JWS_MAX_TOKEN 65536
 #define JWS_MAX_HEADER 4096
-#define JWS_MAX_SIG 1400 /* base64url of 1024 bytes: an 8192-bit RSA sig */
+#define JWS_MAX_SIG GAUTH_JWS_MAX_SIG
 
 static int jws_malformed(lua_State *L, char *msg)
 {
     return gauth_error(L, "jws", msg);
+}
+
+/* The bounds and the segment count of a compact JWS, before any decoding:
+ * sets the two dots' offsets, or writes why not into `msg`. */
+static const char *jws_shape(const char *t, size_t n, size_t *d1, size_t *d2,
+                             char *msg, size_t cap)
+{
+    size_t i, dots = 0;
+
+    if (n > JWS_MAX_TOKEN) {
+        snprintf(msg, cap, "malformed: token of %lu bytes (limit %d)",
+                 (unsigned long)n, JWS_MAX_TOKEN);
+        return msg;
+    }
+    /* memchr: the token is scanned on every request. */
+    for (i = 0; i < n; i++) {
+        const char *dot = memchr(t + i, '.', n - i);
+        if (dot == NULL)
+            break;
+        i = (size_t)(dot - t);
+        if (dots == 0) *d1 = i;
+        else if (dots == 1) *d2 = i;
+        dots++;
+    }
+    if (dots != 2) {
+        snprintf(msg, cap, "malformed: %lu segment%s (a JWS has 3)",
+                 (unsigned long)(dots + 1), dots == 0 ? "" : "s");
+        return msg;
+    }
+    if (*d1 > JWS_MAX_HEADER) {
+        snprintf(msg, cap, "malformed: header of %lu bytes (limit %d)",
+                 (unsigned long)*d1, JWS_MAX_HEADER);
+        return msg;
+    }
+    if (n - *d2 - 1 > JWS_MAX_SIG) {
+        snprintf(msg, cap, "malformed: signature of %lu bytes (limit %d)",
+                 (unsigned long)(n - *d2 - 1), JWS_MAX_SIG);
+        return msg;
+    }
+    return NULL;
+}
+
+static const char *jws_bad_segment(const char *what, const char *why,
+                                   char *msg, size_t cap)
+{
+    snprintf(msg, cap, "malformed: bad base64url in %s (%s)", what, why);
+    return msg;
 }
 
 static int jws_segment(lua_State *L, const char *s, size_t n,
@@ -490,10 +552,40 @@ static int jws_segment(lua_State *L, const char *s, size_t n,
     char why[64];
     const char *w = gauth_b64url_push(L, s, n, why, sizeof why);
     if (w != NULL) {
-        snprintf(msg, cap, "malformed: bad base64url in %s (%s)", what, w);
+        jws_bad_segment(what, w, msg, cap);
         return 0;
     }
     return 1;
+}
+
+const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
+                             unsigned char *sig, size_t *siglen,
+                             size_t *signed_len, char *msg, size_t cap)
+{
+    size_t d1 = 0, d2 = 0, slen;
+    char why[64];
+    const char *w;
+
+    if (jws_shape(t, n, &d1, &d2, msg, cap) != NULL)
+        return msg;
+    /* The same checks in the same order as jws_split, so a token gets the
+     * same message from both. The header is checked, not pushed: the
+     * caller knows it already. */
+    w = b64_check((const unsigned char *)t, d1, 1, why, sizeof why);
+    if (w != NULL)
+        return jws_bad_segment("header", w, msg, cap);
+    if (!jws_segment(L, t + d1 + 1, d2 - d1 - 1, "payload", msg, cap))
+        return msg;
+    slen = n - d2 - 1;
+    w = b64_check((const unsigned char *)t + d2 + 1, slen, 1, why,
+                  sizeof why);
+    if (w != NULL) {
+        lua_pop(L, 1);
+        return jws_bad_segment("signature", w, msg, cap);
+    }
+    *siglen = b64_decode_to((const unsigned char *)t + d2 + 1, slen, sig);
+    *signed_len = d2;
+    return NULL;
 }
 
 /***
@@ -508,38 +600,12 @@ static int jws_segment(lua_State *L, const char *s, size_t n,
  */
 static int l_jws_split(lua_State *L)
 {
-    size_t n, i, dots = 0, d1 = 0, d2 = 0;
+    size_t n, d1 = 0, d2 = 0;
     const char *t = luaL_checklstring(L, 1, &n);
     char msg[160];
 
-    if (n > JWS_MAX_TOKEN) {
-        snprintf(msg, sizeof msg, "malformed: token of %lu bytes (limit %d)",
-                 (unsigned long)n, JWS_MAX_TOKEN);
+    if (jws_shape(t, n, &d1, &d2, msg, sizeof msg) != NULL)
         return jws_malformed(L, msg);
-    }
-    for (i = 0; i < n; i++) {
-        if (t[i] == '.') {
-            if (dots == 0) d1 = i;
-            else if (dots == 1) d2 = i;
-            dots++;
-        }
-    }
-    if (dots != 2) {
-        snprintf(msg, sizeof msg, "malformed: %lu segment%s (a JWS has 3)",
-                 (unsigned long)(dots + 1), dots == 0 ? "" : "s");
-        return jws_malformed(L, msg);
-    }
-    if (d1 > JWS_MAX_HEADER) {
-        snprintf(msg, sizeof msg, "malformed: header of %lu bytes (limit %d)",
-                 (unsigned long)d1, JWS_MAX_HEADER);
-        return jws_malformed(L, msg);
-    }
-    if (n - d2 - 1 > JWS_MAX_SIG) {
-        snprintf(msg, sizeof msg,
-                 "malformed: signature of %lu bytes (limit %d)",
-                 (unsigned long)(n - d2 - 1), JWS_MAX_SIG);
-        return jws_malformed(L, msg);
-    }
     if (!jws_segment(L, t, d1, "header", msg, sizeof msg))
         return jws_malformed(L, msg);
     if (!jws_segment(L, t + d1 + 1, d2 - d1 - 1, "payload", msg, sizeof msg)) {

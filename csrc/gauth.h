@@ -37,6 +37,21 @@ const char *gauth_b64url_push(lua_State *L, const char *s, size_t n,
 size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
                        size_t cap);
 
+/* Longest signature segment of a compact JWS (base64url of 1024 bytes, an
+ * 8192-bit RSA signature, with room to spare) and the most bytes it
+ * decodes to. */
+#define GAUTH_JWS_MAX_SIG 1400
+#define GAUTH_JWS_SIG_BYTES (GAUTH_JWS_MAX_SIG / 4 * 3 + 2)
+
+/* Checks a compact JWS exactly as jws_split does (same bounds, same order,
+ * same "malformed: ..." messages) and decodes it for verification: pushes
+ * the payload, decodes the signature into `sig` (GAUTH_JWS_SIG_BYTES) and
+ * sets its length and the signed part's (`header.payload`). Returns NULL,
+ * or `msg` saying why not with nothing pushed. */
+const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
+                             unsigned char *sig, size_t *siglen,
+                             size_t *signed_len, char *msg, size_t cap);
+
 /* Pushes nil and "gauth.core: <step>: <detail>". Returns 2. */
 int gauth_error(lua_State *L, const char *step, const char *detail);
 

@@ -367,3 +367,89 @@ print(alg.to_jwk(k))]]) .. " " .. helpers.shell_quote(pub_path))
       "bad argument #2 to 'load_jwk' (string expected, got nil)")
   end)
 end)
+
+-- Key:verify_jws: whole compact tokens, signed by PyJWT and by the openssl
+-- CLI, checked in one call; its refusals are jws_split's, word for word.
+describe("gauth.Key:verify_jws", function()
+  local rsa, ec, other
+  lazy_setup(function()
+    rsa = helpers.make_rsa_key()
+    ec = helpers.make_ec_key()
+    other = helpers.make_rsa_key()
+  end)
+
+  it("verifies PyJWT's RS256 and ES256 tokens and returns the payload", function()
+    local claims = { iss = "https://accounts.google.com", aud = "x", n = 1 }
+    for _, c in ipairs({ { rsa, "RS256" }, { ec, "ES256" } }) do
+      local token = helpers.pyjwt_encode(claims, c[1].private_pem, { kid = "k1" })
+      local k = assert(core.load_public_key(c[1].public_pem))
+      local payload, ok = k:verify_jws(c[2], token)
+      assert.is_true(ok, c[2])
+      assert.are.same(claims, helpers.json_decode(payload))
+      assert.are.equal(select(2, core.jws_split(token)), payload)
+      -- the same payload text from a token whose signature fails
+      local p2, ok2 = k:verify_jws(c[2], token:sub(1, -3) .. (token:sub(-2) == "AA" and "QA" or "AA"))
+      assert.are.equal(payload, p2)
+      assert.is_false(ok2, c[2])
+    end
+  end)
+
+  it("verifies a token signed by the openssl CLI, and only with its key", function()
+    local enc = core.b64url_encode
+    local signed = enc('{"alg":"RS256","kid":"k"}') .. "." .. enc('{"sub":"1"}')
+    local input, sig = helpers.tmpname("data"), helpers.tmpname("sig")
+    helpers.write_file(input, signed)
+    assert(helpers.sh("openssl dgst -sha256 -sign " .. helpers.shell_quote(rsa.path)
+      .. " -out " .. sig .. " " .. input))
+    local token = signed .. "." .. enc(assert(helpers.read_file(sig)))
+    local payload, ok = assert(core.load_public_key(rsa.public_pem)):verify_jws("RS256", token)
+    assert.are.equal('{"sub":"1"}', payload)
+    assert.is_true(ok)
+    payload, ok = assert(core.load_public_key(other.public_pem)):verify_jws("RS256", token)
+    assert.are.equal('{"sub":"1"}', payload)
+    assert.is_false(ok)
+    -- the signed part altered by one byte of the payload
+    local altered = enc('{"alg":"RS256","kid":"k"}') .. "." .. enc('{"sub":"2"}')
+      .. "." .. token:match("[^.]+$")
+    payload, ok = assert(core.load_public_key(rsa.public_pem)):verify_jws("RS256", altered)
+    assert.are.equal('{"sub":"2"}', payload)
+    assert.is_false(ok)
+  end)
+
+  it("refuses tokens of the wrong shape exactly as jws_split does, never quoting them", function()
+    local k = assert(core.load_public_key(rsa.public_pem))
+    local secret = "c2VjcmV0c2VjcmV0"
+    local cases = {
+      secret, secret .. "." .. secret, "a.b.c.d", secret .. "!.e30.e30", "e30.e3\0.e30",
+      "e30.e30.A", ("A"):rep(5000) .. ".e30.e30", "e30.e30." .. ("A"):rep(2000),
+      "e30." .. ("A"):rep(1024 * 1024) .. ".e30", "",
+    }
+    for _, t in ipairs(cases) do
+      local p, err = k:verify_jws("RS256", t)
+      assert.is_nil(p)
+      assert.matches("^gauth.core: jws: malformed: ", err)
+      assert.are.equal(select(2, core.jws_split(t)), err)
+      assert.is_nil(err:find(secret, 1, true))
+    end
+    -- shape right, signature of another length: a failed check, not an error
+    local p, ok = k:verify_jws("RS256", "e30.e30.c2ln")
+    assert.are.equal("{}", p)
+    assert.is_false(ok)
+  end)
+
+  it("refuses an algorithm that does not fit the key, and raises for bad arguments", function()
+    local token = helpers.pyjwt_encode({ a = 1 }, ec.private_pem)
+    local k = assert(core.load_public_key(ec.public_pem))
+    local p, err = k:verify_jws("RS256", token)
+    assert.is_nil(p)
+    assert.are.equal("gauth.core: verify: algorithm does not match the key type", err)
+    p, err = k:verify_jws("HS256", token)
+    assert.is_nil(p)
+    assert.are.equal("gauth.core: verify: unsupported algorithm (RS256, ES256)", err)
+    assert.error_matches(function() k:verify_jws("ES256", nil) end,
+      "bad argument #2 to 'verify_jws' (string expected, got nil)", 1, true)
+    k:close()
+    assert.error_matches(function() k:verify_jws("ES256", token) end,
+      "key is closed", 1, true)
+  end)
+end)

@@ -215,6 +215,77 @@ describe("gauth.id_token", function()
       end)
     end
 
+    it("gives the same verdicts once a header is known (one C call per token)", function()
+      -- Two module instances of their own: `cold` never sees a good token,
+      -- so every token takes the full path; `warm` has verified one with
+      -- each header first, so tokens with that header take the short one.
+      local function instance()
+        local saved = package.loaded["gauth.id_token"]
+        package.loaded["gauth.id_token"] = nil
+        local m = require "gauth.id_token"
+        package.loaded["gauth.id_token"] = saved
+        return m
+      end
+      local cold, warm = instance(), instance()
+      serve("/certs/pem", pem_set({ "rsa1", "ec1" }))
+      serve("/certs/pem", pem_set({ "rsa1", "ec1" }))
+      local cold_cache = assert(cold.new_cache({ http = http }))
+      local warm_cache = assert(warm.new_cache({ http = http }))
+      local function opts(c)
+        return { audience = AUD, issuers = { ISS }, certs_url = pem_url, cache = c, now = now }
+      end
+      local methods = debug.getregistry()["gauth.Key"].__index
+      local real, calls = methods.verify_jws, 0
+      methods.verify_jws = function(...) calls = calls + 1 return real(...) end
+      local ok, e = pcall(function()
+        local good = {}
+        for _, c in ipairs(cases) do
+          if c[6] == true and c[4].kid then
+            assert.is_table(warm.verify(c.token, opts(warm_cache)), c[1])
+            good[#good + 1] = c.token
+          end
+        end
+        assert.are.equal(0, calls)  -- the first token of a header: the full path
+        local enc = core.b64url_encode
+        local tokens = {}
+        for _, c in ipairs(cases) do
+          if c[6] ~= true and c[4].kid then tokens[#tokens + 1] = { c[1], c.token } end
+        end
+        for _, t in ipairs(good) do
+          local h, p, sg = t:match("^([^.]+)%.([^.]+)%.([^.]+)$")
+          for _, g in ipairs({
+            { "2 segments", h .. "." .. p },
+            { "4 segments", t .. ".e30" },
+            { "bad payload", h .. "." .. p .. "!." .. sg },
+            { "bad signature text", h .. "." .. p .. "." .. sg .. "*" },
+            { "short signature", h .. "." .. p .. "." .. sg:sub(5) },
+            { "signature too long", h .. "." .. p .. "." .. ("A"):rep(2000) },
+            { "payload a list", h .. "." .. enc("[1]") .. "." .. sg },
+            { "payload not JSON", h .. "." .. enc("not json") .. "." .. sg },
+            { "payload of another token", h .. "." .. enc('{"aud":"x"}') .. "." .. sg },
+            { "1 MB", h .. "." .. ("A"):rep(1024 * 1024) .. "." .. sg },
+          }) do
+            tokens[#tokens + 1] = g
+          end
+        end
+        local before = calls
+        for _, t in ipairs(tokens) do
+          local c1, m1, e1 = cold.verify(t[2], opts(cold_cache))
+          local c2, m2, e2 = warm.verify(t[2], opts(warm_cache))
+          assert.is_nil(c1, t[1])
+          assert.is_nil(c2, t[1])
+          assert.are.equal(m1, m2, t[1])
+          assert.are.equal(e1.check, e2.check, t[1])
+        end
+        -- the ten made on each good token's header went the short way
+        assert.is_true(calls - before >= 10 * #good, tostring(calls - before))
+        -- and good tokens still pass it
+        for _, t in ipairs(good) do assert.is_table(warm.verify(t, opts(warm_cache))) end
+      end)
+      methods.verify_jws = real
+      assert(ok, e)
+    end)
+
     it("agrees with Google's Node library on the same tokens and keys", function()
       local certs = { rsa1 = keys.rsa1.cert_pem, ec1 = keys.ec1.public_pem }
       local batch = {}

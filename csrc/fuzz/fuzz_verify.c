@@ -5,14 +5,7 @@
 
 static const char CHUNK[] =
     "local s = ...\n"
-    "if not keys then\n"
-    "  keys = {}\n"
-    "  for _, alg in ipairs({ 'RS256', 'ES256' }) do\n"
-    "    local f = assert(io.open(os.getenv('GAUTH_FUZZ_KEYS') .. '/' .. alg .. '.pem'))\n"
-    "    keys[alg] = assert(core.load_public_key(f:read('*a')))\n"
-    "    f:close()\n"
-    "  end\n"
-    "end\n"
+    "local keys = fuzz_keys()\n"
     "if #s < 1 then return end\n"
     "local alg = s:byte(1) % 2 == 0 and 'RS256' or 'ES256'\n"
     "local n = alg == 'RS256' and 256 or 64\n"

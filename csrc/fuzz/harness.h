@@ -14,6 +14,21 @@
 
 int luaopen_gauth_core(lua_State *L);
 
+/* Shared by the targets: `fuzz_keys()` gives the fixed public keys that
+ * run.sh makes, by algorithm, loaded once. */
+static const char PRELUDE[] =
+    "local keys\n"
+    "function fuzz_keys()\n"
+    "  if keys then return keys end\n"
+    "  keys = {}\n"
+    "  for _, alg in ipairs({ 'RS256', 'ES256' }) do\n"
+    "    local f = assert(io.open(os.getenv('GAUTH_FUZZ_KEYS') .. '/' .. alg .. '.pem'))\n"
+    "    keys[alg] = assert(core.load_public_key(f:read('*a')))\n"
+    "    f:close()\n"
+    "  end\n"
+    "  return keys\n"
+    "end\n";
+
 static lua_State *fuzz_state(const char *chunk)
 {
     static lua_State *L;
@@ -22,6 +37,10 @@ static lua_State *fuzz_state(const char *chunk)
         luaL_openlibs(L);
         luaopen_gauth_core(L);
         lua_setglobal(L, "core");
+        if (luaL_dostring(L, PRELUDE) != 0) {
+            fprintf(stderr, "%s\n", lua_tostring(L, -1));
+            abort();
+        }
         if (luaL_loadstring(L, chunk) != 0) {
             fprintf(stderr, "%s\n", lua_tostring(L, -1));
             abort();

@@ -12,7 +12,7 @@ mkdir -p "$out/keys"
 }
 export GAUTH_FUZZ_KEYS="$(pwd)/$out/keys"
 SRC="csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c csrc/aead.c"
-for t in pem b64 verify jwk jws aead; do
+for t in pem b64 verify jwk jws verify_jws aead; do
   bin=$out/fuzz_$t
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -D_POSIX_C_SOURCE=200809L -I/usr/include/lua5.4 -Icsrc \
@@ -23,6 +23,11 @@ for t in pem b64 verify jwk jws aead; do
     b64) printf 'Zm9vYmFy' > "$out/$t/corpus/seed" ;;
     jwk) printf '\000AQAB.AQAB' > "$out/$t/corpus/seed" ;;
     jws) printf 'eyJhbGciOiJSUzI1NiJ9.e30.c2ln' > "$out/$t/corpus/seed" ;;
+    verify_jws)
+      printf '\000eyJhbGciOiJSUzI1NiJ9.e30.c2ln' > "$out/$t/corpus/seed"
+      # signatures of the keys' sizes, so the fuzzer reaches the verification
+      { printf '\000eyJhbGciOiJSUzI1NiJ9.e30.'; head -c 342 /dev/zero | tr '\000' A; } > "$out/$t/corpus/seed-rsa"
+      { printf '\001eyJhbGciOiJFUzI1NiJ9.e30.'; head -c 86 /dev/zero | tr '\000' A; } > "$out/$t/corpus/seed-ec" ;;
     aead) printf '\001t|svc:0123456789abcdef0123456789abcdef\000nonce-nonce-ciphertext-tag-tag-tag' > "$out/$t/corpus/seed" ;;
   esac
   echo "== fuzz_$t for ${secs}s"

@@ -65,6 +65,9 @@ local setmetatable = setmetatable
 local error = error
 local floor = math.floor
 local match = string.match
+local find = string.find
+local byte = string.byte
+local sub = string.sub
 local lower = string.lower
 local json_decode = cjson.decode
 local jws_split = core.jws_split
@@ -535,6 +538,33 @@ local function decode_header(text)
   return h
 end
 
+-- Headers of tokens that verified, by their base64url text. The next token
+-- with the same header bytes (the same signer and key) skips decoding it:
+-- the key it names is taken from the cache when held and fresh, and one C
+-- call (Key:verify_jws) checks the token's shape, decodes it and verifies
+-- it. Only headers that passed every header check and a signature enter;
+-- bounded like header_memo.
+local seg_memo, seg_memo_n = {}, 0
+
+local function remember_segment(token, header, alg, kid)
+  local dot = find(token, ".", 1, true)
+  if not dot then return end
+  if seg_memo_n >= 128 then seg_memo, seg_memo_n = {}, 0 end
+  -- alg and kid as checked now: the header table is handed to callers,
+  -- who may change it.
+  seg_memo[sub(token, 1, dot - 1)] = { header = header, alg = alg, kid = kid }
+  seg_memo_n = seg_memo_n + 1
+end
+
+-- The key entry for `kid` when the cache holds its set within its age:
+-- what KeyCache:get answers first, without any fetch (nil otherwise).
+local function held_entry(cache, url, kid)
+  if getmetatable(cache) ~= cache_mt then return nil end
+  local m = cache.memo[url]
+  if m and cache.clock() < m.expires then return m.set.by_kid[kid] end
+  return nil
+end
+
 local function one_of(list, v)
   if type(list) == "string" then return list == v end
   for i = 1, #list do
@@ -543,8 +573,12 @@ local function one_of(list, v)
   return false
 end
 
+-- Lists already checked (weak keys): the issuers and audience lists are
+-- usually the same tables on every request.
+local checked_lists = setmetatable({}, { __mode = "k" })
+
 local function check_list(v, name, level)
-  if type(v) == "string" then return end
+  if type(v) == "string" or checked_lists[v] then return end
   if type(v) == "table" and type(v[1]) == "string" and v[2] == nil then return end
   if type(v) ~= "table" or #v == 0 then
     error("gauth.id_token: " .. name .. " must be a string or a non-empty list", level)
@@ -554,6 +588,7 @@ local function check_list(v, name, level)
       error("gauth.id_token: " .. name .. " must hold strings", level)
     end
   end
+  checked_lists[v] = true
 end
 
 local function now_of(opts)
@@ -579,65 +614,92 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
   if audience ~= false then check_list(audience, "audience", level + 1) end
   if issuers ~= nil and issuers ~= false then check_list(issuers, "issuers", level + 1) end
 
-  local htext, ptext, sig, signed_len = jws_split(token)
-  if not htext then
-    return fail("decode", "malformed", (match(ptext, "^gauth%.core: jws: (.*)$") or ptext))
-  end
-  local header = decode_header(htext)
-  if not header then
-    return fail("decode", "malformed", "malformed: header is not a JSON object")
-  end
-  local alg = header.alg
-  if type(alg) ~= "string" then
-    return fail("decode", "malformed", "malformed: header has no alg")
-  end
   allowed = allowed or BOTH
-  if not ALG_KIND[alg] or not allowed[alg] then
-    return fail("verify", "alg", "alg " .. shown(alg) .. " not allowed")
-  end
-  local kid = header.kid
-  if kid ~= nil and type(kid) ~= "string" then
-    return fail("decode", "malformed", "malformed: kid is not a string")
-  end
-  local claims = match(ptext, "^%s*{") and json_decode(ptext)
-  if type(claims) ~= "table" then
-    return fail("decode", "malformed", "malformed: payload is not a JSON object")
-  end
-
   local cache = opts.cache
-  if not cache then
-    local msg, err
-    cache, msg, err = _M.default_cache()
-    if not cache then return nil, msg, err end
-  end
-  local set, msg, err = cache:get(url, kid)
-  if not set then return nil, msg, err end
+  local claims, header
 
-  local ok = false
-  if kid ~= nil then
-    local e = set.by_kid[kid]
-    if not e then
-      return fail("verify", "kid", "unknown kid " .. shown(kid))
+  -- A header seen before on a good token: the same checks in the same
+  -- order as below, with fewer steps (see seg_memo).
+  local dot = find(token, ".", 1, true)
+  local known = dot and seg_memo[sub(token, 1, dot - 1)]
+  if known and allowed[known.alg] then
+    local e = held_entry(cache or default_cache, url, known.kid)
+    if e and e.alg == known.alg then
+      local ptext, good = e.key:verify_jws(known.alg, token)
+      if not ptext then
+        return fail("decode", "malformed", (match(good, "^gauth%.core: jws: (.*)$") or good))
+      end
+      -- A JSON object, not a bare value: "{" first (as signers write
+      -- it), else after white space.
+      claims = (byte(ptext) == 123 or match(ptext, "^%s*{")) and json_decode(ptext)
+      if type(claims) ~= "table" then
+        return fail("decode", "malformed", "malformed: payload is not a JSON object")
+      end
+      if not good then return fail("verify", "signature", "bad signature") end
+      header = known.header
     end
-    if e.alg ~= alg then
-      return fail("verify", "alg", "alg " .. alg .. " does not fit key "
-        .. shown(kid) .. " (" .. e.alg .. ")")
+  end
+
+  if not header then
+    local htext, ptext, sig, signed_len = jws_split(token)
+    if not htext then
+      return fail("decode", "malformed", (match(ptext, "^gauth%.core: jws: (.*)$") or ptext))
     end
-    ok = e.key:verify(alg, token, sig, signed_len)
-  else
-    local tried = 0
-    for i = 1, set.n do
-      local e = set.list[i]
-      if e.alg == alg then
-        tried = tried + 1
-        if e.key:verify(alg, token, sig, signed_len) then ok = true break end
+    header = decode_header(htext)
+    if not header then
+      return fail("decode", "malformed", "malformed: header is not a JSON object")
+    end
+    local alg = header.alg
+    if type(alg) ~= "string" then
+      return fail("decode", "malformed", "malformed: header has no alg")
+    end
+    if not ALG_KIND[alg] or not allowed[alg] then
+      return fail("verify", "alg", "alg " .. shown(alg) .. " not allowed")
+    end
+    local kid = header.kid
+    if kid ~= nil and type(kid) ~= "string" then
+      return fail("decode", "malformed", "malformed: kid is not a string")
+    end
+    claims = match(ptext, "^%s*{") and json_decode(ptext)
+    if type(claims) ~= "table" then
+      return fail("decode", "malformed", "malformed: payload is not a JSON object")
+    end
+
+    if not cache then
+      local msg, err
+      cache, msg, err = _M.default_cache()
+      if not cache then return nil, msg, err end
+    end
+    local set, msg, err = cache:get(url, kid)
+    if not set then return nil, msg, err end
+
+    local ok = false
+    if kid ~= nil then
+      local e = set.by_kid[kid]
+      if not e then
+        return fail("verify", "kid", "unknown kid " .. shown(kid))
+      end
+      if e.alg ~= alg then
+        return fail("verify", "alg", "alg " .. alg .. " does not fit key "
+          .. shown(kid) .. " (" .. e.alg .. ")")
+      end
+      ok = e.key:verify(alg, token, sig, signed_len)
+      if ok then remember_segment(token, header, alg, kid) end
+    else
+      local tried = 0
+      for i = 1, set.n do
+        local e = set.list[i]
+        if e.alg == alg then
+          tried = tried + 1
+          if e.key:verify(alg, token, sig, signed_len) then ok = true break end
+        end
+      end
+      if tried == 0 then
+        return fail("verify", "kid", "no kid, and no " .. alg .. " key in the key set")
       end
     end
-    if tried == 0 then
-      return fail("verify", "kid", "no kid, and no " .. alg .. " key in the key set")
-    end
+    if not ok then return fail("verify", "signature", "bad signature") end
   end
-  if not ok then return fail("verify", "signature", "bad signature") end
 
   -- Claims, in google-auth's order: iat and exp, then aud; then the rest.
   local iat, exp, nbf = claims.iat, claims.exp, claims.nbf
@@ -653,7 +715,8 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
   if nbf ~= nil and (type(nbf) ~= "number" or nbf - nbf ~= 0) then
     return fail("claims", "nbf", "malformed: nbf is not a finite number")
   end
-  local now = now_of(opts)
+  local now
+  if opts.now == nil then now = default_clock() else now = now_of(opts) end
   local skew = opts.clock_skew or 0
   if now > exp + skew then
     return fail("claims", "exp", "expired " .. floor(now - exp) .. " s ago")
@@ -672,7 +735,7 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
   end
   if audience ~= false then
     local aud = claims.aud
-    if type(aud) ~= "string" or not one_of(audience, aud) then
+    if type(aud) ~= "string" or (aud ~= audience and not one_of(audience, aud)) then
       return fail("claims", "aud", "audience mismatch")
     end
   end
