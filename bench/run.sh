@@ -46,7 +46,7 @@ for lua in lua5.4 luajit; do
 done
 
 echo "== ID-token verification (issue 14)"
-# CPU time on both sides (openssl speed counts user time): different tokens,
+# User CPU time on both sides (as openssl speed counts): different tokens,
 # one key held by the key cache; PyJWT with the key parsed once.
 openssl req -x509 -new -key "$dir/rsa.pem" -subj /CN=bench -days 2 -out "$dir/cert.pem" 2>/dev/null
 run $PY bench/verify_ref.py "$dir/rsa.pem" "$dir/cert.pem" "$dir/idt"

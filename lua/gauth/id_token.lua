@@ -538,30 +538,35 @@ local function decode_header(text)
   return h
 end
 
--- Headers of tokens that verified, by their base64url text. The next token
--- with the same header bytes (the same signer and key) skips decoding it:
--- the key it names is taken from the cache when held and fresh, and one C
--- call (Key:verify_jws) checks the token's shape, decodes it and verifies
--- it. Only headers that passed every header check and a signature enter;
--- bounded like header_memo.
-local seg_memo, seg_memo_n = {}, 0
+-- Header segments (base64url text) of tokens that verified, newest first,
+-- at most MAX_KNOWN. The next token that starts with one of them (the same
+-- signer and key) skips decoding the header: the key it names is taken
+-- from the cache when held and fresh, and one C call (Key:verify_jws)
+-- checks the token's shape, decodes it and verifies it. Compared in place
+-- (no substring made per token). Only headers that passed every header
+-- check and a signature enter.
+local MAX_KNOWN = 8
+local known, known_n = {}, 0
 
 local function remember_segment(token, header, alg, kid)
   local dot = find(token, ".", 1, true)
   if not dot then return end
-  if seg_memo_n >= 128 then seg_memo, seg_memo_n = {}, 0 end
+  local seg = sub(token, 1, dot - 1)
+  for i = 1, known_n do
+    if known[i].seg == seg then return end
+  end
+  if known_n < MAX_KNOWN then known_n = known_n + 1 end
+  for i = known_n, 2, -1 do known[i] = known[i - 1] end
   -- alg and kid as checked now: the header table is handed to callers,
   -- who may change it.
-  seg_memo[sub(token, 1, dot - 1)] = { header = header, alg = alg, kid = kid }
-  seg_memo_n = seg_memo_n + 1
+  known[1] = { seg = seg, dot = dot, header = header, alg = alg, kid = kid }
 end
 
--- The key entry for `kid` when the cache holds its set within its age:
--- what KeyCache:get answers first, without any fetch (nil otherwise).
-local function held_entry(cache, url, kid)
-  if getmetatable(cache) ~= cache_mt then return nil end
-  local m = cache.memo[url]
-  if m and cache.clock() < m.expires then return m.set.by_kid[kid] end
+local function known_header(token)
+  for i = 1, known_n do
+    local k = known[i]
+    if byte(token, k.dot) == 46 and find(token, k.seg, 1, true) == 1 then return k end
+  end
   return nil
 end
 
@@ -611,33 +616,37 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
     error("gauth.id_token: opts.audience is required"
       .. " (audience = false skips the check)", level)
   end
-  if audience ~= false then check_list(audience, "audience", level + 1) end
-  if issuers ~= nil and issuers ~= false then check_list(issuers, "issuers", level + 1) end
+  if audience ~= false and type(audience) ~= "string" and not checked_lists[audience] then
+    check_list(audience, "audience", level + 1)
+  end
+  if issuers and type(issuers) ~= "string" and not checked_lists[issuers] then
+    check_list(issuers, "issuers", level + 1)
+  end
 
   allowed = allowed or BOTH
   local cache = opts.cache
   local claims, header
 
   -- A header seen before on a good token: the same checks in the same
-  -- order as below, with fewer steps (see seg_memo).
-  local dot = find(token, ".", 1, true)
-  local known = dot and seg_memo[sub(token, 1, dot - 1)]
-  if known and allowed[known.alg] then
-    local e = held_entry(cache or default_cache, url, known.kid)
-    if e and e.alg == known.alg then
-      local ptext, good = e.key:verify_jws(known.alg, token)
-      if not ptext then
-        return fail("decode", "malformed", (match(good, "^gauth%.core: jws: (.*)$") or good))
-      end
-      -- A JSON object, not a bare value: "{" first (as signers write
-      -- it), else after white space.
-      claims = (byte(ptext) == 123 or match(ptext, "^%s*{")) and json_decode(ptext)
-      if type(claims) ~= "table" then
-        return fail("decode", "malformed", "malformed: payload is not a JSON object")
-      end
-      if not good then return fail("verify", "signature", "bad signature") end
-      header = known.header
+  -- order as below, with fewer steps (see known_header). The key: what
+  -- KeyCache:get answers first (held, within its age), without a fetch.
+  local k = known_n > 0 and known_header(token)
+  local kc = cache or default_cache
+  local m = k and allowed[k.alg] and getmetatable(kc) == cache_mt and kc.memo[url]
+  local held = m and kc.clock() < m.expires and m.set.by_kid[k.kid]
+  if held and held.alg == k.alg then
+    local ptext, good = held.key:verify_jws(k.alg, token)
+    if not ptext then
+      return fail("decode", "malformed", (match(good, "^gauth%.core: jws: (.*)$") or good))
     end
+    -- A JSON object, not a bare value: "{" first (as signers write it),
+    -- else after white space.
+    claims = (byte(ptext) == 123 or match(ptext, "^%s*{")) and json_decode(ptext)
+    if type(claims) ~= "table" then
+      return fail("decode", "malformed", "malformed: payload is not a JSON object")
+    end
+    if not good then return fail("verify", "signature", "bad signature") end
+    header = k.header
   end
 
   if not header then
@@ -784,8 +793,11 @@ end
 -- @tparam[opt] table opts as for `verify`
 -- @return claims, header | nil, msg, err
 function _M.verify_oauth2_token(token, audience, opts)
-  opts = opts_of(opts)
-  return verify(token, opts, 2, audience, default(opts.issuers, _M.GOOGLE_ISSUERS),
+  if opts == nil then opts = NO_OPTS end
+  if type(opts) ~= "table" then error("gauth.id_token: opts must be a table", 2) end
+  local issuers = opts.issuers
+  if issuers == nil then issuers = _M.GOOGLE_ISSUERS end
+  return verify(token, opts, 2, audience, issuers,
                 opts.certs_url or _M.OAUTH2_CERTS_URL, opts.algorithms)
 end
 
