@@ -416,6 +416,26 @@ describe("gauth.Key:verify_jws", function()
     assert.is_false(ok)
   end)
 
+  it("refuses RSA signatures made with another digest over the same signed part", function()
+    -- The DigestInfo inside the signature must be SHA-256's, whole: openssl
+    -- signs the same bytes with SHA-1, SHA-384 and SHA-512.
+    local enc = core.b64url_encode
+    local signed = enc('{"alg":"RS256"}') .. "." .. enc('{"sub":"1"}')
+    local input = helpers.tmpname("data")
+    helpers.write_file(input, signed)
+    local k = assert(core.load_public_key(rsa.public_pem))
+    for _, md in ipairs({ "sha256", "sha1", "sha384", "sha512" }) do
+      local sig = helpers.tmpname("sig")
+      assert(helpers.sh("openssl dgst -" .. md .. " -sign " .. helpers.shell_quote(rsa.path)
+        .. " -out " .. sig .. " " .. input))
+      local raw = assert(helpers.read_file(sig))
+      local payload, ok = k:verify_jws("RS256", signed .. "." .. enc(raw))
+      assert.are.equal('{"sub":"1"}', payload)
+      assert.are.equal(md == "sha256", ok, md)
+      assert.are.equal(md == "sha256", k:verify("RS256", signed, raw), md)
+    end
+  end)
+
   it("refuses tokens of the wrong shape exactly as jws_split does, never quoting them", function()
     local k = assert(core.load_public_key(rsa.public_pem))
     local secret = "c2VjcmV0c2VjcmV0"
