@@ -203,6 +203,8 @@ local function store_cache(store)
 end
 
 --- The document of `api` `version`, from the caches or fetched.
+-- @tparam string api
+-- @tparam string version
 -- @tparam table templates the Discovery URL templates, tried in turn
 -- @tparam table opts build()'s options, checked
 -- @return the decoded document | nil, msg, err
