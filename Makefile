@@ -32,8 +32,9 @@ CURL_LIBS ?= -lcurl
 
 VARIANT ?=
 BUILD = build/$(LUA_VERSION)$(VARIANT)
-SRCS = csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c csrc/aead.c
-HDRS = csrc/compat.h csrc/gauth.h
+SRCS = csrc/core.c csrc/codec.c csrc/pkey.c csrc/aead.c \
+       csrc/http.c csrc/http_headers.c csrc/http_io.c csrc/http_setup.c
+HDRS = csrc/compat.h csrc/gauth.h csrc/http.h
 OBJS = $(SRCS:csrc/%.c=$(BUILD)/obj/%.o)
 CORE = $(BUILD)/gauth/core.so
 

@@ -30,7 +30,8 @@ build = {
   type = "builtin",
   modules = {
     ["gauth.core"] = {
-      sources = { "csrc/core.c", "csrc/codec.c", "csrc/pkey.c", "csrc/http.c", "csrc/aead.c" },
+      sources = { "csrc/core.c", "csrc/codec.c", "csrc/pkey.c", "csrc/aead.c",
+                  "csrc/http.c", "csrc/http_headers.c", "csrc/http_io.c", "csrc/http_setup.c" },
       libraries = { "crypto", "curl" },
       incdirs = { "$(OPENSSL_INCDIR)" },
       libdirs = { "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)" },

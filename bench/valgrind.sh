@@ -45,7 +45,7 @@ for i = 1, 10000 do
     -- header tables walked, kept, rebuilt and refused (a refused
     -- connection on loopback: no server needed)
     h = core.http_new()
-    local o = { header_map = true, connect_timeout = 2, parse_headers = true }
+    local o = { connect_timeout = 2 }
     for _, hd in ipairs({ { a = "b", ["X-N"] = i, r = { "x", 2 } }, { a = "b", ["X-N"] = i, r = { "x", 2 } },
                           { a = "c" }, { ["bad name"] = "v" }, { a = "x\ny" }, { r = { {} } } }) do
       local st, msg = h:perform("GET", "http://127.0.0.1:1/", hd, nil, o)

@@ -45,47 +45,49 @@ describe("gauth.core Http", function()
     h:close()
   end)
 
-  it("perform returns status, the header block, body, connections, bytes written", function()
+  it("perform returns one table: status, reason, headers, body, connections, bytes written", function()
     fake:script("/core", { status = 201, headers = { ["X-One"] = "1" }, body = "created" })
     local h = core.http_new()
-    local status, head, body, conns, written = h:perform("GET", fake.url .. "/core",
-      { "Accept: text/plain" }, nil, { ca_file = certs.ca_file, timeout = 5 })
-    assert.equal(201, status)
-    assert.matches("^HTTP/1%.1 201 Created\r\n", head)
-    assert.matches("\r\nX%-One: 1\r\n", head)
-    assert.equal("created", body)
-    assert.equal(1, conns)
-    assert.equal(0, written)
+    local res, msg, info = h:perform("GET", fake.url .. "/core",
+      { Accept = "text/plain" }, nil, { ca_file = certs.ca_file, timeout = 5 })
+    assert.is_nil(msg)
+    assert.is_nil(info)
+    assert.equal(201, res.status)
+    assert.equal("Created", res.reason)
+    assert.equal("1", res.headers["x-one"])
+    assert.equal("7", res.headers["content-length"])
+    assert.equal("created", res.body)
+    assert.equal(1, res.new_connections)
+    assert.equal(0, res.written)
+    assert.is_nil(res.decoded)
     assert.equal("text/plain", fake:requests("/core")[1].headers.accept)
     h:close()
   end)
 
-  it("perform returns nil, the message, the curl code and no reason on failure", function()
+  it("perform returns nil, the message and { curl_code } on failure", function()
     local h = core.http_new()
     local port = closed_port()
-    local status, msg, code, reason = h:perform("GET",
+    local res, msg, info = h:perform("GET",
       "http://127.0.0.1:" .. port .. "/", nil, nil, { connect_timeout = 5 })
-    assert.is_nil(status)
+    assert.is_nil(res)
     assert.matches("^gauth%.core: http: Couldn't connect to server %(7%): .*" .. port, msg)
-    assert.equal(7, code)
-    assert.is_nil(reason)
+    assert.same({ curl_code = 7 }, info)
     h:close()
   end)
 
-  it("perform takes a header table (header_map) and keeps its lines only while they hold", function()
+  it("perform takes a header table and keeps its lines only while they hold", function()
     local h = core.http_new()
-    local o = { ca_file = certs.ca_file, timeout = 5, header_map = true, parse_headers = true }
+    local o = { ca_file = certs.ca_file, timeout = 5 }
     local function send(headers)
       fake:script("/map", { status = 200, body = "ok" })
-      local status, head, body, conns, written, reason, decoded =
-        h:perform("GET", fake.url .. "/map", headers, nil, o)
-      assert.equal(200, status)
-      assert.equal("table", type(head))
-      assert.equal("ok", body)
-      assert.equal(0, written)
-      assert.equal("OK", reason)
-      assert.is_nil(decoded)
-      assert.is_number(conns)
+      local res = h:perform("GET", fake.url .. "/map", headers, nil, o)
+      assert.equal(200, res.status)
+      assert.equal("table", type(res.headers))
+      assert.equal("ok", res.body)
+      assert.equal(0, res.written)
+      assert.equal("OK", res.reason)
+      assert.is_nil(res.decoded)
+      assert.is_number(res.new_connections)
       local reqs = fake:requests("/map")
       return reqs[#reqs].headers
     end
@@ -114,26 +116,28 @@ describe("gauth.core Http", function()
     h:close()
   end)
 
-  it("perform returns a header table's problem as nil, the key, nil, a reason", function()
+  it("perform returns a header table's problem as nil, a message, { kind, header }", function()
     local h = core.http_new()
-    local o = { ca_file = certs.ca_file, timeout = 5, header_map = true }
+    local o = { ca_file = certs.ca_file, timeout = 5 }
+    local name = "gauth.core: http: a header name is not a token"
+    local typ = "gauth.core: http: a header value is not a string, a number, an array of them or false"
+    local val = "gauth.core: http: a header value contains CR, LF, NUL or another control character"
     local cases = {
-      { { ["bad name"] = "v" }, "bad name", "header_name" },
-      { { [""] = "v" }, "", "header_name" },
-      { { [1] = "v" }, 1, "header_name" },
-      { { ["x-f"] = print }, "x-f", "header_type" },
-      { { ["x-t"] = true }, "x-t", "header_type" },
-      { { ["x-l"] = { "ok", {} } }, "x-l", "header_type" },
-      { { ["accept-encoding"] = 1 }, "accept-encoding", "header_type" },
-      { { authorization = "Bearer a\r\nx-injected: 1" }, "authorization", "header_value" },
-      { { ["x-l"] = { "ok", "a\0b" } }, "x-l", "header_value" },
+      { { ["bad name"] = "v" }, "bad name", "header_name", name },
+      { { [""] = "v" }, "", "header_name", name },
+      { { [1] = "v" }, 1, "header_name", name },
+      { { ["x-f"] = print }, "x-f", "header_type", typ },
+      { { ["x-t"] = true }, "x-t", "header_type", typ },
+      { { ["x-l"] = { "ok", {} } }, "x-l", "header_type", typ },
+      { { ["accept-encoding"] = 1 }, "accept-encoding", "header_type", typ },
+      { { authorization = "Bearer a\r\nx-injected: 1" }, "authorization", "header_value", val },
+      { { ["x-l"] = { "ok", "a\0b" } }, "x-l", "header_value", val },
     }
     for _, c in ipairs(cases) do
-      local status, key, code, reason = h:perform("GET", fake.url .. "/never", c[1], nil, o)
-      assert.is_nil(status)
-      assert.equal(c[2], key)
-      assert.is_nil(code)
-      assert.equal(c[3], reason)
+      local res, msg, info = h:perform("GET", fake.url .. "/never", c[1], nil, o)
+      assert.is_nil(res)
+      assert.equal(c[4], msg)
+      assert.same({ kind = c[3], header = c[2] }, info)
     end
     assert.same({}, fake:requests("/never"))
     h:close()
@@ -179,11 +183,6 @@ describe("gauth.core Http", function()
       "bad argument #2 to 'perform' (URL contains a NUL byte)")
     assert.has_error(function() h:perform("GET", u, "accept: */*") end,
       "bad argument #3 to 'perform' (table expected, got string)")
-    assert.has_error(function() h:perform("GET", u, { 42 }) end, "gauth.core: http: headers[1] must be a string")
-    assert.has_error(function() h:perform("GET", u, { "x: a\r\ny: b" }) end,
-      "gauth.core: http: headers[1] contains CR, LF, NUL or another control character")
-    assert.has_error(function() h:perform("GET", u, { "no colon" }) end,
-      "gauth.core: http: headers[1] is not \"name: value\"")
     assert.has_error(function() h:perform("POST", u, nil, {}) end,
       "bad argument #4 to 'perform' (string expected, got table)")
     assert.has_error(function() h:perform("GET", u, nil, "body") end,
@@ -207,9 +206,9 @@ describe("gauth.core Http", function()
     -- Nothing reached the server, and the handle still works.
     assert.same({}, fake:requests())
     fake:script("/x", { status = 200, body = "fine" })
-    local status, _, body = h:perform("GET", u, nil, nil, { ca_file = certs.ca_file })
-    assert.equal(200, status)
-    assert.equal("fine", body)
+    local res = h:perform("GET", u, nil, nil, { ca_file = certs.ca_file })
+    assert.equal(200, res.status)
+    assert.equal("fine", res.body)
     h:close()
   end)
 
@@ -218,14 +217,14 @@ describe("gauth.core Http", function()
                            body = "redirect body" })
     fake:script("/hop2", { status = 200, headers = { ["X-Final"] = "yes" }, body = "final" })
     local h = core.http_new()
-    local status, head, body = h:perform("GET", fake.url .. "/hop1", nil, nil,
+    local res = h:perform("GET", fake.url .. "/hop1", nil, nil,
       { ca_file = certs.ca_file, follow = true })
-    assert.equal(200, status)
-    assert.equal("final", body)
-    assert.matches("^HTTP/1%.1 200", head)
-    assert.matches("X%-Final: yes", head)
-    assert.is_nil(head:find("X-Hop", 1, true))
-    assert.is_nil(head:find("302", 1, true))
+    assert.equal(200, res.status)
+    assert.equal("final", res.body)
+    assert.equal("OK", res.reason)
+    assert.equal("yes", res.headers["x-final"])
+    assert.is_nil(res.headers["x-hop"])
+    assert.is_nil(res.headers.location)
     h:close()
   end)
 
@@ -234,13 +233,13 @@ describe("gauth.core Http", function()
     fake:script("/up", { status = 200, body = "ok" })
     fake:script("/up", { status = 200, body = "ok" })
     local h = core.http_new()
-    local status = h:perform("PUT", fake.url .. "/up", { "content-type: application/octet-stream" },
+    local res = h:perform("PUT", fake.url .. "/up", { ["content-type"] = "application/octet-stream" },
       nil, { ca_file = certs.ca_file, upload_file = path, upload_offset = 10,
              upload_length = #BINARY })
-    assert.equal(200, status)
-    status = h:perform("POST", fake.url .. "/up", nil, nil,
+    assert.equal(200, res.status)
+    res = h:perform("POST", fake.url .. "/up", nil, nil,
       { ca_file = certs.ca_file, upload_file = path, upload_offset = 4 })
-    assert.equal(200, status)
+    assert.equal(200, res.status)
     local reqs = fake:requests("/up")
     assert.equal("PUT", reqs[1].method)
     assert.equal(BINARY, reqs[1].body)
@@ -266,7 +265,7 @@ describe("gauth.core Http", function()
       return o
     end
     local seq = {
-      { "GET", nil, { accept_encoding = "gzip" }, { "X-First: 1" } },
+      { "GET", nil, nil, { ["Accept-Encoding"] = "gzip", ["X-First"] = "1" } },
       { "GET", nil, nil, nil },                  -- accept_encoding dropped
       { "GET", nil, nil, nil },                  -- same kind again
       { "HEAD", nil, nil, nil },
@@ -282,9 +281,9 @@ describe("gauth.core Http", function()
     }
     for i = 1, #seq do fake:script("/k" .. i, { status = 200, body = "answer" .. i }) end
     for i, r in ipairs(seq) do
-      local status, _, body = h:perform(r[1], fake.url .. "/k" .. i, r[4], r[2], opts(r[3]))
-      assert.equal(200, status, "request " .. i)
-      assert.equal(r[1] == "HEAD" and "" or "answer" .. i, body, "request " .. i)
+      local res = h:perform(r[1], fake.url .. "/k" .. i, r[4], r[2], opts(r[3]))
+      assert.equal(200, res.status, "request " .. i)
+      assert.equal(r[1] == "HEAD" and "" or "answer" .. i, res.body, "request " .. i)
     end
     local function got(i) return fake:requests("/k" .. i)[1] end
     for i, r in ipairs(seq) do
@@ -319,32 +318,32 @@ describe("gauth.core Http", function()
     fake:script("/t1", { status = 200, body = "one" })
     fake:script("/t2", { status = 200, body = "two", delay = 0.6 })
     fake:script("/t3", { status = 200, body = "three", delay = 0.6 })
-    assert.equal(200, (h:perform("GET", fake.url .. "/t1", nil, nil, { ca_file = ca, timeout = 0.3 })))
+    assert.equal(200, h:perform("GET", fake.url .. "/t1", nil, nil, { ca_file = ca, timeout = 0.3 }).status)
     -- The 0.3 s limit is gone once the next request has none.
-    local status, _, body = h:perform("GET", fake.url .. "/t2", nil, nil, { ca_file = ca })
-    assert.equal(200, status)
-    assert.equal("two", body)
-    local res, _, code = h:perform("GET", fake.url .. "/t3", nil, nil, { ca_file = ca, timeout = 0.3 })
-    assert.is_nil(res)
-    assert.equal(28, code)
+    local res = h:perform("GET", fake.url .. "/t2", nil, nil, { ca_file = ca })
+    assert.equal(200, res.status)
+    assert.equal("two", res.body)
+    local none, _, info = h:perform("GET", fake.url .. "/t3", nil, nil, { ca_file = ca, timeout = 0.3 })
+    assert.is_nil(none)
+    assert.same({ curl_code = 28 }, info)
     -- max_body is set, then lifted.
     fake:script("/m1", { status = 200, body = "small" })
     fake:script("/m2", { status = 200, body = string.rep("y", 100) })
     fake:script("/m3", { status = 200, body = string.rep("z", 100) })
-    assert.equal(200, (h:perform("GET", fake.url .. "/m1", nil, nil, { ca_file = ca, max_body = 10 })))
-    status, _, body = h:perform("GET", fake.url .. "/m2", nil, nil, { ca_file = ca })
-    assert.equal(200, status)
-    assert.equal(string.rep("y", 100), body)
-    local _, _, _, reason = h:perform("GET", fake.url .. "/m3", nil, nil, { ca_file = ca, max_body = 10 })
-    assert.equal("max_body", reason)
+    assert.equal(200, h:perform("GET", fake.url .. "/m1", nil, nil, { ca_file = ca, max_body = 10 }).status)
+    res = h:perform("GET", fake.url .. "/m2", nil, nil, { ca_file = ca })
+    assert.equal(200, res.status)
+    assert.equal(string.rep("y", 100), res.body)
+    _, _, info = h:perform("GET", fake.url .. "/m3", nil, nil, { ca_file = ca, max_body = 10 })
+    assert.equal("max_body", info.kind)
     -- follow, then not.
     fake:script("/r1", { status = 302, headers = { Location = "/r2" } })
     fake:script("/r2", { status = 200, body = "landed" })
     fake:script("/r3", { status = 302, headers = { Location = "/r2" } })
-    status, _, body = h:perform("GET", fake.url .. "/r1", nil, nil, { ca_file = ca, follow = true })
-    assert.equal(200, status)
-    assert.equal("landed", body)
-    assert.equal(302, (h:perform("GET", fake.url .. "/r3", nil, nil, { ca_file = ca })))
+    res = h:perform("GET", fake.url .. "/r1", nil, nil, { ca_file = ca, follow = true })
+    assert.equal(200, res.status)
+    assert.equal("landed", res.body)
+    assert.equal(302, h:perform("GET", fake.url .. "/r3", nil, nil, { ca_file = ca }).status)
     assert.equal(1, #fake:requests("/r2"))
     h:close()
   end)
@@ -352,19 +351,18 @@ describe("gauth.core Http", function()
   it("reports an upload file that is missing or shorter than the window", function()
     local h = core.http_new()
     local path = helpers.tmpname("missing")
-    local status, msg, code, reason = h:perform("POST", fake.url .. "/up", nil, nil,
+    local res, msg, info = h:perform("POST", fake.url .. "/up", nil, nil,
       { ca_file = certs.ca_file, upload_file = path })
-    assert.is_nil(status)
+    assert.is_nil(res)
     assert.equal("gauth.core: http: upload_file: " .. path .. ": No such file or directory", msg)
-    assert.is_nil(code)
-    assert.equal("file", reason)
+    assert.same({ kind = "file" }, info)
     local short = helpers.write_file(helpers.tmpname("short"), "abc")
-    status, msg, code, reason = h:perform("POST", fake.url .. "/up", nil, nil,
+    res, msg, info = h:perform("POST", fake.url .. "/up", nil, nil,
       { ca_file = certs.ca_file, upload_file = short, upload_offset = 1, upload_length = 5 })
-    assert.is_nil(status)
-    assert.matches("past the end of the file", msg, 1, true)
-    assert.is_nil(code)
-    assert.equal("file", reason)
+    assert.is_nil(res)
+    assert.equal("gauth.core: http: upload_file: " .. short
+      .. ": upload_offset/upload_length past the end of the file", msg)
+    assert.same({ kind = "file" }, info)
     assert.same({}, fake:requests("/up"))
     h:close()
   end)
@@ -376,21 +374,21 @@ describe("gauth.core Http", function()
     fake:script("/dlr", { status = 302, headers = { Location = "/dl" }, body = "redirect page" })
     fake:script("/dl", { status = 206, body = "tail" })
     local h = core.http_new()
-    local status, _, body, _, written = h:perform("GET", fake.url .. "/dl", nil, nil,
+    local res = h:perform("GET", fake.url .. "/dl", nil, nil,
       { ca_file = certs.ca_file, download_file = path })
-    assert.equal(200, status)
-    assert.equal("", body)
-    assert.equal(#BINARY, written)
-    status, _, body, _, written = h:perform("GET", fake.url .. "/dl", nil, nil,
+    assert.equal(200, res.status)
+    assert.equal("", res.body)
+    assert.equal(#BINARY, res.written)
+    res = h:perform("GET", fake.url .. "/dl", nil, nil,
       { ca_file = certs.ca_file, download_file = path })
-    assert.equal(404, status)
-    assert.equal('{"error":"gone"}', body)
-    assert.equal(0, written)
-    status, _, body, _, written = h:perform("GET", fake.url .. "/dlr", nil, nil,
+    assert.equal(404, res.status)
+    assert.equal('{"error":"gone"}', res.body)
+    assert.equal(0, res.written)
+    res = h:perform("GET", fake.url .. "/dlr", nil, nil,
       { ca_file = certs.ca_file, download_file = path, follow = true })
-    assert.equal(206, status)
-    assert.equal("", body)
-    assert.equal(4, written)
+    assert.equal(206, res.status)
+    assert.equal("", res.body)
+    assert.equal(4, res.written)
     assert.equal("head:" .. BINARY .. "tail", helpers.read_file(path))
     h:close()
   end)
@@ -398,12 +396,11 @@ describe("gauth.core Http", function()
   it("reports a download_file that cannot be opened", function()
     local h = core.http_new()
     local path = helpers.tmpname("nodir") .. "/file"
-    local status, msg, code, reason = h:perform("GET", fake.url .. "/dl", nil, nil,
+    local res, msg, info = h:perform("GET", fake.url .. "/dl", nil, nil,
       { ca_file = certs.ca_file, download_file = path })
-    assert.is_nil(status)
+    assert.is_nil(res)
     assert.equal("gauth.core: http: download_file: " .. path .. ": No such file or directory", msg)
-    assert.is_nil(code)
-    assert.equal("file", reason)
+    assert.same({ kind = "file" }, info)
     h:close()
   end)
 end)
@@ -945,59 +942,6 @@ describe("gauth.transport.curl", function()
       assert.is_true(tr:close())
       assert.has_error(function() tr:request({ url = fake.url }) end,
         "gauth.transport.curl: the transport is closed")
-    end)
-  end)
-
-  describe("parse_headers", function()
-    it("parses a block", function()
-      local h, reason = curl.parse_headers(
-        "HTTP/2 200 \r\ncontent-type: a/b\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
-      assert.equal("", reason)
-      assert.same({ ["content-type"] = "a/b", ["x-a"] = "1, 2" }, h)
-      h, reason = curl.parse_headers("HTTP/1.1 404 Not Found\r\n\r\n")
-      assert.same({}, h)
-      assert.equal("Not Found", reason)
-    end)
-
-    -- The parser is C (it runs on every response); this is the Lua it
-    -- replaced, the rule it must keep.
-    local function reference(block)
-      local headers = {}
-      for name, value in block:gmatch("\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-        name = name:lower()
-        value = value:match("^(.-)[ \t]*$")
-        headers[name] = headers[name] and headers[name] .. ", " .. value or value
-      end
-      return headers, block:match("^HTTP/[%d.]+ %d+ ?([^\r\n]*)") or ""
-    end
-
-    it("agrees with the Lua rule on odd blocks", function()
-      local long = string.rep("N", 300)
-      local blocks = {
-        "", "HTTP/1.1", "HTTP/1.1 200", "HTTP/1.1 200 OK", "HTTP/x 200 OK\r\n",
-        "HTTP/1.1 2x\r\na: b\r\n", "junk\r\nA: 1\r\n",
-        "HTTP/1.0 301  Moved  \r\nLocation:   /x \t \r\nno colon line\r\n" ..
-          ": empty name\r\nX-Empty:\r\nX-Blank: \t \r\n\tfolded: v\r\n\r\n",
-        "HTTP/1.1 200 OK\nLF-Only: yes\nSet-Cookie: a=1\nset-cookie: b=2\n\n",
-        "HTTP/1.1 200 OK\r\nCR: in\rthe: middle\r\nNUL\0name: v\0x\r\n" ..
-          long .. ": long\r\n" .. long:lower() .. ": again\r\nÉ-Ä: latin\r\n",
-        "HTTP/1.1 200 OK\r\na:b:c\r\n\r\n\r\nb: after blank\r\n",
-      }
-      local alphabet = { "\r", "\n", ":", " ", "\t", "A", "b", "HTTP/1.1 2 ", "\r\n" }
-      math.randomseed(5)
-      for _ = 1, 300 do
-        local parts = {}
-        for i = 1, math.random(0, 40) do parts[i] = alphabet[math.random(#alphabet)] end
-        blocks[#blocks + 1] = table.concat(parts)
-      end
-      for _, b in ipairs(blocks) do
-        local h, r = curl.parse_headers(b)
-        local rh, rr = reference(b)
-        assert.same(rh, h, b)
-        assert.equal(rr, r, b)
-      end
-      assert.has_error(function() curl.parse_headers(nil) end,
-        "gauth.transport.curl: parse_headers: block must be a string")
     end)
   end)
 end)

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds each libFuzzer target against Lua 5.4 with ASan+UBSan and runs it
 # for FUZZ_SECONDS (default 20). Findings land in build/fuzz/<target>/.
+# FUZZ_TARGETS picks some ("headers jws"); default all.
 set -e
 cd "$(dirname "$0")/../.."
 secs=${FUZZ_SECONDS:-20}
@@ -11,8 +12,8 @@ mkdir -p "$out/keys"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null | openssl pkey -pubout -out "$out/keys/ES256.pem"
 }
 export GAUTH_FUZZ_KEYS="$(pwd)/$out/keys"
-SRC="csrc/core.c csrc/codec.c csrc/pkey.c csrc/http.c csrc/aead.c"
-for t in pem b64 verify jwk jws verify_jws aead; do
+SRC="csrc/core.c csrc/codec.c csrc/pkey.c csrc/aead.c csrc/http.c csrc/http_headers.c csrc/http_io.c csrc/http_setup.c"
+for t in ${FUZZ_TARGETS:-pem b64 verify jwk jws verify_jws aead headers}; do
   bin=$out/fuzz_$t
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -D_POSIX_C_SOURCE=200809L -I/usr/include/lua5.4 -Icsrc \
@@ -28,6 +29,8 @@ for t in pem b64 verify jwk jws verify_jws aead; do
       # signatures of the keys' sizes, so the fuzzer reaches the verification
       { printf '\000eyJhbGciOiJSUzI1NiJ9.e30.'; head -c 342 /dev/zero | tr '\000' A; } > "$out/$t/corpus/seed-rsa"
       { printf '\001eyJhbGciOiJFUzI1NiJ9.e30.'; head -c 86 /dev/zero | tr '\000' A; } > "$out/$t/corpus/seed-ec" ;;
+    headers) printf 'HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nX-A: 1\r\nx-a:  2 \t\r\n\r\n' > "$out/$t/corpus/seed"
+             printf 'HTTP/2 301 \nLocation: /x\nno colon\n: v\n\tfolded: v\n' > "$out/$t/corpus/seed2" ;;
     aead) printf '\001t|svc:0123456789abcdef0123456789abcdef\000nonce-nonce-ciphertext-tag-tag-tag' > "$out/$t/corpus/seed" ;;
   esac
   echo "== fuzz_$t for ${secs}s"

@@ -241,7 +241,7 @@ end
 -- line and let the value inject headers (or a body), NUL would cut it
 -- short; the other control characters are not valid either. The one rule
 -- for every header gauth writes (both transports, multipart and batch
--- parts; `csrc/http.c` applies the same one).
+-- parts; `csrc/http_headers.c` applies the same one).
 -- @tparam string v
 -- @treturn boolean
 function _M.header_value_ok(v)

@@ -121,24 +121,11 @@ function _M.new(opts)
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
     proxy = pcfg,
     -- Reused for every request: one table less to allocate per call.
-    -- (parse_headers: perform() gives the headers as a table; header_map:
-    -- it takes them as one.)
-    copts = { parse_headers = true, header_map = true, noproxy = "", proxy = "",
+    copts = { noproxy = "", proxy = "",
               ssl_cert = cert_pem and opts.client_cert or nil,
               ssl_key = cert_pem and opts.client_key or nil },
     client_cert = cert_pem and opts.client_cert or nil,
   }, mt)
-end
-
---- Parse a raw header block ("HTTP/1.1 200 OK\r\nName: value\r\n...") into
--- lower-case name = value; repeated names are joined with ", ". (In C:
--- `request` has libcurl's answer parsed there directly, into the table.)
--- @return headers, reason phrase
-function _M.parse_headers(block)
-  if type(block) ~= "string" then
-    error("gauth.transport.curl: parse_headers: block must be a string", 2)
-  end
-  return core.http_parse_headers(block)
 end
 
 --- Send one request.
@@ -157,7 +144,7 @@ end
 --   then has no `content-encoding`/`content-length` headers and
 --   `res.decoded` names the coding that was removed.
 -- @return res `{ status=, reason=, headers=, body=, new_connections=,
---   written= }` | nil, msg, err (`gauth.errors`, module "http", step
+--   written=, decoded= }` | nil, msg, err (`gauth.errors`, module "http", step
 --   "request", with `retryable`, `curl_code` and `kind`)
 function _M:request(req)
   local method, url, body, headers = check_request(req, MODULE)
@@ -187,55 +174,49 @@ function _M:request(req)
   end
   copts.proxy = proxy and proxy.url or ""
 
-  -- The header table goes to C as it is (copts.header_map): it is walked
-  -- there, checked, and compared with the lines of the last request, which
-  -- are kept while they stay the same (one walk, no string made per call).
-  local status, rheaders, rbody, conns, written, phrase, decoded =
-    h:perform(method, url, headers, body, copts)
-  if not status then
-    -- On failure perform() returns nil, message (for a header: its key),
-    -- curl code, reason tag.
-    local code, reason = rbody, conns
-    if reason == "header_value" then
-      -- A CR or LF would let a value (a token from a server, say) inject
-      -- headers.
-      return common.bad_header_value(rheaders)
-    elseif reason == "header_name" then
-      error("gauth.transport.curl: bad header name " .. tostring(rheaders), 2)
-    elseif reason == "header_type" then
-      error("gauth.transport.curl: bad value for header " .. tostring(rheaders), 2)
-    end
-    local msg = (rheaders:gsub("^gauth%.core: http: ", ""))
-    if (code == 56 or code == 35 or code == 55) and common.is_client_cert_alert(msg) then
-      -- With TLS 1.3 the server judges the client certificate after the
-      -- handshake: its alert arrives when the answer is read.
-      local _, err = common.tls_client_refused(url:match("^%a+://([^/?#]+)") or url, msg,
-                                               self.client_cert ~= nil)
-      err.curl_code = code
-      return errors.ret(err)
-    end
-    if code == 60 or code == 51 then
-      -- CURLE_PEER_FAILED_VERIFICATION: worded as the cosocket transport does.
-      local _, err = common.tls_untrusted(url:match("^%a+://([^/?#]+)") or url, msg)
-      err.curl_code = code
-      return errors.ret(err)
-    end
-    local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
-                     kind = reason or KINDS[code] or "other", proxy = proxy and proxy.shown }
-    if proxy and (code == 5 or (code == 56 and find(msg, "CONNECT", 1, true))) then
-      -- The proxy could not be found, or refused the tunnel (403, 407):
-      -- asking again will not change its mind.
-      fields.kind, fields.retryable = "proxy", code == 5
-      msg = msg .. " (proxy " .. proxy.shown .. ")"
-    elseif proxy and code == 7 then
-      msg = msg .. " (proxy " .. proxy.shown .. ")"
-    end
-    if reason == "max_body" then fields.too_large = true end
-    return errors.fail("http", "request", msg, fields)
+  -- The header table goes to C as it is: it is walked there, checked, and
+  -- compared with the lines of the last request, which are kept while they
+  -- stay the same (one walk, no string made per call). On success perform()
+  -- returns the response table this function documents, made in C.
+  local res, cmsg, info = h:perform(method, url, headers, body, copts)
+  if res then return res end
+  local code, kind = info.curl_code, info.kind
+  if kind == "header_value" then
+    -- A CR or LF would let a value (a token from a server, say) inject
+    -- headers.
+    return common.bad_header_value(info.header)
+  elseif kind == "header_name" then
+    error("gauth.transport.curl: bad header name " .. tostring(info.header), 2)
+  elseif kind == "header_type" then
+    error("gauth.transport.curl: bad value for header " .. tostring(info.header), 2)
   end
-
-  return { status = status, reason = phrase, headers = rheaders, body = rbody,
-           new_connections = conns, written = written, decoded = decoded }
+  local msg = (cmsg:gsub("^gauth%.core: http: ", ""))
+  if (code == 56 or code == 35 or code == 55) and common.is_client_cert_alert(msg) then
+    -- With TLS 1.3 the server judges the client certificate after the
+    -- handshake: its alert arrives when the answer is read.
+    local _, err = common.tls_client_refused(url:match("^%a+://([^/?#]+)") or url, msg,
+                                             self.client_cert ~= nil)
+    err.curl_code = code
+    return errors.ret(err)
+  end
+  if code == 60 or code == 51 then
+    -- CURLE_PEER_FAILED_VERIFICATION: worded as the cosocket transport does.
+    local _, err = common.tls_untrusted(url:match("^%a+://([^/?#]+)") or url, msg)
+    err.curl_code = code
+    return errors.ret(err)
+  end
+  local fields = { retryable = RETRYABLE[code] == true, curl_code = code,
+                   kind = kind or KINDS[code] or "other", proxy = proxy and proxy.shown }
+  if proxy and (code == 5 or (code == 56 and find(msg, "CONNECT", 1, true))) then
+    -- The proxy could not be found, or refused the tunnel (403, 407):
+    -- asking again will not change its mind.
+    fields.kind, fields.retryable = "proxy", code == 5
+    msg = msg .. " (proxy " .. proxy.shown .. ")"
+  elseif proxy and code == 7 then
+    msg = msg .. " (proxy " .. proxy.shown .. ")"
+  end
+  if kind == "max_body" then fields.too_large = true end
+  return errors.fail("http", "request", msg, fields)
 end
 
 --- Close the connection now (the garbage collector would do it later).
