@@ -39,16 +39,20 @@ static gauth_http *check_http(lua_State *L)
     return h;
 }
 
-/* Pushes opts[name] and returns its type; the value stays on the stack so
- * a string taken from it stays alive for the whole request. */
+/* Pushes opts[name] and returns its type, LUA_TNIL for nil and false
+ * alike (the transport keeps every key in its reused table: false is
+ * "absent"); the value stays on the stack so a string taken from it stays
+ * alive for the whole request. */
 static int opt_field(lua_State *L, int opts, const char *name)
 {
+    int t;
     if (opts == 0) {
         lua_pushnil(L);
         return LUA_TNIL;
     }
     lua_getfield(L, opts, name);
-    return lua_type(L, -1);
+    t = lua_type(L, -1);
+    return t == LUA_TBOOLEAN && !lua_toboolean(L, -1) ? LUA_TNIL : t;
 }
 
 static const char *opt_string(lua_State *L, int opts, const char *name)
@@ -247,6 +251,25 @@ static int push_header_failure(lua_State *L, gauth_http *h, int bad)
 /* ------------------------------------------------------------------ */
 /* the result                                                           */
 
+/* The result's keys, interned once as perform()'s upvalues: a table made
+ * with lua_setfield would hash each name again on every request. */
+static const char *const result_keys[] = {
+    "status", "reason", "headers", "body", "new_connections", "written",
+    "decoded", "content-encoding", "content-length", NULL
+};
+enum {
+    K_STATUS = 1, K_REASON, K_HEADERS, K_BODY, K_CONNS, K_WRITTEN,
+    K_DECODED, K_CENC, K_CLEN, K_COUNT = K_CLEN
+};
+
+/* t[key k] = the value on top of the stack (popped); t absolute. */
+static void set_key(lua_State *L, int t, int k)
+{
+    lua_pushvalue(L, lua_upvalueindex(k));
+    lua_insert(L, -2);
+    lua_rawset(L, t);
+}
+
 /* Pushes { status, reason, headers, body, new_connections, written,
  * decoded }: the transport's response as it is. The buffers belong to h,
  * so a memory error while pushing leaks nothing. */
@@ -254,35 +277,39 @@ static int push_result(lua_State *L, gauth_http *h, const http_req *rq,
                        long status, long nconn)
 {
     const char *head = h->head.p ? h->head.p : "";
+    int t, hd;
 
     luaL_checkstack(L, 8, "gauth.core: http: result");
     lua_createtable(L, 0, 8);
+    t = lua_gettop(L);
     lua_pushinteger(L, (lua_Integer)status);
-    lua_setfield(L, -2, "status");
+    set_key(L, t, K_STATUS);
     gauth_http_push_reason(L, head, h->head.len);
-    lua_setfield(L, -2, "reason");
+    set_key(L, t, K_REASON);
     gauth_http_push_headers(L, head, h->head.len);
+    hd = lua_gettop(L);
     if (rq->accept_enc != NULL) {
         /* libcurl decoded the body: what the headers said of the bytes on
          * the wire no longer holds. The coding removed is `decoded`. */
-        lua_getfield(L, -1, "content-encoding");
+        lua_pushvalue(L, lua_upvalueindex(K_CENC));
+        lua_rawget(L, hd);
         if (!lua_isnil(L, -1)) {
-            lua_setfield(L, -3, "decoded");
+            set_key(L, t, K_DECODED);
             lua_pushnil(L);
-            lua_setfield(L, -2, "content-encoding");
+            set_key(L, hd, K_CENC);
             lua_pushnil(L);
-            lua_setfield(L, -2, "content-length");
+            set_key(L, hd, K_CLEN);
         } else {
             lua_pop(L, 1);
         }
     }
-    lua_setfield(L, -2, "headers");
+    set_key(L, t, K_HEADERS);
     lua_pushlstring(L, h->body.p ? h->body.p : "", h->body.len);
-    lua_setfield(L, -2, "body");
+    set_key(L, t, K_BODY);
     lua_pushinteger(L, (lua_Integer)nconn);
-    lua_setfield(L, -2, "new_connections");
+    set_key(L, t, K_CONNS);
     lua_pushinteger(L, (lua_Integer)h->out_written);
-    lua_setfield(L, -2, "written");
+    set_key(L, t, K_WRITTEN);
     gauth_http_request_done(h);
     return 1;
 }
@@ -381,7 +408,8 @@ static int l_tostring(lua_State *L)
  *   accept-encoding becomes libcurl's (the body is then decoded),
  *   content-length is libcurl's
  * @tparam[opt] string body request body (binary safe)
- * @tparam[opt] table opts `timeout`, `connect_timeout` (seconds),
+ * @tparam[opt] table opts (nil and false mean absent) `timeout`,
+ *   `connect_timeout` (seconds),
  *   `max_body` (bytes), `ca_file`, `ssl_cert` + `ssl_key` (client
  *   certificate and key, PEM files, for mutual TLS), `noproxy` (hosts never
  *   proxied, replacing NO_PROXY), `proxy` (the proxy URL, "" for none:
@@ -490,7 +518,6 @@ void gauth_http_open(lua_State *L)
         {NULL, NULL}
     };
     static const luaL_Reg meths[] = {
-        {"perform", l_perform},
         {"close", l_close},
         {NULL, NULL}
     };
@@ -499,11 +526,20 @@ void gauth_http_open(lua_State *L)
         {"__tostring", l_tostring},
         {NULL, NULL}
     };
+    int i;
 
     /* luaopen runs once per Lua state; libcurl's global state once per
      * process. */
     if (global_init_rc < 0)
         global_init_rc = (int)curl_global_init(CURL_GLOBAL_DEFAULT);
     gauth_newclass(L, GAUTH_HTTP_MT, meths, meta);
+    /* perform() with its result keys as upvalues (see push_result). */
+    luaL_getmetatable(L, GAUTH_HTTP_MT);
+    lua_getfield(L, -1, "__index");
+    for (i = 0; result_keys[i] != NULL; i++)
+        lua_pushstring(L, result_keys[i]);
+    lua_pushcclosure(L, l_perform, K_COUNT);
+    lua_setfield(L, -2, "perform");
+    lua_pop(L, 2);
     gauth_setfuncs(L, funcs, 0);
 }

@@ -120,10 +120,17 @@ function _M.new(opts)
     connect_timeout = opts.connect_timeout or _M.DEFAULT_CONNECT_TIMEOUT,
     max_body = opts.max_body or _M.DEFAULT_MAX_BODY,
     proxy = pcfg,
-    -- Reused for every request: one table less to allocate per call.
-    copts = { noproxy = "", proxy = "",
-              ssl_cert = cert_pem and opts.client_cert or nil,
-              ssl_key = cert_pem and opts.client_key or nil },
+    -- Reused for every request: one table less to allocate per call. Every
+    -- key is there from the start and never set to nil (false is "absent"
+    -- to perform()): a key set to nil may be dropped when the table grows,
+    -- and one added back on each request makes LuaJIT's compiled code
+    -- leave its trace at that store, call after call.
+    copts = { timeout = false, connect_timeout = false, max_body = false,
+              ca_file = false, follow = false, noproxy = "", proxy = "",
+              upload_file = false, upload_offset = false, upload_length = false,
+              download_file = false,
+              ssl_cert = cert_pem and opts.client_cert or false,
+              ssl_key = cert_pem and opts.client_key or false },
     client_cert = cert_pem and opts.client_cert or nil,
   }, mt)
 end
@@ -157,12 +164,12 @@ function _M:request(req)
   copts.timeout = req.timeout or self.timeout
   copts.connect_timeout = req.connect_timeout or self.connect_timeout
   copts.max_body = req.max_body or self.max_body
-  copts.ca_file = self.ca_file
+  copts.ca_file = self.ca_file or false
   copts.follow = req.follow_redirects and true or false
-  copts.upload_file = req.upload_file
-  copts.upload_offset = req.upload_offset
-  copts.upload_length = req.upload_length
-  copts.download_file = req.download_file
+  copts.upload_file = req.upload_file or false
+  copts.upload_offset = req.upload_offset or false
+  copts.upload_length = req.upload_length or false
+  copts.download_file = req.download_file or false
   local proxy
   local scheme, authority = match(url, "^(%a[%w+.-]*)://([^/?#]*)")
   if scheme then
