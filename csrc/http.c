@@ -28,6 +28,25 @@ static const char *const methods[] = {
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", NULL
 };
 
+/* perform()'s upvalues: the names of the result's fields and of the
+ * options, made Lua strings once. A table read or filled through
+ * lua_getfield/lua_setfield hashes and interns each name again on every
+ * request; these are pushed and used as they are. */
+static const char *const upnames[] = {
+    "status", "reason", "headers", "body", "new_connections", "written",
+    "decoded", "content-encoding", "content-length",
+    "timeout", "connect_timeout", "max_body", "ca_file", "ssl_cert",
+    "ssl_key", "noproxy", "proxy", "upload_file", "upload_offset",
+    "upload_length", "download_file", "follow", NULL
+};
+enum {
+    K_STATUS = 1, K_REASON, K_HEADERS, K_BODY, K_CONNS, K_WRITTEN,
+    K_DECODED, K_CENC, K_CLEN,
+    O_TIMEOUT, O_CONNECT, O_MAX_BODY, O_CA_FILE, O_SSL_CERT, O_SSL_KEY,
+    O_NOPROXY, O_PROXY, O_UP_FILE, O_UP_OFF, O_UP_LEN, O_DOWN_FILE,
+    O_FOLLOW, UP_COUNT = O_FOLLOW
+};
+
 /* ------------------------------------------------------------------ */
 /* argument reading (may raise; allocates nothing)                      */
 
@@ -39,50 +58,51 @@ static gauth_http *check_http(lua_State *L)
     return h;
 }
 
-/* Pushes opts[name] and returns its type, LUA_TNIL for nil and false
- * alike (the transport keeps every key in its reused table: false is
- * "absent"); the value stays on the stack so a string taken from it stays
- * alive for the whole request. */
-static int opt_field(lua_State *L, int opts, const char *name)
+/* Pushes opts[name] (upvalue k; read raw) and returns its type, LUA_TNIL
+ * for nil and false alike (the transport keeps every key in its reused
+ * table: false is "absent"); the value stays on the stack so a string
+ * taken from it stays alive for the whole request. */
+static int opt_field(lua_State *L, int opts, int k)
 {
     int t;
     if (opts == 0) {
         lua_pushnil(L);
         return LUA_TNIL;
     }
-    lua_getfield(L, opts, name);
+    lua_pushvalue(L, lua_upvalueindex(k));
+    lua_rawget(L, opts);
     t = lua_type(L, -1);
     return t == LUA_TBOOLEAN && !lua_toboolean(L, -1) ? LUA_TNIL : t;
 }
 
-static const char *opt_string(lua_State *L, int opts, const char *name)
+static const char *opt_string(lua_State *L, int opts, int k)
 {
-    int t = opt_field(L, opts, name);
+    int t = opt_field(L, opts, k);
     const char *s;
     size_t len;
     if (t == LUA_TNIL)
         return NULL;
     if (t != LUA_TSTRING)
-        luaL_error(L, "gauth.core: http: opts.%s must be a string", name);
+        luaL_error(L, "gauth.core: http: opts.%s must be a string", upnames[k - 1]);
     s = lua_tolstring(L, -1, &len);
     if (strlen(s) != len)
-        luaL_error(L, "gauth.core: http: opts.%s contains a NUL byte", name);
+        luaL_error(L, "gauth.core: http: opts.%s contains a NUL byte", upnames[k - 1]);
     return s;
 }
 
 /* A non-negative number of seconds as milliseconds; 0 when absent. */
-static long opt_ms(lua_State *L, int opts, const char *name)
+static long opt_ms(lua_State *L, int opts, int k)
 {
     lua_Number s;
     long ms;
-    int t = opt_field(L, opts, name);
+    int t = opt_field(L, opts, k);
     if (t == LUA_TNIL)
         return 0;
     if (t != LUA_TNUMBER)
-        luaL_error(L, "gauth.core: http: opts.%s must be a number", name);
+        luaL_error(L, "gauth.core: http: opts.%s must be a number", upnames[k - 1]);
     s = lua_tonumber(L, -1);
     if (!(s >= 0) || s > 1e9)
-        luaL_error(L, "gauth.core: http: opts.%s must be between 0 and 1e9 seconds", name);
+        luaL_error(L, "gauth.core: http: opts.%s must be between 0 and 1e9 seconds", upnames[k - 1]);
     ms = (long)(s * 1000.0 + 0.5);
     /* libcurl reads 0 as "no limit"; a caller with no time left means the
      * opposite, so the smallest limit stands in for it. */
@@ -92,17 +112,17 @@ static long opt_ms(lua_State *L, int opts, const char *name)
 }
 
 /* A non-negative integer (bytes, offsets); -1 when absent. */
-static double opt_size(lua_State *L, int opts, const char *name)
+static double opt_size(lua_State *L, int opts, int k)
 {
     lua_Number v;
-    int t = opt_field(L, opts, name);
+    int t = opt_field(L, opts, k);
     if (t == LUA_TNIL)
         return -1;
     if (t != LUA_TNUMBER)
-        luaL_error(L, "gauth.core: http: opts.%s must be a number", name);
+        luaL_error(L, "gauth.core: http: opts.%s must be a number", upnames[k - 1]);
     v = lua_tonumber(L, -1);
     if (!(v >= 0) || v > MAX_EXACT || v != (lua_Number)(long long)v)
-        luaL_error(L, "gauth.core: http: opts.%s must be a non-negative integer", name);
+        luaL_error(L, "gauth.core: http: opts.%s must be a non-negative integer", upnames[k - 1]);
     return (double)v;
 }
 
@@ -111,19 +131,19 @@ static double opt_size(lua_State *L, int opts, const char *name)
 static void read_opts(lua_State *L, int opts, http_req *rq)
 {
     luaL_checkstack(L, 16, "gauth.core: http: options");
-    rq->timeout_ms = opt_ms(L, opts, "timeout");
-    rq->connect_ms = opt_ms(L, opts, "connect_timeout");
-    rq->max_body = opt_size(L, opts, "max_body");
-    rq->ca_file = opt_string(L, opts, "ca_file");
-    rq->ssl_cert = opt_string(L, opts, "ssl_cert");
-    rq->ssl_key = opt_string(L, opts, "ssl_key");
-    rq->noproxy = opt_string(L, opts, "noproxy");
-    rq->proxy = opt_string(L, opts, "proxy");
-    rq->up_path = opt_string(L, opts, "upload_file");
-    rq->up_off = opt_size(L, opts, "upload_offset");
-    rq->up_len = opt_size(L, opts, "upload_length");
-    rq->down_path = opt_string(L, opts, "download_file");
-    rq->follow = opt_field(L, opts, "follow") != LUA_TNIL && lua_toboolean(L, -1);
+    rq->timeout_ms = opt_ms(L, opts, O_TIMEOUT);
+    rq->connect_ms = opt_ms(L, opts, O_CONNECT);
+    rq->max_body = opt_size(L, opts, O_MAX_BODY);
+    rq->ca_file = opt_string(L, opts, O_CA_FILE);
+    rq->ssl_cert = opt_string(L, opts, O_SSL_CERT);
+    rq->ssl_key = opt_string(L, opts, O_SSL_KEY);
+    rq->noproxy = opt_string(L, opts, O_NOPROXY);
+    rq->proxy = opt_string(L, opts, O_PROXY);
+    rq->up_path = opt_string(L, opts, O_UP_FILE);
+    rq->up_off = opt_size(L, opts, O_UP_OFF);
+    rq->up_len = opt_size(L, opts, O_UP_LEN);
+    rq->down_path = opt_string(L, opts, O_DOWN_FILE);
+    rq->follow = opt_field(L, opts, O_FOLLOW) != LUA_TNIL && lua_toboolean(L, -1);
 
     if ((rq->ssl_cert == NULL) != (rq->ssl_key == NULL))
         luaL_error(L, "gauth.core: http: opts.ssl_cert and opts.ssl_key go together");
@@ -251,24 +271,8 @@ static int push_header_failure(lua_State *L, gauth_http *h, int bad)
 /* ------------------------------------------------------------------ */
 /* the result                                                           */
 
-/* The result's keys, interned once as perform()'s upvalues: a table made
- * with lua_setfield would hash each name again on every request. */
-static const char *const result_keys[] = {
-    "status", "reason", "headers", "body", "new_connections", "written",
-    "decoded", "content-encoding", "content-length", NULL
-};
-enum {
-    K_STATUS = 1, K_REASON, K_HEADERS, K_BODY, K_CONNS, K_WRITTEN,
-    K_DECODED, K_CENC, K_CLEN, K_COUNT = K_CLEN
-};
-
-/* t[key k] = the value on top of the stack (popped); t absolute. */
-static void set_key(lua_State *L, int t, int k)
-{
-    lua_pushvalue(L, lua_upvalueindex(k));
-    lua_insert(L, -2);
-    lua_rawset(L, t);
-}
+/* Pushes the name of field k (an upvalue), for lua_rawset. */
+#define push_key(L, k) lua_pushvalue((L), lua_upvalueindex(k))
 
 /* Pushes { status, reason, headers, body, new_connections, written,
  * decoded }: the transport's response as it is. The buffers belong to h,
@@ -282,34 +286,43 @@ static int push_result(lua_State *L, gauth_http *h, const http_req *rq,
     luaL_checkstack(L, 8, "gauth.core: http: result");
     lua_createtable(L, 0, 8);
     t = lua_gettop(L);
+    push_key(L, K_STATUS);
     lua_pushinteger(L, (lua_Integer)status);
-    set_key(L, t, K_STATUS);
+    lua_rawset(L, t);
+    push_key(L, K_REASON);
     gauth_http_push_reason(L, head, h->head.len);
-    set_key(L, t, K_REASON);
+    lua_rawset(L, t);
+    push_key(L, K_HEADERS);
     gauth_http_push_headers(L, head, h->head.len);
     hd = lua_gettop(L);
     if (rq->accept_enc != NULL) {
         /* libcurl decoded the body: what the headers said of the bytes on
          * the wire no longer holds. The coding removed is `decoded`. */
-        lua_pushvalue(L, lua_upvalueindex(K_CENC));
+        push_key(L, K_DECODED);
+        push_key(L, K_CENC);
         lua_rawget(L, hd);
         if (!lua_isnil(L, -1)) {
-            set_key(L, t, K_DECODED);
+            lua_rawset(L, t);
+            push_key(L, K_CENC);
             lua_pushnil(L);
-            set_key(L, hd, K_CENC);
+            lua_rawset(L, hd);
+            push_key(L, K_CLEN);
             lua_pushnil(L);
-            set_key(L, hd, K_CLEN);
+            lua_rawset(L, hd);
         } else {
-            lua_pop(L, 1);
+            lua_pop(L, 2);
         }
     }
-    set_key(L, t, K_HEADERS);
+    lua_rawset(L, t);
+    push_key(L, K_BODY);
     lua_pushlstring(L, h->body.p ? h->body.p : "", h->body.len);
-    set_key(L, t, K_BODY);
+    lua_rawset(L, t);
+    push_key(L, K_CONNS);
     lua_pushinteger(L, (lua_Integer)nconn);
-    set_key(L, t, K_CONNS);
+    lua_rawset(L, t);
+    push_key(L, K_WRITTEN);
     lua_pushinteger(L, (lua_Integer)h->out_written);
-    set_key(L, t, K_WRITTEN);
+    lua_rawset(L, t);
     gauth_http_request_done(h);
     return 1;
 }
@@ -533,12 +546,12 @@ void gauth_http_open(lua_State *L)
     if (global_init_rc < 0)
         global_init_rc = (int)curl_global_init(CURL_GLOBAL_DEFAULT);
     gauth_newclass(L, GAUTH_HTTP_MT, meths, meta);
-    /* perform() with its result keys as upvalues (see push_result). */
+    /* perform() with its field names as upvalues (see upnames). */
     luaL_getmetatable(L, GAUTH_HTTP_MT);
     lua_getfield(L, -1, "__index");
-    for (i = 0; result_keys[i] != NULL; i++)
-        lua_pushstring(L, result_keys[i]);
-    lua_pushcclosure(L, l_perform, K_COUNT);
+    for (i = 0; upnames[i] != NULL; i++)
+        lua_pushstring(L, upnames[i]);
+    lua_pushcclosure(L, l_perform, UP_COUNT);
     lua_setfield(L, -2, "perform");
     lua_pop(L, 2);
     gauth_setfuncs(L, funcs, 0);
