@@ -104,6 +104,7 @@ local function typed_opts(t, opts)
   local o = { quota_project = opts.quota_project, http = opts.http,
               ca_file = opts.ca_file, timeout = opts.timeout, retry = opts.retry,
               proxy = opts.proxy, no_proxy = opts.no_proxy,
+              client_cert = opts.client_cert, client_key = opts.client_key,
               cache = opts.cache, now = opts.now }
   if t == "service_account" then
     o.scopes = opts.scopes

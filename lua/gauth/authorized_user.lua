@@ -95,7 +95,8 @@ local function build(parts, source, opts)
   token_uri = token_uri or parts.token_uri or _M.DEFAULT_TOKEN_URI
   local ok, err = errors.pair(_M.check_token_uri(token_uri))
   if not ok then return errors.ret(err) end
-  credentials.check_opts(opts, "authorized_user", 4, "http", "ca_file", "timeout", "client_cert", "client_key")
+  local shared = credentials.transport_opts(opts, "authorized_user", 4, {
+    client_secret = parts.client_secret, refresh_token = parts.refresh_token })
   local policy = retry.policy(_M.RETRY, opts.retry)
   if not policy then arg_error("retry must be a table or false") end
   local init_opts = { cache = opts.cache, now = opts.now, shared_dict = opts.shared_dict,
@@ -112,9 +113,7 @@ local function build(parts, source, opts)
     _timeout = opts.timeout,
     -- Shared by every copy: the secrets (the refresh token may rotate)
     -- and the transport.
-    _shared = { client_cert = opts.client_cert, client_key = opts.client_key,
-                client_secret = parts.client_secret, refresh_token = parts.refresh_token,
-                http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+    _shared = shared,
   }, mt)
   credentials.init(self, init_opts)
   return self

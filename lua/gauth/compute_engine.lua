@@ -65,8 +65,11 @@ function _M._new(opts, kind, mode)
   if type(sa) ~= "string" or not find(sa, "^[%w@._+-]+$") then
     arg_error(kind, "service_account must be \"default\" or a service account email")
   end
-  -- No ca_file: the metadata server speaks plain HTTP.
-  credentials.check_opts(opts, kind, 4, "http", "timeout")
+  -- The metadata server speaks plain HTTP, always direct: ca_file, the
+  -- client certificate and the proxy serve the IAM Credentials requests
+  -- (signing; ID tokens and tokens in another universe).
+  local shared = credentials.transport_opts(opts, kind, 4, {
+    email = find(sa, "@", 1, true) and sa or nil })
   local target, format, licenses
   if mode == "id_token" then
     if opts.scopes ~= nil then arg_error(kind, "ID token credentials take no scopes") end
@@ -116,7 +119,7 @@ function _M._new(opts, kind, mode)
     _env = env,
     -- Shared by every copy: what the server told about the account, and
     -- the IAM Credentials client that signs for it.
-    _shared = { email = find(sa, "@", 1, true) and sa or nil },
+    _shared = shared,
   }, mt)
   if kind ~= "compute_engine" then self.kind = kind end
   credentials.init(self, opts)
@@ -302,7 +305,8 @@ end
 -- The IAM client of the account, made once for all copies: asked with
 -- access tokens of the same account (an ID token cannot call IAM).
 local function iam_client(self)
-  local c = self._shared.iam
+  local shared = self._shared
+  local c = shared.iam
   if c then return c end
   local source = self
   if self.mode ~= "access" then
@@ -317,10 +321,12 @@ local function iam_client(self)
       if type(self.get_universe_domain) == "function" then return self:get_universe_domain() end
       return "googleapis.com"
     end,
-    endpoint = self._iam_endpoint, env = self._env, http = self._http,
+    endpoint = self._iam_endpoint, env = self._env,
+    http = self._http, ca_file = shared.ca_file, client_cert = shared.client_cert,
+    client_key = shared.client_key, proxy = shared.proxy, no_proxy = shared.no_proxy,
     timeout = self._timeout, retry = self._retry_opt, now = self._clock,
   })
-  self._shared.iam = c
+  shared.iam = c
   return c
 end
 

@@ -192,8 +192,9 @@ function _M.init(self, opts)
     error("gauth.credentials: no_proxy must be a string", 3)
   end
   local shared = rawget(self, "_shared")
-  if type(shared) == "table" and (proxy ~= nil or no_proxy ~= nil) then
-    shared.proxy, shared.no_proxy = proxy, no_proxy
+  if type(shared) == "table" then
+    if proxy ~= nil then shared.proxy = proxy end
+    if no_proxy ~= nil then shared.no_proxy = no_proxy end
   end
   self.quota_project = qp
   self._cache = cache or token_cache.default()
@@ -540,7 +541,54 @@ local OPTION_RULES = {
   -- As written, NaN passes (as it always has).
   timeout = { "timeout must be a positive number",
               function(v) return not (type(v) ~= "number" or v <= 0) end },
+  proxy = { "proxy must be a string (a proxy URL) or false",
+            function(v) return v == false or type(v) == "string" end },
+  no_proxy = { "no_proxy must be a string",
+               function(v) return type(v) == "string" end },
 }
+
+--- The transport options: every credentials type takes all of them and
+-- every request it makes (token, IAM, STS, its source's) is sent with
+-- them, so that a proxy, a client certificate or a CA bundle given once
+-- applies to the whole chain.
+_M.TRANSPORT_OPTS = { "http", "ca_file", "timeout", "client_cert", "client_key", "proxy", "no_proxy" }
+local TRANSPORT_OPTS = _M.TRANSPORT_OPTS
+
+--- Check the transport options in `opts` (raising "gauth.<module>: ..."
+-- at `level`, counted from this function) and copy those set into `into`
+-- (the `_shared` table that `gauth.oauth.transport` reads).
+-- @tparam table opts
+-- @tparam string module
+-- @tparam number level
+-- @tparam[opt] table into (default: a new table)
+-- @return into
+function _M.transport_opts(opts, module, level, into)
+  into = into or {}
+  for i = 1, #TRANSPORT_OPTS do
+    local name = TRANSPORT_OPTS[i]
+    local v = opts[name]
+    if v ~= nil then
+      local rule = OPTION_RULES[name]
+      if not rule[2](v) then error("gauth." .. module .. ": " .. rule[1], level) end
+      into[name] = v
+    end
+  end
+  return into
+end
+
+--- The transport options of credentials (from their `_shared` table), to
+-- pass on to what they make (their source, an IAM client).
+-- @tparam table shared
+-- @tparam[opt] table into
+-- @return into
+function _M.shared_transport(shared, into)
+  into = into or {}
+  for i = 1, #TRANSPORT_OPTS do
+    local name = TRANSPORT_OPTS[i]
+    if shared[name] ~= nil then into[name] = shared[name] end
+  end
+  return into
+end
 
 --- Check the request options a credentials module takes: any of `http`
 -- (a transport), `ca_file` (a string), `timeout` (a positive number), in

@@ -170,7 +170,7 @@ function _M.new(source, opts)
   end
   local url = opts.token_url or sts.token_url(ud)
   if type(url) ~= "string" then return bad("token_url must be a string", nil, "token_url") end
-  credentials.check_opts(opts, "downscoped", 3, "http", "ca_file", "timeout")
+  local shared = credentials.transport_opts(opts, "downscoped", 3)
   local self = setmetatable({
     source = source,
     universe_domain = ud or "googleapis.com",
@@ -178,7 +178,7 @@ function _M.new(source, opts)
     access_boundary = cab,
     _retry = opts.retry,
     _timeout = opts.timeout,
-    _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+    _shared = shared,
   }, mt)
   credentials.init(self, opts)
   return self

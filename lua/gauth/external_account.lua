@@ -477,7 +477,8 @@ local function build(c, source, opts)
     error("gauth.external_account: opts must be a table", 3)
   end
   opts = opts or {}
-  credentials.check_opts(opts, MODULE, 4, "http", "ca_file", "timeout", "client_cert", "client_key")
+  local shared = credentials.transport_opts(opts, MODULE, 4, {
+    client_secret = c.client_secret, env = util.seam(opts, "env") })
   local crm = opts.cloud_resource_manager_url
   if crm ~= nil and (type(crm) ~= "string" or crm == "") then
     error("gauth.external_account: cloud_resource_manager_url must be a non-empty string", 3)
@@ -505,9 +506,7 @@ local function build(c, source, opts)
     _retry = policy,
     _timeout = opts.timeout,
     _crm_url = crm,
-    _shared = { client_cert = opts.client_cert, client_key = opts.client_key,
-                client_secret = c.client_secret, http = opts.http, ca_file = opts.ca_file,
-                timeout = opts.timeout, env = util.seam(opts, "env") },
+    _shared = shared,
   }, mt)
   -- The project number of a workload pool's audience
   -- (//iam.googleapis.com/projects/<number>/locations/...).
@@ -528,6 +527,7 @@ local function build(c, source, opts)
       env = util.seam(opts, "env"), http = opts.http, ca_file = opts.ca_file,
       timeout = opts.timeout,
       proxy = opts.proxy, no_proxy = opts.no_proxy,
+      client_cert = opts.client_cert, client_key = opts.client_key,
       retry = opts.retry, cache = opts.cache, now = opts.now,
     }))
     if not imp then return errors.ret(errors.of(err)) end

@@ -83,7 +83,8 @@ local function build(c, source, opts)
     error("gauth." .. MODULE .. ": opts must be a table", 3)
   end
   opts = opts or {}
-  credentials.check_opts(opts, MODULE, 4, "http", "ca_file", "timeout")
+  local shared = credentials.transport_opts(opts, MODULE, 4, {
+    client_secret = c.client_secret, refresh_token = c.refresh_token })
   local policy = retry.policy(_M.RETRY, opts.retry)
   if not policy then error("gauth." .. MODULE .. ": retry must be a table or false", 3) end
   local self = setmetatable({
@@ -92,8 +93,7 @@ local function build(c, source, opts)
     universe_domain = c.universe_domain, file = source,
     _account = core.b64url_encode(core.sha256(c.client_id .. "\0" .. c.refresh_token)),
     _retry = policy, _timeout = opts.timeout,
-    _shared = { client_secret = c.client_secret, refresh_token = c.refresh_token,
-                http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+    _shared = shared,
   }, mt)
   credentials.init(self, { cache = opts.cache, now = opts.now, shared_dict = opts.shared_dict,
                            quota_project = opts.quota_project or c.quota_project_id })

@@ -129,6 +129,7 @@ function _M.new(opts)
   local policy = retry.policy(_M.RETRY, opts.retry)
   if not policy then error("gauth.iam: opts.retry must be a table or false", 2) end
   local endpoint = opts.endpoint or require("gauth.metadata").getenv_for(opts)(_M.ENDPOINT_VAR)
+  local shared = require("gauth.credentials").transport_opts(opts, "iam", 3)
   return setmetatable({
     source = source,
     _email = email,
@@ -139,8 +140,7 @@ function _M.new(opts)
     _retry = policy,
     _clock = opts.now or require("gauth.util").now,
     _timeout = opts.timeout,
-    _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
-                proxy = opts.proxy, no_proxy = opts.no_proxy },
+    _shared = shared,
   }, mt)
 end
 

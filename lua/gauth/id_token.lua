@@ -937,7 +937,8 @@ end
 -- @param source credentials, or nil for Application Default Credentials
 -- @tparam table opts `audience` (required), `include_email` (boolean;
 --   for generateIdToken), `cache`, `now` (epoch seconds, or a function
---   returning them), and for ADC `env`
+--   returning them), and for ADC `env` and the transport options (`http`,
+--   `ca_file`, `timeout`, `client_cert`, `client_key`, `proxy`, `no_proxy`)
 -- @return credentials | nil, msg, err (module "id_token", step
 --   "credentials": a source that cannot give ID tokens; ADC's failure as
 --   `cause`)
@@ -952,7 +953,11 @@ function _M.credentials(source, opts)
     error("gauth.id_token: credentials: source must be credentials or nil (ADC)", 2)
   end
   if source == nil then
-    local c, m, x = require("gauth.adc").default({ env = util.seam(opts, "env") })
+    -- ADC's credentials make their requests with the transport options
+    -- given here (a proxy, a CA bundle, a client certificate).
+    local credentials = require "gauth.credentials"
+    local aopts = credentials.transport_opts(opts, "id_token", 3, { env = util.seam(opts, "env") })
+    local c, m, x = require("gauth.adc").default(aopts)
     if not c then
       local cause = errors.of(m, x)
       return id_fail("no Application Default Credentials: " .. tostring(cause.message),
@@ -986,7 +991,8 @@ end
 --- One ID token for `audience` (Python's `fetch_id_token`): from
 -- `opts.source` (credentials), else Application Default Credentials.
 -- @tparam string audience
--- @tparam[opt] table opts `source`, `include_email`, `cache`, `now`, `env`
+-- @tparam[opt] table opts `source`, `include_email`, `cache`, `now`, `env`,
+--   and the transport options of ADC's credentials (as for `credentials`)
 -- @return the ID token, expires_at | nil, msg, err
 function _M.fetch(audience, opts)
   if type(audience) ~= "string" or audience == "" then
@@ -994,9 +1000,11 @@ function _M.fetch(audience, opts)
   end
   if opts ~= nil and type(opts) ~= "table" then error("gauth.id_token: fetch: opts must be a table", 2) end
   opts = opts or NO_OPTS
-  local c, m, x = _M.credentials(opts.source, { audience = audience,
-    include_email = opts.include_email, cache = opts.cache, now = opts.now,
-    testing = { env = util.seam(opts, "env") } })
+  local copts = { audience = audience, include_email = opts.include_email, cache = opts.cache,
+                  now = opts.now,
+                  testing = { env = util.seam(opts, "env") } }
+  local c, m, x = _M.credentials(opts.source,
+    require("gauth.credentials").transport_opts(opts, "id_token", 3, copts))
   if not c then return nil, m, x end
   return c:token()
 end

@@ -152,7 +152,7 @@ function _M.new(opts)
     error("gauth.impersonated: lifetime must be a whole number of seconds in 1.."
           .. _M.MAX_LIFETIME, 2)
   end
-  credentials.check_opts(opts, "impersonated", 3, "http", "ca_file", "timeout")
+  local shared = credentials.transport_opts(opts, "impersonated", 3)
   for _, k in ipairs({ "iam_endpoint", "impersonation_url" }) do
     if opts[k] ~= nil and (type(opts[k]) ~= "string" or opts[k] == "") then
       error("gauth.impersonated: " .. k .. " must be a non-empty string", 2)
@@ -178,7 +178,7 @@ function _M.new(opts)
     _retry = metadata.retry_policy(opts.retry, _M.RETRY),
     _retry_opt = opts.retry,
     _timeout = opts.timeout,
-    _shared = { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout },
+    _shared = shared,
   }, mt)
   credentials.init(self, opts)
   return self
@@ -197,8 +197,8 @@ end
 -- The options the source is made with: the transport and test hooks, not
 -- the target's scopes or quota project.
 local function source_opts(opts, scopes)
-  return { http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
-           retry = opts.retry, cache = opts.cache, now = opts.now, scopes = scopes }
+  return credentials.shared_transport(opts, { retry = opts.retry, cache = opts.cache,
+                                              now = opts.now, scopes = scopes })
 end
 
 local function from_parsed(info, source, opts)
@@ -266,6 +266,8 @@ local function from_parsed(info, source, opts)
     iam_endpoint = opts.iam_endpoint, env = util.seam(opts, "env"),
     quota_project = opts.quota_project or qp,
     http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
+    client_cert = opts.client_cert, client_key = opts.client_key,
+    proxy = opts.proxy, no_proxy = opts.no_proxy,
     retry = opts.retry, cache = opts.cache, now = opts.now,
   })
 end
@@ -419,7 +421,9 @@ local function iam_client(self)
     -- The host that gives the target's tokens signs for it too.
     endpoint = match(self.url, "^(.-)/v1/projects/"),
     http = self._shared.http, ca_file = self._shared.ca_file,
-    timeout = self._shared.timeout, retry = self._retry_opt, now = self._clock,
+    timeout = self._shared.timeout, proxy = self._shared.proxy, no_proxy = self._shared.no_proxy,
+    client_cert = self._shared.client_cert, client_key = self._shared.client_key,
+    retry = self._retry_opt, now = self._clock,
   })
   self._shared.iam = c
   return c

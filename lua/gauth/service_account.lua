@@ -251,7 +251,10 @@ local function build(parts, source, opts, mode)
     arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
   end
   local claims = copy_claims(opts.claims)
-  credentials.check_opts(opts, "service_account", 4, "http", "ca_file", "timeout", "client_cert", "client_key")
+  -- The transport options, shared by every copy made with the with_*
+  -- modifiers (with the transport and its kept-alive connection) and the
+  -- clock offset learnt from the endpoint.
+  local shared = credentials.transport_opts(opts, "service_account", 4, { skew = 0 })
   local policy = retry.policy(_M.RETRY, opts.retry)
   if not policy then arg_error("retry must be a table or false") end
 
@@ -276,12 +279,7 @@ local function build(parts, source, opts, mode)
                   kid = parts.private_key_id },
     _retry = policy,
     _timeout = opts.timeout,
-    -- Shared by every copy made with the with_* modifiers: the transport
-    -- (and its kept-alive connection) and the clock offset learnt from the
-    -- endpoint.
-    _shared = { client_cert = opts.client_cert, client_key = opts.client_key,
-                http = opts.http, ca_file = opts.ca_file,
-                timeout = opts.timeout, skew = 0 },
+    _shared = shared,
   }, mt)
   credentials.init(self, opts)
   return self
