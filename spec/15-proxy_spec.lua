@@ -229,5 +229,34 @@ describe("proxies (libcurl)", function()
       assert.matches("^gauth%.http: proxy: https_proxy: unsupported scheme socks5", first)
       assert.is_nil(out:find("topsecret", 1, true))
     end)
+
+    it("Compute Engine's metadata reads go direct with http_proxy and https_proxy set", function()
+      local from = #proxy.connects()
+      local meta = helpers.start_fake({ tls = false })
+      local code = ([[
+        package.path = %q; package.cpath = %q
+        local ce = require "gauth.compute_engine"
+        local c = assert(ce.credentials({ retry = false }))
+        local tok, _, err = c:token()
+        local ud, umsg = c:get_universe_domain()
+        io.write(tostring(tok), "\n", tostring(err), "\n", tostring(ud), "\n", tostring(umsg))
+      ]]):format(package.path, package.cpath)
+      local env = "env -u no_proxy -u NO_PROXY -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy"
+        .. " -u GOOGLE_APPLICATION_CREDENTIALS"
+      local ok, out = helpers.sh(env .. " https_proxy=" .. q(proxy.url) .. " http_proxy=" .. q(proxy.url)
+        .. " GCE_METADATA_HOST=" .. q("127.0.0.1:" .. meta.port) .. " "
+        .. q(lua_interpreter()) .. " -e " .. q(code))
+      local token_reads = #meta:requests("/computeMetadata/v1/instance/service-accounts/default/token")
+      local universe_reads = #meta:requests("/computeMetadata/v1/universe/universe-domain")
+      meta:stop()
+      assert.is_true(ok, out)
+      local lines = {}
+      for l in (out .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+      assert.matches("^fake%-token%-", lines[1])
+      assert.same({ "nil", "googleapis.com", "nil" }, { lines[2], lines[3], lines[4] })
+      assert.equal(1, token_reads)
+      assert.equal(1, universe_reads)
+      assert.same({}, connects(proxy, from))
+    end)
   end)
 end)

@@ -322,3 +322,86 @@ describe("service accounts outside googleapis.com", function()
     assert.matches("field universe_domain: not a domain name", msg)
   end)
 end)
+
+-- AIP-4120: every credentials type says its universe, known without the
+-- network wherever a file or configuration holds it (the metadata
+-- server's credentials read it once: spec 48, 58).
+describe("universe_domain on every credentials type", function()
+  local au = require "gauth.authorized_user"
+  local imp = require "gauth.impersonated"
+  local downscoped = require "gauth.downscoped"
+  local ea = require "gauth.external_account"
+  local eau = require "gauth.external_account_authorized_user"
+  local ce = require "gauth.compute_engine"
+  local id_token = require "gauth.id_token"
+  local TARGET = "target@proj.iam.gserviceaccount.com"
+  local USER = { type = "authorized_user", client_id = "cid", client_secret = "cs", refresh_token = "rt" }
+  local function user(extra)
+    local u = {}
+    for k, v in pairs(USER) do u[k] = v end
+    for k, v in pairs(extra or {}) do u[k] = v end
+    return u
+  end
+
+  it("is the file's, the configuration's or the source's; googleapis.com by default", function()
+    local other = assert(sa.from_file(helpers.make_service_account_file({ universe_domain = "example.goog" }),
+                                      { scopes = SCOPE }))
+    local mine = assert(sa.from_file(helpers.make_service_account_file(), { scopes = SCOPE }))
+    local a = assert(au.from_info(user()))
+    local cases = {
+      { mine, "googleapis.com" }, { other, "example.goog" },
+      { a, "googleapis.com" },
+      { assert(au.from_info(user({ universe_domain = "example.goog" }))), "example.goog" },
+      { assert(imp.credentials({ source = a, target_principal = TARGET })), "googleapis.com" },
+      { assert(imp.credentials({ source = other, target_principal = TARGET })), "example.goog" },
+      { assert(downscoped.new(other, { rules = { { available_resource = "//storage.googleapis.com/x",
+          available_permissions = { "inRole:roles/storage.objectViewer" } } } })), "example.goog" },
+      { assert(ea.from_info({ type = "external_account", universe_domain = "example.goog",
+          audience = "//iam.example.goog/projects/1/locations/global/workloadIdentityPools/p/providers/o",
+          subject_token_type = "urn:ietf:params:oauth:token-type:jwt",
+          credential_source = { file = "/nonexistent" } }, { env = {} })), "example.goog" },
+      { assert(eau.from_info({ type = "external_account_authorized_user", universe_domain = "example.goog",
+          audience = "//iam.googleapis.com/locations/global/workforcePools/w/providers/p",
+          client_id = "c", client_secret = "s", refresh_token = "r",
+          token_url = "https://sts.example.goog/v1/oauthtoken" })), "example.goog" },
+      { api_key.new(KEY), "googleapis.com" },
+      { assert(id_token.credentials(other, { audience = "https://run.example" })), "example.goog" },
+      { assert(id_token.credentials(mine, { audience = "https://run.example" })), "googleapis.com" },
+    }
+    for i, c in ipairs(cases) do
+      assert.equal(c[2], c[1].universe_domain, "case " .. i .. ": " .. tostring(c[1]))
+    end
+    -- The metadata server's: unknown until read (get_universe_domain).
+    assert.is_nil(assert(ce.credentials({ env = { GCE_METADATA_HOST = "127.0.0.1:9" } })).universe_domain)
+  end)
+
+  it("impersonation follows the source's universe to iamcredentials.<universe>", function()
+    local other = assert(sa.from_file(helpers.make_service_account_file({ universe_domain = "example.goog" }),
+                                      { scopes = SCOPE }))
+    local c = assert(imp.credentials({ source = other, target_principal = TARGET }))
+    assert.equal("https://iamcredentials.example.goog/v1/projects/-/serviceAccounts/" .. TARGET
+      .. ":generateAccessToken", c.url)
+    -- An explicit endpoint wins.
+    c = assert(imp.credentials({ source = other, target_principal = TARGET, iam_endpoint = "https://iam.corp" }))
+    assert.equal("https://iam.corp/v1/projects/-/serviceAccounts/" .. TARGET .. ":generateAccessToken", c.url)
+  end)
+
+  it("user credentials of another universe are refused before any request; a bad one is named", function()
+    -- Any request would be refused by the guard (not loopback) anyway:
+    -- the message shows none was tried.
+    helpers.install_loopback_guard()
+    local c = assert(au.from_info(user({ universe_domain = "example.goog",
+      token_uri = "https://oauth2.example.goog/token" }), { cache = token_cache.new() }))
+    local tok, msg, err = c:token()
+    helpers.remove_loopback_guard()
+    assert.is_nil(tok)
+    helpers.assert_failure(msg, err, "authorized_user", "token request")
+    assert.equal("gauth.authorized_user: token request: user credentials can be refreshed only in"
+      .. " the googleapis.com universe (this file's universe is example.goog)", msg)
+    assert.is_false(err.retryable)
+    local bad, bmsg, berr = au.from_info(user({ universe_domain = "not a domain" }))
+    assert.is_nil(bad)
+    helpers.assert_failure(bmsg, berr, "authorized_user", "key file")
+    assert.matches("field universe_domain: not a domain name", bmsg)
+  end)
+end)

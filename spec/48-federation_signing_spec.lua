@@ -432,6 +432,48 @@ describe("external accounts, signing and ID tokens on loopback", function()
       assert.matches("gauth%.id_token: credentials: authorized_user credentials cannot give ID tokens", errs.text())
     end)
 
+    -- bin/gauth in a child process (the environment is its own): an
+    -- impersonated key file through ADC (generateIdToken of the target,
+    -- with the source's token) and the metadata server through ADC.
+    it("gauth token --id-token through ADC: an impersonated key file, the metadata server", function()
+      local function gauth_cli(args, env)
+        local out, err = helpers.tmpname("cli-out"), helpers.tmpname("cli-err")
+        local cmd = ("cd %s && env -u GOOGLE_APPLICATION_CREDENTIALS -u CLOUDSDK_CONFIG -u NO_GCE_CHECK"
+          .. " -u GCE_METADATA_HOST HOME=%s LUA_PATH=%s LUA_CPATH=%s %s %s bin/gauth %s >%s 2>%s"
+          .. " </dev/null; echo $?"):format(q(helpers.root), q(helpers.tmpdir()),
+            q(helpers.root .. "/lua/?.lua;" .. helpers.root .. "/lua/?/init.lua;;"),
+            q(os.getenv("GAUTH_BUILD") .. "/?.so;;"), env, q(os.getenv("GAUTH_LUA") or "lua5.4"),
+            args, q(out), q(err))
+        local p = assert(io.popen(cmd))
+        local code = tonumber(p:read("*a"):match("(%d+)%s*$"))
+        p:close()
+        return code, helpers.read_file(out) or "", helpers.read_file(err) or ""
+      end
+      local imp_file = helpers.tmpname("imp-cli", ".json")
+      helpers.write_file(imp_file, cjson.encode({ type = "impersonated_service_account",
+        service_account_impersonation_url = fake.url .. IAM_PATH .. ":generateAccessToken",
+        source_credentials = cjson.decode(helpers.read_file(user_file)) }))
+      local code, out, err = gauth_cli("token --id-token --audience aud-imp",
+        "GOOGLE_APPLICATION_CREDENTIALS=" .. q(imp_file) .. " NO_GCE_CHECK=true")
+      assert.equal(0, code, err)
+      verify((out:gsub("\n$", "")), "aud-imp")
+      local rs = fake:requests({ pattern = ":generateIdToken$" })
+      assert.equal(1, #rs)
+      assert.equal(IAM_PATH .. ":generateIdToken", rs[1].path)
+      assert.equal(1, #fake:requests("/token"))
+      code, out, err = gauth_cli("token --id-token --audience aud-meta",
+        "GCE_METADATA_HOST=" .. q(fake.host_port))
+      assert.equal(0, code, err)
+      local claims = verify((out:gsub("\n$", "")), "aud-meta")
+      assert.equal("fake-project", claims.google.compute_engine.project_id)
+      assert.equal(1, #fake:requests({ pattern = "/identity$" }))
+      -- Neither: exit 1, one line saying what ADC tried.
+      code, out, err = gauth_cli("token --id-token --audience aud-none", "NO_GCE_CHECK=true")
+      assert.equal(1, code)
+      assert.equal("", out)
+      assert.matches("^gauth: gauth%.adc: default: could not find default credentials", err)
+    end)
+
     it("answers nil, msg, err for sources that cannot give ID tokens, and when the token fails", function()
       local user = assert(au.from_file(user_file, { cache = token_cache.new() }))
       local c, msg, err = id_token.credentials(user, { audience = RUN_URL })

@@ -16,7 +16,11 @@ local USER, PASS = "ngx-user", "ngx s3cret"
 
 if LUAJIT_PASS then
 describe("proxies under nginx (cosockets)", function()
-  local fake, proxy, auth_proxy, direct, srv, key_path, key_info
+  local fake, proxy, auth_proxy, direct, srv, key_path, key_info, meta, dns
+  -- The metadata server by a name that is not loopback (nginx's resolver,
+  -- the tiny DNS server, maps it to 127.0.0.1): only the metadata-host
+  -- rule keeps its requests off the proxy.
+  local META_NAME = "metadata.gauth.test"
 
   local function get(path)
     local status, body = srv:get(path)
@@ -43,13 +47,44 @@ describe("proxies under nginx (cosockets)", function()
       { require_auth = "Basic " .. helpers.b64encode(USER .. ":" .. PASS) })
     direct = helpers.start_raw_listener({ host = "127.0.0.2" })
     key_path, key_info = helpers.make_service_account_file()
+    meta = helpers.start_fake({ tls = false })
+    dns = helpers.start_dns({ [META_NAME] = "127.0.0.1" })
     local err
     srv, err = nginx.start({
       workers = 1,
-      env = { "https_proxy", "http_proxy" },
-      setenv = { https_proxy = proxy.url, http_proxy = proxy.url },
+      env = { "https_proxy", "http_proxy", "GCE_METADATA_HOST" },
+      setenv = { https_proxy = proxy.url, http_proxy = proxy.url,
+                 GCE_METADATA_HOST = META_NAME .. ":" .. meta.port },
       trusted_ca = helpers.certs().ca_file,
+      http = "lua_shared_dict gauth 1m;",
       server = ([[
+        resolver %s ipv6=off;
+        location = /idtoken {
+          content_by_lua_block {
+            -- One ID-token credentials object per worker, on the default
+            -- cache (the gauth shared dict); ?invalidate=1 drops its token.
+            local M = package.loaded["spec76.idtoken"] or {}
+            package.loaded["spec76.idtoken"] = M
+            if not M.c then
+              local src = assert(require("gauth.service_account").from_file(%q, { retry = false }))
+              M.c = assert(require("gauth.id_token").credentials(src, {
+                audience = "https://svc-abc-uc.a.run.app" }))
+            end
+            if ngx.var.arg_invalidate then M.c:invalidate() end
+            local h, msg = M.c:apply({})
+            ngx.say(require("cjson").encode({ auth = h and h.authorization, msg = msg }))
+          }
+        }
+        location = /metadata {
+          content_by_lua_block {
+            local ce = require "gauth.compute_engine"
+            local c = assert(ce.credentials({ cache = require("gauth.token_cache").new(), retry = false }))
+            local tok, _, err = c:token()
+            local ud, umsg = c:get_universe_domain()
+            ngx.say(require("cjson").encode({ token = tok, msg = err and tostring(err),
+                                              host = c.host, universe = ud, umsg = umsg }))
+          }
+        }
         location = /through {
           content_by_lua_block {
             local t = require("gauth.http").new()
@@ -94,7 +129,7 @@ describe("proxies under nginx (cosockets)", function()
             ngx.say(require("cjson").encode({ status = res and res.status, msg = msg }))
           }
         }
-      ]]):format(GOOGLE, key_path, USER, PASS:gsub(" ", "%%20"), auth_proxy.port, GOOGLE,
+      ]]):format(dns.address, key_path, GOOGLE, key_path, USER, PASS:gsub(" ", "%%20"), auth_proxy.port, GOOGLE,
                  USER, auth_proxy.port, GOOGLE, USER, direct.port),
     })
     assert(srv, err)
@@ -102,6 +137,8 @@ describe("proxies under nginx (cosockets)", function()
 
   lazy_teardown(function()
     if srv then srv:stop() end
+    dns:stop()
+    meta:stop()
     direct:stop()
     proxy.stop()
     auth_proxy.stop()
@@ -134,8 +171,9 @@ describe("proxies under nginx (cosockets)", function()
     assert.is_nil(v.msg)
     assert.matches("^fake%-token%-", v.token)
     -- the tunnel of the previous request may serve it (kept alive): what
-    -- proves the path is the fake answering under Google's name (nginx
-    -- has no resolver: a direct connection could not even start), and the
+    -- proves the path is the fake answering under Google's name (nginx's
+    -- resolver knows only the metadata name: a direct connection could not
+    -- even start), and the
     -- proxy having tunnelled only that name
     local got = fake:requests("/token")
     assert.equal(1, #got)
@@ -180,6 +218,48 @@ describe("proxies under nginx (cosockets)", function()
     local seen = since(proxy, from)
     assert.equal(1, #seen)
     assert.equal("GET http://plain.gauth.test/over/http HTTP/1.1", seen[1].target)
+  end)
+
+  it("never sends the metadata server's requests through the proxy, by name", function()
+    local from = #proxy.connects()
+    local v = get("/metadata")
+    assert.is_nil(v.msg)
+    assert.is_nil(v.umsg)
+    assert.matches("^fake%-token%-", v.token)
+    assert.equal(META_NAME .. ":" .. meta.port, v.host)
+    assert.equal("googleapis.com", v.universe)
+    local got = meta:requests("/computeMetadata/v1/instance/service-accounts/default/token")
+    assert.equal(1, #got)
+    assert.equal(META_NAME .. ":" .. meta.port, got[1].headers.host)
+    assert.equal(1, #meta:requests("/computeMetadata/v1/universe/universe-domain"))
+    -- Resolved by nginx (so connected directly), and the proxy saw nothing.
+    local asked = {}
+    for _, qy in ipairs(dns:queries()) do asked[qy.name] = true end
+    assert.is_true(asked[META_NAME])
+    assert.same({}, since(proxy, from))
+  end)
+
+  it("ID-token credentials for Cloud Run: cached in the shared dict, fetched again once invalidated", function()
+    local a = get("/idtoken")
+    assert.is_nil(a.msg)
+    assert.matches("^Bearer ", a.auth)
+    local b = get("/idtoken")
+    assert.equal(a.auth, b.auth)
+    local exchanges = fake:requests("/token")
+    assert.equal(1, #exchanges)
+    local _, claims = helpers.jwt_parts(exchanges[1].form.assertion)
+    assert.equal("https://svc-abc-uc.a.run.app", claims.target_audience)
+    local _, idc = helpers.jwt_parts(a.auth:match("^Bearer (.+)$"))
+    assert.equal("https://svc-abc-uc.a.run.app", idc.aud)
+    -- Invalidated (as on a 401 from the service): one exchange more, then
+    -- served from the dict again. (Refresh before exp on a standing clock:
+    -- spec 48.)
+    local c = get("/idtoken?invalidate=1")
+    assert.is_nil(c.msg)
+    assert.matches("^Bearer ", c.auth)
+    assert.equal(2, #fake:requests("/token"))
+    assert.equal(c.auth, get("/idtoken").auth)
+    assert.equal(2, #fake:requests("/token"))
   end)
 
   it("never sends loopback through the proxy", function()

@@ -17,6 +17,11 @@
 -- holds a hash of them). When the endpoint rotates the refresh token, the
 -- new one is kept for every copy of the object.
 --
+-- `universe_domain` is the file's (gcloud writes `googleapis.com`, the
+-- default); user credentials are refreshed only there: in another universe
+-- `token()` fails with step "token request" before any request, as
+-- google-auth's user credentials do.
+--
 -- Errors are `gauth.errors` objects with module "authorized_user"; steps
 -- "key file" (fields `file`, `field`), "token_uri", "token request",
 -- "token response" (`status`, `error`, `error_description`, `retryable`,
@@ -35,12 +40,16 @@ local ipairs = ipairs
 local error = error
 local setmetatable = setmetatable
 local concat = table.concat
+local find = string.find
 
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = "authorized_user" })
 local mt = credentials.metatable(_M)
 
 --- Google's token endpoint, used when the file names none.
 _M.DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+
+--- The universe of user credentials when the file names none (AIP-4120).
+_M.DEFAULT_UNIVERSE = "googleapis.com"
 
 --- Retry policy of the token request (as for service accounts);
 -- `opts.retry` overrides fields of it, or `false` for one attempt.
@@ -75,10 +84,14 @@ local function parse_info(info, source)
     if not v then return errors.ret(err) end
     parts[f] = v
   end
-  for _, f in ipairs({ "token_uri", "quota_project_id" }) do
+  for _, f in ipairs({ "token_uri", "quota_project_id", "universe_domain" }) do
     local v, err = errors.pair(credentials.key_field("authorized_user", info, source, f, false))
     if v == nil then return errors.ret(err) end
     parts[f] = v or nil
+  end
+  if parts.universe_domain and not find(parts.universe_domain, "^[%w][%w-]*%.[%w.-]*[%w]$") then
+    return errors.ret(credentials.key_error("authorized_user", source, "universe_domain",
+                                            "not a domain name"))
   end
   return parts
 end
@@ -104,6 +117,9 @@ local function build(parts, source, opts)
   local self = setmetatable({
     client_id = parts.client_id,
     token_uri = token_uri,
+    -- gcloud writes googleapis.com; user credentials of another universe
+    -- cannot be refreshed (google-auth's oauth2.credentials refuses too).
+    universe_domain = parts.universe_domain or _M.DEFAULT_UNIVERSE,
     scopes = normalise_scopes(opts.scopes, "authorized_user"),
     source = source,
     -- Who the tokens are for, without the secret: two users of gcloud's
@@ -208,6 +224,11 @@ end
 -- call that instead: it caches).
 -- @return entry `{ access_token=, expires_at=, id_token=, scope= }` | nil, message, err
 function _M:fetch_token()
+  if self.universe_domain ~= _M.DEFAULT_UNIVERSE then
+    return fail("token request", "user credentials can be refreshed only in the "
+      .. _M.DEFAULT_UNIVERSE .. " universe (this file's universe is " .. self.universe_domain .. ")",
+      { retryable = false, universe_domain = self.universe_domain })
+  end
   local http, terr = errors.pair(oauth.transport(self._shared, "authorized_user"))
   if not http then return errors.ret(terr) end
   return retry.call(function(_, remaining)

@@ -980,6 +980,7 @@ function _M.credentials(source, opts)
   if not inner then return id_fail(why) end
   local class = id_class()
   local self = setmetatable({ source = source, audience = opts.audience,
+                              universe_domain = source.universe_domain,
                               include_email = opts.include_email or false,
                               mode = "id_token", _inner = inner }, class._mt)
   require("gauth.credentials").init(self, {

@@ -55,6 +55,7 @@ local mt = credentials.metatable(_M)
 
 --- The IAM Credentials API.
 _M.DEFAULT_IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+local DEFAULT_UNIVERSE = "googleapis.com"
 
 --- The environment variable that replaces the endpoint (a base URL).
 _M.ENDPOINT_VAR = "GAUTH_IAM_ENDPOINT"
@@ -129,7 +130,8 @@ end
 --   `delegates` (emails or `projects/-/serviceAccounts/<email>` names: the
 --   chain from source to target), `lifetime` (seconds, 1..43200, default
 --   3600), `iam_endpoint` (base URL; else `GAUTH_IAM_ENDPOINT`, else
---   Google's), `impersonation_url` (the full `...:generateAccessToken`
+--   `https://iamcredentials.<universe>`, the source's `universe_domain`),
+--   `impersonation_url` (the full `...:generateAccessToken`
 --   URL, as in key files; below the two others), `env`, `quota_project`,
 --   `http`, `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false),
 --   `cache`, `now`
@@ -160,17 +162,25 @@ function _M.new(opts)
   end
   local target = opts.target_principal
   local base = opts.iam_endpoint or metadata.getenv_for(opts)(_M.ENDPOINT_VAR)
+  -- The source's universe (as google-auth and Node's Impersonated take it):
+  -- IAM Credentials at iamcredentials.<universe> unless a URL is given.
+  -- A source whose universe is known only to the metadata server counts
+  -- as googleapis.com here.
+  local universe = type(source.universe_domain) == "string" and source.universe_domain
+    or DEFAULT_UNIVERSE
   local url
   if base then
     url = endpoint_url(base, target)
   else
-    url = opts.impersonation_url or endpoint_url(_M.DEFAULT_IAM_ENDPOINT, target)
+    url = opts.impersonation_url or endpoint_url(universe == DEFAULT_UNIVERSE
+      and _M.DEFAULT_IAM_ENDPOINT or ("https://iamcredentials." .. universe), target)
   end
   local ok, err = errors.pair(_M.check_endpoint(url))
   if not ok then return errors.ret(err) end
   local self = setmetatable({
     source = source,
     target_principal = target,
+    universe_domain = universe,
     scopes = normalise_scopes(opts.scopes, "impersonated") or copy_list(_M.DEFAULT_SCOPES),
     delegates = normalise_delegates(opts.delegates),
     lifetime = lifetime,
@@ -495,6 +505,7 @@ function _M.id_token_credentials(imp, opts)
     error("gauth.impersonated: include_email must be a boolean", 2)
   end
   local self = setmetatable({ target = imp, target_principal = imp.target_principal,
+                              universe_domain = imp.universe_domain,
                               audience = opts.audience,
                               include_email = opts.include_email or false,
                               mode = "id_token" }, id_mt)

@@ -25,7 +25,13 @@
 --   subject: delegation needs the exchange.
 -- * **ID token** (`id_token_credentials`): the assertion carries
 --   `target_audience` and the endpoint answers with a Google-signed ID
---   token, which `token()` returns.
+--   token, which `token()` returns. Outside googleapis.com (no token
+--   exchange there) the ID token comes from IAM Credentials'
+--   `generateIdToken` at `iamcredentials.<universe>` (`iam_endpoint` or
+--   `GAUTH_IAM_ENDPOINT` instead), asked with a self-signed JWT of the
+--   account (scope `https://www.googleapis.com/auth/iam`), with
+--   `includeEmail` and `useEmailAzp`, as google-auth's
+--   `service_account.IDTokenCredentials` does there.
 --
 -- Tokens are cached by `gauth.credentials` (refreshed within 225 s of
 -- expiry), self-signed JWTs too (re-signed inside the same window).
@@ -251,6 +257,7 @@ local function build(parts, source, opts, mode)
     arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
   end
   local claims = copy_claims(opts.claims)
+  local iam_endpoint = opt_string(opts.iam_endpoint, "iam_endpoint")
   -- The transport options, shared by every copy made with the with_*
   -- modifiers (with the transport and its kept-alive connection) and the
   -- clock offset learnt from the endpoint.
@@ -278,7 +285,10 @@ local function build(parts, source, opts, mode)
     _jwt_opts = { alg = parts.key:type() == "EC" and "ES256" or "RS256",
                   kid = parts.private_key_id },
     _retry = policy,
+    _retry_opt = opts.retry,
     _timeout = opts.timeout,
+    _iam_endpoint = iam_endpoint,
+    _env = opts.env,
     _shared = shared,
   }, mt)
   credentials.init(self, opts)
@@ -338,8 +348,11 @@ end
 -- IAP client ID, ...).
 -- @param info_or_path a key file's path, its decoded table or its JSON text
 -- @tparam table opts `target_audience` (required), and `token_uri`,
---   `claims`, `http`, `ca_file`, `timeout`, `retry`, `cache`, `now` as for
---   `from_info`
+--   `claims`, `universe_domain`, the transport options (`http`, `ca_file`,
+--   `timeout`, `client_cert`, `client_key`, `proxy`, `no_proxy`), `retry`,
+--   `cache`, `now` as for `from_info`; outside googleapis.com also
+--   `iam_endpoint` (base URL of IAM Credentials; default
+--   `https://iamcredentials.<universe>`, or `GAUTH_IAM_ENDPOINT`) and `env`
 -- @return credentials | nil, message, err
 function _M.id_token_credentials(info_or_path, opts)
   if type(opts) ~= "table" then
@@ -532,12 +545,46 @@ local function self_signed(self)
   return { access_token = tok, expires_at = self._clock() + _M.LIFETIME }
 end
 
+--- The scope of the self-signed JWT that asks IAM Credentials for an ID
+-- token outside googleapis.com.
+_M.IAM_SCOPE = "https://www.googleapis.com/auth/iam"
+
+-- Outside googleapis.com: the account's ID token from IAM Credentials'
+-- generateIdToken, asked with a self-signed JWT (scope IAM_SCOPE) of the
+-- account itself (google-auth's _refresh_with_iam_endpoint). The client
+-- and the JWT credentials are made once for every copy.
+local function iam_id_token(self)
+  local shared = self._shared
+  local client = shared.iam_id
+  if not client then
+    -- A copy: the same key, cache and clock; its own cache key (mode, scope).
+    local signer = self:copy({ mode = "jwt", scopes = { _M.IAM_SCOPE } })
+    signer.target_audience, signer.audience = nil, nil
+    client = require("gauth.iam").new(credentials.shared_transport(shared, {
+      source = signer, email = self.service_account_email, universe_domain = self.universe_domain,
+      endpoint = self._iam_endpoint, env = self._env, retry = self._retry_opt, now = self._clock }))
+    shared.iam_id = client
+  end
+  local data, m, x = client:call("generateIdToken",
+    { audience = self.target_audience, includeEmail = true, useEmailAzp = true })
+  if not data then return errors.ret(errors.of(m, x)) end
+  local entry = type(data.token) == "string" and credentials.id_token_entry(data.token, self._clock())
+  if not entry then
+    return fail("token response", "generateIdToken gave no JWT with an exp claim",
+                { retryable = false })
+  end
+  return entry
+end
+
 --- Get a new token from the source (used by `token()`; call that instead:
 -- it caches).
 -- @return entry `{ access_token=, expires_at=, id_token= }` | nil, message, err
 function _M:fetch_token()
   if self.mode == "jwt" then
     return self_signed(self)
+  end
+  if self.mode == "id_token" and self.universe_domain ~= _M.DEFAULT_UNIVERSE then
+    return iam_id_token(self)
   end
   return exchange(self)
 end

@@ -205,6 +205,8 @@ def default_config():
 
 
 # Settings whose value is a map merged key by key (null removes a key).
+# The scope of a self-signed JWT that IAM Credentials accepts.
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 MAP_SETTINGS = ("public_keys", "refresh_tokens", "metadata")
 
 
@@ -953,6 +955,33 @@ class MainHandler(BaseHandler):
 
     # -- IAM Credentials, tokeninfo ----------------------------------------
 
+    def self_signed_info(self, tok):
+        """A self-signed JWT as IAM Credentials takes one from a service
+        account (google-auth's service_account IDTokenCredentials outside
+        googleapis.com): signed by a key of public_keys (its kid's), iss ==
+        sub, within its hour, and the IAM scope. None otherwise."""
+        st = self.server.state
+        try:
+            header = jwt.get_unverified_header(tok)
+        except Exception:
+            return None
+        pem = st.cfg("public_keys").get(header.get("kid"))
+        if not pem or header.get("alg") not in ("RS256", "ES256"):
+            return None
+        try:
+            claims = jwt.decode(tok, load_public_key(pem), algorithms=[header["alg"]],
+                                options={"verify_aud": False})
+        except Exception:
+            return None
+        now = st.now()
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if (claims.get("iss") != claims.get("sub") or not isinstance(iat, (int, float))
+                or not isinstance(exp, (int, float)) or exp - iat > 3600 or exp < now):
+            return None
+        if IAM_SCOPE not in str(claims.get("scope", "")).split():
+            return None
+        return {"kind": "self_signed", "iss": claims.get("iss"), "scope": claims.get("scope")}
+
     def iam(self, email, method):
         st = self.server.state
         if self.command != "POST":
@@ -960,6 +989,8 @@ class MainHandler(BaseHandler):
         auth = self.req_headers.get("authorization", "")
         tok = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         info = st.token_info(tok) if tok else None
+        if info is None and tok:
+            info = self.self_signed_info(tok)
         if not info or info.get("kind") == "id_token":
             return self.send_json(401, google_error(
                 401, "UNAUTHENTICATED", MSG_UNAUTHENTICATED),
