@@ -288,7 +288,7 @@ local function build(parts, source, opts, mode)
     _retry_opt = opts.retry,
     _timeout = opts.timeout,
     _iam_endpoint = iam_endpoint,
-    _env = opts.env,
+    _env = util.seam(opts, "env"),
     _shared = shared,
   }, mt)
   credentials.init(self, opts)
