@@ -40,14 +40,10 @@
 
 local errors = require "gauth.errors"
 local util = require "gauth.util"
-local metrics = require "gauth.metrics"
 local common = require "gauth.discovery.common"
 local method = require "gauth.discovery.method"
 local service = require "gauth.discovery.service"
 local document = require "gauth.discovery.document"
-local nonblocking_phase = util.nonblocking_phase
-local phase_refusal = util.phase_refusal
-local check_credentials_url = util.check_credentials_url
 
 local type = type
 local pairs = pairs
@@ -55,6 +51,7 @@ local error = error
 local tostring = tostring
 local rawget = rawget
 local rawset = rawset
+local setmetatable = setmetatable
 local require = require
 local format = string.format
 
@@ -75,18 +72,11 @@ local redact = errors.redact_uri
 -- ------------------------------------------------------------------------
 -- Executing.
 
--- The error object for a non-2xx response.
-local function http_error(spec, req, res)
-  return errors.from_response("discovery", spec.id, res, req.uri)
-end
-
 local function copy(t)
   local o = {}
   for k, v in pairs(t) do o[k] = v end
   return o
 end
-
-local retry_call, within  -- gauth.retry's, loaded when first needed
 
 -- The universe of credentials: their `universe_domain` field when it is
 -- known without the network; else `get_universe_domain()` (metadata-based
@@ -136,106 +126,29 @@ function _M._check_universe(svc, module, step)
 end
 local check_universe = _M._check_universe
 
--- One attempt: headers (the request's own when it has some, else made from
--- the method's constants), credentials, the transport, the answer decoded.
--- A 401 drops the credentials' token and is tried again at once, once per
--- execute(): `refreshed` says whether that happened already, and comes
--- back as the third result. Internal: fails with `nil, err` (the object),
--- `execute` gives the public shape.
-local function attempt(self, spec, http, timeout, remaining, refreshed)
-  local svc = spec.svc
-  local creds = svc.credentials
-  local body = rawget(self, "body")
-  local own = rawget(self, "headers")
-  local h = own and copy(own) or make_headers(spec, body ~= nil)
-  if creds or svc.api_key then
-    -- Never a token or key in clear text to a remote host, whatever the
-    -- document's rootUrl (a planted or tampered document, say).
-    local ok, _, err = check_credentials_url(rawget(self, "uri"), "discovery", spec.id)
-    if not ok then return nil, err, refreshed end
-  end
-  if creds then
-    local uok, uerr = check_universe(svc, "discovery", spec.id)
-    if not uok then return nil, uerr, refreshed end
-    local ok, err = errors.pair(creds:apply(h))
-    if not ok then
-      -- No token: the API was not asked. The credentials retried already
-      -- (and under nginx the failure is remembered for all workers): the
-      -- retry loop below does not try again (`token_failed`).
-      return nil, errors.wrap("discovery", spec.id, err, { uri = redact(rawget(self, "uri")),
-                                                           token_failed = true }),
-             refreshed
-    end
-  end
-  if remaining and (not timeout or remaining < timeout) then timeout = remaining end
-  local uri = rawget(self, "uri")
-  local res, err = errors.pair(http:request({
-    method = rawget(self, "method") or spec.http_method, url = uri,
-    headers = h, body = body, timeout = timeout,
-  }))
-  if not res then
-    metrics.api_request(metrics.host_of(uri), "error")
-    return nil, errors.wrap("discovery", spec.id, err, { uri = redact(uri) }),
-           refreshed
-  end
+-- A 2xx answer of execute(): the body text for raw methods, else the
+-- decoded JSON (gauth.request's `decode`).
+local function decode_answer(op, res)
+  local spec = op.spec
+  local text = res.body or ""
+  if spec.raw then return text end
   local status = res.status
-  metrics.api_request(metrics.host_of(uri), status)
-  if status >= 200 and status < 300 then
-    local text = res.body or ""
-    if spec.raw then return text, nil, refreshed end
-    if text == "" or status == 204 then return {}, nil, refreshed end
-    local v = json_decode(text)
-    if v == nil then
-      return nil, errors.new("discovery", spec.id, "malformed JSON response",
-                             { status = status, body = text, uri = redact(rawget(self, "uri")) }),
-             refreshed
-    end
-    if svc.data_wrapper and type(v) == "table" and v.data ~= nil then v = v.data end
-    return v, nil, refreshed
+  if text == "" or status == 204 then return {} end
+  local v = json_decode(text)
+  if v == nil then
+    return nil, errors.new("discovery", spec.id, "malformed JSON response",
+                           { status = status, body = text, uri = redact(op.url) })
   end
-  if status == 401 and creds and not refreshed and creds.invalidate then
-    creds:invalidate()
-    return attempt(self, spec, http, timeout, remaining, true)
-  end
-  return nil, http_error(spec, self, res), refreshed
+  if spec.svc.data_wrapper and type(v) == "table" and v.data ~= nil then v = v.data end
+  return v
 end
 
--- The attempts after the first (or all of them, under a deadline), through
--- gauth.retry.
-local function with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
-  if not retry_call then retry_call = require("gauth.retry").call end
-  return retry_call(function(a, remaining)
-    if a == 1 and first_err then return errors.ret(first_err) end
-    local res, err
-    res, err, refreshed = attempt(self, spec, http, timeout, remaining, refreshed)
-    return res, err
-  end, {
-    attempts = n + 1, deadline = deadline, sleep = util.seam(opts, "sleep") or spec.svc.sleep,
-    random = util.seam(opts, "random"),
-    on_retry = function()
-      metrics.api_retry(metrics.host_of(rawget(self, "uri")))
-    end,
-  })
+-- The universe check, once per call before the credentials are asked.
+local function universe_check(op)
+  return check_universe(op.spec.svc, "discovery", op.spec.id)
 end
 
--- The attempts of execute(): the first, then the retry loop.
-local function run(self, spec, http, n, timeout, deadline, opts)
-  -- The first attempt is made here, outside the retry loop: most calls
-  -- need no other. (No closure is made in this function: under LuaJIT a
-  -- function that makes one cannot be compiled through its returns.)
-  local first_err, refreshed
-  if deadline == nil or n == 0 then
-    local res, err
-    res, err, refreshed = attempt(self, spec, http, timeout, deadline, false)
-    if res ~= nil then return res end
-    -- A token failure is not retried here (`token_failed`, see attempt).
-    if n == 0 or not errors.is(err) or err.retryable ~= true or err.token_failed then
-      return errors.ret(err, "discovery", spec.id)
-    end
-    first_err = err
-  end
-  return with_retries(self, spec, http, n, timeout, deadline, opts, first_err, refreshed)
-end
+local send  -- gauth.request.send, loaded at first use
 
 --- Send the request, with retries, and decode the response.
 -- Retries (exponential backoff with jitter, `Retry-After` honoured) follow
@@ -258,42 +171,51 @@ end
 function request:execute(opts)
   local spec = self._spec
   local svc = spec.svc
-  -- Inside nginx, a phase without cosockets fails at once: nothing there
-  -- may block (no libcurl, no sleep between retries).
-  local phase = nonblocking_phase()
-  if phase then
-    return errors.fail("discovery", spec.id, "cannot send a request: " .. phase_refusal(phase),
-                       { retryable = true, kind = "phase", phase = phase,
-                         uri = redact(rawget(self, "uri")) })
+  local mt = spec.op_mt
+  if not mt then
+    -- What every call of this method sends with, looked up through the
+    -- call's own table: a call makes a table of what differs only.
+    local creds = svc.credentials
+    mt = { __index = {
+      module = "discovery", step = spec.id, spec = spec, method = spec.http_method,
+      http = svc.http, timeout = svc.timeout, credentials = creds,
+      api_key = svc.api_key ~= nil, check = creds and universe_check or nil,
+      decode = decode_answer, sleep = svc.sleep,
+    } }
+    spec.op_mt = mt
   end
-  local http, n, timeout, deadline
-  if opts == nil then
-    http, n, timeout = svc.http, svc.num_retries, svc.timeout
-  else
+  local body = rawget(self, "body")
+  local own = rawget(self, "headers")
+  -- One call of gauth.request's loop (the https-or-loopback rule,
+  -- credentials, one refresh on 401, retries, one deadline); the headers
+  -- are the request's own when it has some (a copy: the loop writes the
+  -- credentials into them), else made from the method's constants.
+  local op = setmetatable({
+    url = rawget(self, "uri"), body = body, retries = 0,
+    headers = own and copy(own) or make_headers(spec, body ~= nil),
+  }, mt)
+  local n = svc.num_retries
+  if opts ~= nil then
     if type(opts) ~= "table" then
       error("gauth.discovery: execute: opts must be a table", 2)
     end
     check_number(opts.num_retries, "opts.num_retries", "execute", 2)
     check_number(opts.timeout, "opts.timeout", "execute", 2)
     check_number(opts.deadline, "opts.deadline", "execute", 2)
-    http = opts.http or svc.http
-    n = opts.num_retries
-    if n == nil then n = svc.num_retries end
-    timeout = opts.timeout or svc.timeout
-    deadline = opts.deadline
+    if opts.http then op.http = opts.http end
+    if opts.num_retries ~= nil then n = opts.num_retries end
+    if opts.timeout then op.timeout = opts.timeout end
+    op.deadline = opts.deadline
+    local sleep = util.seam(opts, "sleep")
+    if sleep then op.sleep = sleep end
+    op.random = util.seam(opts, "random")
   end
-  if not http then
-    local err
-    http, err = errors.pair(require("gauth.http").default())
-    if not http then return errors.fail_with("discovery", spec.id, err) end
-  end
+  local m = rawget(self, "method")
+  if m then op.method = m end
   if n == nil then n = spec.idempotent and DEFAULT_RETRIES or 0 end
-  if deadline then
-    -- One deadline for everything, the token fetch included.
-    if not within then within = require("gauth.retry").within end
-    return within(deadline, run, self, spec, http, n, timeout, deadline, opts)
-  end
-  return run(self, spec, http, n, timeout, deadline, opts)
+  op.retries = n
+  if not send then send = require("gauth.request").send end
+  return send(op)
 end
 
 --- Download what the request answers (a `_media` variant's bytes) into a
