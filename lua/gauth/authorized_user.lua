@@ -141,6 +141,7 @@ end
 --   among those the user consented to), `token_uri` (overrides the
 --   file's), `quota_project` (overrides the file's `quota_project_id`),
 --   `http`, `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false),
+--   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   `cache`, `now`
 -- @return credentials | nil, message, err
 function _M.from_info(info, opts)

@@ -135,7 +135,9 @@ end
 --   to the instance), `quota_project`, `host` (instead of
 --   `GCE_METADATA_HOST`), `env` (see `gauth.metadata.getenv_for`), `http`
 --   (a transport), `timeout` (seconds per read), `retry` (fields over
---   `RETRY`, or false), `cache`, `now` (see `gauth.credentials.init`)
+--   `RETRY`, or false), `cache`, `now` (see `gauth.credentials.init`);
+--   `ca_file`, `client_cert`/`client_key`, `proxy`/`no_proxy`, `iam_endpoint`
+--   for its IAM Credentials calls (the metadata server is plain http, direct)
 -- @return credentials | nil, message, err (a malformed `GCE_METADATA_HOST`)
 function _M.new(opts)
   return _M._new(opts, "compute_engine")

@@ -154,6 +154,7 @@ end
 --   "googleapis.com"), `token_url` (instead of
 --   `https://sts.<universe_domain>/v1/token`), `quota_project`, `http`,
 --   `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false), `cache`,
+--   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   `now`
 -- @return credentials | nil, msg, err (a rule or option at fault)
 function _M.new(source, opts)

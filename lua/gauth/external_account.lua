@@ -544,6 +544,7 @@ end
 --   default cloud-platform), `quota_project` (over the file's
 --   `quota_project_id`), `env` (table or function: the environment the
 --   AWS and executable sources read), `http`, `ca_file`, `timeout`,
+--   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   `retry` (fields over `RETRY`, or false), `cache`, `shared_dict`, `now`,
 --   `cloud_resource_manager_url` (for `get_project_id`; default
 --   `https://cloudresourcemanager.<universe_domain>/v1/projects/`)

@@ -104,6 +104,7 @@ end
 -- its JSON text.
 -- @param info table or JSON string
 -- @tparam[opt] table opts `quota_project`, `http`, `ca_file`, `timeout`,
+--   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   `retry`, `cache`, `shared_dict`, `now`
 -- @return credentials | nil, msg, err
 function _M.from_info(info, opts)

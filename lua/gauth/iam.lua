@@ -88,6 +88,7 @@ _M.valid_account = valid_account
 --   `nil, msg, err`; default "googleapis.com"), `endpoint` (base URL),
 --   `env` (a table or function standing in for the environment), `http`,
 --   `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false), `now`
+--   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   (a clock function, for Retry-After dates)
 -- @return the client (raises on a wrong argument)
 function _M.new(opts)

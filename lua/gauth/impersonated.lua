@@ -134,6 +134,7 @@ end
 --   `impersonation_url` (the full `...:generateAccessToken`
 --   URL, as in key files; below the two others), `env`, `quota_project`,
 --   `http`, `ca_file`, `timeout`, `retry` (fields over `RETRY`, or false),
+--   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   `cache`, `now`
 -- @return credentials | nil, message, err (an endpoint that would get the token in
 --   clear text)
@@ -288,6 +289,7 @@ end
 -- @tparam[opt] table opts `scopes`, `lifetime`, `iam_endpoint`, `env`,
 --   `quota_project` (over the file's `quota_project_id`), `http`,
 --   `ca_file`, `timeout`, `retry`, `cache`, `now` (the transport and test
+--   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   options go to the source credentials too)
 -- @return credentials | nil, message, err
 function _M.from_info(info, opts)
