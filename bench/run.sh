@@ -84,6 +84,20 @@ for lua in lua5.4 luajit; do
   ratio "build_from_document compute ($lua) / cjson.decode" "build_from_document_$lua" "json_decode_compute_$lua" "<= 1.1 (time)"
   ratio "  / googleapiclient's (time)" "build_from_document_$lua" build_from_document_ref ""
 done
+# Peak resident memory (VmHWM / ru_maxrss) of whole processes, one each:
+# compute v1 built and 1,000 requests kept, beside cjson decoding the
+# document alone and googleapiclient doing the same work (issue 20).
+for lua in lua5.4 luajit; do
+  run $lua bench/discovery_memory.lua gauth
+  run $lua bench/discovery_memory.lua cjson
+done
+run $PY bench/discovery_memory_ref.py
+for lua in lua5.4 luajit; do
+  ratio "peak MiB, compute v1 + 1000 req ($lua) / cjson" "discovery_peak_gauth_$lua" "discovery_peak_cjson_$lua" ""
+  ratio "  / googleapiclient's" "discovery_peak_gauth_$lua" discovery_peak_ref ""
+done
+awk -v v="$(val discovery_peak_gauth_lua5.4)" 'BEGIN { if (v != "")
+  printf "  %-46s %10.1f  (MiB; goal <= 16)\n", "peak MiB, compute v1 + 1000 req (lua5.4)", v }'
 if [ -x bench/execute_bench.sh ] || [ -f bench/execute_bench.sh ]; then
   echo "== execute() against nginx (issue 5)"
   run sh bench/execute_bench.sh "$NGINX_URL" "$NGINX_CA"

@@ -167,6 +167,24 @@ describe("gauth.discovery", function()
                     s:items():list({ project = "p" }).uri)
     end)
 
+    -- gauth.core maps libcurl, OpenSSL and some 30 libraries (about 8 MiB
+    -- resident): issue 20's memory goal for compute v1 (make bench) holds
+    -- only while building requests leaves it unloaded, until a send.
+    it("builds services and requests without loading gauth.core (a child interpreter)", function()
+      local script = helpers.tmpname("no-core", ".lua")
+      helpers.write_file(script, ([[
+        package.path = %q; package.cpath = %q
+        local discovery = require "gauth.discovery"
+        local s = assert(discovery.build_from_document(%q))
+        local r = s:items():list({ project = "p" })
+        io.write(r.uri, " ", tostring(package.loaded["gauth.core"]))
+      ]]):format(package.path, package.cpath, cjson.encode(toy_doc())))
+      local lua = os.getenv("GAUTH_LUA") or "lua5.4"
+      local ok, out = helpers.sh(helpers.shell_quote(lua) .. " " .. helpers.shell_quote(script))
+      assert.is_true(ok, out)
+      assert.equals("https://toy.googleapis.com/toy/v1/projects/p/items?alt=json nil", out)
+    end)
+
     it("returns nil and an error for malformed JSON or a document without rootUrl", function()
       local s, msg, err = discovery.build_from_document("{not json")
       assert.is_nil(s)

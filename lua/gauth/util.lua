@@ -3,7 +3,15 @@
 -- @module gauth.util
 
 local cjson = require "cjson.safe"
-local core = require "gauth.core"
+
+-- gauth.core maps libcurl, OpenSSL and the libraries they pull in (about
+-- 8 MiB resident): loaded when first needed, so that a process that only
+-- builds Discovery requests (or reads a key file) does not pay for it.
+local core
+local function load_core()
+  core = require "gauth.core"
+  return core
+end
 
 local type = type
 local pairs = pairs
@@ -28,7 +36,9 @@ _M.is_ngx = type(ngx) == "table" and type(ngx.get_phase) == "function"
 if _M.is_ngx then
   _M.now = function() ngx.update_time(); return ngx.now() end
 else
-  _M.now = core.now
+  _M.now = function()
+    return (core or load_core()).now()
+  end
 end
 
 --- Can this phase yield on cosockets / ngx.sleep?
@@ -89,7 +99,7 @@ function _M.sleep(s)
     local phase = _M.nonblocking_phase()
     if phase then return nil, _M.phase_refusal(phase) end
   end
-  return core.sleep(s)
+  return (core or load_core()).sleep(s)
 end
 
 -- A map bounded to `max` entries that forgets the least recently used

@@ -4,7 +4,6 @@
 -- Internal: gauth.discovery.build is its public face.
 -- @module gauth.discovery.document
 
-local core = require "gauth.core"
 local errors = require "gauth.errors"
 local util = require "gauth.util"
 local common = require "gauth.discovery.common"
@@ -30,6 +29,14 @@ local quote, quote_plus = uri.quote, uri.quote_plus
 local redact = errors.redact_uri
 
 local _M = {}
+
+-- gauth.core (file modes for the disk cache) is loaded when first needed:
+-- building requests from a document in hand needs none of it.
+local core
+local function load_core()
+  core = require "gauth.core"
+  return core
+end
 
 _M.DISCOVERY_URLS = {
   "https://www.googleapis.com/discovery/v1/apis/{api}/{apiVersion}/rest",
@@ -99,7 +106,7 @@ end
 -- @return kind's mode bits when it is (a number) | false (it exists and is
 --   not: warned) | nil (it does not exist)
 local function trusted(path, kind)
-  local k, mode, uid, me = core.file_stat(path)
+  local k, mode, uid, me = (core or load_core()).file_stat(path)
   if not k then return nil end
   if k ~= kind then
     warn(path, "not a " .. (kind == "dir" and "directory" or "regular file"))
@@ -144,13 +151,19 @@ local function read_cache(dir, path, max_age)
   if not trusted(dir, "dir") or not trusted(path, "file") then return nil end
   local f = io.open(path, "rb")
   if not f then return nil end
-  local data = f:read("*a")
+  -- The header line first, then the text alone: the document is never in
+  -- memory twice (a 4 MB document read whole and cut would be), and a
+  -- stale one is not read at all.
+  local head = f:read("*l")
+  local t = head and sub(head, 1, #CACHE_MAGIC) == CACHE_MAGIC
+            and tonumber(match(head, "^(%d+)$", #CACHE_MAGIC + 1))
+  if not t or now() - t > max_age or now() < t - 300 then
+    f:close()
+    return nil
+  end
+  local text = f:read("*a")
   f:close()
-  if not data or sub(data, 1, #CACHE_MAGIC) ~= CACHE_MAGIC then return nil end
-  local t, nl = match(data, "^(%d+)\n()", #CACHE_MAGIC + 1)
-  t = tonumber(t)
-  if not t or now() - t > max_age or now() < t - 300 then return nil end
-  return sub(data, nl)
+  return text
 end
 
 local function write_cache(dir, path, text)
