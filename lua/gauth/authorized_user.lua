@@ -144,33 +144,20 @@ end
 --   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   `cache`, `now`
 -- @return credentials | nil, message, err
-function _M.from_info(info, opts)
-  local source = "authorized user info"
-  local err
-  info, err = errors.pair(credentials.decode_info("authorized_user", info, source))
-  if not info then return errors.ret(err) end
-  local parts
-  parts, err = errors.pair(parse_info(info, source))
-  if not parts then return errors.ret(err) end
-  return build(parts, source, opts)
-end
+-- @function from_info
 
 --- Credentials from an authorized-user file.
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
 -- @return credentials | nil, message, err (naming the file and the field at fault,
 --   never a secret)
-function _M.from_file(path, opts)
-  if type(path) ~= "string" then
-    error("gauth.authorized_user: from_file: path must be a string", 2)
-  end
-  local info, err = errors.pair(credentials.read_key_file("authorized_user", path))
-  if not info then return errors.ret(err) end
-  local parts
-  parts, err = errors.pair(parse_info(info, path))
-  if not parts then return errors.ret(err) end
-  return build(parts, path, opts)
-end
+-- @function from_file
+_M.from_info, _M.from_file = credentials.constructors("authorized_user", "authorized user info",
+  function(info, source, opts)
+    local parts, err = errors.pair(parse_info(info, source))
+    if not parts then return errors.ret(err) end
+    return build(parts, source, opts)
+  end)
 
 ---------------------------------------------------------------------------
 -- The refresh

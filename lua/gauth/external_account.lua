@@ -550,32 +550,19 @@ end
 --   `https://cloudresourcemanager.<universe_domain>/v1/projects/`)
 -- @return credentials | nil, msg, err (step "key file", `field` naming
 --   the field at fault)
-function _M.from_info(info, opts)
-  local source = "external account info"
-  local err
-  info, err = errors.pair(credentials.decode_info(MODULE, info, source))
-  if not info then return errors.ret(err) end
-  local c
-  c, err = errors.pair(parse(info, source))
-  if not c then return errors.ret(err) end
-  return build(c, source, opts)
-end
+-- @function from_info
 
 --- Credentials from an `external_account` configuration file.
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
 -- @return credentials | nil, msg, err
-function _M.from_file(path, opts)
-  if type(path) ~= "string" then
-    error("gauth.external_account: from_file: path must be a string", 2)
-  end
-  local info, err = errors.pair(credentials.read_key_file(MODULE, path))
-  if not info then return errors.ret(err) end
-  local c
-  c, err = errors.pair(parse(info, path))
-  if not c then return errors.ret(err) end
-  return build(c, path, opts)
-end
+-- @function from_file
+_M.from_info, _M.from_file = credentials.constructors(MODULE, "external account info",
+  function(info, source, opts)
+    local c, err = errors.pair(parse(info, source))
+    if not c then return errors.ret(err) end
+    return build(c, source, opts)
+  end)
 
 -- ------------------------------------------------------------------------
 -- Subject tokens

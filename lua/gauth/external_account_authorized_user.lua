@@ -107,32 +107,19 @@ end
 --   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   `retry`, `cache`, `shared_dict`, `now`
 -- @return credentials | nil, msg, err
-function _M.from_info(info, opts)
-  local source = "external account authorized user info"
-  local err
-  info, err = errors.pair(credentials.decode_info(MODULE, info, source))
-  if not info then return errors.ret(err) end
-  local c
-  c, err = errors.pair(parse(info, source))
-  if not c then return errors.ret(err) end
-  return build(c, source, opts)
-end
+-- @function from_info
 
 --- Credentials from an `external_account_authorized_user` file.
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
 -- @return credentials | nil, msg, err
-function _M.from_file(path, opts)
-  if type(path) ~= "string" then
-    error("gauth." .. MODULE .. ": from_file: path must be a string", 2)
-  end
-  local info, err = errors.pair(credentials.read_key_file(MODULE, path))
-  if not info then return errors.ret(err) end
-  local c
-  c, err = errors.pair(parse(info, path))
-  if not c then return errors.ret(err) end
-  return build(c, path, opts)
-end
+-- @function from_file
+_M.from_info, _M.from_file = credentials.constructors(MODULE, "external account authorized user info",
+  function(info, source, opts)
+    local c, err = errors.pair(parse(info, source))
+    if not c then return errors.ret(err) end
+    return build(c, source, opts)
+  end)
 
 local function basic(self)
   return "Basic " .. core.b64_encode(self.client_id .. ":" .. self._shared.client_secret)

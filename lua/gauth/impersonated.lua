@@ -292,26 +292,15 @@ end
 --   `client_cert`/`client_key`, `proxy`/`no_proxy` (`gauth.credentials.TRANSPORT_OPTS`),
 --   options go to the source credentials too)
 -- @return credentials | nil, message, err
-function _M.from_info(info, opts)
-  local source = "impersonated service account info"
-  local err
-  info, err = errors.pair(credentials.decode_info("impersonated", info, source))
-  if not info then return errors.ret(err) end
-  return from_parsed(info, source, opts)
-end
+-- @function from_info
 
 --- Credentials from an `impersonated_service_account` file.
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
 -- @return credentials | nil, message, err
-function _M.from_file(path, opts)
-  if type(path) ~= "string" then
-    error("gauth.impersonated: from_file: path must be a string", 2)
-  end
-  local info, err = errors.pair(credentials.read_key_file("impersonated", path))
-  if not info then return errors.ret(err) end
-  return from_parsed(info, path, opts)
-end
+-- @function from_file
+_M.from_info, _M.from_file = credentials.constructors("impersonated",
+  "impersonated service account info", from_parsed)
 
 -- generateAccessToken ----------------------------------------------------
 

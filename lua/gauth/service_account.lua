@@ -308,16 +308,7 @@ end
 --   `retry` (fields overriding `RETRY`, or false for one attempt), `cache`,
 --   `now` (see `gauth.credentials.init`)
 -- @return credentials | nil, message, err
-function _M.from_info(info, opts)
-  local source = "service account info"
-  local err
-  info, err = errors.pair(credentials.decode_info("service_account", info, source))
-  if not info then return errors.ret(err) end
-  local parts
-  parts, err = errors.pair(parse_info(info, source))
-  if not parts then return errors.ret(err) end
-  return build(parts, source, opts, "exchange")
-end
+-- @function from_info
 
 -- A service account's file is a "key file" (as the Cloud console calls it).
 local FILE_TEXTS = { unreadable = "cannot read key file ", too_large = "too large for a key file",
@@ -334,14 +325,13 @@ end
 -- @tparam[opt] table opts as for `from_info`
 -- @return credentials | nil, message, err (naming the file and the field at fault,
 --   never the key)
-function _M.from_file(path, opts)
-  if type(path) ~= "string" then
-    error("gauth.service_account: from_file: path must be a string", 2)
-  end
-  local parts, err = errors.pair(load_file(path))
-  if not parts then return errors.ret(err) end
-  return build(parts, path, opts, "exchange")
-end
+-- @function from_file
+_M.from_info, _M.from_file = credentials.constructors("service_account", "service account info",
+  function(info, source, opts)
+    local parts, err = errors.pair(parse_info(info, source))
+    if not parts then return errors.ret(err) end
+    return build(parts, source, opts, "exchange")
+  end, FILE_TEXTS)
 
 --- ID token credentials: `token()` returns a Google-signed ID token whose
 -- audience is `opts.target_audience` (the URL of a Cloud Run service, an

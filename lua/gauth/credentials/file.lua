@@ -123,4 +123,33 @@ function _M.read_key_file(module, path, texts)
   return info
 end
 
+--- The `from_info` / `from_file` pair of a type with a key file: `from_info`
+-- takes the decoded table or its JSON text (`decode_info`), `from_file`
+-- reads the file (`read_key_file`); both hand the table to `load`. A
+-- `from_file` path that is not a string raises "gauth.<module>: from_file:
+-- path must be a string" at its caller, as `decode_info` does for
+-- `from_info`.
+-- @tparam string module e.g. "service_account"
+-- @tparam string info_source what `from_info`'s errors call the table
+--   ("service account info"); `from_file`'s name the path
+-- @tparam function load `load(info, source, opts)` -> credentials | nil, msg, err
+-- @tparam[opt] table texts the words of `read_key_file`'s errors
+-- @return from_info, from_file
+function _M.constructors(module, info_source, load, texts)
+  local function from_info(info, opts)
+    local v, err = errors.pair(_M.decode_info(module, info, info_source))
+    if not v then return errors.ret(err) end
+    return load(v, info_source, opts)
+  end
+  local function from_file(path, opts)
+    if type(path) ~= "string" then
+      error("gauth." .. module .. ": from_file: path must be a string", 2)
+    end
+    local v, err = errors.pair(_M.read_key_file(module, path, texts))
+    if not v then return errors.ret(err) end
+    return load(v, path, opts)
+  end
+  return from_info, from_file
+end
+
 return _M
