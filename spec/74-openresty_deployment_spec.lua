@@ -71,7 +71,7 @@ describe("OpenResty deployment (README, run)", function()
           content_by_lua_block {
             local tok, msg = creds:token()
             ngx.say(require("cjson").encode({
-              lua = debug.getinfo(require("gauth.service_account").from_file, "S").source,
+              lua = debug.getinfo(require("gauth.service_account").id_token_credentials, "S").source,
               core = package.searchpath("gauth.core", package.cpath),
               token = tok and true or false, msg = msg and tostring(msg),
               warmed = ngx.shared.results:get("warmed") }))
