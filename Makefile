@@ -126,8 +126,8 @@ docs:
 install: $(CORE)
 	install -d $(DESTDIR)$(LIBDIR)/gauth $(DESTDIR)$(BINDIR)
 	install -m 0755 $(CORE) $(DESTDIR)$(LIBDIR)/gauth/core.so
-	cd lua && find gauth -name '*.lua' | while read -r f; do \
-	  install -D -m 0644 "$$f" "$(DESTDIR)$(LUADIR)/$$f" || exit 1; done
+	for d in lua emulator/lua; do (cd $$d && find gauth -name '*.lua' | while read -r f; do \
+	  install -D -m 0644 "$$f" "$(DESTDIR)$(LUADIR)/$$f" || exit 1; done) || exit 1; done
 	for b in bin/*; do install -m 0755 "$$b" $(DESTDIR)$(BINDIR)/; done
 
 clean:

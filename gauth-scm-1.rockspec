@@ -26,6 +26,10 @@ external_dependencies = {
   -- does not search; the library is enough to find libcurl.
   CURL = { library = "curl" },
 }
+-- The emulator (gauth.emulator*, the gauth-emulator command) is a rock of
+-- its own: gauth-emulator-scm-1.rockspec, with its dependencies; its
+-- modules sit in emulator/lua/, out of lua/, which LuaRocks' builtin type
+-- copies whole.
 build = {
   type = "builtin",
   modules = {
@@ -66,11 +70,6 @@ build = {
     ["gauth.discovery.uri"] = "lua/gauth/discovery/uri.lua",
     ["gauth.discovery.values"] = "lua/gauth/discovery/values.lua",
     ["gauth.downscoped"] = "lua/gauth/downscoped.lua",
-    ["gauth.emulator"] = "lua/gauth/emulator.lua",
-    ["gauth.emulator.federation"] = "lua/gauth/emulator/federation.lua",
-    ["gauth.emulator.google"] = "lua/gauth/emulator/google.lua",
-    ["gauth.emulator.httpd"] = "lua/gauth/emulator/httpd.lua",
-    ["gauth.emulator.sqladmin"] = "lua/gauth/emulator/sqladmin.lua",
     ["gauth.errors"] = "lua/gauth/errors.lua",
     ["gauth.http"] = "lua/gauth/http.lua",
     ["gauth.iam"] = "lua/gauth/iam.lua",
@@ -101,7 +100,6 @@ build = {
   install = {
     bin = {
       ["gauth"] = "bin/gauth",
-      ["gauth-emulator"] = "bin/gauth-emulator",
     },
   },
 }

@@ -3,4 +3,4 @@
 cd "$(dirname "$0")/.." || exit 2
 unset LUA_PATH LUA_CPATH LUA_INIT
 root=$(pwd)
-exec lua5.4 -e "package.path='$root/lua/?.lua;$root/lua/?/init.lua;'..package.path; package.cpath='$root/build/5.4/?.so;'..package.cpath" examples/demo.lua
+exec lua5.4 -e "package.path='$root/lua/?.lua;$root/lua/?/init.lua;$root/emulator/lua/?.lua;'..package.path; package.cpath='$root/build/5.4/?.so;'..package.cpath" examples/demo.lua

@@ -8,8 +8,8 @@ local root = helpers.shell_quote(helpers.root)
 local run = (os.getenv("GAUTH_LUA_VERSION") or "5.4") == "5.4" and it or function() end
 
 describe("lint", function()
-  run("luacheck finds nothing in lua/, bin/, spec/, bench/, examples/", function()
-    local ok, out = helpers.sh("cd " .. root .. " && luacheck --formatter plain lua bin spec bench examples")
+  run("luacheck finds nothing in lua/, emulator/, bin/, spec/, bench/, examples/", function()
+    local ok, out = helpers.sh("cd " .. root .. " && luacheck --formatter plain lua emulator bin spec bench examples")
     assert.is_true(ok, out)
     assert.are.equal("", out)
   end)

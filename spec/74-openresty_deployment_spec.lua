@@ -112,7 +112,9 @@ describe("OpenResty deployment (README, run)", function()
     local tree = dir .. "/tree54"
     local root = helpers.shell_quote(nginx.root)
     local ok, out = sh("cd " .. root .. " && luarocks --lua-version 5.4 --tree "
-      .. helpers.shell_quote(tree) .. " make --deps-mode=none gauth-scm-1.rockspec")
+      .. helpers.shell_quote(tree) .. " make --deps-mode=none gauth-scm-1.rockspec"
+      .. " && luarocks --lua-version 5.4 --tree " .. helpers.shell_quote(tree)
+      .. " make --deps-mode=none gauth-emulator-scm-1.rockspec")
     assert.is_true(ok, out)
     local env = "unset LUA_PATH LUA_CPATH LUA_PATH_5_4 LUA_CPATH_5_4; eval \"$(luarocks --lua-version 5.4 --tree "
       .. helpers.shell_quote(tree) .. " path)\"; "

@@ -36,7 +36,7 @@ run_one() {
   case $lua in lua5.4) v=5.4 ;; luajit) v=5.1 ;; esac
   GAUTH_LUA=$interp_dir$lua GAUTH_LUA_VERSION=$v GAUTH_BUILD="$root/build/$v$suffix" \
   $interp_dir$lua /usr/bin/busted -o TAP \
-    --lpath="$root/lua/?.lua;$root/lua/?/init.lua;$root/spec/?.lua" \
+    --lpath="$root/lua/?.lua;$root/lua/?/init.lua;$root/emulator/lua/?.lua;$root/spec/?.lua" \
     --cpath="$root/build/$v$suffix/?.so" $specs > "$out/$lua.tap" 2>"$out/$lua.err"
   echo $? > "$out/$lua.rc"
 }
