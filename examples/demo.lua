@@ -39,7 +39,7 @@ local ok = os.execute(cmd)
 print("")
 
 print("== what happened (the emulator's trace; tokens and signatures are never shown)")
-local trace = assert(emu.requests())
+local trace = assert(emu:requests())
 for i, r in ipairs(trace) do
   local line = string.format("%2d. %-6s %-52s -> %s", i, r.method, r.path, tostring(r.status))
   print(line)
@@ -58,7 +58,7 @@ for i, r in ipairs(trace) do
   if r.principal then print("      as:   " .. tostring(r.principal)) end
 end
 
-emu.stop()
+emu:stop()
 os.execute("rm -rf " .. q(dir))
 if not (ok == true or ok == 0) then
   io.stderr:write("demo: the example failed\n")

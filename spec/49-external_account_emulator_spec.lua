@@ -26,7 +26,7 @@ describe("gauth.emulator federation", function()
   end)
 
   lazy_teardown(function()
-    emu.stop()
+    emu:stop()
     helpers.remove_loopback_guard()
   end)
 

@@ -153,7 +153,7 @@ describe("OpenResty", function()
     end
     if fake then fake:stop() end
     if untrusted then untrusted:stop() end
-    if emu then emu.stop() end
+    if emu then emu:stop() end
   end)
 
   describe("shared transport cases", function()

@@ -37,7 +37,7 @@ describe("OpenResty deployment (README, run)", function()
   end)
 
   lazy_teardown(function()
-    if emu then emu.stop() end
+    if emu then emu:stop() end
     if dir then os.execute("rm -rf " .. helpers.shell_quote(dir)) end
   end)
 
@@ -158,7 +158,7 @@ describe("OpenResty deployment (README, run)", function()
     helpers.write_file(prefix .. "/nginx.conf", text)
     local key_json = assert(helpers.read_file(emu.key_file))
     local key = assert(cjson.decode(key_json))
-    assert(emu.clear_requests())
+    assert(emu:clear_requests())
     local srv = assert(nginx.start_file({
       prefix = prefix, conf = prefix .. "/nginx.conf", port = port,
       pid_file = prefix .. "/logs/nginx.pid",
@@ -190,7 +190,7 @@ describe("OpenResty deployment (README, run)", function()
       -- What the emulator served: one token (the dict gauth), a document,
       -- and both API calls authenticated as the key's account.
       local seen = {}
-      for _, r in ipairs(assert(emu.requests())) do
+      for _, r in ipairs(assert(emu:requests())) do
         seen[r.endpoint] = (seen[r.endpoint] or 0) + 1
         if r.endpoint == "sqladmin" then
           assert.equal("ok", r.auth)
@@ -202,7 +202,7 @@ describe("OpenResty deployment (README, run)", function()
       assert.equal(3, seen.sqladmin)
       -- The proxied path: the upstream's, then the rest of the client's.
       local last
-      for _, r in ipairs(assert(emu.requests())) do
+      for _, r in ipairs(assert(emu:requests())) do
         if r.endpoint == "sqladmin" then last = r end
       end
       assert.equal("/sql/v1beta4/projects/" .. emu.project .. "/instances", last.path)

@@ -237,7 +237,7 @@ describe("gauth.emulator", function()
   end)
 
   lazy_teardown(function()
-    if emu then emu.stop() end
+    if emu then emu:stop() end
     if dir then run("rm -rf " .. q(dir)) end
   end)
 
@@ -249,16 +249,16 @@ describe("gauth.emulator", function()
       assert.are.equal("127.0.0.1:" .. emu.port, emu.metadata_host)
       assert.are.equal(PROJECT, emu.project)
       assert.is_true(pid_alive(emu.pid))
-      assert.is_true(emu.running())
+      assert.is_true(emu:running())
     end)
 
     it("stop() ends the child process and is idempotent", function()
       local e = assert(emulator.start{ port = 0 })
       local pid = e.pid
       assert.is_true(pid_alive(pid))
-      assert.is_true(e.stop())
+      assert.is_true(e:stop())
       assert.is_false(pid_alive(pid))
-      assert.is_false(e.running())
+      assert.is_false(e:running())
       assert.is_true(e:stop())
       -- Nothing listens there any more.
       local s = socket.tcp()
@@ -322,13 +322,13 @@ describe("gauth.emulator", function()
       local port = e.port
       -- The server closes this connection first: its side lingers in
       -- TIME_WAIT, which refuses a bind without SO_REUSEADDR.
-      assert.are.same({}, assert(e.requests()))
-      assert.is_true(e.stop())
+      assert.are.same({}, assert(e:requests()))
+      assert.is_true(e:stop())
       local e2, err = emulator.start{ port = port, timeout = 5 }
       assert.is_nil(err)
       assert.are.equal(port, e2.port)
-      assert.are.same({}, assert(e2.requests()))
-      assert.is_true(e2.stop())
+      assert.are.same({}, assert(e2:requests()))
+      assert.is_true(e2:stop())
       -- In process too.
       local srv = assert(emulator.new{ port = 0 })
       port = srv.port
@@ -345,6 +345,43 @@ describe("gauth.emulator", function()
       assert.is_nil(err2)
       assert.are.equal(port, srv2.port)
       srv2:close()
+    end)
+
+    it("start and new give the one handle type, with methods", function()
+      local srv = assert(emulator.new{ port = 0, instances = {} })
+      assert.equal(getmetatable(emu), getmetatable(srv))
+      assert.equal(emulator.Handle, getmetatable(srv).__index)
+      for _, h in ipairs({ emu, srv }) do
+        assert.equal(h.url .. "/token", h.token_uri)
+        assert.equal(h.url .. "/discovery/v1/apis/{api}/{apiVersion}/rest", h.discovery_url)
+      end
+      -- In process: requests()/clear_requests() read and clear the trace;
+      -- running() until stop(); close() is stop()'s old name.
+      local s = socket.tcp()
+      s:settimeout(5)
+      assert(s:connect("127.0.0.1", srv.port))
+      s:send("GET /discovery/v1/apis HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      for _ = 1, 10 do srv:step(0.05) end
+      assert.equal(200, (read_response(s)))
+      s:close()
+      assert.equal(1, #assert(srv:requests()))
+      assert.is_true(srv:clear_requests())
+      assert.same({}, assert(srv:requests()))
+      assert.is_true(srv:running())
+      assert.is_true(srv:stop())
+      assert.is_false(srv:running())
+      assert.is_true(srv:close())
+      -- Programming errors raise, naming the fix.
+      assert.error_matches(function() emu.stop() end,
+        "gauth.emulator: stop is a method: call it as emu:stop()", 1, true)
+      assert.error_matches(function() emu:step(0) end,
+        "gauth.emulator: step is for a server made by new (start's runs in its child)", 1, true)
+      -- A child that is gone: requests() answers nil, msg, err.
+      local e = assert(emulator.start{ port = 0 })
+      assert.is_true(e:stop())
+      local list, msg, err = e:requests()
+      assert.is_nil(list)
+      helpers.assert_failure(msg, err, "emulator", "requests")
     end)
 
     it("reports an occupied port", function()
@@ -496,7 +533,7 @@ describe("gauth.emulator", function()
                                                          { "assertion", a } }) })
       end
       local ok_r, bad_r = try("boss@example.com"), try("intern@example.com")
-      e.stop()
+      e:stop()
       assert.are.equal(200, ok_r.status, ok_r.body)
       assert.are.equal(401, bad_r.status)
       assert.are.equal("unauthorized_client", bad_r.json.error)
@@ -519,7 +556,7 @@ describe("gauth.emulator", function()
       local wrong_token = refresh(user.client_id, user.client_secret, "1//other")
       local listed = http("GET", e.url .. V1, { headers = {
         Authorization = "Bearer " .. tostring(good.json and good.json.access_token) } })
-      e.stop()
+      e:stop()
       assert.are.equal(200, good.status, good.body)
       assert.are.equal("Bearer", good.json.token_type)
       assert.matches("cloud%-platform", good.json.scope)
@@ -658,7 +695,7 @@ describe("gauth.emulator", function()
       local e = assert(emulator.start{ documents = docs })
       local tiny = http("GET", e.url .. "/discovery/v1/apis/tiny/v2/rest").json
       local storage = http("GET", e.url .. "/discovery/v1/apis/storage/v1/rest").json
-      e.stop()
+      e:stop()
       assert.are.equal(e.url .. "/", tiny.rootUrl)
       assert.are.equal(e.url .. "/tiny/v2/", tiny.baseUrl)
       assert.are.equal(e.url .. "/", storage.rootUrl)
@@ -787,7 +824,7 @@ describe("gauth.emulator", function()
       local fresh = http("GET", e.url .. V1, { headers = { Authorization = "Bearer " .. t.json.access_token } })
       require("gauth.core").sleep(1.2)
       local stale = http("GET", e.url .. V1, { headers = { Authorization = "Bearer " .. t.json.access_token } })
-      e.stop()
+      e:stop()
       assert.are.equal(200, fresh.status)
       assert.are.equal(401, stale.status)
       assert.are.equal("authError", stale.json.error.errors[1].reason)
@@ -830,7 +867,7 @@ describe("gauth.emulator", function()
       local bad_token = http("GET", base .. "?pageToken=garbage", { headers = auth })
       local all = http("GET", base, { headers = auth }).json
       local seed = http("GET", e.url .. V1, { headers = auth }).json
-      e.stop()
+      e:stop()
       assert.are.equal(3, pages)
       assert.are.same({ "paged-01", "paged-02", "paged-03", "paged-04", "paged-05",
                         "paged-06", "paged-07" }, names)
@@ -896,7 +933,7 @@ describe("gauth.emulator", function()
       s:close()
       -- Still serving.
       assert.are.equal(200, http("GET", emu.url .. "/discovery/v1/apis").status)
-      assert.is_true(emu.running())
+      assert.is_true(emu:running())
     end)
 
     it("keeps connections alive and serves several clients at once", function()
@@ -952,14 +989,14 @@ describe("gauth.emulator", function()
 
   describe("trace", function()
     it("records what it served, never a token or an assertion", function()
-      assert.is_true(emu.clear_requests())
+      assert.is_true(emu:clear_requests())
       local a = assertion()
       local r = exchange(a)
       local tok = r.json.access_token
       api("GET", V1 .. "?maxResults=1", tok)
       api("GET", V1)
       http("GET", emu.url .. "/discovery/v1/apis/sqladmin/v1beta4/rest")
-      local list = assert(emu.requests())
+      local list = assert(emu:requests())
       assert.are.equal(4, #list)
       local t = list[1]
       assert.are.equal("POST", t.method)
@@ -983,7 +1020,7 @@ describe("gauth.emulator", function()
       assert.is_nil(text:find(a:match("[^.]+$"), 1, true))
       -- Secret query parameters are redacted.
       api("GET", V1 .. "?access_token=" .. tok)
-      local last = emu.requests()
+      local last = emu:requests()
       last = last[#last]
       assert.are.equal(200, last.status)
       assert.are.equal("[redacted]", last.query.access_token)
@@ -1019,7 +1056,7 @@ describe("gauth.emulator", function()
                         iat = now, exp = now + 600 }, k.private_key, { kid = k.private_key_id })
       local r = http("POST", k.token_uri, { body = form({ { "grant_type", JWT_BEARER },
                                                           { "assertion", a } }) })
-      e.stop()
+      e:stop()
       assert.are.equal(e.token_uri, k.token_uri)
       assert.are.equal(path, e.key_file)
       assert.are.equal(200, r.status, r.body)
@@ -1117,14 +1154,14 @@ print(json.dumps(response))
     it("runs the guide's complete example end to end", function()
       local sa = require "gauth.service_account"
       local discovery = require "gauth.discovery"
-      assert.is_true(emu.clear_requests())
+      assert.is_true(emu:clear_requests())
       local creds = assert(sa.from_file(key_path, { scopes = { SCOPE_SQL } }))
       local sqladmin = assert(discovery.build("sqladmin", "v1beta4", { credentials = creds,
         discovery_url = emu.url .. "/discovery/v1/apis/{api}/{apiVersion}/rest", cache = false }))
       local response = assert(sqladmin:instances():list({ project = PROJECT }):execute())
       assert.are.equal("sql#instancesList", response.kind)
       assert.are.equal(2, #response.items)
-      local trace = assert(emu.requests())
+      local trace = assert(emu:requests())
       assert.are.same({ "GET", "POST", "GET" },
                       { trace[1].method, trace[2].method, trace[3].method })
       assert.are.equal("discovery", trace[1].endpoint)

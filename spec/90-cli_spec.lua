@@ -122,7 +122,7 @@ end
 
 local function token_requests(emu)
   local list = {}
-  for _, r in ipairs(assert(emu.requests())) do
+  for _, r in ipairs(assert(emu:requests())) do
     if r.endpoint == "token" then list[#list + 1] = r end
   end
   return list
@@ -139,11 +139,11 @@ describe("gauth command", function()
   end)
 
   teardown(function()
-    if emu then emu.stop() end
+    if emu then emu:stop() end
   end)
 
   before_each(function()
-    assert(emu.clear_requests())
+    assert(emu:clear_requests())
   end)
 
   local function call_args(...)
@@ -621,7 +621,7 @@ describe("gauth command", function()
       assert.matches(("%.1f KiB/%.1f KiB\n"):format(size / 1024, size / 1024), err, 1, true)
       -- The request asked for the bytes (alt=media).
       local seen
-      for _, r in ipairs(assert(emu.requests())) do
+      for _, r in ipairs(assert(emu:requests())) do
         if r.path == "/discovery/v1/apis/sqladmin/v1beta4/rest" then seen = true end
       end
       assert.is_true(seen)
@@ -689,7 +689,7 @@ describe("gauth command", function()
       assert.are.equal("", out)
       one_line(err)
       assert.matches("client_email", err, 1, true)
-      assert.are.equal(0, #assert(emu.requests()))
+      assert.are.equal(0, #assert(emu:requests()))
     end)
   end)
 
@@ -704,24 +704,24 @@ describe("gauth command", function()
       local _, listing = helpers.sh("ls " .. q(dir))
       assert.matches("sqladmin.*v1.*%.json", listing)
       local fetched = 0
-      for _, r in ipairs(assert(emu.requests())) do
+      for _, r in ipairs(assert(emu:requests())) do
         if r.endpoint == "discovery" then fetched = fetched + 1 end
       end
       assert.are.equal(1, fetched)
 
       -- A fresh process reads it from the cache: no discovery request.
-      assert(emu.clear_requests())
+      assert(emu:clear_requests())
       code, out, err = gauth({ "call", "sqladmin", "v1", "instances.list", "project=" .. PROJECT,
         "--dry-run", "--discovery-url", discovery_url, "--cache-dir", dir })
       assert.are.equal(0, code, err)
       assert.matches("^GET " .. emu.url:gsub("%p", "%%%0") .. "/v1/projects/", out)
-      assert.are.same({}, assert(emu.requests()))
+      assert.are.same({}, assert(emu:requests()))
 
       -- Fetching again fetches anew (refreshes a stale or corrupt copy).
       code = gauth({ "discovery", "fetch", "sqladmin", "v1",
         "--discovery-url", discovery_url, "--cache-dir", dir })
       assert.are.equal(0, code)
-      assert.are.equal(1, #assert(emu.requests()))
+      assert.are.equal(1, #assert(emu:requests()))
     end)
 
     it("an unknown API exits 1; an unwritable cache directory exits 1", function()

@@ -45,7 +45,7 @@ describe("examples", function()
     key_file = helpers.tmpname("sa", ".json")
     emu = assert(emulator.start{ new_key_file = key_file })
   end)
-  lazy_teardown(function() if emu then emu.stop() end end)
+  lazy_teardown(function() if emu then emu:stop() end end)
 
   local SEED = "exemplary-mysql,exemplary-postgres"
 
@@ -71,13 +71,13 @@ describe("examples", function()
   end)
 
   it("domain_wide_delegation.lua: the assertion carries the user as sub", function()
-    emu.clear_requests()
+    emu:clear_requests()
     local ok, out, err = run("domain_wide_delegation.lua", q(key_file) .. " alice@example.org",
       { GAUTH_DISCOVERY_URL = emu.discovery_url, NO_GCE_CHECK = "true" })
     assert.is_true(ok, err)
     assert.are.equal(SEED, instance_names(out))
     local subs = {}
-    for _, r in ipairs(assert(emu.requests())) do
+    for _, r in ipairs(assert(emu:requests())) do
       if r.claims then subs[#subs + 1] = r.claims.sub end
     end
     assert.are.same({ "alice@example.org" }, subs)

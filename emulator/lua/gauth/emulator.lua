@@ -10,13 +10,16 @@
 --    key.token_uri = emu.token_uri
 --    assert(emulator.write_key_file("/tmp/sa.json", key))
 --    -- ... point gauth at emu.url, then:
---    emu.stop()
+--    emu:stop()
 --
 -- `start` runs the server in a child process (the same Lua interpreter),
 -- since a blocking client in this process would otherwise wait on a server
 -- that cannot run. `serve` runs it in the foreground (the command line,
 -- and the child). `new` gives an in-process server for callers with their
--- own loop.
+-- own loop. Both `start` and `new` return the one handle type: fields
+-- `url`, `port`, `host`, `token_uri`, `metadata_host`, `discovery_url`,
+-- `project`, `key_file`, and methods `stop()`, `running()`, `requests()`,
+-- `clear_requests()`; `new`'s also `step(timeout)` and `run(tick)`.
 -- @module gauth.emulator
 
 local core = require "gauth.core"
@@ -42,7 +45,15 @@ local os_getenv = os.getenv
 local read_file = util.read_file
 
 local _M = { _VERSION = "0.1.0" }
-local mt = { __index = _M }
+
+-- The one handle type of `start` (a child process: `_pid`) and `new` (in
+-- process: `server`, `state`).
+local Handle = {}
+local handle_mt = { __index = Handle }
+_M.Handle = Handle
+
+-- Defined with the child process code below.
+local control, integers
 
 _M.DEFAULT_PROJECT = google.DEFAULT_PROJECT
 
@@ -154,8 +165,8 @@ end
 --- Make an in-process server (bound, not yet serving). Most callers want
 -- `start` (child process) or `serve` (foreground) instead.
 -- @tparam table config the options of `start`
--- @return server object with `url`, `port`, `token_uri`, `step(timeout)`,
--- `run()`, `close()`, `requests()` | nil, msg, err
+-- @return a handle (see the module's doc; `step(timeout)` and `run(tick)`
+-- serve) | nil, msg, err
 function _M.new(config)
   config = config or {}
   if type(config) ~= "table" then error("gauth.emulator: new: config must be a table", 2) end
@@ -181,7 +192,8 @@ function _M.new(config)
     host = server.host, token_uri = state.token_uri, project = state.project,
     metadata_host = (server.v6 and ("[" .. server.host .. "]") or server.host)
       .. ":" .. server.port,
-  }, mt)
+    discovery_url = url .. "/discovery/v1/apis/{api}/{apiVersion}/rest",
+  }, handle_mt)
   if config.new_key_file then
     local key, kerr = errors.pair(_M.make_key{ project = state.project, token_uri = state.token_uri })
     if not key then server:close() return errors.ret(kerr) end
@@ -195,25 +207,109 @@ function _M.new(config)
   return self
 end
 
---- Serve for at most `timeout` seconds.
-function _M.step(self, timeout)
+-- A method called with `.` instead of `:` (the old handle of `start` had
+-- functions): a programming error that names the fix.
+local function check_self(self, name)
+  if getmetatable(self) ~= handle_mt then
+    error("gauth.emulator: " .. name .. " is a method: call it as emu:" .. name .. "()", 3)
+  end
+end
+
+local function in_process(self, name)
+  check_self(self, name)
+  if not self.server then
+    error("gauth.emulator: " .. name .. " is for a server made by new (start's runs in its child)", 3)
+  end
+end
+
+--- Serve for at most `timeout` seconds (`new`'s handles).
+function Handle:step(timeout)
+  in_process(self, "step")
   self.server:step(timeout or 0)
 end
 
---- Serve until the process ends (or `tick` calls `self.server:stop()`).
--- @tparam[opt] function tick called about twice a second
-function _M:run(tick)
+--- Serve until the process ends or `stop()` (`new`'s handles).
+-- @tparam[opt] function tick called about twice a second with the
+--   server (whose `stop()` ends the loop)
+function Handle:run(tick)
+  in_process(self, "run")
   self.server:run{ tick = tick }
 end
 
---- Stop listening and drop every connection.
-function _M.close(self)
-  self.server:close()
+--- The trace of what this emulator served, oldest first (method, path,
+-- status, endpoint, and for the token endpoint the grant type and the
+-- assertion's claims; never a token).
+-- @return array of entries | nil, msg, err (the child did not answer)
+function Handle:requests()
+  check_self(self, "requests")
+  if self.state then return self.state.trace end
+  local status, body = control(self.host, self.port, "GET", "/_emulator/requests")
+  if status ~= 200 then
+    return fail("requests", "control request failed: " .. tostring(body))
+  end
+  local list = cjson.decode(body)
+  if type(list) ~= "table" then return fail("requests", "bad trace") end
+  return integers(list)
 end
 
---- The trace of what this server answered (see `start`).
-function _M.requests(self)
-  return self.state.trace
+--- Forget the trace so far.
+-- @return true | nil, msg, err
+function Handle:clear_requests()
+  check_self(self, "clear_requests")
+  if self.state then
+    self.state.trace = {}
+    return true
+  end
+  local status, body = control(self.host, self.port, "DELETE", "/_emulator/requests")
+  if status ~= 204 then return fail("requests", "control request failed: " .. tostring(body)) end
+  return true
+end
+
+--- Is it still serving?
+-- @return boolean
+function Handle:running()
+  check_self(self, "running")
+  if self.server then return not self._stopped end
+  return not self._stopped and alive(self._pid, self._child_start)
+end
+
+--- Stop: close the listener and every connection (`new`), or end the
+-- child (SIGTERM, then SIGKILL) and remove its files (`start`).
+-- Idempotent.
+-- @return true when it is no longer running
+function Handle:stop()
+  check_self(self, "stop")
+  if self.server then
+    if not self._stopped then
+      self._stopped = true
+      self.server:close()
+    end
+    return true
+  end
+  local pid, child_start = self._pid, self._child_start
+  if self._stopped then return not alive(pid, child_start) end
+  self._stopped = true
+  if alive(pid, child_start) then
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    local until_t = core.monotonic() + 3
+    while alive(pid, child_start) and core.monotonic() < until_t do core.sleep(0.01) end
+    if alive(pid, child_start) then
+      os.execute("kill -9 " .. pid .. " 2>/dev/null")
+      until_t = core.monotonic() + 2
+      while alive(pid, child_start) and core.monotonic() < until_t do core.sleep(0.01) end
+    end
+  end
+  if self.log_file then os_remove(self.log_file) end
+  return not alive(pid, child_start)
+end
+
+--- The old name of `stop` for `new`'s handles.
+Handle.close = Handle.stop
+
+-- A forgotten child handle still stops its child when collected (5.4
+-- calls this; LuaJIT's tables have no __gc: a guard userdata does it).
+handle_mt.__gc = function(self)
+  if self._pid then Handle.stop(self) end
 end
 
 -- ------------------------------------------------------------------------
@@ -306,7 +402,7 @@ end
 -- lua-cjson decodes every number as a float; on 5.4 that prints 200 as
 -- "200.0", so give whole numbers back their integer form.
 local tointeger = math.tointeger
-local function integers(v)
+function integers(v)
   if type(v) == "table" then
     for k, x in pairs(v) do v[k] = integers(x) end
   elseif tointeger and type(v) == "number" then
@@ -316,7 +412,7 @@ local function integers(v)
 end
 
 -- One plain HTTP request to the emulator's control path.
-local function control(host, port, method, path)
+function control(host, port, method, path)
   local s = socket.tcp()
   s:settimeout(10)
   local ok, err = s:connect(host, port)
@@ -354,12 +450,11 @@ end
 --   `metadata_email`, `metadata_scopes`, `log_requests` (one line per
 --   request in the child's log), `lua` (interpreter; default `GAUTH_LUA`,
 --   else the one running), `timeout` (seconds to wait, default 10)
--- @return handle with fields `url`, `port`, `host`, `token_uri`,
--- `metadata_host` (for GCE_METADATA_HOST), `discovery_url`, `project`,
--- `pid`, `key_file` (with `new_key_file`), `log_file`, and functions
--- `stop()`, `requests()` (the trace: method, path, status, endpoint, and
--- for the token endpoint the grant type and the assertion's claims; never
--- a token), `clear_requests()` | nil, msg, err
+-- @return a handle (the module's one type) with fields `url`, `port`,
+-- `host`, `token_uri`, `metadata_host` (for GCE_METADATA_HOST),
+-- `discovery_url`, `project`, `pid`, `key_file` (with `new_key_file`),
+-- `log_file`, and methods `stop()`, `running()`, `requests()`,
+-- `clear_requests()` | nil, msg, err
 function _M.start(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("gauth.emulator: start: opts must be a table", 2) end
@@ -448,7 +543,7 @@ function _M.start(opts)
   end
 
   local url = info.url
-  local h = {
+  local h = setmetatable({
     url = url, port = port, host = host, pid = pid,
     token_uri = url .. "/token",
     metadata_host = match(url, "^http://(.*)$"),
@@ -456,59 +551,12 @@ function _M.start(opts)
     project = opts.project or google.DEFAULT_PROJECT,
     key_file = opts.new_key_file,
     log_file = log_path,
-  }
-  local stopped = false
-
-  --- Stop the child (SIGTERM, then SIGKILL) and remove its files.
-  -- Idempotent; callable as `h.stop()` or `h:stop()`.
-  function h.stop()
-    if stopped then return true end
-    stopped = true
-    if alive(pid, child_start) then
-      os.execute("kill " .. pid .. " 2>/dev/null")
-      local until_t = core.monotonic() + 3
-      while alive(pid, child_start) and core.monotonic() < until_t do core.sleep(0.01) end
-      if alive(pid, child_start) then
-        os.execute("kill -9 " .. pid .. " 2>/dev/null")
-        until_t = core.monotonic() + 2
-        while alive(pid, child_start) and core.monotonic() < until_t do core.sleep(0.01) end
-      end
-    end
-    os_remove(log_path)
-    return not alive(pid, child_start)
-  end
-
-  --- Is the child still running?
-  function h.running()
-    return not stopped and alive(pid, child_start)
-  end
-
-  --- The trace of what the emulator served, oldest first.
-  -- @return array of entries | nil, msg, err
-  function h.requests()
-    local status, body = control(host, port, "GET", "/_emulator/requests")
-    if status ~= 200 then
-      return fail("requests", "control request failed: " .. tostring(body))
-    end
-    local list = cjson.decode(body)
-    if type(list) ~= "table" then return fail("requests", "bad trace") end
-    return integers(list)
-  end
-
-  --- Forget the trace so far.
-  function h.clear_requests()
-    local status, body = control(host, port, "DELETE", "/_emulator/requests")
-    if status ~= 204 then return fail("requests", "control request failed: " .. tostring(body)) end
-    return true
-  end
-
-  -- A forgotten handle still stops its child when collected.
+    _pid = pid, _child_start = child_start, _stopped = false,
+  }, handle_mt)
   if newproxy then  -- luacheck: ignore (LuaJIT / 5.1)
     local guard = newproxy(true)  -- luacheck: ignore
-    getmetatable(guard).__gc = function() h.stop() end
+    getmetatable(guard).__gc = function() Handle.stop(h) end
     h._guard = guard
-  else
-    setmetatable(h, { __gc = function() h.stop() end })
   end
   return h
 end
