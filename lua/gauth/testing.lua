@@ -36,6 +36,7 @@
 local errors = require "gauth.errors"
 local util = require "gauth.util"
 local common = require "gauth.transport.common"
+local REFRESH_WINDOW = require("gauth.token_cache").REFRESH_WINDOW
 
 local type = type
 local pairs = pairs
@@ -300,8 +301,9 @@ end
 --   `token()` and `apply()` fail with it), `requires_scopes` (boolean,
 --   default false: what `gauth.discovery` asks before applying an API's
 --   scopes)
--- @return credentials with `token`, `apply`, `invalidate`, `with_scopes`,
---   `requires_scopes`, and counters `token_calls`, `invalidations`
+-- @return credentials with `token`, `apply`, `valid`, `expired`,
+--   `invalidate`, `with_scopes`, `requires_scopes`, and counters
+--   `token_calls`, `invalidations`
 function _M.credentials(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("gauth.testing: credentials: opts must be a table", 2)
@@ -401,6 +403,24 @@ function mock_credentials:token()
   local i = self.index
   if i > #self.tokens then i = #self.tokens end
   return self.tokens[i], self.expires_at or (util.now() + 3600)
+end
+
+--- google-auth's `expired`, as real credentials answer it: `expires_at`
+-- is within the refresh window (3 min 45 s) or past (never with the
+-- default `expires_at`, an hour from each `token()`).
+-- @return boolean
+function mock_credentials:expired()
+  local exp = self.expires_at
+  if exp == nil then return false end
+  return util.now() >= exp - REFRESH_WINDOW
+end
+
+--- google-auth's `valid`: a token to hand out (no `error`) that is not
+-- `expired()`.
+-- @return boolean
+function mock_credentials:valid()
+  if self.error then return false end
+  return not self:expired()
 end
 
 --- Set `authorization` (and `x-goog-user-project`) as real credentials do.
