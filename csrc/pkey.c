@@ -404,14 +404,19 @@ static int l_load_jwk(lua_State *L)
                                         "(ES256 needs P-256)");
         la = gauth_b64url_to(a, na, pa, 32);
         lb = gauth_b64url_to(b, nb, pb, 32);
-        if (la != 32 || lb != 32)
-            return gauth_error(L, step, "x and y must be base64url of 32 "
-                                        "bytes each");
+        if (la == (size_t)-1 || lb == (size_t)-1 || la == 0 || lb == 0)
+            return gauth_error(L, step, "x and y must be base64url of at "
+                                        "most 32 bytes each");
         memcpy(spki, P256_SPKI_PREFIX, sizeof P256_SPKI_PREFIX);
         len = sizeof P256_SPKI_PREFIX;
         spki[len++] = 4; /* uncompressed point */
-        memcpy(spki + len, pa, 32);
-        memcpy(spki + len + 32, pb, 32);
+        /* RFC 7518 wants full 32-byte coordinates, but producers that
+         * write the integer (PyJWT 2.6's to_jwk among them) drop leading
+         * zero bytes, about one key in 64: the value is the same, so
+         * left-pad it; the point is still checked by d2i_PUBKEY below. */
+        memset(spki + len, 0, 64);
+        memcpy(spki + len + (32 - la), pa, la);
+        memcpy(spki + len + 32 + (32 - lb), pb, lb);
         len += 64;
     } else {
         return gauth_error(L, step, "unsupported kty (RSA or EC)");
