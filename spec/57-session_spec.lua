@@ -426,6 +426,23 @@ describe("gauth.session", function()
     end)
   end)
 
+  describe("gauth.request.retryable", function()
+    local errors = require "gauth.errors"
+    it("is true for a failure classify retries (a 503, a refused connection)", function()
+      assert.is_true(gauth_request.retryable(errors.from_response("m", "s", { status = 503, body = "" })))
+      assert.is_true(gauth_request.retryable(errors.new("http", "request", "refused",
+                                                         { kind = "connect", retryable = true })))
+    end)
+
+    it("is false for a final answer, a token failure and what is not a gauth error", function()
+      assert.is_false(gauth_request.retryable(errors.from_response("m", "s", { status = 404, body = "" })))
+      assert.is_false(gauth_request.retryable(errors.new("m", "s", "no token",
+                                                          { retryable = true, token_failed = true })))
+      assert.is_false(gauth_request.retryable("a string"))
+      assert.is_false(gauth_request.retryable(nil))
+    end)
+  end)
+
   describe("gauth.request.send", function()
     it("sends one exchange with the loop's rules and returns the response", function()
       fake:script("/r", { { status = 500 }, { status = 200, body = "done" } })

@@ -27,7 +27,7 @@
 
 local util = require "gauth.util"
 local errors = require "gauth.errors"
-local retry = require "gauth.retry"
+local request = require "gauth.request"
 local media = require "gauth.media"
 
 local type = type
@@ -368,20 +368,15 @@ function _M:_send(ids, answers, opts, http)
   if n == nil then n = 0 end
   local uri = self.batch_uri
   local treq = { method = "POST", url = uri, body = body, timeout = opts.timeout or svc.timeout }
-  local res, err = errors.pair(retry.call(function()
-    local r, e = errors.pair(media._send(svc, "execute", treq, base,
-                             { ["content-type"] = 'multipart/mixed; boundary="' .. boundary .. '"' },
-                             http))
-    if not r then
-      e.module = "batch"
-      return errors.ret(e)
-    end
-    if r.status < 200 or r.status >= 300 then
-      return errors.ret(media._http_error("batch", "execute", uri, r))
-    end
-    return r
-  end, { attempts = n + 1, sleep = util.seam(opts, "sleep") or svc.sleep,
-         random = util.seam(opts, "random") }))
+  -- One call of gauth.request's loop (the POST is retried only with
+  -- num_retries).
+  local op = media._op_for(svc, "batch", "execute", treq, base,
+                           { ["content-type"] = 'multipart/mixed; boundary="' .. boundary .. '"' },
+                           http)
+  op.retries, op.sleep = n, util.seam(opts, "sleep") or svc.sleep
+  op.random = util.seam(opts, "random")
+  op.decode = function(_, r) return r end
+  local res, err = errors.pair(request.send(op))
   if not res then return errors.ret(err) end
 
   local ctype = res.headers["content-type"] or ""

@@ -64,7 +64,7 @@ local request, make_headers = method.request, method.make_headers
 local next_request = method.next_request
 local check_opts, proxy_transport = service.check_opts, service.proxy_transport
 local new_service = service.new_service
-local DEFAULT_RETRIES = 3
+local DEFAULT_RETRIES = require("gauth.request").DEFAULT_RETRIES
 
 -- Credentials that may sit in a URI's query go before it enters an error.
 local redact = errors.redact_uri

@@ -44,9 +44,9 @@
 -- @module gauth.media
 
 local errors = require "gauth.errors"
-local metrics = require "gauth.metrics"
 local util = require "gauth.util"
 local retry = require "gauth.retry"
+local request = require "gauth.request"
 local core = require "gauth.core"
 
 local type = type
@@ -74,6 +74,8 @@ local concat = table.concat
 
 local _M = { _VERSION = "0.1.0" }
 
+local request_send = request.send
+
 --- googleapiclient's DEFAULT_CHUNK_SIZE (100 MiB), for resumable uploads
 -- and ranged downloads. Chunks are streamed, so their size costs no memory.
 _M.DEFAULT_CHUNK_SIZE = 100 * 1024 * 1024
@@ -85,12 +87,12 @@ _M.RESUMABLE_THRESHOLD = 5 * 1024 * 1024
 -- spooled to a temporary file.
 _M.MULTIPART_MEMORY_MAX = 8 * 1024 * 1024
 --- Retries after a failed chunk (or a failed idempotent request), counted
--- since the last progress.
-_M.DEFAULT_RETRIES = 3
+-- since the last progress: gauth.request's.
+_M.DEFAULT_RETRIES = request.DEFAULT_RETRIES
 
 local MiB = 1024 * 1024
 local COPY_BLOCK = 1024 * 1024
-local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true }
+local IDEMPOTENT = request.IDEMPOTENT
 
 local function fail(step, message, fields)
   return errors.fail("media", step, message, fields)
@@ -364,48 +366,37 @@ local function transport_of(svc, opts)
   return require("gauth.http").default()
 end
 
--- Send one request with the service's credentials (a 401 drops the token
--- and is tried once more at once, as execute() does).
--- @return res | nil, msg, err (transport failures, wrapped)
-local function send(svc, step, treq, base_headers, extra, http)
+-- The service's credentials on universe check (see discovery), once per
+-- exchange before any token is asked for.
+local function universe_check(op)
+  return require("gauth.discovery")._check_universe(op.svc, op.module, op.step)
+end
+
+-- A gauth.request exchange for `treq` with the service's credentials:
+-- headers `base_headers` + `extra`, no retries (the callers that retry set
+-- `retries`, `deadline`, `decode`).
+local function op_for(svc, module, step, treq, base_headers, extra, http)
+  local h = {}
+  for k, v in pairs(base_headers) do h[k] = v end
+  if extra then for k, v in pairs(extra) do h[k] = v end end
   local creds = svc.credentials
-  if creds or svc.api_key then
-    -- https or loopback only, whatever the document's rootUrl says
-    local ok, msg, err = util.check_credentials_url(treq.url, "media", step)
-    if not ok then return nil, msg, err end
-  end
-  if creds then
-    -- Credentials of another universe are never sent (see discovery).
-    local ok, err = require("gauth.discovery")._check_universe(svc, "media", step)
-    if not ok then return errors.ret(err) end
-  end
-  local refreshed = false
-  while true do
-    local h = {}
-    for k, v in pairs(base_headers) do h[k] = v end
-    if extra then for k, v in pairs(extra) do h[k] = v end end
-    if creds then
-      local ok, err = errors.pair(creds:apply(h))
-      if not ok then
-        -- Not retried by the loops above (see discovery's execute).
-        return errors.fail_with("media", step, err, { uri = redact(treq.url),
-                                                      token_failed = true })
-      end
-    end
-    treq.headers = h
-    local res, err = errors.pair(http:request(treq))
-    if not res then
-      metrics.api_request(metrics.host_of(treq.url), "error")
-      return errors.fail_with("media", step, err, { uri = redact(treq.url) })
-    end
-    metrics.api_request(metrics.host_of(treq.url), res.status)
-    if res.status == 401 and creds and creds.invalidate and not refreshed then
-      refreshed = true
-      creds:invalidate()
-    else
-      return res
-    end
-  end
+  return {
+    module = module, step = step, svc = svc, http = http,
+    method = treq.method, url = treq.url, headers = h, body = treq.body,
+    upload_file = treq.upload_file, upload_offset = treq.upload_offset,
+    upload_length = treq.upload_length, download_file = treq.download_file,
+    timeout = treq.timeout, credentials = creds, api_key = svc.api_key ~= nil,
+    check = creds and universe_check or nil, retries = 0,
+  }
+end
+_M._op_for = op_for
+
+-- Send one exchange through gauth.request's loop (https or loopback only,
+-- the universe check, credentials, one refresh on 401), without retries:
+-- the resumable and ranged protocols below decide those themselves.
+-- @return res (any HTTP answer) | nil, msg, err
+local function send(svc, step, treq, base_headers, extra, http)
+  return request_send(op_for(svc, "media", step, treq, base_headers, extra, http))
 end
 _M._send = send
 
@@ -673,23 +664,15 @@ local function send_whole(up, opts)
   if n == nil then n = svc.num_retries end
   if n == nil then n = IDEMPOTENT[up.method] and _M.DEFAULT_RETRIES or 0 end
 
-  local function attempt()
-    local res, err = errors.pair(send(svc, step, treq, base, extra, http))
-    if not res then return errors.ret(err) end
-    if res.status < 200 or res.status >= 300 then
-      return errors.ret(http_error("media", step, up.uri, res))
-    end
-    return decode("media", step, spec, up.uri, res)
+  -- One call of gauth.request's loop: retries, Retry-After, one deadline
+  -- for everything, the token fetch included.
+  local op = op_for(svc, "media", step, treq, base, extra, http)
+  op.retries, op.deadline = n, opts.deadline
+  op.sleep, op.random = sleeper(opts, svc), util.seam(opts, "random")
+  op.decode = function(_, res)
+    return errors.pair(decode("media", step, spec, up.uri, res))
   end
-  local policy = { attempts = n + 1, sleep = sleeper(opts, svc),
-                  random = util.seam(opts, "random"), deadline = opts.deadline }
-  local v, err
-  if opts.deadline then
-    -- One deadline for everything, the token fetch included.
-    v, err = errors.pair(retry.within(opts.deadline, retry.call, attempt, policy))
-  else
-    v, err = errors.pair(retry.call(attempt, policy))
-  end
+  local v, err = errors.pair(request_send(op))
   if tmp then os_remove(tmp) end
   if v == nil then return errors.ret(err) end
   up.resumable_progress = media.size
@@ -813,9 +796,7 @@ local function send_chunk(up, http, base, opts)
   return done, aerr
 end
 
-local function retryable(err)
-  return type(err) == "table" and err.retryable == true and not err.token_failed
-end
+local retryable = request.retryable
 
 --- One step of a resumable upload: opens the session when there is none,
 -- then sends one chunk (after asking the server where it stands when the

@@ -131,9 +131,16 @@ local function attempt(op, remaining)
   return res
 end
 
+--- Is this failure of an exchange worth another attempt by a loop of the
+-- caller's own (the resumable and ranged protocols of `gauth.media`)? A
+-- gauth error that `errors.classify` made retryable, unless the token
+-- could not be had (`token_failed`: retried already by the credentials).
+-- @param err what a failed `send` gave as its error object
+-- @treturn boolean
 local function retryable(err)
   return is_error(err) and err.retryable == true and not err.token_failed
 end
+_M.retryable = retryable
 
 -- The attempts after the first (or all of them, under a deadline).
 local function with_retries(op, first_err)

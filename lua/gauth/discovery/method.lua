@@ -50,10 +50,9 @@ local MAX_URI_LENGTH = 2048
 -- Parameters every Google API accepts that documents do not list.
 local STACK_PARAMS = { "trace", "pp", "userip", "strict" }
 local PAYLOAD_METHODS = { PUT = true, POST = true, PATCH = true }
--- Retried by default (without num_retries): the HTTP methods whose repeat
--- has the effect of one call. DELETE is among them: repeating a delete
--- that went through gives a 404, never a second deletion.
-local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true }
+-- Retried by default (without num_retries): gauth.request's idempotent
+-- methods.
+local IDEMPOTENT = require("gauth.request").IDEMPOTENT
 
 local _M = {}
 
