@@ -506,6 +506,8 @@ describe("external accounts, signing and ID tokens on loopback", function()
       is_error(herr, "service_account", "token response")
       assert.has_error(function() id_token.credentials(user, {}) end,
         "gauth.id_token: credentials: opts.audience (a non-empty string) is required")
+      assert.has_error(function() id_token.credentials(user, { audience = RUN_URL, now = "soon" }) end,
+        "gauth.id_token: credentials: now must be a number or a function")
       assert.has_error(function() id_token.fetch(nil) end,
         "gauth.id_token: fetch: audience must be a non-empty string")
     end)

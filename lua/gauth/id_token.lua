@@ -225,11 +225,12 @@ local cache_mt = { __index = KeyCache }
 -- Under nginx the event loop's cached time (no system call per token).
 local default_clock = util.is_ngx and ngx.now or core.now
 
-local function clock_of(now)
+local function clock_of(now, step)
   if now == nil then return default_clock end
   if type(now) == "number" then return function() return now end end
   if type(now) == "function" then return now end
-  error("gauth.id_token: now must be a number or a function", 3)
+  error("gauth.id_token: " .. (step and step .. ": " or "")
+        .. "now must be a number or a function", 3)
 end
 
 --- Make a key cache (most applications use the default one that `verify`
@@ -968,13 +969,9 @@ function _M.credentials(source, opts)
   if source.mode == "id_token" then
     return id_fail("the source already gives ID tokens (" .. tostring(source) .. ")")
   end
+  -- nil stays nil: the source's own clock serves then.
   local now = opts.now
-  if type(now) == "number" then
-    local fixed = now
-    now = function() return fixed end
-  elseif now ~= nil and type(now) ~= "function" then
-    error("gauth.id_token: credentials: now must be a number or a function", 2)
-  end
+  if now ~= nil then now = clock_of(now, "credentials") end
   local inner, why = inner_of(source, opts.audience, opts.include_email or false,
                               { cache = opts.cache, now = now })
   if not inner then return id_fail(why) end
