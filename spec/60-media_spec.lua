@@ -93,6 +93,19 @@ describe("gauth.media", function()
       assert.equal("image/png", assert(media.media_file(small, { mime_type = "image/png" })).mime_type)
     end)
 
+    it("a tunable set on gauth.media is the one its parts read (the facade keeps no copy)", function()
+      local old_threshold, old_chunk = media.RESUMABLE_THRESHOLD, media.DEFAULT_CHUNK_SIZE
+      media.RESUMABLE_THRESHOLD, media.DEFAULT_CHUNK_SIZE = 3, 512 * KiB
+      local ok, m = pcall(media.media_string, "abcd")
+      local resumable = ok and m:is_resumable()
+      media.RESUMABLE_THRESHOLD, media.DEFAULT_CHUNK_SIZE = old_threshold, old_chunk
+      assert(ok, m)
+      assert.is_true(resumable)
+      assert.equal(512 * KiB, m.chunk_size)
+      assert.equal(5 * MiB, require("gauth.media.common").RESUMABLE_THRESHOLD)
+      assert.is_false(assert(media.media_string("abcd")):is_resumable())
+    end)
+
     it("media_file returns nil, err for a missing file", function()
       local m, msg, err = media.media_file("/nonexistent/x.bin")
       assert.is_nil(m)

@@ -28,7 +28,9 @@
 local util = require "gauth.util"
 local errors = require "gauth.errors"
 local request = require "gauth.request"
-local media = require "gauth.media"
+local upload = require "gauth.media.upload"
+local exchange = require "gauth.media.exchange"
+local multipart = require "gauth.media.multipart"
 
 local type = type
 local pairs = pairs
@@ -53,7 +55,7 @@ local mt = { __index = _M }
 --- Google's limit of calls in one batch.
 _M.MAX_PARTS = 1000
 
-local redact = media._redact
+local redact = errors.redact_uri
 
 local function fail(step, message, fields)
   return errors.fail("batch", step, message, fields)
@@ -89,7 +91,7 @@ function _M.new(svc, opts)
   if type(path) ~= "string" or path == "" then path = "batch" end
   return setmetatable({
     svc = svc,
-    batch_uri = opts.batch_uri or (media._root_for(svc) .. gsub(path, "^/", "")),
+    batch_uri = opts.batch_uri or (exchange.root_for(svc) .. gsub(path, "^/", "")),
     callback = opts.callback,
     http = opts.http,
     order = {}, requests = {}, callbacks = {},
@@ -113,7 +115,7 @@ function _M:add(req, callback, request_id)
   if getmetatable(self) ~= mt then
     error("gauth.batch: add: call it with a colon (batch:add(req))", 2)
   end
-  if media.is_upload(req) then
+  if upload.is_upload(req) then
     error("gauth.batch: add: media uploads cannot be batched (Google's rule)", 2)
   end
   if not is_request(req) then
@@ -321,8 +323,7 @@ end
 -- @return true | nil, msg, err
 function _M:_send(ids, answers, opts, http)
   local svc = self.svc
-  local base_id = media._random_hex(16)
-  local boundary
+  local base_id = multipart.random_hex(16)
   local parts, by_cid = {}, {}
   for i, id in ipairs(ids) do
     -- googleapiclient's Content-ID: "<base + id>", the id quoted as
@@ -346,18 +347,8 @@ function _M:_send(ids, answers, opts, http)
     end
     parts[i] = part
   end
-  local joined = concat(parts)
-  repeat
-    boundary = "===============" .. media._random_hex(12) .. "=="
-  until not find(joined, boundary, 1, true)
-  local body = {}
-  for i = 1, #parts do
-    body[#body + 1] = "--" .. boundary .. "\r\n"
-    body[#body + 1] = parts[i]
-    body[#body + 1] = "\r\n"
-  end
-  body[#body + 1] = "--" .. boundary .. "--\r\n"
-  body = concat(body)
+  local boundary = multipart.boundary(12, concat(parts))
+  local body = multipart.encode(boundary, parts)
 
   local base = {
     ["user-agent"] = svc.user_agent,
@@ -370,9 +361,9 @@ function _M:_send(ids, answers, opts, http)
   local treq = { method = "POST", url = uri, body = body, timeout = opts.timeout or svc.timeout }
   -- One call of gauth.request's loop (the POST is retried only with
   -- num_retries).
-  local op = media._op_for(svc, "batch", "execute", treq, base,
-                           { ["content-type"] = 'multipart/mixed; boundary="' .. boundary .. '"' },
-                           http)
+  local op = exchange.op_for(svc, "batch", "execute", treq, base,
+                              { ["content-type"] = 'multipart/mixed; boundary="' .. boundary .. '"' },
+                              http)
   op.retries, op.sleep = n, util.seam(opts, "sleep") or svc.sleep
   op.random = util.seam(opts, "random")
   op.decode = function(_, r) return r end
@@ -420,11 +411,11 @@ local function outcome(req, id, res)
                            { request_id = id, body = res.body, uri = redact(req.uri) })
   end
   if res.status < 200 or res.status >= 300 then
-    local e = media._http_error("batch", step, req.uri, res)
+    local e = errors.from_response("batch", step, res, req.uri)
     e.request_id = id
     return errors.ret(e)
   end
-  local v, err = errors.pair(media._decode("batch", step, spec, req.uri, res))
+  local v, err = errors.pair(exchange.decode("batch", step, spec, req.uri, res))
   if v == nil and err then err.request_id = id end
   return v, err
 end
