@@ -91,6 +91,7 @@ build = {
     ["gauth.mtls"] = "lua/gauth/mtls.lua",
     ["gauth.nginx"] = "lua/gauth/nginx.lua",
     ["gauth.oauth"] = "lua/gauth/oauth.lua",
+    ["gauth.token_request"] = "lua/gauth/token_request.lua",
     ["gauth.request"] = "lua/gauth/request.lua",
     ["gauth.retry"] = "lua/gauth/retry.lua",
     ["gauth.service_account"] = "lua/gauth/service_account.lua",

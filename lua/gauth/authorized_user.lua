@@ -30,7 +30,7 @@
 
 local credentials = require "gauth.credentials"
 local errors = require "gauth.errors"
-local oauth = require "gauth.oauth"
+local token_request = require "gauth.token_request"
 local retry = require "gauth.retry"
 local util = require "gauth.util"
 local core = require "gauth.core"
@@ -51,10 +51,10 @@ _M.DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 --- The universe of user credentials when the file names none (AIP-4120).
 _M.DEFAULT_UNIVERSE = "googleapis.com"
 
---- Retry policy of the token request (as for service accounts);
--- `opts.retry` overrides fields of it, or `false` for one attempt.
-_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
-             jitter = true, deadline = 60 }
+--- Retry policy of the token request: `gauth.token_request.RETRY`, the
+-- one table of every token request; `opts.retry` overrides fields of it,
+-- or `false` for one attempt.
+_M.RETRY = token_request.RETRY
 
 --- Largest token response accepted (bytes).
 _M.MAX_RESPONSE = 256 * 1024
@@ -66,7 +66,7 @@ local normalise_scopes = credentials.normalise_scopes
 -- loopback host. Nothing is sent otherwise.
 -- @return true | nil, message, err
 function _M.check_token_uri(uri)
-  return oauth.check_url(uri, "authorized_user", "token_uri", "a refresh token")
+  return token_request.check_url(uri, "authorized_user", "token_uri", "a refresh token")
 end
 
 ---------------------------------------------------------------------------
@@ -159,53 +159,25 @@ _M.from_info, _M.from_file = credentials.constructors("authorized_user", "author
     return build(parts, source, opts)
   end)
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- The refresh
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 
-local function parse_response(self, res, now)
-  local uri = self.token_uri
-  if res.status ~= 200 then
-    local fields, detail = oauth.refusal(res, now, uri)
-    local msg = oauth.refusal_message("refresh", fields, detail)
-    if fields.oauth_error == "invalid_grant" then
-      msg = msg .. " (run `gcloud auth application-default login` again"
-        .. " if these are gcloud's credentials)"
-    end
-    return fail("token response", msg, fields)
+-- gcloud's credentials whose grant is gone: say how to get new ones.
+local function gcloud_hint(op, fields, res, now, message)  -- luacheck: no unused args
+  if fields.oauth_error == "invalid_grant" then
+    return message .. " (run `gcloud auth application-default login` again"
+      .. " if these are gcloud's credentials)"
   end
-  -- A 200 body holds tokens: it never goes into an error.
-  local data, err = errors.pair(oauth.decode(res, "authorized_user", uri))
-  if not data then return errors.ret(err) end
-  local entry
-  entry, err = errors.pair(oauth.access_entry(data, now, "authorized_user", uri))
-  if not entry then return errors.ret(err) end
-  local rt = data.refresh_token
-  if type(rt) == "string" and rt ~= "" then
-    -- Rotated: the old one may stop working.
-    self._shared.refresh_token = rt
-  end
-  return entry
+  return message
 end
 
-local function refresh_once(self, http, remaining)
-  local uri = self.token_uri
-  local ok, uerr = errors.pair(_M.check_token_uri(uri))
-  if not ok then return errors.ret(uerr) end
-  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "authorized_user", uri))
-  if terr then return errors.ret(terr) end
-  local shared = self._shared
-  local form = {
-    { "grant_type", "refresh_token" },
-    { "client_id", self.client_id },
-    { "client_secret", shared.client_secret },
-    { "refresh_token", shared.refresh_token },
-  }
-  if self.scopes then form[#form + 1] = { "scope", concat(self.scopes, " ") } end
-  local res, err = errors.pair(oauth.post(http, "authorized_user", uri, oauth.FORM_HEADERS,
-                              util.form_encode(form), timeout, _M.MAX_RESPONSE))
-  if not res then return errors.ret(err) end
-  return parse_response(self, res, self._clock())
+-- Rotated: the old refresh token may stop working.
+local function keep_rotated(op, data)
+  local rt = data.refresh_token
+  if type(rt) == "string" and rt ~= "" then
+    op.owner._shared.refresh_token = rt
+  end
 end
 
 --- Get a new access token with the refresh token (used by `token()`;
@@ -217,11 +189,24 @@ function _M:fetch_token()
       .. _M.DEFAULT_UNIVERSE .. " universe (this file's universe is " .. self.universe_domain .. ")",
       { retryable = false, universe_domain = self.universe_domain })
   end
-  local http, terr = errors.pair(oauth.transport(self._shared, "authorized_user"))
+  local http, terr = errors.pair(token_request.transport(self._shared, "authorized_user"))
   if not http then return errors.ret(terr) end
-  return retry.call(function(_, remaining)
-    return refresh_once(self, http, remaining)
-  end, self._retry)
+  local uri = self.token_uri
+  local ok, uerr = errors.pair(_M.check_token_uri(uri))
+  if not ok then return errors.ret(uerr) end
+  local shared = self._shared
+  local form = {
+    { "grant_type", "refresh_token" },
+    { "client_id", self.client_id },
+    { "client_secret", shared.client_secret },
+    { "refresh_token", shared.refresh_token },
+  }
+  if self.scopes then form[#form + 1] = { "scope", concat(self.scopes, " ") } end
+  return token_request.send({
+    module = "authorized_user", url = uri, body = util.form_encode(form), http = http,
+    max_body = _M.MAX_RESPONSE, timeout = self._timeout, policy = self._retry,
+    now = self._clock, what = "refresh", adjust = gcloud_hint, seen = keep_rotated, owner = self,
+  })
 end
 
 function _M:cache_key_parts()

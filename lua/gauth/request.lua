@@ -23,8 +23,15 @@
 -- 6. One deadline (`op.deadline`, seconds) covers the whole call: token
 --    fetches, every attempt and every pause between them.
 --
+-- The credentials' own token requests (`gauth.token_request`: token
+-- endpoints, STS, IAM Credentials) go through it too: with no credentials
+-- to apply (the request carries its own secret), or with the source
+-- credentials applied (IAM); with their retry policy (`op.policy`) and
+-- their reading of a refusal (`op.refusal`).
+--
 -- What an answer becomes: with `op.decode`, a 2xx answer is
--- `decode(op, res)` and any other is an error (Discovery's `execute`);
+-- `decode(op, res)` and any other is an error (`op.refusal(op, res)`, else
+-- `gauth.errors.from_response`: Discovery's `execute`);
 -- without it, any answer is returned as the response, except a retryable
 -- one while retries remain, and one still retryable when they run out
 -- (an exhausted call is an error, with the last answer's `status` and
@@ -63,6 +70,10 @@ _M.DEFAULT_RETRIES = 3
 
 local retry_call, within, retry_deadline  -- gauth.retry's, loaded at first use
 
+-- Less time than this is no attempt: too short for a TLS handshake, and a
+-- timeout that rounds to 0 ms is no timeout at all to libcurl.
+local MIN_ATTEMPT = 0.05
+
 -- One exchange: credentials, the transport, the 401 step, what the answer
 -- becomes. Fails with `nil, err` (the object); `send` gives the public
 -- shape. `remaining`: seconds left before the deadline, if any.
@@ -72,6 +83,12 @@ local function attempt(op, remaining)
   if creds then
     local ok, err = pair(creds:apply(h))
     if not ok then
+      local step = op.apply_step
+      if step then
+        -- A token request's source credentials (IAM): their error under
+        -- the step the caller names, final (the source retried already).
+        return nil, wrap(op.module, step, err, { retryable = false, token_failed = true })
+      end
       return nil, wrap(op.module, op.step, err, { uri = redact(op.url), token_failed = true })
     end
     if op.deadline then
@@ -83,10 +100,16 @@ local function attempt(op, remaining)
   end
   local timeout = op.timeout
   if remaining then
-    if remaining <= 0 then
+    if remaining < MIN_ATTEMPT then
       -- No time left (the token took it): nothing is sent.
       return nil, errors.new(op.module, op.step, "the deadline passed before the request was sent",
                              { kind = "timeout", retryable = false, uri = redact(op.url) })
+    end
+    if not timeout then
+      -- The transport's own timeout still bounds an attempt: the deadline
+      -- only shortens it.
+      local ht = op.http.timeout
+      if type(ht) == "number" then timeout = ht end
     end
     if not timeout or remaining < timeout then timeout = remaining end
   end
@@ -104,15 +127,16 @@ local function attempt(op, remaining)
     treq = { method = op.method, url = url, headers = h, body = op.body, timeout = timeout,
              upload_file = op.upload_file, upload_offset = op.upload_offset,
              upload_length = op.upload_length, download_file = op.download_file,
-             max_body = op.max_body }
+             max_body = op.max_body, follow_redirects = op.follow_redirects }
   end
   local res, err = pair(op.http:request(treq))
+  local counted = op.metrics ~= false
   if not res then
-    api_request(host_of(url), "error")
+    if counted then api_request(host_of(url), "error") end
     return nil, wrap(op.module, op.step, err, { uri = redact(url) })
   end
   local status = res.status
-  api_request(host_of(url), status)
+  if counted then api_request(host_of(url), status) end
   if status == 401 and creds and not op.refreshed and creds.invalidate then
     op.refreshed = true
     creds:invalidate()
@@ -121,6 +145,8 @@ local function attempt(op, remaining)
   local decode = op.decode
   if decode then
     if status >= 200 and status < 300 then return decode(op, res) end
+    local refusal = op.refusal
+    if refusal then return nil, refusal(op, res) end
     return nil, from_response(op.module, op.step, res, url)
   end
   if status >= 200 and status < 400 then return res end
@@ -157,10 +183,21 @@ local function with_retries(op, first_err)
   })
 end
 
+-- Every attempt under the caller's own retry policy (`op.policy`: the
+-- token requests' `gauth.token_request.RETRY`, with its deadline, seams
+-- and hooks as `gauth.retry.call` takes them).
+local function with_policy(op)
+  if not retry_call then retry_call = require("gauth.retry").call end
+  return retry_call(function(_, remaining)
+    return attempt(op, remaining)
+  end, op.policy)
+end
+
 -- The first attempt is made here, outside the retry loop: most calls need
 -- no other. (No closure is made in this function: under LuaJIT a function
 -- that makes one cannot be compiled through its returns.)
 local function run(op)
+  if op.policy then return with_policy(op) end
   local first_err
   local n = op.retries
   if op.deadline == nil or n == 0 then
@@ -190,8 +227,18 @@ end
 -- * `check`: `function(op)` -> true | nil, err, once before credentials
 -- * `decode`: `function(op, res)` -> value | nil, err, for 2xx answers
 --   (then every other answer is an error)
+-- * `refusal`: `function(op, res)` -> err, the error of an answer other
+--   than 2xx when there is `decode` (default `errors.from_response`)
 -- * `retries`: retries after the first attempt (default: `DEFAULT_RETRIES`
 --   for `IDEMPOTENT` methods, else 0)
+-- * `policy`: a whole `gauth.retry` policy instead of `retries` (and of
+--   `deadline`, `sleep`, `random`: the policy's own), for the token requests
+-- * `apply_step`: the step of the error when the credentials cannot be
+--   applied, which is then final (`retryable` false) and keeps the cause's
+--   `uri` (a token request's source credentials)
+-- * `follow_redirects`: for the transport (false by default)
+-- * `metrics`: false to leave the exchange out of `gauth_api_requests_total`
+--   (token requests are counted as token exchanges)
 -- * `deadline`: seconds for the whole call
 -- * `sleep`, `random`: test seams for the pauses (`gauth.retry`)
 -- @return the response (`{ status, headers, body, ... }`) or what `decode`

@@ -47,7 +47,7 @@
 
 local core = require "gauth.core"
 local credentials = require "gauth.credentials"
-local oauth = require "gauth.oauth"
+local token_request = require "gauth.token_request"
 local errors = require "gauth.errors"
 local jwt = require "gauth.jwt"
 local retry = require "gauth.retry"
@@ -86,11 +86,11 @@ _M.LIFETIME = 3600
 -- bigger answer is not a token response.
 _M.MAX_RESPONSE = 256 * 1024
 
---- Retry policy of the token request (see `gauth.retry.call`): 3
+--- Retry policy of the token request: `gauth.token_request.RETRY` (3
 -- attempts, backoff from 1 s doubling with jitter, Retry-After honoured,
--- all within 60 s. `opts.retry` overrides fields of it.
-_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
-             jitter = true, deadline = 60 }
+-- all within 60 s), the one table of every token request. `opts.retry`
+-- overrides fields of it.
+_M.RETRY = token_request.RETRY
 
 local GRANT_PREFIX = "grant_type=" ..
   util.url_encode("urn:ietf:params:oauth:grant-type:jwt-bearer") .. "&assertion="
@@ -136,7 +136,7 @@ end
 -- loopback host (tests, local emulators). Nothing is sent otherwise.
 -- @return true | nil, message, err
 function _M.check_token_uri(uri)
-  return oauth.check_url(uri, "service_account", "token_uri", "an assertion")
+  return token_request.check_url(uri, "service_account", "token_uri", "an assertion")
 end
 
 --- The self-signed JWT audience Google expects for the API at `url`:
@@ -440,79 +440,65 @@ local function is_time_window(desc)
       or find(desc, "time window", 1, true) ~= nil
 end
 
--- One response -> entry | nil, err
-local function parse_response(self, res, now)
-  local uri = self.token_uri
-  if res.status ~= 200 then
-    local fields, detail = oauth.refusal(res, now, uri)
-    if fields.oauth_error == "invalid_grant" and is_time_window(fields.error_description) then
-      local date = retry.parse_http_date(res.headers and res.headers.date)
-      if date then fields.clock_skew = date - now end
-    end
-    return fail("token response", oauth.refusal_message("request", fields, detail), fields)
+-- A refusal of the assertion's time window: the endpoint's clock (its
+-- Date header) against ours, for the corrected retry (`skew_again`).
+local function clock_skew(op, fields, res, now, message)  -- luacheck: no unused args
+  if fields.oauth_error == "invalid_grant" and is_time_window(fields.error_description) then
+    local date = retry.parse_http_date(res.headers and res.headers.date)
+    if date then fields.clock_skew = date - now end
   end
-  -- A 200 body may hold a token: it never goes into an error.
-  local data, err = errors.pair(oauth.decode(res, "service_account", uri))
-  if not data then return errors.ret(err) end
-  if self.mode == "id_token" then
-    local idt = data.id_token
-    if type(idt) ~= "string" or idt == "" then
-      return fail("token response", "no id_token in the token endpoint's answer",
-                  { status = 200, retryable = false, uri = uri })
-    end
-    -- The token came over verified TLS in answer to our own request.
-    local entry = credentials.id_token_entry(idt, now)
-    if not entry then
-      return fail("token response", "the id_token has no readable exp claim",
-                  { status = 200, retryable = false, uri = uri })
-    end
-    return entry
-  end
-  return oauth.access_entry(data, now, "service_account", uri)
+  return message
 end
 
-local function exchange_once(self, http, remaining)
-  local uri = self.token_uri
-  local ok, uerr = errors.pair(_M.check_token_uri(uri))
-  if not ok then return errors.ret(uerr) end
-  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "service_account", uri))
-  if terr then return errors.ret(terr) end
-  local assertion, aerr = errors.pair(sign(self, grant_claims(self, issued_at(self))))
-  if not assertion then return errors.ret(aerr) end
-  local res, err = errors.pair(oauth.post(http, "service_account", uri, oauth.FORM_HEADERS,
-                              GRANT_PREFIX .. assertion, timeout, _M.MAX_RESPONSE))
-  if not res then return errors.ret(err) end
-  return parse_response(self, res, self._clock())
+-- An ID token's answer (mode "id_token"). A 200 body may hold a token: it
+-- never goes into an error.
+local function accept_id_token(op, res, now)
+  local uri = op.url
+  local data, err = errors.pair(token_request.decode(res, "service_account", uri))
+  if not data then return nil, err end
+  local idt = data.id_token
+  if type(idt) ~= "string" or idt == "" then
+    return nil, errors.new("service_account", "token response",
+      "no id_token in the token endpoint's answer", { status = 200, retryable = false, uri = uri })
+  end
+  -- The token came over verified TLS in answer to our own request.
+  local entry = credentials.id_token_entry(idt, now)
+  if not entry then
+    return nil, errors.new("service_account", "token response",
+      "the id_token has no readable exp claim", { status = 200, retryable = false, uri = uri })
+  end
+  return entry
+end
+
+-- Clock skew: the endpoint refused the assertion's time window and said
+-- (in its Date header) what time it is there. The request is sent once
+-- more with an assertion on its clock; the offset is kept so later
+-- assertions are right the first time.
+local function skew_again(op, err)
+  local skew = type(err) == "table" and err.clock_skew
+  if not skew or (skew < MIN_SKEW and skew > -MIN_SKEW) then return nil end
+  local self = op.owner
+  local shared = self._shared
+  if skew - shared.skew < MIN_SKEW and skew - shared.skew > -MIN_SKEW then return nil end
+  shared.skew = skew
+  local assertion = self:assertion()
+  return assertion and GRANT_PREFIX .. assertion or nil
 end
 
 local function exchange(self)
-  local http, terr = errors.pair(oauth.transport(self._shared, "service_account"))
+  local http, terr = errors.pair(token_request.transport(self._shared, "service_account"))
   if not http then return errors.ret(terr) end
-  local policy = self._retry
-  local clock = self._clock
-  local started = clock()
-  local fn = function(_, remaining)
-    return exchange_once(self, http, remaining)
-  end
-  local entry, err = errors.pair(retry.call(fn, policy))
-  if entry then return entry end
-  -- Clock skew: the endpoint refused the assertion's time window and said
-  -- (in its Date header) what time it is there. Retry once on its clock;
-  -- the offset is kept so later assertions are right the first time.
-  local skew = type(err) == "table" and err.clock_skew
-  if skew and (skew >= MIN_SKEW or skew <= -MIN_SKEW) then
-    local shared = self._shared
-    if skew - shared.skew >= MIN_SKEW or skew - shared.skew <= -MIN_SKEW then
-      shared.skew = skew
-      local p = retry.policy(policy)
-      if p.deadline then
-        p.deadline = p.deadline - (clock() - started)
-        if p.deadline <= 0 then return errors.ret(err) end
-      end
-      return retry.call(fn, p)
-    end
-  end
-  return errors.ret(err)
+  local uri = self.token_uri
+  local ok, uerr = errors.pair(_M.check_token_uri(uri))
+  if not ok then return errors.ret(uerr) end
+  local assertion, aerr = errors.pair(self:assertion())
+  if not assertion then return errors.ret(aerr) end
+  return token_request.send({
+    module = "service_account", url = uri, body = GRANT_PREFIX .. assertion, http = http,
+    max_body = _M.MAX_RESPONSE, timeout = self._timeout, policy = self._retry,
+    now = self._clock, what = "request", adjust = clock_skew, again = skew_again,
+    accept = self.mode == "id_token" and accept_id_token or nil, owner = self,
+  })
 end
 
 local function self_signed(self)
