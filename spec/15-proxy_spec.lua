@@ -143,6 +143,28 @@ describe("proxies (libcurl)", function()
       assert.same({}, connects(proxy, from))
     end)
 
+    it("one transport alternating between a proxied host and loopback routes each request by its own host", function()
+      -- The transport remembers the last URL's decision by its
+      -- scheme://authority: a change of host (or of port) must not reuse it.
+      local from = #proxy.connects()
+      local direct = helpers.start_raw_listener({ host = "127.0.0.1" })
+      local t = assert(curl.new({ ca_file = certs.ca_file, timeout = 10, proxy = proxy.url }))
+      fake:script("/v1/alt", { { status = 200, body = {} }, { status = 200, body = {} } })
+      for _, u in ipairs({ "https://" .. GOOGLE .. "/v1/alt", direct.url .. "/a",
+                           "https://" .. GOOGLE .. "/v1/alt", direct.url .. "?b" }) do
+        local res, msg = t:request({ url = u })
+        assert.is_nil(msg)
+        assert.equal(200, res.status)
+      end
+      local lines = direct:request_lines()
+      direct:stop()
+      assert.same({ "GET /a HTTP/1.1", "GET /?b HTTP/1.1" }, lines)
+      assert.equal(2, #fake:requests("/v1/alt"))
+      local seen = connects(proxy, from)
+      assert.is_true(#seen >= 1)
+      for _, c in ipairs(seen) do assert.equal(GOOGLE .. ":443", c.target) end
+    end)
+
     it("never routes the metadata server or loopback to a proxy (the rule both transports use)", function()
       local cfg = assert(common.proxy_config({ proxy = proxy.url }, "test"))
       for _, host in ipairs({ "169.254.169.254", "metadata.google.internal", "METADATA.google.internal.",

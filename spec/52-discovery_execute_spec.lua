@@ -622,6 +622,18 @@ describe("gauth.discovery against the fake over HTTPS", function()
 
     after_each(function() metrics.off() end)
 
+    it("host_of names the host of each URL, a longer port or another scheme included", function()
+      -- host_of remembers the last URL's scheme://authority: a URL that
+      -- only starts like it ("https://h:1" and "https://h:12") is another host.
+      local cases = {
+        { "https://h.example:1/x", "h.example:1" }, { "https://h.example:12/x", "h.example:12" },
+        { "https://h.example:1", "h.example:1" }, { "https://h.example:1?q", "h.example:1" },
+        { "https://h.example:1#f", "h.example:1" }, { "https://h.example:1.evil/x", "h.example:1.evil" },
+        { "http://u:p@h.example:1/x", "h.example:1" }, { "no url", "?" }, { 42, "?" },
+      }
+      for _, c in ipairs(cases) do assert.equal(c[2], metrics.host_of(c[1]), tostring(c[1])) end
+    end)
+
     it("gauth.on: events for refresh, failure and retry; counters in Prometheus text", function()
       local events = {}
       for _, ev in ipairs({ "refresh", "failure", "retry" }) do
