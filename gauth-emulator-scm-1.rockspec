@@ -17,7 +17,7 @@ that runs it. Not for production.
   homepage = "https://github.com/gauth-lua/gauth",
 }
 -- What the emulator's modules require: gauth (gauth.core, gauth.jwt,
--- gauth.aws_sigv4, gauth.util, gauth.errors), luasocket (the server and its
+-- gauth.aws_sigv4, gauth.lib.*, gauth.errors), luasocket (the server and its
 -- child process) and lua-cjson (spec/04-package_spec.lua checks the list
 -- against the requires).
 dependencies = {

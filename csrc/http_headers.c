@@ -53,7 +53,7 @@ static int rest_is(const struct curl_slist *n, const char *const *extra)
 /* Can `v` be sent as a header value? RFC 9110 (5.5): a field value is
  * visible characters, obs-text, spaces and tabs; CR, LF and NUL would let
  * it inject headers or cut it short, the other controls are invalid too.
- * The same rule as gauth.util.header_value_ok in Lua. */
+ * The same rule as gauth.lib.http_header.value_ok in Lua. */
 static int bad_value(const char *v, size_t len)
 {
     size_t i;

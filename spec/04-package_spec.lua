@@ -109,6 +109,24 @@ describe("package", function()
     assert.equal("bin/gauth", lib.build.install.bin.gauth)
   end)
 
+  -- Issue 20: the leaf helpers live together under gauth.lib and require
+  -- nothing of gauth's Lua but each other (gauth.core, the C module, only
+  -- when first needed: see gauth.lib.time).
+  it("gauth.lib's modules require nothing of gauth but gauth.lib and, lazily, gauth.core", function()
+    local n = 0
+    for _, path in ipairs(lua_files()) do
+      if path:match("^lua/gauth/lib/") then
+        n = n + 1
+        local text = assert(helpers.read_file(root .. "/" .. path))
+        for name in text:gmatch("require%s*%(?%s*[\"']([%w_.]+)[\"']") do
+          assert(not name:match("^gauth%.") or name:match("^gauth%.lib%.") or name == "gauth.core",
+            path .. " requires " .. name)
+        end
+      end
+    end
+    assert.is_true(n >= 8)
+  end)
+
   it("the emulator rock declares what its modules and command require", function()
     local emu = rockspec(EMU)
     local declared = {}

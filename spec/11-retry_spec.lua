@@ -257,14 +257,14 @@ describe("gauth.retry.call", function()
   end)
 
   it("really sleeps with the default clock", function()
-    local util = require "gauth.util"
-    local t0 = util.now()
+    local time = require "gauth.lib.time"
+    local t0 = time.now()
     local res = retry.call(function(attempt)
       if attempt == 1 then return nil, transient() end
       return "ok"
     end, { initial = 0.05, jitter = false })
     assert.equal("ok", res)
-    assert.is_true(util.now() - t0 >= 0.045)
+    assert.is_true(time.now() - t0 >= 0.045)
   end)
 
   it("raises on bad arguments", function()
@@ -291,7 +291,7 @@ describe("gauth.retry.within (one deadline for a whole call)", function()
     assert.equal("first", a)
     assert.equal("second", b)
     assert.is_number(seen)
-    local left = seen - require("gauth.util").now()
+    local left = seen - require("gauth.lib.time").now()
     assert.is_true(left > 0 and left <= 5)
     assert.is_nil(retry.deadline())
     -- An inner within cannot extend an outer one.
@@ -360,8 +360,8 @@ describe("gauth.retry.parse_retry_after", function()
   end)
 
   it("agrees with the real clock", function()
-    local util = require "gauth.util"
-    local t = util.now()
+    local time = require "gauth.lib.time"
+    local t = time.now()
     local d = retry.parse_retry_after(os.date("!%a, %d %b %Y %H:%M:%S GMT", math.floor(t) + 100))
     assert.is_true(d > 98 and d <= 100)
   end)

@@ -4,7 +4,7 @@
 -- entries go. Counts are asserted, not memory.
 local credentials = require "gauth.credentials"
 local token_cache = require "gauth.token_cache"
-local util = require "gauth.util"
+local lru = require "gauth.lib.lru"
 local errors = require "gauth.errors"
 local socket = require "socket"
 
@@ -116,9 +116,9 @@ describe("gauth.token_cache bounds", function()
   end)
 end)
 
-describe("gauth.util.lru", function()
+describe("gauth.lib.lru", function()
   it("holds at most max entries; a lookup keeps an entry; count follows deletes", function()
-    local m = util.lru(4)
+    local m = lru.new(4)
     for i = 1, 4 do m:set(i, "v" .. i) end
     assert.equal(4, m:count())
     assert.equal("v1", m:get(1))  -- used: survives the next turn
@@ -139,7 +139,7 @@ describe("gauth.util.lru", function()
 
   it("drops entries its predicate calls expired, when met and when the generation turns", function()
     local dead = {}
-    local m = util.lru(4, function(v) return dead[v] == true end)
+    local m = lru.new(4, function(v) return dead[v] == true end)
     m:set("a", "A")
     m:set("b", "B")
     dead.A = true
@@ -152,6 +152,6 @@ describe("gauth.util.lru", function()
   end)
 
   it("max must be a number >= 2", function()
-    assert.has_error(function() util.lru(1) end, "gauth.util: lru: max must be a number >= 2")
+    assert.has_error(function() lru.new(1) end, "gauth.lib.lru: new: max must be a number >= 2")
   end)
 end)

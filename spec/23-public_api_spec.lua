@@ -19,7 +19,7 @@ local id_token = require "gauth.id_token"
 local api_key = require "gauth.api_key"
 local metadata = require "gauth.metadata"
 local ae = require "gauth.app_engine"
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
 local retry = require "gauth.retry"
 local testing = require "gauth.testing"
 local discovery = require "gauth.discovery"
@@ -214,15 +214,27 @@ describe("the public API shape (issue 20)", function()
   end)
 
   describe("test seams under opts.testing (DECISIONS); the old top-level spelling still works", function()
-    it("util.seam: testing first, then the old spelling; testing must be a table", function()
+    it("seam.get: testing first, then the old spelling; testing must be a table", function()
       local f1, f2 = function() end, function() end
-      assert.equal(f1, util.seam({ testing = { sleep = f1 }, sleep = f2 }, "sleep"))
-      assert.equal(f2, util.seam({ sleep = f2 }, "sleep"))
-      assert.equal(f2, util.seam({ testing = {}, sleep = f2 }, "sleep"))
-      assert.is_nil(util.seam(nil, "env"))
-      assert.is_nil(util.seam({}, "env"))
-      assert.error_matches(function() util.seam({ testing = 1 }, "env") end,
+      assert.equal(f1, seam.get({ testing = { sleep = f1 }, sleep = f2 }, "sleep"))
+      assert.equal(f2, seam.get({ sleep = f2 }, "sleep"))
+      assert.equal(f2, seam.get({ testing = {}, sleep = f2 }, "sleep"))
+      assert.is_nil(seam.get(nil, "env"))
+      assert.is_nil(seam.get({}, "env"))
+      assert.error_matches(function() seam.get({ testing = 1 }, "env") end,
         "gauth: opts.testing must be a table", 1, true)
+    end)
+
+    it("gauth.util (deprecated) still answers under the old names, with gauth.lib's functions", function()
+      local util = require "gauth.util"
+      assert.equal(seam.get, util.seam)
+      assert.equal(require("gauth.lib.url").parse, util.parse_url)
+      assert.equal(require("gauth.lib.json").null, util.json_null)
+      assert.equal(true, util.check_credentials_url("http://127.0.0.1:1/x", "discovery", "m"))
+      local ok, msg, err = util.check_credentials_url("http://example.com/x", "discovery", "m")
+      assert.is_nil(ok)
+      assert.equal("insecure_url", err.kind)
+      assert.equal(tostring(err), msg)
     end)
 
     it("env: the constructors read testing.env (and env, deprecated)", function()

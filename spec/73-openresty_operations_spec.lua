@@ -301,7 +301,7 @@ describe("OpenResty operations", function()
       local b = get("/bounds?n=200")
       assert.equal(200, b.served)
       assert.equal(200, b.scheduled_calls)
-      -- util.lru keeps between half and all of its bound.
+      -- gauth.lib.lru keeps between half and all of its bound.
       for _, k in ipairs({ "memo", "tkeys", "scheduled" }) do
         assert.is_true(b[k] <= 10 and b[k] >= 5, k .. ": " .. tostring(b[k]))
       end

@@ -1055,12 +1055,12 @@ end
 -- loopback host and fails the spec on anything else, so that a request
 -- meant for the fake never leaves the machine.
 function helpers.loopback_guard()
-  local util = require "gauth.util"
+  local url_lib = require "gauth.lib.url"
   local real = assert(require("gauth.http").new())
   return {
     request = function(_, req)
-      local _, host = util.parse_url(req.url)
-      if not host or not util.is_loopback_host(host) then
+      local _, host = url_lib.parse(req.url)
+      if not host or not url_lib.is_loopback_host(host) then
         error("spec sent a request off loopback: " .. tostring(req.url))
       end
       return real:request(req)

@@ -54,7 +54,9 @@
 local metadata = require "gauth.metadata"
 local credentials = require "gauth.credentials"
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
+local seam = require "gauth.lib.seam"
+local sys = require "gauth.lib.sys"
 local cjson = require "cjson.safe"
 
 local type = type
@@ -110,7 +112,7 @@ local function typed_opts(t, opts)
     o.scopes = opts.scopes
   elseif t == "external_account" then
     o.scopes = opts.scopes
-    o.env = util.seam(opts, "env")
+    o.env = seam.get(opts, "env")
     o.shared_dict = opts.shared_dict
   elseif t == "external_account_authorized_user" then
     o.shared_dict = opts.shared_dict
@@ -118,7 +120,7 @@ local function typed_opts(t, opts)
     o.scopes = opts.scopes
     o.iam_endpoint = opts.iam_endpoint
     o.lifetime = opts.lifetime
-    o.env = util.seam(opts, "env")
+    o.env = seam.get(opts, "env")
   end
   return o
 end
@@ -139,7 +141,7 @@ end
 
 local function type_of(info, source)
   local t = info.type
-  if t == nil or t == util.json_null then
+  if t == nil or t == json.null then
     return errors.fail("adc", "key file", source .. ': no "type" field'
       .. " (is this a credentials file?)", { file = source, field = "type" })
   end
@@ -251,11 +253,11 @@ local function gcloud_project(getenv)
   if not dir then return nil end
   local name = getenv("CLOUDSDK_ACTIVE_CONFIG_NAME")
   if not name then
-    local s = util.read_file(dir .. "/active_config")
+    local s = sys.read_file(dir .. "/active_config")
     name = s and trim(s) or "default"
   end
   if name == "" or not find(name, "^[%w_.-]+$") then return nil end
-  local ini = util.read_file(dir .. "/configurations/config_" .. name)
+  local ini = sys.read_file(dir .. "/configurations/config_" .. name)
   if not ini or #ini > MAX_FILE then return nil end
   local section
   for line in gmatch(ini, "[^\r\n]+") do

@@ -20,7 +20,7 @@
 -- @module gauth.api_key
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local http_header = require "gauth.lib.http_header"
 
 local type = type
 local error = error
@@ -63,7 +63,7 @@ function _M.new(key, opts)
     -- request fails with it (an unset environment variable, typically).
     return errors.fail("api_key", "key", "the API key is empty", { retryable = false })
   end
-  if not util.header_value_ok(key) or find(key, "^%s") or find(key, "%s$") then
+  if not http_header.value_ok(key) or find(key, "^%s") or find(key, "%s$") then
     -- A CR or LF would inject headers; surrounding blanks are a copy and
     -- paste accident that Google would answer with 400. Never quoted.
     return errors.fail("api_key", "key", "the API key has a control character or"

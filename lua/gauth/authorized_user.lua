@@ -32,7 +32,7 @@ local credentials = require "gauth.credentials"
 local errors = require "gauth.errors"
 local token_request = require "gauth.token_request"
 local retry = require "gauth.retry"
-local util = require "gauth.util"
+local url_lib = require "gauth.lib.url"
 local core = require "gauth.core"
 
 local type = type
@@ -203,7 +203,7 @@ function _M:fetch_token()
   }
   if self.scopes then form[#form + 1] = { "scope", concat(self.scopes, " ") } end
   return token_request.send({
-    module = "authorized_user", url = uri, body = util.form_encode(form), http = http,
+    module = "authorized_user", url = uri, body = url_lib.form_encode(form), http = http,
     max_body = _M.MAX_RESPONSE, timeout = self._timeout, policy = self._retry,
     now = self._clock, what = "refresh", adjust = gcloud_hint, seen = keep_rotated, owner = self,
   })

@@ -25,7 +25,8 @@
 -- cannot be batched.
 -- @module gauth.batch
 
-local util = require "gauth.util"
+local http_header = require "gauth.lib.http_header"
+local seam = require "gauth.lib.seam"
 local errors = require "gauth.errors"
 local request = require "gauth.request"
 local upload = require "gauth.media.upload"
@@ -172,7 +173,7 @@ local function part_headers(req)
   return h
 end
 
-local header_value_ok = util.header_value_ok
+local header_value_ok = http_header.value_ok
 local BAD_VALUE = "has a value with CR, LF, NUL or another control character"
 
 -- One `application/http` part (googleapiclient's _serialize_request).
@@ -364,8 +365,8 @@ function _M:_send(ids, answers, opts, http)
   local op = exchange.op_for(svc, "batch", "execute", treq, base,
                               { ["content-type"] = 'multipart/mixed; boundary="' .. boundary .. '"' },
                               http)
-  op.retries, op.sleep = n, util.seam(opts, "sleep") or svc.sleep
-  op.random = util.seam(opts, "random")
+  op.retries, op.sleep = n, seam.get(opts, "sleep") or svc.sleep
+  op.random = seam.get(opts, "random")
   op.decode = function(_, r) return r end
   local res, err = errors.pair(request.send(op))
   if not res then return errors.ret(err) end

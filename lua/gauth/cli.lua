@@ -22,7 +22,8 @@
 -- @module gauth.cli
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
+local sys = require "gauth.lib.sys"
 
 local type = type
 local pairs = pairs
@@ -288,7 +289,7 @@ end
 
 local function encode(v, indent, out, depth)
   local tv = type(v)
-  if v == util.json_null or v == nil then
+  if v == json.null or v == nil then
     out[#out + 1] = "null"
   elseif tv == "boolean" then
     out[#out + 1] = v and "true" or "false"
@@ -300,7 +301,7 @@ local function encode(v, indent, out, depth)
     if depth > 100 then error("gauth.cli: JSON nested too deeply", 0) end
     local inner = indent .. "  "
     if next(v) == nil then
-      local arr = util.empty_array_mt
+      local arr = json.empty_array_mt
       out[#out + 1] = (arr ~= nil and getmetatable(v) == arr) and "[]" or "{}"
     elseif is_array(v) then
       out[#out + 1] = "[\n"
@@ -346,7 +347,7 @@ end
 -- @param stream a file handle
 -- @treturn boolean
 function _M.is_terminal(stream)
-  local env = util.getenv("GAUTH_PROGRESS")
+  local env = sys.getenv("GAUTH_PROGRESS")
   if env then return env ~= "0" end
   if stream ~= io.stderr then return false end
   local r = os.execute("test -t 2")
@@ -478,14 +479,14 @@ local function read_stream_or_file(spec, stdin)
     if not data then usage("--body @-: cannot read stdin") end
     return data
   end
-  local data, err = util.read_file(spec)
+  local data, err = sys.read_file(spec)
   if not data then usage("--body @" .. spec .. ": " .. tostring(err)) end
   return data
 end
 
 local function body_of(text, stdin)
   if sub(text, 1, 1) == "@" then text = read_stream_or_file(sub(text, 2), stdin) end
-  local v = util.json_decode(text)
+  local v = json.decode(text)
   -- cjson gives a table for an array too: the first character tells.
   if type(v) ~= "table" or not find(text, "^%s*{") then
     usage("--body must be a JSON object" .. (v == nil and " (malformed JSON)" or ""))
@@ -781,9 +782,9 @@ local function cmd_sign_url(opts, pos, ios)
 end
 
 local function default_cache_dir()
-  local xdg = util.getenv("XDG_CACHE_HOME")
+  local xdg = sys.getenv("XDG_CACHE_HOME")
   if xdg then return xdg .. "/gauth/discovery" end
-  local home = util.getenv("HOME")
+  local home = sys.getenv("HOME")
   if home then return home .. "/.cache/gauth/discovery" end
   return nil
 end

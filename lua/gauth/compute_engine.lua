@@ -23,7 +23,7 @@
 local credentials = require "gauth.credentials"
 local metadata = require "gauth.metadata"
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
 
 local type = type
 local pairs = pairs
@@ -94,7 +94,7 @@ function _M._new(opts, kind, mode)
       arg_error(kind, "target_audience is for id_token_credentials")
     end
   end
-  local env = util.seam(opts, "env")
+  local env = seam.get(opts, "env")
   local host, err = errors.pair(metadata.host({ host = opts.host, env = env, _module = kind }))
   if not host then return errors.ret(err) end
   local policy = metadata.retry_policy(opts.retry)

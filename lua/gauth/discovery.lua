@@ -39,7 +39,7 @@
 -- @module gauth.discovery
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
 local common = require "gauth.discovery.common"
 local method = require "gauth.discovery.method"
 local service = require "gauth.discovery.service"
@@ -206,9 +206,9 @@ function request:execute(opts)
     if opts.num_retries ~= nil then n = opts.num_retries end
     if opts.timeout then op.timeout = opts.timeout end
     op.deadline = opts.deadline
-    local sleep = util.seam(opts, "sleep")
+    local sleep = seam.get(opts, "sleep")
     if sleep then op.sleep = sleep end
-    op.random = util.seam(opts, "random")
+    op.random = seam.get(opts, "random")
   end
   local m = rawget(self, "method")
   if m then op.method = m end

@@ -61,7 +61,11 @@ local oauth = require "gauth.oauth"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
 local metadata = require "gauth.metadata"
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
+local ngx_phase = require "gauth.lib.ngx_phase"
+local seam = require "gauth.lib.seam"
+local sys = require "gauth.lib.sys"
+local url_lib = require "gauth.lib.url"
 local core = require "gauth.core"
 local sigv4 = require "gauth.aws_sigv4"
 local sts = require "gauth.sts"
@@ -147,11 +151,11 @@ local function link_local(host)
 end
 
 local function check_source_url(url, what, source, field)
-  local scheme, host = util.parse_url(url)
+  local scheme, host = url_lib.parse(url)
   if not scheme or (scheme ~= "https" and scheme ~= "http") then
     return nil, key_error(source, field, "not an absolute http(s) URL")
   end
-  if scheme == "http" and not util.is_loopback_host(host) and not link_local(host) then
+  if scheme == "http" and not url_lib.is_loopback_host(host) and not link_local(host) then
     return nil, key_error(source, field, "refusing " .. what .. " in clear text to " .. host
       .. " (https, a loopback host or a link-local metadata server)")
   end
@@ -170,7 +174,7 @@ end
 -- non-empty string.
 local function opt_string(t, name, source, prefix)
   local v = t[name]
-  if v == nil or v == util.json_null then return false end
+  if v == nil or v == json.null then return false end
   if type(v) ~= "string" or v == "" then
     return nil, key_error(source, (prefix or "") .. name, "must be a non-empty string")
   end
@@ -179,12 +183,12 @@ end
 
 local function parse_format(cs, source)
   local f = cs.format
-  if f == nil or f == util.json_null then return { type = "text" } end
+  if f == nil or f == json.null then return { type = "text" } end
   if type(f) ~= "table" then
     return nil, key_error(source, "credential_source.format", "must be an object")
   end
   local t = f.type
-  if t == nil or t == util.json_null then t = "text" end
+  if t == nil or t == json.null then t = "text" end
   if t ~= "text" and t ~= "json" then
     return nil, key_error(source, "credential_source.format.type",
       'must be "text" or "json"')
@@ -269,7 +273,7 @@ local function parse_source(cs, source)
                                       "credential_source.url"))
     if not ok then return errors.ret(uerr) end
     local headers = {}
-    if cs.headers ~= nil and cs.headers ~= util.json_null then
+    if cs.headers ~= nil and cs.headers ~= json.null then
       if type(cs.headers) ~= "table" then
         return nil, key_error(source, "credential_source.headers", "must be an object")
       end
@@ -297,7 +301,7 @@ local function parse_source(cs, source)
     -- gcloud has written it as the string "true" too.
     if use_default == true or use_default == "true" then
       use_default = true
-    elseif use_default == nil or use_default == util.json_null or use_default == false
+    elseif use_default == nil or use_default == json.null or use_default == false
         or use_default == "false" then
       use_default = false
     else
@@ -329,7 +333,7 @@ local function parse_source(cs, source)
       "missing or not a non-empty string")
   end
   local timeout = ex.timeout_millis
-  if timeout == nil or timeout == util.json_null then
+  if timeout == nil or timeout == json.null then
     timeout = _M.EXECUTABLE_TIMEOUT
   elseif type(timeout) ~= "number" or timeout < _M.EXECUTABLE_TIMEOUT_MIN
       or timeout > _M.EXECUTABLE_TIMEOUT_MAX then
@@ -445,12 +449,12 @@ local function parse(info, source)
   end
   local imp = info.service_account_impersonation
   c.lifetime = 3600
-  if imp ~= nil and imp ~= util.json_null then
+  if imp ~= nil and imp ~= json.null then
     if type(imp) ~= "table" then
       return nil, key_error(source, "service_account_impersonation", "must be an object")
     end
     local life = imp.token_lifetime_seconds
-    if life ~= nil and life ~= util.json_null then
+    if life ~= nil and life ~= json.null then
       if type(life) ~= "number" or life % 1 ~= 0 or life < 600 or life > 43200 then
         return nil, key_error(source, "service_account_impersonation.token_lifetime_seconds",
           "must be a whole number of seconds from 600 to 43200")
@@ -478,7 +482,7 @@ local function build(c, source, opts)
   end
   opts = opts or {}
   local shared = credentials.transport_opts(opts, MODULE, 4, {
-    client_secret = c.client_secret, env = util.seam(opts, "env") })
+    client_secret = c.client_secret, env = seam.get(opts, "env") })
   local crm = opts.cloud_resource_manager_url
   if crm ~= nil and (type(crm) ~= "string" or crm == "") then
     error("gauth.external_account: cloud_resource_manager_url must be a non-empty string", 3)
@@ -524,7 +528,7 @@ local function build(c, source, opts)
       source = direct, target_principal = self.target_principal,
       impersonation_url = c.service_account_impersonation_url,
       scopes = self.scopes or { _M.CLOUD_PLATFORM }, lifetime = c.lifetime,
-      env = util.seam(opts, "env"), http = opts.http, ca_file = opts.ca_file,
+      env = seam.get(opts, "env"), http = opts.http, ca_file = opts.ca_file,
       timeout = opts.timeout,
       proxy = opts.proxy, no_proxy = opts.no_proxy,
       client_cert = opts.client_cert, client_key = opts.client_key,
@@ -727,7 +731,7 @@ local function aws_token(self, http)
   end
   local text = '{"headers":[' .. concat(parts, ",") .. '],"method":"POST","url":'
     .. cjson.encode(url) .. "}"
-  return util.url_encode(text)
+  return url_lib.encode(text)
 end
 
 -- Executables ------------------------------------------------------------
@@ -772,7 +776,7 @@ local function exec_response(self, data, now)
     return exec_fail("the response's token_type is missing or unknown")
   end
   local exp = data.expiration_time
-  if exp ~= nil and exp ~= util.json_null then
+  if exp ~= nil and exp ~= json.null then
     if type(exp) ~= "number" then return exec_fail("expiration_time is not a number") end
     if exp <= now then return exec_fail("the response has expired", { expired = true }) end
   elseif self.credential_source.output_file then
@@ -797,7 +801,7 @@ end
 
 local function executable_token(self)
   local s = self.credential_source
-  if util.is_ngx and ngx.get_phase() ~= "init" then -- luacheck: ignore ngx
+  if ngx_phase.is_ngx and ngx.get_phase() ~= "init" then -- luacheck: ignore ngx
     return exec_fail("not allowed inside nginx workers (it would block the worker);"
       .. " use a file or url source, or fetch the token in init_by_lua")
   end
@@ -840,7 +844,7 @@ local function executable_token(self)
   end
   local out = p:read("*a") or ""
   p:close()
-  local errtext = util.read_file(errfile) or ""
+  local errtext = sys.read_file(errfile) or ""
   os.remove(errfile)
   local body, status = match(out, "^(.*)\n__gauth_status=(%d+)%s*$")
   status = tonumber(status)
@@ -1194,7 +1198,7 @@ function _M:get_project_id()
   end
   local base = self._crm_url or gsub(_M.CLOUD_RESOURCE_MANAGER_URL, "{universe_domain}",
                                      self.universe_domain)
-  local url = base .. util.url_encode(number)
+  local url = base .. url_lib.encode(number)
   local ok, um, ux = oauth.check_url(url, MODULE, "project id", "a token")
   if not ok then return errors.ret(errors.of(um, ux)) end
   local headers, m, x = self:apply({ accept = "application/json" })

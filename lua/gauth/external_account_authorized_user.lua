@@ -22,7 +22,7 @@ local credentials = require "gauth.credentials"
 local oauth = require "gauth.oauth"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
-local util = require "gauth.util"
+local url_lib = require "gauth.lib.url"
 local core = require "gauth.core"
 local cjson = require "cjson.safe"
 
@@ -129,7 +129,7 @@ local function post_form(self, http, url, form, timeout)
   return oauth.post(http, MODULE, url, {
     ["content-type"] = "application/x-www-form-urlencoded", accept = "application/json",
     authorization = basic(self),
-  }, util.form_encode(form), timeout, _M.MAX_RESPONSE)
+  }, url_lib.form_encode(form), timeout, _M.MAX_RESPONSE)
 end
 
 local function refresh_once(self, http, remaining)

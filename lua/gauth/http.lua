@@ -16,7 +16,7 @@
 -- see ARCHITECTURE.md and `gauth.transport.curl`.
 -- @module gauth.http
 
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
 local errors = require "gauth.errors"
 
 local require = require
@@ -34,7 +34,7 @@ local auto_mt = { __index = auto }
 
 function auto:request(req)
   local t, err
-  if util.can_yield() then
+  if ngx_phase.can_yield() then
     t = self.ngx_t
     if not t then
       -- Loaded lazily: it exists only where lua-resty-core does.
@@ -45,9 +45,9 @@ function auto:request(req)
     end
     return t:request(req)
   end
-  local phase = util.nonblocking_phase()
+  local phase = ngx_phase.nonblocking()
   if phase then
-    return errors.fail("http", "request", "cannot send a request: " .. util.phase_refusal(phase),
+    return errors.fail("http", "request", "cannot send a request: " .. ngx_phase.refusal(phase),
                        { retryable = true, kind = "phase", phase = phase })
   end
   -- init_by_lua: the master, before the workers; blocking is allowed.
@@ -84,7 +84,7 @@ auto_mt.__tostring = function() return "gauth.http (nginx)" end
 --   `gauth.transport.curl`)
 -- @return transport | nil, msg, err (a `proxy` that does not parse)
 function _M.new(opts)
-  if util.is_ngx then
+  if ngx_phase.is_ngx then
     if opts ~= nil and type(opts) ~= "table" then
       error("gauth.http: opts must be a table", 2)
     end

@@ -139,7 +139,7 @@ function _M.new(opts)
     _universe = ud,
     _endpoint = endpoint,
     _retry = policy,
-    _clock = opts.now or require("gauth.util").now,
+    _clock = opts.now or require("gauth.lib.time").now,
     _timeout = opts.timeout,
     _shared = shared,
   }, mt)

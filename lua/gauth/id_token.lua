@@ -49,7 +49,8 @@
 
 local core = require "gauth.core"
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
+local seam = require "gauth.lib.seam"
 
 -- A decoder of its own: strict numbers (no NaN, Infinity or hex, which
 -- would make every time comparison false and so let an expired token in).
@@ -223,7 +224,7 @@ local KeyCache = {}
 local cache_mt = { __index = KeyCache }
 
 -- Under nginx the event loop's cached time (no system call per token).
-local default_clock = util.is_ngx and ngx.now or core.now
+local default_clock = ngx_phase.is_ngx and ngx.now or core.now
 
 local function clock_of(now, step)
   if now == nil then return default_clock end
@@ -268,7 +269,7 @@ function _M.new_cache(opts)
     last_error = {},
     fetches = 0,
   }, cache_mt)
-  if util.is_ngx and opts.shared_dict ~= false then
+  if ngx_phase.is_ngx and opts.shared_dict ~= false then
     local name = opts.shared_dict or _M.DEFAULT_DICT
     local dict = ngx.shared[name]
     if not dict then
@@ -417,7 +418,7 @@ end
 -- worker serves other requests meanwhile) until it is done, then read what
 -- it stored.
 local function wait_for_other(self, url, m)
-  if not util.can_yield() then return m end
+  if not ngx_phase.can_yield() then return m end
   local _, _, kattempt = dkeys(url)
   local waited, delay = 0, 0.005
   -- With a fleet store the fetcher may first wait (up to timeout) for
@@ -452,7 +453,7 @@ function KeyCache:get(url, kid)
   end
   local usable = m and t < m.stale_until
   -- In a phase that cannot yield, no request is made (it would block).
-  if util.is_ngx and not util.can_yield() then
+  if ngx_phase.is_ngx and not ngx_phase.can_yield() then
     if usable then return m.set end
     return fail("keys", "keys", "no key set held and the "
       .. tostring(ngx.get_phase()) .. " phase cannot fetch one", { retryable = true })
@@ -486,7 +487,7 @@ function KeyCache:get(url, kid)
   end
   if stored then return stored.set end
   if usable then
-    if util.is_ngx then
+    if ngx_phase.is_ngx then
       ngx.log(ngx.WARN, "gauth: key set ", url, ": ", why,
               "; the keys held keep serving")
     end
@@ -957,7 +958,7 @@ function _M.credentials(source, opts)
     -- ADC's credentials make their requests with the transport options
     -- given here (a proxy, a CA bundle, a client certificate).
     local credentials = require "gauth.credentials"
-    local aopts = credentials.transport_opts(opts, "id_token", 3, { env = util.seam(opts, "env") })
+    local aopts = credentials.transport_opts(opts, "id_token", 3, { env = seam.get(opts, "env") })
     local c, m, x = require("gauth.adc").default(aopts)
     if not c then
       local cause = errors.of(m, x)
@@ -1000,7 +1001,7 @@ function _M.fetch(audience, opts)
   opts = opts or NO_OPTS
   local copts = { audience = audience, include_email = opts.include_email, cache = opts.cache,
                   now = opts.now,
-                  testing = { env = util.seam(opts, "env") } }
+                  testing = { env = seam.get(opts, "env") } }
   local c, m, x = _M.credentials(opts.source,
     require("gauth.credentials").transport_opts(opts, "id_token", 3, copts))
   if not c then return nil, m, x end

@@ -33,7 +33,8 @@ local oauth = require "gauth.oauth"
 local metadata = require "gauth.metadata"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
+local seam = require "gauth.lib.seam"
 local cjson = require "cjson.safe"
 
 local type = type
@@ -92,7 +93,7 @@ end
 local DELEGATE_PREFIX = "projects/-/serviceAccounts/"
 
 local function normalise_delegates(d)
-  if d == nil or d == util.json_null then return nil end
+  if d == nil or d == json.null then return nil end
   if type(d) ~= "table" then arg_error("delegates must be an array of service account emails") end
   local list = {}
   for i, v in ipairs(d) do
@@ -231,7 +232,7 @@ local function from_parsed(info, source, opts)
       "does not end in /serviceAccounts/<email>:generateAccessToken"))
   end
   local delegates = info.delegates
-  if delegates ~= nil and delegates ~= util.json_null then
+  if delegates ~= nil and delegates ~= json.null then
     if type(delegates) ~= "table" then
       return errors.ret(key_error(source, "delegates", "must be an array of strings"))
     end
@@ -244,10 +245,10 @@ local function from_parsed(info, source, opts)
     delegates = nil
   end
   local qp = info.quota_project_id
-  if qp ~= nil and qp ~= util.json_null and (type(qp) ~= "string" or qp == "") then
+  if qp ~= nil and qp ~= json.null and (type(qp) ~= "string" or qp == "") then
     return errors.ret(key_error(source, "quota_project_id", "must be a non-empty string"))
   end
-  if qp == util.json_null then qp = nil end
+  if qp == json.null then qp = nil end
   local src = info.source_credentials
   if type(src) ~= "table" then
     return errors.ret(key_error(source, "source_credentials", "missing or not an object"))
@@ -274,7 +275,7 @@ local function from_parsed(info, source, opts)
   return _M.new({
     source = creds, target_principal = target, impersonation_url = url,
     delegates = delegates, scopes = opts.scopes, lifetime = opts.lifetime,
-    iam_endpoint = opts.iam_endpoint, env = util.seam(opts, "env"),
+    iam_endpoint = opts.iam_endpoint, env = seam.get(opts, "env"),
     quota_project = opts.quota_project or qp,
     http = opts.http, ca_file = opts.ca_file, timeout = opts.timeout,
     client_cert = opts.client_cert, client_key = opts.client_key,

@@ -31,7 +31,9 @@
 -- "metadata response", "detection".
 -- @module gauth.metadata
 
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
+local sys = require "gauth.lib.sys"
+local url_lib = require "gauth.lib.url"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
 local cjson = require "cjson.safe"
@@ -83,7 +85,7 @@ local FLAVOR_HEADERS = { ["metadata-flavor"] = "Google" }
 -- values count as unset). Specs may replace this field; most code passes
 -- `opts.env` instead.
 function _M.getenv(name)
-  return util.getenv(name)
+  return sys.getenv(name)
 end
 
 --- The environment lookup for `opts`: `opts.testing.env` (or the old
@@ -93,7 +95,7 @@ end
 -- @tparam[opt] table opts
 -- @return function(name) -> value | nil
 function _M.getenv_for(opts)
-  local env = util.seam(opts, "env")
+  local env = seam.get(opts, "env")
   if env == nil then
     return function(name) return _M.getenv(name) end
   end
@@ -192,7 +194,7 @@ local function query_string(q)
   local list = {}
   for i = 1, #keys do list[i] = { keys[i], tostring(q[keys[i]]) } end
   if #list == 0 then return "" end
-  return "?" .. util.form_encode(list)
+  return "?" .. url_lib.form_encode(list)
 end
 
 local function snippet(body)

@@ -25,7 +25,8 @@
 -- A hook that raises is logged (nginx) or ignored, never breaks the call.
 -- @module gauth.metrics
 
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
+local time = require "gauth.lib.time"
 local errors = require "gauth.errors"
 
 local type = type
@@ -76,7 +77,7 @@ local store
 local function counters()
   local s = store
   if s then return s end
-  if util.is_ngx and type(ngx.shared) == "table" and ngx.shared[_M.dict_name] then
+  if ngx_phase.is_ngx and type(ngx.shared) == "table" and ngx.shared[_M.dict_name] then
     s = ngx.shared[_M.dict_name]
   else
     s = local_store
@@ -149,7 +150,7 @@ local function emit(event, data)
   if not list then return end
   for _, fn in ipairs(list) do
     local ok, err = pcall(fn, data)
-    if not ok and util.is_ngx then
+    if not ok and ngx_phase.is_ngx then
       ngx.log(ngx.ERR, "gauth: a hook for ", event, " raised: ", tostring(err))
     end
   end
@@ -177,8 +178,8 @@ function _M.exchange(label, keys, seconds, msg, err)
   incr(keys.failures)
   local s = counters()
   s:set(keys.last_error, sub(tostring(msg), 1, 300))
-  s:set(keys.last_error_at, util.now())
-  if util.is_ngx then
+  s:set(keys.last_error_at, time.now())
+  if ngx_phase.is_ngx then
     ngx.log(ngx.WARN, "gauth: token exchange for ", label, " failed: ", tostring(msg))
   end
   emit("failure", { credential = label, seconds = seconds, message = msg, err = err })

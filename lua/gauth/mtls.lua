@@ -18,7 +18,7 @@
 -- @module gauth.mtls
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
 local metadata = require "gauth.metadata"
 local common = require "gauth.transport.common"
 
@@ -120,7 +120,7 @@ function _M.certificate_config(path, opts)
   if #text > MAX_CONFIG_BYTES then
     return bad("certificate_config", path .. ": larger than 1 MiB", { field = "certificate_config", path = path })
   end
-  local data = util.json_decode(text)
+  local data = json.decode(text)
   if type(data) ~= "table" then
     return bad("certificate_config", path .. ": not a JSON object", { field = "certificate_config", path = path })
   end

@@ -22,7 +22,7 @@
 
 local core = require "gauth.core"
 local id_token = require "gauth.id_token"
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
 
 local ngx = ngx  -- luacheck: ignore
 local type = type
@@ -203,7 +203,7 @@ function _M.require_id_token(opts)
   return claims
 end
 
-if not util.is_ngx then
+if not ngx_phase.is_ngx then
   -- Loaded outside nginx (docs, the package spec): nothing to run.
   _M.available = false
 else

@@ -39,7 +39,9 @@
 -- @module gauth.request
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
+local time = require "gauth.lib.time"
+local url_lib = require "gauth.lib.url"
 local metrics = require "gauth.metrics"
 
 local type = type
@@ -53,8 +55,7 @@ local redact = errors.redact_uri
 local pair = errors.pair
 local is_error = errors.is
 local ret = errors.ret
-local nonblocking_phase = util.nonblocking_phase
-local check_credentials_url = util.check_credentials_url
+local nonblocking_phase = ngx_phase.nonblocking
 local api_request = metrics.api_request
 local host_of = metrics.host_of
 
@@ -69,6 +70,31 @@ _M.IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true }
 _M.DEFAULT_RETRIES = 3
 
 local retry_call, within, retry_deadline  -- gauth.retry's, loaded at first use
+
+local find = string.find
+
+--- May credentials (a bearer token, an API key) go to `url`? Only over
+-- https, or over plain http to a loopback host (local emulators, tests);
+-- whatever a Discovery document's rootUrl or a caller says. The one check,
+-- made by `send` for every request that carries credentials.
+-- @tparam string url
+-- @tparam string module the module of the error, e.g. "discovery"
+-- @tparam string step its step, e.g. the method id
+-- @return true | nil, msg, err (`gauth.errors`, `kind` = "insecure_url",
+--   `retryable` = false, `uri` redacted)
+local function check_credentials_url(url, module, step)
+  if find(url, "^https://") then return true end
+  local scheme, host = url_lib.parse(url)
+  if scheme == "https" or (scheme == "http" and url_lib.is_loopback_host(host)) then
+    return true
+  end
+  return errors.fail(module, step, "refusing to send credentials to "
+    .. tostring(host or scheme or "this URL") .. " over "
+    .. tostring(scheme or "a non-http(s) URL")
+    .. " (https is required except for a loopback host)",
+    { kind = "insecure_url", retryable = false, uri = redact(url) })
+end
+_M.check_credentials_url = check_credentials_url
 
 -- Less time than this is no attempt: too short for a TLS handshake, and a
 -- timeout that rounds to 0 ms is no timeout at all to libcurl.
@@ -95,7 +121,7 @@ local function attempt(op, remaining)
       -- The token may have taken some of the time: what is left is the
       -- deadline's, not the figure the retry loop computed before.
       local dl = retry_deadline()
-      if dl then remaining = dl - util.now() end
+      if dl then remaining = dl - time.now() end
     end
   end
   local timeout = op.timeout
@@ -250,7 +276,7 @@ end
 function _M.send(op)
   local phase = nonblocking_phase()
   if phase then
-    return errors.fail(op.module, op.step, "cannot send a request: " .. util.phase_refusal(phase),
+    return errors.fail(op.module, op.step, "cannot send a request: " .. ngx_phase.refusal(phase),
                        { retryable = true, kind = "phase", phase = phase, uri = redact(op.url) })
   end
   if op.credentials or op.api_key then

@@ -136,7 +136,7 @@ end
 -- @param value header value: delta-seconds ("120") or an HTTP-date; a
 --   number is taken as seconds
 -- @tparam[opt] number now current time (epoch seconds) for HTTP-dates;
---   default `gauth.util.now()`
+--   default `gauth.lib.time.now()`
 -- @return seconds to wait (>= 0; 0 for a date in the past) | nil when the
 --   value is absent or malformed
 function _M.parse_retry_after(value, now)
@@ -152,7 +152,7 @@ function _M.parse_retry_after(value, now)
   end
   local t = _M.parse_http_date(value)
   if not t then return nil end
-  now = now or require("gauth.util").now()
+  now = now or require("gauth.lib.time").now()
   local delta = t - now
   if delta < 0 then delta = 0 end
   return delta
@@ -251,7 +251,7 @@ local MAIN = {}  -- LuaJIT's main thread has no coroutine object
 local deadlines = setmetatable({}, { __mode = "k" })
 local emit  -- gauth.metrics's, loaded when first needed
 
---- The deadline (epoch seconds, on `gauth.util.now`'s clock) set by
+--- The deadline (epoch seconds, on `gauth.lib.time.now`'s clock) set by
 -- `within` for the running coroutine, or nil.
 function _M.deadline()
   return deadlines[running() or MAIN]
@@ -272,7 +272,7 @@ function _M.within(seconds, fn, ...)
   if type(seconds) ~= "number" then error("gauth.retry: within: seconds must be a number", 2) end
   local co = running() or MAIN
   local prev = deadlines[co]
-  local d = require("gauth.util").now() + seconds
+  local d = require("gauth.lib.time").now() + seconds
   if prev and prev < d then d = prev end
   deadlines[co] = d
   return finish(co, prev, pcall(fn, ...))
@@ -286,7 +286,7 @@ end
 -- @tparam[opt] table policy `attempts` (3), `initial` (1 s), `multiplier`
 --   (2), `max_delay` (32 s), `jitter` (true = "equal", "full", false),
 --   `deadline` (seconds from now), `testing` = { `sleep`
---   (`gauth.util.sleep`), `now` (`gauth.util.now`), `random`
+--   (`gauth.lib.time.sleep`), `now` (`gauth.lib.time.now`), `random`
 --   (`math.random`) } (the test seams; the old spelling at the top level
 --   of the policy is still accepted), `retryable(err)` (default:
 --   `err.retryable == true`), `on_retry(attempt, err, delay)` (called before
@@ -302,21 +302,20 @@ function _M.call(fn, policy)
   policy = policy or _M.DEFAULTS
   check_policy(policy)
   local D = _M.DEFAULTS
-  local util
   local t = policy.testing
   local test_now = t and t.now or policy.now
   local now = test_now
   local sleep = t and t.sleep or policy.sleep
   if not now or not sleep then
-    util = require "gauth.util"
-    now = now or util.now
-    sleep = sleep or util.sleep
+    local time = require "gauth.lib.time"
+    now = now or time.now
+    sleep = sleep or time.sleep
   end
   local attempts = policy.attempts or D.attempts
   local max_delay = policy.max_delay or D.max_delay
   local retryable = policy.retryable or default_retryable
   local deadline = policy.deadline and now() + policy.deadline
-  -- The deadline of `within` (on util.now's clock: not with a test clock).
+  -- The deadline of `within` (on time.now's clock: not with a test clock).
   local outer = not test_now and deadlines[running() or MAIN]
   if outer and (not deadline or outer < deadline) then deadline = outer end
 

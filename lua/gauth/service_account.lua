@@ -51,7 +51,8 @@ local token_request = require "gauth.token_request"
 local errors = require "gauth.errors"
 local jwt = require "gauth.jwt"
 local retry = require "gauth.retry"
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
+local url_lib = require "gauth.lib.url"
 
 local type = type
 local pairs = pairs
@@ -93,7 +94,7 @@ _M.MAX_RESPONSE = 256 * 1024
 _M.RETRY = token_request.RETRY
 
 local GRANT_PREFIX = "grant_type=" ..
-  util.url_encode("urn:ietf:params:oauth:grant-type:jwt-bearer") .. "&assertion="
+  url_lib.encode("urn:ietf:params:oauth:grant-type:jwt-bearer") .. "&assertion="
 
 -- Only a skew this large is worth a corrected retry: below it, the time
 -- window was not what the endpoint minded (and an HTTP Date has 1 s
@@ -144,7 +145,7 @@ end
 -- @tparam string url an API's root URL or any URL on its host
 -- @return audience | nil
 function _M.audience_for(url)
-  local scheme, host = util.parse_url(url)
+  local scheme, host = url_lib.parse(url)
   if not scheme then return nil end
   return "https://" .. lower(host) .. "/"
 end
@@ -288,7 +289,7 @@ local function build(parts, source, opts, mode)
     _retry_opt = opts.retry,
     _timeout = opts.timeout,
     _iam_endpoint = iam_endpoint,
-    _env = util.seam(opts, "env"),
+    _env = seam.get(opts, "env"),
     _shared = shared,
   }, mt)
   credentials.init(self, opts)

@@ -30,7 +30,8 @@
 -- @module gauth.storage
 
 local core = require "gauth.core"
-local util = require "gauth.util"
+local time = require "gauth.lib.time"
+local url_lib = require "gauth.lib.url"
 local errors = require "gauth.errors"
 
 local type = type
@@ -53,7 +54,7 @@ local os_date = os.date
 local sha256_hex = core.sha256_hex
 local hex_encode = core.hex_encode
 local hmac = core.hmac_sha256
-local url_encode = util.url_encode
+local url_encode = url_lib.encode
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -150,7 +151,7 @@ local json_string = _M.json_string
 -- ------------------------------------------------------------------------
 
 local function get_now(now)
-  if now == nil then return floor(util.now()) end
+  if now == nil then return floor(time.now()) end
   if type(now) == "function" then now = now() end
   if type(now) ~= "number" or now ~= now or now < 0 or now >= 253402300800 then
     return nil

@@ -34,7 +34,8 @@
 local oauth = require "gauth.oauth"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
-local util = require "gauth.util"
+local time = require "gauth.lib.time"
+local url_lib = require "gauth.lib.url"
 local core = require "gauth.core"
 local cjson = require "cjson.safe"
 
@@ -88,7 +89,7 @@ local function once(o, http, body, headers, module, remaining)
     if o.step then err.step = o.step end
     return nil, err
   end
-  local now = o.now and o.now() or util.now()
+  local now = o.now and o.now() or time.now()
   if res.status ~= 200 then
     local fields = oauth.refusal(res, now, o.url)
     local oerr, desc = fields.oauth_error, fields.error_description
@@ -189,7 +190,7 @@ function _M.exchange(opts)
                                          proxy = opts.proxy, no_proxy = opts.no_proxy }, module)
     if not http then return errors.ret(errors.of(hmsg, herr)) end
   end
-  local body = util.form_encode(list)
+  local body = url_lib.form_encode(list)
   local o = { url = opts.url, now = opts.now, _timeout = opts.timeout, step = opts.step }
   local data, dmsg, derr = retry.call(function(_, remaining)
     return once(o, http, body, headers, module, remaining)

@@ -34,7 +34,9 @@
 -- @module gauth.testing
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
+local sys = require "gauth.lib.sys"
+local time = require "gauth.lib.time"
 local common = require "gauth.transport.common"
 local REFRESH_WINDOW = require("gauth.token_cache").REFRESH_WINDOW
 
@@ -121,7 +123,7 @@ local function entry_of(e, where)
     if body ~= nil then
       error(format("gauth.testing: %s: give body or file, not both", where), 4)
     end
-    local data, err = util.read_file(e.file)
+    local data, err = sys.read_file(e.file)
     if not data then
       error(format("gauth.testing: %s: cannot read %s: %s", where, tostring(e.file),
                    tostring(err)), 4)
@@ -132,7 +134,7 @@ local function entry_of(e, where)
   if body == nil then
     body = ""
   elseif tb == "table" then
-    local text = util.json_encode(body)
+    local text = json.encode(body)
     if not text then
       error(format("gauth.testing: %s: body table cannot be encoded as JSON", where), 4)
     end
@@ -151,7 +153,7 @@ local function echo(mode, req)
     for _, k in ipairs(sorted_keys(h)) do lines[#lines + 1] = k .. ": " .. tostring(h[k]) end
     return concat(lines, "\r\n")
   elseif mode == "echo_request_headers_as_json" then
-    return util.json_encode(copy(h))
+    return json.encode(copy(h))
   elseif mode == "echo_request_body" then
     return req.body or ""
   end
@@ -402,7 +404,7 @@ function mock_credentials:token()
   end
   local i = self.index
   if i > #self.tokens then i = #self.tokens end
-  return self.tokens[i], self.expires_at or (util.now() + 3600)
+  return self.tokens[i], self.expires_at or (time.now() + 3600)
 end
 
 --- google-auth's `expired`, as real credentials answer it: `expires_at`
@@ -412,7 +414,7 @@ end
 function mock_credentials:expired()
   local exp = self.expires_at
   if exp == nil then return false end
-  return util.now() >= exp - REFRESH_WINDOW
+  return time.now() >= exp - REFRESH_WINDOW
 end
 
 --- google-auth's `valid`: a token to hand out (no `error`) that is not

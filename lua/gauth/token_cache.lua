@@ -57,7 +57,9 @@
 -- @module gauth.token_cache
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local lru = require "gauth.lib.lru"
+local ngx_phase = require "gauth.lib.ngx_phase"
+local time = require "gauth.lib.time"
 
 local type = type
 local error = error
@@ -99,14 +101,14 @@ local function noop() end
 -- wait without blocking the worker. Outside nginx there is nothing to
 -- coordinate: libcurl calls block the whole process.
 local semaphore, timer_at, get_phase, ngx_log, ERR
-if util.is_ngx then
+if ngx_phase.is_ngx then
   local ok, sema = pcall(require, "ngx.semaphore")
   if ok and type(sema) == "table" then semaphore = sema end
   timer_at, get_phase, ngx_log, ERR = ngx.timer.at, ngx.get_phase, ngx.log, ngx.ERR
 end
-local nonblocking_phase = util.nonblocking_phase
-local can_yield = util.can_yield
-local real_now = util.now
+local nonblocking_phase = ngx_phase.nonblocking
+local can_yield = ngx_phase.can_yield
+local real_now = time.now
 
 local retry_deadline = require("gauth.retry").deadline
 
@@ -150,7 +152,7 @@ function _M.local_store(opts)
   if type(max) ~= "number" or max < 2 then
     error("gauth.token_cache: max_entries must be a number >= 2", 2)
   end
-  return setmetatable({ data = util.lru(max, slot_expired), max_entries = max },
+  return setmetatable({ data = lru.new(max, slot_expired), max_entries = max },
                       local_store_mt)
 end
 
@@ -233,12 +235,12 @@ function _M.new(opts)
     -- making the same failing request in turn (compared by identity: a
     -- clock could not tell two failures in the same millisecond apart).
     -- Bounded like the store: one per credential would grow for ever.
-    failures = util.lru(max),
+    failures = lru.new(max),
     -- Under nginx, per worker: key -> the fetch under way in a timer
     -- (removed when it ends), and key -> the background refresh scheduled
     -- from a phase without cosockets (with its backoff after failures).
     flights = {},
-    scheduled = util.lru(max),
+    scheduled = lru.new(max),
   }, mt)
 end
 
@@ -251,7 +253,7 @@ local default_cache
 -- the error log: see `gauth.token_cache.shdict.warn_no_dict`).
 function _M.default()
   if not default_cache then
-    if util.is_ngx and type(ngx.shared) == "table" then
+    if ngx_phase.is_ngx and type(ngx.shared) == "table" then
       local shdict = require "gauth.token_cache.shdict"
       if ngx.shared[shdict.DEFAULT_DICT] then
         default_cache = shdict.cache(shdict.DEFAULT_DICT)
@@ -313,7 +315,7 @@ end
 -- @tparam boolean scheduled whether a refresh was scheduled in a timer
 function _M.phase_error(phase, scheduled)
   return errors.fail("token_cache", "refresh", "no valid token cached, and "
-    .. util.phase_refusal(phase)
+    .. ngx_phase.refusal(phase)
     .. (scheduled and "; a refresh was scheduled in a timer: try again shortly" or ""),
     { retryable = true, phase = phase, kind = "phase" })
 end

@@ -26,7 +26,7 @@
 local credentials = require "gauth.credentials"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
-local util = require "gauth.util"
+local url_lib = require "gauth.lib.url"
 local cjson = require "cjson.safe"
 
 local type = type
@@ -66,14 +66,14 @@ _M.FORM_HEADERS = {
 -- @tparam string what the secret, for the message: "an assertion", ...
 -- @return true | nil, message, err
 function _M.check_url(url, module, step, what)
-  local scheme, host = util.parse_url(url)
+  local scheme, host = url_lib.parse(url)
   if not scheme then
     return errors.fail(module, step, "not an absolute http(s) URL: "
       .. sub(tostring(url), 1, 200))
   end
   if scheme == "https" then return true end
   if scheme == "http" then
-    if util.is_loopback_host(host) then return true end
+    if url_lib.is_loopback_host(host) then return true end
     return errors.fail(module, step, "refusing to send " .. what
       .. " in clear text to " .. host .. " (https is required except for a loopback host)",
       { uri = url })

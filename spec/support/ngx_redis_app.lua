@@ -188,7 +188,7 @@ function _M.layers()
   assert(c:token())
   local key = c:cache_key()
   local clock = require("gauth.core").monotonic
-  local util = require "gauth.util"
+  local lru = require "gauth.lib.lru"
   local near = cache.store.near
   local function pct(prep)
     local t = {}
@@ -206,7 +206,7 @@ function _M.layers()
   local before = ngx.shared.gauth:get("redis|down")
   reply(200, {
     memory = pct(nil),
-    dict = pct(function() c._entry = nil; near.memo = util.lru(64) end),
+    dict = pct(function() c._entry = nil; near.memo = lru.new(64) end),
     redis = pct(function() c._entry = nil; near:delete(key) end),
     down = before,
   })

@@ -28,7 +28,8 @@ local errors = require "gauth.errors"
 local socket = require "socket"
 local httpd = require "gauth.emulator.httpd"
 local google = require "gauth.emulator.google"
-local util = require "gauth.util"
+local sys = require "gauth.lib.sys"
+local url_lib = require "gauth.lib.url"
 
 local type = type
 local pairs = pairs
@@ -42,7 +43,7 @@ local io_open = io.open
 local os_remove = os.remove
 local os_rename = os.rename
 local os_getenv = os.getenv
-local read_file = util.read_file
+local read_file = sys.read_file
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -138,7 +139,7 @@ function _M.make_key(opts)
     token_uri = opts.token_uri or "https://oauth2.googleapis.com/token",
     auth_provider_x509_cert_url = "https://www.googleapis.com/oauth2/v1/certs",
     client_x509_cert_url = "https://www.googleapis.com/robot/v1/metadata/x509/"
-      .. util.url_encode(email),
+      .. url_lib.encode(email),
     universe_domain = "googleapis.com",
   }
 end

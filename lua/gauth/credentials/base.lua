@@ -5,7 +5,8 @@
 -- @module gauth.credentials.base
 
 local core = require "gauth.core"
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
+local time = require "gauth.lib.time"
 local errors = require "gauth.errors"
 local token_cache = require "gauth.token_cache"
 local metrics = require "gauth.metrics"
@@ -108,7 +109,7 @@ end
 -- @return self
 -- nginx's cached event-loop time is exact enough for a refresh window of
 -- minutes and costs a field read; elsewhere the C clock.
-local DEFAULT_CLOCK = util.is_ngx and ngx.now or util.now -- luacheck: ignore ngx
+local DEFAULT_CLOCK = ngx_phase.is_ngx and ngx.now or time.now -- luacheck: ignore ngx
 
 function _M.init(self, opts)
   opts = opts or {}

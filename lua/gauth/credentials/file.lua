@@ -4,7 +4,7 @@
 -- (service_account, authorized_user, impersonated, external accounts, adc).
 -- @module gauth.credentials.file
 
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
 local errors = require "gauth.errors"
 
 local type = type
@@ -47,7 +47,7 @@ end
 --   `required` | nil, message, err when it is missing or not a non-empty string
 function _M.key_field(module, info, source, field, required)
   local v = info[field]
-  if v == nil or v == util.json_null then
+  if v == nil or v == json.null then
     if required then return errors.ret(key_error(module, source, field, "missing")) end
     return false
   end

@@ -5,7 +5,7 @@
 -- @module gauth.credentials.token
 
 local core = require "gauth.core"
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
 
 local type = type
 local tonumber = tonumber
@@ -71,7 +71,7 @@ local source_ids = setmetatable({}, { __mode = "k" })
 local id_count, id_nonce, id_pid = 0, nil, nil
 
 local function current_pid()
-  if util.is_ngx then return ngx.worker.pid() end  -- luacheck: ignore ngx
+  if ngx_phase.is_ngx then return ngx.worker.pid() end  -- luacheck: ignore ngx
   return nil
 end
 

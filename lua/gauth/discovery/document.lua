@@ -5,7 +5,7 @@
 -- @module gauth.discovery.document
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
 local common = require "gauth.discovery.common"
 local uri = require "gauth.discovery.uri"
 
@@ -94,7 +94,7 @@ local function warn(path, why)
   if warned[k] then return end
   warned[k] = true
   local msg = "gauth.discovery: not using the disk cache " .. path .. ": " .. why
-  if util.is_ngx then
+  if ngx_phase.is_ngx then
     ngx.log(ngx.WARN, msg)  -- luacheck: ignore ngx
   else
     io.stderr:write(msg, "\n")
@@ -246,7 +246,7 @@ function _M.get(api, version, templates, opts)
     -- Under nginx a `lua_shared_dict gauth_discovery` (or opts.shared_cache)
     -- holds documents for every worker in place of the disk cache.
     local shared = use_cache and opts.shared_cache
-    if shared == nil and use_cache and util.is_ngx then
+    if shared == nil and use_cache and ngx_phase.is_ngx then
       if opts.store ~= nil then
         local msg, err
         shared, msg, err = store_cache(opts.store)

@@ -4,7 +4,7 @@
 -- @module gauth.discovery.service
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
 local common = require "gauth.discovery.common"
 local uri = require "gauth.discovery.uri"
 local resource = require "gauth.discovery.resource"
@@ -169,7 +169,7 @@ local function new_service(doc, opts)
     user_agent = opts.user_agent and (USER_AGENT .. " " .. opts.user_agent) or USER_AGENT,
     num_retries = opts.num_retries,
     timeout = opts.timeout,
-    sleep = util.seam(opts, "sleep"),
+    sleep = seam.get(opts, "sleep"),
     data_wrapper = data_wrapper,
   }
   -- googleapiclient's developerKey: sent as ?key= on every request

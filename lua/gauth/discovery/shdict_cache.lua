@@ -27,7 +27,7 @@
 -- @module gauth.discovery.shdict_cache
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local ngx_phase = require "gauth.lib.ngx_phase"
 local shdict_store = require "gauth.token_cache.shdict"
 local cjson = require "cjson.safe"
 
@@ -116,7 +116,7 @@ local default_cache
 -- of each worker over it; else nil (one per worker).
 function _M.default()
   if default_cache then return default_cache end
-  if not util.is_ngx then return nil end
+  if not ngx_phase.is_ngx then return nil end
   if ngx.shared[_M.DEFAULT_DICT] then
     default_cache = _M.new()
   elseif installed_store() then

@@ -3,7 +3,7 @@
 -- `maxSize` read. Internal: gauth.media makes these public.
 -- @module gauth.media.body
 
-local util = require "gauth.util"
+local http_header = require "gauth.lib.http_header"
 local common = require "gauth.media.common"
 local mime = require "gauth.media.mime"
 
@@ -23,7 +23,7 @@ local _M = {}
 
 local fail = common.fail
 local bad_mime_type = common.bad_mime_type
-local header_value_ok = util.header_value_ok
+local header_value_ok = http_header.value_ok
 local guess_type = mime.guess_type
 
 local media_mt = { __index = {}, gauth_media = true }

@@ -5,7 +5,8 @@
 -- @module gauth.media.common
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
+local time = require "gauth.lib.time"
 local retry = require "gauth.retry"
 local request = require "gauth.request"
 
@@ -120,7 +121,7 @@ end
 --- The sleep function of a transfer: the call's seam, the service's, or
 -- the real one.
 function _M.sleeper(opts, svc)
-  return util.seam(opts, "sleep") or svc.sleep or util.sleep
+  return seam.get(opts, "sleep") or svc.sleep or time.sleep
 end
 
 --- The delay before retry number `n` after `err`: its Retry-After, else
@@ -128,7 +129,7 @@ end
 function _M.delay_for(n, err, opts)
   local ra = type(err) == "table" and tonumber(err.retry_after)
   if ra and ra >= 0 then return ra end
-  return retry.backoff(n, { random = util.seam(opts, "random") })
+  return retry.backoff(n, { random = seam.get(opts, "random") })
 end
 
 return _M

@@ -6,7 +6,7 @@
 -- @module gauth.media.exchange
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local json = require "gauth.lib.json"
 local request = require "gauth.request"
 
 local type = type
@@ -102,7 +102,7 @@ function _M.decode(module, step, spec, uri, res)
   local body = res.body or ""
   if spec.raw then return body end
   if body == "" or res.status == 204 then return {} end
-  local v = util.json_decode(body)
+  local v = json.decode(body)
   if v == nil then
     return errors.fail(module, step, "malformed JSON response",
                        { status = res.status, body = body, uri = redact(uri) })

@@ -5,7 +5,7 @@
 -- @module gauth.media.simple
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local seam = require "gauth.lib.seam"
 local request = require "gauth.request"
 local common = require "gauth.media.common"
 local exchange = require "gauth.media.exchange"
@@ -97,7 +97,7 @@ function _M.send(up, opts)
 
   local op = exchange.op_for(svc, "media", step, treq, base, extra, http)
   op.retries, op.deadline = n, opts.deadline
-  op.sleep, op.random = common.sleeper(opts, svc), util.seam(opts, "random")
+  op.sleep, op.random = common.sleeper(opts, svc), seam.get(opts, "random")
   op.decode = function(_, res)
     return errors.pair(exchange.decode("media", step, spec, up.uri, res))
   end

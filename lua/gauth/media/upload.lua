@@ -6,7 +6,7 @@
 -- @module gauth.media.upload
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local http_header = require "gauth.lib.http_header"
 local common = require "gauth.media.common"
 local exchange = require "gauth.media.exchange"
 local mime = require "gauth.media.mime"
@@ -34,7 +34,7 @@ local _M = {}
 local fail = common.fail
 local bad_mime_type = common.bad_mime_type
 local check_run_opts = common.check_run_opts
-local header_value_ok = util.header_value_ok
+local header_value_ok = http_header.value_ok
 local redact = errors.redact_uri
 
 local upload = {}

@@ -80,7 +80,8 @@
 local core = require "gauth.core"
 local errors = require "gauth.errors"
 local token_cache = require "gauth.token_cache"
-local util = require "gauth.util"
+local lru = require "gauth.lib.lru"
+local ngx_phase = require "gauth.lib.ngx_phase"
 local cjson = require "cjson.safe"
 
 local ngx = ngx  -- luacheck: ignore
@@ -101,7 +102,7 @@ local byte, sub = string.byte, string.sub
 local floor = math.floor
 local math_min = math.min
 local json_encode, json_decode = cjson.encode, cjson.decode
-local can_yield = util.can_yield
+local can_yield = ngx_phase.can_yield
 
 local _M = { _VERSION = "0.1.0" }
 local store_mt = { __index = _M }
@@ -117,7 +118,7 @@ _M.DEFAULTS = {
 
 local ngx_now, update_time, sleep, timer_at, timer_every, get_phase, log
 local ERR, WARN
-if util.is_ngx then
+if ngx_phase.is_ngx then
   ngx_now, update_time, sleep = ngx.now, ngx.update_time, ngx.sleep
   timer_at, timer_every, get_phase, log = ngx.timer.at, ngx.timer.every, ngx.get_phase, ngx.log
   ERR, WARN = ngx.ERR, ngx.WARN
@@ -186,7 +187,7 @@ function _M.new(opts)
       error("gauth.token_cache.redis: " .. k .. " must be a string", 2)
     end
   end
-  if not util.is_ngx or not ngx.socket or not ngx.socket.tcp then
+  if not ngx_phase.is_ngx or not ngx.socket or not ngx.socket.tcp then
     return errors.fail(MOD, "options", "the Redis store needs OpenResty (nginx cosockets);"
       .. " Lua 5.4 has no packaged Redis client that gauth can use")
   end
@@ -233,9 +234,9 @@ function _M.new(opts)
       .. core.b64url_encode(core.sha256(tostring(o.username) .. "\0" .. tostring(o.password))),
     -- Per worker.
     down_until = 0, logged_at = {},
-    refused = util.lru(token_cache.MAX_ENTRIES),
+    refused = lru.new(token_cache.MAX_ENTRIES),
     handed = setmetatable({}, { __mode = "k" }),
-    tkeys = util.lru(token_cache.MAX_ENTRIES),
+    tkeys = lru.new(token_cache.MAX_ENTRIES),
   }, store_mt)
   self.gen_key, self.inv_key = o.prefix .. "gen", o.prefix .. "inv"
   -- Without a dict, refresh ahead is per worker (gauth.token_cache's own),
@@ -440,7 +441,7 @@ local function check_generation(self)
   if self.gen ~= nil then
     for e in pairs(self.handed) do e.refresh_at = -1 end
     self.handed = setmetatable({}, { __mode = "k" })
-    self.near.memo = util.lru(token_cache.MAX_ENTRIES)
+    self.near.memo = lru.new(token_cache.MAX_ENTRIES)
   end
   self.gen = g
 end

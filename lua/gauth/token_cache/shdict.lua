@@ -60,7 +60,8 @@
 
 local errors = require "gauth.errors"
 local token_cache = require "gauth.token_cache"
-local util = require "gauth.util"
+local lru = require "gauth.lib.lru"
+local ngx_phase = require "gauth.lib.ngx_phase"
 local cjson = require "cjson.safe"
 
 local ngx = ngx  -- luacheck: ignore
@@ -78,7 +79,7 @@ local json_decode = cjson.decode
 local math_min = math.min
 local math_max = math.max
 local tonumber = tonumber
-local can_yield = util.can_yield
+local can_yield = ngx_phase.can_yield
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
@@ -88,7 +89,7 @@ _M.DEFAULT_DICT = "gauth"
 
 local ngx_now, update_time, sleep, timer_at, get_phase, log
 local ERR, WARN, NOTICE, DEBUG
-if util.is_ngx then
+if ngx_phase.is_ngx then
   ngx_now, update_time, sleep = ngx.now, ngx.update_time, ngx.sleep
   timer_at, get_phase, log = ngx.timer.at, ngx.get_phase, ngx.log
   ERR, WARN, NOTICE, DEBUG = ngx.ERR, ngx.WARN, ngx.NOTICE, ngx.DEBUG
@@ -129,7 +130,7 @@ function _M.new(opts)
   if type(name) ~= "string" then
     error("gauth.token_cache.shdict: shared_dict must be a string", 2)
   end
-  if not util.is_ngx then
+  if not ngx_phase.is_ngx then
     return errors.fail("token_cache", "shared dict", "not running inside nginx")
   end
   local dict = ngx.shared[name]
@@ -149,8 +150,8 @@ function _M.new(opts)
     -- Per worker: key -> { raw text, decoded entry }, and prefixed keys
     -- (made once: the hot path concatenates nothing); bounded, as one per
     -- credential would grow for ever.
-    memo = util.lru(opts.max_entries or token_cache.MAX_ENTRIES),
-    tkeys = util.lru(opts.max_entries or token_cache.MAX_ENTRIES),
+    memo = lru.new(opts.max_entries or token_cache.MAX_ENTRIES),
+    tkeys = lru.new(opts.max_entries or token_cache.MAX_ENTRIES),
   }, mt)
 end
 
@@ -372,7 +373,7 @@ function _M:refresh_ahead(key, e, refresh, t, label)
     self:schedule(key, refresh, label)
     return e
   end
-  local phase = util.nonblocking_phase()
+  local phase = ngx_phase.nonblocking()
   if not phase then return nil end
   return token_cache.phase_error(phase, self:schedule(key, refresh, label))
 end

@@ -214,7 +214,7 @@ function _M.header_name(name, module, level)
 end
 
 --- The error for a header value that cannot be sent (CR, LF, NUL or
--- another control character: see `gauth.util.header_value_ok`; CR/LF would
+-- another control character: see `gauth.lib.http_header.value_ok`; CR/LF would
 -- let a value, a token from a server say, inject headers). It names the
 -- header, never the value.
 -- @return nil, msg, err

@@ -38,7 +38,9 @@
 -- @module gauth.transport.ngx
 
 local errors = require "gauth.errors"
-local util = require "gauth.util"
+local http_header = require "gauth.lib.http_header"
+local ngx_phase = require "gauth.lib.ngx_phase"
+local url_lib = require "gauth.lib.url"
 local common = require "gauth.transport.common"
 
 local ngx = ngx  -- luacheck: ignore
@@ -50,7 +52,7 @@ local tonumber = tonumber
 local setmetatable = setmetatable
 local error = error
 local find = string.find
-local header_value_ok = util.header_value_ok
+local header_value_ok = http_header.value_ok
 local lower = string.lower
 local match = string.match
 local gmatch = string.gmatch
@@ -80,7 +82,7 @@ local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true,
 local READ_CHUNK = 65536
 
 local tcp, now, update_time, ngx_log, WARN, NOTICE
-if util.is_ngx then
+if ngx_phase.is_ngx then
   tcp, now, update_time = ngx.socket.tcp, ngx.now, ngx.update_time
   ngx_log, WARN, NOTICE = ngx.log, ngx.WARN, ngx.NOTICE
 end
@@ -137,7 +139,7 @@ function _M.new(opts)
   check_bytes(opts.pool_size, "pool_size", MODULE, 3)
   local pcfg, pmsg, perr = common.proxy_config(opts, MODULE)
   if not pcfg then return nil, pmsg, perr end
-  if not util.is_ngx or type(ngx.socket) ~= "table" then
+  if not ngx_phase.is_ngx or type(ngx.socket) ~= "table" then
     return errors.fail("http", "init",
       "gauth.transport.ngx runs only inside nginx (lua-nginx-module)")
   end
@@ -447,7 +449,7 @@ local function build_request(method, target, host_header, headers, body_len, ext
             end
             -- A CR or LF would let a value (a token from a server, say)
             -- inject headers; the message names the header, never the value.
-            -- (The one rule for every header: util.header_value_ok.)
+            -- (The one rule for every header: http_header.value_ok.)
             if not header_value_ok(v) then
               return nil, name
             end
@@ -613,7 +615,7 @@ local function origin_of(origin, pool_size, tag)
   local key = pool_size .. " " .. origin .. (tag and " " .. tag or "")
   local o = origins[key]
   if o then return o end
-  local scheme, host, port = util.parse_url(origin .. "/")
+  local scheme, host, port = url_lib.parse(origin .. "/")
   if not scheme or (scheme ~= "http" and scheme ~= "https") then
     return nil
   end
@@ -873,7 +875,7 @@ function _M:request(req)
   if req.upload_file ~= nil and (type(req.upload_file) ~= "string" or body ~= nil) then
     error("gauth.transport.ngx: upload_file must be a path, and excludes body", 2)
   end
-  if not util.can_yield() then
+  if not ngx_phase.can_yield() then
     return errors.fail("http", "request", "cosockets are not available in the " .. tostring(ngx.get_phase())
                 .. " phase", { retryable = false, kind = "phase" })
   end
@@ -932,7 +934,7 @@ function _M:request(req)
                   { retryable = false, kind = "redirect" })
     end
     local next_url = resolve_location(u, path, loc)
-    local ns, nh, np = util.parse_url(next_url)
+    local ns, nh, np = url_lib.parse(next_url)
     if not ns or (ns ~= "http" and ns ~= "https") then
       return errors.fail("http", "request", "redirect to an unsupported URL", { retryable = false, kind = "redirect" })
     end

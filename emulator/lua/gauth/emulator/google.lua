@@ -12,7 +12,7 @@ local cjson = require "cjson.safe"
 local httpd = require "gauth.emulator.httpd"
 local sqladmin = require "gauth.emulator.sqladmin"
 local federation = require "gauth.emulator.federation"
-local util = require "gauth.util"
+local sys = require "gauth.lib.sys"
 
 local type = type
 local pairs = pairs
@@ -38,7 +38,7 @@ local io_open = io.open
 local io_popen = io.popen
 local b64url_encode = core.b64url_encode
 local b64url_decode = core.b64url_decode
-local read_file = util.read_file
+local read_file = sys.read_file
 
 local _M = { _VERSION = "0.1.0" }
 local mt = { __index = _M }
