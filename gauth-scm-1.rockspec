@@ -34,7 +34,8 @@ build = {
   type = "builtin",
   modules = {
     ["gauth.core"] = {
-      sources = { "csrc/core.c", "csrc/codec.c", "csrc/pkey.c", "csrc/aead.c",
+      sources = { "csrc/core.c", "csrc/encoding.c", "csrc/digest.c", "csrc/random.c", "csrc/system.c",
+                  "csrc/pkey.c", "csrc/aead.c",
                   "csrc/http.c", "csrc/http_headers.c", "csrc/http_io.c", "csrc/http_setup.c" },
       libraries = { "crypto", "curl" },
       incdirs = { "$(OPENSSL_INCDIR)" },

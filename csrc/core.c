@@ -66,7 +66,10 @@ GAUTH_EXPORT int luaopen_gauth_core(lua_State *L)
     lua_newtable(L);
     lua_pushliteral(L, "0.1.0");
     lua_setfield(L, -2, "_VERSION");
-    gauth_codec_open(L);
+    gauth_encoding_open(L);
+    gauth_digest_open(L);
+    gauth_random_open(L);
+    gauth_system_open(L);
     gauth_pkey_open(L);
     gauth_http_open(L);
     gauth_aead_open(L);

@@ -18,7 +18,10 @@ GAUTH_EXPORT int luaopen_gauth_core(lua_State *L);
 /* Each file registers its functions into the module table on top of the
  * stack and its metatables into the registry. */
 void gauth_pkey_open(lua_State *L);
-void gauth_codec_open(lua_State *L);
+void gauth_encoding_open(lua_State *L);
+void gauth_digest_open(lua_State *L);
+void gauth_random_open(lua_State *L);
+void gauth_system_open(lua_State *L);
 void gauth_http_open(lua_State *L);
 void gauth_aead_open(lua_State *L);
 

@@ -12,7 +12,7 @@ mkdir -p "$out/keys"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null | openssl pkey -pubout -out "$out/keys/ES256.pem"
 }
 export GAUTH_FUZZ_KEYS="$(pwd)/$out/keys"
-SRC="csrc/core.c csrc/codec.c csrc/pkey.c csrc/aead.c csrc/http.c csrc/http_headers.c csrc/http_io.c csrc/http_setup.c"
+SRC="csrc/core.c csrc/encoding.c csrc/digest.c csrc/random.c csrc/system.c csrc/pkey.c csrc/aead.c csrc/http.c csrc/http_headers.c csrc/http_io.c csrc/http_setup.c"
 for t in ${FUZZ_TARGETS:-pem b64 verify jwk jws verify_jws aead headers}; do
   bin=$out/fuzz_$t
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

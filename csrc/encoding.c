@@ -1,19 +1,11 @@
 /***
- * Encodings, digests, randomness and the clock of gauth.core.
+ * Encodings of gauth.core: strict base64url and base64, lower-case hex, and
+ * the split of a compact JWS into its decoded segments (bounded work, the
+ * same checks as verification's gauth_jws_decode).
  * @module gauth.core
  */
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <unistd.h>
-
-#include <openssl/evp.h>
-#include <openssl/err.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
 
 #include "gauth.h"
 
@@ -262,50 +254,6 @@ static int l_b64_decode(lua_State *L)
 }
 
 /***
- * SHA-256 digest.
- * @function sha256
- * @tparam string data
- * @treturn string 32 raw bytes
- */
-static int l_sha256(lua_State *L)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-
-    if (!EVP_Digest(s, n, md, &len, EVP_sha256(), NULL))
-        return gauth_ssl_error(L, "sha256", "digest failed");
-    lua_pushlstring(L, (const char *)md, len);
-    return 1;
-}
-
-/***
- * HMAC-SHA256 (Cloud Storage's GOOG4-HMAC-SHA256 signing-key chain).
- * @function hmac_sha256
- * @tparam string key any length
- * @tparam string data
- * @treturn string 32 raw bytes
- */
-static int l_hmac_sha256(lua_State *L)
-{
-    size_t klen, n;
-    const char *key = luaL_checklstring(L, 1, &klen);
-    const char *s = luaL_checklstring(L, 2, &n);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-
-    if (klen > 0x7fffffff)
-        return gauth_error(L, "hmac_sha256", "key too long");
-    ERR_clear_error();
-    if (HMAC(EVP_sha256(), key, (int)klen, (const unsigned char *)s, n, md,
-             &len) == NULL)
-        return gauth_ssl_error(L, "hmac_sha256", "HMAC failed");
-    lua_pushlstring(L, (const char *)md, len);
-    return 1;
-}
-
-/***
  * Lower-case hexadecimal of a byte string (signatures and digests as
  * Cloud Storage's V4 signing writes them).
  * @function hex_encode
@@ -328,161 +276,6 @@ static int l_hex_encode(lua_State *L)
         luaL_addlstring(&b, pair, 2);
     }
     luaL_pushresult(&b);
-    return 1;
-}
-
-/***
- * SHA-256 digest as lower-case hex.
- * @function sha256_hex
- * @tparam string data
- * @treturn string 64 hex characters
- */
-static int l_sha256_hex(lua_State *L)
-{
-    static const char digits[] = "0123456789abcdef";
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    unsigned char md[EVP_MAX_MD_SIZE];
-    char out[2 * EVP_MAX_MD_SIZE];
-    unsigned int len = 0, i;
-
-    if (!EVP_Digest(s, n, md, &len, EVP_sha256(), NULL))
-        return gauth_ssl_error(L, "sha256", "digest failed");
-    for (i = 0; i < len; i++) {
-        out[2 * i] = digits[md[i] >> 4];
-        out[2 * i + 1] = digits[md[i] & 15];
-    }
-    lua_pushlstring(L, out, 2 * (size_t)len);
-    return 1;
-}
-
-/***
- * Cryptographically strong random bytes.
- * @function random_bytes
- * @tparam integer n at most 4096
- */
-static int l_random_bytes(lua_State *L)
-{
-    unsigned char buf[4096];
-    lua_Integer n = luaL_checkinteger(L, 1);
-
-    luaL_argcheck(L, n >= 0 && n <= (lua_Integer)sizeof buf, 1,
-                  "must be between 0 and 4096");
-    if (RAND_bytes(buf, (int)n) != 1)
-        return gauth_ssl_error(L, "random", "RAND_bytes failed");
-    lua_pushlstring(L, (const char *)buf, (size_t)n);
-    return 1;
-}
-
-/***
- * Wall-clock time in seconds since the epoch, with sub-second precision.
- * @function now
- */
-static int l_now(lua_State *L)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-    return 1;
-}
-
-/***
- * Monotonic clock in seconds, for measuring intervals.
- * @function monotonic
- */
-static int l_monotonic(lua_State *L)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-    return 1;
-}
-
-/***
- * Block the calling thread for `s` seconds (plain Lua only; under nginx
- * gauth uses ngx.sleep).
- * @function sleep
- */
-static int l_sleep(lua_State *L)
-{
-    lua_Number s = luaL_checknumber(L, 1);
-    struct timespec ts, rem;
-
-    if (!(s > 0))
-        return 0;
-    if (s > 86400)
-        s = 86400;
-    ts.tv_sec = (time_t)s;
-    ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
-    while (nanosleep(&ts, &rem) != 0 && errno == EINTR)
-        ts = rem;
-    return 0;
-}
-
-/***
- * What gauth needs to know of a path before it trusts a cache file or
- * directory: its kind, permission bits and owner (stat(2), following
- * symbolic links: what counts is what would be read), and the effective
- * user of this process.
- * @function file_stat
- * @tparam string path
- * @return kind ("file", "dir" or "other"), mode (permission bits), owner
- *   uid, this process's effective uid | nil, "gauth.core: stat: <reason>"
- */
-static int l_file_stat(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    struct stat st;
-
-    if (stat(path, &st) != 0)
-        return gauth_error(L, "stat", strerror(errno));
-    lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : "other");
-    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
-    lua_pushinteger(L, (lua_Integer)st.st_uid);
-    lua_pushinteger(L, (lua_Integer)geteuid());
-    return 4;
-}
-
-/***
- * Make a directory with these permission bits (the umask may only remove
- * bits: 0700 stays 0700).
- * @function mkdir
- * @tparam string path
- * @tparam integer mode e.g. 448 (0700)
- * @return true | nil, "gauth.core: mkdir: <reason>", "exists" when it did
- */
-static int l_mkdir(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    lua_Integer mode = luaL_checkinteger(L, 2);
-
-    luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "must be permission bits");
-    if (mkdir(path, (mode_t)mode) != 0) {
-        int e = errno;
-        gauth_error(L, "mkdir", strerror(e));
-        lua_pushstring(L, e == EEXIST ? "exists" : "failed");
-        return 3;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/***
- * Set a path's permission bits.
- * @function chmod
- * @tparam string path
- * @tparam integer mode e.g. 384 (0600)
- * @return true | nil, "gauth.core: chmod: <reason>"
- */
-static int l_chmod(lua_State *L)
-{
-    const char *path = luaL_checkstring(L, 1);
-    lua_Integer mode = luaL_checkinteger(L, 2);
-
-    luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "must be permission bits");
-    if (chmod(path, (mode_t)mode) != 0)
-        return gauth_error(L, "chmod", strerror(errno));
-    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -621,28 +414,18 @@ static int l_jws_split(lua_State *L)
     return 4;
 }
 
-static const luaL_Reg codec_funcs[] = {
+static const luaL_Reg encoding_funcs[] = {
     {"b64url_encode", l_b64url_encode},
     {"b64url_decode", l_b64url_decode},
     {"b64_encode", l_b64_encode},
     {"b64_decode", l_b64_decode},
-    {"jws_split", l_jws_split},
-    {"sha256", l_sha256},
-    {"sha256_hex", l_sha256_hex},
-    {"hmac_sha256", l_hmac_sha256},
     {"hex_encode", l_hex_encode},
-    {"random_bytes", l_random_bytes},
-    {"now", l_now},
-    {"monotonic", l_monotonic},
-    {"sleep", l_sleep},
-    {"file_stat", l_file_stat},
-    {"mkdir", l_mkdir},
-    {"chmod", l_chmod},
+    {"jws_split", l_jws_split},
     {NULL, NULL}
 };
 
-void gauth_codec_open(lua_State *L)
+void gauth_encoding_open(lua_State *L)
 {
     dec_init();
-    gauth_setfuncs(L, codec_funcs, 0);
+    gauth_setfuncs(L, encoding_funcs, 0);
 }
