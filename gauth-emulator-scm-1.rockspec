@@ -33,10 +33,17 @@ build = {
   install = {
     lua = {
       ["gauth.emulator"] = "emulator/lua/gauth/emulator.lua",
+      ["gauth.emulator.accounts"] = "emulator/lua/gauth/emulator/accounts.lua",
+      ["gauth.emulator.common"] = "emulator/lua/gauth/emulator/common.lua",
+      ["gauth.emulator.discovery"] = "emulator/lua/gauth/emulator/discovery.lua",
       ["gauth.emulator.federation"] = "emulator/lua/gauth/emulator/federation.lua",
       ["gauth.emulator.google"] = "emulator/lua/gauth/emulator/google.lua",
       ["gauth.emulator.httpd"] = "emulator/lua/gauth/emulator/httpd.lua",
+      ["gauth.emulator.id_tokens"] = "emulator/lua/gauth/emulator/id_tokens.lua",
+      ["gauth.emulator.metadata_server"] = "emulator/lua/gauth/emulator/metadata_server.lua",
       ["gauth.emulator.sqladmin"] = "emulator/lua/gauth/emulator/sqladmin.lua",
+      ["gauth.emulator.sqladmin_api"] = "emulator/lua/gauth/emulator/sqladmin_api.lua",
+      ["gauth.emulator.token_endpoint"] = "emulator/lua/gauth/emulator/token_endpoint.lua",
     },
     bin = {
       ["gauth-emulator"] = "bin/gauth-emulator",
