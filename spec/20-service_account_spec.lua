@@ -810,13 +810,18 @@ describe("gauth.service_account", function()
     end)
   end)
 
-  describe("id_token_credentials()", function()
+  -- The one way is id_token.credentials (DECISIONS); id_token_credentials
+  -- is its deprecated alias.
+  describe("ID-token credentials (id_token.credentials; id_token_credentials, its alias)", function()
     local AUD = "https://my-service-abc123-uc.a.run.app"
 
     it("gets an ID token for target_audience", function()
       local t0 = os.time()
-      local c, err = sa.id_token_credentials(path, { target_audience = AUD, now = function() return t0 end,
-        ca_file = fake.ca_file, cache = token_cache.new(), retry = fast_retry() })
+      -- The source's clock times the token (expires_at); id_token's, its refresh.
+      local src = assert(sa.from_file(path, { ca_file = fake.ca_file, retry = fast_retry(),
+                                              now = function() return t0 end }))
+      local c, err = require("gauth.id_token").credentials(src, { audience = AUD,
+        now = function() return t0 end, cache = token_cache.new() })
       assert.is_nil(err)
       local tok, exp = c:token()
       assert.is_string(tok)
@@ -834,17 +839,19 @@ describe("gauth.service_account", function()
       assert.equal(1, #token_requests())
       local h = assert(c:apply())
       assert.equal("Bearer " .. tok, h.authorization)
-      local d = c:with_target_audience("https://other.example")
+      local d = assert(c:with_target_audience("https://other.example"))
       assert.truthy(d:token())
       assert.equal("https://other.example", sent_assertion(2).target_audience)
     end)
 
-    it("takes the key as a table or JSON text too", function()
+    it("id_token_credentials (deprecated alias) takes a path, the key as a table or JSON text", function()
       local text = assert(helpers.read_file(path))
-      local c = assert(sa.id_token_credentials(text, { target_audience = AUD }))
-      assert.equal(info.client_email, c.service_account_email)
-      c = assert(sa.id_token_credentials(helpers.json_decode(text), { target_audience = AUD }))
-      assert.equal(info.client_email, c.service_account_email)
+      for _, k in ipairs({ path, text, helpers.json_decode(text) }) do
+        local c = assert(sa.id_token_credentials(k, { target_audience = AUD }))
+        assert.equal("id_token", c.kind)
+        assert.equal(AUD, c.audience)
+        assert.equal(info.client_email, c.service_account_email)
+      end
     end)
 
     it("returns nil and an error when the answer has no id_token", function()
@@ -863,7 +870,7 @@ describe("gauth.service_account", function()
       helpers.assert_failure(msg, err)
       assert.equal("key file", err.step)
       assert.has_error(function() sa.id_token_credentials(path, {}) end,
-        "gauth.service_account: id_token_credentials needs opts.target_audience")
+        "gauth.service_account: id_token_credentials: opts.target_audience (a non-empty string) required")
       assert.has_error(function() sa.id_token_credentials(path, { target_audience = AUD,
                                                                   scopes = S1 }) end,
         "gauth.service_account: id_token_credentials takes no scopes, subject or audience")

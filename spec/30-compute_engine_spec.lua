@@ -578,13 +578,22 @@ describe("gauth metadata server clients", function()
       end)
     end)
 
-    describe("id_token_credentials()", function()
+    -- The one way is id_token.credentials (DECISIONS); id_token_credentials
+    -- is its deprecated alias, tested short at the end.
+    describe("ID-token credentials (id_token.credentials over new())", function()
       local AUD = "https://service-abc-uc.a.run.app"
+      local id_token = require "gauth.id_token"
+      local function idc(o, new_opts)
+        local src = assert(ce.new(new_opts or { env = env }))
+        o.audience = o.audience or AUD
+        return id_token.credentials(src, o)
+      end
 
       it("gets an ID token for the audience, format=full", function()
         local t0 = os.time()
-        local c, cerr = ce.id_token_credentials({ target_audience = AUD, env = env,
-                                                  cache = token_cache.new(), now = function() return t0 end })
+        -- The source's clock times the token (expires_at); id_token's, its refresh.
+        local c, cerr = idc({ cache = token_cache.new(), now = function() return t0 end },
+                            { env = env, now = function() return t0 end })
         assert.is_nil(cerr)
         local tok, exp = c:token()
         assert.is_string(tok)
@@ -601,28 +610,24 @@ describe("gauth metadata server clients", function()
       end)
 
       it("standard format, licenses and with_target_audience", function()
-        local c = assert(ce.id_token_credentials({ target_audience = AUD, env = env,
-          format = "standard", cache = token_cache.new() }))
+        local c = assert(idc({ format = "standard", cache = token_cache.new() }))
         assert.truthy(c:token())
         assert.is_nil(md_requests(IDENTITY_PATH)[1].query_params.format)
-        local l = assert(ce.id_token_credentials({ target_audience = AUD, env = env,
-          licenses = true, cache = token_cache.new() }))
+        local l = assert(idc({ licenses = true, cache = token_cache.new() }))
         assert.truthy(l:token())
         assert.equal("TRUE", md_requests(IDENTITY_PATH)[2].query_params.licenses)
-        local o = c:with_target_audience("other")
+        local o = assert(c:with_target_audience("other"))
         local tok = assert(o:token())
         local _, claims = helpers.jwt_parts(tok)
         assert.equal("other", claims.aud)
-        assert.has_error(function() c:with_scopes({ S1 }) end,
-          "gauth.compute_engine: ID token credentials take no scopes")
+        assert.is_nil(md_requests(IDENTITY_PATH)[3].query_params.format)
         assert.has_error(function() assert(new()):with_target_audience("x") end,
           "gauth.compute_engine: with_target_audience is for ID token credentials")
       end)
 
       it("returns nil and an error when the answer is not an ID token", function()
         fake:script(IDENTITY_PATH, { status = 200, body = "not-a-jwt" })
-        local c = assert(ce.id_token_credentials({ target_audience = AUD, env = env,
-                                                   cache = token_cache.new() }))
+        local c = assert(idc({ cache = token_cache.new() }))
         local tok, msg, err = c:token()
         assert.is_nil(tok)
         helpers.assert_failure(msg, err)
@@ -635,21 +640,33 @@ describe("gauth metadata server clients", function()
         assert.equal(400, err.status)
       end)
 
-      it("raises without a target_audience or with bad options", function()
-        assert.has_error(function() ce.id_token_credentials() end,
-          "gauth.compute_engine: id_token_credentials: opts with target_audience required")
+      it("raises on bad format or licenses, and for format with another source", function()
+        assert.has_error(function() idc({ format = "x" }) end,
+          'gauth.id_token: credentials: format must be "full" or "standard"')
+        assert.has_error(function() idc({ format = "standard", licenses = true }) end,
+          'gauth.id_token: credentials: licenses needs format "full"')
+        assert.has_error(function() idc({ licenses = "yes" }) end,
+          "gauth.id_token: credentials: licenses must be a boolean")
+        local user = require("gauth.authorized_user").from_info({ client_id = "c", client_secret = "s",
+                                                                 refresh_token = "r" })
+        assert.has_error(function() id_token.credentials(user, { audience = AUD, format = "full" }) end,
+          "gauth.id_token: credentials: format and licenses are the metadata server's, not for"
+          .. " authorized_user credentials")
+      end)
+
+      it("id_token_credentials (deprecated alias): the same credentials; raises without target_audience", function()
+        local c = assert(ce.id_token_credentials({ target_audience = AUD, env = env, format = "standard",
+                                                   cache = token_cache.new() }))
+        assert.equal("id_token", c.kind)
+        assert.truthy(c:token())
+        local r = md_requests(IDENTITY_PATH)[1]
+        assert.equal(AUD, r.query_params.audience)
+        assert.is_nil(r.query_params.format)
         assert.has_error(function() ce.id_token_credentials({ env = env }) end,
-          "gauth.compute_engine: id_token_credentials needs opts.target_audience (a non-empty string)")
-        assert.has_error(function()
-          ce.id_token_credentials({ target_audience = AUD, format = "x", env = env })
-        end, "gauth.compute_engine: format must be \"full\" or \"standard\"")
+          "gauth.compute_engine: id_token_credentials: opts.target_audience (a non-empty string) required")
         assert.has_error(function()
           ce.id_token_credentials({ target_audience = AUD, scopes = { S1 }, env = env })
         end, "gauth.compute_engine: ID token credentials take no scopes")
-        assert.has_error(function()
-          ce.id_token_credentials({ target_audience = AUD, format = "standard",
-                                    licenses = true, env = env })
-        end, "gauth.compute_engine: licenses needs format \"full\"")
       end)
     end)
 

@@ -54,7 +54,7 @@ end
 
 -- Internal: build credentials of `kind` ("compute_engine", or
 -- "app_engine" from gauth.app_engine: the same class, another name).
-function _M._new(opts, kind, mode)
+function _M._new(opts, kind)
   kind = kind or "compute_engine"
   if opts ~= nil and type(opts) ~= "table" then
     arg_error(kind, "opts must be a table")
@@ -70,29 +70,10 @@ function _M._new(opts, kind, mode)
   -- (signing; ID tokens and tokens in another universe).
   local shared = credentials.transport_opts(opts, kind, 4, {
     email = find(sa, "@", 1, true) and sa or nil })
-  local target, format, licenses
-  if mode == "id_token" then
-    if opts.scopes ~= nil then arg_error(kind, "ID token credentials take no scopes") end
-    target = opts.target_audience
-    if type(target) ~= "string" or target == "" then
-      arg_error(kind, "id_token_credentials needs opts.target_audience (a non-empty string)")
-    end
-    format = opts.format or "full"
-    if format ~= "full" and format ~= "standard" then
-      arg_error(kind, 'format must be "full" or "standard"')
-    end
-    licenses = opts.licenses
-    if licenses ~= nil and type(licenses) ~= "boolean" then
-      arg_error(kind, "licenses must be a boolean")
-    end
-    if licenses and format ~= "full" then
-      arg_error(kind, 'licenses needs format "full"')
-    end
-  else
-    mode = "access"
-    if opts.target_audience ~= nil then
-      arg_error(kind, "target_audience is for id_token_credentials")
-    end
+  -- ID-token credentials are gauth.id_token's: a copy in mode "id_token"
+  -- with target_audience, format and licenses set.
+  if opts.target_audience ~= nil then
+    arg_error(kind, "target_audience is for id_token_credentials")
   end
   local env = seam.get(opts, "env")
   local host, err = errors.pair(metadata.host({ host = opts.host, env = env, _module = kind }))
@@ -106,10 +87,7 @@ function _M._new(opts, kind, mode)
     -- Sent as one comma-separated parameter: no commas in a scope.
     scopes = normalise_scopes(opts.scopes, kind, true),
     host = host,
-    mode = mode,
-    target_audience = target,
-    format = format,
-    licenses = licenses or nil,
+    mode = "access",
     _module = kind,
     _http = opts.http,
     _timeout = opts.timeout,
@@ -147,20 +125,24 @@ end
 -- until 1.0.
 _M.credentials = _M.new
 
---- ID token credentials: `token()` returns a Google-signed ID token for
--- `opts.target_audience` (a Cloud Run URL, an IAP client id, ...), from
--- `.../identity?audience=...&format=full`.
--- @tparam table opts `target_audience` (required), `format` ("full",
---   the default: the token carries the account's email and the instance's
---   details; or "standard"), `licenses` (boolean, with "full"), and
---   `service_account`, `host`, `env`, `http`, `timeout`, `retry`, `cache`,
---   `now` as for `credentials`
--- @return credentials | nil, message, err
+--- Deprecated alias (until 1.0) of the one way to make ID-token
+-- credentials: `id_token.credentials(compute_engine.new(opts), { audience =
+-- opts.target_audience, format = opts.format, licenses = opts.licenses })`.
+-- @tparam table opts `target_audience` (required), `format`, `licenses`,
+--   and the options of `new` but scopes
+-- @return credentials (`gauth.id_token`'s) | nil, message, err
 function _M.id_token_credentials(opts)
-  if type(opts) ~= "table" then
-    error("gauth.compute_engine: id_token_credentials: opts with target_audience required", 2)
+  if type(opts) ~= "table" or type(opts.target_audience) ~= "string" or opts.target_audience == "" then
+    error("gauth.compute_engine: id_token_credentials: opts.target_audience (a non-empty string) required", 2)
   end
-  return _M._new(opts, "compute_engine", "id_token")
+  if opts.scopes ~= nil then error("gauth.compute_engine: ID token credentials take no scopes", 2) end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.target_audience, o.format, o.licenses = nil, nil, nil
+  local src, msg, err = _M.new(o)
+  if not src then return nil, msg, err end
+  return require("gauth.id_token").credentials(src, { audience = opts.target_audience,
+    format = opts.format, licenses = opts.licenses, cache = opts.cache, now = opts.now })
 end
 
 --- Is a metadata server there? (`gauth.metadata.is_available`: a short

@@ -885,6 +885,17 @@ local function id_class()
     return credentials.base.apply(self, headers)
   end
 
+  --- The same credentials for another audience (google-auth's
+  -- `with_target_audience`): credentials | nil, msg, err.
+  function IdCreds:with_target_audience(audience)
+    local o = self._opts
+    return _M.credentials(self.source, { audience = audience, include_email = self.include_email,
+      format = o.format, licenses = o.licenses, cache = o.cache, now = o.now })
+  end
+
+  --- ID tokens take no scopes: false.
+  function IdCreds:requires_scopes() return false end  -- luacheck: no unused args
+
   function IdCreds:signer_email() return self.source:signer_email() end
   function IdCreds:sign_bytes(b) return self.source:sign_bytes(b) end
   function IdCreds:sign_jwt(c) return self.source:sign_jwt(c) end
@@ -907,9 +918,10 @@ local function inner_of(source, audience, include_email, opts)
     o.scopes, o.subject, o.audience = nil, nil, nil
     return o
   elseif kind == "compute_engine" or kind == "app_engine" then
-    -- .../identity?audience=...&format=full
-    local o = source:copy({ mode = "id_token", target_audience = audience, format = "full" })
-    o.scopes, o.licenses = nil, nil
+    -- .../identity?audience=...&format=full (by default)
+    local o = source:copy({ mode = "id_token", target_audience = audience,
+                            format = opts.format or "full" })
+    o.scopes, o.licenses = nil, opts.licenses or nil
     return o
   elseif kind == "impersonated" then
     return require("gauth.impersonated").id_token_credentials(source, {
@@ -935,11 +947,18 @@ end
 -- `generateIdToken`), an external account with
 -- `service_account_impersonation_url` (`generateIdToken` of that account,
 -- asked with the STS token) or Compute Engine (the metadata server's
--- `identity?audience=...&format=full`).
+-- `identity?audience=...&format=full`). The one way to make them:
+-- `service_account.id_token_credentials` and
+-- `compute_engine.id_token_credentials` are deprecated aliases over this.
+-- The object has `with_target_audience(audience)` (the same for another
+-- audience) and `service_account_email` where the source knows it.
 -- @param source credentials, or nil for Application Default Credentials
 -- @tparam table opts `audience` (required), `include_email` (boolean;
---   for generateIdToken), `cache`, `now` (epoch seconds, or a function
---   returning them), and for ADC `env` and the transport options (`http`,
+--   for generateIdToken), for the metadata server `format` ("full", the
+--   default: the token carries the account's email and the instance; or
+--   "standard") and `licenses` (boolean, with "full"), `cache`, `now`
+--   (epoch seconds, or a function returning them), and for ADC `env` and
+--   the transport options (`http`,
 --   `ca_file`, `timeout`, `client_cert`, `client_key`, `proxy`, `no_proxy`)
 -- @return credentials | nil, msg, err (module "id_token", step
 --   "credentials": a source that cannot give ID tokens; ADC's failure as
@@ -951,9 +970,20 @@ function _M.credentials(source, opts)
   if opts.include_email ~= nil and type(opts.include_email) ~= "boolean" then
     error("gauth.id_token: credentials: include_email must be a boolean", 2)
   end
+  local format, licenses = opts.format, opts.licenses
+  if format ~= nil and format ~= "full" and format ~= "standard" then
+    error('gauth.id_token: credentials: format must be "full" or "standard"', 2)
+  end
+  if licenses ~= nil and type(licenses) ~= "boolean" then
+    error("gauth.id_token: credentials: licenses must be a boolean", 2)
+  end
+  if licenses and format == "standard" then
+    error('gauth.id_token: credentials: licenses needs format "full"', 2)
+  end
   if source ~= nil and (type(source) ~= "table" or type(source.token) ~= "function") then
     error("gauth.id_token: credentials: source must be credentials or nil (ADC)", 2)
   end
+  local from_adc = source == nil
   if source == nil then
     -- ADC's credentials make their requests with the transport options
     -- given here (a proxy, a CA bundle, a client certificate).
@@ -970,17 +1000,27 @@ function _M.credentials(source, opts)
   if source.mode == "id_token" then
     return id_fail("the source already gives ID tokens (" .. tostring(source) .. ")")
   end
+  if (format ~= nil or licenses ~= nil) and source.kind ~= "compute_engine"
+      and source.kind ~= "app_engine" then
+    local why = "format and licenses are the metadata server's, not for "
+      .. tostring(source.kind) .. " credentials"
+    if not from_adc then error("gauth.id_token: credentials: " .. why, 2) end
+    return id_fail(why)
+  end
   -- nil stays nil: the source's own clock serves then.
   local now = opts.now
   if now ~= nil then now = clock_of(now, "credentials") end
   local inner, why = inner_of(source, opts.audience, opts.include_email or false,
-                              { cache = opts.cache, now = now })
+                              { cache = opts.cache, now = now, format = format, licenses = licenses })
   if not inner then return id_fail(why) end
   local class = id_class()
   local self = setmetatable({ source = source, audience = opts.audience,
                               universe_domain = source.universe_domain,
+                              service_account_email = source.service_account_email,
                               include_email = opts.include_email or false,
-                              mode = "id_token", _inner = inner }, class._mt)
+                              mode = "id_token", _inner = inner,
+                              _opts = { format = format, licenses = licenses,
+                                        cache = opts.cache, now = opts.now } }, class._mt)
   require("gauth.credentials").init(self, {
     cache = opts.cache or source._cache, now = now or source._clock,
     quota_project = source.quota_project })

@@ -23,7 +23,8 @@
 --   scopes, as a `scope` claim with no `aud` (Google accepts either). With
 --   neither, `token()` fails: make one with `with_audience`. Not with a
 --   subject: delegation needs the exchange.
--- * **ID token** (`id_token_credentials`): the assertion carries
+-- * **ID token** (`gauth.id_token.credentials` makes a copy in this mode;
+--   `id_token_credentials` is its deprecated alias): the assertion carries
 --   `target_audience` and the endpoint answers with a Google-signed ID
 --   token, which `token()` returns. Outside googleapis.com (no token
 --   exchange there) the ID token comes from IAM Credentials'
@@ -226,7 +227,7 @@ local function build(parts, source, opts, mode)
   end
   universe = universe or parts.universe_domain or _M.DEFAULT_UNIVERSE
   local other_universe = universe ~= _M.DEFAULT_UNIVERSE
-  if other_universe and subject and mode ~= "id_token" then
+  if other_universe and subject then
     -- As google-auth: outside Google's universe there is no token
     -- exchange, so no delegation (a self-signed JWT cannot carry a user).
     return fail("subject", "domain-wide delegation (subject) is not supported outside "
@@ -239,21 +240,18 @@ local function build(parts, source, opts, mode)
     arg_error("jwt_access must be a boolean")
   end
   local target = opt_string(opts.target_audience, "target_audience")
-  if mode == "id_token" then
-    if not target then arg_error("id_token_credentials needs opts.target_audience") end
-  else
-    if target then arg_error("target_audience is for id_token_credentials") end
-    -- Self-signed JWTs are asked for, never switched on by an audience
-    -- alone (DECISIONS): an `audience` without `jwt_access = true` would
-    -- otherwise change how every token is made behind the caller's back.
-    -- Outside Google's universe a service account always signs its own
-    -- JWTs (AIP-4120; google-auth's always_use_jwt_access).
-    if audience and not jwt_access and not other_universe then
-      arg_error("audience is the aud of a self-signed JWT: ask for one with jwt_access = true"
-        .. " (or use with_audience)")
-    end
-    if jwt_access or other_universe then mode = "jwt" end
+  -- ID-token credentials are gauth.id_token's (a copy in mode "id_token").
+  if target then arg_error("target_audience is for id_token_credentials") end
+  -- Self-signed JWTs are asked for, never switched on by an audience
+  -- alone (DECISIONS): an `audience` without `jwt_access = true` would
+  -- otherwise change how every token is made behind the caller's back.
+  -- Outside Google's universe a service account always signs its own
+  -- JWTs (AIP-4120; google-auth's always_use_jwt_access).
+  if audience and not jwt_access and not other_universe then
+    arg_error("audience is the aud of a self-signed JWT: ask for one with jwt_access = true"
+      .. " (or use with_audience)")
   end
+  if jwt_access or other_universe then mode = "jwt" end
   if mode == "jwt" and subject then
     arg_error("a self-signed JWT cannot act for a subject (delegation needs the token exchange)")
   end
@@ -315,12 +313,6 @@ end
 local FILE_TEXTS = { unreadable = "cannot read key file ", too_large = "too large for a key file",
                      not_json = "not a JSON object (is this a service account key file?)" }
 
-local function load_file(path)
-  local info, err = errors.pair(credentials.read_key_file("service_account", path, FILE_TEXTS))
-  if not info then return errors.ret(err) end
-  return parse_info(info, path)
-end
-
 --- Credentials from a key file (as downloaded from the Cloud console).
 -- @tparam string path
 -- @tparam[opt] table opts as for `from_info`
@@ -334,40 +326,35 @@ _M.from_info, _M.from_file = credentials.constructors("service_account", "servic
     return build(parts, source, opts, "exchange")
   end, FILE_TEXTS)
 
---- ID token credentials: `token()` returns a Google-signed ID token whose
--- audience is `opts.target_audience` (the URL of a Cloud Run service, an
--- IAP client ID, ...).
+--- Deprecated alias (until 1.0) of the one way to make ID-token
+-- credentials: `id_token.credentials(from_file(path, opts) or
+-- from_info(info, opts), { audience = opts.target_audience })`.
 -- @param info_or_path a key file's path, its decoded table or its JSON text
--- @tparam table opts `target_audience` (required), and `token_uri`,
---   `claims`, `universe_domain`, the transport options (`http`, `ca_file`,
---   `timeout`, `client_cert`, `client_key`, `proxy`, `no_proxy`), `retry`,
---   `cache`, `now` as for `from_info`; outside googleapis.com also
---   `iam_endpoint` (base URL of IAM Credentials; default
---   `https://iamcredentials.<universe>`, or `GAUTH_IAM_ENDPOINT`) and `env`
--- @return credentials | nil, message, err
+-- @tparam table opts `target_audience` (required), and the options of
+--   `from_info` but scopes, subject, audience and jwt_access
+-- @return credentials (`gauth.id_token`'s) | nil, message, err
 function _M.id_token_credentials(info_or_path, opts)
-  if type(opts) ~= "table" then
-    error("gauth.service_account: id_token_credentials: opts with target_audience required", 2)
+  if type(opts) ~= "table" or type(opts.target_audience) ~= "string" or opts.target_audience == "" then
+    error("gauth.service_account: id_token_credentials: opts.target_audience (a non-empty string) required", 2)
   end
   if opts.scopes or opts.subject or opts.jwt_access or opts.audience then
     error("gauth.service_account: id_token_credentials takes no scopes, subject or audience", 2)
   end
-  local parts, err, source
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.target_audience = nil
+  local src, msg, err
   if type(info_or_path) == "table" or
       (type(info_or_path) == "string" and find(info_or_path, "^%s*{")) then
-    source = "service account info"
-    local info
-    info, err = errors.pair(credentials.decode_info("service_account", info_or_path, source))
-    if not info then return errors.ret(err) end
-    parts, err = errors.pair(parse_info(info, source))
+    src, msg, err = _M.from_info(info_or_path, o)
   elseif type(info_or_path) == "string" then
-    source = info_or_path
-    parts, err = errors.pair(load_file(info_or_path))
+    src, msg, err = _M.from_file(info_or_path, o)
   else
     error("gauth.service_account: id_token_credentials: need a path, a table or JSON text", 2)
   end
-  if not parts then return errors.ret(err) end
-  return build(parts, source, opts, "id_token")
+  if not src then return nil, msg, err end
+  return require("gauth.id_token").credentials(src, { audience = opts.target_audience,
+                                                      cache = opts.cache, now = opts.now })
 end
 
 -- ------------------------------------------------------------------------
