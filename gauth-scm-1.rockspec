@@ -114,6 +114,7 @@ build = {
     ["gauth.transport.common"] = "lua/gauth/transport/common.lua",
     ["gauth.transport.curl"] = "lua/gauth/transport/curl.lua",
     ["gauth.transport.ngx"] = "lua/gauth/transport/ngx.lua",
+    ["gauth.universe"] = "lua/gauth/universe.lua",
     ["gauth.util"] = "lua/gauth/util.lua",
   },
   install = {

@@ -33,7 +33,7 @@ local mt = { __index = _M }
 --- The request header that carries the key.
 _M.HEADER = "x-goog-api-key"
 
-local DEFAULT_UNIVERSE = "googleapis.com"
+local universe = require "gauth.universe"
 
 --- Credentials from an API key.
 -- @tparam string key the key (as the Cloud console shows it)
@@ -52,7 +52,7 @@ function _M.new(key, opts)
   end
   opts = opts or {}
   local ud, qp = opts.universe_domain, opts.quota_project
-  if ud ~= nil and (type(ud) ~= "string" or not find(ud, "^[%w][%w.-]*$")) then
+  if ud ~= nil and not universe.is_domain(ud) then
     error("gauth.api_key: new: opts.universe_domain must be a domain name", 2)
   end
   if qp ~= nil and (type(qp) ~= "string" or qp == "") then
@@ -70,7 +70,7 @@ function _M.new(key, opts)
       .. " surrounding whitespace (" .. #key .. " bytes)", { retryable = false })
   end
   return setmetatable({
-    universe_domain = ud or DEFAULT_UNIVERSE,
+    universe_domain = ud or universe.DEFAULT,
     quota_project = qp,
     -- Not a public field: a caller printing the object's fields (a
     -- debugging dump) should not find the key under an obvious name.

@@ -153,6 +153,8 @@ end
 -- ------------------------------------------------------------------------
 -- The wire format.
 
+local check_universe = require("gauth.universe").check
+
 -- The headers of one part's request, with the credentials of its service.
 local function part_headers(req)
   local h = {}
@@ -164,8 +166,8 @@ local function part_headers(req)
   local svc = req._spec.svc
   local creds = svc.credentials
   if creds then
-    -- Credentials of another universe are never sent (see discovery).
-    local uok, uerr = require("gauth.discovery")._check_universe(svc, "batch", "execute")
+    -- Credentials of another universe are never sent (gauth.universe).
+    local uok, uerr = errors.pair(check_universe(svc, "batch", "execute"))
     if not uok then return nil, uerr end
     local ok, err = errors.pair(creds:apply(h))
     if not ok then return nil, err end

@@ -254,6 +254,8 @@ function _M:email()
   return v
 end
 
+local universe = require "gauth.universe"
+
 --- The universe domain of this machine: the metadata server's
 -- `universe/universe-domain` (404, or an empty answer: `googleapis.com`),
 -- read once for every copy; fills `creds.universe_domain`.
@@ -271,11 +273,11 @@ function _M:get_universe_domain()
   if not v then
     local err = errors.of(m, x)
     if err.status ~= 404 then return errors.ret(err) end
-    v = "googleapis.com"
+    v = universe.DEFAULT
   end
   v = trim(v)
-  if v == "" then v = "googleapis.com" end
-  if not find(v, "^[%w][%w.-]*$") or #v > 253 then
+  if v == "" then v = universe.DEFAULT end
+  if not universe.is_domain(v) then
     return errors.fail(self._module, "metadata response",
       "the universe domain is not a domain name: " .. v:sub(1, 80), { retryable = false })
   end
@@ -300,11 +302,7 @@ local function iam_client(self)
   c = require("gauth.iam").new({
     source = source,
     email_source = function() return self:email() end,
-    universe_domain = function()
-      if type(self.universe_domain) == "string" then return self.universe_domain end
-      if type(self.get_universe_domain) == "function" then return self:get_universe_domain() end
-      return "googleapis.com"
-    end,
+    universe_domain = function() return universe.of(self) end,
     endpoint = self._iam_endpoint, env = self._env,
     http = self._http, ca_file = shared.ca_file, client_cert = shared.client_cert,
     client_key = shared.client_key, proxy = shared.proxy, no_proxy = shared.no_proxy,

@@ -48,7 +48,6 @@ local document = require "gauth.discovery.document"
 local type = type
 local pairs = pairs
 local error = error
-local tostring = tostring
 local rawget = rawget
 local rawset = rawset
 local setmetatable = setmetatable
@@ -58,13 +57,15 @@ local format = string.format
 local _M = { _VERSION = common.VERSION }
 
 local json_decode = common.json_decode
-local DEFAULT_UNIVERSE = common.DEFAULT_UNIVERSE
 local check_number = common.check_number
 local request, make_headers = method.request, method.make_headers
 local next_request = method.next_request
 local check_opts, proxy_transport = service.check_opts, service.proxy_transport
 local new_service = service.new_service
 local DEFAULT_RETRIES = require("gauth.request").DEFAULT_RETRIES
+-- The universe rule (gauth.universe): Discovery's execute, media and batch
+-- refuse credentials of another universe.
+local check_universe = require("gauth.universe").check
 
 -- Credentials that may sit in a URI's query go before it enters an error.
 local redact = errors.redact_uri
@@ -78,53 +79,6 @@ local function copy(t)
   return o
 end
 
--- The universe of credentials: their `universe_domain` field when it is
--- known without the network; else `get_universe_domain()` (metadata-based
--- credentials: one read, cached by them); else Google's default universe
--- (as google-auth's base class says).
--- @return domain | nil, err
-local function creds_universe(creds)
-  local ud = creds.universe_domain
-  if type(ud) == "string" and ud ~= "" then return ud end
-  if type(creds.get_universe_domain) == "function" then
-    local v, e2, e3 = creds:get_universe_domain()
-    if not v then return nil, errors.of(e2, e3) end
-    return v
-  end
-  return DEFAULT_UNIVERSE
-end
-
---- Refuse to send credentials of one universe to a service of another
--- (google-api-python-client 2.x's check, at the first request of each
--- service object; a success is remembered). Without credentials there is
--- nothing to check (an unauthenticated call, or `api_key` as `?key=`).
--- Internal: used by execute, media and batch.
--- @tparam table svc the service's shared state
--- @tparam string module the module named in the error
--- @tparam string step
--- @return true | nil, err (`kind` "universe_mismatch", `service_universe`,
---   `credentials_universe`; not retryable)
-function _M._check_universe(svc, module, step)
-  local creds = svc.credentials
-  if not creds or svc.universe_ok == creds then return true end
-  local cu, err = creds_universe(creds)
-  if not cu then
-    return nil, errors.wrap(module, step, err, { retryable = false,
-      message = "cannot learn the credentials' universe domain: " .. tostring(err and err.message) })
-  end
-  local su = svc.universe
-  if cu ~= su then
-    return nil, errors.new(module, step, "the service's universe domain (" .. su
-      .. ") does not match the universe domain of its credentials (" .. cu
-      .. "); nothing was sent (the service's universe is opts.universe_domain,"
-      .. " else GOOGLE_CLOUD_UNIVERSE_DOMAIN, else " .. DEFAULT_UNIVERSE .. ")",
-      { retryable = false, kind = "universe_mismatch", service_universe = su,
-        credentials_universe = cu })
-  end
-  svc.universe_ok = creds
-  return true
-end
-local check_universe = _M._check_universe
 
 -- A 2xx answer of execute(): the body text for raw methods, else the
 -- decoded JSON (gauth.request's `decode`).

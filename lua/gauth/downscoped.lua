@@ -28,6 +28,7 @@
 local credentials = require "gauth.credentials"
 local errors = require "gauth.errors"
 local sts = require "gauth.sts"
+local universe = require "gauth.universe"
 
 local type = type
 local pairs = pairs
@@ -165,8 +166,8 @@ function _M.new(source, opts)
   local cab, m, x = boundary_json(opts.rules)
   if not cab then return nil, m, x end
   local ud = opts.universe_domain
-  if ud == nil and type(source.universe_domain) == "string" then ud = source.universe_domain end
-  if ud ~= nil and (type(ud) ~= "string" or not find(ud, "^[%w][%w.-]*$")) then
+  if ud == nil then ud = universe.known(source) end
+  if ud ~= nil and not universe.is_domain(ud) then
     return bad("universe_domain must be a domain name", nil, "universe_domain")
   end
   local url = opts.token_url or sts.token_url(ud)
@@ -174,7 +175,7 @@ function _M.new(source, opts)
   local shared = credentials.transport_opts(opts, "downscoped", 3)
   local self = setmetatable({
     source = source,
-    universe_domain = ud or "googleapis.com",
+    universe_domain = ud or universe.DEFAULT,
     token_url = url,
     access_boundary = cab,
     _retry = opts.retry,

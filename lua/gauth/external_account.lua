@@ -104,7 +104,10 @@ _M.REQUESTED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 _M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/token"
 --- STS over mutual TLS: the default of an X.509 (certificate) source.
 _M.DEFAULT_MTLS_TOKEN_URL = "https://sts.mtls.{universe_domain}/v1/token"
-_M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
+local universe = require "gauth.universe"
+--- Google's universe (`gauth.universe.DEFAULT`): the default of a
+-- configuration without `universe_domain`.
+_M.DEFAULT_UNIVERSE_DOMAIN = universe.DEFAULT
 --- The scope of the STS token when none are given, and always when it
 -- only serves to impersonate a service account.
 _M.CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -418,7 +421,7 @@ local function parse(info, source)
     c[f] = v or nil
   end
   c.universe_domain = c.universe_domain or _M.DEFAULT_UNIVERSE_DOMAIN
-  if not find(c.universe_domain, "^[%w.-]+$") then
+  if not universe.is_domain(c.universe_domain) then
     return nil, key_error(source, "universe_domain", "is not a domain name")
   end
   c.source, err = errors.pair(parse_source(info.credential_source, source))

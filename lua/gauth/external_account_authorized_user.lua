@@ -32,14 +32,16 @@ local error = error
 local tostring = tostring
 local setmetatable = setmetatable
 local gsub = string.gsub
-local find = string.find
 
 local MODULE = "external_account_authorized_user"
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = MODULE })
 local mt = credentials.metatable(_M)
 
 _M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/oauthtoken"
-_M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
+local universe = require "gauth.universe"
+--- Google's universe (`gauth.universe.DEFAULT`): the default of a
+-- configuration without `universe_domain`.
+_M.DEFAULT_UNIVERSE_DOMAIN = universe.DEFAULT
 _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
              jitter = true, deadline = 60 }
 _M.MAX_RESPONSE = 256 * 1024
@@ -65,7 +67,7 @@ local function parse(info, source)
     c[f] = v or nil
   end
   c.universe_domain = c.universe_domain or _M.DEFAULT_UNIVERSE_DOMAIN
-  if not find(c.universe_domain, "^[%w.-]+$") then
+  if not universe.is_domain(c.universe_domain) then
     return nil, key_error(source, "universe_domain", "is not a domain name")
   end
   c.token_url = c.token_url or gsub(_M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)

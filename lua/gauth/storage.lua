@@ -64,8 +64,11 @@ _M.MAX_EXPIRES = 604800
 --- Validity when `expires` is not given (seconds).
 _M.DEFAULT_EXPIRES = 3600
 
---- The universe whose Cloud Storage host is `storage.googleapis.com`.
-_M.DEFAULT_UNIVERSE = "googleapis.com"
+local universe = require "gauth.universe"
+
+--- The universe whose Cloud Storage host is `storage.googleapis.com`
+-- (`gauth.universe.DEFAULT`).
+_M.DEFAULT_UNIVERSE = universe.DEFAULT
 
 _M.METHODS = { GET = true, PUT = true, POST = true, DELETE = true, HEAD = true }
 
@@ -241,11 +244,9 @@ local function location(opts, bucket, creds)
     return bad("scheme", 'must be "https" or "http"')
   end
   local ud = opts.universe_domain
-  if ud == nil and creds and type(creds.universe_domain) == "string" then
-    ud = creds.universe_domain
-  end
+  if ud == nil and creds then ud = universe.known(creds) end
   ud = ud or _M.DEFAULT_UNIVERSE
-  if type(ud) ~= "string" or not find(ud, "^[%w][%w.-]*$") then
+  if not universe.is_domain(ud) then
     return bad("universe_domain", "must be a domain name")
   end
   if opts.bucket_bound_hostname ~= nil and style ~= "bucket_bound_hostname" then

@@ -39,7 +39,7 @@ _M.API_CLIENT = (function()
   return s .. " gauth/" .. _M.VERSION
 end)()
 _M.GZIP = "gzip, deflate"
-_M.DEFAULT_UNIVERSE = "googleapis.com"
+_M.DEFAULT_UNIVERSE = require("gauth.universe").DEFAULT
 
 -- The files of gauth.discovery: discovery.lua and discovery/*.lua.
 local THIS_DIR = match(debug.getinfo(1, "S").source, "^(.*)/[^/]*$") or ""

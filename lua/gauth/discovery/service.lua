@@ -19,6 +19,7 @@ local sort = table.sort
 
 local EMPTY = common.EMPTY
 local USER_AGENT, DEFAULT_UNIVERSE = common.USER_AGENT, common.DEFAULT_UNIVERSE
+local configured_universe = require("gauth.universe").configured
 local check_number = common.check_number
 local join_base = uri.join_base
 local new_resource = resource.new_resource
@@ -94,14 +95,9 @@ local function new_service(doc, opts)
     return errors.fail("discovery", "build", "not a Discovery document (no rootUrl)")
   end
   local base = join_base(doc.rootUrl, type(doc.servicePath) == "string" and doc.servicePath or "")
-  -- googleapiclient's rule: the option, else the environment, else
-  -- Google's universe (an empty variable counts as unset).
-  local universe = opts.universe_domain
-  if not universe then
-    local env = os.getenv("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
-    if env and env ~= "" then universe = env end
-  end
-  universe = universe or DEFAULT_UNIVERSE
+  -- googleapiclient's rule (gauth.universe): the option, else the
+  -- environment, else Google's universe.
+  local universe = configured_universe(opts.universe_domain)
   if universe ~= DEFAULT_UNIVERSE then
     base = gsub(base, "googleapis%.com", (gsub(universe, "%%", "%%%%")))
   end

@@ -47,10 +47,11 @@ function _M.base_headers(req)
   return h
 end
 
--- The service's credentials on universe check (see discovery), once per
+-- The service's credentials on universe check (gauth.universe), once per
 -- exchange before any token is asked for.
+local check_universe = require("gauth.universe").check
 local function universe_check(op)
-  return require("gauth.discovery")._check_universe(op.svc, op.module, op.step)
+  return check_universe(op.svc, op.module, op.step)
 end
 
 --- A gauth.request exchange (`op`) for `treq` with the service's
