@@ -711,8 +711,8 @@ describe("gauth.id_token.credentials judged by getIdTokenClient (Node)", functio
     local src = assert(sa.from_info(info.data, { ca_file = fake.ca_file, retry = false }))
     local c = assert(id_token.credentials(src, { audience = RUN_URL, cache = token_cache.new() }))
     local ours = assert(c:token())
-    local env = judges.node_env(proxy.url) .. "NODE_EXTRA_CA_CERTS=" .. q(helpers.certs().ca_file) .. " "
-    local res = judges.run_json(env .. "node " .. q(judges.support_dir .. "/sa_idtoken_judge.js"),
+    local res = judges.run_json(judges.node_env(proxy.url) .. "node "
+                                .. q(judges.support_dir .. "/sa_idtoken_judge.js"),
                                 { cases = { { key = info.data, audience = RUN_URL } } })
     assert(res[1].token, "node: " .. tostring(res[1].error))
     for _, tok in ipairs({ ours, res[1].token }) do

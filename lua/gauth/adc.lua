@@ -271,7 +271,6 @@ local function gcloud_project(getenv)
   end
   return nil
 end
-_M._gcloud_project = gcloud_project
 
 -- ------------------------------------------------------------------------
 -- default()

@@ -7,9 +7,8 @@
 // "source_expiry" (ms), "boundary" } ] }, stdout [ { "token",
 // "expiry" } | { "error" } ].
 'use strict';
-const path = require('path');
-const { OAuth2Client, DownscopedClient } = require(
-  path.join(__dirname, 'node', 'node_modules', 'google-auth-library'));
+const judge = require('./node_judge');
+const { OAuth2Client, DownscopedClient } = judge.lib('google-auth-library');
 
 // The boundary as a Node user writes it (the documented key order); the
 // JSON from Lua may have any order, and an empty Lua table arrives as {}.
@@ -37,19 +36,4 @@ async function one(c) {
   return { token: res.token, expiry: res.expirationTime };
 }
 
-async function main() {
-  const chunks = [];
-  for await (const ch of process.stdin) chunks.push(ch);
-  const input = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  const out = [];
-  for (const c of input.cases) {
-    try {
-      out.push(await one(c));
-    } catch (e) {
-      out.push({ error: String(e && e.message || e) });
-    }
-  }
-  process.stdout.write(JSON.stringify(out));
-}
-
-main().catch(e => { process.stderr.write(String(e && e.stack || e) + '\n'); process.exit(1); });
+judge.run(one);

@@ -7,33 +7,22 @@
 // null) }; the environment (AWS_*, GOOGLE_EXTERNAL_ACCOUNT_*) is the
 // process's. Cases run one after another, in order.
 'use strict';
-const { ExternalAccountClient } = require('google-auth-library');
+const judge = require('./node_judge');
+const { ExternalAccountClient } = judge.lib('google-auth-library');
 // Not exported from the package's index in 9.15.1.
 const { ExternalAccountAuthorizedUserClient } =
-  require('google-auth-library/build/src/auth/externalAccountAuthorizedUserClient');
+  judge.lib('google-auth-library/build/src/auth/externalAccountAuthorizedUserClient');
 
 async function one(c) {
-  try {
-    let client;
-    if (c.config.type === 'external_account_authorized_user') {
-      client = new ExternalAccountAuthorizedUserClient(c.config);
-    } else {
-      client = ExternalAccountClient.fromJSON(c.config);
-      if (c.scopes) client.scopes = c.scopes;
-    }
-    const r = await client.getAccessToken();
-    return { token: r.token };
-  } catch (e) {
-    return { error: String(e && e.message || e) };
+  let client;
+  if (c.config.type === 'external_account_authorized_user') {
+    client = new ExternalAccountAuthorizedUserClient(c.config);
+  } else {
+    client = ExternalAccountClient.fromJSON(c.config);
+    if (c.scopes) client.scopes = c.scopes;
   }
+  const r = await client.getAccessToken();
+  return { token: r.token };
 }
 
-async function main() {
-  let input = '';
-  for await (const chunk of process.stdin) input += chunk;
-  const cases = JSON.parse(input);
-  const out = [];
-  for (const c of cases) out.push(await one(c));
-  process.stdout.write(JSON.stringify(out));
-}
-main().catch((e) => { process.stderr.write(String(e && e.stack || e)); process.exit(1); });
+judge.run(one);

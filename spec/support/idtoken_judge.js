@@ -14,8 +14,8 @@
 //   { op: "universe" }: getUniverseDomainFromMetadataServer().
 // Cases run one after another, in order.
 'use strict';
-const path = require('path');
-const lib = require(path.join(__dirname, 'node', 'node_modules', 'google-auth-library'));
+const judge = require('./node_judge');
+const lib = judge.lib('google-auth-library');
 
 async function one(c) {
   if (c.op === 'id_token') {
@@ -38,19 +38,4 @@ async function one(c) {
   throw new Error('unknown op ' + c.op);
 }
 
-async function main() {
-  const chunks = [];
-  for await (const ch of process.stdin) chunks.push(ch);
-  const input = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  const out = [];
-  for (const c of input.cases) {
-    try {
-      out.push(await one(c));
-    } catch (e) {
-      out.push({ error: String(e && e.message || e) });
-    }
-  }
-  process.stdout.write(JSON.stringify(out));
-}
-
-main().catch(e => { process.stderr.write(String(e && e.stack || e)); process.exit(1); });
+judge.run(one);

@@ -29,12 +29,21 @@ end
 
 -- Environment of a Node judge: no metadata server probe, and any
 -- connection attempt through a proxy lands on a closed loopback port (the
--- judges sign locally; nothing may leave the machine).
+-- judges sign locally; nothing may leave the machine). With `proxy` (a
+-- loopback CONNECT proxy's URL, see start_connect_proxy) the fixed Google
+-- hosts a library calls reach the fake Google behind it, and the test CA
+-- is trusted (NODE_EXTRA_CA_CERTS). spec/support/node_judge.js checks
+-- that every proxy named is on loopback.
 function J.node_env(proxy)
-  proxy = proxy or ("http://127.0.0.1:" .. helpers.closed_port())
+  local ca = ""
+  if proxy then
+    ca = "NODE_EXTRA_CA_CERTS=" .. q(helpers.certs().ca_file) .. " "
+  else
+    proxy = "http://127.0.0.1:" .. helpers.closed_port()
+  end
   return "env METADATA_SERVER_DETECTION=none HTTPS_PROXY=" .. q(proxy)
     .. " HTTP_PROXY=" .. q(proxy) .. " https_proxy=" .. q(proxy)
-    .. " NO_PROXY= no_proxy= "
+    .. " NO_PROXY= no_proxy= " .. ca
 end
 
 --- Google's Node storage client on a batch of cases (see storage_judge.js).
@@ -159,8 +168,8 @@ end
 --- google-auth-library's DownscopedClient on a batch of cases, through
 -- the CONNECT proxy `proxy` with the test CA trusted.
 function J.node_downscoped(proxy, cases)
-  local env = J.node_env(proxy.url) .. "NODE_EXTRA_CA_CERTS=" .. q(helpers.certs().ca_file) .. " "
-  return J.run_json(env .. "node " .. q(J.support_dir .. "/downscoped_judge.js"), { cases = cases })
+  return J.run_json(J.node_env(proxy.url) .. "node " .. q(J.support_dir .. "/downscoped_judge.js"),
+                    { cases = cases })
 end
 
 return J

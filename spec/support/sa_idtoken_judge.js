@@ -7,9 +7,8 @@
 // { "cases": [ { "key": <key file JSON>, "audience" } ] }, stdout
 // [ { "token" } | { "error" } ].
 'use strict';
-const path = require('path');
-const { GoogleAuth } = require(
-  path.join(__dirname, 'node', 'node_modules', 'google-auth-library'));
+const judge = require('./node_judge');
+const { GoogleAuth } = judge.lib('google-auth-library');
 
 async function one(c) {
   const auth = new GoogleAuth({ credentials: c.key });
@@ -20,19 +19,4 @@ async function one(c) {
   return { token: m[1] };
 }
 
-async function main() {
-  const chunks = [];
-  for await (const ch of process.stdin) chunks.push(ch);
-  const input = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  const out = [];
-  for (const c of input.cases) {
-    try {
-      out.push(await one(c));
-    } catch (e) {
-      out.push({ error: String(e && e.message || e) });
-    }
-  }
-  process.stdout.write(JSON.stringify(out));
-}
-
-main().catch(e => { process.stderr.write(String(e && e.stack || e)); process.exit(1); });
+judge.run(one);

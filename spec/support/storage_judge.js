@@ -13,8 +13,7 @@
 // Each answer: { "url" } for a URL, { "url", "fields" } for a policy, or
 // { "error": message }.
 'use strict';
-const path = require('path');
-const NODE_MODULES = path.join(__dirname, 'node', 'node_modules');
+const judge = require('./node_judge');
 
 // The pinned clock: `new Date()` and `Date.now()` answer the case's time
 // (the client reads the clock itself for POST policies and to check that
@@ -29,7 +28,7 @@ class PinnedDate extends RealDate {
 }
 global.Date = PinnedDate;
 
-const { Storage } = require(path.join(NODE_MODULES, '@google-cloud', 'storage'));
+const { Storage } = judge.lib('@google-cloud/storage');
 
 // Ordered [name, value] pairs (an empty Lua table arrives as {}).
 function pairs(list) {
@@ -66,19 +65,4 @@ async function one(key, c) {
   return { url };
 }
 
-async function main() {
-  const chunks = [];
-  for await (const ch of process.stdin) chunks.push(ch);
-  const input = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  const out = [];
-  for (const c of input.cases) {
-    try {
-      out.push(await one(input.key, c));
-    } catch (e) {
-      out.push({ error: String(e && e.message || e) });
-    }
-  }
-  process.stdout.write(JSON.stringify(out));
-}
-
-main().catch(e => { process.stderr.write(String(e && e.stack || e) + '\n'); process.exit(1); });
+judge.run((c, input) => one(input.key, c));
