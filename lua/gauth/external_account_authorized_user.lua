@@ -32,16 +32,14 @@ local error = error
 local tostring = tostring
 local setmetatable = setmetatable
 local gsub = string.gsub
+local universe = require "gauth.universe"
 
 local MODULE = "external_account_authorized_user"
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = MODULE })
 local mt = credentials.metatable(_M)
 
 _M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/oauthtoken"
-local universe = require "gauth.universe"
---- Google's universe (`gauth.universe.DEFAULT`): the default of a
--- configuration without `universe_domain`.
-_M.DEFAULT_UNIVERSE_DOMAIN = universe.DEFAULT
+_M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
 _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
              jitter = true, deadline = 60 }
 _M.MAX_RESPONSE = 256 * 1024
