@@ -100,10 +100,9 @@ function _M.new(svc, opts)
   }, mt)
 end
 
-local function is_request(r)
-  local m = type(r) == "table" and getmetatable(r)
-  return m and m.gauth_request == true
-end
+-- Discovery's request objects: what they are, and the method behind one.
+local discovery_method = require "gauth.discovery.method"
+local is_request, spec_of = discovery_method.is_request, discovery_method.spec_of
 
 --- Add a request.
 -- @param req a request of gauth.discovery (not a media upload)
@@ -163,7 +162,7 @@ local function part_headers(req)
   h["accept-encoding"] = nil
   h["content-length"] = nil
   h["host"] = nil
-  local svc = req._spec.svc
+  local svc = spec_of(req).svc
   local creds = svc.credentials
   if creds then
     -- Credentials of another universe are never sent (gauth.universe).
@@ -403,7 +402,7 @@ end
 
 -- The (response, err) a callback gets for one answer.
 local function outcome(req, id, res)
-  local spec = req._spec
+  local spec = spec_of(req)
   local step = spec.id
   if res == nil then
     return errors.fail("batch", step, "the batch answer has no part for this request",
@@ -456,7 +455,7 @@ function _M:execute(opts)
   for _, id in ipairs(self.order) do
     local a = answers[id]
     if a and a.status == 401 then
-      local creds = self.requests[id]._spec.svc.credentials
+      local creds = spec_of(self.requests[id]).svc.credentials
       if creds and creds.invalidate then
         if not dropped[creds] then
           dropped[creds] = true

@@ -126,9 +126,23 @@ local function request_metatable(spec)
   }
 end
 
+--- Is `r` a request object of gauth.discovery (made by a method call)?
+-- @param r anything
+-- @treturn boolean
 local function is_request(r)
   local mt = type(r) == "table" and getmetatable(r)
   return mt and rawget(mt, "gauth_request") == true
+end
+
+--- The prepared method behind a request object of gauth.discovery (`id`,
+-- `svc` the service's shared state, `http_method`, the media and paging
+-- details): what gauth.media and gauth.batch read to send such a request
+-- their own way.
+-- @param req anything
+-- @return the prepared method | nil when `req` is not a Discovery request
+local function spec_of(req)
+  if not is_request(req) then return nil end
+  return req._spec
 end
 
 local function prepare(svc, mdesc, mname, variant)
@@ -555,6 +569,8 @@ end
 -- The requests' methods: execute(), download() and pages() are
 -- gauth.discovery's.
 _M.request = request
+_M.spec_of = spec_of
+_M.is_request = is_request
 _M.make_headers = make_headers
 _M.find_page_token = find_page_token
 _M.prepare = prepare

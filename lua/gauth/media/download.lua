@@ -8,6 +8,7 @@ local errors = require "gauth.errors"
 local common = require "gauth.media.common"
 local exchange = require "gauth.media.exchange"
 local request = require "gauth.request"
+local spec_of = require("gauth.discovery.method").spec_of
 
 local type = type
 local pairs = pairs
@@ -66,7 +67,7 @@ end
 -- @return bytes in the file (from the object), total size (nil when the
 --   server never said) | nil, msg, err (with `bytes`: what arrived)
 function _M.download(req, dest, opts)
-  local spec = type(req) == "table" and req._spec
+  local spec = spec_of(req)
   if type(spec) ~= "table" or type(spec.svc) ~= "table" then
     error("gauth.media: download: needs a request of gauth.discovery", 2)
   end

@@ -13,6 +13,7 @@ local mime = require "gauth.media.mime"
 local body = require "gauth.media.body"
 local simple = require "gauth.media.simple"
 local resumable = require "gauth.media.resumable"
+local spec_of = require("gauth.discovery.method").spec_of
 
 local type = type
 local pairs = pairs
@@ -21,7 +22,6 @@ local pcall = pcall
 local tostring = tostring
 local setmetatable = setmetatable
 local getmetatable = getmetatable
-local rawget = rawget
 local sub = string.sub
 local find = string.find
 local match = string.match
@@ -103,7 +103,7 @@ end
 -- @return upload request | nil, msg, err
 function _M.upload_request(req, mdesc, media_body, media_mime_type, level)
   level = (level or 1) + 1
-  local spec = rawget(req, "_spec") or req._spec
+  local spec = spec_of(req)
   local svc = spec.svc
   local step = spec.id
   local media, e2, e3 = media_of(step, media_body, media_mime_type, level)
