@@ -312,7 +312,7 @@ function _M.parse_rfc3339(s)
   local y, mo, d, h, mi, sec, frac, zone =
     match(s, "^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(%.?%d*)(.*)$")
   if not y then return nil end
-  local t = retry._epoch(tonumber(y), tonumber(mo), tonumber(d), tonumber(h),
+  local t = retry.utc_epoch(tonumber(y), tonumber(mo), tonumber(d), tonumber(h),
                          tonumber(mi), tonumber(sec))
   if not t then return nil end
   if frac ~= "" then

@@ -91,9 +91,18 @@ end
 local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6,
                  jul = 7, aug = 8, sep = 9, oct = 10, nov = 11, dec = 12 }
 
--- Seconds since the epoch of a UTC civil time (no os.time: it is local
--- time, and the C library's timegm is not reachable from Lua).
-local function epoch(y, mo, d, h, mi, s)
+--- Seconds since the epoch of a UTC civil time, as C's `timegm` (which
+-- Lua cannot reach; `os.time` reads local time). The one calendar
+-- conversion of gauth: HTTP-dates here (`parse_http_date`), RFC 3339
+-- times in `gauth.impersonated`.
+-- @tparam number y year
+-- @tparam number mo month, 1-12
+-- @tparam number d day, 1-31
+-- @tparam number h hour, 0-23
+-- @tparam number mi minute, 0-59
+-- @tparam number s second, 0-60
+-- @return seconds | nil when a field is out of range
+local function utc_epoch(y, mo, d, h, mi, s)
   if mo < 1 or mo > 12 or d < 1 or d > 31 or h > 23 or mi > 59 or s > 60 then
     return nil
   end
@@ -106,7 +115,7 @@ local function epoch(y, mo, d, h, mi, s)
   local days = era * 146097 + doe - 719468
   return days * 86400 + h * 3600 + mi * 60 + s
 end
-_M._epoch = epoch
+_M.utc_epoch = utc_epoch
 
 --- Parse an HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime
 -- forms that RFC 9110 still asks recipients to accept).
@@ -129,7 +138,7 @@ function _M.parse_http_date(value)
   if not d then return nil end
   local m = MONTHS[lower(mon)]
   if not m then return nil end
-  return epoch(tonumber(y), m, tonumber(d), tonumber(h), tonumber(mi), tonumber(s))
+  return utc_epoch(tonumber(y), m, tonumber(d), tonumber(h), tonumber(mi), tonumber(s))
 end
 
 --- Parse a Retry-After value.
