@@ -398,6 +398,21 @@ describe("gauth metadata server clients", function()
         is_error(err, "compute_engine", "metadata host")
       end)
 
+      it("new_kind makes the same class under another module's name", function()
+        local c, msg, err = ce.new_kind({ env = env, cache = token_cache.new(), retry = fast_retry() },
+                                        "app_engine")
+        assert.is_nil(msg)
+        assert.is_nil(err)
+        assert.equal("app_engine", c._module)
+        assert.equal(fake.host_port, c.host)
+        assert.matches("gauth.app_engine credentials", tostring(c), 1, true)
+        assert.equal(0, #md_requests())
+        c, msg, err = ce.new_kind({ env = { GCE_METADATA_HOST = "x/y" } }, "app_engine")
+        assert.is_nil(c)
+        helpers.assert_failure(msg, err)
+        is_error(err, "app_engine", "metadata host")
+      end)
+
       it("raises on bad options", function()
         assert.has_error(function() ce.credentials(5) end, "gauth.compute_engine: opts must be a table")
         assert.has_error(function() new({ scopes = 5 }) end,

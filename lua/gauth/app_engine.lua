@@ -67,7 +67,7 @@ function _M.new(opts)
   check_opts(opts, "new")
   local ok, err = errors.pair(_M.is_app_engine(opts))
   if not ok then return errors.ret(err) end
-  return compute_engine._new(opts, "app_engine")
+  return compute_engine.new_kind(opts, "app_engine")
 end
 
 --- The old name of `new` (DECISIONS, Constructors): kept as an alias

@@ -52,9 +52,14 @@ local function trim(s)
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 
--- Internal: build credentials of `kind` ("compute_engine", or
--- "app_engine" from gauth.app_engine: the same class, another name).
-function _M._new(opts, kind)
+--- Credentials of the machine's account under another module's name:
+-- `kind` is the module named in errors and in `tostring` ("compute_engine",
+-- the default, or "app_engine": `gauth.app_engine.new` makes the same
+-- class through it). `new(opts)` is `new_kind(opts, "compute_engine")`.
+-- @tparam[opt] table opts as for `new`
+-- @tparam[opt] string kind
+-- @return credentials | nil, message, err
+function _M.new_kind(opts, kind)
   kind = kind or "compute_engine"
   if opts ~= nil and type(opts) ~= "table" then
     arg_error(kind, "opts must be a table")
@@ -118,7 +123,7 @@ end
 --   for its IAM Credentials calls (the metadata server is plain http, direct)
 -- @return credentials | nil, message, err (a malformed `GCE_METADATA_HOST`)
 function _M.new(opts)
-  return _M._new(opts, "compute_engine")
+  return _M.new_kind(opts, "compute_engine")
 end
 
 --- The old name of `new` (DECISIONS, Constructors): kept as an alias
