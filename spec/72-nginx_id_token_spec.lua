@@ -14,7 +14,7 @@ local EMAIL = "pusher@my-project.iam.gserviceaccount.com"
 
 if LUAJIT_PASS then
 describe("gauth.nginx.require_id_token", function()
-  local fake, srv, keys, tok
+  local fake, srv, keys, tok, t0
 
   -- n concurrent requests with one header (curl CLI, all at once).
   local function parallel(path, n, header)
@@ -36,6 +36,7 @@ describe("gauth.nginx.require_id_token", function()
     fake = helpers.start_fake()
     keys = { rsa = helpers.make_rsa_key{ cert = true }, ec = helpers.make_ec_key() }
     local now = os.time()
+    t0 = now
     local function c(over)
       local t = { iss = "https://accounts.google.com", aud = AUD, sub = "1",
                   email = EMAIL, email_verified = true, iat = now - 5, exp = now + 3600 }
@@ -59,6 +60,15 @@ describe("gauth.nginx.require_id_token", function()
                  claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD }) },
       other_iss = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
                     claims = c({ iss = "https://issuer.example" }) },
+      -- issued a minute ahead (a guard with clock_skew takes it), and one
+      -- living two days (over the default max_lifetime)
+      future = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                 claims = c({ iat = now + 60, sub = "4" }) },
+      long_life = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+                    claims = c({ exp = now + 2 * 86400, sub = "5" }) },
+      -- longer than MAX_CACHED_TOKEN: verified on every request
+      long = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
+               claims = c({ sub = "6", pad = string.rep("p", 5000) }) },
       -- tokens no worker has a verdict for yet (the stale-keys case)
       stale_b = { key = "rsa", alg = "RS256", headers = { kid = "r1" }, claims = c({ sub = "2" }) },
       stale_c = { key = "rsa", alg = "RS256", headers = { kid = "r1" }, claims = c({ sub = "3" }) },
@@ -169,11 +179,49 @@ describe("gauth.nginx.require_id_token", function()
           }
           content_by_lua_block { ngx.say(ngx.ctx.gauth_claims.iss) }
         }
+        # verdicts on one key set, guards that differ in their time checks
+        location = /lenient {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q,
+              clock_skew = 120, max_lifetime = false }
+          }
+          content_by_lua_block { ngx.say("in") }
+        }
+        location = /strict {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q }
+          }
+          content_by_lua_block { ngx.say("in") }
+        }
+        location = /clocked_skew {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q, clock_skew = 150,
+              now = function() return ngx.now() + (ngx.shared.test_clock:get("ahead") or 0) end }
+          }
+          content_by_lua_block { ngx.say("in") }
+        }
+        # IAP's header on the RSA key set an Authorization guard also uses
+        location = /iap_rsa_keys {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q,
+              header = "x-goog-iap-jwt-assertion", certs_url = %q }
+          }
+          content_by_lua_block { ngx.say("in") }
+        }
+        location = /bearer_iap_claims {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q,
+              issuers = "https://cloud.google.com/iap" }
+          }
+          content_by_lua_block { ngx.say("in") }
+        }
       ]]):format(AUD, base .. "/certs/pem", EMAIL, base .. "/certs/pem",
                  AUD, base .. "/certs/pem", AUD, base .. "/certs/",
                  AUD, base .. "/certs/pem",
                  AUD, base .. "/certs/pem", AUD, base .. "/certs/stale",
-                 IAP_AUD, base .. "/certs/iap"),
+                 IAP_AUD, base .. "/certs/iap",
+                 AUD, base .. "/certs/pem", AUD, base .. "/certs/pem", AUD, base .. "/certs/pem",
+                 IAP_AUD, base .. "/certs/pem", IAP_AUD, base .. "/certs/pem"),
     })
     assert(srv, err)
   end)
@@ -257,6 +305,77 @@ describe("gauth.nginx.require_id_token", function()
     end
     assert.are.equal(200, (srv:get("/clock?ahead=0")))
     assert.are.equal(200, (srv:get("/clocked", h)))
+  end)
+
+  it("holds a cached verdict to each guard's clock_skew: in until exp + skew, out after", function()
+    local h = { headers = { Authorization = "Bearer " .. tok.short } }
+    assert.are.equal(200, (srv:get("/clock?ahead=0")))
+    for _, b in ipairs(parallel("/clocked_skew", 16, "Authorization: Bearer " .. tok.short)) do
+      assert.are.equal("in\n", b)
+    end
+    -- 100 s past exp (the short token's exp is t0 + 600): within this
+    -- guard's 150 s, outside /clocked's none
+    assert.are.equal(200, (srv:get("/clock?ahead=" .. (t0 + 700 - os.time()))))
+    for _, b in ipairs(parallel("/clocked_skew", 16, "Authorization: Bearer " .. tok.short)) do
+      assert.are.equal("in\n", b)
+    end
+    assert.are.equal(401, (srv:get("/clocked", h)))
+    -- 230 s past exp: out on every worker, verdict cached or not
+    assert.are.equal(200, (srv:get("/clock?ahead=" .. (t0 + 830 - os.time()))))
+    for _ = 1, 12 do
+      local mark = #srv:log()
+      local status, _, headers = srv:get("/clocked_skew", h)
+      assert.are.equal(401, status)
+      assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+      assert.matches("gauth: require_id_token: gauth%.id_token: claims: expired 2%d%d s ago",
+                     srv:log_since(mark))
+    end
+    assert.are.equal(200, (srv:get("/clock?ahead=0")))
+  end)
+
+  it("checks a verdict cached by a lenient guard against a strict one's iat and lifetime", function()
+    local cases = {
+      { tok.future, "gauth: require_id_token: gauth%.id_token: claims: issued %d+ s in the future %(iat%)" },
+      { tok.long_life, "gauth: require_id_token: gauth%.id_token: claims: lifetime 17280%d s exceeds "
+                       .. "max_lifetime 86400" },
+    }
+    for _, c in ipairs(cases) do
+      -- every worker (or nearly) holds the lenient guard's verdict
+      for _, b in ipairs(parallel("/lenient", 24, "Authorization: Bearer " .. c[1])) do
+        assert.are.equal("in\n", b)
+      end
+      for _ = 1, 12 do
+        local mark = #srv:log()
+        local status, body, headers = srv:get("/strict", { headers = { Authorization = "Bearer " .. c[1] } })
+        assert.are.equal(401, status)
+        assert.is_nil(body:find("in\n", 1, true))
+        assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+        assert.matches(c[2], srv:log_since(mark))
+      end
+      -- the lenient guard's verdicts stand
+      assert.are.equal(200, (srv:get("/lenient", { headers = { Authorization = "Bearer " .. c[1] } })))
+    end
+  end)
+
+  it("verifies a token longer than MAX_CACHED_TOKEN on every request, in and out as any other", function()
+    assert.is_true(#tok.long > 4096)
+    for _, b in ipairs(parallel("/strict", 8, "Authorization: Bearer " .. tok.long)) do
+      assert.are.equal("in\n", b)
+    end
+    local status = srv:get("/other", { headers = { Authorization = "Bearer " .. tok.long } })
+    assert.are.equal(401, status)
+  end)
+
+  it("never lends IAP's guard a verdict an Authorization guard cached on the same key set", function()
+    for _, b in ipairs(parallel("/bearer_iap_claims", 24, "Authorization: Bearer " .. tok.iap_rs)) do
+      assert.are.equal("in\n", b)
+    end
+    for _ = 1, 12 do
+      local mark = #srv:log()
+      local status = srv:get("/iap_rsa_keys", { headers = { ["X-Goog-IAP-JWT-Assertion"] = tok.iap_rs } })
+      assert.are.equal(401, status)
+      assert.matches("verify: alg RS256 not allowed", srv:log_since(mark), 1, true)
+    end
   end)
 
   it("refuses a bad now option as a programming error (500, not a 401 or a pass)", function()

@@ -20,7 +20,6 @@
 --     }
 -- @module gauth.nginx
 
-local core = require "gauth.core"
 local id_token = require "gauth.id_token"
 local ngx_phase = require "gauth.lib.ngx_phase"
 
@@ -33,7 +32,6 @@ local gsub = string.gsub
 local sub = string.sub
 local find = string.find
 local byte = string.byte
-local sha256 = core.sha256
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -42,21 +40,53 @@ _M.IAP_HEADER = "x-goog-iap-jwt-assertion"
 --- Verdicts kept per worker and key-set URL (LRU).
 _M.VERDICT_CACHE_SIZE = 4096
 
+--- Header values longer than this (bytes) are verified on every request,
+-- never cached: the value itself is the cache key (see below), so this and
+-- VERDICT_CACHE_SIZE bound the memory a key set's verdicts hold.
+_M.MAX_CACHED_TOKEN = 4096
+
 local lrucache
 
--- Per worker: key-set URL -> LRU of sha256(token) -> { claims, header, exp }.
-local verdicts = {}
--- Header name -> ngx.var name ("http_x_goog_iap_jwt_assertion").
-local var_names = {}
+-- Header name -> what the guard makes of it: the ngx.var name, whether it
+-- holds "Bearer <token>" or the bare token, its default key set and
+-- issuers, and its verdicts: key-set URL -> LRU of header value ->
+-- { claims, exp, iat, nbf }.
+--
+-- The header's value as sent is the key, not a digest of the token:
+-- nginx's variable hands it over as a Lua string LuaJIT has already
+-- interned (hashed), so the lookup is a table probe, where SHA-256 of a
+-- ~1 KB token cost ~1 us a request, as much as the rest of the guard
+-- (issue 14's bench); and a hit needs neither the "Bearer " split nor a
+-- copy of the token. A key can't collide: only the very same value finds
+-- a verdict. Only values whose token was verified are stored, so a client
+-- can't fill the cache with junk. Each header keeps its own verdicts: a
+-- bare-token header never finds an Authorization value, and IAP's guard
+-- (ES256 only) never gets an RS256 verdict from a shared key set.
+local headers = {}
 -- Shared dict name -> id_token key cache (this worker's view of it).
 local caches = {}
 
-local function verdict_cache(url)
-  local c = verdicts[url]
+local function header_of(name)
+  local vname = "http_" .. gsub(lower(name), "-", "_")
+  local iap = vname == "http_x_goog_iap_jwt_assertion"
+  local h = {
+    vname = vname,
+    bearer = vname == "http_authorization",
+    certs_url = iap and id_token.IAP_CERTS_URL or id_token.OAUTH2_CERTS_URL,
+    issuers = iap and id_token.IAP_ISSUERS or id_token.GOOGLE_ISSUERS,
+    algorithms = iap and id_token.ES256_ONLY or nil,
+    verdicts = {},
+  }
+  headers[name] = h
+  return h
+end
+
+local function verdict_cache(by_url, url)
+  local c = by_url[url]
   if not c then
     lrucache = lrucache or require "resty.lrucache"
     c = assert(lrucache.new(_M.VERDICT_CACHE_SIZE))
-    verdicts[url] = c
+    by_url[url] = c
   end
   return c
 end
@@ -79,7 +109,13 @@ end
 
 local function one_of(list, v)
   if type(list) == "string" then return list == v end
-  for i = 1, #list do
+  -- Short lists (Google's two issuers, an audience, an email or two)
+  -- without a loop: a loop here split the guard's JIT trace, and the rest
+  -- of each request ran in the interpreter (issue 14's bench).
+  local n = #list
+  if n == 1 then return list[1] == v end
+  if n == 2 then return list[1] == v or list[2] == v end
+  for i = 1, n do
     if list[i] == v then return true end
   end
   return false
@@ -139,32 +175,15 @@ function _M.require_id_token(opts)
     error("gauth.nginx: require_id_token: audience is required (false skips it)", 2)
   end
   local header = opts.header or "authorization"
-  local vname = var_names[header]
-  if not vname then
-    vname = "http_" .. gsub(lower(header), "-", "_")
-    var_names[header] = vname
-  end
-  local iap = vname == "http_x_goog_iap_jwt_assertion"
-  local certs_url = opts.certs_url or (iap and id_token.IAP_CERTS_URL
-                                        or id_token.OAUTH2_CERTS_URL)
+  local h = headers[header] or header_of(header)
+  local certs_url = opts.certs_url or h.certs_url
   local issuers = opts.issuers
-  if issuers == nil then
-    issuers = iap and id_token.IAP_ISSUERS or id_token.GOOGLE_ISSUERS
-  end
+  if issuers == nil then issuers = h.issuers end
   local emails = opts.allowed_emails
 
-  local value = ngx.var[vname]
+  local value = ngx.var[h.vname]
   if type(value) ~= "string" or value == "" then
     return refuse("no " .. header .. " header")
-  end
-  local token = value
-  if not iap and vname == "http_authorization" then
-    -- "Bearer <token>", the scheme in any case
-    if not BEARER[byte(value, 1)] or lower(sub(value, 1, 7)) ~= "bearer " then
-      return refuse("Authorization is not a Bearer token")
-    end
-    token = sub(value, 8)
-    if find(token, " ", 1, true) then token = gsub(token, "^ +", "") end
   end
 
   local now = opts.now
@@ -176,27 +195,50 @@ function _M.require_id_token(opts)
   if type(now) ~= "number" then
     error("gauth.nginx: require_id_token: now must be a number or a function returning one", 2)
   end
-  local lru = verdict_cache(certs_url)
-  local hkey = sha256(token)
-  local v = lru:get(hkey)
-  if v and now <= v[3] then
-    local why = local_checks(v[1], audience, issuers, emails)
+  local skew = opts.clock_skew or 0
+  local max_lifetime = opts.max_lifetime
+  if max_lifetime == nil then max_lifetime = id_token.DEFAULT_MAX_LIFETIME end
+  local lru = verdict_cache(h.verdicts, certs_url)
+  local cacheable = #value <= _M.MAX_CACHED_TOKEN
+  local v = cacheable and lru:get(value)
+  -- A verdict says the signature is good; the time checks are this
+  -- guard's (its clock, clock_skew and max_lifetime may differ from those
+  -- of the guard that cached it), made as id_token.verify makes them. One
+  -- that fails sends the token through verify, which refuses it and says why.
+  if v and now <= v[2] + skew and v[3] <= now + skew
+      and (not v[4] or v[4] <= now + skew)
+      and (not max_lifetime or v[2] - v[3] <= max_lifetime) then
+    local claims = v[1]
+    local why = local_checks(claims, audience, issuers, emails)
     if why then return refuse(why) end
-    ngx.ctx.gauth_claims = v[1]
-    return v[1]
+    ngx.ctx.gauth_claims = claims
+    return claims
   end
 
+  local token = value
+  if h.bearer then
+    -- "Bearer <token>", the scheme in any case
+    if not BEARER[byte(value, 1)] or lower(sub(value, 1, 7)) ~= "bearer " then
+      return refuse("Authorization is not a Bearer token")
+    end
+    token = sub(value, 8)
+    if find(token, " ", 1, true) then token = gsub(token, "^ +", "") end
+  end
   local cache, cerr = key_cache(opts.shared_dict or id_token.DEFAULT_DICT)
   if not cache then return refuse(tostring(cerr)) end
   local claims, msg = id_token.verify(token, {
     audience = false, issuers = false, certs_url = certs_url, cache = cache,
     clock_skew = opts.clock_skew, max_lifetime = opts.max_lifetime,
-    algorithms = iap and id_token.ES256_ONLY or nil, now = now,
+    algorithms = h.algorithms, now = now,
   })
   if not claims then return refuse(msg) end
-  -- Kept until exp, never past it (skew only ever lets a token in later).
+  -- Dropped at exp (the LRU's clock is real time; every hit is checked on
+  -- the guard's clock anyway). A token in a guard's clock_skew grace past
+  -- exp is verified afresh on each request.
   local ttl = claims.exp - now
-  if ttl > 0 then lru:set(hkey, { claims, nil, claims.exp }, ttl) end
+  if cacheable and ttl > 0 then
+    lru:set(value, { claims, claims.exp, claims.iat, claims.nbf or false }, ttl)
+  end
   local why = local_checks(claims, audience, issuers, emails)
   if why then return refuse(why) end
   ngx.ctx.gauth_claims = claims
