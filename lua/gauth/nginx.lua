@@ -153,9 +153,11 @@ local BEARER = { [66] = true, [98] = true }  -- "B", "b"
 -- phase). On failure: 401 with `WWW-Authenticate: Bearer
 -- error="invalid_token"` and `ngx.exit` (why is logged at `info`, never
 -- the token). On success the claims go to `ngx.ctx.gauth_claims` and are
--- returned. Verdicts are kept per worker (LRU of `VERDICT_CACHE_SIZE`,
--- keyed by the token's SHA-256, never past `exp`); the location's checks
--- (audience, issuers, emails) are made on every request.
+-- returned. Verdicts are kept per worker, header and key set (LRU of
+-- `VERDICT_CACHE_SIZE`, keyed by the header's value, values over
+-- `MAX_CACHED_TOKEN` bytes not kept); every request, cached verdicts
+-- included, gets this guard's checks: exp/iat/nbf on its clock with its
+-- `clock_skew`, `max_lifetime`, audience, issuers, emails.
 -- @tparam table opts `audience` (string or list; required, `false`
 --   skips it), `header` ("authorization", default: a Bearer token; or
 --   "x-goog-iap-jwt-assertion": IAP's keys, issuer and ES256),
