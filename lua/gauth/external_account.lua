@@ -57,7 +57,7 @@
 -- @module gauth.external_account
 
 local credentials = require "gauth.credentials"
-local oauth = require "gauth.oauth"
+local token_request = require "gauth.token_request"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
 local metadata = require "gauth.metadata"
@@ -123,9 +123,9 @@ _M.EXECUTABLE_TIMEOUT_MAX = 120000
 --- The response format versions of executables understood.
 _M.EXECUTABLE_MAX_VERSION = 1
 
---- Retry policy of the STS and IAM requests (as the token endpoint's).
-_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
-             jitter = true, deadline = 60 }
+--- Retry policy of the STS and IAM requests: `gauth.token_request.RETRY`,
+-- the one table of every token request.
+_M.RETRY = token_request.RETRY
 _M.MAX_RESPONSE = 256 * 1024
 --- Largest subject token read from a file, an URL or a program.
 _M.MAX_SUBJECT_TOKEN = 1024 * 1024
@@ -166,7 +166,7 @@ local function check_source_url(url, what, source, field)
 end
 
 local function check_google_url(url, source, field, what)
-  local ok, err = errors.pair(oauth.check_url(url, MODULE, "key file", what))
+  local ok, err = errors.pair(token_request.check_url(url, MODULE, "key file", what))
   if not ok then
     return nil, key_error(source, field, err.message)
   end
@@ -1006,7 +1006,7 @@ function _M:subject_token()
     tok, err = errors.pair(executable_token(self))
   else
     local http
-    http, err = errors.pair(oauth.transport(self._shared, MODULE))
+    http, err = errors.pair(token_request.transport(self._shared, MODULE))
     if http then
       if kind == "url" then
         tok, err = errors.pair(url_token(self, http, self.credential_source))
@@ -1053,7 +1053,7 @@ function _M:fetch_token()
   if self.source_kind == "x509" then
     http, terr = errors.pair(x509_transport(self))
   else
-    http, terr = errors.pair(oauth.transport(self._shared, MODULE))
+    http, terr = errors.pair(token_request.transport(self._shared, MODULE))
   end
   if not http then return errors.ret(terr) end
   local subject, _, serr = self:subject_token()
@@ -1072,7 +1072,7 @@ function _M:fetch_token()
     headers = { ["x-goog-api-client"] = self:api_client_header() },
   })
   if not data then return errors.ret(errors.of(m, x)) end
-  local entry, eerr = errors.pair(oauth.access_entry(data, self._clock(), MODULE, self.token_url))
+  local entry, eerr = errors.pair(token_request.access_entry(data, self._clock(), MODULE, self.token_url))
   if not entry then
     eerr.step = "STS"
     return errors.ret(eerr)
@@ -1177,6 +1177,16 @@ end
 -- appended), in the credentials' universe.
 _M.CLOUD_RESOURCE_MANAGER_URL = "https://cloudresourcemanager.{universe_domain}/v1/projects/"
 
+-- Cloud Resource Manager's answer: the project.
+local function project_of(op, res)
+  local d = json_decode(res.body)
+  if type(d) ~= "table" or type(d.projectId) ~= "string" or d.projectId == "" then
+    return nil, errors.new(MODULE, "project id", "Cloud Resource Manager answered without a projectId",
+                           { status = 200, retryable = false, uri = op.url })
+  end
+  return d
+end
+
 --- The project id, looked up as Google's libraries do: the project number
 -- of a workload pool's audience (or a workforce pool's user project) at
 -- Cloud Resource Manager (`GET <cloud_resource_manager_url><number>`,
@@ -1202,7 +1212,7 @@ function _M:get_project_id()
   local base = self._crm_url or gsub(_M.CLOUD_RESOURCE_MANAGER_URL, "{universe_domain}",
                                      self.universe_domain)
   local url = base .. url_lib.encode(number)
-  local ok, um, ux = oauth.check_url(url, MODULE, "project id", "a token")
+  local ok, um, ux = token_request.check_url(url, MODULE, "project id", "a token")
   if not ok then return errors.ret(errors.of(um, ux)) end
   local headers, m, x = self:apply({ accept = "application/json" })
   if not headers then
@@ -1211,27 +1221,17 @@ function _M:get_project_id()
       .. tostring(cause.step) .. ": " .. tostring(cause.message),
       { cause = cause, retryable = cause.retryable })
   end
-  local http, hm, hx = oauth.transport(shared, MODULE)
+  local http, hm, hx = token_request.transport(shared, MODULE)
   if not http then return errors.ret(errors.of(hm, hx)) end
-  local data, dm, dx = retry.call(function(_, remaining)
-    local timeout = remaining
-    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout) or nil
-    if cap and (not timeout or cap < timeout) then timeout = cap end
-    local res, rm, rx = get(http, url, headers, timeout, _M.MAX_RESPONSE)
-    if not res then
-      return nil, errors.wrap(MODULE, "project id", errors.of(rm, rx), { uri = url })
-    end
-    if res.status ~= 200 then
-      return nil, errors.from_response(MODULE, "project id", res, url)
-    end
-    local d = json_decode(res.body)
-    if type(d) ~= "table" or type(d.projectId) ~= "string" or d.projectId == "" then
-      return nil, errors.new(MODULE, "project id", "Cloud Resource Manager answered without a projectId",
-                             { status = 200, retryable = false, uri = url })
-    end
-    return d
-  end, self._retry)
-  if not data then return errors.ret(errors.of(dm, dx)) end
+  -- An API call through the one send loop, its token applied above (a
+  -- failure to get one has its own message), retried as the token
+  -- requests are (`self._retry`).
+  local data, dm, dx = require("gauth.request").send({
+    module = MODULE, step = "project id", method = "GET", url = url, headers = headers,
+    http = http, timeout = self._timeout, max_body = _M.MAX_RESPONSE, follow_redirects = false,
+    policy = self._retry, decode = project_of,
+  })
+  if not data then return nil, dm, dx end
   shared.project_id = data.projectId
   self.project_id = data.projectId
   return data.projectId

@@ -19,7 +19,7 @@
 -- @module gauth.external_account_authorized_user
 
 local credentials = require "gauth.credentials"
-local oauth = require "gauth.oauth"
+local token_request = require "gauth.token_request"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
 local url_lib = require "gauth.lib.url"
@@ -40,8 +40,9 @@ local mt = credentials.metatable(_M)
 
 _M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/oauthtoken"
 _M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
-_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
-             jitter = true, deadline = 60 }
+--- Retry policy of the refresh: `gauth.token_request.RETRY`, the one
+-- table of every token request (`opts.retry` overrides fields of it).
+_M.RETRY = token_request.RETRY
 _M.MAX_RESPONSE = 256 * 1024
 
 local function key_error(source, field, message)
@@ -71,7 +72,7 @@ local function parse(info, source)
   c.token_url = c.token_url or gsub(_M.DEFAULT_TOKEN_URL, "{universe_domain}", c.universe_domain)
   for _, f in ipairs({ "token_url", "token_info_url", "revoke_url" }) do
     if c[f] then
-      local ok, err = errors.pair(oauth.check_url(c[f], MODULE, "key file", "a refresh token"))
+      local ok, err = errors.pair(token_request.check_url(c[f], MODULE, "key file", "a refresh token"))
       if not ok then return nil, key_error(source, f, err.message) end
     end
   end
@@ -125,47 +126,30 @@ local function basic(self)
   return "Basic " .. core.b64_encode(self.client_id .. ":" .. self._shared.client_secret)
 end
 
-local function post_form(self, http, url, form, timeout)
-  return oauth.post(http, MODULE, url, {
-    ["content-type"] = "application/x-www-form-urlencoded", accept = "application/json",
-    authorization = basic(self),
-  }, url_lib.form_encode(form), timeout, _M.MAX_RESPONSE)
+local function form_headers(self)
+  return { ["content-type"] = "application/x-www-form-urlencoded", accept = "application/json",
+           authorization = basic(self) }
 end
 
-local function refresh_once(self, http, remaining)
-  local uri = self.token_url
-  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, MODULE, uri))
-  if terr then return errors.ret(terr) end
-  local res, err = errors.pair(post_form(self, http, uri, {
-    { "grant_type", "refresh_token" },
-    { "refresh_token", self._shared.refresh_token },
-  }, timeout))
-  if not res then return errors.ret(err) end
-  local now = self._clock()
-  if res.status ~= 200 then
-    local fields = oauth.refusal(res, now, uri)
-    return errors.fail(MODULE, "token response", oauth.refusal_message("refresh", fields), fields)
-  end
-  local data
-  data, err = errors.pair(oauth.decode(res, MODULE, uri))
-  if not data then return errors.ret(err) end
-  local entry
-  entry, err = errors.pair(oauth.access_entry(data, now, MODULE, uri))
-  if not entry then return errors.ret(err) end
+-- Rotated: the old refresh token may stop working.
+local function keep_rotated(op, data)
   if type(data.refresh_token) == "string" and data.refresh_token ~= "" then
-    self._shared.refresh_token = data.refresh_token
+    op.owner._shared.refresh_token = data.refresh_token
   end
-  return entry
 end
 
 --- Get a new access token with the refresh token (used by `token()`).
 -- @return entry | nil, msg, err
 function _M:fetch_token()
-  local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
+  local http, terr = errors.pair(token_request.transport(self._shared, MODULE))
   if not http then return errors.ret(terr) end
-  return retry.call(function(_, remaining)
-    return refresh_once(self, http, remaining)
-  end, self._retry)
+  return token_request.send({
+    module = MODULE, url = self.token_url, headers = form_headers(self), http = http,
+    body = url_lib.form_encode({ { "grant_type", "refresh_token" },
+                              { "refresh_token", self._shared.refresh_token } }),
+    max_body = _M.MAX_RESPONSE, timeout = self._timeout, policy = self._retry,
+    now = self._clock, what = "refresh", seen = keep_rotated, owner = self,
+  })
 end
 
 --- A valid access token (cached): `nil, msg, err` on failure.
@@ -185,27 +169,32 @@ function _M:apply(headers)
   return credentials.base.apply(self, headers)
 end
 
+-- Revoke and token info (one attempt each: no `policy`).
+local function call_refused(op, res, now)
+  local fields = token_request.refusal(res, now, op.url)
+  local msg = "HTTP " .. tostring(res.status)
+  if fields.oauth_error then
+    msg = fields.oauth_error .. (fields.error_description and (": " .. fields.error_description) or "")
+  end
+  return errors.new(MODULE, op.step, msg, fields)
+end
+
+local function call_answer(op, res)  -- luacheck: no unused args
+  return res
+end
+
 local function one_call(self, step, url, token)
   if not url then
     return errors.fail(MODULE, step, "the file has no " .. (step == "revoke" and "revoke_url" or "token_info_url"))
   end
-  local http, terr = errors.pair(oauth.transport(self._shared, MODULE))
+  local http, terr = errors.pair(token_request.transport(self._shared, MODULE))
   if not http then return errors.ret(terr) end
-  local res, err = errors.pair(post_form(self, http, url, { { "token", token } }, self._timeout))
-  if not res then
-    local e = errors.of(err)
-    e.step = step
-    return errors.ret(e)
-  end
-  if res.status ~= 200 then
-    local fields = oauth.refusal(res, self._clock(), url)
-    local msg = "HTTP " .. tostring(res.status)
-    if fields.oauth_error then
-      msg = fields.oauth_error .. (fields.error_description and (": " .. fields.error_description) or "")
-    end
-    return errors.fail(MODULE, step, msg, fields)
-  end
-  return res
+  return token_request.send({
+    module = MODULE, step = step, url = url, headers = form_headers(self), http = http,
+    body = url_lib.form_encode({ { "token", token } }), max_body = _M.MAX_RESPONSE,
+    timeout = self._timeout, now = self._clock,
+    refused = call_refused, accept = call_answer,
+  })
 end
 
 --- Revoke the refresh token (or `token`) at `revoke_url`; the cached

@@ -30,7 +30,7 @@
 
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
-local oauth = require "gauth.oauth"
+local token_request = require "gauth.token_request"
 local core = require "gauth.core"
 local cjson = require "cjson.safe"
 
@@ -61,9 +61,9 @@ _M.PERMISSIONS = {
   generateAccessToken = "iam.serviceAccounts.getAccessToken",
 }
 
---- Retry policy (as for the token endpoint): 5xx, 429, transport errors.
-_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
-             jitter = true, deadline = 60 }
+--- Retry policy: `gauth.token_request.RETRY`, the one table of every
+-- token request (5xx, 429, transport errors).
+_M.RETRY = token_request.RETRY
 
 _M.MAX_RESPONSE = 256 * 1024
 
@@ -181,10 +181,13 @@ function _M:endpoint()
   return "https://iamcredentials." .. (ud or _M.DEFAULT_UNIVERSE)
 end
 
-local function refusal(self, method, email, res, attempt)
+-- The API's refusal. A first 401 does not come here: gauth.request drops
+-- the source's token and sends once more with a new one.
+local function refusal(op, res, now)
   local status = res.status
   local data = type(res.body) == "string" and cjson.decode(res.body) or nil
   local e = type(data) == "table" and type(data.error) == "table" and data.error or nil
+  local method, email = op.iam_method, op.account
   local permission = _M.PERMISSIONS[method]
   local msg
   if status == 403 then
@@ -201,39 +204,18 @@ local function refusal(self, method, email, res, attempt)
   end
   -- Google's error fields (status, reason, google_status, http_reason,
   -- details) and retryable by the one rule (gauth.errors.classify).
-  local err = errors.from_response("iam", "response", res, nil, self._clock())
+  local err = errors.from_response("iam", "response", res, nil, now)
   err.message, err.body = msg, nil
   err.account, err.permission, err.method = email, permission, method
-  if status == 401 and attempt == 1 then
-    -- The source's token may have been revoked or expired early: a new one
-    -- once.
-    if type(self.source.invalidate) == "function" then self.source:invalidate() end
-    err.retryable = true
-  end
   return err
 end
 
--- One POST of `method` with the JSON `body`; the decoded answer.
-local function once(self, http, url, email, method, body, attempt, remaining)
-  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "iam", url))
-  if terr then return nil, terr end
-  local tok, m, x = self.source:token()
-  if not tok then
-    -- The source retried already: retrying here would multiply attempts.
-    return nil, errors.wrap("iam", "source credentials", errors.of(m, x), { retryable = false })
-  end
-  local res, err = errors.pair(oauth.post(http, "iam", url,
-    { authorization = "Bearer " .. tok, ["content-type"] = "application/json",
-      accept = "application/json" }, body, timeout, _M.MAX_RESPONSE))
-  if not res then
-    err.step = "request"
-    return nil, err
-  end
-  if res.status ~= 200 then return nil, refusal(self, method, email, res, attempt) end
+-- A 200 answer: its JSON object.
+local function answer(op, res)
   local data = cjson.decode(res.body)
   if type(data) ~= "table" then
-    return nil, errors.new("iam", "response", method .. " answered 200 without a JSON object",
-                           { retryable = false, method = method, account = email })
+    return nil, errors.new("iam", "response", op.iam_method .. " answered 200 without a JSON object",
+                           { retryable = false, method = op.iam_method, account = op.account })
   end
   return data
 end
@@ -249,17 +231,20 @@ function _M:call(method, req)
   base, m, x = self:endpoint()
   if not base then return nil, m, x end
   local url = base .. "/v1/projects/-/serviceAccounts/" .. email .. ":" .. method
-  local ok, umsg, uerr = oauth.check_url(url, "iam", "endpoint", "a token")
+  local ok, umsg, uerr = token_request.check_url(url, "iam", "endpoint", "a token")
   if not ok then return nil, umsg, uerr end
-  local http, hmsg, herr = oauth.transport(self._shared, "iam")
+  local http, hmsg, herr = token_request.transport(self._shared, "iam")
   if not http then return errors.ret(errors.of(hmsg, herr)) end
   if self.delegates then req.delegates = self.delegates end
-  local body = cjson.encode(req)
-  local data, dmsg, derr = retry.call(function(attempt, remaining)
-    return once(self, http, url, email, method, body, attempt, remaining)
-  end, self._retry)
-  if not data then return errors.ret(errors.of(dmsg, derr)) end
-  return data
+  -- The source's bearer token authorises it ("source credentials" when it
+  -- cannot be had: the source retried already).
+  return token_request.send({
+    module = "iam", step = "request", url = url, body = cjson.encode(req), http = http,
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    source = self.source, max_body = _M.MAX_RESPONSE, timeout = self._timeout,
+    policy = self._retry, now = self._clock, refused = refusal, accept = answer,
+    iam_method = method, account = email,
+  })
 end
 
 --- Sign bytes with the account's Google-managed key (RSA-SHA256).

@@ -29,7 +29,7 @@
 -- @module gauth.impersonated
 
 local credentials = require "gauth.credentials"
-local oauth = require "gauth.oauth"
+local token_request = require "gauth.token_request"
 local metadata = require "gauth.metadata"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
@@ -70,9 +70,9 @@ _M.DEFAULT_SCOPES = { "https://www.googleapis.com/auth/cloud-platform" }
 _M.DEFAULT_LIFETIME = 3600
 _M.MAX_LIFETIME = 43200
 
---- Retry policy of the request (as for the token endpoint).
-_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
-             jitter = true, deadline = 60 }
+--- Retry policy of the request: `gauth.token_request.RETRY`, the one
+-- table of every token request.
+_M.RETRY = token_request.RETRY
 
 _M.MAX_RESPONSE = 256 * 1024
 
@@ -115,7 +115,7 @@ end
 -- to a loopback host.
 -- @return true | nil, message, err
 function _M.check_endpoint(url)
-  return oauth.check_url(url, "impersonated", "endpoint", "a token")
+  return token_request.check_url(url, "impersonated", "endpoint", "a token")
 end
 
 local function endpoint_url(base, target)
@@ -328,53 +328,31 @@ function _M.parse_rfc3339(s)
   return t + off
 end
 
-local function api_error(self, res, now, attempt)
+local function api_error(op, res, now)
   -- Google's API error shape: status, reason, google_status, details and
-  -- retryable by the one rule (gauth.errors.classify).
-  local e = errors.from_response("impersonated", "token response", res, self.url, now)
+  -- retryable by the one rule (gauth.errors.classify). A first 401 does
+  -- not come here: gauth.request drops the source's token and sends once
+  -- more with a new one.
+  local e = errors.from_response("impersonated", "token response", res, op.url, now)
   local data = type(res.body) == "string" and cjson.decode(res.body) or nil
   local ge = type(data) == "table" and type(data.error) == "table" and data.error or nil
-  e.message = "IAM Credentials refused generateAccessToken for " .. self.target_principal
+  e.message = "IAM Credentials refused generateAccessToken for " .. op.owner.target_principal
               .. (ge and type(ge.message) == "string" and (": " .. e.message) or "")
-  if e.status == 401 and attempt == 1 then
-    -- The source's token may have been revoked or expired early: drop it
-    -- and try once more with a new one.
-    if type(self.source.invalidate) == "function" then self.source:invalidate() end
-    e.retryable = true
-  end
-  return errors.ret(e)
+  return e
 end
 
-local function once(self, http, attempt, remaining)
-  local url = self.url
-  local ok, uerr = errors.pair(_M.check_endpoint(url))
-  if not ok then return errors.ret(uerr) end
-  local timeout, terr = errors.pair(oauth.attempt_timeout(self, http, remaining, "impersonated", url))
-  if terr then return errors.ret(terr) end
-  local tok, serr = errors.pair(self.source:token())
-  if not tok then
-    -- The source retried already: retrying here would multiply attempts.
-    return errors.fail_with("impersonated", "source credentials", serr, { retryable = false })
-  end
-  local body = { scope = self.scopes, lifetime = format("%ds", self.lifetime) }
-  if self.delegates then body.delegates = self.delegates end
-  local res, err = errors.pair(oauth.post(http, "impersonated", url,
-    { authorization = "Bearer " .. tok,
-      ["content-type"] = "application/json", accept = "application/json" },
-    cjson.encode(body), timeout, _M.MAX_RESPONSE))
-  if not res then return errors.ret(err) end
-  local now = self._clock()
-  if res.status ~= 200 then return api_error(self, res, now, attempt) end
-  -- A 200 body holds a token: it never goes into an error.
+-- A 200 answer. Its body holds a token: it never goes into an error.
+local function access_entry(op, res, now)
+  local self = op.owner
   local data = cjson.decode(res.body)
   if type(data) ~= "table" or type(data.accessToken) ~= "string" or data.accessToken == "" then
-    return fail("token response", "no accessToken in the answer",
-                { status = 200, retryable = false, uri = self.url })
+    return nil, errors.new("impersonated", "token response", "no accessToken in the answer",
+                           { status = 200, retryable = false, uri = self.url })
   end
   local exp = _M.parse_rfc3339(data.expireTime)
   if not exp then
-    return fail("token response", "expireTime is not an RFC 3339 time",
-                { status = 200, retryable = false, uri = self.url })
+    return nil, errors.new("impersonated", "token response", "expireTime is not an RFC 3339 time",
+                           { status = 200, retryable = false, uri = self.url })
   end
   -- The lifetime on the API's clock (its Date header), so that a skew of
   -- this machine's clock does not make the token look expired, or good
@@ -383,8 +361,8 @@ local function once(self, http, attempt, remaining)
   local life = date and (exp - date) or (exp - now)
   if life > self.lifetime + 60 then life = self.lifetime end
   if life <= 0 then
-    return fail("token response", "the token has already expired",
-                { status = 200, retryable = false, uri = self.url })
+    return nil, errors.new("impersonated", "token response", "the token has already expired",
+                           { status = 200, retryable = false, uri = self.url })
   end
   return { access_token = data.accessToken, expires_at = now + life }
 end
@@ -393,11 +371,22 @@ end
 -- it caches).
 -- @return entry `{ access_token=, expires_at= }` | nil, message, err
 function _M:fetch_token()
-  local http, terr = errors.pair(oauth.transport(self._shared, "impersonated"))
+  local http, terr = errors.pair(token_request.transport(self._shared, "impersonated"))
   if not http then return errors.ret(terr) end
-  return retry.call(function(attempt, remaining)
-    return once(self, http, attempt, remaining)
-  end, self._retry)
+  local url = self.url
+  local ok, uerr = errors.pair(_M.check_endpoint(url))
+  if not ok then return errors.ret(uerr) end
+  local body = { scope = self.scopes, lifetime = format("%ds", self.lifetime) }
+  if self.delegates then body.delegates = self.delegates end
+  -- The source's bearer token authorises it ("source credentials" when it
+  -- cannot be had: the source retried already).
+  return token_request.send({
+    module = "impersonated", url = url, body = cjson.encode(body), http = http,
+    headers = { ["content-type"] = "application/json", accept = "application/json" },
+    source = self.source, max_body = _M.MAX_RESPONSE, timeout = self._timeout,
+    policy = self._retry, now = self._clock, refused = api_error, accept = access_entry,
+    owner = self,
+  })
 end
 
 function _M:cache_key_parts()

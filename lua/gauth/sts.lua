@@ -31,7 +31,7 @@
 -- No token is ever in an error.
 -- @module gauth.sts
 
-local oauth = require "gauth.oauth"
+local token_request = require "gauth.token_request"
 local errors = require "gauth.errors"
 local retry = require "gauth.retry"
 local time = require "gauth.lib.time"
@@ -53,9 +53,9 @@ local _M = { _VERSION = "0.1.0" }
 _M.GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 _M.ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
---- Retry policy (as for the token endpoint).
-_M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
-             jitter = true, deadline = 60 }
+--- Retry policy: `gauth.token_request.RETRY`, the one table of every
+-- token request.
+_M.RETRY = token_request.RETRY
 
 _M.MAX_RESPONSE = 256 * 1024
 
@@ -77,40 +77,33 @@ local function one_line(s)
   return s
 end
 
-local function once(o, http, body, headers, module, remaining)
-  local timeout, terr = errors.pair(oauth.attempt_timeout(o, http, remaining, module, o.url))
-  if terr then
-    if o.step then terr.step = o.step end
-    return nil, terr
-  end
-  local res, err = errors.pair(oauth.post(http, module, o.url, headers, body, timeout,
-                                          _M.MAX_RESPONSE))
-  if not res then
-    if o.step then err.step = o.step end
-    return nil, err
-  end
-  local now = o.now and o.now() or time.now()
-  if res.status ~= 200 then
-    local fields = oauth.refusal(res, now, o.url)
-    local oerr, desc = fields.oauth_error, fields.error_description
-    local msg
-    if o.step then
-      -- The step already says where: the OAuth error, else the status.
-      msg = oerr and (oerr .. (desc and (": " .. one_line(desc)) or ""))
-        or ("HTTP " .. tostring(res.status))
-    else
-      msg = "the STS endpoint refused the token exchange"
-      if oerr then
-        msg = msg .. ": " .. oerr
-        if desc then msg = msg .. ": " .. one_line(desc) end
-      end
+-- The endpoint's refusal: its OAuth error (`opts.step`: under that step,
+-- with the OAuth error, else the status, as the message).
+local function refused(op, res, now)
+  local fields = token_request.refusal(res, now, op.url)
+  local oerr, desc = fields.oauth_error, fields.error_description
+  local msg
+  if op.sts_step then
+    -- The step already says where: the OAuth error, else the status.
+    msg = oerr and (oerr .. (desc and (": " .. one_line(desc)) or ""))
+      or ("HTTP " .. tostring(res.status))
+  else
+    msg = "the STS endpoint refused the token exchange"
+    if oerr then
+      msg = msg .. ": " .. oerr
+      if desc then msg = msg .. ": " .. one_line(desc) end
     end
-    return nil, errors.new(module, o.step or "token response", msg, fields)
   end
+  return errors.new(op.module, op.sts_step or "token response", msg, fields)
+end
+
+-- A 200 answer: the decoded exchange (its body holds a token: never in an
+-- error).
+local function answer(op, res)
   local data = cjson.decode(res.body)
   if type(data) ~= "table" or type(data.access_token) ~= "string" or data.access_token == "" then
-    return nil, errors.new(module, o.step or "token response", "the answer has no access_token",
-                           { status = 200, retryable = false, uri = o.url })
+    return nil, errors.new(op.module, op.sts_step or "token response", "the answer has no access_token",
+                           { status = 200, retryable = false, uri = op.url })
   end
   return data
 end
@@ -140,7 +133,7 @@ function _M.exchange(opts)
       error("gauth.sts: exchange: opts." .. k .. " must be a non-empty string", 2)
     end
   end
-  local ok, umsg, uerr = oauth.check_url(opts.url, module, "endpoint", "a token")
+  local ok, umsg, uerr = token_request.check_url(opts.url, module, "endpoint", "a token")
   if not ok then return nil, umsg, uerr end
   local values = {
     grant_type = opts.grant_type or _M.GRANT_TYPE, resource = opts.resource,
@@ -186,17 +179,16 @@ function _M.exchange(opts)
   local http = opts.http
   if not http then
     local hmsg, herr
-    http, hmsg, herr = oauth.transport({ ca_file = opts.ca_file, timeout = opts.timeout,
+    http, hmsg, herr = token_request.transport({ ca_file = opts.ca_file, timeout = opts.timeout,
                                          proxy = opts.proxy, no_proxy = opts.no_proxy }, module)
     if not http then return errors.ret(errors.of(hmsg, herr)) end
   end
-  local body = url_lib.form_encode(list)
-  local o = { url = opts.url, now = opts.now, _timeout = opts.timeout, step = opts.step }
-  local data, dmsg, derr = retry.call(function(_, remaining)
-    return once(o, http, body, headers, module, remaining)
-  end, policy)
-  if not data then return errors.ret(errors.of(dmsg, derr)) end
-  return data
+  return token_request.send({
+    module = module, step = opts.step, sts_step = opts.step, url = opts.url,
+    headers = headers, body = url_lib.form_encode(list), http = http, max_body = _M.MAX_RESPONSE,
+    timeout = opts.timeout, policy = policy, now = opts.now or time.now,
+    refused = refused, accept = answer,
+  })
 end
 
 return _M

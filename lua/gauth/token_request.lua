@@ -112,47 +112,6 @@ function _M.transport(shared, module)
   return require("gauth.http").default()
 end
 
---- The timeout of one attempt: the seconds `remaining` before the retry
--- policy's deadline, capped by the credentials' own timeout (`_timeout`)
--- or else the transport's.
--- @tparam table self the credentials
--- @tparam table http the transport
--- @param remaining seconds left (nil: no deadline)
--- @tparam string module
--- @tparam string uri for the error
--- @return timeout (nil without a deadline) | nil, message, err when too little time
---   is left for an attempt
-function _M.attempt_timeout(self, http, remaining, module, uri)
-  local timeout = remaining
-  if timeout then
-    if timeout < 0.05 then
-      return errors.fail(module, "token request", "no time left before the deadline",
-                             { retryable = false, uri = uri })
-    end
-    local cap = self._timeout or (type(http.timeout) == "number" and http.timeout)
-    if cap and cap < timeout then timeout = cap end
-  end
-  return timeout
-end
-
---- POST `body` to `url`: no redirects (a secret never follows one), the
--- answer capped at `max_body` bytes.
--- @return res | nil, message, err (the transport's, as a "token request" error of
---   `module` with `uri`; an answer over `max_body` is not retryable)
-function _M.post(http, module, url, headers, body, timeout, max_body)
-  local res, e2, e3 = http:request({
-    method = "POST", url = url, headers = headers, body = body,
-    timeout = timeout, max_body = max_body, follow_redirects = false,
-  })
-  if not res then
-    local err = errors.of(e2, e3, "http", "request")
-    local fields = { uri = url }
-    if err.too_large or err.kind == "too_large" then fields.retryable = false end
-    return errors.fail_with(module, "token request", err, fields)
-  end
-  return res
-end
-
 --- What a token endpoint's refusal (an answer other than 200) says, as the
 -- fields of an error: `status`, `http_reason`, `oauth_error` and
 -- `error_description` (OAuth's `{ error=, error_description= }`), or for
@@ -315,7 +274,8 @@ end
 --   table of the call's own: the token is written in it), `http` (the
 --   transport), `max_body`, `timeout` (the credentials' own, per attempt;
 --   else the transport's; a deadline shortens it)
--- * `policy`: the retry policy (`RETRY` with the caller's `opts.retry`)
+-- * `policy`: the retry policy (`RETRY` with the caller's `opts.retry`);
+--   none: one attempt
 -- * `now`: the clock (a function) of the answer's entry and Retry-After
 -- * `source`, `source_step`: credentials whose bearer token authorises the
 --   request (IAM; a 401 drops it and sends once more at once); their
@@ -338,6 +298,7 @@ function _M.send(op)
   op.follow_redirects = false
   op.metrics = false
   op.decode, op.refusal = decode_of, refusal_of
+  if not op.policy then op.retries = 0 end
   local source = op.source
   if source then
     op.credentials = setmetatable({ source = source }, bearer_mt)
@@ -350,7 +311,7 @@ function _M.send(op)
   local body = again(op, err)
   if not body then return nil, msg, err end
   local policy = op.policy
-  if policy.deadline then
+  if policy and policy.deadline then
     -- One deadline for both sends.
     local left = policy.deadline - (op.now() - started)
     if left <= 0 then return nil, msg, err end
