@@ -71,7 +71,11 @@ _M.MAX_RESPONSE = 256 * 1024
 
 --- Retry policy of reads (see `gauth.retry.call`): as for Google's token
 -- endpoint, transport errors and 5xx/429 are retried. `opts.retry`
--- overrides fields of it (or `false`: one attempt).
+-- overrides fields of it (or `false`: one attempt). The metadata server's
+-- own table, not `gauth.token_request.RETRY`, though the figures are the
+-- same today: Google's libraries retry it by rules of their own (it is a
+-- server next to the machine, not a Google front end; google-auth for
+-- Python makes up to 5 attempts at a read), so the two may part.
 _M.RETRY = { attempts = 3, initial = 1, multiplier = 2, max_delay = 32,
              jitter = true, deadline = 60 }
 
@@ -204,43 +208,48 @@ local function snippet(body)
   return body
 end
 
-local function once(module, url, http, timeout, want_json)
-  local res, err = errors.pair(http:request({
-    method = "GET", url = url, headers = FLAVOR_HEADERS,
-    timeout = timeout, max_body = _M.MAX_RESPONSE, follow_redirects = false,
-  }))
-  if not res then
-    return errors.fail_with(module, "metadata request", err, { uri = url })
-  end
-  local status = res.status
+-- An answer without `Metadata-Flavor: Google` is not the metadata
+-- server's (a proxy, a portal): nothing it says counts, not even its
+-- status.
+local function not_the_server(op, res)
   local flavor = res.headers and res.headers["metadata-flavor"]
   if flavor ~= "Google" then
-    -- Not the metadata server (a proxy, a portal): nothing it says counts,
-    -- not even its status.
-    return errors.fail(module, "metadata response",
+    return errors.new(op.module, "metadata response",
       "the answer has no Metadata-Flavor: Google header: not the metadata server",
-      { status = status, http_reason = res.reason, retryable = false, uri = url })
+      { status = res.status, http_reason = res.reason, retryable = false, uri = op.url })
   end
-  if status ~= 200 then
-    local msg = "the metadata server refused the request"
-    if status == 404 then
-      msg = "not found on the metadata server"
-    end
-    local body = snippet(res.body)
-    if body and body ~= "" then msg = msg .. ": " .. body end
-    return errors.fail(module, "metadata response", msg, {
-      status = status, http_reason = res.reason, uri = url, body = body,
-      retryable = errors.classify({ status = status }),
-      retry_after = retry.parse_retry_after(res.headers["retry-after"]),
-    })
+end
+
+-- An answer other than 200 (`gauth.request`'s refusal hook).
+local function refused(op, res)
+  local e = not_the_server(op, res)
+  if e then return e end
+  local status = res.status
+  local msg = "the metadata server refused the request"
+  if status == 404 then
+    msg = "not found on the metadata server"
   end
+  local body = snippet(res.body)
+  if body and body ~= "" then msg = msg .. ": " .. body end
+  return errors.new(op.module, "metadata response", msg, {
+    status = status, http_reason = res.reason, uri = op.url, body = body,
+    retryable = errors.classify({ status = status }),
+    retry_after = retry.parse_retry_after(res.headers["retry-after"]),
+  })
+end
+
+-- A 2xx answer (`gauth.request`'s decode hook): the value of a 200.
+local function value_of(op, res)
+  local e = not_the_server(op, res)
+  if e then return nil, e end
+  if res.status ~= 200 then return nil, refused(op, res) end
   local body = res.body or ""
-  if want_json then
+  if op.want_json then
     -- A 200 body may hold a token: it never goes into an error.
     local v = cjson.decode(body)
     if type(v) ~= "table" then
-      return errors.fail(module, "metadata response",
-        "the answer is not a JSON object", { status = status, retryable = false, uri = url })
+      return nil, errors.new(op.module, "metadata response",
+        "the answer is not a JSON object", { status = 200, retryable = false, uri = op.url })
     end
     return v
   end
@@ -273,19 +282,15 @@ function _M.get(path, opts)
   if type(timeout) ~= "number" or timeout <= 0 then
     error("gauth.metadata: get: timeout must be a positive number", 2)
   end
-  local policy = opts._policy or _M.retry_policy(opts.retry)
-  local want_json = opts.json and true or false
-  return retry.call(function(_, remaining)
-    local t = timeout
-    if remaining and remaining < t then
-      if remaining < 0.05 then
-        return errors.fail(module, "metadata request",
-          "no time left before the deadline", { retryable = false, uri = url })
-      end
-      t = remaining
-    end
-    return once(module, url, http, t, want_json)
-  end, policy)
+  -- The one send loop (gauth.request) with the metadata server's own
+  -- policy (`RETRY`) and reading of answers; plain http, which the loop
+  -- allows here because no credentials go with the request.
+  return require("gauth.request").send({
+    module = module, step = "metadata request", method = "GET", url = url,
+    headers = FLAVOR_HEADERS, http = http, timeout = timeout, max_body = _M.MAX_RESPONSE,
+    follow_redirects = false, metrics = false, policy = opts._policy or _M.retry_policy(opts.retry),
+    decode = value_of, refusal = refused, want_json = opts.json and true or false,
+  })
 end
 
 --- The project id of this machine (`project/project-id`).
