@@ -141,7 +141,7 @@ function _M.init(self, opts)
     error("gauth.credentials: now must be a number or a function", 3)
   end
   -- The transport options every type passes on to the transport it makes
-  -- for its token requests (gauth.oauth.transport): a proxy URL (or false
+  -- for its token requests (gauth.token_request.transport): a proxy URL (or false
   -- for none) and the hosts that go direct.
   local proxy, no_proxy = opts.proxy, opts.no_proxy
   if proxy ~= nil and proxy ~= false and type(proxy) ~= "string" then

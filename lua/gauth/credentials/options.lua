@@ -121,7 +121,7 @@ local TRANSPORT_OPTS = _M.TRANSPORT_OPTS
 
 --- Check the transport options in `opts` (raising "gauth.<module>: ..."
 -- at `level`, counted from this function) and copy those set into `into`
--- (the `_shared` table that `gauth.oauth.transport` reads).
+-- (the `_shared` table that `gauth.token_request.transport` reads).
 -- @tparam table opts
 -- @tparam string module
 -- @tparam number level
