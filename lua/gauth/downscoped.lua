@@ -196,7 +196,7 @@ function _M:fetch_token()
     return errors.fail_with("downscoped", "source credentials", cause, { retryable = false })
   end
   local source_exp = m
-  local http, hmsg, herr = require("gauth.oauth").transport(self._shared, "downscoped")
+  local http, hmsg, herr = require("gauth.token_request").transport(self._shared, "downscoped")
   if not http then return errors.ret(errors.of(hmsg, herr)) end
   local data, dm, dx = sts.exchange({
     url = self.token_url, module = "downscoped", http = http, timeout = self._timeout,
