@@ -115,6 +115,26 @@ for h in json.load(open(sys.argv[1])):
       hex(core.sha256("")))
   end)
 
+  it("computes SHA-256 call after call with its kept context, as Python's hashlib judges", function()
+    -- sha256 and sha256_hex share one context per Lua state: each call
+    -- must start from nothing, whatever length came before.
+    local inputs = { string.rep("a", 1000), "", "abc", core.random_bytes(64), core.random_bytes(1),
+                     core.random_bytes(4096) .. core.random_bytes(904), string.rep("\0", 55), string.rep("\0", 56) }
+    local list = {}
+    for i, s in ipairs(inputs) do list[i] = hex(s) end
+    local f = io.popen("/usr/bin/python3 -c 'import hashlib,sys,binascii;"
+      .. "[print(hashlib.sha256(binascii.unhexlify(x[:-1])).hexdigest()) for x in sys.argv[1:]]' "
+      .. table.concat(list, "x ") .. "x 2>&1")
+    local want = {}
+    for line in f:lines() do want[#want + 1] = line end
+    f:close()
+    assert.equal(#inputs, #want)
+    for i, s in ipairs(inputs) do
+      assert.equal(want[i], hex(core.sha256(s)), "input " .. i)
+      assert.equal(want[i], core.sha256_hex(s), "input " .. i)
+    end
+  end)
+
   it("computes HMAC-SHA256 (RFC 4231 vectors) and hex, as Python's hmac judges", function()
     -- RFC 4231 test cases 1, 2 and 6 (a key longer than the block).
     assert.are.equal("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
