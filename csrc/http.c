@@ -546,7 +546,12 @@ void gauth_http_open(lua_State *L)
     if (global_init_rc < 0)
         global_init_rc = (int)curl_global_init(CURL_GLOBAL_DEFAULT);
     gauth_newclass(L, GAUTH_HTTP_MT, meths, meta);
-    /* perform() with its field names as upvalues (see upnames). */
+    /* perform() with its field names as upvalues (see upnames). A C
+     * function is only promised LUA_MINSTACK (20) free slots, and these
+     * are 22 on top of the metatable and its __index: without the check
+     * the last pushes rely on slack inside Lua that the API does not
+     * promise. */
+    luaL_checkstack(L, UP_COUNT + 2, "gauth.core: http: perform's upvalues");
     luaL_getmetatable(L, GAUTH_HTTP_MT);
     lua_getfield(L, -1, "__index");
     for (i = 0; upnames[i] != NULL; i++)
