@@ -287,12 +287,15 @@ describe("gauth.testing", function()
     end)
 
     it("defaults: test-token, an expiry an hour ahead, a new header table", function()
-      local c = testing.credentials()
       -- an hour after the moment of the call: between the clock read before
-      -- and after it (an order, not a tolerance)
-      local before = os.time()
+      -- and after it (an order, not a tolerance), read with the clock the
+      -- double uses (os.time() reads a coarser one that may be a second
+      -- apart from it)
+      local now = require("gauth.lib.time").now
+      local before = now()
+      local c = testing.credentials()
       local tok, exp = c:token()
-      local after = os.time() + 1
+      local after = now()
       assert.are.equal("test-token", tok)
       assert.is_true(before + 3600 <= exp and exp <= after + 3600, "expires_at " .. exp)
       assert.are.same({ authorization = "Bearer test-token" }, c:apply())
