@@ -34,13 +34,13 @@ local token_request = require "gauth.token_request"
 local retry = require "gauth.retry"
 local url_lib = require "gauth.lib.url"
 local core = require "gauth.core"
+local universe = require "gauth.universe"
 
 local type = type
 local ipairs = ipairs
 local error = error
 local setmetatable = setmetatable
 local concat = table.concat
-local find = string.find
 
 local _M = credentials.extend({ _VERSION = "0.1.0", kind = "authorized_user" })
 local mt = credentials.metatable(_M)
@@ -49,7 +49,7 @@ local mt = credentials.metatable(_M)
 _M.DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 
 --- The universe of user credentials when the file names none (AIP-4120).
-_M.DEFAULT_UNIVERSE = "googleapis.com"
+_M.DEFAULT_UNIVERSE = universe.DEFAULT
 
 --- Retry policy of the token request: `gauth.token_request.RETRY`, the
 -- one table of every token request; `opts.retry` overrides fields of it,
@@ -89,7 +89,7 @@ local function parse_info(info, source)
     if v == nil then return errors.ret(err) end
     parts[f] = v or nil
   end
-  if parts.universe_domain and not find(parts.universe_domain, "^[%w][%w-]*%.[%w.-]*[%w]$") then
+  if parts.universe_domain and not universe.is_dotted_domain(parts.universe_domain) then
     return errors.ret(credentials.key_error("authorized_user", source, "universe_domain",
                                             "not a domain name"))
   end

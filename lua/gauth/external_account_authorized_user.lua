@@ -39,7 +39,7 @@ local _M = credentials.extend({ _VERSION = "0.1.0", kind = MODULE })
 local mt = credentials.metatable(_M)
 
 _M.DEFAULT_TOKEN_URL = "https://sts.{universe_domain}/v1/oauthtoken"
-_M.DEFAULT_UNIVERSE_DOMAIN = "googleapis.com"
+_M.DEFAULT_UNIVERSE_DOMAIN = universe.DEFAULT
 --- Retry policy of the refresh: `gauth.token_request.RETRY`, the one
 -- table of every token request (`opts.retry` overrides fields of it).
 _M.RETRY = token_request.RETRY

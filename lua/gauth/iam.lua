@@ -33,6 +33,7 @@ local retry = require "gauth.retry"
 local token_request = require "gauth.token_request"
 local core = require "gauth.core"
 local cjson = require "cjson.safe"
+local universe = require "gauth.universe"
 
 local type = type
 local ipairs = ipairs
@@ -51,7 +52,7 @@ _M.ENDPOINT_VAR = "GAUTH_IAM_ENDPOINT"
 
 --- Google's universe, whose IAM Credentials host is
 -- `iamcredentials.googleapis.com`.
-_M.DEFAULT_UNIVERSE = "googleapis.com"
+_M.DEFAULT_UNIVERSE = universe.DEFAULT
 
 --- The permission each method needs on the account (what a 403 names).
 _M.PERMISSIONS = {
@@ -121,7 +122,7 @@ function _M.new(opts)
     if #delegates == 0 then delegates = nil end
   end
   local ud = opts.universe_domain
-  if ud ~= nil and type(ud) ~= "function" and (type(ud) ~= "string" or not find(ud, "^[%w.-]+$")) then
+  if ud ~= nil and type(ud) ~= "function" and not universe.is_domain(ud) then
     error("gauth.iam: opts.universe_domain must be a domain name or a function", 2)
   end
   if opts.endpoint ~= nil and (type(opts.endpoint) ~= "string" or opts.endpoint == "") then

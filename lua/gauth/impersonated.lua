@@ -36,6 +36,7 @@ local retry = require "gauth.retry"
 local json = require "gauth.lib.json"
 local seam = require "gauth.lib.seam"
 local cjson = require "cjson.safe"
+local universe_rule = require "gauth.universe"
 
 local type = type
 local ipairs = ipairs
@@ -56,7 +57,7 @@ local mt = credentials.metatable(_M)
 
 --- The IAM Credentials API.
 _M.DEFAULT_IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
-local DEFAULT_UNIVERSE = "googleapis.com"
+local DEFAULT_UNIVERSE = universe_rule.DEFAULT
 
 --- The environment variable that replaces the endpoint (a base URL).
 _M.ENDPOINT_VAR = "GAUTH_IAM_ENDPOINT"

@@ -54,6 +54,7 @@ local jwt = require "gauth.jwt"
 local retry = require "gauth.retry"
 local seam = require "gauth.lib.seam"
 local url_lib = require "gauth.lib.url"
+local universe_rule = require "gauth.universe"
 
 local type = type
 local pairs = pairs
@@ -75,10 +76,7 @@ _M.DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 
 --- Google's own universe (AIP-4120): the one with a token exchange for
 -- service accounts.
-_M.DEFAULT_UNIVERSE = "googleapis.com"
-
--- A universe domain: a DNS name (what key files of partner clouds hold).
-local UNIVERSE_PATTERN = "^[%w][%w-]*%.[%w.-]*[%w]$"
+_M.DEFAULT_UNIVERSE = universe_rule.DEFAULT
 
 --- Lifetime of assertions and self-signed JWTs (seconds): the most Google
 -- accepts.
@@ -188,7 +186,7 @@ local function parse_info(info, source)
   local universe
   universe, err = errors.pair(str("universe_domain", false))
   if universe == nil then return errors.ret(err) end
-  if universe and not find(universe, UNIVERSE_PATTERN) then
+  if universe and not universe_rule.is_dotted_domain(universe) then
     return errors.ret(key_error(source, "universe_domain", "not a domain name"))
   end
   local key, kerr = errors.pair(jwt.load_key(pem))
@@ -222,7 +220,7 @@ local function build(parts, source, opts, mode)
 
   local subject = opt_string(opts.subject, "subject")
   local universe = opt_string(opts.universe_domain, "universe_domain")
-  if universe and not find(universe, UNIVERSE_PATTERN) then
+  if universe and not universe_rule.is_dotted_domain(universe) then
     arg_error("universe_domain must be a domain name")
   end
   universe = universe or parts.universe_domain or _M.DEFAULT_UNIVERSE

@@ -38,6 +38,7 @@ local time = require "gauth.lib.time"
 local url_lib = require "gauth.lib.url"
 local core = require "gauth.core"
 local cjson = require "cjson.safe"
+local universe = require "gauth.universe"
 
 local type = type
 local pairs = pairs
@@ -61,7 +62,7 @@ _M.MAX_RESPONSE = 256 * 1024
 
 --- The STS token URL of a universe: `https://sts.<universe_domain>/v1/token`.
 function _M.token_url(universe_domain)
-  return "https://sts." .. (universe_domain or "googleapis.com") .. "/v1/token"
+  return "https://sts." .. (universe_domain or universe.DEFAULT) .. "/v1/token"
 end
 
 -- The form fields in the order google-auth writes them.

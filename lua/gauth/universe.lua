@@ -3,8 +3,9 @@
 -- the universe of a credentials object, and the refusal to send credentials
 -- of one universe to a service of another (google-api-python-client 2.x's
 -- check). Discovery's `execute`, `gauth.media` and `gauth.batch` use
--- `check`; key-file types, storage, downscoped and the metadata-based types
--- use `DEFAULT` and `is_domain`.
+-- `check`; key-file types, storage, downscoped, IAM, STS, impersonation and
+-- the metadata-based types use `DEFAULT` and `is_domain` (service-account
+-- and user key files `is_dotted_domain`).
 --
 -- Internal to gauth (documented so that its callers share one reading of
 -- the rule); user code reads `creds.universe_domain` or
@@ -34,6 +35,18 @@ _M.ENV = "GOOGLE_CLOUD_UNIVERSE_DOMAIN"
 -- @treturn boolean
 function _M.is_domain(v)
   return type(v) == "string" and #v <= 253 and find(v, "^[%w][%w.-]*$") ~= nil
+end
+local is_domain = _M.is_domain
+
+--- Is `v` a dotted universe domain: `is_domain`, with a dot in it and a
+-- letter or digit at its end? What service-account and user key files
+-- (and a service account's `universe_domain` option) must hold. Google's
+-- libraries take any string there; gauth refused single labels and a
+-- trailing dot or hyphen in those files from the start and keeps doing so.
+-- @param v anything
+-- @treturn boolean
+function _M.is_dotted_domain(v)
+  return is_domain(v) and find(v, "^[%w][%w-]*%.[%w.-]*[%w]$") ~= nil
 end
 
 --- The universe a service is configured for (googleapiclient's rule): the
