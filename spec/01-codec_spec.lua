@@ -135,6 +135,36 @@ for h in json.load(open(sys.argv[1])):
     end
   end)
 
+  it("keys a compact token by SHA-256 of its signature segment and the length before it, as hashlib judges", function()
+    local values = { "Bearer aa.bb.cc", "x.y.", "a.b.c.d", "." .. string.rep("s", 342),
+                     "Bearer " .. string.rep("h", 36) .. "." .. string.rep("p", 600) .. "."
+                       .. core.b64url_encode(core.random_bytes(256)) }
+    local list = {}
+    for i, s in ipairs(values) do list[i] = hex(s) end
+    local f = io.popen("/usr/bin/python3 -c 'import hashlib,sys,binascii\n"
+      .. "for x in sys.argv[1:]:\n v = binascii.unhexlify(x[:-1]); d = v.rindex(b\".\") + 1\n"
+      .. " print(hashlib.sha256(v[d:]).hexdigest(), d)' " .. table.concat(list, "x ") .. "x 2>&1")
+    local want = {}
+    for line in f:lines() do want[#want + 1] = line end
+    f:close()
+    assert.equal(#values, #want)
+    for i, s in ipairs(values) do
+      local key, len = core.jws_key(s)
+      assert.equal(want[i], hex(key) .. " " .. len, "value " .. i)
+    end
+  end)
+
+  it("refuses to key a value with no '.', and raises on a non-string", function()
+    local key, msg = core.jws_key("Basic dXNlcjpwYXNz")
+    assert.is_nil(key)
+    assert.equal("gauth.core: jws_key: not a compact token (no '.')", msg)
+    key, msg = core.jws_key("")
+    assert.is_nil(key)
+    assert.equal("gauth.core: jws_key: not a compact token (no '.')", msg)
+    assert.has_error(function() core.jws_key({}) end,
+      "bad argument #1 to 'jws_key' (string expected, got table)")
+  end)
+
   it("computes HMAC-SHA256 (RFC 4231 vectors) and hex, as Python's hmac judges", function()
     -- RFC 4231 test cases 1, 2 and 6 (a key longer than the block).
     assert.are.equal("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",

@@ -22,6 +22,18 @@ describe("lint", function()
     assert.are.equal("", out)
   end)
 
+  run("the C core compiles, warnings as errors, against an OpenSSL without its deprecated API", function()
+    local ok, out = helpers.sh("cd " .. root .. " && make -s nodeprecated 2>&1")
+    assert.is_true(ok, out)
+    assert.are.equal("", out)
+    -- and the check can fail: the same with a deprecated call in the way
+    local bad = helpers.tmpdir() .. "/bad.c"
+    helpers.write_file(bad, "#include <openssl/sha.h>\nint f(void) { SHA256_CTX c; return SHA256_Init(&c); }\n")
+    ok, out = helpers.sh("cd " .. root .. " && make -s nodeprecated SRCS=" .. helpers.shell_quote(bad) .. " 2>&1")
+    assert.is_false(ok)
+    assert.matches("SHA256", out, 1, true)
+  end)
+
   run("make docs builds the reference without a warning", function()
     local out_dir = helpers.tmpdir() .. "/doc"
     local ok, out = helpers.sh("cd " .. root .. " && ldoc -c config.ld -d "

@@ -208,6 +208,17 @@ describe("gauth.nginx.require_id_token", function()
           }
           content_by_lua_block { ngx.say("in") }
         }
+        # a handler that edits the claims it was handed
+        location = /edits_claims {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q }
+          }
+          content_by_lua_block {
+            local c = ngx.ctx.gauth_claims
+            c.email, c.aud, c.exp = %q, "https://other.example", c.exp + 86400
+            ngx.say("edited")
+          }
+        }
         location = /bearer_iap_claims {
           access_by_lua_block {
             require("gauth.nginx").require_id_token{ audience = %q, certs_url = %q,
@@ -221,7 +232,8 @@ describe("gauth.nginx.require_id_token", function()
                  AUD, base .. "/certs/pem", AUD, base .. "/certs/stale",
                  IAP_AUD, base .. "/certs/iap",
                  AUD, base .. "/certs/pem", AUD, base .. "/certs/pem", AUD, base .. "/certs/pem",
-                 IAP_AUD, base .. "/certs/pem", IAP_AUD, base .. "/certs/pem"),
+                 IAP_AUD, base .. "/certs/pem", AUD, base .. "/certs/pem", EMAIL,
+                 IAP_AUD, base .. "/certs/pem"),
     })
     assert(srv, err)
   end)
@@ -278,6 +290,46 @@ describe("gauth.nginx.require_id_token", function()
     -- rejections fetch no more than the one early refetch an unknown kid
     -- may make per interval
     assert.is_true(#fake:requests("/certs/pem") <= 2)
+  end)
+
+  it("keeps its verdicts out of the handlers' reach: editing the claims lets nothing else in", function()
+    -- other_email's verdict is cached on the workers /edits_claims ran on,
+    -- whose handler then rewrote email, aud and exp in the claims table it
+    -- was handed (the same table on every request with that token)
+    local h = { headers = { Authorization = "Bearer " .. tok.other_email } }
+    for _ = 1, 16 do
+      local status, body = srv:get("/edits_claims", h)
+      assert.are.equal(200, status)
+      assert.are.equal("edited\n", body)
+    end
+    for _ = 1, 16 do
+      local mark = #srv:log()
+      assert.are.equal(401, (srv:get("/push", h)))
+      assert.matches("gauth: require_id_token: gauth.nginx: claims: email not allowed",
+        srv:log_since(mark), 1, true)
+    end
+  end)
+
+  it("lends a verdict only to the very value verified: another payload under its signature is refused", function()
+    -- valid's verdict cached on every worker
+    for _ = 1, 12 do
+      assert.are.equal(200, (srv:get("/push", { headers = { Authorization = "Bearer " .. tok.valid } })))
+    end
+    local sig = tok.valid:match("%.([^.]*)$")
+    local signed_other = tok.other_email:match("^(.*%.)[^.]*$")
+    local spliced = signed_other .. sig
+    for _ = 1, 12 do
+      local mark = #srv:log()
+      local status, _, headers = srv:get("/push", { headers = { Authorization = "Bearer " .. spliced } })
+      assert.are.equal(401, status)
+      assert.are.equal('Bearer error="invalid_token"', headers["www-authenticate"])
+      assert.matches("gauth: require_id_token: gauth.id_token: verify: bad signature",
+        srv:log_since(mark), 1, true)
+    end
+    -- the same token, the scheme written otherwise: its own verdict
+    for _ = 1, 4 do
+      assert.are.equal(200, (srv:get("/push", { headers = { Authorization = "BEARER " .. tok.valid } })))
+    end
   end)
 
   it("checks each location's audience on verdicts it has cached", function()

@@ -45,30 +45,37 @@ _M.VERDICT_CACHE_SIZE = 4096
 _M.MAX_CACHED_TOKEN = 4096
 
 local lrucache
--- gauth.core's SHA-256, loaded with the first verdict: a worker that
+-- gauth.core's jws_key, loaded with the first verdict: a worker that
 -- never guards a location does not map libcurl and OpenSSL for it.
-local core_sha256
-local function sha256(s)
-  if not core_sha256 then core_sha256 = require("gauth.core").sha256 end
-  return core_sha256(s)
+local core_jws_key
+local function jws_key(s)
+  if not core_jws_key then core_jws_key = require("gauth.core").jws_key end
+  return core_jws_key(s)
 end
 
 -- Header name -> what the guard makes of it: the ngx.var name, whether it
 -- holds "Bearer <token>" or the bare token, its default key set and
--- issuers, and its verdicts: key-set URL -> LRU of SHA-256(header value)
--- -> { claims, exp, iat, nbf }.
+-- issuers, and its verdicts: key-set URL -> LRU of verdicts (see below).
 --
--- The key is a digest of the value as sent (DECISIONS: verdicts "keyed by
--- a hash of the token"): no bearer token is kept in the worker's memory
--- past its request. It costs one SHA-256 of the value a request (about
--- 0.7 us for a 1 KB token: most of what the guard adds to a cached
--- request, see the README's speed table); keying by the value itself
--- measured 0.85 of the plain location against 0.80 and was given up for
--- that rule. SHA-256 has no collisions to aim at: only the same value
--- finds a verdict, and only values whose token was verified are stored,
--- so a client can't fill the cache with junk. Each header keeps its own
--- verdicts: a bare-token header never finds an Authorization value, and
--- IAP's guard (ES256 only) never gets an RS256 verdict from a shared key set.
+-- A verdict is keyed by SHA-256 of the signature segment of the header's
+-- value (DECISIONS: verdicts "keyed by a hash of the token"), and holds the
+-- rest of the value (scheme, header and payload: the text before the
+-- signature), which a request must match exactly to use it. So only the
+-- very value that was verified finds its verdict, and no bearer token is
+-- kept in the worker's memory past its request: what is kept is useless
+-- without the signature, which is kept only as its digest. Hashing the
+-- signature alone is half the work of hashing the whole value (SHA-256 is
+-- most of what the guard adds to a cached request: ~0.3 us for a 1 KB
+-- token, see the README's speed table). Only values whose token was
+-- verified are stored, so a client can't fill the cache with junk. Each
+-- header keeps its own verdicts: a bare-token header never finds an
+-- Authorization value, and IAP's guard (ES256 only) never gets an RS256
+-- verdict from a shared key set.
+--
+-- A verdict keeps its own copies of the claims every guard checks (exp,
+-- iat, nbf, aud, iss, email, email_verified): the claims table itself goes
+-- to the handlers (ngx.ctx.gauth_claims), and what a handler does to it
+-- must not change what a later request is let in on.
 local headers = {}
 -- Shared dict name -> id_token key cache (this worker's view of it).
 local caches = {}
@@ -135,19 +142,20 @@ local function refuse(why)
   return ngx.exit(401)
 end
 
--- The checks that depend on the location, made on cached verdicts too.
-local function local_checks(claims, audience, issuers, emails)
-  if audience ~= false and not one_of(audience, claims.aud) then
+-- The checks that depend on the location, made on cached verdicts too
+-- (on the verdict's copies of the claims).
+local function local_checks(v, audience, issuers, emails)
+  if audience ~= false and not one_of(audience, v.aud) then
     return "gauth.id_token: claims: audience mismatch"
   end
-  if issuers and not one_of(issuers, claims.iss) then
+  if issuers and not one_of(issuers, v.iss) then
     return "gauth.id_token: claims: issuer mismatch"
   end
   if emails then
-    if type(claims.email) ~= "string" or claims.email_verified ~= true then
+    if type(v.email) ~= "string" or v.email_verified ~= true then
       return "gauth.nginx: claims: no verified email"
     end
-    if not one_of(emails, claims.email) then
+    if not one_of(emails, v.email) then
       return "gauth.nginx: claims: email not allowed"
     end
   end
@@ -161,7 +169,8 @@ local BEARER = { [66] = true, [98] = true }  -- "B", "b"
 -- error="invalid_token"` and `ngx.exit` (why is logged at `info`, never
 -- the token). On success the claims go to `ngx.ctx.gauth_claims` and are
 -- returned. Verdicts are kept per worker, header and key set (LRU of
--- `VERDICT_CACHE_SIZE`, keyed by SHA-256 of the header's value, values over
+-- `VERDICT_CACHE_SIZE`, keyed by SHA-256 of the token's signature and
+-- matched on the rest of the header's value, values over
 -- `MAX_CACHED_TOKEN` bytes not kept); every request, cached verdicts
 -- included, gets this guard's checks: exp/iat/nbf on its clock with its
 -- `clock_skew`, `max_lifetime`, audience, issuers, emails.
@@ -208,19 +217,20 @@ function _M.require_id_token(opts)
   local max_lifetime = opts.max_lifetime
   if max_lifetime == nil then max_lifetime = id_token.DEFAULT_MAX_LIFETIME end
   local lru = verdict_cache(h.verdicts, certs_url)
-  local cacheable = #value <= _M.MAX_CACHED_TOKEN
-  local key = cacheable and sha256(value)
+  local key, signed
+  if #value <= _M.MAX_CACHED_TOKEN then key, signed = jws_key(value) end
   local v = key and lru:get(key)
   -- A verdict says the signature is good; the time checks are this
   -- guard's (its clock, clock_skew and max_lifetime may differ from those
   -- of the guard that cached it), made as id_token.verify makes them. One
   -- that fails sends the token through verify, which refuses it and says why.
-  if v and now <= v[2] + skew and v[3] <= now + skew
-      and (not v[4] or v[4] <= now + skew)
-      and (not max_lifetime or v[2] - v[3] <= max_lifetime) then
-    local claims = v[1]
-    local why = local_checks(claims, audience, issuers, emails)
+  if v and signed == v.signed_len and sub(value, 1, signed) == v.signed
+      and now <= v.exp + skew and v.iat <= now + skew
+      and (not v.nbf or v.nbf <= now + skew)
+      and (not max_lifetime or v.exp - v.iat <= max_lifetime) then
+    local why = local_checks(v, audience, issuers, emails)
     if why then return refuse(why) end
+    local claims = v.claims
     ngx.ctx.gauth_claims = claims
     return claims
   end
@@ -245,11 +255,17 @@ function _M.require_id_token(opts)
   -- Dropped at exp (the LRU's clock is real time; every hit is checked on
   -- the guard's clock anyway). A token in a guard's clock_skew grace past
   -- exp is verified afresh on each request.
-  local ttl = claims.exp - now
-  if cacheable and ttl > 0 then
-    lru:set(key, { claims, claims.exp, claims.iat, claims.nbf or false }, ttl)
+  v = {
+    claims = claims, exp = claims.exp, iat = claims.iat, nbf = claims.nbf,
+    aud = claims.aud, iss = claims.iss, email = claims.email,
+    email_verified = claims.email_verified,
+  }
+  local ttl = v.exp - now
+  if key and ttl > 0 then
+    v.signed, v.signed_len = sub(value, 1, signed), signed
+    lru:set(key, v, ttl)
   end
-  local why = local_checks(claims, audience, issuers, emails)
+  local why = local_checks(v, audience, issuers, emails)
   if why then return refuse(why) end
   ngx.ctx.gauth_claims = claims
   return claims
