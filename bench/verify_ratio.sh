@@ -8,7 +8,15 @@
 # sides single-threaded, RSA-2048, CPU time. Each round's ratio is taken
 # against its own floor; prints the medians of VERIFY_ROUNDS (default 5)
 # rounds as `name value unit`, and every round's ratio on stderr.
+# Both sides on one CPU (taskset, util-linux): the CPUs of a virtual
+# machine need not run at one speed (on the 2-CPU machine this was measured
+# on, one ran 30% faster than the other), and a floor measured on one CPU
+# against a subject scheduled on the other made rounds range 0.74-1.04.
 cd "$(dirname "$0")/.." || exit 2
+pin=""
+if command -v taskset >/dev/null 2>&1; then
+  pin="taskset -c $(($(nproc) - 1))"
+fi
 dir=${1:?usage: verify_ratio.sh DIR}
 secs=${BENCH_SECONDS:-1}
 rounds=${VERIFY_ROUNDS:-5}
@@ -16,10 +24,10 @@ out=$(mktemp)
 trap 'rm -f "$out" "$out.one"' EXIT INT TERM
 r=1
 while [ "$r" -le "$rounds" ]; do
-  openssl speed -seconds "$secs" rsa2048 2>/dev/null | awk -v r="$r" '/^rsa 2048 bits/ {
+  $pin openssl speed -seconds "$secs" rsa2048 2>/dev/null | awk -v r="$r" '/^rsa 2048 bits/ {
     print r, "openssl_speed_verify_interleaved", $7, "verify/s" }' >>"$out"
   for lua in lua5.4 luajit; do
-    if BENCH_ROUNDS=1 $lua bench/verify_bench.lua "$dir" >"$out.one"; then
+    if BENCH_ROUNDS=1 $pin $lua bench/verify_bench.lua "$dir" >"$out.one"; then
       sed "s/^/$r /" "$out.one" >>"$out"
     else
       echo "verify_ratio.sh: $lua bench/verify_bench.lua failed" >&2
