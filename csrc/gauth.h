@@ -55,6 +55,11 @@ const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
                              unsigned char *sig, size_t *siglen,
                              size_t *signed_len, char *msg, size_t cap);
 
+/* SHA-256 of data into md (32 bytes) with OpenSSL's own SHA-256, not
+ * through EVP (digest.c says why); 0 when this OpenSSL has no such call
+ * (built without its deprecated API): use EVP then. */
+int gauth_sha256_direct(const void *data, size_t n, unsigned char *md);
+
 /* Pushes nil and "gauth.core: <step>: <detail>". Returns 2. */
 int gauth_error(lua_State *L, const char *step, const char *detail);
 
