@@ -219,11 +219,22 @@ describe("gauth.id_token", function()
       -- Two module instances of their own: `cold` never sees a good token,
       -- so every token takes the full path; `warm` has verified one with
       -- each header first, so tokens with that header take the short one.
+      -- The facade and its parts (lua/gauth/id_token/*) loaded afresh: the
+      -- known headers and the default cache are the parts' state.
       local function instance()
-        local saved = package.loaded["gauth.id_token"]
-        package.loaded["gauth.id_token"] = nil
+        local saved = {}
+        for name, m in pairs(package.loaded) do
+          if name == "gauth.id_token" or name:match("^gauth%.id_token%.") then
+            saved[name] = m
+            package.loaded[name] = nil
+          end
+        end
         local m = require "gauth.id_token"
-        package.loaded["gauth.id_token"] = saved
+        for name in pairs(package.loaded) do
+          if name == "gauth.id_token" or name:match("^gauth%.id_token%.") then
+            package.loaded[name] = saved[name]
+          end
+        end
         return m
       end
       local cold, warm = instance(), instance()
