@@ -6,7 +6,8 @@
 -- facade fills it with the public functions and the constants, and the
 -- parts read the constants from it at each use (`public.REFETCH_INTERVAL`),
 -- so that setting one on gauth.id_token changes what follows, with no
--- proxy between nginx's per-request reads and the values.
+-- proxy between nginx's per-request reads and the values. The facade sets
+-- the constants when it loads: require gauth.id_token, not a part alone.
 -- @module gauth.id_token.common
 
 local core = require "gauth.core"
