@@ -50,10 +50,17 @@ describe("gauth.nginx.require_id_token", function()
       other_aud = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
                     claims = c({ aud = "https://elsewhere.example" }) },
       other_email = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
-                      claims = c({ email = "someone@example.com" }) },
+                      claims = c({ email = "someone@example.com", firebase = { tenant = "t1" } }) },
       forged = { key = "rsa", alg = "RS256", headers = { kid = "e1" }, claims = c() },
       iap = { key = "ec", alg = "ES256", headers = { kid = "e1" },
               claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD }) },
+      -- as IAP signs them: email, no email_verified
+      iap_plain = { key = "ec", alg = "ES256", headers = { kid = "e1" },
+                    claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD,
+                                 email_verified = "drop", sub = "7" }) },
+      iap_other = { key = "ec", alg = "ES256", headers = { kid = "e1" },
+                    claims = c({ iss = "https://cloud.google.com/iap", aud = IAP_AUD,
+                                 email_verified = "drop", email = "someone@example.com", sub = "8" }) },
       short = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
                 claims = c({ exp = now + 600 }) },
       iap_rs = { key = "rsa", alg = "RS256", headers = { kid = "r1" },
@@ -73,6 +80,9 @@ describe("gauth.nginx.require_id_token", function()
       stale_b = { key = "rsa", alg = "RS256", headers = { kid = "r1" }, claims = c({ sub = "2" }) },
       stale_c = { key = "rsa", alg = "RS256", headers = { kid = "r1" }, claims = c({ sub = "3" }) },
     }
+    for _, s in pairs(specs) do
+      if s.claims.email_verified == "drop" then s.claims.email_verified = nil end
+    end
     local names, list = {}, {}
     for name, s in pairs(specs) do names[#names + 1] = name; list[#list + 1] = s end
     local path = helpers.tmpname("idt", ".json")
@@ -215,9 +225,32 @@ describe("gauth.nginx.require_id_token", function()
           }
           content_by_lua_block {
             local c = ngx.ctx.gauth_claims
+            -- what an earlier request's handler left in the table, if any
+            ngx.say("edited ", tostring(c.tag), " ", tostring(c.firebase.tag))
             c.email, c.aud, c.exp = %q, "https://other.example", c.exp + 86400
-            ngx.say("edited")
+            c.tag, c.firebase.tag = "seen", "seen"
           }
+        }
+        location = /iap_emails {
+          access_by_lua_block {
+            require("gauth.nginx").require_id_token{ audience = %q,
+              header = "x-goog-iap-jwt-assertion", certs_url = %q, allowed_emails = { %q } }
+          }
+          content_by_lua_block { ngx.say(ngx.ctx.gauth_claims.email) }
+        }
+        location = /badopts {
+          access_by_lua_block {
+            local w = ngx.var.arg_w
+            local o = { audience = %q, certs_url = %q }
+            if w == "skew_nan" then o.clock_skew = 0/0
+            elseif w == "skew_neg" then o.clock_skew = -1
+            elseif w == "life_nan" then o.max_lifetime = 0/0
+            elseif w == "life_str" then o.max_lifetime = "x"
+            elseif w == "now_nan" then o.now = function() return 0/0 end
+            elseif w == "now_inf" then o.now = 1/0 end
+            require("gauth.nginx").require_id_token(o)
+          }
+          content_by_lua_block { ngx.say("let in") }
         }
         location = /bearer_iap_claims {
           access_by_lua_block {
@@ -233,6 +266,7 @@ describe("gauth.nginx.require_id_token", function()
                  IAP_AUD, base .. "/certs/iap",
                  AUD, base .. "/certs/pem", AUD, base .. "/certs/pem", AUD, base .. "/certs/pem",
                  IAP_AUD, base .. "/certs/pem", AUD, base .. "/certs/pem", EMAIL,
+                 IAP_AUD, base .. "/certs/iap", EMAIL, AUD, base .. "/certs/pem",
                  IAP_AUD, base .. "/certs/pem"),
     })
     assert(srv, err)
@@ -292,15 +326,16 @@ describe("gauth.nginx.require_id_token", function()
     assert.is_true(#fake:requests("/certs/pem") <= 2)
   end)
 
-  it("keeps its verdicts out of the handlers' reach: editing the claims lets nothing else in", function()
+  it("hands each request its own claims: a handler's edits reach neither later requests nor verdicts", function()
     -- other_email's verdict is cached on the workers /edits_claims ran on,
-    -- whose handler then rewrote email, aud and exp in the claims table it
-    -- was handed (the same table on every request with that token)
+    -- whose handler then rewrote email, aud and exp and added fields at
+    -- the top and inside a nested claim of the table it was handed; the
+    -- next request bearing the token (on any worker) sees none of it
     local h = { headers = { Authorization = "Bearer " .. tok.other_email } }
     for _ = 1, 16 do
       local status, body = srv:get("/edits_claims", h)
       assert.are.equal(200, status)
-      assert.are.equal("edited\n", body)
+      assert.are.equal("edited nil nil\n", body)
     end
     for _ = 1, 16 do
       local mark = #srv:log()
@@ -435,7 +470,28 @@ describe("gauth.nginx.require_id_token", function()
     local status, body = srv:get("/badnow", { headers = { Authorization = "Bearer " .. tok.valid } })
     assert.are.equal(500, status)
     assert.is_nil(body:find("let in", 1, true))
-    assert.matches("now must be a number or a function returning one", srv:log_since(mark), 1, true)
+    assert.matches("now must be a finite number or a function returning one", srv:log_since(mark), 1, true)
+  end)
+
+  it("refuses NaN, infinite and negative time options as programming errors (500), never a pass", function()
+    local cases = {
+      skew_nan = "clock_skew must be a finite number >= 0",
+      skew_neg = "clock_skew must be a finite number >= 0",
+      life_nan = "max_lifetime must be false or a finite number > 0",
+      life_str = "max_lifetime must be false or a finite number > 0",
+      now_nan = "now must be a finite number or a function returning one",
+      now_inf = "now must be a finite number or a function returning one",
+    }
+    for w, want in pairs(cases) do
+      -- an expired token and a valid one whose verdict is cached: neither passes
+      for _, t in ipairs({ tok.expired, tok.valid, tok.valid }) do
+        local mark = #srv:log()
+        local status, body = srv:get("/badopts?w=" .. w, { headers = { Authorization = "Bearer " .. t } })
+        assert.are.equal(500, status, w)
+        assert.is_nil(body:find("let in", 1, true), w)
+        assert.matches("gauth.nginx: require_id_token: " .. want, srv:log_since(mark), 1, true)
+      end
+    end
   end)
 
   it("lets nothing through when the key set cannot be had (500, garbage, empty, refused), and never hangs", function()
@@ -525,6 +581,18 @@ describe("gauth.nginx.require_id_token", function()
     -- an Authorization header is not IAP's
     status = srv:get("/iap", { headers = { Authorization = "Bearer " .. tok.iap } })
     assert.are.equal(401, status)
+    -- allowed_emails on IAP's assertion: its email, with no email_verified
+    -- (IAP does not send one); another email is refused
+    for _ = 1, 2 do
+      status, body = srv:get("/iap_emails", { headers = { ["X-Goog-IAP-JWT-Assertion"] = tok.iap_plain } })
+      assert.are.equal(200, status, body)
+      assert.are.equal(EMAIL .. "\n", body)
+      mark = #srv:log()
+      status = srv:get("/iap_emails", { headers = { ["X-Goog-IAP-JWT-Assertion"] = tok.iap_other } })
+      assert.are.equal(401, status)
+      assert.matches("gauth.nginx: claims: email not allowed", srv:log_since(mark), 1, true)
+    end
+
     assert.are.equal(1, #fake:requests("/certs/iap"))
   end)
 end)
