@@ -31,8 +31,8 @@ describe("gauth.id_token key cache", function()
 
   local function fetches() return #fake:requests(PATH) end
 
-  local function verify(tok, cache)
-    return id_token.verify(tok, { audience = AUD, certs_url = url, cache = cache,
+  local function verify(tok, cache, certs_url)
+    return id_token.verify(tok, { audience = AUD, certs_url = certs_url or url, cache = cache,
                                   now = os.time() })
   end
 
@@ -202,5 +202,43 @@ describe("gauth.id_token key cache", function()
     assert.is_nil(v)
     assert.matches("^gauth%.id_token: keys: key set unavailable: fetch failed", msg)
     assert.is_true(err.retryable)
+  end)
+  -- A transport double that records every request: the refusal must come
+  -- before any is made (no connection beyond loopback in the suite).
+  local function recording_cache(body)
+    local calls = {}
+    local double = { request = function(_, req)
+      calls[#calls + 1] = req.url
+      return { status = 200, body = body, headers = { ["cache-control"] = "max-age=3600" } }
+    end }
+    return assert(id_token.new_cache({ http = double, now = clock })), calls
+  end
+
+  it("refuses a key set over plain http from a host that is not loopback, before any request", function()
+    local set = helpers.json_encode({ k1 = rsa1.cert_pem })
+    for _, u in ipairs({ "http://example.invalid/certs", "http://192.0.2.1/certs",
+                         "http://[2001:db8::1]/certs", "ftp://127.0.0.1/certs" }) do
+      local cache, calls = recording_cache(set)
+      local v, msg, err = verify(tokens[1], cache, u)
+      assert.is_nil(v)
+      local host = u:match("^%a+://([^/]+)")
+      local scheme = u:match("^(%a+)")
+      assert.are.equal("gauth.id_token: keys: refusing to fetch a key set from " .. host
+        .. " over " .. scheme .. " (certs_url must be https, or http to a loopback host)", msg)
+      assert.are.equal("certs_url", err.check)
+      assert.are.equal("insecure_url", err.kind)
+      assert.are.equal("keys", err.step)
+      assert.is_false(err.retryable)
+      assert.are.same({}, calls)
+    end
+    -- plain http to a loopback host (emulators, tests) is fetched
+    for _, u in ipairs({ "http://127.0.0.1:8080/certs", "http://localhost/certs",
+                         "http://[::1]:9/certs", "https://example.invalid/certs" }) do
+      local cache, calls = recording_cache(set)
+      local v, msg = verify(tokens[1], cache, u)
+      assert.is_table(v, msg)
+      assert.are.equal(AUD, v.aud)
+      assert.are.same({ u }, calls)
+    end
   end)
 end)

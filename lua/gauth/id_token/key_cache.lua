@@ -14,6 +14,7 @@
 -- @module gauth.id_token.key_cache
 
 local errors = require "gauth.errors"
+local url_lib = require "gauth.lib.url"
 local ngx_phase = require "gauth.lib.ngx_phase"
 local common = require "gauth.id_token.common"
 local key_set = require "gauth.id_token.key_set"
@@ -128,6 +129,22 @@ local function store_of(self)
 end
 
 local function valid_set(body) return parse_key_set(body) ~= nil end
+
+-- Keys decide whose tokens are let in: fetched over plain http from
+-- anywhere, anyone on the path could supply them. gauth's rule for
+-- credentials (https, or plain http to a loopback host: emulators, tests)
+-- holds for key sets too, through the one check that states it.
+local check_url
+
+local function insecure(url)
+  check_url = check_url or require("gauth.request").check_credentials_url
+  if check_url(url, "id_token", "keys") then return nil end
+  local scheme, host = url_lib.parse(url)
+  return fail("keys", "certs_url", "refusing to fetch a key set from "
+    .. tostring(host or "this URL") .. " over " .. tostring(scheme or "a non-http(s) URL")
+    .. " (certs_url must be https, or http to a loopback host)",
+    { kind = "insecure_url", retryable = false })
+end
 
 -- The key set through the fleet's store when there is one: what another
 -- node fetched (unless it lacks `kid` and was fetched more than
@@ -260,6 +277,11 @@ function KeyCache:get(url, kid)
     end
   end
   local usable = m and t < m.stale_until
+  -- Before anything is asked of a transport, a store or another worker.
+  if not m then
+    local _, msg, err = insecure(url)
+    if msg then return nil, msg, err end
+  end
   -- In a phase that cannot yield, no request is made (it would block).
   if ngx_phase.is_ngx and not ngx_phase.can_yield() then
     if usable then return m.set end
