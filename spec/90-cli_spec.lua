@@ -389,6 +389,22 @@ describe("gauth command", function()
       code = run({ "verify", "--subject", "x", tok })
       assert.are.equal(2, code)
     end)
+    it("trims a 1 MB input with long white-space runs inside in linear time", function()
+      -- "^%s*(.-)%s*$" took minutes on this (quadratic in the runs' length):
+      -- the spec would hang far past the suite's budget
+      local big = "  Bearer a" .. ("  \t "):rep(250000) .. "b \n"
+      local code, out, err = run({ "verify", "--audience", "a", "--certs-url",
+                                   emu.url .. "/oauth2/v1/certs", "-" }, big)
+      assert.are.equal(1, code)
+      assert.are.equal("", out)
+      assert.are.equal("gauth: gauth.id_token: decode: malformed: token of 1000002 bytes"
+        .. " (limit 65536)\n", err)
+      -- only the ends are trimmed
+      code, out, err = run({ "verify", "--audience", "a", "-" }, " \n\t ")
+      assert.are.equal(1, code)
+      assert.are.equal("", out)
+      assert.are.equal("gauth: gauth.id_token: decode: malformed: 1 segment (a JWS has 3)\n", err)
+    end)
     it("--iap: prints the claims of a valid IAP assertion (ES256, IAP's issuer, a JWK Set)", function()
       local IAP_AUD = "/projects/123/global/backendServices/456"
       local ec = helpers.make_ec_key()

@@ -836,8 +836,18 @@ local function cmd_verify(opts, pos, ios)
     token = ios.stdin:read("*a")
     if not token then usage("cannot read the token from stdin") end
   end
-  -- a token pasted with its line break or a "Bearer " in front
-  token = gsub(gsub(token, "^%s*[Bb]earer%s+", ""), "^%s*(.-)%s*$", "%1")
+  -- a token pasted with its line break or a "Bearer " in front. The trim
+  -- is linear: "^%s*(.-)%s*$" rescans each white-space run inside the
+  -- text at every step of (.-), quadratic in the length of the runs.
+  token = gsub(token, "^%s*[Bb]earer%s+", "")
+  local first = find(token, "%S")
+  if first then
+    local last = #token
+    while match(token, "^%s", last) do last = last - 1 end
+    token = sub(token, first, last)
+  else
+    token = ""
+  end
   local id_token = require "gauth.id_token"
   local audience = opts.audience or false
   if not audience then ios.err:write("gauth: note: the audience is not checked (no --audience)\n") end
