@@ -478,9 +478,9 @@ describe("gauth.id_token", function()
       local iss = id_token.FIREBASE_ISSUER_PREFIX .. "my-proj"
       local toks = sign_batch(keys, {
         { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" },
-          claims = claims({ iss = iss, aud = "my-proj", sub = "uid1" }) },
+          claims = claims({ iss = iss, aud = "my-proj", sub = "uid1", auth_time = now - 100 }) },
         { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" },
-          claims = claims({ iss = iss, aud = "other-proj" }) },
+          claims = claims({ iss = iss, aud = "other-proj", auth_time = now - 100 }) },
         { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" },
           claims = claims({ iss = iss, aud = "my-proj", sub = "" }) } }).tokens
       local o = { certs_url = pem_url, cache = cache }
@@ -493,6 +493,159 @@ describe("gauth.id_token", function()
       assert.is_nil(v)
       assert.matches("claims: sub must be a non%-empty string", msg)
       assert.are.equal("sub", err.check)
+    end)
+
+    it("verify_firebase_token makes Firebase's documented checks: RS256, kid, sub, auth_time", function()
+      cache = new_cache()
+      serve("/certs/pem", pem_set({ "rsa1", "ec1" }))
+      local iss = id_token.FIREBASE_ISSUER_PREFIX .. "my-proj"
+      local function fb(over)
+        local c = { iss = iss, aud = "my-proj", sub = "uid1", auth_time = now - 100 }
+        for k, v in pairs(over or {}) do c[k] = v end
+        return claims(c)
+      end
+      local cases = {
+        { { key = "ec1", alg = "ES256", headers = { kid = "ec1" }, claims = fb() },
+          "verify: alg ES256 not allowed", "alg" },
+        { { key = "rsa1", alg = "RS256", claims = fb() },
+          "verify: no kid (a Firebase ID token names its key)", "kid" },
+        { { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" }, claims = fb({ auth_time = "nil" }) },
+          "claims: missing auth_time", "auth_time" },
+        { { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" }, claims = fb({ auth_time = "100" }) },
+          "claims: malformed: auth_time is not a finite number", "auth_time" },
+        { { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" }, claims = fb({ auth_time = now + 60 }) },
+          "claims: signed in 60 s in the future (auth_time)", "auth_time" },
+        { { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" }, claims = fb({ sub = "nil" }) },
+          "claims: sub must be a non-empty string of at most 128 characters", "sub" },
+        { { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" }, claims = fb({ sub = 42 }) },
+          "claims: sub must be a non-empty string of at most 128 characters", "sub" },
+        { { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" }, claims = fb({ sub = ("u"):rep(129) }) },
+          "claims: sub must be a non-empty string of at most 128 characters", "sub" },
+      }
+      local specs = {}
+      for i, c in ipairs(cases) do specs[i] = c[1] end
+      specs[#specs + 1] = { key = "rsa1", alg = "RS256", headers = { kid = "rsa1" },
+                            claims = fb({ sub = ("u"):rep(128), auth_time = now + 5 }) }
+      local toks = sign_batch(keys, specs).tokens
+      local o = { certs_url = pem_url, cache = cache, now = now }
+      for i, c in ipairs(cases) do
+        local v, msg, err = id_token.verify_firebase_token(toks[i], "my-proj", o)
+        assert.is_nil(v)
+        assert.are.equal("gauth.id_token: " .. c[2], msg)
+        assert.are.equal(c[3], err.check)
+        -- the same token through verify (no Firebase checks) passes, but for ES256's
+        -- kid-less and non-RS256 cases which verify allows too
+        if c[3] ~= "alg" and c[3] ~= "kid" then
+          assert.is_table((id_token.verify(toks[i], { audience = "my-proj", certs_url = pem_url,
+                                                      cache = cache, now = now })))
+        end
+      end
+      -- a sub of 128 characters; auth_time within clock_skew of now
+      local last = toks[#toks]
+      local v, msg = id_token.verify_firebase_token(last, "my-proj", o)
+      assert.is_nil(v)
+      assert.are.equal("gauth.id_token: claims: signed in 5 s in the future (auth_time)", msg)
+      o.clock_skew = 5
+      assert.are.equal(128, #assert(id_token.verify_firebase_token(last, "my-proj", o)).sub)
+      assert.error_matches(function()
+        id_token.verify_firebase_token(last, "my-proj", { algorithms = { ES256 = true } })
+      end, "gauth.id_token: verify_firebase_token: algorithms cannot be chosen"
+        .. " (Firebase signs with RS256 only)", 1, true)
+    end)
+
+    it("refuses issuers = false where the issuer is the point (a list still replaces it)", function()
+      cache = new_cache()
+      serve("/certs/pem", pem_set({ "rsa1" }))
+      local o = { certs_url = pem_url, cache = cache, issuers = false }
+      for _, c in ipairs({ { "verify_oauth2_token", AUD }, { "verify_iap", AUD },
+                           { "verify_firebase_token", "my-proj" } }) do
+        assert.error_matches(function() id_token[c[1]](tok, c[2], o) end,
+          "gauth.id_token: " .. c[1] .. ": issuers = false would skip the issuer check"
+          .. " (use gauth.id_token.verify for a custom check)", 1, true)
+      end
+      -- a list replaces Google's issuers
+      local v, msg, err = id_token.verify_oauth2_token(tok, AUD,
+        { certs_url = pem_url, cache = cache, issuers = { "https://other.example" } })
+      assert.is_nil(v)
+      assert.are.equal("gauth.id_token: claims: issuer mismatch", msg)
+      assert.are.equal("iss", err.check)
+      assert.are.equal(ISS, (assert(id_token.verify_oauth2_token(tok, AUD,
+        { certs_url = pem_url, cache = cache, issuers = { "x", ISS } }))).iss)
+      -- verify with issuers = false checks none (its documented default)
+      assert.is_table((id_token.verify(tok, { audience = AUD, certs_url = pem_url,
+                                              cache = cache, issuers = false })))
+    end)
+
+    it("raises for time options that would turn the time checks off", function()
+      cache = new_cache()
+      serve("/certs/pem", pem_set({ "rsa1" }))
+      local nan, inf = 0 / 0, math.huge
+      local bad = {
+        { { clock_skew = nan }, "clock_skew must be a finite number >= 0" },
+        { { clock_skew = inf }, "clock_skew must be a finite number >= 0" },
+        { { clock_skew = -3600 }, "clock_skew must be a finite number >= 0" },
+        { { clock_skew = "5" }, "clock_skew must be a finite number >= 0" },
+        { { now = nan }, "now must be finite (it is NaN or infinite)" },
+        { { now = inf }, "now must be finite (it is NaN or infinite)" },
+        { { now = function() return nan end }, "now must be finite (it is NaN or infinite)" },
+        { { now = "x" }, "now must be a number or a function returning one" },
+        { { max_lifetime = nan }, "max_lifetime must be false or a finite number > 0" },
+        { { max_lifetime = inf }, "max_lifetime must be false or a finite number > 0" },
+        { { max_lifetime = 0 }, "max_lifetime must be false or a finite number > 0" },
+        { { max_lifetime = "x" }, "max_lifetime must be false or a finite number > 0" },
+        { { max_lifetime = true }, "max_lifetime must be false or a finite number > 0" },
+      }
+      -- an expired token (now + 2 h) and a good one: both raise, whatever the token
+      local late = now + 7200
+      for _, c in ipairs(bad) do
+        for _, t in ipairs({ tok, "a.b.c" }) do
+          local o = { audience = AUD, certs_url = pem_url, cache = cache }
+          if c[1].now == nil then o.now = late end
+          for k, v in pairs(c[1]) do o[k] = v end
+          assert.error_matches(function() id_token.verify(t, o) end,
+            "gauth.id_token: " .. c[2], 1, true)
+          assert.error_matches(function() id_token.verify_oauth2_token(t, AUD, o) end,
+            "gauth.id_token: " .. c[2], 1, true)
+        end
+      end
+      -- the error points at the caller
+      local ok, e = pcall(function() id_token.verify(tok, { audience = AUD, clock_skew = nan }) end)
+      assert.is_false(ok)
+      assert.matches("36%-id_token_verify_spec%.lua:%d+: gauth%.id_token: clock_skew", e)
+      -- clock_skew 0 and max_lifetime false stay valid; an expired token is still refused
+      local v, msg, err = id_token.verify(tok, { audience = AUD, certs_url = pem_url, cache = cache,
+                                                clock_skew = 0, max_lifetime = false, now = late })
+      assert.is_nil(v)
+      assert.are.equal("gauth.id_token: claims: expired 3610 s ago", msg)
+      assert.are.equal("exp", err.check)
+    end)
+
+    it("returns a header of the caller's own: editing it changes no later verdict", function()
+      cache = new_cache()
+      serve("/certs/pem", pem_set({ "rsa1", "rsa2" }))
+      local o = { audience = AUD, certs_url = pem_url, cache = cache, now = now }
+      -- twice: the second time through the known-header path
+      for _ = 1, 2 do
+        local c, h = id_token.verify(tok, o)
+        assert.is_table(c)
+        assert.are.same({ alg = "RS256", kid = "rsa1", typ = "JWT" }, h)
+        h.kid, h.alg = "rsa2", "ES256"
+      end
+      -- a token of another key with the same header text: still checked
+      -- against rsa1 (its kid), not against what the caller wrote; through
+      -- a fresh cache (no key held: the header is decoded, not recognised)
+      o.cache = new_cache()
+      serve("/certs/pem", pem_set({ "rsa1", "rsa2" }))
+      local forged = sign_batch(keys, { { key = "rsa2", alg = "RS256", headers = { kid = "rsa1" },
+        claims = claims() } }).tokens[1]
+      local v, msg, err = id_token.verify(forged, o)
+      assert.is_nil(v)
+      assert.are.equal("gauth.id_token: verify: bad signature", msg)
+      assert.are.equal("signature", err.check)
+      local c, h = id_token.verify(tok, o)
+      assert.is_table(c)
+      assert.are.equal("rsa1", h.kid)
+      assert.are.equal("RS256", h.alg)
     end)
 
     it("the default URLs and issuers are Google's", function()

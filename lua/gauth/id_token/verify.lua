@@ -15,6 +15,7 @@ local type = type
 local getmetatable = getmetatable
 local ipairs = ipairs
 local setmetatable = setmetatable
+local pairs = pairs
 local error = error
 local floor = math.floor
 local match = string.match
@@ -37,10 +38,13 @@ local _M = {}
 
 local ALG_KIND = { RS256 = "RSA", ES256 = "EC" }
 local BOTH = { RS256 = true, ES256 = true }
+-- Firebase signs its ID tokens with RS256 only (its documented checks).
+local RS256_ONLY = { RS256 = true }
 
 
 -- Decoded headers by their text: a signer's header is the same on every
--- token, so each is decoded once (bounded).
+-- token, so each is decoded once (bounded). Private: callers get a copy
+-- (see `copy_header`), so that nothing they do to it reaches a verdict.
 local header_memo, header_memo_n = {}, 0
 
 local function decode_header(text)
@@ -73,9 +77,21 @@ local function remember_segment(token, header, alg, kid)
   end
   if known_n < MAX_KNOWN then known_n = known_n + 1 end
   for i = known_n, 2, -1 do known[i] = known[i - 1] end
-  -- alg and kid as checked now: the header table is handed to callers,
-  -- who may change it.
+  -- alg and kid as checked now (the header is private: callers get a
+  -- copy), kept beside it so that this path reads no table of the header.
   known[1] = { seg = seg, dot = dot, header = header, alg = alg, kid = kid }
+end
+
+-- A fresh copy of a memoised header for the caller: headers are a few
+-- flat fields (alg, kid, typ), so this is one small table per token;
+-- nested values (rare: jwk, x5c) are copied too.
+local function copy_header(h)
+  local c = {}
+  for k, v in pairs(h) do
+    if type(v) == "table" then v = copy_header(v) end
+    c[k] = v
+  end
+  return c
 end
 
 local function known_header(token)
@@ -112,19 +128,25 @@ local function check_list(v, name, level)
   checked_lists[v] = true
 end
 
-local function now_of(opts)
+-- `now` as given: a number or a function's result, finite (NaN would make
+-- every time comparison false and let an expired token in).
+local function now_of(opts, level)
   local n = opts.now
   if n == nil then return default_clock() end
   if type(n) == "function" then n = n() end
   if type(n) ~= "number" then
-    error("gauth.id_token: now must be a number or a function returning one", 3)
+    error("gauth.id_token: now must be a number or a function returning one", level)
+  end
+  if n - n ~= 0 then
+    error("gauth.id_token: now must be finite (it is NaN or infinite)", level)
   end
   return n
 end
 
 -- The one verification; the public functions give it their defaults as
 -- arguments (no option table copied per token: this runs per request).
-local function verify(token, opts, level, audience, issuers, url, allowed)
+-- `firebase`: Firebase's own checks too (a kid, auth_time, sub).
+local function verify(token, opts, level, audience, issuers, url, allowed, firebase)
   if type(token) ~= "string" then
     error("gauth.id_token: token must be a string", level)
   end
@@ -139,6 +161,23 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
     check_list(issuers, "issuers", level + 1)
   end
 
+  -- The time options, checked on every call (comparisons, no call), so
+  -- that a wrong one raises whatever the token: a NaN or a negative skew
+  -- would turn the claims' checks off or inside out.
+  local now
+  if opts.now == nil then now = default_clock() else now = now_of(opts, level + 1) end
+  local skew = opts.clock_skew
+  if skew == nil then
+    skew = 0
+  elseif type(skew) ~= "number" or skew < 0 or skew - skew ~= 0 then
+    error("gauth.id_token: clock_skew must be a finite number >= 0", level)
+  end
+  local max_lifetime = opts.max_lifetime
+  if max_lifetime == nil then max_lifetime = public.DEFAULT_MAX_LIFETIME end
+  if max_lifetime ~= false and (type(max_lifetime) ~= "number"
+      or max_lifetime <= 0 or max_lifetime - max_lifetime ~= 0) then
+    error("gauth.id_token: max_lifetime must be false or a finite number > 0", level)
+  end
   allowed = allowed or BOTH
   local cache = opts.cache
   local claims, header
@@ -184,6 +223,10 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
     local kid = header.kid
     if kid ~= nil and type(kid) ~= "string" then
       return fail("decode", "malformed", "malformed: kid is not a string")
+    end
+    -- (A known header always has a kid: only those enter `known`.)
+    if kid == nil and firebase then
+      return fail("verify", "kid", "no kid (a Firebase ID token names its key)")
     end
     claims = match(ptext, "^%s*{") and json_decode(ptext)
     if type(claims) ~= "table" then
@@ -240,9 +283,6 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
   if nbf ~= nil and (type(nbf) ~= "number" or nbf - nbf ~= 0) then
     return fail("claims", "nbf", "malformed: nbf is not a finite number")
   end
-  local now
-  if opts.now == nil then now = default_clock() else now = now_of(opts) end
-  local skew = opts.clock_skew or 0
   if now > exp + skew then
     return fail("claims", "exp", "expired " .. floor(now - exp) .. " s ago")
   end
@@ -252,8 +292,6 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
   if nbf and nbf > now + skew then
     return fail("claims", "nbf", "not valid for another " .. floor(nbf - now) .. " s (nbf)")
   end
-  local max_lifetime = opts.max_lifetime
-  if max_lifetime == nil then max_lifetime = public.DEFAULT_MAX_LIFETIME end
   if max_lifetime and exp - iat > max_lifetime then
     return fail("claims", "lifetime", "lifetime " .. floor(exp - iat)
       .. " s exceeds max_lifetime " .. max_lifetime)
@@ -267,7 +305,25 @@ local function verify(token, opts, level, audience, issuers, url, allowed)
   if issuers and (type(claims.iss) ~= "string" or not one_of(issuers, claims.iss)) then
     return fail("claims", "iss", "issuer mismatch")
   end
-  return claims, header
+  if firebase then
+    -- Firebase's documented checks beyond the JWT's: sub is the user's
+    -- uid (non-empty, at most 128 characters), auth_time is when the user
+    -- signed in (in the past).
+    local s = claims.sub
+    if type(s) ~= "string" or s == "" or #s > 128 then
+      return fail("claims", "sub", "sub must be a non-empty string of at most 128 characters")
+    end
+    local at = claims.auth_time
+    if at == nil then return fail("claims", "auth_time", "missing auth_time") end
+    if type(at) ~= "number" or at - at ~= 0 then
+      return fail("claims", "auth_time", "malformed: auth_time is not a finite number")
+    end
+    if at > now + skew then
+      return fail("claims", "auth_time", "signed in " .. floor(at - now)
+        .. " s in the future (auth_time)")
+    end
+  end
+  return claims, copy_header(header)
 end
 
 --- Verify a Google-signed token.
@@ -300,6 +356,15 @@ local function default(v, d)
   return v
 end
 
+-- The issuer is the point of the variants below: `issuers = false` there
+-- is a mistake (a list still replaces the default).
+local function no_false_issuers(opts, name)
+  if opts.issuers == false then
+    error("gauth.id_token: " .. name .. ": issuers = false would skip the issuer check"
+      .. " (use gauth.id_token.verify for a custom check)", 3)
+  end
+end
+
 --- Verify an ID token issued by Google's OAuth 2.0 server (Sign-In users,
 -- service accounts, Cloud Run/Functions callers, Pub/Sub push, Scheduler):
 -- issuer `accounts.google.com` or `https://accounts.google.com`, keys from
@@ -312,7 +377,11 @@ function _M.verify_oauth2_token(token, audience, opts)
   if opts == nil then opts = NO_OPTS end
   if type(opts) ~= "table" then error("gauth.id_token: opts must be a table", 2) end
   local issuers = opts.issuers
-  if issuers == nil then issuers = public.GOOGLE_ISSUERS end
+  if issuers == nil then
+    issuers = public.GOOGLE_ISSUERS
+  elseif issuers == false then
+    no_false_issuers(opts, "verify_oauth2_token")
+  end
   return verify(token, opts, 2, audience, issuers,
                 opts.certs_url or public.OAUTH2_CERTS_URL, opts.algorithms)
 end
@@ -326,30 +395,35 @@ end
 -- @return claims, header | nil, msg, err
 function _M.verify_iap(token, audience, opts)
   opts = opts_of(opts)
+  if opts.issuers == false then no_false_issuers(opts, "verify_iap") end
   return verify(token, opts, 2, audience, default(opts.issuers, public.IAP_ISSUERS),
                 opts.certs_url or public.IAP_CERTS_URL, opts.algorithms or public.ES256_ONLY)
 end
 
---- Verify a Firebase Authentication ID token: audience the project id,
--- issuer `https://securetoken.google.com/<project_id>`, keys from
--- `FIREBASE_CERTS_URL`, and a non-empty `sub`.
+--- Verify a Firebase Authentication ID token, with Firebase's documented
+-- checks: RS256 only, a `kid` naming a key from `FIREBASE_CERTS_URL`,
+-- audience the project id, issuer
+-- `https://securetoken.google.com/<project_id>`, `sub` a non-empty string
+-- of at most 128 characters, `auth_time` a number in the past (within
+-- `clock_skew`).
 -- @tparam string token
 -- @tparam string project_id
--- @tparam[opt] table opts as for `verify`
+-- @tparam[opt] table opts as for `verify` (`algorithms` cannot be chosen;
+--   `issuers = false` raises)
 -- @return claims, header | nil, msg, err
 function _M.verify_firebase_token(token, project_id, opts)
   if type(project_id) ~= "string" or project_id == "" then
     error("gauth.id_token: verify_firebase_token: project_id must be a string", 2)
   end
   opts = opts_of(opts)
-  local claims, header, err = verify(token, opts, 3, project_id,
-    default(opts.issuers, { public.FIREBASE_ISSUER_PREFIX .. project_id }),
-    opts.certs_url or public.FIREBASE_CERTS_URL, opts.algorithms)
-  if not claims then return nil, header, err end
-  if type(claims.sub) ~= "string" or claims.sub == "" or #claims.sub > 128 then
-    return fail("claims", "sub", "sub must be a non-empty string of at most 128 characters")
+  if opts.issuers == false then no_false_issuers(opts, "verify_firebase_token") end
+  if opts.algorithms ~= nil then
+    error("gauth.id_token: verify_firebase_token: algorithms cannot be chosen"
+      .. " (Firebase signs with RS256 only)", 2)
   end
-  return claims, header
+  return verify(token, opts, 2, project_id,
+    default(opts.issuers, { public.FIREBASE_ISSUER_PREFIX .. project_id }),
+    opts.certs_url or public.FIREBASE_CERTS_URL, RS256_ONLY, true)
 end
 
 return _M
