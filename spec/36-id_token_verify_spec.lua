@@ -646,6 +646,15 @@ describe("gauth.id_token", function()
       assert.is_table(c)
       assert.are.equal("rsa1", h.kid)
       assert.are.equal("RS256", h.alg)
+      -- a header with more fields, nested ones too: copied whole
+      local odd = sign_batch(keys, { { key = "rsa1", alg = "RS256",
+        headers = { kid = "rsa1", x5t = "abc", ext = { n = 1 } }, claims = claims() } }).tokens[1]
+      for _ = 1, 2 do
+        c, h = id_token.verify(odd, o)
+        assert.is_table(c)
+        assert.are.same({ alg = "RS256", kid = "rsa1", typ = "JWT", x5t = "abc", ext = { n = 1 } }, h)
+        h.ext.n, h.kid = 2, "rsa2"
+      end
     end)
 
     it("the default URLs and issuers are Google's", function()

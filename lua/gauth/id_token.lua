@@ -16,14 +16,20 @@
 -- `clock_skew`, default 0 as in google-auth); `nbf` when present; the
 -- lifetime `exp - iat` at most `max_lifetime` (default 86400 s, Google's
 -- Node library's bound; `false` switches it off); `aud` (a string) is one of
--- `audience`; `iss` is one of `issuers` when given.
+-- `audience`; `iss` is one of `issuers` when given. Wrong time options
+-- raise (`clock_skew` finite >= 0, `max_lifetime` false or finite > 0,
+-- `now` finite): a NaN would turn the time checks off. The Firebase
+-- variant adds Firebase's checks (RS256, a `kid`, `sub`, `auth_time`).
 --
 -- Every rejection returns `nil, msg, err`: `msg` names the check
 -- (`"gauth.id_token: claims: expired 42 s ago"`), `err.check` is one of
--- `malformed alg kid signature exp iat nbf lifetime aud iss sub keys`, and
+-- `malformed alg kid signature exp iat nbf lifetime aud iss sub auth_time
+-- keys certs_url`, and
 -- nothing of the token is ever quoted.
 --
--- **Key sets** are fetched from `certs_url` in either format Google serves
+-- **Key sets** are fetched from `certs_url` (https, or http to a loopback
+-- host: any other URL is refused before a connection, as credentials
+-- would be) in either format Google serves
 -- (a JSON object kid -> PEM certificate, or a JWK Set of RSA and EC P-256
 -- keys) and kept for the response's `Cache-Control: max-age`, clamped to
 -- [`MIN_MAX_AGE`, `MAX_MAX_AGE`] (60 s and 24 h; `DEFAULT_MAX_AGE`, 1 h,

@@ -47,11 +47,23 @@ local RS256_ONLY = { RS256 = true }
 -- (see `copy_header`), so that nothing they do to it reaches a verdict.
 local header_memo, header_memo_n = {}, 0
 
+-- Memoised headers with no field but alg, kid and typ (what Google's
+-- signers write), copied for the caller by one table constructor; the
+-- others field by field (see `copy_header`). Weak: it follows the memo
+-- and `known`.
+local plain_header = setmetatable({}, { __mode = "k" })
+local PLAIN = { alg = true, kid = true, typ = true }
+
 local function decode_header(text)
   local h = header_memo[text]
   if h then return h end
   h = match(text, "^%s*{") and json_decode(text)
   if type(h) ~= "table" then return nil end
+  local plain = true
+  for k, v in pairs(h) do
+    if not PLAIN[k] or type(v) == "table" then plain = false break end
+  end
+  if plain then plain_header[h] = true end
   if header_memo_n >= 128 then header_memo, header_memo_n = {}, 0 end
   header_memo[text] = h
   header_memo_n = header_memo_n + 1
@@ -82,9 +94,8 @@ local function remember_segment(token, header, alg, kid)
   known[1] = { seg = seg, dot = dot, header = header, alg = alg, kid = kid }
 end
 
--- A fresh copy of a memoised header for the caller: headers are a few
--- flat fields (alg, kid, typ), so this is one small table per token;
--- nested values (rare: jwk, x5c) are copied too.
+-- A fresh copy of a memoised header with other fields than alg, kid and
+-- typ; nested values (jwk, x5c) are copied too.
 local function copy_header(h)
   local c = {}
   for k, v in pairs(h) do
@@ -322,6 +333,10 @@ local function verify(token, opts, level, audience, issuers, url, allowed, fireb
       return fail("claims", "auth_time", "signed in " .. floor(at - now)
         .. " s in the future (auth_time)")
     end
+  end
+  -- The caller's own copy of the header: the memo stays private.
+  if plain_header[header] then
+    return claims, { alg = header.alg, kid = header.kid, typ = header.typ }
   end
   return claims, copy_header(header)
 end
