@@ -104,6 +104,11 @@ SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 # The specs under ASan+UBSan: an instrumented core.so per ABI, loaded by a
 # small `lua` linked with the sanitizer runtime (no LD_PRELOAD, so curl,
 # openssl and python started by the specs run as usual).
+# liblua5.4, libcrypto and libcurl are not instrumented: a bad write from
+# them shows up only later, as an allocator CHECK failure. To find such a
+# writer, build Lua's own sources with -fsanitize=address (and
+# -DLUA_USE_APICHECK, which also catches a C function pushing past its
+# LUA_MINSTACK slots) and link spec/support/asan_lua.c against those objects.
 asan: deps node-judges
 	@$(MAKE) --no-print-directory both VARIANT=-asan CFLAGS="-O1 -g $(SAN_FLAGS)" >/dev/null
 	@mkdir -p build/asan
