@@ -33,7 +33,7 @@ CURL_LIBS ?= -lcurl
 VARIANT ?=
 BUILD = build/$(LUA_VERSION)$(VARIANT)
 SRCS = csrc/core.c csrc/encoding.c csrc/digest.c csrc/random.c csrc/system.c \
-       csrc/pkey.c csrc/aead.c \
+       csrc/pkey.c csrc/aead.c csrc/json.c \
        csrc/http.c csrc/http_headers.c csrc/http_io.c csrc/http_setup.c
 HDRS = csrc/compat.h csrc/gauth.h csrc/http.h
 OBJS = $(SRCS:csrc/%.c=$(BUILD)/obj/%.o)

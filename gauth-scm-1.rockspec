@@ -35,7 +35,7 @@ build = {
   modules = {
     ["gauth.core"] = {
       sources = { "csrc/core.c", "csrc/encoding.c", "csrc/digest.c", "csrc/random.c", "csrc/system.c",
-                  "csrc/pkey.c", "csrc/aead.c",
+                  "csrc/pkey.c", "csrc/aead.c", "csrc/json.c",
                   "csrc/http.c", "csrc/http_headers.c", "csrc/http_io.c", "csrc/http_setup.c" },
       libraries = { "crypto", "curl" },
       incdirs = { "$(OPENSSL_INCDIR)" },

@@ -70,6 +70,7 @@ GAUTH_EXPORT int luaopen_gauth_core(lua_State *L)
     gauth_digest_open(L);
     gauth_random_open(L);
     gauth_system_open(L);
+    gauth_json_open(L);
     gauth_pkey_open(L);
     gauth_http_open(L);
     gauth_aead_open(L);

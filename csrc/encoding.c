@@ -173,6 +173,44 @@ static size_t b64_decode_to(const unsigned char *u, size_t n,
     return o;
 }
 
+/* b64_check and b64_decode_to in one pass (a token's payload and
+ * signature are read once per request, not twice): decodes base64url into
+ * `out` (n / 4 * 3 + 2 bytes) and returns the length, or (size_t)-1 where
+ * b64_check refuses the text (ask it why). */
+static size_t b64_decode_strict(const unsigned char *u, size_t n,
+                                unsigned char *out)
+{
+    size_t i, o = 0, full = n - n % 4;
+    int any = 0;
+
+    if (n % 4 == 1)
+        return (size_t)-1;
+    for (i = 0; i < full; i += 4) {
+        int a = DEC_URL[u[i]], b = DEC_URL[u[i + 1]],
+            c = DEC_URL[u[i + 2]], d = DEC_URL[u[i + 3]];
+        unsigned v = (unsigned)a << 18 | (unsigned)b << 12 |
+                     (unsigned)c << 6 | (unsigned)d;
+        any |= a | b | c | d;
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8 & 255);
+        out[o++] = (unsigned char)(v & 255);
+    }
+    if (n % 4 >= 2) {
+        int a = DEC_URL[u[i]], b = DEC_URL[u[i + 1]],
+            c = n % 4 == 3 ? DEC_URL[u[i + 2]] : 0;
+        unsigned v = (unsigned)a << 18 | (unsigned)b << 12 | (unsigned)c << 6;
+        any |= a | b | c;
+        /* the unused low bits of the last character must be zero */
+        if (any < 0 || (n % 4 == 2 && (b & 15) != 0) ||
+            (n % 4 == 3 && (c & 3) != 0))
+            return (size_t)-1;
+        out[o++] = (unsigned char)(v >> 16);
+        if (n % 4 == 3)
+            out[o++] = (unsigned char)(v >> 8 & 255);
+    }
+    return any < 0 ? (size_t)-1 : o;
+}
+
 size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
                        size_t cap)
 {
@@ -339,6 +377,15 @@ static const char *jws_bad_segment(const char *what, const char *why,
     return msg;
 }
 
+/* The message for a segment that b64_decode_strict refused: b64_check
+ * says why (the two refuse the same texts). */
+static const char *jws_refused(const char *what, const unsigned char *s,
+                               size_t n, char *why, char *msg, size_t cap)
+{
+    const char *w = b64_check(s, n, 1, why, 64);
+    return jws_bad_segment(what, w != NULL ? w : "invalid", msg, cap);
+}
+
 static int jws_segment(lua_State *L, const char *s, size_t n,
                        const char *what, char *msg, size_t cap)
 {
@@ -351,11 +398,18 @@ static int jws_segment(lua_State *L, const char *s, size_t n,
     return 1;
 }
 
+/* The most payload (decoded) that gauth_jws_decode turns into claims from
+ * a buffer on the C stack; a longer one is pushed as text (Google's
+ * claims are a few hundred bytes). */
+#define JWS_CLAIMS_BYTES 4096
+
 const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
                              unsigned char *sig, size_t *siglen,
-                             size_t *signed_len, char *msg, size_t cap)
+                             size_t *signed_len, int claims, char *msg,
+                             size_t cap)
 {
-    size_t d1 = 0, d2 = 0, slen;
+    size_t d1 = 0, d2 = 0, plen, slen;
+    const unsigned char *pt, *st;
     char why[64];
     const char *w;
 
@@ -367,14 +421,37 @@ const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
     w = b64_check((const unsigned char *)t, d1, 1, why, sizeof why);
     if (w != NULL)
         return jws_bad_segment("header", w, msg, cap);
-    if (!jws_segment(L, t + d1 + 1, d2 - d1 - 1, "payload", msg, cap))
-        return msg;
+    pt = (const unsigned char *)t + d1 + 1;
+    plen = d2 - d1 - 1;
+    st = (const unsigned char *)t + d2 + 1;
     slen = n - d2 - 1;
-    w = b64_check((const unsigned char *)t + d2 + 1, slen, 1, why,
-                  sizeof why);
-    if (w != NULL) {
-        lua_pop(L, 1);
-        return jws_bad_segment("signature", w, msg, cap);
+    if (claims && plen / 4 * 3 + 2 <= JWS_CLAIMS_BYTES) {
+        /* Every check before anything is pushed, then the claims straight
+         * from the decoded bytes: no Lua string of the payload. */
+        char buf[JWS_CLAIMS_BYTES];
+        size_t blen = b64_decode_strict(pt, plen, (unsigned char *)buf);
+        if (blen == (size_t)-1)
+            return jws_refused("payload", pt, plen, why, msg, cap);
+        *siglen = b64_decode_strict(st, slen, sig);
+        if (*siglen == (size_t)-1)
+            return jws_refused("signature", st, slen, why, msg, cap);
+        if (!gauth_json_object(L, buf, blen)) {
+            /* declined: the text, for cjson (escapes may have been undone
+             * in place, so decode it again) */
+            blen = b64_decode_to(pt, plen, (unsigned char *)buf);
+            lua_pushlstring(L, buf, blen);
+        }
+        *signed_len = d2;
+        return NULL;
+    } else {
+        if (!jws_segment(L, (const char *)pt, plen, "payload", msg, cap))
+            return msg;
+        w = b64_check((const unsigned char *)t + d2 + 1, slen, 1, why,
+                      sizeof why);
+        if (w != NULL) {
+            lua_pop(L, 1);
+            return jws_bad_segment("signature", w, msg, cap);
+        }
     }
     *siglen = b64_decode_to((const unsigned char *)t + d2 + 1, slen, sig);
     *signed_len = d2;

@@ -22,6 +22,7 @@ void gauth_encoding_open(lua_State *L);
 void gauth_digest_open(lua_State *L);
 void gauth_random_open(lua_State *L);
 void gauth_system_open(lua_State *L);
+void gauth_json_open(lua_State *L);
 void gauth_http_open(lua_State *L);
 void gauth_aead_open(lua_State *L);
 
@@ -50,10 +51,19 @@ size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
  * same "malformed: ..." messages) and decodes it for verification: pushes
  * the payload, decodes the signature into `sig` (GAUTH_JWS_SIG_BYTES) and
  * sets its length and the signed part's (`header.payload`). Returns NULL,
- * or `msg` saying why not with nothing pushed. */
+ * or `msg` saying why not with nothing pushed. With `claims`, what is
+ * pushed is the payload's table when gauth_json_object decodes it (the
+ * text otherwise). */
 const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
                              unsigned char *sig, size_t *siglen,
-                             size_t *signed_len, char *msg, size_t cap);
+                             size_t *signed_len, int claims, char *msg,
+                             size_t cap);
+
+/* Decodes the JSON object in text[0..n) onto the stack as cjson.decode
+ * would and returns 1, or declines (returns 0, the stack as it was) for
+ * anything it does not decode exactly as cjson does (csrc/json.c). The
+ * text is modified (escapes are undone in place). */
+int gauth_json_object(lua_State *L, char *text, size_t n);
 
 /* SHA-256 of data into md (32 bytes) with OpenSSL's own SHA-256, not
  * through EVP (digest.c says why); 0 when this OpenSSL has no such call

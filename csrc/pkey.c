@@ -676,8 +676,10 @@ static int l_key_verify(lua_State *L)
  * @function Key:verify_jws
  * @tparam string alg "RS256" or "ES256", fitting the key
  * @tparam string token
- * @return the payload (decoded JSON text) and true or false (the
- * signature); or nil and a message: "gauth.core: jws: malformed: ..." for a
+ * @tparam[opt] boolean claims give the payload as its table, decoded as
+ * `cjson.decode` would (`json_object`), when it can; the text otherwise
+ * @return the payload (decoded JSON text, or with `claims` its table) and
+ * true or false (the signature); or nil and a message: "gauth.core: jws: malformed: ..." for a
  * token of the wrong shape (never quoting it), or the algorithm's
  */
 static int l_key_verify_jws(lua_State *L)
@@ -686,6 +688,7 @@ static int l_key_verify_jws(lua_State *L)
     const char *alg = luaL_checkstring(L, 2);
     size_t n, slen = 0, signed_len = 0;
     const char *t = luaL_checklstring(L, 3, &n);
+    int claims = lua_toboolean(L, 4);
     unsigned char sig[GAUTH_JWS_SIG_BYTES];
     const char *fallback = NULL;
     char msg[160];
@@ -696,7 +699,7 @@ static int l_key_verify_jws(lua_State *L)
     if (kind != k->kind)
         return gauth_error(L, "verify", "algorithm does not match the key type");
     /* Pushes the payload; nothing from here on raises. */
-    if (gauth_jws_decode(L, t, n, sig, &slen, &signed_len, msg,
+    if (gauth_jws_decode(L, t, n, sig, &slen, &signed_len, claims, msg,
                          sizeof msg) != NULL)
         return gauth_error(L, "jws", msg);
     rc = verify_sha256(k, sig, slen, t, signed_len, &fallback);

@@ -290,3 +290,144 @@ describe("gauth.core.jws_split", function()
       "bad argument #1 to 'jws_split' (string expected, got nil)")
   end)
 end)
+
+-- core.json_object: the claims decoder behind Key:verify_jws(alg, token,
+-- true). cjson is the judge: whatever it decodes must be cjson.decode's
+-- table exactly (types, signs of zero, nesting), and what it declines it
+-- leaves to cjson.
+describe("gauth.core.json_object", function()
+  local null = cjson.null
+
+  -- Deep equality that also tells 0 from -0 and integers from floats.
+  local function same(a, b, path)
+    path = path or "$"
+    if type(a) ~= type(b) then return false, path .. ": " .. type(a) .. " vs " .. type(b) end
+    if type(a) == "number" then
+      if math.type and math.type(a) ~= math.type(b) then return false, path .. ": number kinds" end
+      if a ~= b and not (a ~= a and b ~= b) then return false, path .. ": " .. a .. " vs " .. b end
+      if a == 0 and 1 / a ~= 1 / b then return false, path .. ": signed zero" end
+      return true
+    end
+    if type(a) ~= "table" then
+      if a ~= b then return false, path .. ": " .. tostring(a) .. " vs " .. tostring(b) end
+      return true
+    end
+    for k, v in pairs(a) do
+      local ok, why = same(v, b[k], path .. "." .. tostring(k))
+      if not ok then return false, why end
+    end
+    for k in pairs(b) do
+      if a[k] == nil then return false, path .. "." .. tostring(k) .. ": missing" end
+    end
+    return true
+  end
+
+  local function agrees(text)
+    local mine = core.json_object(text)
+    local ok, theirs = pcall(cjson.decode, text)
+    if mine == nil then return true, "declined" end
+    if not ok then return false, "cjson refused what json_object decoded: " .. text end
+    local eq, why = same(mine, theirs)
+    if not eq then return false, why .. " in " .. text end
+    return true, "decoded"
+  end
+
+  it("decodes objects to cjson.decode's tables: claims, nesting, escapes, numbers", function()
+    local nest = '{"a":' .. ("["):rep(31) .. "1" .. ("]"):rep(31) .. "}"
+    local cases = {
+      "{}", " { } ", '{"a":1}', '{"":1}', '{"a":1,"a":2}',
+      '{"iss":"https://accounts.google.com","aud":"x.apps.googleusercontent.com",'
+        .. '"sub":"1","email":"a@b.c","email_verified":true,"iat":1796578892,"exp":1796582492}',
+      '{"a":{"b":[1,2,{"c":null}],"e":{}},"d":[],"f":[[],[{}]]}',
+      '{"s":"a\\"b\\\\c\\/d\\b\\f\\n\\r\\t"}',
+      '{"u":"\\u00e9\\u20AC\\ud83d\\ude00\\u0041\\u007f\\u0080\\u07ff\\u0800\\uffff"}',
+      '{"n":"Jos\195\169 \226\130\172","k\\u00e9y":"v"}',
+      '{"a":0,"b":-0,"c":123456789012345,"d":1234567890123456789,"e":1.5,"f":-2.5e-3,'
+        .. '"g":1E+2,"h":1e400,"i":-1e400,"j":0.1,"k":9007199254740993,"l":-123,"m":1e-400}',
+      '{"t":true,"f":false,"n":null,"l":[true,false,null]}',
+      '\n\t{ "a" : [ 1 , 2 ] ,\r\n "b" : { } }\r\n',
+      nest,
+    }
+    for _, text in ipairs(cases) do
+      local mine = core.json_object(text)
+      assert.is_table(mine, text)
+      local ok, why = same(mine, cjson.decode(text))
+      assert(ok, why)
+    end
+    local t = core.json_object('{"n":null,"l":[null]}')
+    assert.are.equal(null, t.n)
+    assert.are.equal(null, t.l[1])
+  end)
+
+  it("declines what it does not decode exactly as cjson, and raises on a non-string", function()
+    local deep = '{"a":' .. ("["):rep(32) .. "1" .. ("]"):rep(32) .. "}"
+    local cases = {
+      "", "   ", "[]", "1", '"s"', "null", '{"a":0x10}', '{"a":01}', '{"a":inf}',
+      '{"a":nan}', '{"a":+1}', '{"a":.5}', '{"a":1.}', '{"a":1e}', '{"a":-}',
+      '{"s":"a\1b"}', '{"s":"\\u0000"}', '{"s":"\\ud800"}', '{"s":"\\udc00"}',
+      '{"s":"\\ud800\\u0041"}', '{"s":"\\x"}', '{"s":"\\u12"}', '{"s":"\\u12G4"}',
+      '{"a":1,}', '{"a":1}x', '{"a" 1}', "{a:1}", '{"a":tru}', '{"a":[1,]}',
+      '{"a":"unterminated}', '{"a":1}{"b":2}', "{", '{"a":', '{"a":1', deep,
+      '{"a":' .. ("1"):rep(70) .. ".5}",
+    }
+    for _, text in ipairs(cases) do
+      assert.is_nil(core.json_object(text), text)
+    end
+    assert.has_error(function() core.json_object(nil) end,
+      "bad argument #1 to 'json_object' (string expected, got nil)")
+  end)
+
+  it("agrees with cjson on thousands of generated objects and their mutations", function()
+    local seed = 20261206
+    local function rnd(n) -- a small LCG: the same cases on every run
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n + 1
+    end
+    local pieces = { "a", "\\n", "\\\"", "\\u00e9", "\\ud83d\\ude00", "\195\169", " ", "\\/", "xyz" }
+    local numbers = { "0", "-0", "7", "-12", "1.25", "3e2", "-4.5E-1", "123456789012345678",
+      "1796578892", "0.000001", "1e308" }
+    local gen
+    local function str()
+      local out = {}
+      for i = 1, rnd(4) - 1 do out[i] = pieces[rnd(#pieces)] end
+      return '"' .. table.concat(out) .. '"'
+    end
+    function gen(depth)
+      local k = rnd(depth > 3 and 5 or 7)
+      if k == 1 then return str()
+      elseif k == 2 then return numbers[rnd(#numbers)]
+      elseif k == 3 then return ({ "true", "false", "null" })[rnd(3)]
+      elseif k == 4 then return str()
+      elseif k == 5 then return numbers[rnd(#numbers)]
+      elseif k == 6 then
+        local out = {}
+        for i = 1, rnd(4) - 1 do out[i] = gen(depth + 1) end
+        return "[" .. table.concat(out, ",") .. "]"
+      end
+      local out = {}
+      for i = 1, rnd(5) - 1 do out[i] = str() .. ":" .. gen(depth + 1) end
+      return "{" .. table.concat(out, ",") .. "}"
+    end
+    local decoded, declined = 0, 0
+    local junk = { "", "\0", "\1", ",", "}", "]", "{", "[", '"', "\\", ":", "0", "x", "e", ".", "-" }
+    for _ = 1, 3000 do
+      local parts = {}
+      for i = 1, rnd(6) - 1 do parts[i] = str() .. ":" .. gen(1) end
+      local doc = "{" .. table.concat(parts, ",") .. "}"
+      -- every generated document is decoded (nothing in it is declined)
+      assert.is_table(core.json_object(doc), doc)
+      local ok, why = agrees(doc)
+      assert(ok, why)
+      for _ = 1, 3 do
+        local at = rnd(#doc)
+        local cut = rnd(3) - 1
+        local m = doc:sub(1, at - 1) .. junk[rnd(#junk)] .. doc:sub(at + cut)
+        local good, what = agrees(m)
+        assert(good, what)
+        if what == "decoded" then decoded = decoded + 1 else declined = declined + 1 end
+      end
+    end
+    -- both kinds of mutation outcome were met
+    assert.is_true(decoded > 100 and declined > 100, decoded .. " / " .. declined)
+  end)
+end)

@@ -3,6 +3,7 @@
 -- `openssl dgst -verify` accepts.
 local core = require "gauth.core"
 local helpers = require "helpers"
+local cjson = require "cjson"
 
 local dir = helpers.tmpdir()
 
@@ -479,16 +480,49 @@ describe("gauth.Key:verify_jws", function()
       "e30." .. ("A"):rep(1024 * 1024) .. ".e30", "",
     }
     for _, t in ipairs(cases) do
-      local p, err = k:verify_jws("RS256", t)
-      assert.is_nil(p)
-      assert.matches("^gauth.core: jws: malformed: ", err)
-      assert.are.equal(select(2, core.jws_split(t)), err)
-      assert.is_nil(err:find(secret, 1, true))
+      for _, claims in ipairs({ false, true }) do
+        local p, err = k:verify_jws("RS256", t, claims)
+        assert.is_nil(p)
+        assert.matches("^gauth.core: jws: malformed: ", err)
+        assert.are.equal(select(2, core.jws_split(t)), err)
+        assert.is_nil(err:find(secret, 1, true))
+      end
     end
     -- shape right, signature of another length: a failed check, not an error
     local p, ok = k:verify_jws("RS256", "e30.e30.c2ln")
     assert.are.equal("{}", p)
     assert.is_false(ok)
+  end)
+
+  it("gives the claims as cjson's table with claims = true, the text where json_object declines", function()
+    local claims = { iss = "https://accounts.google.com", aud = { "x", "y" }, sub = "1",
+      email_verified = true, iat = 1796578892, exp = 1796582492.5,
+      firebase = { identities = { email = { "a@b.c" } }, sign_in_provider = "password" },
+      name = "Jos\195\169 \226\130\172", none = cjson.null }
+    local token = helpers.pyjwt_encode(claims, rsa.private_pem, { kid = "k1" })
+    local k = assert(core.load_public_key(rsa.public_pem))
+    local got, ok = k:verify_jws("RS256", token, true)
+    assert.is_true(ok)
+    assert.is_table(got)
+    local text = select(2, core.jws_split(token))
+    assert.are.same(cjson.decode(text), got)
+    assert.are.equal(cjson.null, got.none)
+    -- a bad signature: the claims still, and false
+    local bad = token:sub(1, -3) .. (token:sub(-2) == "AA" and "QA" or "AA")
+    got, ok = k:verify_jws("RS256", bad, true)
+    assert.is_table(got)
+    assert.is_false(ok)
+    -- a payload json_object declines (cjson's hex): the text, for cjson
+    local enc = core.b64url_encode
+    local signed = enc('{"alg":"RS256"}') .. "." .. enc('{"exp":0x10,"s":"\\u00e9"}')
+    local input, sig = helpers.tmpname("data"), helpers.tmpname("sig")
+    helpers.write_file(input, signed)
+    assert(helpers.sh("openssl dgst -sha256 -sign " .. helpers.shell_quote(rsa.path)
+      .. " -out " .. sig .. " " .. input))
+    local raw = assert(helpers.read_file(sig))
+    got, ok = k:verify_jws("RS256", signed .. "." .. enc(raw), true)
+    assert.are.equal('{"exp":0x10,"s":"\\u00e9"}', got)
+    assert.is_true(ok)
   end)
 
   it("refuses an algorithm that does not fit the key, and raises for bad arguments", function()

@@ -292,6 +292,22 @@ describe("gauth.id_token", function()
         assert.is_true(calls - before >= 10 * #good, tostring(calls - before))
         -- and good tokens still pass it
         for _, t in ipairs(good) do assert.is_table(warm.verify(t, opts(warm_cache))) end
+        -- Claims of every JSON shape the short way, whose claims come from
+        -- core.json_object (PyJWT writes non-ASCII as \u escapes, the
+        -- emoji as a surrogate pair): cjson's table of the same payload.
+        local varied = sign_batch(keys, { {
+          key = "rsa1", alg = "RS256", headers = { kid = "rsa1" },
+          claims = claims({ name = "Jos\195\169 \240\159\152\128 \"q\" \\ /\n",
+            amr = { "pwd", "mfa" }, score = -0.5, big = 12345678901234567890, flag = false,
+            firebase = { identities = { email = { "a@b.c" } }, sign_in_provider = "password" } }),
+        } }).tokens[1]
+        before = calls
+        local got = assert(warm.verify(varied, opts(warm_cache)))
+        assert.are.equal(before + 1, calls)
+        local want = require("cjson").decode((select(2, core.jws_split(varied))))
+        assert.are.same(want, got)
+        assert.are.equal("Jos\195\169 \240\159\152\128 \"q\" \\ /\n", got.name)
+        assert.are.equal("mfa", got.amr[2])
       end)
       methods.verify_jws = real
       assert(ok, e)

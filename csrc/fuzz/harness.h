@@ -27,6 +27,19 @@ static const char PRELUDE[] =
     "    f:close()\n"
     "  end\n"
     "  return keys\n"
+    "end\n"
+    /* Deep equality that tells 0 from -0 (fuzz_json, fuzz_verify_jws). */
+    "function fuzz_same(a, b)\n"
+    "  if type(a) ~= type(b) then return false end\n"
+    "  if type(a) == 'number' then\n"
+    "    if math.type(a) ~= math.type(b) then return false end\n"
+    "    if a ~= b then return a ~= a and b ~= b end\n"
+    "    return a ~= 0 or 1 / a == 1 / b\n"
+    "  end\n"
+    "  if type(a) ~= 'table' then return a == b end\n"
+    "  for k, v in pairs(a) do if not fuzz_same(v, b[k]) then return false end end\n"
+    "  for k in pairs(b) do if a[k] == nil then return false end end\n"
+    "  return true\n"
     "end\n";
 
 static lua_State *fuzz_state(const char *chunk)

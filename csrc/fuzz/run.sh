@@ -12,8 +12,8 @@ mkdir -p "$out/keys"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null | openssl pkey -pubout -out "$out/keys/ES256.pem"
 }
 export GAUTH_FUZZ_KEYS="$(pwd)/$out/keys"
-SRC="csrc/core.c csrc/encoding.c csrc/digest.c csrc/random.c csrc/system.c csrc/pkey.c csrc/aead.c csrc/http.c csrc/http_headers.c csrc/http_io.c csrc/http_setup.c"
-for t in ${FUZZ_TARGETS:-pem b64 verify jwk jws verify_jws aead headers}; do
+SRC="csrc/core.c csrc/encoding.c csrc/digest.c csrc/random.c csrc/system.c csrc/pkey.c csrc/aead.c csrc/json.c csrc/http.c csrc/http_headers.c csrc/http_io.c csrc/http_setup.c"
+for t in ${FUZZ_TARGETS:-pem b64 verify jwk jws verify_jws json aead headers}; do
   bin=$out/fuzz_$t
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -D_POSIX_C_SOURCE=200809L -I/usr/include/lua5.4 -Icsrc \
@@ -22,6 +22,7 @@ for t in ${FUZZ_TARGETS:-pem b64 verify jwk jws verify_jws aead headers}; do
   case $t in
     pem) cp "$out/keys/"*.pem "$out/$t/corpus/" ;;
     b64) printf 'Zm9vYmFy' > "$out/$t/corpus/seed" ;;
+    json) printf '{"iss":"https://accounts.google.com","aud":["a"],"n":-1.5e3,"t":true,"x":null,"s":"\\u00e9\\ud83d\\ude00\\n"}' > "$out/$t/corpus/seed" ;;
     jwk) printf '\000AQAB.AQAB' > "$out/$t/corpus/seed" ;;
     jws) printf 'eyJhbGciOiJSUzI1NiJ9.e30.c2ln' > "$out/$t/corpus/seed" ;;
     verify_jws)

@@ -201,13 +201,20 @@ local function verify(token, opts, level, audience, issuers, url, allowed, fireb
   local m = k and allowed[k.alg] and getmetatable(kc) == cache_mt and kc.memo[url]
   local held = m and kc.clock() < m.expires and m.set.by_kid[k.kid]
   if held and held.alg == k.alg then
-    local ptext, good = held.key:verify_jws(k.alg, token)
+    -- The claims come decoded from C (core.json_object: cjson's table, no
+    -- string of the payload made per token) unless that decoder declines
+    -- (then the text, for cjson as below).
+    local ptext, good = held.key:verify_jws(k.alg, token, true)
     if not ptext then
       return fail("decode", "malformed", (match(good, "^gauth%.core: jws: (.*)$") or good))
     end
-    -- A JSON object, not a bare value: "{" first (as signers write it),
-    -- else after white space.
-    claims = (byte(ptext) == 123 or match(ptext, "^%s*{")) and json_decode(ptext)
+    if type(ptext) == "table" then
+      claims = ptext
+    else
+      -- A JSON object, not a bare value: "{" first (as signers write it),
+      -- else after white space.
+      claims = (byte(ptext) == 123 or match(ptext, "^%s*{")) and json_decode(ptext)
+    end
     if type(claims) ~= "table" then
       return fail("decode", "malformed", "malformed: payload is not a JSON object")
     end
