@@ -145,35 +145,7 @@ const char *gauth_b64url_push(lua_State *L, const char *s, size_t n,
     return why;
 }
 
-/* Decodes base64url text that b64_check accepted into `out`, which holds
- * at least n / 4 * 3 + 2 bytes; returns the length. */
-static size_t b64_decode_to(const unsigned char *u, size_t n,
-                            unsigned char *out)
-{
-    size_t i, o = 0, full = n - n % 4;
-
-    for (i = 0; i < full; i += 4) {
-        unsigned v = (unsigned)decode_char(u[i], 1) << 18 |
-                     (unsigned)decode_char(u[i + 1], 1) << 12 |
-                     (unsigned)decode_char(u[i + 2], 1) << 6 |
-                     (unsigned)decode_char(u[i + 3], 1);
-        out[o++] = (unsigned char)(v >> 16);
-        out[o++] = (unsigned char)(v >> 8 & 255);
-        out[o++] = (unsigned char)(v & 255);
-    }
-    if (n % 4 >= 2) {
-        unsigned v = (unsigned)decode_char(u[i], 1) << 18 |
-                     (unsigned)decode_char(u[i + 1], 1) << 12;
-        if (n % 4 == 3)
-            v |= (unsigned)decode_char(u[i + 2], 1) << 6;
-        out[o++] = (unsigned char)(v >> 16);
-        if (n % 4 == 3)
-            out[o++] = (unsigned char)(v >> 8 & 255);
-    }
-    return o;
-}
-
-/* b64_check and b64_decode_to in one pass (a token's payload and
+/* b64_check and the decoding in one pass (a token's payload and
  * signature are read once per request, not twice): decodes base64url into
  * `out` (n / 4 * 3 + 2 bytes) and returns the length, or (size_t)-1 where
  * b64_check refuses the text (ask it why). */
@@ -214,13 +186,9 @@ static size_t b64_decode_strict(const unsigned char *u, size_t n,
 size_t gauth_b64url_to(const char *s, size_t n, unsigned char *out,
                        size_t cap)
 {
-    char msg[8];
-    const unsigned char *u = (const unsigned char *)s;
-
-    if (b64_check(u, n, 1, msg, sizeof msg) != NULL ||
-        (n / 4) * 3 + (n % 4 ? n % 4 - 1 : 0) > cap)
+    if ((n / 4) * 3 + (n % 4 ? n % 4 - 1 : 0) > cap)
         return (size_t)-1;
-    return b64_decode_to(u, n, out);
+    return b64_decode_strict((const unsigned char *)s, n, out);
 }
 
 static int b64_decode(lua_State *L, int url)
@@ -438,7 +406,7 @@ const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
         if (!gauth_json_object(L, buf, blen)) {
             /* declined: the text, for cjson (escapes may have been undone
              * in place, so decode it again) */
-            blen = b64_decode_to(pt, plen, (unsigned char *)buf);
+            blen = b64_decode_strict(pt, plen, (unsigned char *)buf);
             lua_pushlstring(L, buf, blen);
         }
         *signed_len = d2;
@@ -446,14 +414,12 @@ const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
     } else {
         if (!jws_segment(L, (const char *)pt, plen, "payload", msg, cap))
             return msg;
-        w = b64_check((const unsigned char *)t + d2 + 1, slen, 1, why,
-                      sizeof why);
-        if (w != NULL) {
+        *siglen = b64_decode_strict(st, slen, sig);
+        if (*siglen == (size_t)-1) {
             lua_pop(L, 1);
-            return jws_bad_segment("signature", w, msg, cap);
+            return jws_refused("signature", st, slen, why, msg, cap);
         }
     }
-    *siglen = b64_decode_to((const unsigned char *)t + d2 + 1, slen, sig);
     *signed_len = d2;
     return NULL;
 }
