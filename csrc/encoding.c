@@ -348,9 +348,10 @@ static const char *jws_bad_segment(const char *what, const char *why,
 /* The message for a segment that b64_decode_strict refused: b64_check
  * says why (the two refuse the same texts). */
 static const char *jws_refused(const char *what, const unsigned char *s,
-                               size_t n, char *why, char *msg, size_t cap)
+                               size_t n, char *msg, size_t cap)
 {
-    const char *w = b64_check(s, n, 1, why, 64);
+    char why[64];
+    const char *w = b64_check(s, n, 1, why, sizeof why);
     return jws_bad_segment(what, w != NULL ? w : "invalid", msg, cap);
 }
 
@@ -393,34 +394,32 @@ const char *gauth_jws_decode(lua_State *L, const char *t, size_t n,
     plen = d2 - d1 - 1;
     st = (const unsigned char *)t + d2 + 1;
     slen = n - d2 - 1;
+    *signed_len = d2;
     if (claims && plen / 4 * 3 + 2 <= JWS_CLAIMS_BYTES) {
         /* Every check before anything is pushed, then the claims straight
          * from the decoded bytes: no Lua string of the payload. */
         char buf[JWS_CLAIMS_BYTES];
         size_t blen = b64_decode_strict(pt, plen, (unsigned char *)buf);
         if (blen == (size_t)-1)
-            return jws_refused("payload", pt, plen, why, msg, cap);
+            return jws_refused("payload", pt, plen, msg, cap);
         *siglen = b64_decode_strict(st, slen, sig);
         if (*siglen == (size_t)-1)
-            return jws_refused("signature", st, slen, why, msg, cap);
+            return jws_refused("signature", st, slen, msg, cap);
         if (!gauth_json_object(L, buf, blen)) {
             /* declined: the text, for cjson (escapes may have been undone
              * in place, so decode it again) */
             blen = b64_decode_strict(pt, plen, (unsigned char *)buf);
             lua_pushlstring(L, buf, blen);
         }
-        *signed_len = d2;
         return NULL;
-    } else {
-        if (!jws_segment(L, (const char *)pt, plen, "payload", msg, cap))
-            return msg;
-        *siglen = b64_decode_strict(st, slen, sig);
-        if (*siglen == (size_t)-1) {
-            lua_pop(L, 1);
-            return jws_refused("signature", st, slen, why, msg, cap);
-        }
     }
-    *signed_len = d2;
+    if (!jws_segment(L, (const char *)pt, plen, "payload", msg, cap))
+        return msg;
+    *siglen = b64_decode_strict(st, slen, sig);
+    if (*siglen == (size_t)-1) {
+        lua_pop(L, 1);
+        return jws_refused("signature", st, slen, msg, cap);
+    }
     return NULL;
 }
 

@@ -202,23 +202,56 @@ static int json_literal(json_parser *j, const char *word, size_t n)
     return 1;
 }
 
-static int json_object(json_parser *j)
+/* Into an object or array, at its opening character: one level deeper
+ * (bounded, with room on the Lua stack), the character and the white
+ * space after it skipped. */
+static int json_enter(json_parser *j)
 {
-    lua_State *L = j->L;
-
-    if (++j->depth > JSON_MAX_DEPTH || !lua_checkstack(L, 4))
+    if (++j->depth > JSON_MAX_DEPTH || !lua_checkstack(j->L, 4))
         return 0;
-    j->p++; /* { */
-    /* Room for a token's claims (a dozen or so) at the top; nested
-     * objects start small. */
-    lua_createtable(L, 0, j->depth == 1 ? 16 : 4);
+    j->p++;
     json_ws(j);
-    if (j->p < j->end && *j->p == '}') {
+    return 1;
+}
+
+/* At the closing character `close`: the container ends (1). */
+static int json_leave(json_parser *j, char close)
+{
+    if (j->p < j->end && *j->p == close) {
         j->p++;
         j->depth--;
         return 1;
     }
-    for (;;) {
+    return 0;
+}
+
+/* After a member or an element: 2 when the container ends, 1 after a ','
+ * (and the white space after it), 0 for anything else. */
+static int json_next(json_parser *j, char close)
+{
+    json_ws(j);
+    if (json_leave(j, close))
+        return 2;
+    if (j->p >= j->end || *j->p != ',')
+        return 0;
+    j->p++;
+    json_ws(j);
+    return 1;
+}
+
+static int json_object(json_parser *j)
+{
+    lua_State *L = j->L;
+    int more;
+
+    if (!json_enter(j))
+        return 0;
+    /* Room for a token's claims (a dozen or so) at the top; nested
+     * objects start small. */
+    lua_createtable(L, 0, j->depth == 1 ? 16 : 4);
+    if (json_leave(j, '}'))
+        return 1;
+    do {
         if (j->p >= j->end || *j->p != '"' || !json_string(j))
             return 0;
         json_ws(j);
@@ -229,53 +262,26 @@ static int json_object(json_parser *j)
         if (!json_value(j))
             return 0;
         lua_rawset(L, -3);
-        json_ws(j);
-        if (j->p >= j->end)
-            return 0;
-        if (*j->p == '}') {
-            j->p++;
-            j->depth--;
-            return 1;
-        }
-        if (*j->p != ',')
-            return 0;
-        j->p++;
-        json_ws(j);
-    }
+    } while ((more = json_next(j, '}')) == 1);
+    return more == 2;
 }
 
 static int json_array(json_parser *j)
 {
     lua_State *L = j->L;
-    int i = 0;
+    int i = 0, more;
 
-    if (++j->depth > JSON_MAX_DEPTH || !lua_checkstack(L, 4))
+    if (!json_enter(j))
         return 0;
-    j->p++; /* [ */
     lua_createtable(L, 4, 0);
-    json_ws(j);
-    if (j->p < j->end && *j->p == ']') {
-        j->p++;
-        j->depth--;
+    if (json_leave(j, ']'))
         return 1;
-    }
-    for (;;) {
+    do {
         if (!json_value(j))
             return 0;
         lua_rawseti(L, -2, ++i);
-        json_ws(j);
-        if (j->p >= j->end)
-            return 0;
-        if (*j->p == ']') {
-            j->p++;
-            j->depth--;
-            return 1;
-        }
-        if (*j->p != ',')
-            return 0;
-        j->p++;
-        json_ws(j);
-    }
+    } while ((more = json_next(j, ']')) == 1);
+    return more == 2;
 }
 
 static int json_value(json_parser *j)

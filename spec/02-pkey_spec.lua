@@ -413,6 +413,15 @@ describe("gauth.Key:verify_jws", function()
     other = helpers.make_rsa_key()
   end)
 
+  -- The signature the openssl CLI makes of `signed` with the RSA key.
+  local function openssl_sign(signed, md)
+    local input, sig = helpers.tmpname("data"), helpers.tmpname("sig")
+    helpers.write_file(input, signed)
+    assert(helpers.sh("openssl dgst -" .. (md or "sha256") .. " -sign "
+      .. helpers.shell_quote(rsa.path) .. " -out " .. sig .. " " .. input))
+    return assert(helpers.read_file(sig))
+  end
+
   it("verifies PyJWT's RS256 and ES256 tokens and returns the payload", function()
     local claims = { iss = "https://accounts.google.com", aud = "x", n = 1 }
     for _, c in ipairs({ { rsa, "RS256" }, { ec, "ES256" } }) do
@@ -432,11 +441,7 @@ describe("gauth.Key:verify_jws", function()
   it("verifies a token signed by the openssl CLI, and only with its key", function()
     local enc = core.b64url_encode
     local signed = enc('{"alg":"RS256","kid":"k"}') .. "." .. enc('{"sub":"1"}')
-    local input, sig = helpers.tmpname("data"), helpers.tmpname("sig")
-    helpers.write_file(input, signed)
-    assert(helpers.sh("openssl dgst -sha256 -sign " .. helpers.shell_quote(rsa.path)
-      .. " -out " .. sig .. " " .. input))
-    local token = signed .. "." .. enc(assert(helpers.read_file(sig)))
+    local token = signed .. "." .. enc(openssl_sign(signed))
     local payload, ok = assert(core.load_public_key(rsa.public_pem)):verify_jws("RS256", token)
     assert.are.equal('{"sub":"1"}', payload)
     assert.is_true(ok)
@@ -456,14 +461,9 @@ describe("gauth.Key:verify_jws", function()
     -- signs the same bytes with SHA-1, SHA-384 and SHA-512.
     local enc = core.b64url_encode
     local signed = enc('{"alg":"RS256"}') .. "." .. enc('{"sub":"1"}')
-    local input = helpers.tmpname("data")
-    helpers.write_file(input, signed)
     local k = assert(core.load_public_key(rsa.public_pem))
     for _, md in ipairs({ "sha256", "sha1", "sha384", "sha512" }) do
-      local sig = helpers.tmpname("sig")
-      assert(helpers.sh("openssl dgst -" .. md .. " -sign " .. helpers.shell_quote(rsa.path)
-        .. " -out " .. sig .. " " .. input))
-      local raw = assert(helpers.read_file(sig))
+      local raw = openssl_sign(signed, md)
       local payload, ok = k:verify_jws("RS256", signed .. "." .. enc(raw))
       assert.are.equal('{"sub":"1"}', payload)
       assert.are.equal(md == "sha256", ok, md)
@@ -515,13 +515,14 @@ describe("gauth.Key:verify_jws", function()
     -- a payload json_object declines (cjson's hex): the text, for cjson
     local enc = core.b64url_encode
     local signed = enc('{"alg":"RS256"}') .. "." .. enc('{"exp":0x10,"s":"\\u00e9"}')
-    local input, sig = helpers.tmpname("data"), helpers.tmpname("sig")
-    helpers.write_file(input, signed)
-    assert(helpers.sh("openssl dgst -sha256 -sign " .. helpers.shell_quote(rsa.path)
-      .. " -out " .. sig .. " " .. input))
-    local raw = assert(helpers.read_file(sig))
-    got, ok = k:verify_jws("RS256", signed .. "." .. enc(raw), true)
+    got, ok = k:verify_jws("RS256", signed .. "." .. enc(openssl_sign(signed)), true)
     assert.are.equal('{"exp":0x10,"s":"\\u00e9"}', got)
+    assert.is_true(ok)
+    -- claims past the 4 KiB decoded on the C stack: the text, for cjson
+    local big = '{"sub":"1","pad":"' .. ("x"):rep(5000) .. '"}'
+    signed = enc('{"alg":"RS256"}') .. "." .. enc(big)
+    got, ok = k:verify_jws("RS256", signed .. "." .. enc(openssl_sign(signed)), true)
+    assert.are.equal(big, got)
     assert.is_true(ok)
   end)
 
